@@ -1,0 +1,365 @@
+//! Client commands: `flotilla <noun> <verb>` over the HTTP API.
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use flotilla_client::Client;
+use flotilla_proto::api::{
+    ApiKeyInfo, AuditEvent, CreateAccountRequest, CreateAccountResponse, CreateApiKeyRequest, CreateEnrollmentTokenRequest,
+    CreatedApiKey, CreatedEnrollmentToken, Device, DeviceDetail, EnrollmentTokenInfo, Me, Page, RenameRequest, Role, Scope,
+    Worker, WorkerDetail,
+};
+
+use crate::output::{Format, gib, opt, print};
+use crate::profile::{self, Profile};
+
+/// Where to reach the coordinator.
+#[derive(Debug, Clone, Args)]
+pub struct Connection {
+    /// Coordinator URL (else FLOTILLA_URL, else the saved profile).
+    #[arg(long, env = "FLOTILLA_URL", global = true)]
+    url: Option<String>,
+    /// API key (else FLOTILLA_API_KEY, else the saved profile).
+    #[arg(long, env = "FLOTILLA_API_KEY", global = true, hide_env_values = true)]
+    api_key: Option<String>,
+    /// table or json.
+    #[arg(long, short, value_enum, default_value_t = Format::Table, global = true)]
+    output: Format,
+}
+
+impl Connection {
+    fn client(&self) -> Result<Client> {
+        let saved = profile::load();
+        let url = self
+            .url
+            .clone()
+            .or_else(|| saved.as_ref().map(|p| p.url.clone()))
+            .context("no coordinator: pass --url, set FLOTILLA_URL, or run flotilla login")?;
+        let key = self.api_key.clone().or_else(|| saved.map(|p| p.api_key));
+        Ok(Client::new(&url, key))
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClientCommand {
+    /// Check an API key and save it with the URL as the default profile.
+    Login(Connection),
+    /// Show the caller's account.
+    Whoami(Connection),
+    /// Accounts.
+    #[command(subcommand)]
+    Accounts(AccountsCommand),
+    /// API keys of the caller's account.
+    #[command(subcommand, name = "api-keys")]
+    ApiKeys(ApiKeysCommand),
+    /// Enrollment tokens for new workers.
+    #[command(subcommand, name = "enrollment-tokens")]
+    EnrollmentTokens(TokensCommand),
+    /// The supplier's workers.
+    #[command(subcommand)]
+    Workers(ObjectCommand),
+    /// The supplier's devices.
+    #[command(subcommand)]
+    Devices(ObjectCommand),
+    /// The audit log (admins).
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AccountsCommand {
+    /// Create an account; prints its first API key once.
+    Create {
+        #[command(flatten)]
+        connection: Connection,
+        #[arg(long)]
+        name: String,
+        /// renter, supplier or admin (admin needs an admin's key); repeatable.
+        #[arg(long = "role", required = true)]
+        roles: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ApiKeysCommand {
+    List(Connection),
+    /// Create a key; prints the secret once.
+    Create {
+        #[command(flatten)]
+        connection: Connection,
+        #[arg(long)]
+        name: String,
+        /// read or write; repeatable.
+        #[arg(long = "scope", default_values_t = vec!["read".to_owned()])]
+        scopes: Vec<String>,
+        /// Lifetime in seconds.
+        #[arg(long)]
+        expires_in_s: Option<u64>,
+    },
+    Revoke {
+        #[command(flatten)]
+        connection: Connection,
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokensCommand {
+    /// Create a single-use token; prints the secret once.
+    Create {
+        #[command(flatten)]
+        connection: Connection,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        expires_in_s: Option<u64>,
+    },
+    List(Connection),
+    Revoke {
+        #[command(flatten)]
+        connection: Connection,
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ObjectCommand {
+    List(Connection),
+    Show {
+        #[command(flatten)]
+        connection: Connection,
+        id: String,
+    },
+    Rename {
+        #[command(flatten)]
+        connection: Connection,
+        id: String,
+        name: String,
+    },
+    Pause {
+        #[command(flatten)]
+        connection: Connection,
+        id: String,
+    },
+    Resume {
+        #[command(flatten)]
+        connection: Connection,
+        id: String,
+    },
+    Remove {
+        #[command(flatten)]
+        connection: Connection,
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    List(Connection),
+}
+
+pub async fn run(command: ClientCommand) -> Result<()> {
+    match command {
+        ClientCommand::Login(connection) => login(connection).await,
+        ClientCommand::Whoami(connection) => {
+            let me: Me = connection.client()?.get("me").await?;
+            print(connection.output, &me, &["ACCOUNT", "NAME", "ROLES", "KEY"], vec![me_row(&me)]);
+            Ok(())
+        }
+        ClientCommand::Accounts(AccountsCommand::Create { connection, name, roles }) => {
+            let roles = roles.iter().map(|r| Role::parse(r).with_context(|| format!("unknown role {r:?}"))).collect::<Result<_>>()?;
+            let created: CreateAccountResponse = connection.client()?.post("accounts", &CreateAccountRequest { name, roles }).await?;
+            let row = vec![created.account.id.clone(), created.account.name.clone(), created.api_key.secret.clone()];
+            print(connection.output, &created, &["ACCOUNT", "NAME", "API KEY (shown once)"], vec![row]);
+            Ok(())
+        }
+        ClientCommand::ApiKeys(command) => api_keys(command).await,
+        ClientCommand::EnrollmentTokens(command) => tokens(command).await,
+        ClientCommand::Workers(command) => objects(command, "workers").await,
+        ClientCommand::Devices(command) => objects(command, "devices").await,
+        ClientCommand::Audit(AuditCommand::List(connection)) => {
+            let page: Page<AuditEvent> = connection.client()?.get("audit-events").await?;
+            let rows = page
+                .items
+                .iter()
+                .map(|e| vec![e.at.clone(), e.action.clone(), opt(e.actor_account_id.clone()), opt(e.target_id.clone()), opt(e.source_ip.clone())])
+                .collect();
+            print(connection.output, &page, &["AT", "ACTION", "ACTOR", "TARGET", "FROM"], rows);
+            Ok(())
+        }
+    }
+}
+
+fn me_row(me: &Me) -> Vec<String> {
+    let roles: Vec<_> = me.account.roles.iter().map(|r| r.as_str()).collect();
+    vec![me.account.id.clone(), me.account.name.clone(), roles.join(","), me.key_id.clone()]
+}
+
+async fn login(connection: Connection) -> Result<()> {
+    let client = connection.client()?;
+    let Some(api_key) = connection.api_key.clone().or_else(|| profile::load().map(|p| p.api_key)) else {
+        bail!("no api key: pass --api-key or set FLOTILLA_API_KEY");
+    };
+    let me: Me = client.post_empty("login").await?;
+    let path = profile::save(&Profile { url: client.base_url().to_owned(), api_key })?;
+    if connection.output == Format::Table {
+        println!("logged in as {} ({}); profile saved to {}", me.account.name, me.account.id, path.display());
+    } else {
+        print(connection.output, &me, &[], vec![]);
+    }
+    Ok(())
+}
+
+fn key_row(key: &ApiKeyInfo) -> Vec<String> {
+    let scopes: Vec<_> = key.scopes.iter().map(|s| s.as_str()).collect();
+    vec![key.id.clone(), key.name.clone(), key.prefix.clone(), scopes.join(","), opt(key.expires_at.clone()), opt(key.revoked_at.clone())]
+}
+
+const KEY_HEADERS: &[&str] = &["ID", "NAME", "PREFIX", "SCOPES", "EXPIRES", "REVOKED"];
+
+async fn api_keys(command: ApiKeysCommand) -> Result<()> {
+    match command {
+        ApiKeysCommand::List(connection) => {
+            let page: Page<ApiKeyInfo> = connection.client()?.get("api-keys").await?;
+            print(connection.output, &page, KEY_HEADERS, page.items.iter().map(key_row).collect());
+        }
+        ApiKeysCommand::Create { connection, name, scopes, expires_in_s } => {
+            let scopes = scopes.iter().map(|s| Scope::parse(s).with_context(|| format!("unknown scope {s:?}"))).collect::<Result<_>>()?;
+            let created: CreatedApiKey =
+                connection.client()?.post("api-keys", &CreateApiKeyRequest { name, scopes, expires_in_s }).await?;
+            let mut row = key_row(&created.key);
+            row.push(created.secret.clone());
+            let mut headers = KEY_HEADERS.to_vec();
+            headers.push("SECRET (shown once)");
+            print(connection.output, &created, &headers, vec![row]);
+        }
+        ApiKeysCommand::Revoke { connection, id } => {
+            let key: ApiKeyInfo = connection.client()?.post_empty(&format!("api-keys/{id}/revoke")).await?;
+            print(connection.output, &key, KEY_HEADERS, vec![key_row(&key)]);
+        }
+    }
+    Ok(())
+}
+
+fn token_row(token: &EnrollmentTokenInfo) -> Vec<String> {
+    let state = serde_json::to_value(token.state).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+    vec![token.id.clone(), token.name.clone(), state, token.expires_at.clone(), opt(token.used_by_worker_id.clone())]
+}
+
+const TOKEN_HEADERS: &[&str] = &["ID", "NAME", "STATE", "EXPIRES", "USED BY"];
+
+async fn tokens(command: TokensCommand) -> Result<()> {
+    match command {
+        TokensCommand::Create { connection, name, expires_in_s } => {
+            let created: CreatedEnrollmentToken =
+                connection.client()?.post("enrollment-tokens", &CreateEnrollmentTokenRequest { name, expires_in_s }).await?;
+            if connection.output == Format::Table {
+                println!("{}", created.secret);
+                eprintln!("token {} (single use, expires {}): start a worker with --token {}", created.token.id, created.token.expires_at, created.secret);
+            } else {
+                print(connection.output, &created, &[], vec![]);
+            }
+        }
+        TokensCommand::List(connection) => {
+            let page: Page<EnrollmentTokenInfo> = connection.client()?.get("enrollment-tokens").await?;
+            print(connection.output, &page, TOKEN_HEADERS, page.items.iter().map(token_row).collect());
+        }
+        TokensCommand::Revoke { connection, id } => {
+            let token: EnrollmentTokenInfo = connection.client()?.post_empty(&format!("enrollment-tokens/{id}/revoke")).await?;
+            print(connection.output, &token, TOKEN_HEADERS, vec![token_row(&token)]);
+        }
+    }
+    Ok(())
+}
+
+const WORKER_HEADERS: &[&str] = &["ID", "NAME", "STATE", "CONNECTED", "DEVICES", "LAST SEEN"];
+const DEVICE_HEADERS: &[&str] = &["ID", "NAME", "KIND", "MODEL", "MEMORY", "STATE", "UTIL", "TEMP", "SIMULATED"];
+
+fn worker_row(worker: &Worker) -> Vec<String> {
+    let state = if worker.state == flotilla_proto::api::WorkerState::Paused { "paused" } else { "active" };
+    vec![
+        worker.id.clone(),
+        worker.name.clone(),
+        state.to_owned(),
+        worker.connected.to_string(),
+        worker.device_count.to_string(),
+        opt(worker.last_seen_at.clone()),
+    ]
+}
+
+fn device_row(device: &Device) -> Vec<String> {
+    let telemetry = device.telemetry.as_ref();
+    vec![
+        device.id.clone(),
+        device.name.clone(),
+        device.kind.as_str().to_owned(),
+        device.model.clone(),
+        gib(device.memory_bytes),
+        device.state.to_string(),
+        opt(telemetry.map(|t| format!("{}%", t.utilization_pct))),
+        opt(telemetry.and_then(|t| t.temperature_c).map(|c| format!("{c}C"))),
+        device.simulated.to_string(),
+    ]
+}
+
+async fn objects(command: ObjectCommand, noun: &str) -> Result<()> {
+    let is_devices = noun == "devices";
+    let (connection, path, body): (Connection, String, Option<RenameRequest>) = match command {
+        ObjectCommand::List(connection) => {
+            let client = connection.client()?;
+            if is_devices {
+                let page: Page<Device> = client.get("devices").await?;
+                print(connection.output, &page, DEVICE_HEADERS, page.items.iter().map(device_row).collect());
+            } else {
+                let page: Page<Worker> = client.get("workers").await?;
+                print(connection.output, &page, WORKER_HEADERS, page.items.iter().map(worker_row).collect());
+            }
+            return Ok(());
+        }
+        ObjectCommand::Show { connection, id } => {
+            let client = connection.client()?;
+            if is_devices {
+                let detail: DeviceDetail = client.get(&format!("devices/{id}")).await?;
+                print(connection.output, &detail, DEVICE_HEADERS, vec![device_row(&detail.device)]);
+                if connection.output == Format::Table && !detail.history.is_empty() {
+                    println!("\nhistory ({} points, newest last):", detail.history.len());
+                    let rows = detail
+                        .history
+                        .iter()
+                        .map(|p| vec![p.bucket_start.clone(), format!("{}%", p.utilization_pct_avg), gib(p.memory_used_bytes_avg), opt(p.temperature_c_max), opt(p.power_w_avg)])
+                        .collect::<Vec<_>>();
+                    print!("{}", crate::output::table(&["BUCKET", "UTIL", "MEMORY", "TEMP MAX", "POWER W"], &rows));
+                }
+            } else {
+                let detail: WorkerDetail = client.get(&format!("workers/{id}")).await?;
+                print(connection.output, &detail, WORKER_HEADERS, vec![worker_row(&detail.worker)]);
+                if connection.output == Format::Table {
+                    println!();
+                    print!("{}", crate::output::table(DEVICE_HEADERS, &detail.devices.iter().map(device_row).collect::<Vec<_>>()));
+                }
+            }
+            return Ok(());
+        }
+        ObjectCommand::Rename { connection, id, name } => (connection, format!("{noun}/{id}/rename"), Some(RenameRequest { name })),
+        ObjectCommand::Pause { connection, id } => (connection, format!("{noun}/{id}/pause"), None),
+        ObjectCommand::Resume { connection, id } => (connection, format!("{noun}/{id}/resume"), None),
+        ObjectCommand::Remove { connection, id } => (connection, format!("{noun}/{id}/remove"), None),
+    };
+    let client = connection.client()?;
+    let answer: serde_json::Value = match &body {
+        Some(body) => client.post(&path, body).await?,
+        None => client.post_empty(&path).await?,
+    };
+    if connection.output == Format::Json {
+        println!("{}", serde_json::to_string_pretty(&answer)?);
+    } else {
+        let device = answer.get("device").cloned().unwrap_or(answer.clone());
+        if is_devices && let Ok(device) = serde_json::from_value::<Device>(device) {
+            print!("{}", crate::output::table(DEVICE_HEADERS, &[device_row(&device)]));
+        } else if let Ok(detail) = serde_json::from_value::<WorkerDetail>(answer.clone()) {
+            print!("{}", crate::output::table(WORKER_HEADERS, &[worker_row(&detail.worker)]));
+        } else if let Ok(worker) = serde_json::from_value::<Worker>(answer) {
+            print!("{}", crate::output::table(WORKER_HEADERS, &[worker_row(&worker)]));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,155 @@
+//! `flotilla dev`: the whole network on one machine. A coordinator on SQLite in the data
+//! directory, N workers with their own keys (simulated GPUs, plus the real CPU on the first),
+//! a demo supplier and renter. A second run on the same directory resumes the same network.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use flotilla_client::Client;
+use flotilla_proto::api::{CreateAccountRequest, CreateAccountResponse, CreateEnrollmentTokenRequest, CreatedEnrollmentToken, Me, Role};
+
+/// GPU mixes handed to the dev workers in turn.
+const DEV_GPU_MIXES: &[&str] = &["RTX 4090x2", "A100-80GBx1", "H100x4", "L40Sx2"];
+/// Most workers `flotilla dev` starts.
+const DEV_WORKERS_MAX: usize = 64;
+/// Time allowed for everything to stop on Ctrl-C.
+const DEV_SHUTDOWN_DEADLINE_MS: u64 = 4_500;
+
+#[derive(Debug, clap::Args)]
+pub struct DevArgs {
+    /// Directory for the database, worker keys and dev.env.
+    #[arg(long, default_value = ".flotilla-dev")]
+    data: PathBuf,
+    /// Address for the coordinator.
+    #[arg(long, default_value = "127.0.0.1:7700")]
+    listen: SocketAddr,
+    /// Local workers to run.
+    #[arg(long, default_value_t = 3)]
+    workers: usize,
+    /// Heartbeat interval for the dev network.
+    #[arg(long, default_value_t = 2_000)]
+    heartbeat_interval_ms: u64,
+}
+
+pub async fn run(args: DevArgs) -> Result<()> {
+    anyhow::ensure!(args.workers <= DEV_WORKERS_MAX, "--workers must be at most {DEV_WORKERS_MAX}");
+    std::fs::create_dir_all(&args.data).with_context(|| format!("creating {}", args.data.display()))?;
+    let data = std::fs::canonicalize(&args.data)?;
+    let config = flotilla_coordinator::Config {
+        listen: args.listen,
+        database_url: format!("sqlite:{}", data.join("flotilla.db").display()),
+        allow_simulated_devices: true,
+        heartbeat_interval_ms: args.heartbeat_interval_ms,
+        heartbeat_grace_ms: args.heartbeat_interval_ms * 3,
+        admin_key_file: Some(data.join("admin.key")),
+        ..flotilla_coordinator::Config::default()
+    };
+    let coordinator = flotilla_coordinator::start(config).await?;
+    let url = format!("http://{}", coordinator.local_addr);
+    let client = Client::new(&url, None);
+    let keys = demo_accounts(&client, &data).await?;
+    write_env(&data, &url, &keys)?;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut workers = Vec::new();
+    for index in 0..args.workers {
+        let config = worker_config(&client.with_key(&keys.supplier), &url, &data, index).await?;
+        let stopped = stopped.clone();
+        workers.push(tokio::spawn(async move {
+            if let Err(error) = flotilla_worker::run(config, stopped).await {
+                tracing::error!(%error, worker = index, "dev worker stopped");
+            }
+        }));
+    }
+    print_usage(&url, &data, args.workers);
+    crate::stop_signal().await;
+    eprintln!("stopping...");
+    let _ = stop.send(true);
+    let deadline = Duration::from_millis(DEV_SHUTDOWN_DEADLINE_MS);
+    let _ = tokio::time::timeout(deadline, async {
+        for worker in workers {
+            let _ = worker.await;
+        }
+        coordinator.shutdown().await;
+    })
+    .await;
+    Ok(())
+}
+
+struct DemoKeys {
+    renter: String,
+    supplier: String,
+}
+
+/// Reuses the keys in dev.env when they still work; otherwise makes the demo accounts.
+async fn demo_accounts(client: &Client, data: &Path) -> Result<DemoKeys> {
+    let saved = read_env(data);
+    if let (Some(renter), Some(supplier)) = (saved.get("FLOTILLA_API_KEY"), saved.get("FLOTILLA_SUPPLIER_API_KEY"))
+        && client.with_key(renter).get::<Me>("me").await.is_ok()
+        && client.with_key(supplier).get::<Me>("me").await.is_ok()
+    {
+        return Ok(DemoKeys { renter: renter.clone(), supplier: supplier.clone() });
+    }
+    let supplier: CreateAccountResponse = client
+        .post("accounts", &CreateAccountRequest { name: "demo-supplier".to_owned(), roles: vec![Role::Supplier] })
+        .await?;
+    let renter: CreateAccountResponse =
+        client.post("accounts", &CreateAccountRequest { name: "demo-renter".to_owned(), roles: vec![Role::Renter] }).await?;
+    Ok(DemoKeys { renter: renter.api_key.secret, supplier: supplier.api_key.secret })
+}
+
+async fn worker_config(supplier: &Client, url: &str, data: &Path, index: usize) -> Result<flotilla_worker::WorkerConfig> {
+    let data_dir = data.join("workers").join(format!("worker-{index}"));
+    let enrolled = flotilla_worker::identity::load_enrollment(&data_dir)?.is_some_and(|e| e.coordinator_url == url);
+    let token = if enrolled {
+        None
+    } else {
+        let request = CreateEnrollmentTokenRequest { name: Some(format!("dev-worker-{index}")), expires_in_s: Some(600) };
+        let created: CreatedEnrollmentToken = supplier.post("enrollment-tokens", &request).await?;
+        Some(created.secret)
+    };
+    Ok(flotilla_worker::WorkerConfig {
+        coordinator_url: url.to_owned(),
+        token,
+        data_dir,
+        simulate_gpus: vec![DEV_GPU_MIXES[index % DEV_GPU_MIXES.len()].to_owned()],
+        cpu_device: index == 0,
+        hostname: Some(format!("dev-worker-{index}")),
+    })
+}
+
+fn read_env(data: &Path) -> BTreeMap<String, String> {
+    let text = std::fs::read_to_string(data.join("dev.env")).unwrap_or_default();
+    text.lines()
+        .filter_map(|line| line.split_once('='))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect()
+}
+
+fn write_env(data: &Path, url: &str, keys: &DemoKeys) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let text = format!(
+        "FLOTILLA_URL={url}\nFLOTILLA_API_KEY={}\nFLOTILLA_SUPPLIER_API_KEY={}\n",
+        keys.renter, keys.supplier
+    );
+    let path = data.join("dev.env");
+    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&path)?;
+    file.write_all(text.as_bytes())?;
+    Ok(())
+}
+
+fn print_usage(url: &str, data: &Path, workers: usize) {
+    let env = data.join("dev.env");
+    println!("flotilla dev network running at {url} with {workers} workers");
+    println!("  environment: {} (renter key in FLOTILLA_API_KEY, supplier key in FLOTILLA_SUPPLIER_API_KEY)", env.display());
+    println!("  try:");
+    println!("    set -a; . {}; set +a", env.display());
+    println!("    FLOTILLA_API_KEY=$FLOTILLA_SUPPLIER_API_KEY flotilla devices list");
+    println!("    flotilla whoami");
+    println!("    curl {url}/api/v1/openapi.json");
+    println!("  admin key: {}", data.join("admin.key").display());
+    println!("  Ctrl-C stops everything");
+}

@@ -1,0 +1,187 @@
+//! `flotilla`: the one binary. Server roles are plain verbs (`coordinator`, `worker`, `dev`);
+//! client commands are `flotilla <noun> <verb>`.
+
+mod client_commands;
+mod dev;
+mod output;
+mod profile;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use client_commands::ClientCommand;
+
+#[derive(Debug, Parser)]
+#[command(name = "flotilla", version, about = "Flotilla: a decentralized GPU cloud")]
+struct Cli {
+    /// Log lines as JSON.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a coordinator.
+    Coordinator(CoordinatorArgs),
+    /// Run a worker agent on this machine.
+    Worker(WorkerArgs),
+    /// Run a whole network on this machine: coordinator, workers, demo accounts.
+    Dev(dev::DevArgs),
+    #[command(flatten)]
+    Client(ClientCommand),
+}
+
+#[derive(Debug, clap::Args)]
+struct CoordinatorArgs {
+    /// Address to listen on; port 0 picks a free port (printed on stdout).
+    #[arg(long, default_value = "127.0.0.1:7700", env = "FLOTILLA_LISTEN")]
+    listen: SocketAddr,
+    /// `sqlite:PATH` or `postgres://...`.
+    #[arg(long, default_value = "sqlite:flotilla.db", env = "FLOTILLA_DATABASE")]
+    database: String,
+    /// Accept simulated devices (development only).
+    #[arg(long)]
+    allow_simulated_devices: bool,
+    /// How often workers heartbeat.
+    #[arg(long, default_value_t = 10_000)]
+    heartbeat_interval_ms: u64,
+    /// Silence after which a worker's devices go down.
+    #[arg(long, default_value_t = 30_000)]
+    heartbeat_grace_ms: u64,
+    /// Width of one telemetry history bucket.
+    #[arg(long, default_value_t = 60)]
+    telemetry_bucket_s: u64,
+    /// Enrollment attempts allowed per client address per minute.
+    #[arg(long, default_value_t = 60)]
+    enroll_rate_per_minute: u32,
+    /// Account sign-ups allowed per client address per minute.
+    #[arg(long, default_value_t = 20)]
+    signup_rate_per_minute: u32,
+    /// Enrollment tokens one account may create per minute.
+    #[arg(long, default_value_t = 60)]
+    token_create_rate_per_minute: u32,
+    /// If the database has no admin, create one and write its key here (mode 0600).
+    #[arg(long)]
+    admin_key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+struct WorkerArgs {
+    /// The coordinator's URL.
+    #[arg(long, env = "FLOTILLA_URL")]
+    coordinator: String,
+    /// Enrollment token (first start only).
+    #[arg(long, env = "FLOTILLA_ENROLLMENT_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Directory for the worker's key and enrollment record.
+    #[arg(long)]
+    data: PathBuf,
+    /// Add simulated GPUs, e.g. "RTX 4090x2" (repeatable; development only).
+    #[arg(long = "simulate-gpu")]
+    simulate_gpu: Vec<String>,
+    /// Do not offer the CPU as a device.
+    #[arg(long)]
+    no_cpu: bool,
+    /// Name for this worker (default: the host name).
+    #[arg(long)]
+    name: Option<String>,
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("FLOTILLA_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a tokio runtime starts");
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Coordinator(args) => {
+                init_logging(cli.log_format);
+                run_coordinator(args).await
+            }
+            Command::Worker(args) => {
+                init_logging(cli.log_format);
+                run_worker(args).await
+            }
+            Command::Dev(args) => {
+                init_logging(cli.log_format);
+                dev::run(args).await
+            }
+            Command::Client(command) => client_commands::run(command).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Resolves when the process is asked to stop (Ctrl-C or SIGTERM).
+pub(crate) async fn stop_signal() {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler installs");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+}
+
+async fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
+    let config = flotilla_coordinator::Config {
+        listen: args.listen,
+        database_url: args.database,
+        allow_simulated_devices: args.allow_simulated_devices,
+        heartbeat_interval_ms: args.heartbeat_interval_ms,
+        heartbeat_grace_ms: args.heartbeat_grace_ms,
+        telemetry_bucket_s: args.telemetry_bucket_s,
+        enroll_rate_per_minute: args.enroll_rate_per_minute,
+        signup_rate_per_minute: args.signup_rate_per_minute,
+        token_create_rate_per_minute: args.token_create_rate_per_minute,
+        admin_key_file: args.admin_key_file,
+        ..flotilla_coordinator::Config::default()
+    };
+    let running = flotilla_coordinator::start(config).await?;
+    println!("flotilla coordinator listening on http://{}", running.local_addr);
+    stop_signal().await;
+    running.shutdown().await;
+    Ok(())
+}
+
+async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
+    let config = flotilla_worker::WorkerConfig {
+        coordinator_url: args.coordinator,
+        token: args.token,
+        data_dir: args.data,
+        simulate_gpus: args.simulate_gpu,
+        cpu_device: !args.no_cpu,
+        hostname: args.name,
+    };
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let worker = tokio::spawn(flotilla_worker::run(config, stopped));
+    tokio::select! {
+        result = worker => return Ok(result??),
+        _ = stop_signal() => {}
+    }
+    let _ = stop.send(true);
+    Ok(())
+}

@@ -1,0 +1,143 @@
+//! A typed HTTP client for the coordinator API. The CLI, the worker's enrollment, tests and
+//! benchmarks all speak to the coordinator through it, so the API has one client to keep true.
+
+use std::time::Duration;
+
+use flotilla_proto::api::ErrorBody;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// Time one request may take.
+const REQUEST_TIMEOUT_MS: u64 = 30_000;
+
+/// Why a request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The coordinator answered with an error body.
+    #[error("{message} ({code}, http {status}{})", field.as_ref().map(|f| format!(", field {f}")).unwrap_or_default())]
+    Api { status: u16, code: String, message: String, field: Option<String> },
+    #[error("cannot reach the coordinator at {url}: {detail}")]
+    Transport { url: String, detail: String },
+    #[error("unexpected answer from the coordinator: {0}")]
+    Decode(String),
+}
+
+impl ClientError {
+    /// The HTTP status, for API errors.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ClientError::Api { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// A client bound to one coordinator and, optionally, one API key.
+#[derive(Debug, Clone)]
+pub struct Client {
+    base_url: String,
+    api_key: Option<String>,
+    http: reqwest::Client,
+}
+
+impl Client {
+    pub fn new(base_url: &str, api_key: Option<String>) -> Client {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_millis(REQUEST_TIMEOUT_MS))
+            .build()
+            .expect("an http client with default tls builds");
+        Client { base_url: base_url.trim_end_matches('/').to_owned(), api_key, http }
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    /// The same coordinator with another key.
+    pub fn with_key(&self, api_key: &str) -> Client {
+        Client { api_key: Some(api_key.to_owned()), ..self.clone() }
+    }
+
+    /// GET `path` (relative to `/api/v1`, or absolute from `/`).
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        self.send(self.http.get(self.url(path))).await
+    }
+
+    /// POST a JSON body.
+    pub async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, ClientError> {
+        self.send(self.http.post(self.url(path)).json(body)).await
+    }
+
+    /// POST with an empty JSON object.
+    pub async fn post_empty<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        self.post(path, &serde_json::json!({})).await
+    }
+
+    fn url(&self, path: &str) -> String {
+        if path.starts_with("/api/") || path == "/metrics" {
+            format!("{}{path}", self.base_url)
+        } else {
+            format!("{}/api/v1/{}", self.base_url, path.trim_start_matches('/'))
+        }
+    }
+
+    async fn send<T: DeserializeOwned>(&self, mut request: reqwest::RequestBuilder) -> Result<T, ClientError> {
+        if let Some(key) = &self.api_key {
+            request = request.bearer_auth(key);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| ClientError::Transport { url: self.base_url.clone(), detail: e.to_string() })?;
+        let status = response.status();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| ClientError::Transport { url: self.base_url.clone(), detail: e.to_string() })?;
+        if !status.is_success() {
+            return Err(match serde_json::from_slice::<ErrorBody>(&bytes) {
+                Ok(body) => ClientError::Api {
+                    status: status.as_u16(),
+                    code: body.error.code,
+                    message: body.error.message,
+                    field: body.error.field,
+                },
+                Err(_) => ClientError::Api {
+                    status: status.as_u16(),
+                    code: "http_error".to_owned(),
+                    message: String::from_utf8_lossy(&bytes).chars().take(200).collect(),
+                    field: None,
+                },
+            });
+        }
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))
+    }
+}
+
+/// The WebSocket URL of the worker control channel for a coordinator URL.
+pub fn control_channel_url(base_url: &str) -> String {
+    let base = base_url.trim_end_matches('/');
+    let ws = if let Some(rest) = base.strip_prefix("https://") {
+        format!("wss://{rest}")
+    } else if let Some(rest) = base.strip_prefix("http://") {
+        format!("ws://{rest}")
+    } else {
+        base.to_owned()
+    };
+    format!("{ws}/api/v1/workers/connect")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        let client = Client::new("http://h:1/", None);
+        assert_eq!(client.url("devices"), "http://h:1/api/v1/devices");
+        assert_eq!(client.url("/api/v1/health"), "http://h:1/api/v1/health");
+        assert_eq!(client.url("/metrics"), "http://h:1/metrics");
+        assert_eq!(control_channel_url("http://h:1"), "ws://h:1/api/v1/workers/connect");
+        assert_eq!(control_channel_url("https://h"), "wss://h/api/v1/workers/connect");
+    }
+}

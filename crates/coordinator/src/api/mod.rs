@@ -1,0 +1,190 @@
+//! The HTTP API: routes, the OpenAPI document generated from the handlers, health and metrics.
+
+pub mod accounts;
+pub mod audit;
+mod convert;
+pub mod devices;
+pub mod enrollment;
+pub mod workers;
+
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::header;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use flotilla_proto::api::{self as wire, PageQuery};
+use flotilla_proto::limits::{PAGE_LIMIT_DEFAULT, PAGE_LIMIT_MAX, REQUEST_BODY_BYTES_MAX};
+use tower_http::limit::RequestBodyLimitLayer;
+use utoipa::OpenApi;
+
+use crate::AppState;
+use crate::error::{ApiError, ApiResult};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Flotilla coordinator API", description = "Decentralized GPU cloud: accounts, keys, enrollment, workers, devices, audit."),
+    paths(
+        health,
+        accounts::create_account, accounts::me, accounts::login,
+        accounts::list_api_keys, accounts::create_api_key, accounts::revoke_api_key,
+        enrollment::create_token, enrollment::list_tokens, enrollment::show_token, enrollment::revoke_token,
+        enrollment::enroll,
+        workers::list_workers, workers::show_worker, workers::rename_worker, workers::pause_worker,
+        workers::resume_worker, workers::remove_worker,
+        devices::list_devices, devices::show_device, devices::rename_device, devices::pause_device,
+        devices::resume_device, devices::remove_device,
+        audit::list_audit_events,
+    ),
+    components(schemas(wire::ErrorBody, wire::ErrorDetail)),
+    modifiers(&BearerAuth),
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("flt_...").build()),
+        );
+    }
+}
+
+/// Every route.
+pub fn router(app: AppState) -> Router {
+    let api = Router::new()
+        .route("/health", get(health))
+        .route("/openapi.json", get(openapi_json))
+        .route("/accounts", post(accounts::create_account))
+        .route("/me", get(accounts::me))
+        .route("/login", post(accounts::login))
+        .route("/api-keys", get(accounts::list_api_keys).post(accounts::create_api_key))
+        .route("/api-keys/{id}/revoke", post(accounts::revoke_api_key))
+        .route("/enrollment-tokens", get(enrollment::list_tokens).post(enrollment::create_token))
+        .route("/enrollment-tokens/{id}", get(enrollment::show_token))
+        .route("/enrollment-tokens/{id}/revoke", post(enrollment::revoke_token))
+        .route("/workers/enroll", post(enrollment::enroll))
+        .route("/workers/connect", get(enrollment::connect))
+        .route("/workers", get(workers::list_workers))
+        .route("/workers/{id}", get(workers::show_worker))
+        .route("/workers/{id}/rename", post(workers::rename_worker))
+        .route("/workers/{id}/pause", post(workers::pause_worker))
+        .route("/workers/{id}/resume", post(workers::resume_worker))
+        .route("/workers/{id}/remove", post(workers::remove_worker))
+        .route("/devices", get(devices::list_devices))
+        .route("/devices/{id}", get(devices::show_device))
+        .route("/devices/{id}/rename", post(devices::rename_device))
+        .route("/devices/{id}/pause", post(devices::pause_device))
+        .route("/devices/{id}/resume", post(devices::resume_device))
+        .route("/devices/{id}/remove", post(devices::remove_device))
+        .route("/audit-events", get(audit::list_audit_events))
+        .fallback(not_found);
+    Router::new()
+        .nest("/api/v1", api)
+        .route("/metrics", get(metrics_text))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(app.clone(), record_request))
+        .layer(RequestBodyLimitLayer::new(REQUEST_BODY_BYTES_MAX))
+        .with_state(app)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound("route")
+}
+
+async fn record_request(State(app): State<AppState>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
+    let method = request.method().as_str().to_owned();
+    let response = next.run(request).await;
+    let labels = vec![("method", method), ("route", route), ("status", response.status().as_u16().to_string())];
+    app.metrics.api_requests.get_or_create(&labels).inc();
+    app.metrics.api_request_duration.get_or_create(&labels[..2].to_vec()).observe(started.elapsed().as_secs_f64());
+    response
+}
+
+/// Liveness and version.
+#[utoipa::path(get, path = "/api/v1/health", responses((status = 200, body = wire::Health)))]
+pub async fn health(State(app): State<AppState>) -> axum::Json<wire::Health> {
+    axum::Json(wire::Health {
+        status: "ok".to_owned(),
+        version: flotilla_proto::AGENT_VERSION.to_owned(),
+        database: app.store.backend().as_str().to_owned(),
+    })
+}
+
+async fn openapi_json() -> Response {
+    let body = ApiDoc::openapi().to_pretty_json().expect("the OpenAPI document serializes");
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+async fn metrics_text(State(app): State<AppState>) -> Response {
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], app.metrics.render())
+        .into_response()
+}
+
+/// A validated page request: how many rows to fetch and where to start.
+#[derive(Debug, Clone)]
+pub(crate) struct PageRequest {
+    pub limit: u32,
+    pub after: Option<String>,
+}
+
+impl PageRequest {
+    pub fn from_query(query: &PageQuery) -> ApiResult<PageRequest> {
+        let limit = query.limit.unwrap_or(PAGE_LIMIT_DEFAULT);
+        if limit == 0 || limit > PAGE_LIMIT_MAX {
+            return Err(ApiError::invalid("limit", format!("limit must be between 1 and {PAGE_LIMIT_MAX}")));
+        }
+        let after = query
+            .cursor
+            .as_deref()
+            .map(|cursor| {
+                hex::decode(cursor)
+                    .ok()
+                    .and_then(|bytes| String::from_utf8(bytes).ok())
+                    .ok_or_else(|| ApiError::invalid("cursor", "cursor is not one this api returned"))
+            })
+            .transpose()?;
+        Ok(PageRequest { limit, after })
+    }
+
+    /// Rows to ask the store for: one more than the page, to know whether another follows.
+    pub fn fetch(&self) -> u32 {
+        self.limit + 1
+    }
+
+    /// Cuts the fetched rows to the page and makes the next cursor.
+    pub fn finish<R, T>(&self, mut rows: Vec<R>, key: impl Fn(&R) -> String, convert: impl Fn(R) -> T) -> wire::Page<T> {
+        let more = rows.len() > self.limit as usize;
+        rows.truncate(self.limit as usize);
+        let next_cursor = if more { rows.last().map(|row| hex::encode(key(row))) } else { None };
+        wire::Page { items: rows.into_iter().map(convert).collect(), next_cursor }
+    }
+}
+
+/// Checks a user-supplied name.
+pub(crate) fn check_name(field: &str, name: &str) -> ApiResult<()> {
+    let chars = name.chars().count();
+    if chars == 0 || chars > flotilla_proto::limits::NAME_CHARS_MAX || name.chars().any(char::is_control) {
+        return Err(ApiError::invalid(
+            field,
+            format!("{field} must be 1 to {} characters without control characters", flotilla_proto::limits::NAME_CHARS_MAX),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks that a path id has the expected kind; any other answers 404 like a missing object.
+pub(crate) fn check_id(kind: flotilla_proto::id::IdKind, what: &'static str, id: &str) -> ApiResult<()> {
+    if flotilla_proto::id::is_id(kind, id) { Ok(()) } else { Err(ApiError::NotFound(what)) }
+}

@@ -1,0 +1,101 @@
+//! The coordinator's configuration: typed, documented, validated before use.
+
+use std::net::SocketAddr;
+
+/// How the coordinator runs. Built by the CLI from flags; every field has a default.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address to serve HTTP and worker sessions on; port 0 picks a free one.
+    pub listen: SocketAddr,
+    /// `sqlite:PATH` (or a bare path) or `postgres://...`.
+    pub database_url: String,
+    /// Accept devices made up by `--simulate-gpu`. Off in production; `flotilla dev` sets it.
+    pub allow_simulated_devices: bool,
+    /// How often workers are told to heartbeat.
+    pub heartbeat_interval_ms: u64,
+    /// Silence after which a worker's devices go `down`.
+    pub heartbeat_grace_ms: u64,
+    /// Time down after which a device becomes `inactive`.
+    pub inactive_after_ms: u64,
+    /// Width of one telemetry history bucket.
+    pub telemetry_bucket_s: u64,
+    /// How long telemetry history is kept.
+    pub telemetry_retention_s: u64,
+    /// Enrollment attempts allowed per client address per minute.
+    pub enroll_rate_per_minute: u32,
+    /// Account sign-ups allowed per client address per minute.
+    pub signup_rate_per_minute: u32,
+    /// Enrollment tokens one account may create per minute.
+    pub token_create_rate_per_minute: u32,
+    /// Where to write the first admin's API key when the database has no admin. The key is
+    /// written to this file (mode 0600) and never logged.
+    pub admin_key_file: Option<std::path::PathBuf>,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7700)),
+            database_url: "sqlite:flotilla.db".to_owned(),
+            allow_simulated_devices: false,
+            heartbeat_interval_ms: 10_000,
+            heartbeat_grace_ms: 30_000,
+            inactive_after_ms: 5 * 24 * 3600 * 1000,
+            telemetry_bucket_s: 60,
+            telemetry_retention_s: 24 * 3600,
+            enroll_rate_per_minute: 60,
+            signup_rate_per_minute: 20,
+            token_create_rate_per_minute: 60,
+            admin_key_file: None,
+        }
+    }
+}
+
+/// A configuration that cannot work.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid configuration: {field} {problem}")]
+pub struct ConfigError {
+    pub field: &'static str,
+    pub problem: String,
+}
+
+impl Config {
+    /// Checks relations between fields that the types cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let fail = |field, problem: &str| Err(ConfigError { field, problem: problem.to_owned() });
+        if self.heartbeat_interval_ms < 10 {
+            return fail("heartbeat_interval_ms", "must be at least 10");
+        }
+        if self.heartbeat_grace_ms <= self.heartbeat_interval_ms {
+            return fail("heartbeat_grace_ms", "must exceed heartbeat_interval_ms");
+        }
+        if self.inactive_after_ms <= self.heartbeat_grace_ms {
+            return fail("inactive_after_ms", "must exceed heartbeat_grace_ms");
+        }
+        if self.telemetry_bucket_s == 0 || self.telemetry_retention_s < self.telemetry_bucket_s {
+            return fail("telemetry_bucket_s", "must be at least 1 and at most telemetry_retention_s");
+        }
+        if self.enroll_rate_per_minute == 0 || self.signup_rate_per_minute == 0 || self.token_create_rate_per_minute == 0 {
+            return fail("rate limits", "must be at least 1 per minute");
+        }
+        Ok(())
+    }
+
+    /// How often the liveness sweep runs: often enough to notice a silent worker well within
+    /// its grace period.
+    pub fn liveness_sweep_interval_ms(&self) -> u64 {
+        (self.heartbeat_grace_ms / 4).clamp(10, 1000)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_is_valid_and_bad_relations_are_named() {
+        assert_eq!(Config::default().validate(), Ok(()));
+        let config = Config { heartbeat_grace_ms: 5_000, ..Config::default() };
+        assert_eq!(config.validate().unwrap_err().field, "heartbeat_grace_ms");
+    }
+}

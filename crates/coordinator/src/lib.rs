@@ -1,0 +1,214 @@
+//! The coordinator: the HTTP API under `/api/v1`, worker control sessions, failure detection,
+//! telemetry history and the audit log, over one database.
+//!
+//! Invariants:
+//! - Handlers reach stored objects only through `flotilla_store` queries filtered by the
+//!   caller's account; an object that is not the caller's answers 404 like a missing one.
+//! - Every device state change goes through `device_state::transition` and `Fleet`, which
+//!   write the database (compare-and-set) before the in-memory copy.
+//! - The pending-to-idle step lives in `admission` alone.
+//! - Errors become HTTP answers in `error.rs` only.
+
+pub mod admission;
+pub mod api;
+pub mod config;
+pub mod device_state;
+pub mod error;
+pub mod extract;
+pub mod fleet;
+pub mod liveness;
+pub mod metrics;
+pub mod ratelimit;
+mod session;
+pub mod telemetry;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use flotilla_proto::time::now_unix_ms;
+use flotilla_store::Store;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub use config::Config;
+use fleet::Fleet;
+use metrics::Metrics;
+use ratelimit::RateLimiter;
+
+/// Failed authentications allowed per client address per minute.
+const AUTH_FAILURES_PER_MINUTE: u32 = 120;
+/// How often connected workers' last-seen stamps are written to the database.
+const LAST_SEEN_FLUSH_INTERVAL_MS: u64 = 30_000;
+/// How often telemetry older than retention is deleted.
+const TELEMETRY_PRUNE_INTERVAL_MS: u64 = 600_000;
+/// How long shutdown waits for sessions and the HTTP server.
+const SHUTDOWN_DEADLINE_MS: u64 = 4_000;
+
+/// The rate limiters, one per kind of request that can be abused.
+#[derive(Debug)]
+pub struct Limits {
+    pub enroll: RateLimiter,
+    pub signup: RateLimiter,
+    pub token_create: RateLimiter,
+    pub auth_failures: RateLimiter,
+}
+
+/// What every handler can reach.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub config: Arc<Config>,
+    pub fleet: Arc<Fleet>,
+    pub metrics: Arc<Metrics>,
+    pub limits: Arc<Limits>,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// Errors starting the coordinator.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error(transparent)]
+    Store(#[from] flotilla_store::StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot write the admin key file: {0}")]
+    AdminKey(std::io::Error),
+}
+
+/// A running coordinator. Dropping it does not stop it; call [`Running::shutdown`].
+#[derive(Debug)]
+pub struct Running {
+    pub local_addr: SocketAddr,
+    pub store: Store,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops serving, ends worker sessions, flushes telemetry and closes the database, within
+    /// a deadline.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let deadline = Duration::from_millis(SHUTDOWN_DEADLINE_MS);
+        for task in self.tasks {
+            let _ = tokio::time::timeout(deadline, task).await;
+        }
+        self.store.close().await;
+    }
+}
+
+/// Opens the database, binds the listener and starts serving.
+pub async fn start(config: Config) -> Result<Running, StartError> {
+    config.validate()?;
+    let store = Store::open(&config.database_url).await?;
+    if let Some(path) = &config.admin_key_file {
+        api::accounts::bootstrap_admin(&store, path).await?;
+    }
+    let metrics = Arc::new(Metrics::new());
+    let fleet = Arc::new(Fleet::load(store.clone(), metrics.clone(), &config).await?);
+    let limits = Arc::new(Limits {
+        enroll: RateLimiter::per_minute(config.enroll_rate_per_minute),
+        signup: RateLimiter::per_minute(config.signup_rate_per_minute),
+        token_create: RateLimiter::per_minute(config.token_create_rate_per_minute),
+        auth_failures: RateLimiter::per_minute(AUTH_FAILURES_PER_MINUTE),
+    });
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| StartError::Listen { addr: config.listen, source })?;
+    let local_addr = listener.local_addr().map_err(|source| StartError::Listen { addr: config.listen, source })?;
+    let app = AppState {
+        store: store.clone(),
+        config: Arc::new(config),
+        fleet,
+        metrics,
+        limits,
+        shutdown: shutdown_rx.clone(),
+    };
+    let router = api::router(app.clone());
+    let mut server_shutdown = shutdown_rx.clone();
+    let server = tokio::spawn(async move {
+        let service = router.into_make_service_with_connect_info::<SocketAddr>();
+        let result = axum::serve(listener, service)
+            .with_graceful_shutdown(async move {
+                let _ = server_shutdown.wait_for(|stop| *stop).await;
+            })
+            .await;
+        if let Err(error) = result {
+            tracing::error!(%error, "http server failed");
+        }
+    });
+    let background = tokio::spawn(background_loop(app, shutdown_rx));
+    tracing::info!(%local_addr, "coordinator listening");
+    Ok(Running { local_addr, store, shutdown: shutdown_tx, tasks: vec![server, background] })
+}
+
+/// Failure detection, telemetry flushing and pruning, last-seen stamps: one loop, one tick.
+async fn background_loop(app: AppState, mut shutdown: watch::Receiver<bool>) {
+    let tick_ms = app.config.liveness_sweep_interval_ms();
+    let mut ticker = tokio::time::interval(Duration::from_millis(tick_ms));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let flush_every_ticks = (app.config.telemetry_bucket_s * 1000 / 2 / tick_ms).max(1);
+    let last_seen_every_ticks = (LAST_SEEN_FLUSH_INTERVAL_MS / tick_ms).max(1);
+    let prune_every_ticks = (TELEMETRY_PRUNE_INTERVAL_MS / tick_ms).max(1);
+    let mut tick: u64 = 0;
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = shutdown.wait_for(|stop| *stop) => break,
+        }
+        tick += 1;
+        let now_ms = now_unix_ms();
+        if let Err(error) = app.fleet.sweep(now_ms).await {
+            tracing::warn!(%error, "liveness sweep incomplete; retrying next tick");
+        }
+        if tick % flush_every_ticks == 0 {
+            flush_telemetry(&app, now_ms).await;
+        }
+        if tick % last_seen_every_ticks == 0 {
+            flush_last_seen(&app).await;
+        }
+        if tick % prune_every_ticks == 0 {
+            let retention_ms = i64::try_from(app.config.telemetry_retention_s * 1000).unwrap_or(i64::MAX);
+            if let Err(error) = app.store.prune_telemetry(now_ms.saturating_sub(retention_ms)).await {
+                tracing::warn!(%error, "telemetry prune failed");
+            }
+        }
+    }
+    flush_telemetry(&app, i64::MAX / 2).await;
+    flush_last_seen(&app).await;
+}
+
+async fn flush_telemetry(app: &AppState, now_ms: i64) {
+    let buckets = app.fleet.take_closed_buckets(now_ms);
+    if buckets.is_empty() {
+        return;
+    }
+    match app.store.insert_telemetry(&buckets).await {
+        Ok(()) => {
+            app.metrics.telemetry_buckets_written.inc_by(buckets.len() as u64);
+        }
+        Err(error) => {
+            app.metrics.telemetry_buckets_dropped.inc_by(buckets.len() as u64);
+            tracing::warn!(%error, buckets = buckets.len(), "telemetry flush failed; buckets dropped");
+        }
+    }
+}
+
+async fn flush_last_seen(app: &AppState) {
+    let seen = app.fleet.connected_last_seen();
+    if seen.is_empty() {
+        return;
+    }
+    if let Err(error) = app.store.touch_workers(&seen).await {
+        tracing::warn!(%error, "last-seen flush failed");
+    }
+}
+
+/// Milliseconds now; one place, so tests of pure parts never need it.
+pub(crate) fn now_ms() -> i64 {
+    now_unix_ms()
+}

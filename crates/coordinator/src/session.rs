@@ -1,0 +1,257 @@
+//! One worker's control session over a WebSocket: challenge, signed Hello, then signed
+//! heartbeats, each checked for signature, sequence and device ownership.
+
+use std::time::Duration;
+
+use axum::extract::ws::{Message, WebSocket};
+use flotilla_proto::device::DeviceState;
+use flotilla_proto::limits::{DEVICES_PER_WORKER_MAX, HARDWARE_STRING_CHARS_MAX};
+use flotilla_proto::time::now_unix_ms;
+use flotilla_proto::wire::{
+    DeviceAssignment, Envelope, SESSION_NONCE_BYTES, ServerMessage, WorkerMessage, parse_public_key,
+};
+use flotilla_proto::{PROTOCOL_VERSION, id};
+use tokio::sync::watch;
+
+use crate::AppState;
+use crate::admission;
+use crate::device_state::DeviceEvent;
+use crate::fleet::FleetError;
+
+/// How long a new connection may take to send its Hello.
+const HELLO_TIMEOUT_MS: u64 = 10_000;
+
+/// A refusal sent to the worker: a stable code, a message, and whether the session ends.
+#[derive(Debug)]
+struct Refusal {
+    code: &'static str,
+    message: String,
+    fatal: bool,
+}
+
+impl Refusal {
+    fn fatal(code: &'static str, message: impl Into<String>) -> Refusal {
+        Refusal { code, message: message.into(), fatal: true }
+    }
+
+    fn soft(code: &'static str, message: impl Into<String>) -> Refusal {
+        Refusal { code, message: message.into(), fatal: false }
+    }
+}
+
+/// What the session knows after Hello.
+struct Bound {
+    worker_id: String,
+    public_key: ed25519_dalek::VerifyingKey,
+    last_seq: u64,
+    session_id: u64,
+}
+
+/// Runs one session to its end.
+pub async fn run(mut socket: WebSocket, app: AppState, mut shutdown: watch::Receiver<bool>) {
+    let mut nonce = [0u8; SESSION_NONCE_BYTES];
+    getrandom::fill(&mut nonce).expect("the operating system has a random source");
+    let challenge = ServerMessage::Challenge {
+        protocol_version: PROTOCOL_VERSION,
+        session_nonce: hex::encode(nonce),
+        server_time_ms: now_unix_ms(),
+    };
+    if send(&mut socket, &challenge).await.is_err() {
+        return;
+    }
+    let hello = tokio::time::timeout(Duration::from_millis(HELLO_TIMEOUT_MS), next_text(&mut socket)).await;
+    let Ok(Some(text)) = hello else { return };
+    let (mut bound, mut kicked, welcome) = match hello_session(&app, &nonce, &text).await {
+        Ok(session) => session,
+        Err(refusal) => {
+            refuse(&mut socket, &app, None, refusal).await;
+            return;
+        }
+    };
+    if send(&mut socket, &welcome).await.is_err() {
+        app.fleet.close_session(&bound.worker_id, bound.session_id);
+        return;
+    }
+    let silence_limit = Duration::from_millis(app.config.heartbeat_grace_ms.saturating_mul(2));
+    loop {
+        tokio::select! {
+            _ = &mut kicked => break,
+            _ = shutdown.changed() => break,
+            next = tokio::time::timeout(silence_limit, next_text(&mut socket)) => {
+                let Ok(Some(text)) = next else { break };
+                if let Err(refusal) = on_message(&app, &nonce, &mut bound, &text).await {
+                    let fatal = refusal.fatal;
+                    refuse(&mut socket, &app, Some(bound.last_seq), refusal).await;
+                    if fatal {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    app.fleet.close_session(&bound.worker_id, bound.session_id);
+    let _ = socket.send(Message::Close(None)).await;
+    tracing::info!(worker_id = %bound.worker_id, "worker session ended");
+}
+
+async fn next_text(socket: &mut WebSocket) -> Option<String> {
+    loop {
+        match socket.recv().await? {
+            Ok(Message::Text(text)) => return Some(text.as_str().to_owned()),
+            Ok(Message::Binary(_)) => return Some(String::new()),
+            Ok(Message::Close(_)) | Err(_) => return None,
+            Ok(Message::Ping(_) | Message::Pong(_)) => continue,
+        }
+    }
+}
+
+async fn send(socket: &mut WebSocket, message: &ServerMessage) -> Result<(), axum::Error> {
+    let text = serde_json::to_string(message).expect("server messages serialize");
+    socket.send(Message::Text(text.into())).await
+}
+
+async fn refuse(socket: &mut WebSocket, app: &AppState, seq: Option<u64>, refusal: Refusal) {
+    app.metrics.rejected(refusal.code);
+    tracing::warn!(code = refusal.code, message = %refusal.message, "worker message refused");
+    let _ = send(socket, &ServerMessage::Rejected { seq, code: refusal.code.to_owned(), message: refusal.message, fatal: refusal.fatal }).await;
+}
+
+fn parse_envelope(text: &str) -> Result<Envelope, Refusal> {
+    serde_json::from_str(text).map_err(|e| Refusal::fatal("malformed_message", format!("message is not a signed envelope: {e}")))
+}
+
+async fn hello_session(
+    app: &AppState,
+    nonce: &[u8],
+    text: &str,
+) -> Result<(Bound, tokio::sync::oneshot::Receiver<()>, ServerMessage), Refusal> {
+    let envelope = parse_envelope(text)?;
+    if !id::is_id(id::IdKind::Worker, &envelope.worker_id) {
+        return Err(Refusal::fatal("unknown_worker", "worker id is not a worker id"));
+    }
+    let worker = app
+        .store
+        .worker_for_session(&envelope.worker_id)
+        .await
+        .map_err(|e| Refusal::fatal("internal", e.to_string()))?
+        .ok_or_else(|| Refusal::fatal("unknown_worker", format!("worker {} is not enrolled or was removed", envelope.worker_id)))?;
+    let public_key = parse_public_key(&worker.public_key).map_err(|e| Refusal::fatal("internal", e.to_string()))?;
+    let message = envelope
+        .open(&public_key, nonce)
+        .map_err(|e| Refusal::fatal("bad_signature", format!("hello from {}: {e}", worker.id)))?;
+    if envelope.seq != 1 {
+        return Err(Refusal::fatal("out_of_order", "hello must be sequence 1"));
+    }
+    let WorkerMessage::Hello { agent_version, hostname, devices } = message else {
+        return Err(Refusal::fatal("hello_expected", "the first message must be hello"));
+    };
+    check_hello(app, &hostname, &agent_version, &devices)?;
+    let now_ms = now_unix_ms();
+    app.store
+        .update_worker_hello(&worker.id, &hostname, &agent_version, now_ms)
+        .await
+        .map_err(|e| Refusal::fatal("internal", e.to_string()))?;
+    let reported: Vec<_> = devices
+        .into_iter()
+        .map(|hardware| (id::new_id(id::IdKind::Device), hardware, DeviceState::Pending))
+        .collect();
+    let rows = app
+        .store
+        .upsert_reported_devices(&worker.account_id, &worker.id, &reported, now_ms)
+        .await
+        .map_err(|e| Refusal::fatal("internal", e.to_string()))?;
+    let (session_id, kicked) = app.fleet.open_session(&worker.id, &rows, now_ms);
+    admit_and_revive(app, &rows).await.map_err(|e| Refusal::fatal("internal", e.to_string()))?;
+    let assignments: Vec<DeviceAssignment> = rows
+        .iter()
+        .filter(|row| row.removed_at_ms.is_none())
+        .map(|row| DeviceAssignment {
+            hardware_id: row.hardware.hardware_id.clone(),
+            device_id: row.id.clone(),
+            state: app.fleet.lifecycle(&row.id).map_or(row.state, |l| l.state),
+        })
+        .collect();
+    let welcome = ServerMessage::Welcome {
+        worker_id: worker.id.clone(),
+        heartbeat_interval_ms: app.config.heartbeat_interval_ms,
+        devices: assignments,
+    };
+    let bound = Bound { worker_id: worker.id.clone(), public_key, last_seq: 1, session_id };
+    tracing::info!(worker_id = %worker.id, devices = rows.len(), "worker session opened");
+    Ok((bound, kicked, welcome))
+}
+
+/// Admission for new devices, and the way back for devices that were down.
+async fn admit_and_revive(app: &AppState, rows: &[flotilla_store::DeviceRow]) -> Result<(), FleetError> {
+    let live: Vec<_> = rows.iter().filter(|row| row.removed_at_ms.is_none()).collect();
+    let revive: Vec<String> = live.iter().map(|row| row.id.clone()).collect();
+    app.fleet.apply_events(&revive, DeviceEvent::HeartbeatResumed, false).await?;
+    for row in live.iter().filter(|row| row.state == DeviceState::Pending) {
+        let event = admission::admit(&row.hardware);
+        app.fleet.apply_events(std::slice::from_ref(&row.id), event, false).await?;
+    }
+    Ok(())
+}
+
+fn check_hello(app: &AppState, hostname: &str, agent_version: &str, devices: &[flotilla_proto::device::DeviceHardware]) -> Result<(), Refusal> {
+    if devices.len() > DEVICES_PER_WORKER_MAX {
+        return Err(Refusal::fatal("too_many_devices", format!("a worker may report at most {DEVICES_PER_WORKER_MAX} devices")));
+    }
+    let strings = devices
+        .iter()
+        .flat_map(|d| [Some(&d.hardware_id), Some(&d.model), d.driver_version.as_ref(), d.cuda_capability.as_ref()])
+        .flatten()
+        .map(String::as_str)
+        .chain([hostname, agent_version]);
+    for text in strings {
+        if text.chars().count() > HARDWARE_STRING_CHARS_MAX || text.chars().any(char::is_control) {
+            return Err(Refusal::fatal("malformed_hardware", format!("hardware string {text:?} is too long or has control characters")));
+        }
+    }
+    let mut ids: Vec<_> = devices.iter().map(|d| d.hardware_id.as_str()).collect();
+    ids.sort_unstable();
+    if ids.windows(2).any(|pair| pair[0] == pair[1]) || ids.iter().any(|id| id.is_empty()) {
+        return Err(Refusal::fatal("malformed_hardware", "hardware ids must be non-empty and distinct"));
+    }
+    if !app.config.allow_simulated_devices && devices.iter().any(|d| d.simulated) {
+        return Err(Refusal::fatal(
+            "simulated_devices_refused",
+            "this coordinator refuses simulated devices; start it with --allow-simulated-devices",
+        ));
+    }
+    Ok(())
+}
+
+async fn on_message(app: &AppState, nonce: &[u8], bound: &mut Bound, text: &str) -> Result<(), Refusal> {
+    let envelope = parse_envelope(text)?;
+    if envelope.worker_id != bound.worker_id {
+        return Err(Refusal::fatal("worker_mismatch", format!("this session belongs to worker {}", bound.worker_id)));
+    }
+    let message = envelope
+        .open(&bound.public_key, nonce)
+        .map_err(|e| Refusal::fatal("bad_signature", e.to_string()))?;
+    if envelope.seq <= bound.last_seq {
+        return Err(Refusal::soft("replayed_message", format!("sequence {} was already used", envelope.seq)));
+    }
+    if envelope.seq != bound.last_seq + 1 {
+        return Err(Refusal::soft("out_of_order", format!("expected sequence {}", bound.last_seq + 1)));
+    }
+    bound.last_seq = envelope.seq;
+    match message {
+        WorkerMessage::Hello { .. } => Err(Refusal::soft("unexpected_hello", "hello was already received")),
+        WorkerMessage::Heartbeat { devices, .. } => {
+            let returning = app
+                .fleet
+                .heartbeat(&bound.worker_id, &devices, now_unix_ms())
+                .map_err(|e| Refusal::soft("device_not_owned", e.to_string()))?;
+            if !returning.is_empty() {
+                app.fleet
+                    .apply_events(&returning, DeviceEvent::HeartbeatResumed, false)
+                    .await
+                    .map_err(|e| Refusal::soft("internal", e.to_string()))?;
+            }
+            Ok(())
+        }
+    }
+}
+

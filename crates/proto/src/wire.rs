@@ -1,0 +1,265 @@
+//! The control protocol between a worker and the coordinator, over one WebSocket.
+//!
+//! 1. The coordinator opens with [`ServerMessage::Challenge`]: a fresh random session nonce.
+//! 2. Every worker message is an [`Envelope`]: the worker id, a sequence number that starts at 1
+//!    and grows by exactly 1, the JSON body as sent, and an ed25519 signature over
+//!    [`signing_bytes`] (domain, session nonce, worker id, sequence, SHA-256 of the body).
+//! 3. The first body is [`WorkerMessage::Hello`] with the hardware; the coordinator answers
+//!    [`ServerMessage::Welcome`] with the device ids. Then [`WorkerMessage::Heartbeat`]s follow.
+//!
+//! A replayed envelope fails the sequence check, and one from another session fails the
+//! signature (the nonce differs). Worker A cannot speak for worker B: the signature is checked
+//! against B's enrolled public key, and a connection is bound to one worker id at Hello.
+
+use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use utoipa::ToSchema;
+
+use crate::device::{DeviceHardware, DeviceState, DeviceTelemetry};
+
+const SIGNING_DOMAIN: &[u8] = b"flotilla/worker-message/v1\0";
+const ENROLL_DOMAIN: &[u8] = b"flotilla/enroll/v1\0";
+
+/// Bytes in a session nonce.
+pub const SESSION_NONCE_BYTES: usize = 32;
+
+/// What the coordinator sends to a worker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ServerMessage {
+    Challenge {
+        protocol_version: u32,
+        /// Hex of [`SESSION_NONCE_BYTES`] random bytes.
+        session_nonce: String,
+        server_time_ms: i64,
+    },
+    Welcome {
+        worker_id: String,
+        heartbeat_interval_ms: u64,
+        devices: Vec<DeviceAssignment>,
+    },
+    /// A message was refused. `fatal` means the coordinator closes the session.
+    Rejected {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        seq: Option<u64>,
+        code: String,
+        message: String,
+        fatal: bool,
+    },
+}
+
+/// The id the coordinator gave one reported device.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceAssignment {
+    pub hardware_id: String,
+    pub device_id: String,
+    pub state: DeviceState,
+}
+
+/// A signed worker message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Envelope {
+    pub worker_id: String,
+    pub seq: u64,
+    /// The JSON of a [`WorkerMessage`], exactly as signed.
+    pub body: String,
+    /// Hex of the 64-byte ed25519 signature over [`signing_bytes`].
+    pub signature: String,
+}
+
+/// The body of an [`Envelope`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum WorkerMessage {
+    Hello {
+        agent_version: String,
+        hostname: String,
+        devices: Vec<DeviceHardware>,
+    },
+    Heartbeat {
+        sent_at_ms: i64,
+        devices: Vec<DeviceTelemetry>,
+    },
+}
+
+/// Why an envelope was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum WireError {
+    #[error("signature is not 64 hex-encoded bytes")]
+    SignatureMalformed,
+    #[error("public key is not 32 hex-encoded bytes of a valid ed25519 key")]
+    PublicKeyMalformed,
+    #[error("signature does not verify")]
+    SignatureInvalid,
+    #[error("body is not a valid worker message: {0}")]
+    BodyMalformed(String),
+}
+
+/// The bytes a worker signs for one envelope.
+pub fn signing_bytes(session_nonce: &[u8], worker_id: &str, seq: u64, body: &str) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(SIGNING_DOMAIN.len() + session_nonce.len() + 80);
+    bytes.extend_from_slice(SIGNING_DOMAIN);
+    bytes.extend_from_slice(session_nonce);
+    bytes.extend_from_slice(worker_id.as_bytes());
+    bytes.push(0);
+    bytes.extend_from_slice(&seq.to_be_bytes());
+    bytes.extend_from_slice(&Sha256::digest(body.as_bytes()));
+    bytes
+}
+
+impl Envelope {
+    /// Signs `message` as sequence `seq` of the session with `session_nonce`.
+    pub fn seal(
+        key: &SigningKey,
+        session_nonce: &[u8],
+        worker_id: &str,
+        seq: u64,
+        message: &WorkerMessage,
+    ) -> Envelope {
+        let body = serde_json::to_string(message).expect("worker messages serialize");
+        let signature = key.sign(&signing_bytes(session_nonce, worker_id, seq, &body));
+        Envelope {
+            worker_id: worker_id.to_owned(),
+            seq,
+            body,
+            signature: hex::encode(signature.to_bytes()),
+        }
+    }
+
+    /// Checks the signature against `public_key` and decodes the body. The sequence check is the
+    /// caller's, since it alone knows the session's last sequence.
+    pub fn open(
+        &self,
+        public_key: &VerifyingKey,
+        session_nonce: &[u8],
+    ) -> Result<WorkerMessage, WireError> {
+        let signature = decode_signature(&self.signature)?;
+        let signed = signing_bytes(session_nonce, &self.worker_id, self.seq, &self.body);
+        public_key
+            .verify(&signed, &signature)
+            .map_err(|_| WireError::SignatureInvalid)?;
+        serde_json::from_str(&self.body).map_err(|e| WireError::BodyMalformed(e.to_string()))
+    }
+}
+
+fn decode_signature(text: &str) -> Result<Signature, WireError> {
+    let mut bytes = [0u8; 64];
+    hex::decode_to_slice(text, &mut bytes).map_err(|_| WireError::SignatureMalformed)?;
+    Ok(Signature::from_bytes(&bytes))
+}
+
+/// Parses a hex public key.
+pub fn parse_public_key(text: &str) -> Result<VerifyingKey, WireError> {
+    let mut bytes = [0u8; 32];
+    hex::decode_to_slice(text, &mut bytes).map_err(|_| WireError::PublicKeyMalformed)?;
+    VerifyingKey::from_bytes(&bytes).map_err(|_| WireError::PublicKeyMalformed)
+}
+
+/// The bytes a worker signs to enroll: proof that it holds the key it presents.
+pub fn enroll_signing_bytes(token: &str, public_key_hex: &str) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(ENROLL_DOMAIN.len() + token.len() + 65);
+    bytes.extend_from_slice(ENROLL_DOMAIN);
+    bytes.extend_from_slice(token.as_bytes());
+    bytes.push(0);
+    bytes.extend_from_slice(public_key_hex.as_bytes());
+    bytes
+}
+
+/// Signs an enrollment request.
+pub fn sign_enrollment(key: &SigningKey, token: &str) -> (String, String) {
+    let public_key = hex::encode(key.verifying_key().to_bytes());
+    let signature = key.sign(&enroll_signing_bytes(token, &public_key));
+    (public_key, hex::encode(signature.to_bytes()))
+}
+
+/// Verifies an enrollment signature.
+pub fn verify_enrollment(
+    token: &str,
+    public_key_hex: &str,
+    signature_hex: &str,
+) -> Result<VerifyingKey, WireError> {
+    let public_key = parse_public_key(public_key_hex)?;
+    let signature = decode_signature(signature_hex)?;
+    public_key
+        .verify(&enroll_signing_bytes(token, public_key_hex), &signature)
+        .map_err(|_| WireError::SignatureInvalid)?;
+    Ok(public_key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(byte: u8) -> SigningKey {
+        SigningKey::from_bytes(&[byte; 32])
+    }
+
+    fn heartbeat() -> WorkerMessage {
+        WorkerMessage::Heartbeat {
+            sent_at_ms: 1,
+            devices: vec![],
+        }
+    }
+
+    #[test]
+    fn sealed_envelope_opens_with_the_right_key_and_nonce_only() {
+        let nonce = [7u8; SESSION_NONCE_BYTES];
+        let envelope = Envelope::seal(&key(1), &nonce, "wrk_a", 3, &heartbeat());
+        assert_eq!(envelope.open(&key(1).verifying_key(), &nonce), Ok(heartbeat()));
+        assert_eq!(
+            envelope.open(&key(2).verifying_key(), &nonce),
+            Err(WireError::SignatureInvalid)
+        );
+        let other_session = [8u8; SESSION_NONCE_BYTES];
+        assert_eq!(
+            envelope.open(&key(1).verifying_key(), &other_session),
+            Err(WireError::SignatureInvalid)
+        );
+    }
+
+    #[test]
+    fn tampering_with_any_signed_field_breaks_the_signature() {
+        let nonce = [7u8; SESSION_NONCE_BYTES];
+        let sealed = Envelope::seal(&key(1), &nonce, "wrk_a", 3, &heartbeat());
+        let public = key(1).verifying_key();
+        let mut other_seq = sealed.clone();
+        other_seq.seq = 4;
+        let mut other_worker = sealed.clone();
+        other_worker.worker_id = "wrk_b".into();
+        let mut other_body = sealed.clone();
+        other_body.body = other_body.body.replace("1", "2");
+        for envelope in [other_seq, other_worker, other_body] {
+            assert_eq!(envelope.open(&public, &nonce), Err(WireError::SignatureInvalid));
+        }
+        let mut garbage = sealed;
+        garbage.signature = "zz".into();
+        assert_eq!(garbage.open(&public, &nonce), Err(WireError::SignatureMalformed));
+    }
+
+    #[test]
+    fn enrollment_signature_binds_token_and_key() {
+        let (public, signature) = sign_enrollment(&key(1), "fle_token");
+        assert!(verify_enrollment("fle_token", &public, &signature).is_ok());
+        assert_eq!(
+            verify_enrollment("fle_other", &public, &signature).unwrap_err(),
+            WireError::SignatureInvalid
+        );
+        let (other_public, _) = sign_enrollment(&key(2), "fle_token");
+        assert!(verify_enrollment("fle_token", &other_public, &signature).is_err());
+        assert_eq!(
+            verify_enrollment("fle_token", "nothex", &signature).unwrap_err(),
+            WireError::PublicKeyMalformed
+        );
+    }
+
+    #[test]
+    fn decoding_garbage_never_panics() {
+        for text in ["", "{", "{\"type\":\"hello\"}", "[1,2]", "\u{0}"] {
+            assert!(serde_json::from_str::<Envelope>(text).is_err());
+            assert!(serde_json::from_str::<WorkerMessage>(text).is_err());
+        }
+    }
+}

@@ -1,0 +1,39 @@
+//! The worker agent: it makes and keeps the machine's key, enrolls once with a supplier's
+//! token, detects the hardware, and holds one signed control session to the coordinator,
+//! reconnecting with exponential backoff.
+//!
+//! Invariants:
+//! - The private key never leaves the data directory and is never logged; the key file is
+//!   created 0600 and refused if others can read it.
+//! - Every message sent is sealed by `flotilla_proto::wire::Envelope` with a sequence number
+//!   that grows by one per session.
+//! - The worker dials out; it never listens, so it works behind NAT.
+
+mod agent;
+pub mod hardware;
+pub mod identity;
+
+use std::path::{Path, PathBuf};
+
+pub use agent::{WorkerConfig, run};
+
+/// Why the worker stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("key file {path} {problem}")]
+    KeyFile { path: PathBuf, problem: String },
+    #[error("{0}")]
+    Config(String),
+    #[error("enrollment failed: {0}")]
+    Enroll(#[from] flotilla_client::ClientError),
+    #[error("the coordinator refused this worker: {message} ({code})")]
+    Refused { code: String, message: String },
+}
+
+impl WorkerError {
+    pub(crate) fn io(path: &Path, source: std::io::Error) -> WorkerError {
+        WorkerError::Io { path: path.to_owned(), source }
+    }
+}
