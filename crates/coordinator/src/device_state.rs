@@ -183,7 +183,10 @@ mod tests {
             DeviceEvent::Blocked,
         ];
         for state in DeviceState::ALL {
-            for before_down in [None, Some(Idle), Some(Hired)] {
+            // A valid lifecycle remembers a state exactly when it is down or inactive.
+            let remembered: &[Option<DeviceState>] =
+                if matches!(state, Down | Inactive) { &[Some(Idle), Some(Hired), Some(Paused)] } else { &[None] };
+            for &before_down in remembered {
                 for event in events {
                     if let Ok(Some(next)) = transition(Lifecycle { state, before_down }, event) {
                         assert_eq!(next.before_down.is_some(), matches!(next.state, Down | Inactive));

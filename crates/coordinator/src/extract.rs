@@ -132,10 +132,12 @@ pub fn decode_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         let path = error.path().to_string();
         let inner = error.into_inner();
         let message = inner.to_string();
-        // For an unknown field the path points at its parent; name the field itself.
-        let field = unknown_field_name(&message)
-            .map(|name| if path == "." { name.to_owned() } else { format!("{path}.{name}") })
-            .or_else(|| (path != ".").then_some(path));
+        // For an unknown field, make sure the path ends with the field's own name.
+        let field = match unknown_field_name(&message) {
+            Some(name) if path == "." => Some(name.to_owned()),
+            Some(name) if !path.ends_with(name) => Some(format!("{path}.{name}")),
+            _ => (path != ".").then_some(path),
+        };
         ApiError::Malformed { message: format!("invalid json body: {message}"), field }
     })
 }

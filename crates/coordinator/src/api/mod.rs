@@ -17,7 +17,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use flotilla_proto::api::{self as wire, PageQuery};
 use flotilla_proto::limits::{PAGE_LIMIT_DEFAULT, PAGE_LIMIT_MAX, REQUEST_BODY_BYTES_MAX};
-use tower_http::limit::RequestBodyLimitLayer;
 use utoipa::OpenApi;
 
 use crate::AppState;
@@ -90,7 +89,7 @@ pub fn router(app: AppState) -> Router {
         .route("/metrics", get(metrics_text))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(app.clone(), record_request))
-        .layer(RequestBodyLimitLayer::new(REQUEST_BODY_BYTES_MAX))
+        .layer(axum::extract::DefaultBodyLimit::max(REQUEST_BODY_BYTES_MAX))
         .with_state(app)
 }
 

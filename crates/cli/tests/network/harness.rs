@@ -1,0 +1,224 @@
+//! Test harness: real `flotilla` processes on loopback ports bound to 0, over SQLite or a
+//! throwaway PostgreSQL database.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ed25519_dalek::SigningKey;
+use flotilla_client::Client;
+use flotilla_proto::api::{
+    CreateAccountRequest, CreateAccountResponse, CreateEnrollmentTokenRequest, CreatedEnrollmentToken, EnrollRequest,
+    EnrollResponse, Role,
+};
+use flotilla_proto::wire::sign_enrollment;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_flotilla");
+pub const HEARTBEAT_INTERVAL_MS: u64 = 200;
+pub const HEARTBEAT_GRACE_MS: u64 = 1_500;
+
+/// Which database a scenario runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Db {
+    Sqlite,
+    Postgres,
+}
+
+/// Runs `scenario` on SQLite, and on PostgreSQL when the test command provided a server.
+#[macro_export]
+macro_rules! on_both_databases {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name($crate::harness::Db::Sqlite).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                if $crate::harness::postgres_admin_url().is_none() {
+                    return;
+                }
+                super::$name($crate::harness::Db::Postgres).await;
+            }
+        }
+    };
+}
+
+/// The PostgreSQL server's admin URL from `FLOTILLA_TEST_POSTGRES_URL`. When
+/// `FLOTILLA_REQUIRE_POSTGRES=1` (the test command sets it) a missing server fails the test
+/// instead of skipping it.
+pub fn postgres_admin_url() -> Option<String> {
+    let url = std::env::var("FLOTILLA_TEST_POSTGRES_URL").ok().filter(|u| !u.is_empty());
+    if url.is_none() && std::env::var("FLOTILLA_REQUIRE_POSTGRES").as_deref() == Ok("1") {
+        panic!("FLOTILLA_REQUIRE_POSTGRES=1 but FLOTILLA_TEST_POSTGRES_URL is not set");
+    }
+    url
+}
+
+/// A fresh, empty database of the given kind; returns its URL.
+pub async fn fresh_database(db: Db, dir: &Path) -> String {
+    match db {
+        Db::Sqlite => format!("sqlite:{}", dir.join("flotilla.db").display()),
+        Db::Postgres => {
+            use sqlx::Connection;
+            let admin = postgres_admin_url().expect("postgres url");
+            let name = format!("t_{}", flotilla_proto::id::new_id(flotilla_proto::id::IdKind::Account).trim_start_matches("usr_"));
+            let mut conn = sqlx::postgres::PgConnection::connect(&admin).await.expect("connect to the test postgres");
+            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut conn).await.unwrap();
+            let (base, _) = admin.rsplit_once('/').expect("admin url names a database");
+            format!("{base}/{name}")
+        }
+    }
+}
+
+/// A child process killed when dropped.
+pub struct Proc {
+    pub child: Child,
+}
+
+impl Proc {
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends SIGINT and waits for the exit; returns how long it took.
+    pub fn interrupt(&mut self, limit: Duration) -> Option<Duration> {
+        let started = Instant::now();
+        // SAFETY-free: a plain kill(2) on our own child's pid.
+        let pid = self.child.id() as i32;
+        let _ = Command::new("kill").args(["-INT", &pid.to_string()]).status();
+        while started.elapsed() < limit {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return Some(started.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A coordinator process.
+pub struct Coordinator {
+    _proc: Proc,
+    pub url: String,
+    pub database_url: String,
+    pub admin_key: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Coordinator {
+    pub async fn start(db: Db, extra: &[&str]) -> Coordinator {
+        let dir = tempfile::tempdir().unwrap();
+        let database_url = fresh_database(db, dir.path()).await;
+        Coordinator::start_on(db, dir, database_url, extra)
+    }
+
+    pub fn start_on(_db: Db, dir: tempfile::TempDir, database_url: String, extra: &[&str]) -> Coordinator {
+        let admin_key_file = dir.path().join("admin.key");
+        let mut child = Command::new(BIN)
+            .args(["coordinator", "--listen", "127.0.0.1:0", "--database", &database_url, "--admin-key-file"])
+            .arg(&admin_key_file)
+            .args(["--heartbeat-interval-ms", &HEARTBEAT_INTERVAL_MS.to_string()])
+            .args(["--heartbeat-grace-ms", &HEARTBEAT_GRACE_MS.to_string()])
+            .args(["--telemetry-bucket-s", "1"])
+            .args(extra)
+            .env("FLOTILLA_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("flotilla coordinator starts");
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        let url = line.trim().rsplit(' ').next().expect("the coordinator prints its address").to_owned();
+        assert!(url.starts_with("http://127.0.0.1:"), "unexpected first line {line:?}");
+        let admin_key = std::fs::read_to_string(&admin_key_file).unwrap().trim().to_owned();
+        Coordinator { _proc: Proc { child }, url, database_url, admin_key, _dir: dir }
+    }
+
+    pub fn client(&self, key: Option<&str>) -> Client {
+        Client::new(&self.url, key.map(str::to_owned))
+    }
+
+    /// Signs up an account and returns its key.
+    pub async fn account(&self, name: &str, roles: &[Role]) -> String {
+        let request = CreateAccountRequest { name: name.to_owned(), roles: roles.to_vec() };
+        let created: CreateAccountResponse = self.client(None).post("accounts", &request).await.unwrap();
+        created.api_key.secret
+    }
+
+    pub async fn token(&self, supplier_key: &str) -> String {
+        let request = CreateEnrollmentTokenRequest { name: None, expires_in_s: None };
+        let created: CreatedEnrollmentToken = self.client(Some(supplier_key)).post("enrollment-tokens", &request).await.unwrap();
+        created.secret
+    }
+
+    /// Starts a worker process with simulated GPUs.
+    pub fn worker(&self, data_dir: &Path, token: Option<&str>, gpus: &str) -> Proc {
+        let mut command = Command::new(BIN);
+        command
+            .args(["worker", "--coordinator", &self.url, "--no-cpu", "--simulate-gpu", gpus, "--data"])
+            .arg(data_dir)
+            .env("FLOTILLA_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        if let Some(token) = token {
+            command.args(["--token", token]);
+        }
+        Proc { child: command.spawn().expect("flotilla worker starts") }
+    }
+}
+
+/// Enrolls a key directly through the API, as a worker would.
+pub async fn enroll(client: &Client, key: &SigningKey, token: &str, hostname: &str) -> Result<EnrollResponse, flotilla_client::ClientError> {
+    let (public_key, signature) = sign_enrollment(key, token);
+    client.post("workers/enroll", &EnrollRequest { token: token.to_owned(), public_key, signature, hostname: hostname.to_owned() }).await
+}
+
+/// Polls `check` until it returns Some or `limit` passes.
+pub async fn eventually<T, F, Fut>(limit: Duration, mut check: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let started = Instant::now();
+    loop {
+        if let Some(value) = check().await {
+            return Some(value);
+        }
+        if started.elapsed() > limit {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub fn key(byte: u8) -> SigningKey {
+    let mut seed = [byte; 32];
+    getrandom_seed(&mut seed);
+    SigningKey::from_bytes(&seed)
+}
+
+fn getrandom_seed(seed: &mut [u8; 32]) {
+    let secret = flotilla_proto::id::new_secret("");
+    for (slot, byte) in seed.iter_mut().zip(secret.bytes()) {
+        *slot ^= byte;
+    }
+}
+
+
+impl Proc {
+    /// The exit status, if the process has exited.
+    pub fn proc_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+}

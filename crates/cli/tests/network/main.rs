@@ -1,0 +1,9 @@
+//! Integration tests that drive the real `flotilla` binary over loopback, on SQLite and on
+//! PostgreSQL.
+
+mod harness;
+
+mod api;
+mod dev;
+mod fleet;
+mod protocol;
