@@ -1,1 +1,72 @@
-fn main() {}
+//! Developer tasks, in Rust rather than shell:
+//!
+//! - `cargo xtask test`: format check, clippy, then every test on SQLite and on a throwaway
+//!   PostgreSQL server started here (as a non-root user, on a free port) and stopped after.
+//! - `cargo xtask bench heartbeat [--workers N] [--measure-s S]`: N simulated workers
+//!   heartbeating against one coordinator; prints one JSON line of figures last.
+
+mod bench;
+mod postgres;
+
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("test") => test(),
+        Some("bench") => bench::run(&args[1..]),
+        _ => bail!(
+            "usage: cargo xtask test | cargo xtask bench heartbeat [--workers N] [--measure-s S]"
+        ),
+    }
+}
+
+/// Runs a command, failing with its name if it fails.
+pub(crate) fn run(command: &mut Command) -> Result<()> {
+    let description = format!("{command:?}");
+    let status = command
+        .status()
+        .with_context(|| format!("starting {description}"))?;
+    if !status.success() {
+        bail!("{description} failed with {status}");
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()))
+}
+
+fn has_nextest() -> bool {
+    cargo()
+        .args(["nextest", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn test() -> Result<()> {
+    run(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    let server = postgres::Server::start()?;
+    let mut command = cargo();
+    if has_nextest() {
+        command.args(["nextest", "run", "--workspace", "--no-fail-fast"]);
+    } else {
+        command.args(["test", "--workspace", "--no-fail-fast"]);
+    }
+    command
+        .env("FLOTILLA_TEST_POSTGRES_URL", server.admin_url())
+        .env("FLOTILLA_REQUIRE_POSTGRES", "1");
+    let result = run(&mut command);
+    drop(server);
+    result
+}

@@ -4,9 +4,9 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use flotilla_client::Client;
 use flotilla_proto::api::{
-    ApiKeyInfo, AuditEvent, CreateAccountRequest, CreateAccountResponse, CreateApiKeyRequest, CreateEnrollmentTokenRequest,
-    CreatedApiKey, CreatedEnrollmentToken, Device, DeviceDetail, EnrollmentTokenInfo, Me, Page, RenameRequest, Role, Scope,
-    Worker, WorkerDetail,
+    ApiKeyInfo, AuditEvent, CreateAccountRequest, CreateAccountResponse, CreateApiKeyRequest,
+    CreateEnrollmentTokenRequest, CreatedApiKey, CreatedEnrollmentToken, Device, DeviceDetail,
+    EnrollmentTokenInfo, Me, Page, RenameRequest, Role, Scope, Worker, WorkerDetail,
 };
 
 use crate::output::{Format, gib, opt, print};
@@ -162,14 +162,38 @@ pub async fn run(command: ClientCommand) -> Result<()> {
         ClientCommand::Login(connection) => login(connection).await,
         ClientCommand::Whoami(connection) => {
             let me: Me = connection.client()?.get("me").await?;
-            print(connection.output, &me, &["ACCOUNT", "NAME", "ROLES", "KEY"], vec![me_row(&me)]);
+            print(
+                connection.output,
+                &me,
+                &["ACCOUNT", "NAME", "ROLES", "KEY"],
+                vec![me_row(&me)],
+            );
             Ok(())
         }
-        ClientCommand::Accounts(AccountsCommand::Create { connection, name, roles }) => {
-            let roles = roles.iter().map(|r| Role::parse(r).with_context(|| format!("unknown role {r:?}"))).collect::<Result<_>>()?;
-            let created: CreateAccountResponse = connection.client()?.post("accounts", &CreateAccountRequest { name, roles }).await?;
-            let row = vec![created.account.id.clone(), created.account.name.clone(), created.api_key.secret.clone()];
-            print(connection.output, &created, &["ACCOUNT", "NAME", "API KEY (shown once)"], vec![row]);
+        ClientCommand::Accounts(AccountsCommand::Create {
+            connection,
+            name,
+            roles,
+        }) => {
+            let roles = roles
+                .iter()
+                .map(|r| Role::parse(r).with_context(|| format!("unknown role {r:?}")))
+                .collect::<Result<_>>()?;
+            let created: CreateAccountResponse = connection
+                .client()?
+                .post("accounts", &CreateAccountRequest { name, roles })
+                .await?;
+            let row = vec![
+                created.account.id.clone(),
+                created.account.name.clone(),
+                created.api_key.secret.clone(),
+            ];
+            print(
+                connection.output,
+                &created,
+                &["ACCOUNT", "NAME", "API KEY (shown once)"],
+                vec![row],
+            );
             Ok(())
         }
         ClientCommand::ApiKeys(command) => api_keys(command).await,
@@ -181,9 +205,22 @@ pub async fn run(command: ClientCommand) -> Result<()> {
             let rows = page
                 .items
                 .iter()
-                .map(|e| vec![e.at.clone(), e.action.clone(), opt(e.actor_account_id.clone()), opt(e.target_id.clone()), opt(e.source_ip.clone())])
+                .map(|e| {
+                    vec![
+                        e.at.clone(),
+                        e.action.clone(),
+                        opt(e.actor_account_id.clone()),
+                        opt(e.target_id.clone()),
+                        opt(e.source_ip.clone()),
+                    ]
+                })
                 .collect();
-            print(connection.output, &page, &["AT", "ACTION", "ACTOR", "TARGET", "FROM"], rows);
+            print(
+                connection.output,
+                &page,
+                &["AT", "ACTION", "ACTOR", "TARGET", "FROM"],
+                rows,
+            );
             Ok(())
         }
     }
@@ -191,18 +228,35 @@ pub async fn run(command: ClientCommand) -> Result<()> {
 
 fn me_row(me: &Me) -> Vec<String> {
     let roles: Vec<_> = me.account.roles.iter().map(|r| r.as_str()).collect();
-    vec![me.account.id.clone(), me.account.name.clone(), roles.join(","), me.key_id.clone()]
+    vec![
+        me.account.id.clone(),
+        me.account.name.clone(),
+        roles.join(","),
+        me.key_id.clone(),
+    ]
 }
 
 async fn login(connection: Connection) -> Result<()> {
     let client = connection.client()?;
-    let Some(api_key) = connection.api_key.clone().or_else(|| profile::load().map(|p| p.api_key)) else {
+    let Some(api_key) = connection
+        .api_key
+        .clone()
+        .or_else(|| profile::load().map(|p| p.api_key))
+    else {
         bail!("no api key: pass --api-key or set FLOTILLA_API_KEY");
     };
     let me: Me = client.post_empty("login").await?;
-    let path = profile::save(&Profile { url: client.base_url().to_owned(), api_key })?;
+    let path = profile::save(&Profile {
+        url: client.base_url().to_owned(),
+        api_key,
+    })?;
     if connection.output == Format::Table {
-        println!("logged in as {} ({}); profile saved to {}", me.account.name, me.account.id, path.display());
+        println!(
+            "logged in as {} ({}); profile saved to {}",
+            me.account.name,
+            me.account.id,
+            path.display()
+        );
     } else {
         print(connection.output, &me, &[], vec![]);
     }
@@ -211,7 +265,14 @@ async fn login(connection: Connection) -> Result<()> {
 
 fn key_row(key: &ApiKeyInfo) -> Vec<String> {
     let scopes: Vec<_> = key.scopes.iter().map(|s| s.as_str()).collect();
-    vec![key.id.clone(), key.name.clone(), key.prefix.clone(), scopes.join(","), opt(key.expires_at.clone()), opt(key.revoked_at.clone())]
+    vec![
+        key.id.clone(),
+        key.name.clone(),
+        key.prefix.clone(),
+        scopes.join(","),
+        opt(key.expires_at.clone()),
+        opt(key.revoked_at.clone()),
+    ]
 }
 
 const KEY_HEADERS: &[&str] = &["ID", "NAME", "PREFIX", "SCOPES", "EXPIRES", "REVOKED"];
@@ -220,12 +281,34 @@ async fn api_keys(command: ApiKeysCommand) -> Result<()> {
     match command {
         ApiKeysCommand::List(connection) => {
             let page: Page<ApiKeyInfo> = connection.client()?.get("api-keys").await?;
-            print(connection.output, &page, KEY_HEADERS, page.items.iter().map(key_row).collect());
+            print(
+                connection.output,
+                &page,
+                KEY_HEADERS,
+                page.items.iter().map(key_row).collect(),
+            );
         }
-        ApiKeysCommand::Create { connection, name, scopes, expires_in_s } => {
-            let scopes = scopes.iter().map(|s| Scope::parse(s).with_context(|| format!("unknown scope {s:?}"))).collect::<Result<_>>()?;
-            let created: CreatedApiKey =
-                connection.client()?.post("api-keys", &CreateApiKeyRequest { name, scopes, expires_in_s }).await?;
+        ApiKeysCommand::Create {
+            connection,
+            name,
+            scopes,
+            expires_in_s,
+        } => {
+            let scopes = scopes
+                .iter()
+                .map(|s| Scope::parse(s).with_context(|| format!("unknown scope {s:?}")))
+                .collect::<Result<_>>()?;
+            let created: CreatedApiKey = connection
+                .client()?
+                .post(
+                    "api-keys",
+                    &CreateApiKeyRequest {
+                        name,
+                        scopes,
+                        expires_in_s,
+                    },
+                )
+                .await?;
             let mut row = key_row(&created.key);
             row.push(created.secret.clone());
             let mut headers = KEY_HEADERS.to_vec();
@@ -233,7 +316,10 @@ async fn api_keys(command: ApiKeysCommand) -> Result<()> {
             print(connection.output, &created, &headers, vec![row]);
         }
         ApiKeysCommand::Revoke { connection, id } => {
-            let key: ApiKeyInfo = connection.client()?.post_empty(&format!("api-keys/{id}/revoke")).await?;
+            let key: ApiKeyInfo = connection
+                .client()?
+                .post_empty(&format!("api-keys/{id}/revoke"))
+                .await?;
             print(connection.output, &key, KEY_HEADERS, vec![key_row(&key)]);
         }
     }
@@ -241,41 +327,90 @@ async fn api_keys(command: ApiKeysCommand) -> Result<()> {
 }
 
 fn token_row(token: &EnrollmentTokenInfo) -> Vec<String> {
-    let state = serde_json::to_value(token.state).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
-    vec![token.id.clone(), token.name.clone(), state, token.expires_at.clone(), opt(token.used_by_worker_id.clone())]
+    let state = serde_json::to_value(token.state)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    vec![
+        token.id.clone(),
+        token.name.clone(),
+        state,
+        token.expires_at.clone(),
+        opt(token.used_by_worker_id.clone()),
+    ]
 }
 
 const TOKEN_HEADERS: &[&str] = &["ID", "NAME", "STATE", "EXPIRES", "USED BY"];
 
 async fn tokens(command: TokensCommand) -> Result<()> {
     match command {
-        TokensCommand::Create { connection, name, expires_in_s } => {
-            let created: CreatedEnrollmentToken =
-                connection.client()?.post("enrollment-tokens", &CreateEnrollmentTokenRequest { name, expires_in_s }).await?;
+        TokensCommand::Create {
+            connection,
+            name,
+            expires_in_s,
+        } => {
+            let created: CreatedEnrollmentToken = connection
+                .client()?
+                .post(
+                    "enrollment-tokens",
+                    &CreateEnrollmentTokenRequest { name, expires_in_s },
+                )
+                .await?;
             if connection.output == Format::Table {
                 println!("{}", created.secret);
-                eprintln!("token {} (single use, expires {}): start a worker with --token {}", created.token.id, created.token.expires_at, created.secret);
+                eprintln!(
+                    "token {} (single use, expires {}): start a worker with --token {}",
+                    created.token.id, created.token.expires_at, created.secret
+                );
             } else {
                 print(connection.output, &created, &[], vec![]);
             }
         }
         TokensCommand::List(connection) => {
-            let page: Page<EnrollmentTokenInfo> = connection.client()?.get("enrollment-tokens").await?;
-            print(connection.output, &page, TOKEN_HEADERS, page.items.iter().map(token_row).collect());
+            let page: Page<EnrollmentTokenInfo> =
+                connection.client()?.get("enrollment-tokens").await?;
+            print(
+                connection.output,
+                &page,
+                TOKEN_HEADERS,
+                page.items.iter().map(token_row).collect(),
+            );
         }
         TokensCommand::Revoke { connection, id } => {
-            let token: EnrollmentTokenInfo = connection.client()?.post_empty(&format!("enrollment-tokens/{id}/revoke")).await?;
-            print(connection.output, &token, TOKEN_HEADERS, vec![token_row(&token)]);
+            let token: EnrollmentTokenInfo = connection
+                .client()?
+                .post_empty(&format!("enrollment-tokens/{id}/revoke"))
+                .await?;
+            print(
+                connection.output,
+                &token,
+                TOKEN_HEADERS,
+                vec![token_row(&token)],
+            );
         }
     }
     Ok(())
 }
 
 const WORKER_HEADERS: &[&str] = &["ID", "NAME", "STATE", "CONNECTED", "DEVICES", "LAST SEEN"];
-const DEVICE_HEADERS: &[&str] = &["ID", "NAME", "KIND", "MODEL", "MEMORY", "STATE", "UTIL", "TEMP", "SIMULATED"];
+const DEVICE_HEADERS: &[&str] = &[
+    "ID",
+    "NAME",
+    "KIND",
+    "MODEL",
+    "MEMORY",
+    "STATE",
+    "UTIL",
+    "TEMP",
+    "SIMULATED",
+];
 
 fn worker_row(worker: &Worker) -> Vec<String> {
-    let state = if worker.state == flotilla_proto::api::WorkerState::Paused { "paused" } else { "active" };
+    let state = if worker.state == flotilla_proto::api::WorkerState::Paused {
+        "paused"
+    } else {
+        "active"
+    };
     vec![
         worker.id.clone(),
         worker.name.clone(),
@@ -296,7 +431,9 @@ fn device_row(device: &Device) -> Vec<String> {
         gib(device.memory_bytes),
         device.state.to_string(),
         opt(telemetry.map(|t| format!("{}%", t.utilization_pct))),
-        opt(telemetry.and_then(|t| t.temperature_c).map(|c| format!("{c}C"))),
+        opt(telemetry
+            .and_then(|t| t.temperature_c)
+            .map(|c| format!("{c}C"))),
         device.simulated.to_string(),
     ]
 }
@@ -308,10 +445,20 @@ async fn objects(command: ObjectCommand, noun: &str) -> Result<()> {
             let client = connection.client()?;
             if is_devices {
                 let page: Page<Device> = client.get("devices").await?;
-                print(connection.output, &page, DEVICE_HEADERS, page.items.iter().map(device_row).collect());
+                print(
+                    connection.output,
+                    &page,
+                    DEVICE_HEADERS,
+                    page.items.iter().map(device_row).collect(),
+                );
             } else {
                 let page: Page<Worker> = client.get("workers").await?;
-                print(connection.output, &page, WORKER_HEADERS, page.items.iter().map(worker_row).collect());
+                print(
+                    connection.output,
+                    &page,
+                    WORKER_HEADERS,
+                    page.items.iter().map(worker_row).collect(),
+                );
             }
             return Ok(());
         }
@@ -319,30 +466,72 @@ async fn objects(command: ObjectCommand, noun: &str) -> Result<()> {
             let client = connection.client()?;
             if is_devices {
                 let detail: DeviceDetail = client.get(&format!("devices/{id}")).await?;
-                print(connection.output, &detail, DEVICE_HEADERS, vec![device_row(&detail.device)]);
+                print(
+                    connection.output,
+                    &detail,
+                    DEVICE_HEADERS,
+                    vec![device_row(&detail.device)],
+                );
                 if connection.output == Format::Table && !detail.history.is_empty() {
                     println!("\nhistory ({} points, newest last):", detail.history.len());
                     let rows = detail
                         .history
                         .iter()
-                        .map(|p| vec![p.bucket_start.clone(), format!("{}%", p.utilization_pct_avg), gib(p.memory_used_bytes_avg), opt(p.temperature_c_max), opt(p.power_w_avg)])
+                        .map(|p| {
+                            vec![
+                                p.bucket_start.clone(),
+                                format!("{}%", p.utilization_pct_avg),
+                                gib(p.memory_used_bytes_avg),
+                                opt(p.temperature_c_max),
+                                opt(p.power_w_avg),
+                            ]
+                        })
                         .collect::<Vec<_>>();
-                    print!("{}", crate::output::table(&["BUCKET", "UTIL", "MEMORY", "TEMP MAX", "POWER W"], &rows));
+                    print!(
+                        "{}",
+                        crate::output::table(
+                            &["BUCKET", "UTIL", "MEMORY", "TEMP MAX", "POWER W"],
+                            &rows
+                        )
+                    );
                 }
             } else {
                 let detail: WorkerDetail = client.get(&format!("workers/{id}")).await?;
-                print(connection.output, &detail, WORKER_HEADERS, vec![worker_row(&detail.worker)]);
+                print(
+                    connection.output,
+                    &detail,
+                    WORKER_HEADERS,
+                    vec![worker_row(&detail.worker)],
+                );
                 if connection.output == Format::Table {
                     println!();
-                    print!("{}", crate::output::table(DEVICE_HEADERS, &detail.devices.iter().map(device_row).collect::<Vec<_>>()));
+                    print!(
+                        "{}",
+                        crate::output::table(
+                            DEVICE_HEADERS,
+                            &detail.devices.iter().map(device_row).collect::<Vec<_>>()
+                        )
+                    );
                 }
             }
             return Ok(());
         }
-        ObjectCommand::Rename { connection, id, name } => (connection, format!("{noun}/{id}/rename"), Some(RenameRequest { name })),
+        ObjectCommand::Rename {
+            connection,
+            id,
+            name,
+        } => (
+            connection,
+            format!("{noun}/{id}/rename"),
+            Some(RenameRequest { name }),
+        ),
         ObjectCommand::Pause { connection, id } => (connection, format!("{noun}/{id}/pause"), None),
-        ObjectCommand::Resume { connection, id } => (connection, format!("{noun}/{id}/resume"), None),
-        ObjectCommand::Remove { connection, id } => (connection, format!("{noun}/{id}/remove"), None),
+        ObjectCommand::Resume { connection, id } => {
+            (connection, format!("{noun}/{id}/resume"), None)
+        }
+        ObjectCommand::Remove { connection, id } => {
+            (connection, format!("{noun}/{id}/remove"), None)
+        }
     };
     let client = connection.client()?;
     let answer: serde_json::Value = match &body {
@@ -354,11 +543,20 @@ async fn objects(command: ObjectCommand, noun: &str) -> Result<()> {
     } else {
         let device = answer.get("device").cloned().unwrap_or(answer.clone());
         if is_devices && let Ok(device) = serde_json::from_value::<Device>(device) {
-            print!("{}", crate::output::table(DEVICE_HEADERS, &[device_row(&device)]));
+            print!(
+                "{}",
+                crate::output::table(DEVICE_HEADERS, &[device_row(&device)])
+            );
         } else if let Ok(detail) = serde_json::from_value::<WorkerDetail>(answer.clone()) {
-            print!("{}", crate::output::table(WORKER_HEADERS, &[worker_row(&detail.worker)]));
+            print!(
+                "{}",
+                crate::output::table(WORKER_HEADERS, &[worker_row(&detail.worker)])
+            );
         } else if let Ok(worker) = serde_json::from_value::<Worker>(answer) {
-            print!("{}", crate::output::table(WORKER_HEADERS, &[worker_row(&worker)]));
+            print!(
+                "{}",
+                crate::output::table(WORKER_HEADERS, &[worker_row(&worker)])
+            );
         }
     }
     Ok(())

@@ -9,7 +9,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use flotilla_client::Client;
-use flotilla_proto::api::{CreateAccountRequest, CreateAccountResponse, CreateEnrollmentTokenRequest, CreatedEnrollmentToken, Me, Role};
+use flotilla_proto::api::{
+    CreateAccountRequest, CreateAccountResponse, CreateEnrollmentTokenRequest,
+    CreatedEnrollmentToken, Me, Role,
+};
 
 /// GPU mixes handed to the dev workers in turn.
 const DEV_GPU_MIXES: &[&str] = &["RTX 4090x2", "A100-80GBx1", "H100x4", "L40Sx2"];
@@ -35,8 +38,12 @@ pub struct DevArgs {
 }
 
 pub async fn run(args: DevArgs) -> Result<()> {
-    anyhow::ensure!(args.workers <= DEV_WORKERS_MAX, "--workers must be at most {DEV_WORKERS_MAX}");
-    std::fs::create_dir_all(&args.data).with_context(|| format!("creating {}", args.data.display()))?;
+    anyhow::ensure!(
+        args.workers <= DEV_WORKERS_MAX,
+        "--workers must be at most {DEV_WORKERS_MAX}"
+    );
+    std::fs::create_dir_all(&args.data)
+        .with_context(|| format!("creating {}", args.data.display()))?;
     let data = std::fs::canonicalize(&args.data)?;
     let config = flotilla_coordinator::Config {
         listen: args.listen,
@@ -86,27 +93,57 @@ struct DemoKeys {
 /// Reuses the keys in dev.env when they still work; otherwise makes the demo accounts.
 async fn demo_accounts(client: &Client, data: &Path) -> Result<DemoKeys> {
     let saved = read_env(data);
-    if let (Some(renter), Some(supplier)) = (saved.get("FLOTILLA_API_KEY"), saved.get("FLOTILLA_SUPPLIER_API_KEY"))
-        && client.with_key(renter).get::<Me>("me").await.is_ok()
+    if let (Some(renter), Some(supplier)) = (
+        saved.get("FLOTILLA_API_KEY"),
+        saved.get("FLOTILLA_SUPPLIER_API_KEY"),
+    ) && client.with_key(renter).get::<Me>("me").await.is_ok()
         && client.with_key(supplier).get::<Me>("me").await.is_ok()
     {
-        return Ok(DemoKeys { renter: renter.clone(), supplier: supplier.clone() });
+        return Ok(DemoKeys {
+            renter: renter.clone(),
+            supplier: supplier.clone(),
+        });
     }
     let supplier: CreateAccountResponse = client
-        .post("accounts", &CreateAccountRequest { name: "demo-supplier".to_owned(), roles: vec![Role::Supplier] })
+        .post(
+            "accounts",
+            &CreateAccountRequest {
+                name: "demo-supplier".to_owned(),
+                roles: vec![Role::Supplier],
+            },
+        )
         .await?;
-    let renter: CreateAccountResponse =
-        client.post("accounts", &CreateAccountRequest { name: "demo-renter".to_owned(), roles: vec![Role::Renter] }).await?;
-    Ok(DemoKeys { renter: renter.api_key.secret, supplier: supplier.api_key.secret })
+    let renter: CreateAccountResponse = client
+        .post(
+            "accounts",
+            &CreateAccountRequest {
+                name: "demo-renter".to_owned(),
+                roles: vec![Role::Renter],
+            },
+        )
+        .await?;
+    Ok(DemoKeys {
+        renter: renter.api_key.secret,
+        supplier: supplier.api_key.secret,
+    })
 }
 
-async fn worker_config(supplier: &Client, url: &str, data: &Path, index: usize) -> Result<flotilla_worker::WorkerConfig> {
+async fn worker_config(
+    supplier: &Client,
+    url: &str,
+    data: &Path,
+    index: usize,
+) -> Result<flotilla_worker::WorkerConfig> {
     let data_dir = data.join("workers").join(format!("worker-{index}"));
-    let enrolled = flotilla_worker::identity::load_enrollment(&data_dir)?.is_some_and(|e| e.coordinator_url == url);
+    let enrolled = flotilla_worker::identity::load_enrollment(&data_dir)?
+        .is_some_and(|e| e.coordinator_url == url);
     let token = if enrolled {
         None
     } else {
-        let request = CreateEnrollmentTokenRequest { name: Some(format!("dev-worker-{index}")), expires_in_s: Some(600) };
+        let request = CreateEnrollmentTokenRequest {
+            name: Some(format!("dev-worker-{index}")),
+            expires_in_s: Some(600),
+        };
         let created: CreatedEnrollmentToken = supplier.post("enrollment-tokens", &request).await?;
         Some(created.secret)
     };
@@ -136,20 +173,36 @@ fn write_env(data: &Path, url: &str, keys: &DemoKeys) -> Result<()> {
         keys.renter, keys.supplier
     );
     let path = data.join("dev.env");
-    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&path)?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)?;
     file.write_all(text.as_bytes())?;
     Ok(())
 }
 
 fn print_usage(url: &str, data: &Path, workers: usize) {
+    use std::io::Write;
     let env = data.join("dev.env");
-    println!("flotilla dev network running at {url} with {workers} workers");
-    println!("  environment: {} (renter key in FLOTILLA_API_KEY, supplier key in FLOTILLA_SUPPLIER_API_KEY)", env.display());
-    println!("  try:");
-    println!("    set -a; . {}; set +a", env.display());
-    println!("    FLOTILLA_API_KEY=$FLOTILLA_SUPPLIER_API_KEY flotilla devices list");
-    println!("    flotilla whoami");
-    println!("    curl {url}/api/v1/openapi.json");
-    println!("  admin key: {}", data.join("admin.key").display());
-    println!("  Ctrl-C stops everything");
+    let admin_key = data.join("admin.key");
+    let text = format!(
+        "flotilla dev network running at {url} with {workers} workers\n\
+         \x20 environment: {env} (renter key in FLOTILLA_API_KEY, supplier key in FLOTILLA_SUPPLIER_API_KEY)\n\
+         \x20 try:\n\
+         \x20   set -a; . {env}; set +a\n\
+         \x20   FLOTILLA_API_KEY=$FLOTILLA_SUPPLIER_API_KEY flotilla devices list\n\
+         \x20   flotilla whoami\n\
+         \x20   curl {url}/api/v1/openapi.json\n\
+         \x20 admin key: {admin_key}\n\
+         \x20 Ctrl-C stops everything\n",
+        env = env.display(),
+        admin_key = admin_key.display(),
+    );
+    // A closed stdout (a pipe whose reader left) must not take the network down.
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush());
 }

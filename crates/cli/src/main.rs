@@ -15,7 +15,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 use client_commands::ClientCommand;
 
 #[derive(Debug, Parser)]
-#[command(name = "flotilla", version, about = "Flotilla: a decentralized GPU cloud")]
+#[command(
+    name = "flotilla",
+    version,
+    about = "Flotilla: a decentralized GPU cloud"
+)]
 struct Cli {
     /// Log lines as JSON.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
@@ -101,7 +105,9 @@ struct WorkerArgs {
 fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("FLOTILLA_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -110,7 +116,10 @@ fn init_logging(format: LogFormat) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a tokio runtime starts");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime starts");
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Coordinator(args) => {
@@ -139,7 +148,8 @@ fn main() -> ExitCode {
 
 /// Resolves when the process is asked to stop (Ctrl-C or SIGTERM).
 pub(crate) async fn stop_signal() {
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler installs");
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("signal handler installs");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = terminate.recv() => {}
@@ -147,6 +157,10 @@ pub(crate) async fn stop_signal() {
 }
 
 async fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
+    // Every worker holds one connection: allow as many as the hard limit permits.
+    if let Err(error) = rlimit::increase_nofile_limit(u64::MAX) {
+        tracing::warn!(%error, "could not raise the open-file limit");
+    }
     let config = flotilla_coordinator::Config {
         listen: args.listen,
         database_url: args.database,
@@ -161,7 +175,10 @@ async fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
         ..flotilla_coordinator::Config::default()
     };
     let running = flotilla_coordinator::start(config).await?;
-    println!("flotilla coordinator listening on http://{}", running.local_addr);
+    println!(
+        "flotilla coordinator listening on http://{}",
+        running.local_addr
+    );
     stop_signal().await;
     running.shutdown().await;
     Ok(())

@@ -13,7 +13,10 @@ pub enum Format {
 /// Prints `value` as JSON, or as a table of `rows` under `headers`.
 pub fn print<T: Serialize>(format: Format, value: &T, headers: &[&str], rows: Vec<Vec<String>>) {
     match format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(value).expect("answers serialize")),
+        Format::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(value).expect("answers serialize")
+        ),
         Format::Table => print!("{}", table(headers, &rows)),
     }
 }
@@ -29,7 +32,11 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
         }
     }
     let line = |cells: Vec<&str>| {
-        let padded: Vec<String> = cells.iter().zip(&widths).map(|(cell, width)| format!("{cell:<width$}")).collect();
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
         format!("{}\n", padded.join("  ").trim_end())
     };
     let mut text = line(headers.to_vec());
@@ -54,7 +61,13 @@ mod tests {
 
     #[test]
     fn tables_align() {
-        let text = table(&["ID", "STATE"], &[vec!["dev_a".into(), "idle".into()], vec!["d".into(), "down".into()]]);
+        let text = table(
+            &["ID", "STATE"],
+            &[
+                vec!["dev_a".into(), "idle".into()],
+                vec!["d".into(), "down".into()],
+            ],
+        );
         assert_eq!(text, "ID     STATE\ndev_a  idle\nd      down\n");
     }
 }

@@ -15,7 +15,12 @@ const REQUEST_TIMEOUT_MS: u64 = 30_000;
 pub enum ClientError {
     /// The coordinator answered with an error body.
     #[error("{message} ({code}, http {status}{})", field.as_ref().map(|f| format!(", field {f}")).unwrap_or_default())]
-    Api { status: u16, code: String, message: String, field: Option<String> },
+    Api {
+        status: u16,
+        code: String,
+        message: String,
+        field: Option<String>,
+    },
     #[error("cannot reach the coordinator at {url}: {detail}")]
     Transport { url: String, detail: String },
     #[error("unexpected answer from the coordinator: {0}")]
@@ -46,7 +51,11 @@ impl Client {
             .timeout(Duration::from_millis(REQUEST_TIMEOUT_MS))
             .build()
             .expect("an http client with default tls builds");
-        Client { base_url: base_url.trim_end_matches('/').to_owned(), api_key, http }
+        Client {
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            api_key,
+            http,
+        }
     }
 
     pub fn base_url(&self) -> &str {
@@ -55,7 +64,10 @@ impl Client {
 
     /// The same coordinator with another key.
     pub fn with_key(&self, api_key: &str) -> Client {
-        Client { api_key: Some(api_key.to_owned()), ..self.clone() }
+        Client {
+            api_key: Some(api_key.to_owned()),
+            ..self.clone()
+        }
     }
 
     /// GET `path` (relative to `/api/v1`, or absolute from `/`).
@@ -64,7 +76,11 @@ impl Client {
     }
 
     /// POST a JSON body.
-    pub async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, ClientError> {
+    pub async fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
         self.send(self.http.post(self.url(path)).json(body)).await
     }
 
@@ -81,19 +97,22 @@ impl Client {
         }
     }
 
-    async fn send<T: DeserializeOwned>(&self, mut request: reqwest::RequestBuilder) -> Result<T, ClientError> {
+    async fn send<T: DeserializeOwned>(
+        &self,
+        mut request: reqwest::RequestBuilder,
+    ) -> Result<T, ClientError> {
         if let Some(key) = &self.api_key {
             request = request.bearer_auth(key);
         }
-        let response = request
-            .send()
-            .await
-            .map_err(|e| ClientError::Transport { url: self.base_url.clone(), detail: e.to_string() })?;
+        let response = request.send().await.map_err(|e| ClientError::Transport {
+            url: self.base_url.clone(),
+            detail: e.to_string(),
+        })?;
         let status = response.status();
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| ClientError::Transport { url: self.base_url.clone(), detail: e.to_string() })?;
+        let bytes = response.bytes().await.map_err(|e| ClientError::Transport {
+            url: self.base_url.clone(),
+            detail: e.to_string(),
+        })?;
         if !status.is_success() {
             return Err(match serde_json::from_slice::<ErrorBody>(&bytes) {
                 Ok(body) => ClientError::Api {
@@ -137,7 +156,13 @@ mod tests {
         assert_eq!(client.url("devices"), "http://h:1/api/v1/devices");
         assert_eq!(client.url("/api/v1/health"), "http://h:1/api/v1/health");
         assert_eq!(client.url("/metrics"), "http://h:1/metrics");
-        assert_eq!(control_channel_url("http://h:1"), "ws://h:1/api/v1/workers/connect");
-        assert_eq!(control_channel_url("https://h"), "wss://h/api/v1/workers/connect");
+        assert_eq!(
+            control_channel_url("http://h:1"),
+            "ws://h:1/api/v1/workers/connect"
+        );
+        assert_eq!(
+            control_channel_url("https://h"),
+            "wss://h/api/v1/workers/connect"
+        );
     }
 }

@@ -20,7 +20,11 @@ pub fn admit(hardware: &DeviceHardware) -> DeviceEvent {
         DeviceKind::Gpu => hardware.memory_bytes >= GPU_MEMORY_BYTES_MIN,
         DeviceKind::Cpu => hardware.cores.unwrap_or(0) >= CPU_CORES_MIN,
     };
-    if acceptable { DeviceEvent::Admitted } else { DeviceEvent::Rejected }
+    if acceptable {
+        DeviceEvent::Admitted
+    } else {
+        DeviceEvent::Rejected
+    }
 }
 
 #[cfg(test)]
@@ -45,9 +49,21 @@ mod tests {
 
     #[test]
     fn small_devices_are_unsupported() {
-        assert_eq!(admit(&hardware(DeviceKind::Gpu, 24 << 30, None)), DeviceEvent::Admitted);
-        assert_eq!(admit(&hardware(DeviceKind::Gpu, 2 << 30, None)), DeviceEvent::Rejected);
-        assert_eq!(admit(&hardware(DeviceKind::Cpu, 1 << 30, Some(8))), DeviceEvent::Admitted);
-        assert_eq!(admit(&hardware(DeviceKind::Cpu, 1 << 30, Some(1))), DeviceEvent::Rejected);
+        assert_eq!(
+            admit(&hardware(DeviceKind::Gpu, 24 << 30, None)),
+            DeviceEvent::Admitted
+        );
+        assert_eq!(
+            admit(&hardware(DeviceKind::Gpu, 2 << 30, None)),
+            DeviceEvent::Rejected
+        );
+        assert_eq!(
+            admit(&hardware(DeviceKind::Cpu, 1 << 30, Some(8))),
+            DeviceEvent::Admitted
+        );
+        assert_eq!(
+            admit(&hardware(DeviceKind::Cpu, 1 << 30, Some(1))),
+            DeviceEvent::Rejected
+        );
     }
 }

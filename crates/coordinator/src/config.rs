@@ -62,7 +62,12 @@ pub struct ConfigError {
 impl Config {
     /// Checks relations between fields that the types cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let fail = |field, problem: &str| Err(ConfigError { field, problem: problem.to_owned() });
+        let fail = |field, problem: &str| {
+            Err(ConfigError {
+                field,
+                problem: problem.to_owned(),
+            })
+        };
         if self.heartbeat_interval_ms < 10 {
             return fail("heartbeat_interval_ms", "must be at least 10");
         }
@@ -73,9 +78,15 @@ impl Config {
             return fail("inactive_after_ms", "must exceed heartbeat_grace_ms");
         }
         if self.telemetry_bucket_s == 0 || self.telemetry_retention_s < self.telemetry_bucket_s {
-            return fail("telemetry_bucket_s", "must be at least 1 and at most telemetry_retention_s");
+            return fail(
+                "telemetry_bucket_s",
+                "must be at least 1 and at most telemetry_retention_s",
+            );
         }
-        if self.enroll_rate_per_minute == 0 || self.signup_rate_per_minute == 0 || self.token_create_rate_per_minute == 0 {
+        if self.enroll_rate_per_minute == 0
+            || self.signup_rate_per_minute == 0
+            || self.token_create_rate_per_minute == 0
+        {
             return fail("rate limits", "must be at least 1 per minute");
         }
         Ok(())
@@ -95,7 +106,10 @@ mod tests {
     #[test]
     fn default_is_valid_and_bad_relations_are_named() {
         assert_eq!(Config::default().validate(), Ok(()));
-        let config = Config { heartbeat_grace_ms: 5_000, ..Config::default() };
+        let config = Config {
+            heartbeat_grace_ms: 5_000,
+            ..Config::default()
+        };
         assert_eq!(config.validate().unwrap_err().field, "heartbeat_grace_ms");
     }
 }

@@ -2,8 +2,8 @@
 //! an event go in; the next pair or a refusal comes out. Every state change in the coordinator
 //! goes through [`transition`], so the rules live in one place and are tested here.
 
-use flotilla_proto::device::DeviceState;
 use DeviceState::*;
+use flotilla_proto::device::DeviceState;
 
 /// Something that happens to a device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,10 +61,26 @@ impl DeviceEvent {
 
 /// The next lifecycle, `Ok(None)` when the event changes nothing (e.g. a heartbeat from a
 /// device that is up), or a refusal.
-pub fn transition(now: Lifecycle, event: DeviceEvent) -> Result<Option<Lifecycle>, TransitionRefused> {
-    let to = |state| Ok(Some(Lifecycle { state, before_down: None }));
-    let down_returning_to = |state| Ok(Some(Lifecycle { state: now.state, before_down: Some(state) }));
-    let refused = Err(TransitionRefused { state: now.state, event: event.past_tense() });
+pub fn transition(
+    now: Lifecycle,
+    event: DeviceEvent,
+) -> Result<Option<Lifecycle>, TransitionRefused> {
+    let to = |state| {
+        Ok(Some(Lifecycle {
+            state,
+            before_down: None,
+        }))
+    };
+    let down_returning_to = |state| {
+        Ok(Some(Lifecycle {
+            state: now.state,
+            before_down: Some(state),
+        }))
+    };
+    let refused = Err(TransitionRefused {
+        state: now.state,
+        event: event.past_tense(),
+    });
     match (event, now.state) {
         (DeviceEvent::Blocked, Blocked) => Ok(None),
         (DeviceEvent::Blocked, _) => to(Blocked),
@@ -90,15 +106,17 @@ pub fn transition(now: Lifecycle, event: DeviceEvent) -> Result<Option<Lifecycle
             _ => refused,
         },
 
-        (DeviceEvent::HeartbeatsMissed, Pending | Idle | Hired | Paused) => {
-            Ok(Some(Lifecycle { state: Down, before_down: Some(now.state) }))
-        }
+        (DeviceEvent::HeartbeatsMissed, Pending | Idle | Hired | Paused) => Ok(Some(Lifecycle {
+            state: Down,
+            before_down: Some(now.state),
+        })),
         (DeviceEvent::HeartbeatsMissed, _) => Ok(None),
         (DeviceEvent::HeartbeatResumed, Down | Inactive) => to(now.before_down.unwrap_or(Pending)),
         (DeviceEvent::HeartbeatResumed, _) => Ok(None),
-        (DeviceEvent::DownTooLong, Down) => {
-            Ok(Some(Lifecycle { state: Inactive, before_down: now.before_down }))
-        }
+        (DeviceEvent::DownTooLong, Down) => Ok(Some(Lifecycle {
+            state: Inactive,
+            before_down: now.before_down,
+        })),
         (DeviceEvent::DownTooLong, _) => Ok(None),
         _ => refused,
     }
@@ -109,50 +127,94 @@ mod tests {
     use super::*;
 
     fn at(state: DeviceState) -> Lifecycle {
-        Lifecycle { state, before_down: None }
+        Lifecycle {
+            state,
+            before_down: None,
+        }
     }
 
     fn down_from(state: DeviceState) -> Lifecycle {
-        Lifecycle { state: Down, before_down: Some(state) }
+        Lifecycle {
+            state: Down,
+            before_down: Some(state),
+        }
     }
 
     #[test]
     fn the_happy_path() {
-        let idle = transition(at(Pending), DeviceEvent::Admitted).unwrap().unwrap();
+        let idle = transition(at(Pending), DeviceEvent::Admitted)
+            .unwrap()
+            .unwrap();
         assert_eq!(idle, at(Idle));
         let hired = transition(idle, DeviceEvent::Hired).unwrap().unwrap();
-        assert_eq!(transition(hired, DeviceEvent::Released).unwrap().unwrap(), at(Idle));
+        assert_eq!(
+            transition(hired, DeviceEvent::Released).unwrap().unwrap(),
+            at(Idle)
+        );
     }
 
     #[test]
     fn a_device_back_from_down_returns_to_its_earlier_state() {
         for earlier in [Pending, Idle, Hired, Paused] {
-            let down = transition(at(earlier), DeviceEvent::HeartbeatsMissed).unwrap().unwrap();
+            let down = transition(at(earlier), DeviceEvent::HeartbeatsMissed)
+                .unwrap()
+                .unwrap();
             assert_eq!(down, down_from(earlier));
             let inactive = transition(down, DeviceEvent::DownTooLong).unwrap().unwrap();
             assert_eq!(inactive.state, Inactive);
-            assert_eq!(transition(down, DeviceEvent::HeartbeatResumed).unwrap().unwrap(), at(earlier));
-            assert_eq!(transition(inactive, DeviceEvent::HeartbeatResumed).unwrap().unwrap(), at(earlier));
+            assert_eq!(
+                transition(down, DeviceEvent::HeartbeatResumed)
+                    .unwrap()
+                    .unwrap(),
+                at(earlier)
+            );
+            assert_eq!(
+                transition(inactive, DeviceEvent::HeartbeatResumed)
+                    .unwrap()
+                    .unwrap(),
+                at(earlier)
+            );
         }
     }
 
     #[test]
     fn heartbeats_do_not_move_devices_that_are_up() {
         for state in [Pending, Idle, Hired, Paused, Unsupported] {
-            assert_eq!(transition(at(state), DeviceEvent::HeartbeatResumed), Ok(None));
+            assert_eq!(
+                transition(at(state), DeviceEvent::HeartbeatResumed),
+                Ok(None)
+            );
         }
-        assert_eq!(transition(down_from(Idle), DeviceEvent::HeartbeatsMissed), Ok(None));
+        assert_eq!(
+            transition(down_from(Idle), DeviceEvent::HeartbeatsMissed),
+            Ok(None)
+        );
     }
 
     #[test]
     fn pausing_rules() {
-        assert_eq!(transition(at(Idle), DeviceEvent::Paused).unwrap().unwrap(), at(Paused));
-        assert_eq!(transition(at(Paused), DeviceEvent::Resumed).unwrap().unwrap(), at(Idle));
-        assert!(transition(at(Hired), DeviceEvent::Paused).is_err(), "hired work is not cut off");
+        assert_eq!(
+            transition(at(Idle), DeviceEvent::Paused).unwrap().unwrap(),
+            at(Paused)
+        );
+        assert_eq!(
+            transition(at(Paused), DeviceEvent::Resumed)
+                .unwrap()
+                .unwrap(),
+            at(Idle)
+        );
+        assert!(
+            transition(at(Hired), DeviceEvent::Paused).is_err(),
+            "hired work is not cut off"
+        );
         assert!(transition(at(Pending), DeviceEvent::Paused).is_err());
-        let paused_while_down = transition(down_from(Idle), DeviceEvent::Paused).unwrap().unwrap();
+        let paused_while_down = transition(down_from(Idle), DeviceEvent::Paused)
+            .unwrap()
+            .unwrap();
         assert_eq!(paused_while_down, down_from(Paused));
-        let back = transition(paused_while_down, DeviceEvent::HeartbeatResumed).unwrap().unwrap();
+        let back = transition(paused_while_down, DeviceEvent::HeartbeatResumed)
+            .unwrap()
+            .unwrap();
         assert_eq!(back, at(Paused));
     }
 
@@ -162,7 +224,12 @@ mod tests {
             let blocked = transition(at(state), DeviceEvent::Blocked).unwrap();
             assert_eq!(blocked.map(|l| l.state).unwrap_or(state), Blocked);
         }
-        for event in [DeviceEvent::Admitted, DeviceEvent::Resumed, DeviceEvent::Hired, DeviceEvent::Paused] {
+        for event in [
+            DeviceEvent::Admitted,
+            DeviceEvent::Resumed,
+            DeviceEvent::Hired,
+            DeviceEvent::Paused,
+        ] {
             assert!(transition(at(Blocked), event).is_err());
         }
         assert!(transition(at(Blocked), DeviceEvent::HeartbeatResumed).is_err());
@@ -184,12 +251,18 @@ mod tests {
         ];
         for state in DeviceState::ALL {
             // A valid lifecycle remembers a state exactly when it is down or inactive.
-            let remembered: &[Option<DeviceState>] =
-                if matches!(state, Down | Inactive) { &[Some(Idle), Some(Hired), Some(Paused)] } else { &[None] };
+            let remembered: &[Option<DeviceState>] = if matches!(state, Down | Inactive) {
+                &[Some(Idle), Some(Hired), Some(Paused)]
+            } else {
+                &[None]
+            };
             for &before_down in remembered {
                 for event in events {
                     if let Ok(Some(next)) = transition(Lifecycle { state, before_down }, event) {
-                        assert_eq!(next.before_down.is_some(), matches!(next.state, Down | Inactive));
+                        assert_eq!(
+                            next.before_down.is_some(),
+                            matches!(next.state, Down | Inactive)
+                        );
                     }
                 }
             }

@@ -20,7 +20,10 @@ pub enum ApiError {
     #[error("{message}")]
     Invalid { field: String, message: String },
     #[error("{message}")]
-    Malformed { message: String, field: Option<String> },
+    Malformed {
+        message: String,
+        field: Option<String>,
+    },
     #[error("request body exceeds {0} bytes")]
     TooLarge(usize),
     #[error("{message}")]
@@ -33,11 +36,17 @@ pub enum ApiError {
 
 impl ApiError {
     pub fn invalid(field: &str, message: impl Into<String>) -> ApiError {
-        ApiError::Invalid { field: field.to_owned(), message: message.into() }
+        ApiError::Invalid {
+            field: field.to_owned(),
+            message: message.into(),
+        }
     }
 
     pub fn conflict(code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError::Conflict { code, message: message.into() }
+        ApiError::Conflict {
+            code,
+            message: message.into(),
+        }
     }
 
     fn status(&self) -> StatusCode {
@@ -81,7 +90,9 @@ impl ApiError {
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> ApiError {
         match error {
-            StoreError::Conflict(what) => ApiError::conflict("already_exists", format!("{what} already exists")),
+            StoreError::Conflict(what) => {
+                ApiError::conflict("already_exists", format!("{what} already exists"))
+            }
             other => ApiError::Internal(other.to_string()),
         }
     }
@@ -94,7 +105,11 @@ impl IntoResponse for ApiError {
         }
         let status = self.status();
         let body = ErrorBody {
-            error: ErrorDetail { code: self.code().to_owned(), message: self.to_string(), field: self.field() },
+            error: ErrorDetail {
+                code: self.code().to_owned(),
+                message: self.to_string(),
+                field: self.field(),
+            },
         };
         let mut response = (status, axum::Json(body)).into_response();
         if let ApiError::RateLimited { retry_after_s } = self {

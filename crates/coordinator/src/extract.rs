@@ -43,7 +43,10 @@ impl Caller {
         if self.has_role(role) {
             return Ok(());
         }
-        Err(ApiError::Forbidden(format!("this action needs the {} role", role.as_str())))
+        Err(ApiError::Forbidden(format!(
+            "this action needs the {} role",
+            role.as_str()
+        )))
     }
 
     /// Refuses keys without write scope (403).
@@ -51,7 +54,9 @@ impl Caller {
         if self.auth.key.scopes.contains(&Scope::Write) {
             return Ok(());
         }
-        Err(ApiError::Forbidden("this action needs an api key with write scope".to_owned()))
+        Err(ApiError::Forbidden(
+            "this action needs an api key with write scope".to_owned(),
+        ))
     }
 }
 
@@ -85,15 +90,24 @@ impl FromRequestParts<AppState> for Caller {
             .filter(|secret| secret.starts_with(API_KEY_PREFIX));
         let now_ms = now_unix_ms();
         let auth = match secret {
-            Some(secret) => app.store.authenticate_key(&secret_hash(secret), now_ms).await?,
+            Some(secret) => {
+                app.store
+                    .authenticate_key(&secret_hash(secret), now_ms)
+                    .await?
+            }
             None => None,
         };
         let Some(auth) = auth else {
             // Failed attempts are limited per address, so keys cannot be guessed at speed.
-            app.limits.auth_failures.check(&ip, now_ms).map_err(|retry_after_s| ApiError::RateLimited { retry_after_s })?;
+            app.limits
+                .auth_failures
+                .check(&ip, now_ms)
+                .map_err(|retry_after_s| ApiError::RateLimited { retry_after_s })?;
             return Err(ApiError::Unauthenticated);
         };
-        app.store.touch_api_key(&auth.key.id, now_ms, KEY_TOUCH_GRANULARITY_MS).await?;
+        app.store
+            .touch_api_key(&auth.key.id, now_ms, KEY_TOUCH_GRANULARITY_MS)
+            .await?;
         Ok(Caller { auth, ip })
     }
 }
@@ -112,15 +126,23 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
             .and_then(|value| value.to_str().ok())
             .is_some_and(|value| value.starts_with("application/json"));
         if !is_json {
-            return Err(ApiError::Malformed { message: "content type must be application/json".to_owned(), field: None });
+            return Err(ApiError::Malformed {
+                message: "content type must be application/json".to_owned(),
+                field: None,
+            });
         }
-        let bytes = axum::body::Bytes::from_request(request, state).await.map_err(|rejection| {
-            if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::TooLarge(flotilla_proto::limits::REQUEST_BODY_BYTES_MAX)
-            } else {
-                ApiError::Malformed { message: format!("could not read the body: {rejection}"), field: None }
-            }
-        })?;
+        let bytes = axum::body::Bytes::from_request(request, state)
+            .await
+            .map_err(|rejection| {
+                if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::TooLarge(flotilla_proto::limits::REQUEST_BODY_BYTES_MAX)
+                } else {
+                    ApiError::Malformed {
+                        message: format!("could not read the body: {rejection}"),
+                        field: None,
+                    }
+                }
+            })?;
         decode_json(&bytes).map(JsonBody)
     }
 }
@@ -138,7 +160,10 @@ pub fn decode_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             Some(name) if !path.ends_with(name) => Some(format!("{path}.{name}")),
             _ => (path != ".").then_some(path),
         };
-        ApiError::Malformed { message: format!("invalid json body: {message}"), field }
+        ApiError::Malformed {
+            message: format!("invalid json body: {message}"),
+            field,
+        }
     })
 }
 
@@ -179,7 +204,10 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for QueryParams<T>
         axum::extract::Query::<T>::from_request_parts(parts, state)
             .await
             .map(|query| QueryParams(query.0))
-            .map_err(|rejection| ApiError::Malformed { message: rejection.body_text().to_lowercase(), field: None })
+            .map_err(|rejection| ApiError::Malformed {
+                message: rejection.body_text().to_lowercase(),
+                field: None,
+            })
     }
 }
 
@@ -191,10 +219,15 @@ pub struct MaybeCaller(pub Option<Caller>);
 impl FromRequestParts<AppState> for MaybeCaller {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<MaybeCaller, ApiError> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        app: &AppState,
+    ) -> Result<MaybeCaller, ApiError> {
         if !parts.headers.contains_key(header::AUTHORIZATION) {
             return Ok(MaybeCaller(None));
         }
-        Caller::from_request_parts(parts, app).await.map(|caller| MaybeCaller(Some(caller)))
+        Caller::from_request_parts(parts, app)
+            .await
+            .map(|caller| MaybeCaller(Some(caller)))
     }
 }

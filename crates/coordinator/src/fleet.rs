@@ -89,23 +89,36 @@ pub struct Fleet {
 }
 
 fn lifecycle_of(row: &DeviceRow) -> Lifecycle {
-    Lifecycle { state: row.state, before_down: row.state_before_down }
+    Lifecycle {
+        state: row.state,
+        before_down: row.state_before_down,
+    }
 }
 
 impl Fleet {
     /// Loads every live device. Workers count as seen now: a coordinator that was down itself
     /// must not mark the whole fleet down the moment it returns.
-    pub async fn load(store: Store, metrics: Arc<Metrics>, config: &Config) -> Result<Fleet, StoreError> {
+    pub async fn load(
+        store: Store,
+        metrics: Arc<Metrics>,
+        config: &Config,
+    ) -> Result<Fleet, StoreError> {
         let now_ms = now_unix_ms();
         let mut state = FleetState::default();
         for row in store.all_live_devices().await? {
             state
                 .workers
                 .entry(row.worker_id.clone())
-                .or_insert_with(|| WorkerLive { last_seen_ms: now_ms, session: None, device_ids: Vec::new() })
+                .or_insert_with(|| WorkerLive {
+                    last_seen_ms: now_ms,
+                    session: None,
+                    device_ids: Vec::new(),
+                })
                 .device_ids
                 .push(row.id.clone());
-            state.devices.insert(row.id.clone(), DeviceLive::from_row(&row));
+            state
+                .devices
+                .insert(row.id.clone(), DeviceLive::from_row(&row));
         }
         let fleet = Fleet {
             state: Mutex::new(state),
@@ -128,22 +141,40 @@ impl Fleet {
 
     /// Binds a new session to a worker after Hello, replacing (and ending) any older one.
     /// Returns the session id and the receiver that fires when this session is replaced.
-    pub fn open_session(&self, worker_id: &str, devices: &[DeviceRow], now_ms: i64) -> (u64, oneshot::Receiver<()>) {
+    pub fn open_session(
+        &self,
+        worker_id: &str,
+        devices: &[DeviceRow],
+        now_ms: i64,
+    ) -> (u64, oneshot::Receiver<()>) {
         let (kick, kicked) = oneshot::channel();
         let mut state = self.lock();
         state.next_session_id += 1;
         let session_id = state.next_session_id;
         for row in devices.iter().filter(|row| row.removed_at_ms.is_none()) {
-            state.devices.entry(row.id.clone()).or_insert_with(|| DeviceLive::from_row(row));
+            state
+                .devices
+                .entry(row.id.clone())
+                .or_insert_with(|| DeviceLive::from_row(row));
         }
-        let worker = state.workers.entry(worker_id.to_owned()).or_insert_with(|| WorkerLive {
-            last_seen_ms: now_ms,
-            session: None,
-            device_ids: Vec::new(),
-        });
+        let worker = state
+            .workers
+            .entry(worker_id.to_owned())
+            .or_insert_with(|| WorkerLive {
+                last_seen_ms: now_ms,
+                session: None,
+                device_ids: Vec::new(),
+            });
         worker.last_seen_ms = now_ms;
-        worker.device_ids = devices.iter().filter(|row| row.removed_at_ms.is_none()).map(|row| row.id.clone()).collect();
-        if let Some(old) = worker.session.replace(Session { id: session_id, kick }) {
+        worker.device_ids = devices
+            .iter()
+            .filter(|row| row.removed_at_ms.is_none())
+            .map(|row| row.id.clone())
+            .collect();
+        if let Some(old) = worker.session.replace(Session {
+            id: session_id,
+            kick,
+        }) {
             let _ = old.kick.send(());
         } else {
             self.metrics.workers_connected.inc();
@@ -164,26 +195,47 @@ impl Fleet {
 
     /// Records a heartbeat. Refuses the whole beat if any device is not the worker's. Returns
     /// the devices that come back from `down`, for [`Fleet::apply_events`].
-    pub fn heartbeat(&self, worker_id: &str, samples: &[DeviceTelemetry], now_ms: i64) -> Result<Vec<String>, FleetError> {
+    pub fn heartbeat(
+        &self,
+        worker_id: &str,
+        samples: &[DeviceTelemetry],
+        now_ms: i64,
+    ) -> Result<Vec<String>, FleetError> {
         let mut guard = self.lock();
         let state = &mut *guard;
         let Some(worker) = state.workers.get_mut(worker_id) else {
-            return Err(FleetError::DeviceNotOwned(samples.first().map(|s| s.device_id.clone()).unwrap_or_default()));
+            return Err(FleetError::DeviceNotOwned(
+                samples
+                    .first()
+                    .map(|s| s.device_id.clone())
+                    .unwrap_or_default(),
+            ));
         };
-        if let Some(foreign) = samples.iter().find(|s| !worker.device_ids.contains(&s.device_id)) {
+        if let Some(foreign) = samples
+            .iter()
+            .find(|s| !worker.device_ids.contains(&s.device_id))
+        {
             return Err(FleetError::DeviceNotOwned(foreign.device_id.clone()));
         }
         worker.last_seen_ms = now_ms;
         let mut returning = Vec::new();
         for device_id in &worker.device_ids {
-            let Some(device) = state.devices.get_mut(device_id) else { continue };
-            if matches!(device.lifecycle.state, DeviceState::Down | DeviceState::Inactive) {
+            let Some(device) = state.devices.get_mut(device_id) else {
+                continue;
+            };
+            if matches!(
+                device.lifecycle.state,
+                DeviceState::Down | DeviceState::Inactive
+            ) {
                 returning.push(device_id.clone());
             }
         }
         for sample in samples {
-            let Some(device) = state.devices.get_mut(&sample.device_id) else { continue };
-            if let Some(closed) = fold(&mut device.bucket, sample, now_ms, self.telemetry_bucket_s) {
+            let Some(device) = state.devices.get_mut(&sample.device_id) else {
+                continue;
+            };
+            if let Some(closed) = fold(&mut device.bucket, sample, now_ms, self.telemetry_bucket_s)
+            {
                 push_bounded(&mut state.closed_buckets, closed, &self.metrics);
             }
             device.latest = Some((now_ms, sample.clone()));
@@ -194,13 +246,20 @@ impl Fleet {
 
     /// Applies one event to each device, writing the database first. Devices the event does
     /// not move are skipped; a refused event is an error only when `strict`.
-    pub async fn apply_events(&self, device_ids: &[String], event: DeviceEvent, strict: bool) -> Result<(), FleetError> {
+    pub async fn apply_events(
+        &self,
+        device_ids: &[String],
+        event: DeviceEvent,
+        strict: bool,
+    ) -> Result<(), FleetError> {
         let _serial = self.transitions.lock().await;
         let mut changes = Vec::new();
         {
             let state = self.lock();
             for device_id in device_ids {
-                let Some(device) = state.devices.get(device_id) else { continue };
+                let Some(device) = state.devices.get(device_id) else {
+                    continue;
+                };
                 match transition(device.lifecycle, event) {
                     Ok(Some(to)) => changes.push((device_id.clone(), device.lifecycle, to)),
                     Ok(None) => {}
@@ -231,10 +290,16 @@ impl Fleet {
         let mut state = self.lock();
         for change in &applied {
             if let Some(device) = state.devices.get_mut(&change.device_id) {
-                device.lifecycle = Lifecycle { state: change.to, before_down: change.state_before_down };
+                device.lifecycle = Lifecycle {
+                    state: change.to,
+                    before_down: change.state_before_down,
+                };
                 device.state_changed_at_ms = now_ms;
             }
-            self.metrics.device_transitions.get_or_create(&vec![("to", change.to.as_str().to_owned())]).inc();
+            self.metrics
+                .device_transitions
+                .get_or_create(&vec![("to", change.to.as_str().to_owned())])
+                .inc();
             tracing::info!(device_id = %change.device_id, from = %change.from, to = %change.to, "device state changed");
         }
         drop(state);
@@ -254,8 +319,17 @@ impl Fleet {
                 .devices
                 .iter()
                 .filter_map(|(device_id, device)| {
-                    let last_seen_ms = state.workers.get(&device.worker_id).map_or(now_ms, |w| w.last_seen_ms);
-                    let to = decide(device.lifecycle, device.state_changed_at_ms, last_seen_ms, now_ms, self.bounds)?;
+                    let last_seen_ms = state
+                        .workers
+                        .get(&device.worker_id)
+                        .map_or(now_ms, |w| w.last_seen_ms);
+                    let to = decide(
+                        device.lifecycle,
+                        device.state_changed_at_ms,
+                        last_seen_ms,
+                        now_ms,
+                        self.bounds,
+                    )?;
                     Some((device_id.clone(), device.lifecycle, to))
                 })
                 .collect()
@@ -267,17 +341,22 @@ impl Fleet {
     pub fn device_view(&self, device_id: &str) -> Option<DeviceLiveView> {
         let state = self.lock();
         let device = state.devices.get(device_id)?;
-        let worker_last_seen_ms = state.workers.get(&device.worker_id).map_or(0, |w| w.last_seen_ms);
-        Some(DeviceLiveView { latest: device.latest.clone(), worker_last_seen_ms })
+        let worker_last_seen_ms = state
+            .workers
+            .get(&device.worker_id)
+            .map_or(0, |w| w.last_seen_ms);
+        Some(DeviceLiveView {
+            latest: device.latest.clone(),
+            worker_last_seen_ms,
+        })
     }
 
     /// Whether the worker has a session now, and when it was last heard from.
     pub fn worker_view(&self, worker_id: &str) -> (bool, Option<i64>) {
         let state = self.lock();
-        state
-            .workers
-            .get(worker_id)
-            .map_or((false, None), |w| (w.session.is_some(), Some(w.last_seen_ms)))
+        state.workers.get(worker_id).map_or((false, None), |w| {
+            (w.session.is_some(), Some(w.last_seen_ms))
+        })
     }
 
     /// The device's lifecycle in the working copy.
@@ -287,7 +366,11 @@ impl Fleet {
 
     /// The worker's devices, as last bound by a session.
     pub fn worker_device_ids(&self, worker_id: &str) -> Vec<String> {
-        self.lock().workers.get(worker_id).map(|w| w.device_ids.clone()).unwrap_or_default()
+        self.lock()
+            .workers
+            .get(worker_id)
+            .map(|w| w.device_ids.clone())
+            .unwrap_or_default()
     }
 
     /// Forgets a removed device.
@@ -326,10 +409,15 @@ impl Fleet {
         let mut guard = self.lock();
         let state = &mut *guard;
         for (device_id, device) in &mut state.devices {
-            if device.bucket.as_ref().is_some_and(|b| b.bucket_start_ms() < current_start_ms)
+            if device
+                .bucket
+                .as_ref()
+                .is_some_and(|b| b.bucket_start_ms() < current_start_ms)
                 && let Some(stale) = device.bucket.take()
             {
-                state.closed_buckets.push(stale.close(device_id, self.telemetry_bucket_s));
+                state
+                    .closed_buckets
+                    .push(stale.close(device_id, self.telemetry_bucket_s));
             }
         }
         std::mem::take(&mut state.closed_buckets)
@@ -347,12 +435,16 @@ impl Fleet {
     }
 
     fn update_device_gauges(&self) {
-        let mut counts: HashMap<DeviceState, i64> = DeviceState::ALL.into_iter().map(|s| (s, 0)).collect();
+        let mut counts: HashMap<DeviceState, i64> =
+            DeviceState::ALL.into_iter().map(|s| (s, 0)).collect();
         for device in self.lock().devices.values() {
             *counts.entry(device.lifecycle.state).or_default() += 1;
         }
         for (state, count) in counts {
-            self.metrics.devices.get_or_create(&vec![("state", state.as_str().to_owned())]).set(count);
+            self.metrics
+                .devices
+                .get_or_create(&vec![("state", state.as_str().to_owned())])
+                .set(count);
         }
     }
 }
@@ -369,7 +461,11 @@ impl DeviceLive {
     }
 }
 
-fn push_bounded(closed: &mut Vec<TelemetryBucketRow>, bucket: TelemetryBucketRow, metrics: &Metrics) {
+fn push_bounded(
+    closed: &mut Vec<TelemetryBucketRow>,
+    bucket: TelemetryBucketRow,
+    metrics: &Metrics,
+) {
     if closed.len() >= CLOSED_BUCKETS_MAX {
         closed.remove(0);
         metrics.telemetry_buckets_dropped.inc();

@@ -73,7 +73,10 @@ pub enum StartError {
     #[error(transparent)]
     Store(#[from] flotilla_store::StoreError),
     #[error("cannot listen on {addr}: {source}")]
-    Listen { addr: SocketAddr, source: std::io::Error },
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("cannot write the admin key file: {0}")]
     AdminKey(std::io::Error),
 }
@@ -118,8 +121,14 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
-        .map_err(|source| StartError::Listen { addr: config.listen, source })?;
-    let local_addr = listener.local_addr().map_err(|source| StartError::Listen { addr: config.listen, source })?;
+        .map_err(|source| StartError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+    let local_addr = listener.local_addr().map_err(|source| StartError::Listen {
+        addr: config.listen,
+        source,
+    })?;
     let app = AppState {
         store: store.clone(),
         config: Arc::new(config),
@@ -143,7 +152,12 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     });
     let background = tokio::spawn(background_loop(app, shutdown_rx));
     tracing::info!(%local_addr, "coordinator listening");
-    Ok(Running { local_addr, store, shutdown: shutdown_tx, tasks: vec![server, background] })
+    Ok(Running {
+        local_addr,
+        store,
+        shutdown: shutdown_tx,
+        tasks: vec![server, background],
+    })
 }
 
 /// Failure detection, telemetry flushing and pruning, last-seen stamps: one loop, one tick.
@@ -165,15 +179,20 @@ async fn background_loop(app: AppState, mut shutdown: watch::Receiver<bool>) {
         if let Err(error) = app.fleet.sweep(now_ms).await {
             tracing::warn!(%error, "liveness sweep incomplete; retrying next tick");
         }
-        if tick % flush_every_ticks == 0 {
+        if tick.is_multiple_of(flush_every_ticks) {
             flush_telemetry(&app, now_ms).await;
         }
-        if tick % last_seen_every_ticks == 0 {
+        if tick.is_multiple_of(last_seen_every_ticks) {
             flush_last_seen(&app).await;
         }
-        if tick % prune_every_ticks == 0 {
-            let retention_ms = i64::try_from(app.config.telemetry_retention_s * 1000).unwrap_or(i64::MAX);
-            if let Err(error) = app.store.prune_telemetry(now_ms.saturating_sub(retention_ms)).await {
+        if tick.is_multiple_of(prune_every_ticks) {
+            let retention_ms =
+                i64::try_from(app.config.telemetry_retention_s * 1000).unwrap_or(i64::MAX);
+            if let Err(error) = app
+                .store
+                .prune_telemetry(now_ms.saturating_sub(retention_ms))
+                .await
+            {
                 tracing::warn!(%error, "telemetry prune failed");
             }
         }
@@ -189,10 +208,14 @@ async fn flush_telemetry(app: &AppState, now_ms: i64) {
     }
     match app.store.insert_telemetry(&buckets).await {
         Ok(()) => {
-            app.metrics.telemetry_buckets_written.inc_by(buckets.len() as u64);
+            app.metrics
+                .telemetry_buckets_written
+                .inc_by(buckets.len() as u64);
         }
         Err(error) => {
-            app.metrics.telemetry_buckets_dropped.inc_by(buckets.len() as u64);
+            app.metrics
+                .telemetry_buckets_dropped
+                .inc_by(buckets.len() as u64);
             tracing::warn!(%error, buckets = buckets.len(), "telemetry flush failed; buckets dropped");
         }
     }

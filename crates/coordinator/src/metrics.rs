@@ -32,28 +32,58 @@ impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::default();
         let api_requests = Family::<Labels, Counter>::default();
-        registry.register("flotilla_api_requests", "HTTP requests answered", api_requests.clone());
+        registry.register(
+            "flotilla_api_requests",
+            "HTTP requests answered",
+            api_requests.clone(),
+        );
         let api_request_duration =
-            Family::<Labels, Histogram, fn() -> Histogram>::new_with_constructor(request_histogram as fn() -> Histogram);
+            Family::<Labels, Histogram, fn() -> Histogram>::new_with_constructor(
+                request_histogram as fn() -> Histogram,
+            );
         registry.register(
             "flotilla_api_request_duration_seconds",
             "Time to answer an HTTP request",
             api_request_duration.clone(),
         );
         let workers_connected = Gauge::default();
-        registry.register("flotilla_worker_sessions_connected", "Workers with a live control session", workers_connected.clone());
+        registry.register(
+            "flotilla_worker_sessions_connected",
+            "Workers with a live control session",
+            workers_connected.clone(),
+        );
         let heartbeats = Counter::default();
-        registry.register("flotilla_worker_heartbeats", "Heartbeats accepted", heartbeats.clone());
+        registry.register(
+            "flotilla_worker_heartbeats",
+            "Heartbeats accepted",
+            heartbeats.clone(),
+        );
         let messages_rejected = Family::<Labels, Counter>::default();
-        registry.register("flotilla_worker_messages_rejected", "Worker messages refused, by reason", messages_rejected.clone());
+        registry.register(
+            "flotilla_worker_messages_rejected",
+            "Worker messages refused, by reason",
+            messages_rejected.clone(),
+        );
         let enrollments = Counter::default();
-        registry.register("flotilla_worker_enrollments", "Workers enrolled", enrollments.clone());
+        registry.register(
+            "flotilla_worker_enrollments",
+            "Workers enrolled",
+            enrollments.clone(),
+        );
         let devices = Family::<Labels, Gauge>::default();
         registry.register("flotilla_devices", "Devices by state", devices.clone());
         let device_transitions = Family::<Labels, Counter>::default();
-        registry.register("flotilla_device_transitions", "Device state changes, by target state", device_transitions.clone());
+        registry.register(
+            "flotilla_device_transitions",
+            "Device state changes, by target state",
+            device_transitions.clone(),
+        );
         let telemetry_buckets_written = Counter::default();
-        registry.register("flotilla_telemetry_buckets_written", "Telemetry history rows written", telemetry_buckets_written.clone());
+        registry.register(
+            "flotilla_telemetry_buckets_written",
+            "Telemetry history rows written",
+            telemetry_buckets_written.clone(),
+        );
         let telemetry_buckets_dropped = Counter::default();
         registry.register(
             "flotilla_telemetry_buckets_dropped",
@@ -76,13 +106,16 @@ impl Metrics {
     }
 
     pub fn rejected(&self, reason: &str) {
-        self.messages_rejected.get_or_create(&vec![("reason", reason.to_owned())]).inc();
+        self.messages_rejected
+            .get_or_create(&vec![("reason", reason.to_owned())])
+            .inc();
     }
 
     /// The text exposition format.
     pub fn render(&self) -> String {
         let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &self.registry).expect("writing to a String cannot fail");
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)
+            .expect("writing to a String cannot fail");
         text
     }
 }

@@ -22,7 +22,10 @@ struct Bucket {
 impl RateLimiter {
     /// Allows `per_minute` events a minute, in bursts of up to `per_minute`.
     pub fn per_minute(per_minute: u32) -> RateLimiter {
-        assert!(per_minute > 0, "a rate limit of zero would refuse everything");
+        assert!(
+            per_minute > 0,
+            "a rate limit of zero would refuse everything"
+        );
         RateLimiter {
             burst: f64::from(per_minute),
             refill_per_ms: f64::from(per_minute) / 60_000.0,
@@ -36,9 +39,10 @@ impl RateLimiter {
         if buckets.len() >= KEYS_MAX && !buckets.contains_key(key) {
             self.forget_full_buckets(&mut buckets, now_ms);
         }
-        let bucket = buckets
-            .entry(key.to_owned())
-            .or_insert(Bucket { tokens: self.burst, updated_at_ms: now_ms });
+        let bucket = buckets.entry(key.to_owned()).or_insert(Bucket {
+            tokens: self.burst,
+            updated_at_ms: now_ms,
+        });
         let elapsed_ms = (now_ms - bucket.updated_at_ms).max(0) as f64;
         bucket.tokens = (bucket.tokens + elapsed_ms * self.refill_per_ms).min(self.burst);
         bucket.updated_at_ms = now_ms;

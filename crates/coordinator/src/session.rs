@@ -31,11 +31,19 @@ struct Refusal {
 
 impl Refusal {
     fn fatal(code: &'static str, message: impl Into<String>) -> Refusal {
-        Refusal { code, message: message.into(), fatal: true }
+        Refusal {
+            code,
+            message: message.into(),
+            fatal: true,
+        }
     }
 
     fn soft(code: &'static str, message: impl Into<String>) -> Refusal {
-        Refusal { code, message: message.into(), fatal: false }
+        Refusal {
+            code,
+            message: message.into(),
+            fatal: false,
+        }
     }
 }
 
@@ -59,7 +67,11 @@ pub async fn run(mut socket: WebSocket, app: AppState, mut shutdown: watch::Rece
     if send(&mut socket, &challenge).await.is_err() {
         return;
     }
-    let hello = tokio::time::timeout(Duration::from_millis(HELLO_TIMEOUT_MS), next_text(&mut socket)).await;
+    let hello = tokio::time::timeout(
+        Duration::from_millis(HELLO_TIMEOUT_MS),
+        next_text(&mut socket),
+    )
+    .await;
     let Ok(Some(text)) = hello else { return };
     let (mut bound, mut kicked, welcome) = match hello_session(&app, &nonce, &text).await {
         Ok(session) => session,
@@ -113,11 +125,25 @@ async fn send(socket: &mut WebSocket, message: &ServerMessage) -> Result<(), axu
 async fn refuse(socket: &mut WebSocket, app: &AppState, seq: Option<u64>, refusal: Refusal) {
     app.metrics.rejected(refusal.code);
     tracing::warn!(code = refusal.code, message = %refusal.message, "worker message refused");
-    let _ = send(socket, &ServerMessage::Rejected { seq, code: refusal.code.to_owned(), message: refusal.message, fatal: refusal.fatal }).await;
+    let _ = send(
+        socket,
+        &ServerMessage::Rejected {
+            seq,
+            code: refusal.code.to_owned(),
+            message: refusal.message,
+            fatal: refusal.fatal,
+        },
+    )
+    .await;
 }
 
 fn parse_envelope(text: &str) -> Result<Envelope, Refusal> {
-    serde_json::from_str(text).map_err(|e| Refusal::fatal("malformed_message", format!("message is not a signed envelope: {e}")))
+    serde_json::from_str(text).map_err(|e| {
+        Refusal::fatal(
+            "malformed_message",
+            format!("message is not a signed envelope: {e}"),
+        )
+    })
 }
 
 async fn hello_session(
@@ -127,23 +153,43 @@ async fn hello_session(
 ) -> Result<(Bound, tokio::sync::oneshot::Receiver<()>, ServerMessage), Refusal> {
     let envelope = parse_envelope(text)?;
     if !id::is_id(id::IdKind::Worker, &envelope.worker_id) {
-        return Err(Refusal::fatal("unknown_worker", "worker id is not a worker id"));
+        return Err(Refusal::fatal(
+            "unknown_worker",
+            "worker id is not a worker id",
+        ));
     }
     let worker = app
         .store
         .worker_for_session(&envelope.worker_id)
         .await
         .map_err(|e| Refusal::fatal("internal", e.to_string()))?
-        .ok_or_else(|| Refusal::fatal("unknown_worker", format!("worker {} is not enrolled or was removed", envelope.worker_id)))?;
-    let public_key = parse_public_key(&worker.public_key).map_err(|e| Refusal::fatal("internal", e.to_string()))?;
+        .ok_or_else(|| {
+            Refusal::fatal(
+                "unknown_worker",
+                format!(
+                    "worker {} is not enrolled or was removed",
+                    envelope.worker_id
+                ),
+            )
+        })?;
+    let public_key = parse_public_key(&worker.public_key)
+        .map_err(|e| Refusal::fatal("internal", e.to_string()))?;
     let message = envelope
         .open(&public_key, nonce)
         .map_err(|e| Refusal::fatal("bad_signature", format!("hello from {}: {e}", worker.id)))?;
     if envelope.seq != 1 {
         return Err(Refusal::fatal("out_of_order", "hello must be sequence 1"));
     }
-    let WorkerMessage::Hello { agent_version, hostname, devices } = message else {
-        return Err(Refusal::fatal("hello_expected", "the first message must be hello"));
+    let WorkerMessage::Hello {
+        agent_version,
+        hostname,
+        devices,
+    } = message
+    else {
+        return Err(Refusal::fatal(
+            "hello_expected",
+            "the first message must be hello",
+        ));
     };
     check_hello(app, &hostname, &agent_version, &devices)?;
     let now_ms = now_unix_ms();
@@ -153,7 +199,13 @@ async fn hello_session(
         .map_err(|e| Refusal::fatal("internal", e.to_string()))?;
     let reported: Vec<_> = devices
         .into_iter()
-        .map(|hardware| (id::new_id(id::IdKind::Device), hardware, DeviceState::Pending))
+        .map(|hardware| {
+            (
+                id::new_id(id::IdKind::Device),
+                hardware,
+                DeviceState::Pending,
+            )
+        })
         .collect();
     let rows = app
         .store
@@ -161,7 +213,9 @@ async fn hello_session(
         .await
         .map_err(|e| Refusal::fatal("internal", e.to_string()))?;
     let (session_id, kicked) = app.fleet.open_session(&worker.id, &rows, now_ms);
-    admit_and_revive(app, &rows).await.map_err(|e| Refusal::fatal("internal", e.to_string()))?;
+    admit_and_revive(app, &rows)
+        .await
+        .map_err(|e| Refusal::fatal("internal", e.to_string()))?;
     let assignments: Vec<DeviceAssignment> = rows
         .iter()
         .filter(|row| row.removed_at_ms.is_none())
@@ -176,42 +230,78 @@ async fn hello_session(
         heartbeat_interval_ms: app.config.heartbeat_interval_ms,
         devices: assignments,
     };
-    let bound = Bound { worker_id: worker.id.clone(), public_key, last_seq: 1, session_id };
+    let bound = Bound {
+        worker_id: worker.id.clone(),
+        public_key,
+        last_seq: 1,
+        session_id,
+    };
     tracing::info!(worker_id = %worker.id, devices = rows.len(), "worker session opened");
     Ok((bound, kicked, welcome))
 }
 
 /// Admission for new devices, and the way back for devices that were down.
-async fn admit_and_revive(app: &AppState, rows: &[flotilla_store::DeviceRow]) -> Result<(), FleetError> {
-    let live: Vec<_> = rows.iter().filter(|row| row.removed_at_ms.is_none()).collect();
+async fn admit_and_revive(
+    app: &AppState,
+    rows: &[flotilla_store::DeviceRow],
+) -> Result<(), FleetError> {
+    let live: Vec<_> = rows
+        .iter()
+        .filter(|row| row.removed_at_ms.is_none())
+        .collect();
     let revive: Vec<String> = live.iter().map(|row| row.id.clone()).collect();
-    app.fleet.apply_events(&revive, DeviceEvent::HeartbeatResumed, false).await?;
+    app.fleet
+        .apply_events(&revive, DeviceEvent::HeartbeatResumed, false)
+        .await?;
     for row in live.iter().filter(|row| row.state == DeviceState::Pending) {
         let event = admission::admit(&row.hardware);
-        app.fleet.apply_events(std::slice::from_ref(&row.id), event, false).await?;
+        app.fleet
+            .apply_events(std::slice::from_ref(&row.id), event, false)
+            .await?;
     }
     Ok(())
 }
 
-fn check_hello(app: &AppState, hostname: &str, agent_version: &str, devices: &[flotilla_proto::device::DeviceHardware]) -> Result<(), Refusal> {
+fn check_hello(
+    app: &AppState,
+    hostname: &str,
+    agent_version: &str,
+    devices: &[flotilla_proto::device::DeviceHardware],
+) -> Result<(), Refusal> {
     if devices.len() > DEVICES_PER_WORKER_MAX {
-        return Err(Refusal::fatal("too_many_devices", format!("a worker may report at most {DEVICES_PER_WORKER_MAX} devices")));
+        return Err(Refusal::fatal(
+            "too_many_devices",
+            format!("a worker may report at most {DEVICES_PER_WORKER_MAX} devices"),
+        ));
     }
     let strings = devices
         .iter()
-        .flat_map(|d| [Some(&d.hardware_id), Some(&d.model), d.driver_version.as_ref(), d.cuda_capability.as_ref()])
+        .flat_map(|d| {
+            [
+                Some(&d.hardware_id),
+                Some(&d.model),
+                d.driver_version.as_ref(),
+                d.cuda_capability.as_ref(),
+            ]
+        })
         .flatten()
         .map(String::as_str)
         .chain([hostname, agent_version]);
     for text in strings {
         if text.chars().count() > HARDWARE_STRING_CHARS_MAX || text.chars().any(char::is_control) {
-            return Err(Refusal::fatal("malformed_hardware", format!("hardware string {text:?} is too long or has control characters")));
+            return Err(Refusal::fatal(
+                "malformed_hardware",
+                format!("hardware string {text:?} is too long or has control characters"),
+            ));
         }
     }
     let mut ids: Vec<_> = devices.iter().map(|d| d.hardware_id.as_str()).collect();
     ids.sort_unstable();
     if ids.windows(2).any(|pair| pair[0] == pair[1]) || ids.iter().any(|id| id.is_empty()) {
-        return Err(Refusal::fatal("malformed_hardware", "hardware ids must be non-empty and distinct"));
+        return Err(Refusal::fatal(
+            "malformed_hardware",
+            "hardware ids must be non-empty and distinct",
+        ));
     }
     if !app.config.allow_simulated_devices && devices.iter().any(|d| d.simulated) {
         return Err(Refusal::fatal(
@@ -222,23 +312,40 @@ fn check_hello(app: &AppState, hostname: &str, agent_version: &str, devices: &[f
     Ok(())
 }
 
-async fn on_message(app: &AppState, nonce: &[u8], bound: &mut Bound, text: &str) -> Result<(), Refusal> {
+async fn on_message(
+    app: &AppState,
+    nonce: &[u8],
+    bound: &mut Bound,
+    text: &str,
+) -> Result<(), Refusal> {
     let envelope = parse_envelope(text)?;
     if envelope.worker_id != bound.worker_id {
-        return Err(Refusal::fatal("worker_mismatch", format!("this session belongs to worker {}", bound.worker_id)));
+        return Err(Refusal::fatal(
+            "worker_mismatch",
+            format!("this session belongs to worker {}", bound.worker_id),
+        ));
     }
     let message = envelope
         .open(&bound.public_key, nonce)
         .map_err(|e| Refusal::fatal("bad_signature", e.to_string()))?;
     if envelope.seq <= bound.last_seq {
-        return Err(Refusal::soft("replayed_message", format!("sequence {} was already used", envelope.seq)));
+        return Err(Refusal::soft(
+            "replayed_message",
+            format!("sequence {} was already used", envelope.seq),
+        ));
     }
     if envelope.seq != bound.last_seq + 1 {
-        return Err(Refusal::soft("out_of_order", format!("expected sequence {}", bound.last_seq + 1)));
+        return Err(Refusal::soft(
+            "out_of_order",
+            format!("expected sequence {}", bound.last_seq + 1),
+        ));
     }
     bound.last_seq = envelope.seq;
     match message {
-        WorkerMessage::Hello { .. } => Err(Refusal::soft("unexpected_hello", "hello was already received")),
+        WorkerMessage::Hello { .. } => Err(Refusal::soft(
+            "unexpected_hello",
+            "hello was already received",
+        )),
         WorkerMessage::Heartbeat { devices, .. } => {
             let returning = app
                 .fleet
@@ -254,4 +361,3 @@ async fn on_message(app: &AppState, nonce: &[u8], bound: &mut Bound, text: &str)
         }
     }
 }
-

@@ -52,18 +52,24 @@ impl Accumulator {
 
     /// The history row for this bucket.
     pub fn close(&self, device_id: &str, bucket_s: u64) -> TelemetryBucketRow {
-        assert!(self.samples > 0, "a bucket exists only once it has a sample");
+        assert!(
+            self.samples > 0,
+            "a bucket exists only once it has a sample"
+        );
         let samples = u128::from(self.samples);
         TelemetryBucketRow {
             device_id: device_id.to_owned(),
             bucket_start_ms: self.bucket_start_ms,
             bucket_s,
             samples: self.samples,
-            utilization_pct: u8::try_from(self.utilization_pct_sum / u64::from(self.samples)).unwrap_or(100),
-            memory_used_bytes: u64::try_from(self.memory_used_bytes_sum / samples).unwrap_or(u64::MAX),
+            utilization_pct: u8::try_from(self.utilization_pct_sum / u64::from(self.samples))
+                .unwrap_or(100),
+            memory_used_bytes: u64::try_from(self.memory_used_bytes_sum / samples)
+                .unwrap_or(u64::MAX),
             temperature_c: self.temperature_c_max,
-            power_w: (self.power_samples > 0)
-                .then(|| u32::try_from(self.power_w_sum / u64::from(self.power_samples)).unwrap_or(u32::MAX)),
+            power_w: (self.power_samples > 0).then(|| {
+                u32::try_from(self.power_w_sum / u64::from(self.power_samples)).unwrap_or(u32::MAX)
+            }),
             net_rx_bytes: self.net_rx_bytes,
             net_tx_bytes: self.net_tx_bytes,
         }
@@ -117,7 +123,11 @@ mod tests {
         assert_eq!(closed.bucket_start_ms, 60_000);
         assert_eq!(closed.samples, 2);
         assert_eq!(closed.utilization_pct, 30);
-        assert_eq!(closed.temperature_c, Some(70), "temperature keeps the maximum");
+        assert_eq!(
+            closed.temperature_c,
+            Some(70),
+            "temperature keeps the maximum"
+        );
         assert_eq!(closed.net_rx_bytes, 2, "counters keep the last value");
         assert_eq!(closed.power_w, Some(200));
         assert_eq!(acc.unwrap().bucket_start_ms(), 120_000);

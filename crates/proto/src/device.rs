@@ -161,9 +161,7 @@ pub fn known_gpu_model(name: &str) -> Option<(&'static str, u64)> {
         .to_lowercase();
     KNOWN_GPU_MODELS
         .iter()
-        .find(|(key, full, _)| {
-            wanted == *key || wanted == full.replace(' ', "").to_lowercase()
-        })
+        .find(|(key, full, _)| wanted == *key || wanted == full.replace(' ', "").to_lowercase())
         .map(|(_, full, memory)| (*full, *memory))
 }
 

@@ -97,7 +97,10 @@ mod tests {
         assert!(secret.starts_with("flt_"));
         assert_eq!(secret.len(), 4 + SECRET_RANDOM_CHARS);
         assert_eq!(secret_hash(&secret), secret_hash(&secret));
-        assert_ne!(secret_hash(&secret), secret_hash(&new_secret(API_KEY_PREFIX)));
+        assert_ne!(
+            secret_hash(&secret),
+            secret_hash(&new_secret(API_KEY_PREFIX))
+        );
         assert!(!secret_hash(&secret).contains(&secret[4..]));
     }
 }

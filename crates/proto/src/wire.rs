@@ -208,7 +208,10 @@ mod tests {
     fn sealed_envelope_opens_with_the_right_key_and_nonce_only() {
         let nonce = [7u8; SESSION_NONCE_BYTES];
         let envelope = Envelope::seal(&key(1), &nonce, "wrk_a", 3, &heartbeat());
-        assert_eq!(envelope.open(&key(1).verifying_key(), &nonce), Ok(heartbeat()));
+        assert_eq!(
+            envelope.open(&key(1).verifying_key(), &nonce),
+            Ok(heartbeat())
+        );
         assert_eq!(
             envelope.open(&key(2).verifying_key(), &nonce),
             Err(WireError::SignatureInvalid)
@@ -232,11 +235,17 @@ mod tests {
         let mut other_body = sealed.clone();
         other_body.body = other_body.body.replace("1", "2");
         for envelope in [other_seq, other_worker, other_body] {
-            assert_eq!(envelope.open(&public, &nonce), Err(WireError::SignatureInvalid));
+            assert_eq!(
+                envelope.open(&public, &nonce),
+                Err(WireError::SignatureInvalid)
+            );
         }
         let mut garbage = sealed;
         garbage.signature = "zz".into();
-        assert_eq!(garbage.open(&public, &nonce), Err(WireError::SignatureMalformed));
+        assert_eq!(
+            garbage.open(&public, &nonce),
+            Err(WireError::SignatureMalformed)
+        );
     }
 
     #[test]

@@ -34,13 +34,19 @@ pub struct AuthenticatedKey {
 }
 
 fn join<T: Copy>(items: &[T], as_str: fn(T) -> &'static str) -> String {
-    items.iter().map(|item| as_str(*item)).collect::<Vec<_>>().join(",")
+    items
+        .iter()
+        .map(|item| as_str(*item))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn split<T>(text: &str, parse: fn(&str) -> Option<T>) -> Result<Vec<T>> {
     text.split(',')
         .filter(|part| !part.is_empty())
-        .map(|part| parse(part).ok_or_else(|| StoreError::Corrupt(format!("unknown value {part:?}"))))
+        .map(|part| {
+            parse(part).ok_or_else(|| StoreError::Corrupt(format!("unknown value {part:?}")))
+        })
         .collect()
 }
 
@@ -71,13 +77,15 @@ const KEY_COLUMNS: &str = "k.id, k.account_id, k.name, k.prefix, k.scopes, k.cre
 
 impl Store {
     pub async fn insert_account(&self, account: &AccountRow) -> Result<()> {
-        sqlx::query("INSERT INTO accounts (id, name, roles, created_at_ms) VALUES ($1, $2, $3, $4)")
-            .bind(&account.id)
-            .bind(&account.name)
-            .bind(join(&account.roles, Role::as_str))
-            .bind(account.created_at_ms)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(
+            "INSERT INTO accounts (id, name, roles, created_at_ms) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(&account.id)
+        .bind(&account.name)
+        .bind(join(&account.roles, Role::as_str))
+        .bind(account.created_at_ms)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
@@ -121,7 +129,11 @@ impl Store {
     }
 
     /// The live key with this hash: not revoked, not expired at `now_ms`.
-    pub async fn authenticate_key(&self, secret_hash: &str, now_ms: i64) -> Result<Option<AuthenticatedKey>> {
+    pub async fn authenticate_key(
+        &self,
+        secret_hash: &str,
+        now_ms: i64,
+    ) -> Result<Option<AuthenticatedKey>> {
         let sql = format!(
             "SELECT {KEY_COLUMNS}, a.id AS a_id, a.name AS a_name, a.roles AS a_roles, a.created_at_ms AS a_created_at_ms \
              FROM api_keys k JOIN accounts a ON a.id = k.account_id \
@@ -141,11 +153,19 @@ impl Store {
             roles: split(&col::<String>(&row, "a_roles")?, Role::parse)?,
             created_at_ms: col(&row, "a_created_at_ms")?,
         };
-        Ok(Some(AuthenticatedKey { key: key_from(&row)?, account }))
+        Ok(Some(AuthenticatedKey {
+            key: key_from(&row)?,
+            account,
+        }))
     }
 
     /// Records use, at most once per `granularity_ms` per key, so reads do not become writes.
-    pub async fn touch_api_key(&self, key_id: &str, now_ms: i64, granularity_ms: i64) -> Result<()> {
+    pub async fn touch_api_key(
+        &self,
+        key_id: &str,
+        now_ms: i64,
+        granularity_ms: i64,
+    ) -> Result<()> {
         sqlx::query(
             "UPDATE api_keys SET last_used_at_ms = $1 WHERE id = $2 AND (last_used_at_ms IS NULL OR last_used_at_ms < $3)",
         )
@@ -157,7 +177,12 @@ impl Store {
         Ok(())
     }
 
-    pub async fn list_api_keys(&self, account_id: &str, after_id: Option<&str>, limit: u32) -> Result<Vec<ApiKeyRow>> {
+    pub async fn list_api_keys(
+        &self,
+        account_id: &str,
+        after_id: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<ApiKeyRow>> {
         let sql = format!(
             "SELECT {KEY_COLUMNS} FROM api_keys k WHERE k.account_id = $1 AND k.id > $2 ORDER BY k.id LIMIT $3"
         );
@@ -172,14 +197,20 @@ impl Store {
 
     /// Revokes one of the account's keys. Returns the key as it is now, or None if the account
     /// has no such key.
-    pub async fn revoke_api_key(&self, account_id: &str, key_id: &str, now_ms: i64) -> Result<Option<ApiKeyRow>> {
+    pub async fn revoke_api_key(
+        &self,
+        account_id: &str,
+        key_id: &str,
+        now_ms: i64,
+    ) -> Result<Option<ApiKeyRow>> {
         sqlx::query("UPDATE api_keys SET revoked_at_ms = $1 WHERE id = $2 AND account_id = $3 AND revoked_at_ms IS NULL")
             .bind(now_ms)
             .bind(key_id)
             .bind(account_id)
             .execute(&self.pool)
             .await?;
-        let sql = format!("SELECT {KEY_COLUMNS} FROM api_keys k WHERE k.id = $1 AND k.account_id = $2");
+        let sql =
+            format!("SELECT {KEY_COLUMNS} FROM api_keys k WHERE k.id = $1 AND k.account_id = $2");
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(key_id)
             .bind(account_id)

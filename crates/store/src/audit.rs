@@ -41,7 +41,12 @@ fn event_from(row: &AnyRow) -> Result<AuditEventRow> {
 }
 
 impl Store {
-    pub async fn insert_audit_event(&self, id: &str, at_ms: i64, event: &NewAuditEvent) -> Result<()> {
+    pub async fn insert_audit_event(
+        &self,
+        id: &str,
+        at_ms: i64,
+        event: &NewAuditEvent,
+    ) -> Result<()> {
         sqlx::query(
             "INSERT INTO audit_events (id, at_ms, actor_account_id, actor_key_id, source_ip, action, target_id, detail) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
@@ -60,7 +65,11 @@ impl Store {
     }
 
     /// Newest first. The cursor is the (at_ms, id) of the last event of the previous page.
-    pub async fn list_audit_events(&self, before: Option<(i64, &str)>, limit: u32) -> Result<Vec<AuditEventRow>> {
+    pub async fn list_audit_events(
+        &self,
+        before: Option<(i64, &str)>,
+        limit: u32,
+    ) -> Result<Vec<AuditEventRow>> {
         let (before_ms, before_id) = before.unwrap_or((i64::MAX, ""));
         let rows = sqlx::query(
             "SELECT id, at_ms, actor_account_id, actor_key_id, source_ip, action, target_id, detail FROM audit_events \

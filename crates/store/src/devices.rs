@@ -34,12 +34,14 @@ const DEVICE_COLUMNS: &str = "id, account_id, worker_id, name, hardware, state, 
      state_changed_at_ms, created_at_ms, last_seen_at_ms, removed_at_ms";
 
 fn state_from(text: &str) -> Result<DeviceState> {
-    DeviceState::parse(text).ok_or_else(|| StoreError::Corrupt(format!("unknown device state {text:?}")))
+    DeviceState::parse(text)
+        .ok_or_else(|| StoreError::Corrupt(format!("unknown device state {text:?}")))
 }
 
 fn device_from(row: &AnyRow) -> Result<DeviceRow> {
     let hardware: String = col(row, "hardware")?;
-    let hardware = serde_json::from_str(&hardware).map_err(|e| StoreError::Corrupt(format!("device hardware: {e}")))?;
+    let hardware = serde_json::from_str(&hardware)
+        .map_err(|e| StoreError::Corrupt(format!("device hardware: {e}")))?;
     Ok(DeviceRow {
         id: col(row, "id")?,
         account_id: col(row, "account_id")?,
@@ -172,12 +174,20 @@ impl Store {
 
     /// Every live device of every worker, for the liveness loop after a restart.
     pub async fn all_live_devices(&self) -> Result<Vec<DeviceRow>> {
-        let sql = format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE removed_at_ms IS NULL ORDER BY id");
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_all(&self.pool).await?;
+        let sql =
+            format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE removed_at_ms IS NULL ORDER BY id");
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter().map(device_from).collect()
     }
 
-    pub async fn rename_device(&self, account_id: &str, device_id: &str, name: &str) -> Result<bool> {
+    pub async fn rename_device(
+        &self,
+        account_id: &str,
+        device_id: &str,
+        name: &str,
+    ) -> Result<bool> {
         let done = sqlx::query("UPDATE devices SET name = $1 WHERE id = $2 AND account_id = $3 AND removed_at_ms IS NULL")
             .bind(name)
             .bind(device_id)
@@ -187,7 +197,12 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
-    pub async fn remove_device(&self, account_id: &str, device_id: &str, now_ms: i64) -> Result<bool> {
+    pub async fn remove_device(
+        &self,
+        account_id: &str,
+        device_id: &str,
+        now_ms: i64,
+    ) -> Result<bool> {
         let done = sqlx::query(
             "UPDATE devices SET removed_at_ms = $1 WHERE id = $2 AND account_id = $3 AND removed_at_ms IS NULL",
         )
@@ -199,4 +214,3 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 }
-

@@ -87,10 +87,18 @@ impl Store {
                     if backend == Backend::Sqlite {
                         // WAL lets readers proceed beside the writer; NORMAL is durable in WAL
                         // mode across process crashes, which is what we promise.
-                        sqlx::query("PRAGMA journal_mode = WAL").execute(&mut *conn).await?;
-                        sqlx::query("PRAGMA synchronous = NORMAL").execute(&mut *conn).await?;
-                        sqlx::query("PRAGMA busy_timeout = 10000").execute(&mut *conn).await?;
-                        sqlx::query("PRAGMA foreign_keys = ON").execute(&mut *conn).await?;
+                        sqlx::query("PRAGMA journal_mode = WAL")
+                            .execute(&mut *conn)
+                            .await?;
+                        sqlx::query("PRAGMA synchronous = NORMAL")
+                            .execute(&mut *conn)
+                            .await?;
+                        sqlx::query("PRAGMA busy_timeout = 10000")
+                            .execute(&mut *conn)
+                            .await?;
+                        sqlx::query("PRAGMA foreign_keys = ON")
+                            .execute(&mut *conn)
+                            .await?;
                     }
                     Ok(())
                 })
@@ -132,13 +140,24 @@ impl Store {
             }
             self.apply_migration(*version, sql)
                 .await
-                .map_err(|source| StoreError::Migration { version: *version, source })?;
-            tracing::info!(version, backend = self.backend.as_str(), "applied migration");
+                .map_err(|source| StoreError::Migration {
+                    version: *version,
+                    source,
+                })?;
+            tracing::info!(
+                version,
+                backend = self.backend.as_str(),
+                "applied migration"
+            );
         }
         Ok(())
     }
 
-    async fn apply_migration(&self, version: i64, sql: &str) -> std::result::Result<(), sqlx::Error> {
+    async fn apply_migration(
+        &self,
+        version: i64,
+        sql: &str,
+    ) -> std::result::Result<(), sqlx::Error> {
         let mut tx = self.pool.begin().await?;
         // The marker row goes first so that on SQLite the transaction takes the write lock
         // before anything else, and two coordinators starting at once cannot both apply it.
@@ -148,7 +167,9 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         for statement in split_statements(sql) {
-            sqlx::query(sqlx::AssertSqlSafe(statement)).execute(&mut *tx).await?;
+            sqlx::query(sqlx::AssertSqlSafe(statement))
+                .execute(&mut *tx)
+                .await?;
         }
         tx.commit().await
     }
@@ -169,7 +190,11 @@ fn normalize_url(url: &str) -> Result<(Backend, String)> {
         url
     };
     let (path, query) = path.split_once('?').unwrap_or((path, ""));
-    let query = if query.is_empty() { "mode=rwc".to_owned() } else { query.to_owned() };
+    let query = if query.is_empty() {
+        "mode=rwc".to_owned()
+    } else {
+        query.to_owned()
+    };
     Ok((Backend::Sqlite, format!("sqlite://{path}?{query}")))
 }
 
@@ -219,15 +244,25 @@ mod tests {
 
     #[test]
     fn urls_normalize() {
-        assert_eq!(normalize_url("/tmp/x.db").unwrap(), (Backend::Sqlite, "sqlite:///tmp/x.db?mode=rwc".into()));
-        assert_eq!(normalize_url("sqlite:x.db").unwrap().1, "sqlite://x.db?mode=rwc");
-        assert_eq!(normalize_url("postgres://u@h/db").unwrap().0, Backend::Postgres);
+        assert_eq!(
+            normalize_url("/tmp/x.db").unwrap(),
+            (Backend::Sqlite, "sqlite:///tmp/x.db?mode=rwc".into())
+        );
+        assert_eq!(
+            normalize_url("sqlite:x.db").unwrap().1,
+            "sqlite://x.db?mode=rwc"
+        );
+        assert_eq!(
+            normalize_url("postgres://u@h/db").unwrap().0,
+            Backend::Postgres
+        );
         assert!(normalize_url("mysql://h/db").is_err());
     }
 
     #[test]
     fn statements_split_and_skip_comments() {
-        let sql = "-- c\nCREATE TABLE a (x BIGINT);\n-- only a comment;\nCREATE INDEX i ON a (x);\n";
+        let sql =
+            "-- c\nCREATE TABLE a (x BIGINT);\n-- only a comment;\nCREATE INDEX i ON a (x);\n";
         let statements = split_statements(sql);
         assert_eq!(statements.len(), 2, "{statements:?}");
     }

@@ -29,7 +29,8 @@ fn bucket_from(row: &AnyRow) -> Result<TelemetryBucketRow> {
         samples: u32::try_from(col::<i64>(row, "samples")?).unwrap_or(0),
         utilization_pct: u8::try_from(col::<i64>(row, "utilization_pct")?).unwrap_or(0),
         memory_used_bytes: to_u64(col(row, "memory_used_bytes")?),
-        temperature_c: col::<Option<i64>>(row, "temperature_c")?.and_then(|t| i16::try_from(t).ok()),
+        temperature_c: col::<Option<i64>>(row, "temperature_c")?
+            .and_then(|t| i16::try_from(t).ok()),
         power_w: col::<Option<i64>>(row, "power_w")?.and_then(|p| u32::try_from(p).ok()),
         net_rx_bytes: to_u64(col(row, "net_rx_bytes")?),
         net_tx_bytes: to_u64(col(row, "net_tx_bytes")?),
@@ -52,7 +53,16 @@ impl Store {
                 }
                 sql.push_str(&format!(
                     "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
-                    b + 1, b + 2, b + 3, b + 4, b + 5, b + 6, b + 7, b + 8, b + 9, b + 10
+                    b + 1,
+                    b + 2,
+                    b + 3,
+                    b + 4,
+                    b + 5,
+                    b + 6,
+                    b + 7,
+                    b + 8,
+                    b + 9,
+                    b + 10
                 ));
             }
             sql.push_str(
@@ -82,7 +92,12 @@ impl Store {
     }
 
     /// The newest `limit` buckets of a device the account owns, oldest first.
-    pub async fn telemetry_history(&self, account_id: &str, device_id: &str, limit: u32) -> Result<Vec<TelemetryBucketRow>> {
+    pub async fn telemetry_history(
+        &self,
+        account_id: &str,
+        device_id: &str,
+        limit: u32,
+    ) -> Result<Vec<TelemetryBucketRow>> {
         let rows = sqlx::query(
             "SELECT t.device_id, t.bucket_start_ms, t.bucket_s, t.samples, t.utilization_pct, t.memory_used_bytes, \
              t.temperature_c, t.power_w, t.net_rx_bytes, t.net_tx_bytes \

@@ -32,8 +32,7 @@ pub struct WorkerRow {
     pub device_count: u32,
 }
 
-const TOKEN_COLUMNS: &str =
-    "id, account_id, name, created_at_ms, expires_at_ms, used_at_ms, used_by_worker_id, revoked_at_ms";
+const TOKEN_COLUMNS: &str = "id, account_id, name, created_at_ms, expires_at_ms, used_at_ms, used_by_worker_id, revoked_at_ms";
 
 const WORKER_COLUMNS: &str = "w.id, w.account_id, w.name, w.hostname, w.public_key, w.agent_version, w.paused, \
      w.created_at_ms, w.last_seen_at_ms, w.removed_at_ms, \
@@ -69,7 +68,11 @@ fn worker_from(row: &AnyRow) -> Result<WorkerRow> {
 }
 
 impl Store {
-    pub async fn insert_enrollment_token(&self, token: &EnrollmentTokenRow, secret_hash: &str) -> Result<()> {
+    pub async fn insert_enrollment_token(
+        &self,
+        token: &EnrollmentTokenRow,
+        secret_hash: &str,
+    ) -> Result<()> {
         sqlx::query(
             "INSERT INTO enrollment_tokens (id, account_id, name, secret_hash, created_at_ms, expires_at_ms) \
              VALUES ($1, $2, $3, $4, $5, $6)",
@@ -103,8 +106,14 @@ impl Store {
         rows.iter().map(token_from).collect()
     }
 
-    pub async fn enrollment_token(&self, account_id: &str, token_id: &str) -> Result<Option<EnrollmentTokenRow>> {
-        let sql = format!("SELECT {TOKEN_COLUMNS} FROM enrollment_tokens WHERE id = $1 AND account_id = $2");
+    pub async fn enrollment_token(
+        &self,
+        account_id: &str,
+        token_id: &str,
+    ) -> Result<Option<EnrollmentTokenRow>> {
+        let sql = format!(
+            "SELECT {TOKEN_COLUMNS} FROM enrollment_tokens WHERE id = $1 AND account_id = $2"
+        );
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(token_id)
             .bind(account_id)
@@ -136,7 +145,12 @@ impl Store {
     /// Uses a token and creates the worker, atomically: the token is consumed only if it is
     /// live (unused, unrevoked, unexpired), and the worker exists only if the token was consumed.
     /// Returns None when the token is not live.
-    pub async fn enroll_worker(&self, token_hash: &str, worker: &WorkerRow, now_ms: i64) -> Result<Option<WorkerRow>> {
+    pub async fn enroll_worker(
+        &self,
+        token_hash: &str,
+        worker: &WorkerRow,
+        now_ms: i64,
+    ) -> Result<Option<WorkerRow>> {
         let mut tx = self.pool.begin().await?;
         // A single conditional UPDATE takes the token, so two workers racing on one token
         // cannot both succeed on either database.
@@ -168,12 +182,18 @@ impl Store {
         .await
         .map_err(|e| conflict_on_unique(e, "a worker with this public key"))?;
         tx.commit().await?;
-        Ok(Some(WorkerRow { account_id, created_at_ms: now_ms, ..worker.clone() }))
+        Ok(Some(WorkerRow {
+            account_id,
+            created_at_ms: now_ms,
+            ..worker.clone()
+        }))
     }
 
     /// A worker by id, whoever owns it: for the control channel, which authenticates by key.
     pub async fn worker_for_session(&self, worker_id: &str) -> Result<Option<WorkerRow>> {
-        let sql = format!("SELECT {WORKER_COLUMNS} FROM workers w WHERE w.id = $1 AND w.removed_at_ms IS NULL");
+        let sql = format!(
+            "SELECT {WORKER_COLUMNS} FROM workers w WHERE w.id = $1 AND w.removed_at_ms IS NULL"
+        );
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(worker_id)
             .fetch_optional(&self.pool)
@@ -193,7 +213,12 @@ impl Store {
         row.as_ref().map(worker_from).transpose()
     }
 
-    pub async fn list_workers(&self, account_id: &str, after_id: Option<&str>, limit: u32) -> Result<Vec<WorkerRow>> {
+    pub async fn list_workers(
+        &self,
+        account_id: &str,
+        after_id: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<WorkerRow>> {
         let sql = format!(
             "SELECT {WORKER_COLUMNS} FROM workers w WHERE w.account_id = $1 AND w.removed_at_ms IS NULL AND w.id > $2 \
              ORDER BY w.id LIMIT $3"
@@ -208,7 +233,13 @@ impl Store {
     }
 
     /// Records what a worker said at Hello.
-    pub async fn update_worker_hello(&self, worker_id: &str, hostname: &str, agent_version: &str, now_ms: i64) -> Result<()> {
+    pub async fn update_worker_hello(
+        &self,
+        worker_id: &str,
+        hostname: &str,
+        agent_version: &str,
+        now_ms: i64,
+    ) -> Result<()> {
         sqlx::query("UPDATE workers SET hostname = $1, agent_version = $2, last_seen_at_ms = $3 WHERE id = $4")
             .bind(hostname)
             .bind(agent_version)
@@ -220,7 +251,12 @@ impl Store {
     }
 
     /// Renames a worker the account owns; false if it owns none with this id.
-    pub async fn rename_worker(&self, account_id: &str, worker_id: &str, name: &str) -> Result<bool> {
+    pub async fn rename_worker(
+        &self,
+        account_id: &str,
+        worker_id: &str,
+        name: &str,
+    ) -> Result<bool> {
         let done = sqlx::query("UPDATE workers SET name = $1 WHERE id = $2 AND account_id = $3 AND removed_at_ms IS NULL")
             .bind(name)
             .bind(worker_id)
@@ -230,7 +266,12 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
-    pub async fn set_worker_paused(&self, account_id: &str, worker_id: &str, paused: bool) -> Result<bool> {
+    pub async fn set_worker_paused(
+        &self,
+        account_id: &str,
+        worker_id: &str,
+        paused: bool,
+    ) -> Result<bool> {
         let done = sqlx::query("UPDATE workers SET paused = $1 WHERE id = $2 AND account_id = $3 AND removed_at_ms IS NULL")
             .bind(i64::from(paused))
             .bind(worker_id)
@@ -241,7 +282,12 @@ impl Store {
     }
 
     /// Removes a worker and its devices. Its key can no longer open a session.
-    pub async fn remove_worker(&self, account_id: &str, worker_id: &str, now_ms: i64) -> Result<bool> {
+    pub async fn remove_worker(
+        &self,
+        account_id: &str,
+        worker_id: &str,
+        now_ms: i64,
+    ) -> Result<bool> {
         let mut tx = self.pool.begin().await?;
         let done = sqlx::query(
             "UPDATE workers SET removed_at_ms = $1 WHERE id = $2 AND account_id = $3 AND removed_at_ms IS NULL",
@@ -254,11 +300,13 @@ impl Store {
         if done.rows_affected() != 1 {
             return Ok(false);
         }
-        sqlx::query("UPDATE devices SET removed_at_ms = $1 WHERE worker_id = $2 AND removed_at_ms IS NULL")
-            .bind(now_ms)
-            .bind(worker_id)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "UPDATE devices SET removed_at_ms = $1 WHERE worker_id = $2 AND removed_at_ms IS NULL",
+        )
+        .bind(now_ms)
+        .bind(worker_id)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(true)
     }

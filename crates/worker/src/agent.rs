@@ -8,7 +8,9 @@ use flotilla_client::{Client, control_channel_url};
 use flotilla_proto::api::{EnrollRequest, EnrollResponse};
 use flotilla_proto::limits::FRAME_BYTES_MAX;
 use flotilla_proto::time::now_unix_ms;
-use flotilla_proto::wire::{Envelope, SESSION_NONCE_BYTES, ServerMessage, WorkerMessage, sign_enrollment};
+use flotilla_proto::wire::{
+    Envelope, SESSION_NONCE_BYTES, ServerMessage, WorkerMessage, sign_enrollment,
+};
 use flotilla_proto::{AGENT_VERSION, PROTOCOL_VERSION};
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::watch;
@@ -25,7 +27,12 @@ const RECONNECT_DELAY_MS_MAX: u64 = 30_000;
 /// Time the coordinator has to send its challenge and welcome.
 const HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
 /// Refusals after which retrying cannot help.
-const FATAL_CODES: &[&str] = &["unknown_worker", "simulated_devices_refused", "malformed_hardware", "too_many_devices"];
+const FATAL_CODES: &[&str] = &[
+    "unknown_worker",
+    "simulated_devices_refused",
+    "malformed_hardware",
+    "too_many_devices",
+];
 
 /// How one worker runs.
 #[derive(Debug, Clone)]
@@ -49,20 +56,38 @@ enum SessionEnd {
     /// Shutdown was asked for.
     Stopped,
     /// Try again after a delay; `healthy` resets the backoff.
-    Retry { healthy: bool, reason: String },
+    Retry {
+        healthy: bool,
+        reason: String,
+    },
     Fatal(WorkerError),
 }
 
 /// Runs the worker until `shutdown` turns true or the coordinator refuses it for good.
-pub async fn run(config: WorkerConfig, mut shutdown: watch::Receiver<bool>) -> Result<(), WorkerError> {
+pub async fn run(
+    config: WorkerConfig,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), WorkerError> {
     let key = load_or_create_key(&config.data_dir)?;
     let hostname = config.hostname.clone().unwrap_or_else(local_hostname);
     let enrollment = ensure_enrolled(&config, &key, &hostname).await?;
-    let mut inventory = Inventory::detect(&config.simulate_gpus, config.cpu_device, &key.verifying_key().to_bytes())?;
+    let mut inventory = Inventory::detect(
+        &config.simulate_gpus,
+        config.cpu_device,
+        &key.verifying_key().to_bytes(),
+    )?;
     tracing::info!(worker_id = %enrollment.worker_id, devices = inventory.hardware().len(), "worker starting");
     let mut delay_ms = RECONNECT_DELAY_MS_MIN;
     loop {
-        let end = session(&config, &key, &enrollment, &hostname, &mut inventory, &mut shutdown).await;
+        let end = session(
+            &config,
+            &key,
+            &enrollment,
+            &hostname,
+            &mut inventory,
+            &mut shutdown,
+        )
+        .await;
         match end {
             SessionEnd::Stopped => return Ok(()),
             SessionEnd::Fatal(error) => return Err(error),
@@ -96,20 +121,30 @@ fn local_hostname() -> String {
         .unwrap_or_else(|| "worker".to_owned())
 }
 
-async fn ensure_enrolled(config: &WorkerConfig, key: &SigningKey, hostname: &str) -> Result<Enrollment, WorkerError> {
+async fn ensure_enrolled(
+    config: &WorkerConfig,
+    key: &SigningKey,
+    hostname: &str,
+) -> Result<Enrollment, WorkerError> {
     if let Some(enrollment) = load_enrollment(&config.data_dir)? {
         if enrollment.coordinator_url == config.coordinator_url {
             return Ok(enrollment);
         }
         tracing::warn!(previous = %enrollment.coordinator_url, "enrolled with another coordinator; enrolling again");
     }
-    let token = config
-        .token
-        .clone()
-        .ok_or_else(|| WorkerError::Config("this worker is not enrolled yet: pass --token with an enrollment token".to_owned()))?;
+    let token = config.token.clone().ok_or_else(|| {
+        WorkerError::Config(
+            "this worker is not enrolled yet: pass --token with an enrollment token".to_owned(),
+        )
+    })?;
     let (public_key, signature) = sign_enrollment(key, &token);
     let client = Client::new(&config.coordinator_url, None);
-    let request = EnrollRequest { token, public_key, signature, hostname: hostname.to_owned() };
+    let request = EnrollRequest {
+        token,
+        public_key,
+        signature,
+        hostname: hostname.to_owned(),
+    };
     let answer: EnrollResponse = client.post("workers/enroll", &request).await?;
     let enrollment = Enrollment {
         worker_id: answer.worker_id,
@@ -121,17 +156,21 @@ async fn ensure_enrolled(config: &WorkerConfig, key: &SigningKey, hostname: &str
     Ok(enrollment)
 }
 
-type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn next_server_message(socket: &mut Socket) -> Result<ServerMessage, String> {
     loop {
         match socket.next().await {
             Some(Ok(Message::Text(text))) => {
-                return serde_json::from_str(text.as_str()).map_err(|e| format!("bad message from coordinator: {e}"));
+                return serde_json::from_str(text.as_str())
+                    .map_err(|e| format!("bad message from coordinator: {e}"));
             }
             Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
             Some(Ok(Message::Binary(_))) => return Err("unexpected binary message".to_owned()),
-            Some(Ok(Message::Close(_))) | None => return Err("coordinator closed the connection".to_owned()),
+            Some(Ok(Message::Close(_))) | None => {
+                return Err("coordinator closed the connection".to_owned());
+            }
             Some(Err(error)) => return Err(error.to_string()),
         }
     }
@@ -141,7 +180,10 @@ fn refusal_end(code: String, message: String) -> SessionEnd {
     if FATAL_CODES.contains(&code.as_str()) {
         SessionEnd::Fatal(WorkerError::Refused { code, message })
     } else {
-        SessionEnd::Retry { healthy: false, reason: format!("refused: {message} ({code})") }
+        SessionEnd::Retry {
+            healthy: false,
+            reason: format!("refused: {message} ({code})"),
+        }
     }
 }
 
@@ -153,14 +195,24 @@ async fn session(
     inventory: &mut Inventory,
     shutdown: &mut watch::Receiver<bool>,
 ) -> SessionEnd {
-    let retry = |reason: String| SessionEnd::Retry { healthy: false, reason };
+    let retry = |reason: String| SessionEnd::Retry {
+        healthy: false,
+        reason,
+    };
     let url = control_channel_url(&config.coordinator_url);
-    let ws_config = WebSocketConfig::default().max_message_size(Some(FRAME_BYTES_MAX)).max_frame_size(Some(FRAME_BYTES_MAX));
+    let ws_config = WebSocketConfig::default()
+        .max_message_size(Some(FRAME_BYTES_MAX))
+        .max_frame_size(Some(FRAME_BYTES_MAX));
     let handshake = async {
-        let (mut socket, _) = tokio_tungstenite::connect_async_with_config(&url, Some(ws_config), false)
-            .await
-            .map_err(|e| retry(format!("connect {url}: {e}")))?;
-        let ServerMessage::Challenge { protocol_version, session_nonce, .. } = next_server_message(&mut socket).await.map_err(retry)?
+        let (mut socket, _) =
+            tokio_tungstenite::connect_async_with_config(&url, Some(ws_config), false)
+                .await
+                .map_err(|e| retry(format!("connect {url}: {e}")))?;
+        let ServerMessage::Challenge {
+            protocol_version,
+            session_nonce,
+            ..
+        } = next_server_message(&mut socket).await.map_err(retry)?
         else {
             return Err(retry("expected a challenge".to_owned()));
         };
@@ -170,16 +222,29 @@ async fn session(
             ))));
         }
         let mut nonce = [0u8; SESSION_NONCE_BYTES];
-        hex::decode_to_slice(&session_nonce, &mut nonce).map_err(|_| retry("malformed session nonce".to_owned()))?;
+        hex::decode_to_slice(&session_nonce, &mut nonce)
+            .map_err(|_| retry("malformed session nonce".to_owned()))?;
         let hello = WorkerMessage::Hello {
             agent_version: AGENT_VERSION.to_owned(),
             hostname: hostname.to_owned(),
             devices: inventory.hardware(),
         };
-        send(&mut socket, &Envelope::seal(key, &nonce, &enrollment.worker_id, 1, &hello)).await.map_err(retry)?;
+        send(
+            &mut socket,
+            &Envelope::seal(key, &nonce, &enrollment.worker_id, 1, &hello),
+        )
+        .await
+        .map_err(retry)?;
         match next_server_message(&mut socket).await.map_err(retry)? {
-            ServerMessage::Welcome { heartbeat_interval_ms, devices, .. } => {
-                let ids: Vec<(String, String)> = devices.into_iter().map(|d| (d.hardware_id, d.device_id)).collect();
+            ServerMessage::Welcome {
+                heartbeat_interval_ms,
+                devices,
+                ..
+            } => {
+                let ids: Vec<(String, String)> = devices
+                    .into_iter()
+                    .map(|d| (d.hardware_id, d.device_id))
+                    .collect();
                 Ok((socket, nonce, heartbeat_interval_ms, ids))
             }
             ServerMessage::Rejected { code, message, .. } => Err(refusal_end(code, message)),
@@ -227,7 +292,10 @@ async fn session(
 
 async fn send(socket: &mut Socket, envelope: &Envelope) -> Result<(), String> {
     let text = serde_json::to_string(envelope).expect("envelopes serialize");
-    socket.send(Message::text(text)).await.map_err(|e| e.to_string())
+    socket
+        .send(Message::text(text))
+        .await
+        .map_err(|e| e.to_string())
 }
 
 /// Resolves once shutdown is asked for (or the sender is gone).

@@ -22,10 +22,15 @@ pub fn parse_simulated(spec: &str) -> Result<(String, u64, u32), WorkerError> {
         _ => (spec, 1),
     };
     if count == 0 || count > SIMULATED_GPUS_MAX {
-        return Err(WorkerError::Config(format!("--simulate-gpu {spec:?}: count must be 1 to {SIMULATED_GPUS_MAX}")));
+        return Err(WorkerError::Config(format!(
+            "--simulate-gpu {spec:?}: count must be 1 to {SIMULATED_GPUS_MAX}"
+        )));
     }
-    let (model, memory_bytes) = known_gpu_model(name)
-        .ok_or_else(|| WorkerError::Config(format!("--simulate-gpu {spec:?}: unknown gpu model {name:?}")))?;
+    let (model, memory_bytes) = known_gpu_model(name).ok_or_else(|| {
+        WorkerError::Config(format!(
+            "--simulate-gpu {spec:?}: unknown gpu model {name:?}"
+        ))
+    })?;
     Ok((model.to_owned(), memory_bytes, count))
 }
 
@@ -47,14 +52,20 @@ pub struct Inventory {
 
 impl std::fmt::Debug for Inventory {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Inventory").field("devices", &self.devices.len()).finish()
+        f.debug_struct("Inventory")
+            .field("devices", &self.devices.len())
+            .finish()
     }
 }
 
 impl Inventory {
     /// Detects real GPUs and the CPU (if `cpu_device`), and adds the simulated GPUs.
     /// `identity_seed` makes simulated hardware ids stable for one worker key.
-    pub fn detect(simulate: &[String], cpu_device: bool, identity_seed: &[u8]) -> Result<Inventory, WorkerError> {
+    pub fn detect(
+        simulate: &[String],
+        cpu_device: bool,
+        identity_seed: &[u8],
+    ) -> Result<Inventory, WorkerError> {
         let mut devices = Vec::new();
         let nvml = match Nvml::init() {
             Ok(nvml) => Some(nvml),
@@ -74,15 +85,26 @@ impl Inventory {
             let (model, memory_bytes, count) = parse_simulated(spec)?;
             for _ in 0..count {
                 let seed = simulated_seed(identity_seed, index);
-                devices.push((simulated_gpu(&model, memory_bytes, seed), Source::Simulated { seed }));
+                devices.push((
+                    simulated_gpu(&model, memory_bytes, seed),
+                    Source::Simulated { seed },
+                ));
                 index += 1;
             }
         }
-        Ok(Inventory { nvml, devices, cpu_times: read_cpu_times(), net_baseline: read_net_bytes() })
+        Ok(Inventory {
+            nvml,
+            devices,
+            cpu_times: read_cpu_times(),
+            net_baseline: read_net_bytes(),
+        })
     }
 
     pub fn hardware(&self) -> Vec<DeviceHardware> {
-        self.devices.iter().map(|(hardware, _)| hardware.clone()).collect()
+        self.devices
+            .iter()
+            .map(|(hardware, _)| hardware.clone())
+            .collect()
     }
 
     /// One telemetry sample per device, for the devices the coordinator gave ids to.
@@ -93,11 +115,23 @@ impl Inventory {
         let cpu_utilization_pct = self.cpu_utilization_pct();
         let mut samples = Vec::with_capacity(device_ids.len());
         for (hardware, source) in &self.devices {
-            let Some((_, device_id)) = device_ids.iter().find(|(hw, _)| *hw == hardware.hardware_id) else { continue };
+            let Some((_, device_id)) = device_ids
+                .iter()
+                .find(|(hw, _)| *hw == hardware.hardware_id)
+            else {
+                continue;
+            };
             let (utilization_pct, memory_used_bytes, temperature_c, power_w) = match source {
                 Source::Nvml { index } => self.nvml_sample(*index),
-                Source::Cpu => (cpu_utilization_pct, host_memory_used_bytes(), cpu_temperature_c(), None),
-                Source::Simulated { seed } => simulated_sample(*seed, hardware.memory_bytes, now_ms),
+                Source::Cpu => (
+                    cpu_utilization_pct,
+                    host_memory_used_bytes(),
+                    cpu_temperature_c(),
+                    None,
+                ),
+                Source::Simulated { seed } => {
+                    simulated_sample(*seed, hardware.memory_bytes, now_ms)
+                }
             };
             samples.push(DeviceTelemetry {
                 device_id: device_id.clone(),
@@ -113,12 +147,22 @@ impl Inventory {
     }
 
     fn nvml_sample(&self, index: u32) -> (u8, u64, Option<i16>, Option<u32>) {
-        let Some(device) = self.nvml.as_ref().and_then(|nvml| nvml.device_by_index(index).ok()) else {
+        let Some(device) = self
+            .nvml
+            .as_ref()
+            .and_then(|nvml| nvml.device_by_index(index).ok())
+        else {
             return (0, 0, None, None);
         };
-        let utilization = device.utilization_rates().map(|u| u.gpu.min(100) as u8).unwrap_or(0);
+        let utilization = device
+            .utilization_rates()
+            .map(|u| u.gpu.min(100) as u8)
+            .unwrap_or(0);
         let memory_used = device.memory_info().map(|m| m.used).unwrap_or(0);
-        let temperature = device.temperature(TemperatureSensor::Gpu).ok().and_then(|t| i16::try_from(t).ok());
+        let temperature = device
+            .temperature(TemperatureSensor::Gpu)
+            .ok()
+            .and_then(|t| i16::try_from(t).ok());
         let power = device.power_usage().ok().map(|mw| mw / 1000);
         (utilization, memory_used, temperature, power)
     }
@@ -145,11 +189,16 @@ fn detect_nvml(nvml: &Nvml) -> Vec<(DeviceHardware, Source)> {
             let hardware = DeviceHardware {
                 hardware_id: device.uuid().ok()?,
                 kind: DeviceKind::Gpu,
-                model: device.name().unwrap_or_else(|_| "unknown NVIDIA GPU".to_owned()),
+                model: device
+                    .name()
+                    .unwrap_or_else(|_| "unknown NVIDIA GPU".to_owned()),
                 memory_bytes: device.memory_info().map(|m| m.total).unwrap_or(0),
                 simulated: false,
                 driver_version: driver_version.clone(),
-                cuda_capability: device.cuda_compute_capability().ok().map(|c| format!("{}.{}", c.major, c.minor)),
+                cuda_capability: device
+                    .cuda_compute_capability()
+                    .ok()
+                    .map(|c| format!("{}.{}", c.major, c.minor)),
                 pcie_generation: device.current_pcie_link_gen().ok(),
                 pcie_link_width: device.current_pcie_link_width().ok(),
                 power_limit_w: device.power_management_limit().ok().map(|mw| mw / 1000),
@@ -164,9 +213,15 @@ fn detect_cpu() -> DeviceHardware {
     let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = cpuinfo
         .lines()
-        .find_map(|line| line.strip_prefix("model name").and_then(|rest| rest.split_once(':')).map(|(_, v)| v.trim().to_owned()))
+        .find_map(|line| {
+            line.strip_prefix("model name")
+                .and_then(|rest| rest.split_once(':'))
+                .map(|(_, v)| v.trim().to_owned())
+        })
         .unwrap_or_else(|| std::env::consts::ARCH.to_owned());
-    let cores = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get() as u32)
+        .unwrap_or(1);
     DeviceHardware {
         hardware_id: "cpu-0".to_owned(),
         kind: DeviceKind::Cpu,
@@ -200,7 +255,14 @@ fn simulated_gpu(model: &str, memory_bytes: u64, seed: u64) -> DeviceHardware {
         memory_bytes,
         simulated: true,
         driver_version: Some("simulated".to_owned()),
-        cuda_capability: Some(if model.contains("H100") || model.contains("H200") { "9.0" } else { "8.9" }.to_owned()),
+        cuda_capability: Some(
+            if model.contains("H100") || model.contains("H200") {
+                "9.0"
+            } else {
+                "8.9"
+            }
+            .to_owned(),
+        ),
         pcie_generation: Some(4),
         pcie_link_width: Some(16),
         power_limit_w: Some(450),
@@ -209,7 +271,11 @@ fn simulated_gpu(model: &str, memory_bytes: u64, seed: u64) -> DeviceHardware {
 }
 
 /// A plausible, slowly varying load for a simulated GPU.
-fn simulated_sample(seed: u64, memory_bytes: u64, now_ms: i64) -> (u8, u64, Option<i16>, Option<u32>) {
+fn simulated_sample(
+    seed: u64,
+    memory_bytes: u64,
+    now_ms: i64,
+) -> (u8, u64, Option<i16>, Option<u32>) {
     let phase = (now_ms / 1000).unsigned_abs().wrapping_add(seed % 97);
     let utilization = (phase * 7 % 101) as u8;
     let memory_used = memory_bytes / 100 * u64::from(utilization / 2 + 5);
@@ -241,7 +307,13 @@ fn cpu_temperature_c() -> Option<i16> {
 /// (busy, total) jiffies from the first line of /proc/stat.
 fn read_cpu_times() -> Option<(u64, u64)> {
     let text = fs::read_to_string("/proc/stat").ok()?;
-    let fields: Vec<u64> = text.lines().next()?.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+    let fields: Vec<u64> = text
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
     let total: u64 = fields.iter().sum();
     let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
     Some((total.saturating_sub(idle), total))
@@ -261,7 +333,10 @@ fn parse_net_dev(text: &str) -> (u64, u64) {
             if name.trim() == "lo" {
                 return None;
             }
-            let fields: Vec<u64> = rest.split_whitespace().filter_map(|v| v.parse().ok()).collect();
+            let fields: Vec<u64> = rest
+                .split_whitespace()
+                .filter_map(|v| v.parse().ok())
+                .collect();
             Some((*fields.first()?, *fields.get(8)?))
         })
         .fold((0, 0), |(rx, tx), (r, t)| (rx + r, tx + t))
@@ -274,7 +349,10 @@ mod tests {
     #[test]
     fn simulated_specs_parse() {
         let (model, memory, count) = parse_simulated("RTX 4090x2").unwrap();
-        assert_eq!((model.as_str(), memory, count), ("NVIDIA GeForce RTX 4090", 24 << 30, 2));
+        assert_eq!(
+            (model.as_str(), memory, count),
+            ("NVIDIA GeForce RTX 4090", 24 << 30, 2)
+        );
         assert_eq!(parse_simulated("h100").unwrap().2, 1);
         assert_eq!(parse_simulated("A100-80GB x4").unwrap().2, 4);
         assert!(parse_simulated("RTX 4090x0").is_err());
@@ -284,9 +362,15 @@ mod tests {
 
     #[test]
     fn simulated_devices_are_marked_and_stable() {
-        let a = Inventory::detect(&["RTX 4090x2".into()], false, b"key-a").unwrap().hardware();
-        let again = Inventory::detect(&["RTX 4090x2".into()], false, b"key-a").unwrap().hardware();
-        let b = Inventory::detect(&["RTX 4090x2".into()], false, b"key-b").unwrap().hardware();
+        let a = Inventory::detect(&["RTX 4090x2".into()], false, b"key-a")
+            .unwrap()
+            .hardware();
+        let again = Inventory::detect(&["RTX 4090x2".into()], false, b"key-a")
+            .unwrap()
+            .hardware();
+        let b = Inventory::detect(&["RTX 4090x2".into()], false, b"key-b")
+            .unwrap()
+            .hardware();
         let simulated: Vec<_> = a.iter().filter(|d| d.simulated).collect();
         assert_eq!(simulated.len(), 2);
         assert_ne!(simulated[0].hardware_id, simulated[1].hardware_id);

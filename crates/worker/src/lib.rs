@@ -21,7 +21,10 @@ pub use agent::{WorkerConfig, run};
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("key file {path} {problem}")]
     KeyFile { path: PathBuf, problem: String },
     #[error("{0}")]
@@ -34,6 +37,9 @@ pub enum WorkerError {
 
 impl WorkerError {
     pub(crate) fn io(path: &Path, source: std::io::Error) -> WorkerError {
-        WorkerError::Io { path: path.to_owned(), source }
+        WorkerError::Io {
+            path: path.to_owned(),
+            source,
+        }
     }
 }

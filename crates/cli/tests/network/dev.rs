@@ -8,7 +8,16 @@ use crate::harness::{BIN, Proc};
 
 fn start_dev(dir: &std::path::Path) -> (Proc, String) {
     let mut child = Command::new(BIN)
-        .args(["dev", "--listen", "127.0.0.1:0", "--workers", "3", "--heartbeat-interval-ms", "200", "--data"])
+        .args([
+            "dev",
+            "--listen",
+            "127.0.0.1:0",
+            "--workers",
+            "3",
+            "--heartbeat-interval-ms",
+            "200",
+            "--data",
+        ])
         .arg(dir)
         .env("FLOTILLA_LOG", "warn")
         .stdout(Stdio::piped())
@@ -16,8 +25,13 @@ fn start_dev(dir: &std::path::Path) -> (Proc, String) {
         .spawn()
         .unwrap();
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    assert!(line.starts_with("flotilla dev network running at http://"), "{line}");
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(
+        line.starts_with("flotilla dev network running at http://"),
+        "{line}"
+    );
     (Proc { child }, line)
 }
 
@@ -31,7 +45,10 @@ fn env_file(dir: &std::path::Path) -> std::collections::BTreeMap<String, String>
 }
 
 /// `flotilla devices list --output json` with the supplier key, until `wanted` devices show.
-fn list_devices(env: &std::collections::BTreeMap<String, String>, wanted: usize) -> Vec<serde_json::Value> {
+fn list_devices(
+    env: &std::collections::BTreeMap<String, String>,
+    wanted: usize,
+) -> Vec<serde_json::Value> {
     let started = std::time::Instant::now();
     loop {
         let output = Command::new(BIN)
@@ -41,13 +58,20 @@ fn list_devices(env: &std::collections::BTreeMap<String, String>, wanted: usize)
             .env("FLOTILLA_CONFIG_DIR", "/nonexistent")
             .output()
             .unwrap();
-        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
         let page: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
         let items = page["items"].as_array().unwrap().clone();
         if items.len() >= wanted && items.iter().all(|d| d["state"] == "idle") {
             return items;
         }
-        assert!(started.elapsed() < Duration::from_secs(30), "devices did not all appear: {items:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "devices did not all appear: {items:?}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -57,26 +81,51 @@ fn dev_starts_writes_env_lists_devices_stops_fast_and_resumes() {
     let dir = tempfile::tempdir().unwrap();
     let (mut dev, _) = start_dev(dir.path());
     let env = env_file(dir.path());
-    for key in ["FLOTILLA_URL", "FLOTILLA_API_KEY", "FLOTILLA_SUPPLIER_API_KEY"] {
+    for key in [
+        "FLOTILLA_URL",
+        "FLOTILLA_API_KEY",
+        "FLOTILLA_SUPPLIER_API_KEY",
+    ] {
         assert!(env.contains_key(key), "dev.env lacks {key}");
     }
     // Workers: RTX 4090x2 + CPU, A100x1, H100x4.
     let devices = list_devices(&env, 8);
     assert_eq!(devices.len(), 8);
-    assert_eq!(devices.iter().filter(|d| d["kind"] == "cpu").count(), 1, "the real CPU is offered once");
-    assert!(devices.iter().filter(|d| d["kind"] == "gpu").all(|d| d["simulated"] == true));
-    let stopped_in = dev.interrupt(Duration::from_secs(5)).expect("Ctrl-C stops flotilla dev within 5 s");
+    assert_eq!(
+        devices.iter().filter(|d| d["kind"] == "cpu").count(),
+        1,
+        "the real CPU is offered once"
+    );
+    assert!(
+        devices
+            .iter()
+            .filter(|d| d["kind"] == "gpu")
+            .all(|d| d["simulated"] == true)
+    );
+    let stopped_in = dev
+        .interrupt(Duration::from_secs(5))
+        .expect("Ctrl-C stops flotilla dev within 5 s");
     assert!(stopped_in < Duration::from_secs(5));
 
     let (mut dev, _) = start_dev(dir.path());
     let again = env_file(dir.path());
-    assert_eq!(again["FLOTILLA_SUPPLIER_API_KEY"], env["FLOTILLA_SUPPLIER_API_KEY"], "the same accounts");
+    assert_eq!(
+        again["FLOTILLA_SUPPLIER_API_KEY"], env["FLOTILLA_SUPPLIER_API_KEY"],
+        "the same accounts"
+    );
     let resumed = list_devices(&again, 8);
     let ids = |list: &[serde_json::Value]| {
-        let mut ids: Vec<String> = list.iter().map(|d| d["id"].as_str().unwrap().to_owned()).collect();
+        let mut ids: Vec<String> = list
+            .iter()
+            .map(|d| d["id"].as_str().unwrap().to_owned())
+            .collect();
         ids.sort();
         ids
     };
-    assert_eq!(ids(&resumed), ids(&devices), "the same devices, not new ones");
+    assert_eq!(
+        ids(&resumed),
+        ids(&devices),
+        "the same devices, not new ones"
+    );
     dev.interrupt(Duration::from_secs(5)).expect("stops again");
 }

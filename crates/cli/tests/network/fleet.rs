@@ -9,7 +9,11 @@ use crate::harness::{Coordinator, Db, HEARTBEAT_GRACE_MS, eventually};
 use crate::on_both_databases;
 
 async fn devices(coordinator: &Coordinator, key: &str) -> Vec<Device> {
-    let page: Page<Device> = coordinator.client(Some(key)).get("devices?limit=500").await.unwrap();
+    let page: Page<Device> = coordinator
+        .client(Some(key))
+        .get("devices?limit=500")
+        .await
+        .unwrap();
     page.items
 }
 
@@ -24,16 +28,38 @@ async fn three_workers_enroll_and_a_killed_one_goes_down_and_comes_back(db: Db) 
     }
     let all_idle = eventually(Duration::from_secs(20), || async {
         let devices = devices(&coordinator, &supplier).await;
-        (devices.len() == 6 && devices.iter().all(|d| d.state == DeviceState::Idle)).then_some(devices)
+        (devices.len() == 6 && devices.iter().all(|d| d.state == DeviceState::Idle))
+            .then_some(devices)
     })
     .await
     .expect("six simulated devices from three workers become idle");
-    assert!(all_idle.iter().all(|d| d.simulated && d.model == "NVIDIA GeForce RTX 4090"));
-    let workers_page: Page<Worker> = coordinator.client(Some(&supplier)).get("workers").await.unwrap();
+    assert!(
+        all_idle
+            .iter()
+            .all(|d| d.simulated && d.model == "NVIDIA GeForce RTX 4090")
+    );
+    let workers_page: Page<Worker> = coordinator
+        .client(Some(&supplier))
+        .get("workers")
+        .await
+        .unwrap();
     assert_eq!(workers_page.items.len(), 3);
-    assert!(workers_page.items.iter().all(|w| w.connected && w.device_count == 2));
-    let keys: Vec<_> = workers_page.items.iter().map(|w| w.public_key.clone()).collect();
-    assert_eq!(keys.iter().collect::<std::collections::HashSet<_>>().len(), 3, "each worker has its own key");
+    assert!(
+        workers_page
+            .items
+            .iter()
+            .all(|w| w.connected && w.device_count == 2)
+    );
+    let keys: Vec<_> = workers_page
+        .items
+        .iter()
+        .map(|w| w.public_key.clone())
+        .collect();
+    assert_eq!(
+        keys.iter().collect::<std::collections::HashSet<_>>().len(),
+        3,
+        "each worker has its own key"
+    );
 
     // SIGKILL the first worker: its devices go down within the grace period (plus the sweep).
     let victim_id = std::fs::read_to_string(dirs[0].path().join("enrollment.json")).unwrap();
@@ -43,14 +69,19 @@ async fn three_workers_enroll_and_a_killed_one_goes_down_and_comes_back(db: Db) 
     let killed_at = std::time::Instant::now();
     let down = eventually(Duration::from_millis(HEARTBEAT_GRACE_MS * 3), || async {
         let devices = devices(&coordinator, &supplier).await;
-        let (theirs, others): (Vec<_>, Vec<_>) = devices.into_iter().partition(|d| d.worker_id == victim_id);
-        (theirs.iter().all(|d| d.state == DeviceState::Down) && others.iter().all(|d| d.state == DeviceState::Idle))
-            .then_some(theirs.len())
+        let (theirs, others): (Vec<_>, Vec<_>) =
+            devices.into_iter().partition(|d| d.worker_id == victim_id);
+        (theirs.iter().all(|d| d.state == DeviceState::Down)
+            && others.iter().all(|d| d.state == DeviceState::Idle))
+        .then_some(theirs.len())
     })
     .await
     .expect("the killed worker's devices go down and no other device does");
     assert_eq!(down, 2);
-    assert!(killed_at.elapsed() >= Duration::from_millis(HEARTBEAT_GRACE_MS / 2), "not marked down before the grace period");
+    assert!(
+        killed_at.elapsed() >= Duration::from_millis(HEARTBEAT_GRACE_MS / 2),
+        "not marked down before the grace period"
+    );
 
     // Restart it without a token: same key, same worker, devices back to idle.
     workers[0] = coordinator.worker(dirs[0].path(), None, "RTX 4090x2");
@@ -73,14 +104,34 @@ async fn telemetry_history_is_recorded_and_bounded(db: Db) {
     let detail = eventually(Duration::from_secs(20), || async {
         let page: Page<Device> = client.get("devices").await.ok()?;
         let device = page.items.first()?.clone();
-        let detail: flotilla_proto::api::DeviceDetail = client.get(&format!("devices/{}?history_points=3", device.id)).await.ok()?;
+        let detail: flotilla_proto::api::DeviceDetail = client
+            .get(&format!("devices/{}?history_points=3", device.id))
+            .await
+            .ok()?;
         (detail.history.len() == 3 && detail.device.telemetry.is_some()).then_some(detail)
     })
     .await
     .expect("one-second buckets of history appear");
-    assert!(detail.history.windows(2).all(|w| w[0].bucket_start < w[1].bucket_start), "oldest first");
-    assert!(detail.history.iter().all(|p| p.samples >= 1 && p.utilization_pct_avg <= 100 && p.bucket_s == 1));
-    let error = client.get::<serde_json::Value>(&format!("devices/{}?history_points=100000", detail.device.id)).await.unwrap_err();
+    assert!(
+        detail
+            .history
+            .windows(2)
+            .all(|w| w[0].bucket_start < w[1].bucket_start),
+        "oldest first"
+    );
+    assert!(
+        detail
+            .history
+            .iter()
+            .all(|p| p.samples >= 1 && p.utilization_pct_avg <= 100 && p.bucket_s == 1)
+    );
+    let error = client
+        .get::<serde_json::Value>(&format!(
+            "devices/{}?history_points=100000",
+            detail.device.id
+        ))
+        .await
+        .unwrap_err();
     assert_eq!(error.status(), Some(422));
 }
 on_both_databases!(telemetry_history_is_recorded_and_bounded);

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use ed25519_dalek::SigningKey;
 use flotilla_client::Client;
 use flotilla_proto::api::{
-    CreateAccountRequest, CreateAccountResponse, CreateEnrollmentTokenRequest, CreatedEnrollmentToken, EnrollRequest,
-    EnrollResponse, Role,
+    CreateAccountRequest, CreateAccountResponse, CreateEnrollmentTokenRequest,
+    CreatedEnrollmentToken, EnrollRequest, EnrollResponse, Role,
 };
 use flotilla_proto::wire::sign_enrollment;
 
@@ -50,7 +50,9 @@ macro_rules! on_both_databases {
 /// `FLOTILLA_REQUIRE_POSTGRES=1` (the test command sets it) a missing server fails the test
 /// instead of skipping it.
 pub fn postgres_admin_url() -> Option<String> {
-    let url = std::env::var("FLOTILLA_TEST_POSTGRES_URL").ok().filter(|u| !u.is_empty());
+    let url = std::env::var("FLOTILLA_TEST_POSTGRES_URL")
+        .ok()
+        .filter(|u| !u.is_empty());
     if url.is_none() && std::env::var("FLOTILLA_REQUIRE_POSTGRES").as_deref() == Ok("1") {
         panic!("FLOTILLA_REQUIRE_POSTGRES=1 but FLOTILLA_TEST_POSTGRES_URL is not set");
     }
@@ -64,9 +66,18 @@ pub async fn fresh_database(db: Db, dir: &Path) -> String {
         Db::Postgres => {
             use sqlx::Connection;
             let admin = postgres_admin_url().expect("postgres url");
-            let name = format!("t_{}", flotilla_proto::id::new_id(flotilla_proto::id::IdKind::Account).trim_start_matches("usr_"));
-            let mut conn = sqlx::postgres::PgConnection::connect(&admin).await.expect("connect to the test postgres");
-            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut conn).await.unwrap();
+            let name = format!(
+                "t_{}",
+                flotilla_proto::id::new_id(flotilla_proto::id::IdKind::Account)
+                    .trim_start_matches("usr_")
+            );
+            let mut conn = sqlx::postgres::PgConnection::connect(&admin)
+                .await
+                .expect("connect to the test postgres");
+            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                .execute(&mut conn)
+                .await
+                .unwrap();
             let (base, _) = admin.rsplit_once('/').expect("admin url names a database");
             format!("{base}/{name}")
         }
@@ -89,7 +100,9 @@ impl Proc {
         let started = Instant::now();
         // SAFETY-free: a plain kill(2) on our own child's pid.
         let pid = self.child.id() as i32;
-        let _ = Command::new("kill").args(["-INT", &pid.to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-INT", &pid.to_string()])
+            .status();
         while started.elapsed() < limit {
             if let Ok(Some(_)) = self.child.try_wait() {
                 return Some(started.elapsed());
@@ -122,12 +135,27 @@ impl Coordinator {
         Coordinator::start_on(db, dir, database_url, extra)
     }
 
-    pub fn start_on(_db: Db, dir: tempfile::TempDir, database_url: String, extra: &[&str]) -> Coordinator {
+    pub fn start_on(
+        _db: Db,
+        dir: tempfile::TempDir,
+        database_url: String,
+        extra: &[&str],
+    ) -> Coordinator {
         let admin_key_file = dir.path().join("admin.key");
         let mut child = Command::new(BIN)
-            .args(["coordinator", "--listen", "127.0.0.1:0", "--database", &database_url, "--admin-key-file"])
+            .args([
+                "coordinator",
+                "--listen",
+                "127.0.0.1:0",
+                "--database",
+                &database_url,
+                "--admin-key-file",
+            ])
             .arg(&admin_key_file)
-            .args(["--heartbeat-interval-ms", &HEARTBEAT_INTERVAL_MS.to_string()])
+            .args([
+                "--heartbeat-interval-ms",
+                &HEARTBEAT_INTERVAL_MS.to_string(),
+            ])
             .args(["--heartbeat-grace-ms", &HEARTBEAT_GRACE_MS.to_string()])
             .args(["--telemetry-bucket-s", "1"])
             .args(extra)
@@ -139,10 +167,27 @@ impl Coordinator {
         let stdout = child.stdout.take().unwrap();
         let mut line = String::new();
         BufReader::new(stdout).read_line(&mut line).unwrap();
-        let url = line.trim().rsplit(' ').next().expect("the coordinator prints its address").to_owned();
-        assert!(url.starts_with("http://127.0.0.1:"), "unexpected first line {line:?}");
-        let admin_key = std::fs::read_to_string(&admin_key_file).unwrap().trim().to_owned();
-        Coordinator { _proc: Proc { child }, url, database_url, admin_key, _dir: dir }
+        let url = line
+            .trim()
+            .rsplit(' ')
+            .next()
+            .expect("the coordinator prints its address")
+            .to_owned();
+        assert!(
+            url.starts_with("http://127.0.0.1:"),
+            "unexpected first line {line:?}"
+        );
+        let admin_key = std::fs::read_to_string(&admin_key_file)
+            .unwrap()
+            .trim()
+            .to_owned();
+        Coordinator {
+            _proc: Proc { child },
+            url,
+            database_url,
+            admin_key,
+            _dir: dir,
+        }
     }
 
     pub fn client(&self, key: Option<&str>) -> Client {
@@ -151,14 +196,25 @@ impl Coordinator {
 
     /// Signs up an account and returns its key.
     pub async fn account(&self, name: &str, roles: &[Role]) -> String {
-        let request = CreateAccountRequest { name: name.to_owned(), roles: roles.to_vec() };
-        let created: CreateAccountResponse = self.client(None).post("accounts", &request).await.unwrap();
+        let request = CreateAccountRequest {
+            name: name.to_owned(),
+            roles: roles.to_vec(),
+        };
+        let created: CreateAccountResponse =
+            self.client(None).post("accounts", &request).await.unwrap();
         created.api_key.secret
     }
 
     pub async fn token(&self, supplier_key: &str) -> String {
-        let request = CreateEnrollmentTokenRequest { name: None, expires_in_s: None };
-        let created: CreatedEnrollmentToken = self.client(Some(supplier_key)).post("enrollment-tokens", &request).await.unwrap();
+        let request = CreateEnrollmentTokenRequest {
+            name: None,
+            expires_in_s: None,
+        };
+        let created: CreatedEnrollmentToken = self
+            .client(Some(supplier_key))
+            .post("enrollment-tokens", &request)
+            .await
+            .unwrap();
         created.secret
     }
 
@@ -166,7 +222,15 @@ impl Coordinator {
     pub fn worker(&self, data_dir: &Path, token: Option<&str>, gpus: &str) -> Proc {
         let mut command = Command::new(BIN);
         command
-            .args(["worker", "--coordinator", &self.url, "--no-cpu", "--simulate-gpu", gpus, "--data"])
+            .args([
+                "worker",
+                "--coordinator",
+                &self.url,
+                "--no-cpu",
+                "--simulate-gpu",
+                gpus,
+                "--data",
+            ])
             .arg(data_dir)
             .env("FLOTILLA_LOG", "warn")
             .stdout(Stdio::null())
@@ -174,14 +238,31 @@ impl Coordinator {
         if let Some(token) = token {
             command.args(["--token", token]);
         }
-        Proc { child: command.spawn().expect("flotilla worker starts") }
+        Proc {
+            child: command.spawn().expect("flotilla worker starts"),
+        }
     }
 }
 
 /// Enrolls a key directly through the API, as a worker would.
-pub async fn enroll(client: &Client, key: &SigningKey, token: &str, hostname: &str) -> Result<EnrollResponse, flotilla_client::ClientError> {
+pub async fn enroll(
+    client: &Client,
+    key: &SigningKey,
+    token: &str,
+    hostname: &str,
+) -> Result<EnrollResponse, flotilla_client::ClientError> {
     let (public_key, signature) = sign_enrollment(key, token);
-    client.post("workers/enroll", &EnrollRequest { token: token.to_owned(), public_key, signature, hostname: hostname.to_owned() }).await
+    client
+        .post(
+            "workers/enroll",
+            &EnrollRequest {
+                token: token.to_owned(),
+                public_key,
+                signature,
+                hostname: hostname.to_owned(),
+            },
+        )
+        .await
 }
 
 /// Polls `check` until it returns Some or `limit` passes.
@@ -214,7 +295,6 @@ fn getrandom_seed(seed: &mut [u8; 32]) {
         *slot ^= byte;
     }
 }
-
 
 impl Proc {
     /// The exit status, if the process has exited.

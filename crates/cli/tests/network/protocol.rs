@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
 use flotilla_client::control_channel_url;
-use flotilla_proto::api::{CreateEnrollmentTokenRequest, CreatedEnrollmentToken, Device, DeviceDetail, Role};
+use flotilla_proto::api::{
+    CreateEnrollmentTokenRequest, CreatedEnrollmentToken, Device, DeviceDetail, Role,
+};
 use flotilla_proto::device::{DeviceHardware, DeviceKind, DeviceTelemetry};
 use flotilla_proto::wire::{Envelope, ServerMessage, WorkerMessage};
 use futures_util::{SinkExt, StreamExt};
@@ -20,44 +22,94 @@ async fn enrollment_tokens_are_single_use_expiring_revocable_and_rate_limited(db
     let client = coordinator.client(None);
 
     let token = coordinator.token(&supplier).await;
-    enroll(&client, &key(1), &token, "first").await.expect("a fresh token enrolls");
-    let reused = enroll(&client, &key(2), &token, "second").await.unwrap_err();
-    assert_eq!(reused.status(), Some(401), "a used token is refused: {reused}");
+    enroll(&client, &key(1), &token, "first")
+        .await
+        .expect("a fresh token enrolls");
+    let reused = enroll(&client, &key(2), &token, "second")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        reused.status(),
+        Some(401),
+        "a used token is refused: {reused}"
+    );
 
     let short: CreatedEnrollmentToken = coordinator
         .client(Some(&supplier))
-        .post("enrollment-tokens", &CreateEnrollmentTokenRequest { name: None, expires_in_s: Some(1) })
+        .post(
+            "enrollment-tokens",
+            &CreateEnrollmentTokenRequest {
+                name: None,
+                expires_in_s: Some(1),
+            },
+        )
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(1_100)).await;
-    let expired = enroll(&client, &key(3), &short.secret, "late").await.unwrap_err();
-    assert_eq!(expired.status(), Some(401), "an expired token is refused: {expired}");
+    let expired = enroll(&client, &key(3), &short.secret, "late")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        expired.status(),
+        Some(401),
+        "an expired token is refused: {expired}"
+    );
 
     let revoked: CreatedEnrollmentToken = coordinator
         .client(Some(&supplier))
-        .post("enrollment-tokens", &CreateEnrollmentTokenRequest { name: None, expires_in_s: None })
+        .post(
+            "enrollment-tokens",
+            &CreateEnrollmentTokenRequest {
+                name: None,
+                expires_in_s: None,
+            },
+        )
         .await
         .unwrap();
-    let _: serde_json::Value =
-        coordinator.client(Some(&supplier)).post_empty(&format!("enrollment-tokens/{}/revoke", revoked.token.id)).await.unwrap();
-    let refused = enroll(&client, &key(4), &revoked.secret, "revoked").await.unwrap_err();
-    assert_eq!(refused.status(), Some(401), "a revoked token is refused: {refused}");
+    let _: serde_json::Value = coordinator
+        .client(Some(&supplier))
+        .post_empty(&format!("enrollment-tokens/{}/revoke", revoked.token.id))
+        .await
+        .unwrap();
+    let refused = enroll(&client, &key(4), &revoked.secret, "revoked")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.status(),
+        Some(401),
+        "a revoked token is refused: {refused}"
+    );
 
     // A signature by another key than the one presented is refused before the token is used.
     let fresh = coordinator.token(&supplier).await;
     let (public_key, _) = flotilla_proto::wire::sign_enrollment(&key(5), &fresh);
     let (_, signature) = flotilla_proto::wire::sign_enrollment(&key(6), &fresh);
-    let request = flotilla_proto::api::EnrollRequest { token: fresh.clone(), public_key, signature, hostname: "x".into() };
-    let forged = client.post::<_, serde_json::Value>("workers/enroll", &request).await.unwrap_err();
+    let request = flotilla_proto::api::EnrollRequest {
+        token: fresh.clone(),
+        public_key,
+        signature,
+        hostname: "x".into(),
+    };
+    let forged = client
+        .post::<_, serde_json::Value>("workers/enroll", &request)
+        .await
+        .unwrap_err();
     assert_eq!(forged.status(), Some(422));
 
     // Five attempts a minute from one address: the sixth is 429.
-    let limited = enroll(&client, &key(7), &fresh, "limited").await.unwrap_err();
-    assert_eq!(limited.status(), Some(429), "enrollment is rate limited: {limited}");
+    let limited = enroll(&client, &key(7), &fresh, "limited")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        limited.status(),
+        Some(429),
+        "enrollment is rate limited: {limited}"
+    );
 }
 on_both_databases!(enrollment_tokens_are_single_use_expiring_revocable_and_rate_limited);
 
-type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// A hand-driven worker connection.
 struct RawSession {
@@ -86,7 +138,11 @@ fn gpu(hardware_id: &str) -> DeviceHardware {
 
 async fn recv(socket: &mut Socket) -> ServerMessage {
     loop {
-        let message = tokio::time::timeout(Duration::from_secs(10), socket.next()).await.expect("an answer").expect("open").unwrap();
+        let message = tokio::time::timeout(Duration::from_secs(10), socket.next())
+            .await
+            .expect("an answer")
+            .expect("open")
+            .unwrap();
         if let Message::Text(text) = message {
             return serde_json::from_str(text.as_str()).unwrap();
         }
@@ -95,13 +151,31 @@ async fn recv(socket: &mut Socket) -> ServerMessage {
 
 impl RawSession {
     async fn open(url: &str, worker_id: &str, key: &SigningKey, hardware_id: &str) -> RawSession {
-        let (mut socket, _) = tokio_tungstenite::connect_async(control_channel_url(url)).await.unwrap();
-        let ServerMessage::Challenge { session_nonce, .. } = recv(&mut socket).await else { panic!("challenge expected") };
+        let (mut socket, _) = tokio_tungstenite::connect_async(control_channel_url(url))
+            .await
+            .unwrap();
+        let ServerMessage::Challenge { session_nonce, .. } = recv(&mut socket).await else {
+            panic!("challenge expected")
+        };
         let nonce = hex::decode(session_nonce).unwrap();
-        let hello = WorkerMessage::Hello { agent_version: "test".into(), hostname: "raw".into(), devices: vec![gpu(hardware_id)] };
-        let mut session = RawSession { socket, nonce, worker_id: worker_id.to_owned(), key: key.clone(), devices: vec![] };
-        session.send(&Envelope::seal(key, &session.nonce, worker_id, 1, &hello)).await;
-        let ServerMessage::Welcome { devices, .. } = recv(&mut session.socket).await else { panic!("welcome expected") };
+        let hello = WorkerMessage::Hello {
+            agent_version: "test".into(),
+            hostname: "raw".into(),
+            devices: vec![gpu(hardware_id)],
+        };
+        let mut session = RawSession {
+            socket,
+            nonce,
+            worker_id: worker_id.to_owned(),
+            key: key.clone(),
+            devices: vec![],
+        };
+        session
+            .send(&Envelope::seal(key, &session.nonce, worker_id, 1, &hello))
+            .await;
+        let ServerMessage::Welcome { devices, .. } = recv(&mut session.socket).await else {
+            panic!("welcome expected")
+        };
         session.devices = devices.into_iter().map(|d| d.device_id).collect();
         session
     }
@@ -116,12 +190,18 @@ impl RawSession {
             net_rx_bytes: 0,
             net_tx_bytes: 0,
         };
-        let beat = WorkerMessage::Heartbeat { sent_at_ms: 0, devices: vec![sample] };
+        let beat = WorkerMessage::Heartbeat {
+            sent_at_ms: 0,
+            devices: vec![sample],
+        };
         Envelope::seal(&self.key, &self.nonce, &self.worker_id, seq, &beat)
     }
 
     async fn send(&mut self, envelope: &Envelope) {
-        self.socket.send(Message::text(serde_json::to_string(envelope).unwrap())).await.unwrap();
+        self.socket
+            .send(Message::text(serde_json::to_string(envelope).unwrap()))
+            .await
+            .unwrap();
     }
 
     /// Sends and expects a refusal with `code`.
@@ -140,8 +220,14 @@ async fn replayed_reordered_and_foreign_messages_are_refused(db: Db) {
     let supplier_b = coordinator.account("supplier-b", &[Role::Supplier]).await;
     let client = coordinator.client(None);
     let (key_a, key_b) = (key(1), key(2));
-    let worker_a = enroll(&client, &key_a, &coordinator.token(&supplier_a).await, "a").await.unwrap().worker_id;
-    let worker_b = enroll(&client, &key_b, &coordinator.token(&supplier_b).await, "b").await.unwrap().worker_id;
+    let worker_a = enroll(&client, &key_a, &coordinator.token(&supplier_a).await, "a")
+        .await
+        .unwrap()
+        .worker_id;
+    let worker_b = enroll(&client, &key_b, &coordinator.token(&supplier_b).await, "b")
+        .await
+        .unwrap()
+        .worker_id;
 
     let mut b = RawSession::open(&coordinator.url, &worker_b, &key_b, "GPU-b").await;
     let device_b = b.devices[0].clone();
@@ -153,10 +239,16 @@ async fn replayed_reordered_and_foreign_messages_are_refused(db: Db) {
     let first = a.heartbeat(2, &device_a, 50);
     a.send(&first).await;
     a.refused(&first, "replayed_message").await;
-    a.refused(&a.heartbeat(7, &device_a, 50), "out_of_order").await;
+    a.refused(&a.heartbeat(7, &device_a, 50), "out_of_order")
+        .await;
     // Worker A reporting B's device: refused, and B's telemetry is untouched.
-    a.refused(&a.heartbeat(3, &device_b, 99), "device_not_owned").await;
-    let detail: DeviceDetail = coordinator.client(Some(&supplier_b)).get(&format!("devices/{device_b}")).await.unwrap();
+    a.refused(&a.heartbeat(3, &device_b, 99), "device_not_owned")
+        .await;
+    let detail: DeviceDetail = coordinator
+        .client(Some(&supplier_b))
+        .get(&format!("devices/{device_b}"))
+        .await
+        .unwrap();
     assert_eq!(detail.device.telemetry.unwrap().utilization_pct, 11);
 
     // Replaying B's captured message on A's connection: it is not A's session.
@@ -167,23 +259,45 @@ async fn replayed_reordered_and_foreign_messages_are_refused(db: Db) {
     a2.refused(&first, "bad_signature").await;
 
     // A worker cannot open a session as another worker: B's id with A's key fails at hello.
-    let (mut socket, _) = tokio_tungstenite::connect_async(control_channel_url(&coordinator.url)).await.unwrap();
-    let ServerMessage::Challenge { session_nonce, .. } = recv(&mut socket).await else { panic!() };
+    let (mut socket, _) = tokio_tungstenite::connect_async(control_channel_url(&coordinator.url))
+        .await
+        .unwrap();
+    let ServerMessage::Challenge { session_nonce, .. } = recv(&mut socket).await else {
+        panic!()
+    };
     let nonce = hex::decode(session_nonce).unwrap();
-    let hello = WorkerMessage::Hello { agent_version: "x".into(), hostname: "x".into(), devices: vec![gpu("GPU-x")] };
+    let hello = WorkerMessage::Hello {
+        agent_version: "x".into(),
+        hostname: "x".into(),
+        devices: vec![gpu("GPU-x")],
+    };
     let forged = Envelope::seal(&key_a, &nonce, &worker_b, 1, &hello);
-    socket.send(Message::text(serde_json::to_string(&forged).unwrap())).await.unwrap();
+    socket
+        .send(Message::text(serde_json::to_string(&forged).unwrap()))
+        .await
+        .unwrap();
     match recv(&mut socket).await {
-        ServerMessage::Rejected { code, fatal, .. } => assert_eq!((code.as_str(), fatal), ("bad_signature", true)),
+        ServerMessage::Rejected { code, fatal, .. } => {
+            assert_eq!((code.as_str(), fatal), ("bad_signature", true))
+        }
         other => panic!("expected bad_signature, got {other:?}"),
     }
 
     // Garbage never takes the coordinator down.
-    let (mut socket, _) = tokio_tungstenite::connect_async(control_channel_url(&coordinator.url)).await.unwrap();
+    let (mut socket, _) = tokio_tungstenite::connect_async(control_channel_url(&coordinator.url))
+        .await
+        .unwrap();
     let _ = recv(&mut socket).await;
     socket.send(Message::text("{not json")).await.unwrap();
-    assert!(matches!(recv(&mut socket).await, ServerMessage::Rejected { fatal: true, .. }));
-    let devices: flotilla_proto::api::Page<Device> = coordinator.client(Some(&supplier_a)).get("devices").await.unwrap();
+    assert!(matches!(
+        recv(&mut socket).await,
+        ServerMessage::Rejected { fatal: true, .. }
+    ));
+    let devices: flotilla_proto::api::Page<Device> = coordinator
+        .client(Some(&supplier_a))
+        .get("devices")
+        .await
+        .unwrap();
     assert_eq!(devices.items.len(), 1);
 }
 on_both_databases!(replayed_reordered_and_foreign_messages_are_refused);
@@ -210,7 +324,11 @@ async fn simulated_devices_are_refused_unless_allowed(db: Db) {
     .unwrap()
     .expect("the worker exits");
     assert!(!status.success(), "a refused worker exits non-zero");
-    let devices: flotilla_proto::api::Page<Device> = coordinator.client(Some(&supplier)).get("devices").await.unwrap();
+    let devices: flotilla_proto::api::Page<Device> = coordinator
+        .client(Some(&supplier))
+        .get("devices")
+        .await
+        .unwrap();
     assert!(devices.items.is_empty());
 }
 on_both_databases!(simulated_devices_are_refused_unless_allowed);

@@ -6,10 +6,12 @@ use axum::Json;
 use axum::extract::{Path as UrlPath, State};
 use axum::http::StatusCode;
 use flotilla_proto::api::{
-    ApiKeyInfo, CreateAccountRequest, CreateAccountResponse, CreateApiKeyRequest, CreatedApiKey, ErrorBody, Me, Page,
-    PageQuery, Role, Scope,
+    ApiKeyInfo, CreateAccountRequest, CreateAccountResponse, CreateApiKeyRequest, CreatedApiKey,
+    ErrorBody, Me, Page, PageQuery, Role, Scope,
 };
-use flotilla_proto::id::{API_KEY_PREFIX, IdKind, new_id, new_secret, secret_display_prefix, secret_hash};
+use flotilla_proto::id::{
+    API_KEY_PREFIX, IdKind, new_id, new_secret, secret_display_prefix, secret_hash,
+};
 use flotilla_proto::limits::SECRET_LIFETIME_S_MAX;
 use flotilla_store::{AccountRow, ApiKeyRow, Store, StoreError};
 use serde_json::json;
@@ -36,7 +38,8 @@ pub(crate) async fn issue_key(
         prefix: secret_display_prefix(&secret),
         scopes,
         created_at_ms: now,
-        expires_at_ms: expires_in_s.map(|s| now.saturating_add(i64::try_from(s * 1000).unwrap_or(i64::MAX))),
+        expires_at_ms: expires_in_s
+            .map(|s| now.saturating_add(i64::try_from(s * 1000).unwrap_or(i64::MAX))),
         revoked_at_ms: None,
         last_used_at_ms: None,
     };
@@ -44,10 +47,26 @@ pub(crate) async fn issue_key(
     Ok((row, secret))
 }
 
-async fn insert_account(store: &Store, name: &str, roles: Vec<Role>) -> Result<(AccountRow, ApiKeyRow, String), StoreError> {
-    let account = AccountRow { id: new_id(IdKind::Account), name: name.to_owned(), roles, created_at_ms: now_ms() };
+async fn insert_account(
+    store: &Store,
+    name: &str,
+    roles: Vec<Role>,
+) -> Result<(AccountRow, ApiKeyRow, String), StoreError> {
+    let account = AccountRow {
+        id: new_id(IdKind::Account),
+        name: name.to_owned(),
+        roles,
+        created_at_ms: now_ms(),
+    };
     store.insert_account(&account).await?;
-    let (key, secret) = issue_key(store, &account.id, "default", vec![Scope::Read, Scope::Write], None).await?;
+    let (key, secret) = issue_key(
+        store,
+        &account.id,
+        "default",
+        vec![Scope::Read, Scope::Write],
+        None,
+    )
+    .await?;
     Ok((account, key, secret))
 }
 
@@ -65,17 +84,27 @@ pub(crate) async fn bootstrap_admin(store: &Store, path: &Path) -> Result<(), St
 fn write_secret_file(path: &Path, secret: &str) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
     file.write_all(secret.as_bytes())?;
     file.write_all(b"\n")
 }
 
 fn check_roles(roles: &[Role], caller: Option<&Caller>) -> ApiResult<()> {
     if roles.is_empty() {
-        return Err(ApiError::invalid("roles", "roles must name at least one of renter, supplier"));
+        return Err(ApiError::invalid(
+            "roles",
+            "roles must name at least one of renter, supplier",
+        ));
     }
     if roles.contains(&Role::Admin) && !caller.is_some_and(|c| c.has_role(Role::Admin)) {
-        return Err(ApiError::Forbidden("only an admin can create an admin account".to_owned()));
+        return Err(ApiError::Forbidden(
+            "only an admin can create an admin account".to_owned(),
+        ));
     }
     Ok(())
 }
@@ -92,19 +121,43 @@ pub async fn create_account(
 ) -> ApiResult<(StatusCode, Json<CreateAccountResponse>)> {
     check_name("name", &request.name)?;
     check_roles(&request.roles, caller.as_ref())?;
-    app.limits.signup.check(&ip, now_ms()).map_err(|retry_after_s| ApiError::RateLimited { retry_after_s })?;
+    app.limits
+        .signup
+        .check(&ip, now_ms())
+        .map_err(|retry_after_s| ApiError::RateLimited { retry_after_s })?;
     let mut roles = request.roles.clone();
     roles.sort_by_key(|r| r.as_str());
     roles.dedup();
     let (account, key, secret) = insert_account(&app.store, &request.name, roles).await?;
     let detail = json!({ "name": account.name, "roles": account.roles.iter().map(|r| r.as_str()).collect::<Vec<_>>() });
-    audit::record(&app, caller.as_ref(), &ip, "account.create", Some(&account.id), detail).await?;
-    let api_key = CreatedApiKey { key: convert::api_key(key), secret };
-    Ok((StatusCode::CREATED, Json(CreateAccountResponse { account: convert::account(account), api_key })))
+    audit::record(
+        &app,
+        caller.as_ref(),
+        &ip,
+        "account.create",
+        Some(&account.id),
+        detail,
+    )
+    .await?;
+    let api_key = CreatedApiKey {
+        key: convert::api_key(key),
+        secret,
+    };
+    Ok((
+        StatusCode::CREATED,
+        Json(CreateAccountResponse {
+            account: convert::account(account),
+            api_key,
+        }),
+    ))
 }
 
 fn me_of(caller: Caller) -> Me {
-    Me { key_id: caller.auth.key.id.clone(), scopes: caller.auth.key.scopes.clone(), account: convert::account(caller.auth.account) }
+    Me {
+        key_id: caller.auth.key.id.clone(),
+        scopes: caller.auth.key.scopes.clone(),
+        account: convert::account(caller.auth.account),
+    }
 }
 
 /// The caller's account and key.
@@ -116,7 +169,15 @@ pub async fn me(caller: Caller) -> Json<Me> {
 /// Checks a key and records the login in the audit log (what `flotilla login` calls).
 #[utoipa::path(post, path = "/api/v1/login", security(("api_key" = [])), responses((status = 200, body = Me), (status = 401, body = ErrorBody)))]
 pub async fn login(State(app): State<AppState>, caller: Caller) -> ApiResult<Json<Me>> {
-    audit::record(&app, Some(&caller), &caller.ip, "login", Some(caller.key_id()), json!({})).await?;
+    audit::record(
+        &app,
+        Some(&caller),
+        &caller.ip,
+        "login",
+        Some(caller.key_id()),
+        json!({}),
+    )
+    .await?;
     Ok(Json(me_of(caller)))
 }
 
@@ -128,8 +189,15 @@ pub async fn list_api_keys(
     QueryParams(query): QueryParams<PageQuery>,
 ) -> ApiResult<Json<Page<ApiKeyInfo>>> {
     let page = PageRequest::from_query(&query)?;
-    let rows = app.store.list_api_keys(caller.account_id(), page.after.as_deref(), page.fetch()).await?;
-    Ok(Json(page.finish(rows, |row| row.id.clone(), convert::api_key)))
+    let rows = app
+        .store
+        .list_api_keys(caller.account_id(), page.after.as_deref(), page.fetch())
+        .await?;
+    Ok(Json(page.finish(
+        rows,
+        |row| row.id.clone(),
+        convert::api_key,
+    )))
 }
 
 /// Creates a key. The secret is in this answer only.
@@ -143,17 +211,44 @@ pub async fn create_api_key(
     caller.require_write()?;
     check_name("name", &request.name)?;
     if request.scopes.is_empty() {
-        return Err(ApiError::invalid("scopes", "scopes must name read, write or both"));
+        return Err(ApiError::invalid(
+            "scopes",
+            "scopes must name read, write or both",
+        ));
     }
     if let Some(lifetime_s) = request.expires_in_s
         && (lifetime_s == 0 || lifetime_s > SECRET_LIFETIME_S_MAX)
     {
-        return Err(ApiError::invalid("expires_in_s", format!("expires_in_s must be between 1 and {SECRET_LIFETIME_S_MAX}")));
+        return Err(ApiError::invalid(
+            "expires_in_s",
+            format!("expires_in_s must be between 1 and {SECRET_LIFETIME_S_MAX}"),
+        ));
     }
-    let (key, secret) = issue_key(&app.store, caller.account_id(), &request.name, request.scopes, request.expires_in_s).await?;
+    let (key, secret) = issue_key(
+        &app.store,
+        caller.account_id(),
+        &request.name,
+        request.scopes,
+        request.expires_in_s,
+    )
+    .await?;
     let detail = json!({ "name": key.name, "prefix": key.prefix });
-    audit::record(&app, Some(&caller), &caller.ip, "api_key.create", Some(&key.id), detail).await?;
-    Ok((StatusCode::CREATED, Json(CreatedApiKey { key: convert::api_key(key), secret })))
+    audit::record(
+        &app,
+        Some(&caller),
+        &caller.ip,
+        "api_key.create",
+        Some(&key.id),
+        detail,
+    )
+    .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedApiKey {
+            key: convert::api_key(key),
+            secret,
+        }),
+    ))
 }
 
 /// Revokes one of the caller's keys; it is refused from then on.
@@ -166,7 +261,19 @@ pub async fn revoke_api_key(
 ) -> ApiResult<Json<ApiKeyInfo>> {
     check_id(IdKind::ApiKey, "api key", &key_id)?;
     caller.require_write()?;
-    let key = app.store.revoke_api_key(caller.account_id(), &key_id, now_ms()).await?.ok_or(ApiError::NotFound("api key"))?;
-    audit::record(&app, Some(&caller), &caller.ip, "api_key.revoke", Some(&key.id), json!({ "prefix": key.prefix })).await?;
+    let key = app
+        .store
+        .revoke_api_key(caller.account_id(), &key_id, now_ms())
+        .await?
+        .ok_or(ApiError::NotFound("api key"))?;
+    audit::record(
+        &app,
+        Some(&caller),
+        &caller.ip,
+        "api_key.revoke",
+        Some(&key.id),
+        json!({ "prefix": key.prefix }),
+    )
+    .await?;
     Ok(Json(convert::api_key(key)))
 }

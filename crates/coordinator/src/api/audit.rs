@@ -29,7 +29,9 @@ pub(crate) async fn record(
         target_id: target_id.map(str::to_owned),
         detail,
     };
-    app.store.insert_audit_event(&new_id(IdKind::AuditEvent), now_ms(), &event).await?;
+    app.store
+        .insert_audit_event(&new_id(IdKind::AuditEvent), now_ms(), &event)
+        .await?;
     Ok(())
 }
 
@@ -45,11 +47,28 @@ pub async fn list_audit_events(
     let page = PageRequest::from_query(&query)?;
     let before = match &page.after {
         Some(cursor) => {
-            let (at_ms, id) = cursor.split_once('/').ok_or_else(|| ApiError::invalid("cursor", "cursor is not one this api returned"))?;
-            Some((at_ms.parse::<i64>().map_err(|_| ApiError::invalid("cursor", "cursor is not one this api returned"))?, id.to_owned()))
+            let (at_ms, id) = cursor.split_once('/').ok_or_else(|| {
+                ApiError::invalid("cursor", "cursor is not one this api returned")
+            })?;
+            Some((
+                at_ms.parse::<i64>().map_err(|_| {
+                    ApiError::invalid("cursor", "cursor is not one this api returned")
+                })?,
+                id.to_owned(),
+            ))
         }
         None => None,
     };
-    let rows = app.store.list_audit_events(before.as_ref().map(|(at, id)| (*at, id.as_str())), page.fetch()).await?;
-    Ok(Json(page.finish(rows, |row| format!("{}/{}", row.at_ms, row.id), convert::audit_event)))
+    let rows = app
+        .store
+        .list_audit_events(
+            before.as_ref().map(|(at, id)| (*at, id.as_str())),
+            page.fetch(),
+        )
+        .await?;
+    Ok(Json(page.finish(
+        rows,
+        |row| format!("{}/{}", row.at_ms, row.id),
+        convert::audit_event,
+    )))
 }

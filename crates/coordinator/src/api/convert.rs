@@ -1,17 +1,25 @@
 //! Stored rows to API bodies: milliseconds become RFC 3339, live state joins stored state.
 
 use flotilla_proto::api::{
-    Account, ApiKeyInfo, AuditEvent, Device, EnrollmentTokenInfo, EnrollmentTokenState, TelemetryPoint,
-    TelemetrySnapshot, Worker, WorkerState,
+    Account, ApiKeyInfo, AuditEvent, Device, EnrollmentTokenInfo, EnrollmentTokenState,
+    TelemetryPoint, TelemetrySnapshot, Worker, WorkerState,
 };
 use flotilla_proto::time::{rfc3339, rfc3339_opt};
-use flotilla_store::{AccountRow, ApiKeyRow, AuditEventRow, DeviceRow, EnrollmentTokenRow, TelemetryBucketRow, WorkerRow};
+use flotilla_store::{
+    AccountRow, ApiKeyRow, AuditEventRow, DeviceRow, EnrollmentTokenRow, TelemetryBucketRow,
+    WorkerRow,
+};
 
 use crate::fleet::Fleet;
 use crate::now_ms;
 
 pub fn account(row: AccountRow) -> Account {
-    Account { id: row.id, name: row.name, roles: row.roles, created_at: rfc3339(row.created_at_ms) }
+    Account {
+        id: row.id,
+        name: row.name,
+        roles: row.roles,
+        created_at: rfc3339(row.created_at_ms),
+    }
 }
 
 pub fn api_key(row: ApiKeyRow) -> ApiKeyInfo {
@@ -51,13 +59,19 @@ pub fn enrollment_token(row: EnrollmentTokenRow) -> EnrollmentTokenInfo {
 
 pub fn worker(row: WorkerRow, fleet: &Fleet) -> Worker {
     let (connected, live_last_seen_ms) = fleet.worker_view(&row.id);
-    let last_seen_ms = live_last_seen_ms.filter(|_| connected).or(row.last_seen_at_ms);
+    let last_seen_ms = live_last_seen_ms
+        .filter(|_| connected)
+        .or(row.last_seen_at_ms);
     Worker {
         id: row.id,
         name: row.name,
         hostname: row.hostname,
         public_key: row.public_key,
-        state: if row.paused { WorkerState::Paused } else { WorkerState::Active },
+        state: if row.paused {
+            WorkerState::Paused
+        } else {
+            WorkerState::Active
+        },
         connected,
         agent_version: row.agent_version,
         device_count: row.device_count,
@@ -69,16 +83,21 @@ pub fn worker(row: WorkerRow, fleet: &Fleet) -> Worker {
 pub fn device(row: DeviceRow, fleet: &Fleet) -> Device {
     let live = fleet.device_view(&row.id);
     let lifecycle = fleet.lifecycle(&row.id);
-    let telemetry = live.as_ref().and_then(|view| view.latest.as_ref()).map(|(at_ms, sample)| TelemetrySnapshot {
-        at: rfc3339(*at_ms),
-        utilization_pct: sample.utilization_pct,
-        memory_used_bytes: sample.memory_used_bytes,
-        temperature_c: sample.temperature_c,
-        power_w: sample.power_w,
-        net_rx_bytes: sample.net_rx_bytes,
-        net_tx_bytes: sample.net_tx_bytes,
-    });
-    let last_seen_ms = live.map(|view| view.worker_last_seen_ms).or(row.last_seen_at_ms);
+    let telemetry = live
+        .as_ref()
+        .and_then(|view| view.latest.as_ref())
+        .map(|(at_ms, sample)| TelemetrySnapshot {
+            at: rfc3339(*at_ms),
+            utilization_pct: sample.utilization_pct,
+            memory_used_bytes: sample.memory_used_bytes,
+            temperature_c: sample.temperature_c,
+            power_w: sample.power_w,
+            net_rx_bytes: sample.net_rx_bytes,
+            net_tx_bytes: sample.net_tx_bytes,
+        });
+    let last_seen_ms = live
+        .map(|view| view.worker_last_seen_ms)
+        .or(row.last_seen_at_ms);
     Device {
         id: row.id,
         worker_id: row.worker_id,

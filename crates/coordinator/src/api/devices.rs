@@ -45,7 +45,11 @@ fn guard(caller: &Caller, device_id: &str, write: bool) -> ApiResult<()> {
 }
 
 async fn load(app: &AppState, caller: &Caller, device_id: &str) -> ApiResult<Device> {
-    let row = app.store.device(caller.account_id(), device_id).await?.ok_or(ApiError::NotFound("device"))?;
+    let row = app
+        .store
+        .device(caller.account_id(), device_id)
+        .await?
+        .ok_or(ApiError::NotFound("device"))?;
     Ok(convert::device(row, &app.fleet))
 }
 
@@ -57,12 +61,24 @@ pub async fn list_devices(
     QueryParams(query): QueryParams<DeviceListQuery>,
 ) -> ApiResult<Json<Page<Device>>> {
     caller.require_role(Role::Supplier)?;
-    let page = PageRequest::from_query(&flotilla_proto::api::PageQuery { limit: query.limit, cursor: query.cursor })?;
+    let page = PageRequest::from_query(&flotilla_proto::api::PageQuery {
+        limit: query.limit,
+        cursor: query.cursor,
+    })?;
     let rows = app
         .store
-        .list_devices(caller.account_id(), query.worker_id.as_deref(), page.after.as_deref(), page.fetch())
+        .list_devices(
+            caller.account_id(),
+            query.worker_id.as_deref(),
+            page.after.as_deref(),
+            page.fetch(),
+        )
         .await?;
-    Ok(Json(page.finish(rows, |row| row.id.clone(), |row| convert::device(row, &app.fleet))))
+    Ok(Json(page.finish(
+        rows,
+        |row| row.id.clone(),
+        |row| convert::device(row, &app.fleet),
+    )))
 }
 
 /// One device with its downsampled telemetry history.
@@ -77,11 +93,20 @@ pub async fn show_device(
     guard(&caller, &device_id, false)?;
     let points = query.history_points.unwrap_or(HISTORY_POINTS_DEFAULT);
     if points > TELEMETRY_POINTS_MAX {
-        return Err(ApiError::invalid("history_points", format!("history_points must be at most {TELEMETRY_POINTS_MAX}")));
+        return Err(ApiError::invalid(
+            "history_points",
+            format!("history_points must be at most {TELEMETRY_POINTS_MAX}"),
+        ));
     }
     let device = load(&app, &caller, &device_id).await?;
-    let history = app.store.telemetry_history(caller.account_id(), &device_id, points).await?;
-    Ok(Json(DeviceDetail { device, history: history.into_iter().map(convert::telemetry_point).collect() }))
+    let history = app
+        .store
+        .telemetry_history(caller.account_id(), &device_id, points)
+        .await?;
+    Ok(Json(DeviceDetail {
+        device,
+        history: history.into_iter().map(convert::telemetry_point).collect(),
+    }))
 }
 
 /// Renames a device.
@@ -95,49 +120,112 @@ pub async fn rename_device(
 ) -> ApiResult<Json<Device>> {
     guard(&caller, &device_id, true)?;
     check_name("name", &request.name)?;
-    if !app.store.rename_device(caller.account_id(), &device_id, &request.name).await? {
+    if !app
+        .store
+        .rename_device(caller.account_id(), &device_id, &request.name)
+        .await?
+    {
         return Err(ApiError::NotFound("device"));
     }
     load(&app, &caller, &device_id).await.map(Json)
 }
 
-async fn supplier_event(app: &AppState, caller: &Caller, device_id: &str, event: DeviceEvent, action: &'static str) -> ApiResult<Device> {
+async fn supplier_event(
+    app: &AppState,
+    caller: &Caller,
+    device_id: &str,
+    event: DeviceEvent,
+    action: &'static str,
+) -> ApiResult<Device> {
     guard(caller, device_id, true)?;
     // Ownership first: the fleet knows every device, the query knows whose it is.
     load(app, caller, device_id).await?;
-    app.fleet.apply_events(&[device_id.to_owned()], event, true).await.map_err(|error| match error {
-        FleetError::Refused(refused) => ApiError::conflict("invalid_state", refused.to_string()),
-        FleetError::Raced(_) => ApiError::conflict("state_changed", error.to_string()),
-        other => ApiError::Internal(other.to_string()),
-    })?;
-    audit::record(app, Some(caller), &caller.ip, action, Some(device_id), json!({})).await?;
+    app.fleet
+        .apply_events(&[device_id.to_owned()], event, true)
+        .await
+        .map_err(|error| match error {
+            FleetError::Refused(refused) => {
+                ApiError::conflict("invalid_state", refused.to_string())
+            }
+            FleetError::Raced(_) => ApiError::conflict("state_changed", error.to_string()),
+            other => ApiError::Internal(other.to_string()),
+        })?;
+    audit::record(
+        app,
+        Some(caller),
+        &caller.ip,
+        action,
+        Some(device_id),
+        json!({}),
+    )
+    .await?;
     load(app, caller, device_id).await
 }
 
 /// Takes an idle device off the market (409 if it is hired or pending).
 #[utoipa::path(post, path = "/api/v1/devices/{id}/pause", params(("id" = String, Path)), security(("api_key" = [])),
     responses((status = 200, body = Device), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
-pub async fn pause_device(State(app): State<AppState>, caller: Caller, Path(device_id): Path<String>) -> ApiResult<Json<Device>> {
-    supplier_event(&app, &caller, &device_id, DeviceEvent::Paused, "device.pause").await.map(Json)
+pub async fn pause_device(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path(device_id): Path<String>,
+) -> ApiResult<Json<Device>> {
+    supplier_event(
+        &app,
+        &caller,
+        &device_id,
+        DeviceEvent::Paused,
+        "device.pause",
+    )
+    .await
+    .map(Json)
 }
 
 /// Puts a paused device back on the market.
 #[utoipa::path(post, path = "/api/v1/devices/{id}/resume", params(("id" = String, Path)), security(("api_key" = [])),
     responses((status = 200, body = Device), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
-pub async fn resume_device(State(app): State<AppState>, caller: Caller, Path(device_id): Path<String>) -> ApiResult<Json<Device>> {
-    supplier_event(&app, &caller, &device_id, DeviceEvent::Resumed, "device.resume").await.map(Json)
+pub async fn resume_device(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path(device_id): Path<String>,
+) -> ApiResult<Json<Device>> {
+    supplier_event(
+        &app,
+        &caller,
+        &device_id,
+        DeviceEvent::Resumed,
+        "device.resume",
+    )
+    .await
+    .map(Json)
 }
 
 /// Removes a device; its worker's reports of it are ignored from then on.
 #[utoipa::path(post, path = "/api/v1/devices/{id}/remove", params(("id" = String, Path)), security(("api_key" = [])),
     responses((status = 200, body = Device), (status = 404, body = ErrorBody)))]
-pub async fn remove_device(State(app): State<AppState>, caller: Caller, Path(device_id): Path<String>) -> ApiResult<Json<Device>> {
+pub async fn remove_device(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path(device_id): Path<String>,
+) -> ApiResult<Json<Device>> {
     guard(&caller, &device_id, true)?;
     let device = load(&app, &caller, &device_id).await?;
-    if !app.store.remove_device(caller.account_id(), &device_id, now_ms()).await? {
+    if !app
+        .store
+        .remove_device(caller.account_id(), &device_id, now_ms())
+        .await?
+    {
         return Err(ApiError::NotFound("device"));
     }
     app.fleet.forget_device(&device_id);
-    audit::record(&app, Some(&caller), &caller.ip, "device.remove", Some(&device_id), json!({ "model": device.model })).await?;
+    audit::record(
+        &app,
+        Some(&caller),
+        &caller.ip,
+        "device.remove",
+        Some(&device_id),
+        json!({ "model": device.model }),
+    )
+    .await?;
     Ok(Json(device))
 }

@@ -7,8 +7,8 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use flotilla_proto::api::{
-    CreateEnrollmentTokenRequest, CreatedEnrollmentToken, EnrollRequest, EnrollResponse, EnrollmentTokenInfo, ErrorBody,
-    Page, PageQuery, Role,
+    CreateEnrollmentTokenRequest, CreatedEnrollmentToken, EnrollRequest, EnrollResponse,
+    EnrollmentTokenInfo, ErrorBody, Page, PageQuery, Role,
 };
 use flotilla_proto::id::{ENROLLMENT_TOKEN_PREFIX, IdKind, new_id, new_secret, secret_hash};
 use flotilla_proto::limits::{FRAME_BYTES_MAX, SECRET_LIFETIME_S_MAX};
@@ -45,10 +45,16 @@ pub async fn create_token(
     check_name("name", &name)?;
     let lifetime_s = request.expires_in_s.unwrap_or(TOKEN_LIFETIME_S_DEFAULT);
     if lifetime_s == 0 || lifetime_s > SECRET_LIFETIME_S_MAX {
-        return Err(ApiError::invalid("expires_in_s", format!("expires_in_s must be between 1 and {SECRET_LIFETIME_S_MAX}")));
+        return Err(ApiError::invalid(
+            "expires_in_s",
+            format!("expires_in_s must be between 1 and {SECRET_LIFETIME_S_MAX}"),
+        ));
     }
     let now = now_ms();
-    app.limits.token_create.check(caller.account_id(), now).map_err(|retry_after_s| ApiError::RateLimited { retry_after_s })?;
+    app.limits
+        .token_create
+        .check(caller.account_id(), now)
+        .map_err(|retry_after_s| ApiError::RateLimited { retry_after_s })?;
     let secret = new_secret(ENROLLMENT_TOKEN_PREFIX);
     let token = EnrollmentTokenRow {
         id: new_id(IdKind::EnrollmentToken),
@@ -60,9 +66,25 @@ pub async fn create_token(
         used_by_worker_id: None,
         revoked_at_ms: None,
     };
-    app.store.insert_enrollment_token(&token, &secret_hash(&secret)).await?;
-    audit::record(&app, Some(&caller), &caller.ip, "enrollment_token.create", Some(&token.id), json!({ "name": token.name })).await?;
-    Ok((StatusCode::CREATED, Json(CreatedEnrollmentToken { token: convert::enrollment_token(token), secret })))
+    app.store
+        .insert_enrollment_token(&token, &secret_hash(&secret))
+        .await?;
+    audit::record(
+        &app,
+        Some(&caller),
+        &caller.ip,
+        "enrollment_token.create",
+        Some(&token.id),
+        json!({ "name": token.name }),
+    )
+    .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedEnrollmentToken {
+            token: convert::enrollment_token(token),
+            secret,
+        }),
+    ))
 }
 
 /// The supplier's enrollment tokens.
@@ -75,24 +97,43 @@ pub async fn list_tokens(
 ) -> ApiResult<Json<Page<EnrollmentTokenInfo>>> {
     supplier(&caller)?;
     let page = PageRequest::from_query(&query)?;
-    let rows = app.store.list_enrollment_tokens(caller.account_id(), page.after.as_deref(), page.fetch()).await?;
-    Ok(Json(page.finish(rows, |row| row.id.clone(), convert::enrollment_token)))
+    let rows = app
+        .store
+        .list_enrollment_tokens(caller.account_id(), page.after.as_deref(), page.fetch())
+        .await?;
+    Ok(Json(page.finish(
+        rows,
+        |row| row.id.clone(),
+        convert::enrollment_token,
+    )))
 }
 
 /// One enrollment token.
 #[utoipa::path(get, path = "/api/v1/enrollment-tokens/{id}", params(("id" = String, Path)), security(("api_key" = [])),
     responses((status = 200, body = EnrollmentTokenInfo), (status = 404, body = ErrorBody)))]
-pub async fn show_token(State(app): State<AppState>, caller: Caller, Path(token_id): Path<String>) -> ApiResult<Json<EnrollmentTokenInfo>> {
+pub async fn show_token(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path(token_id): Path<String>,
+) -> ApiResult<Json<EnrollmentTokenInfo>> {
     check_id(IdKind::EnrollmentToken, "enrollment token", &token_id)?;
     supplier(&caller)?;
-    let token = app.store.enrollment_token(caller.account_id(), &token_id).await?.ok_or(ApiError::NotFound("enrollment token"))?;
+    let token = app
+        .store
+        .enrollment_token(caller.account_id(), &token_id)
+        .await?
+        .ok_or(ApiError::NotFound("enrollment token"))?;
     Ok(Json(convert::enrollment_token(token)))
 }
 
 /// Revokes an unused token.
 #[utoipa::path(post, path = "/api/v1/enrollment-tokens/{id}/revoke", params(("id" = String, Path)), security(("api_key" = [])),
     responses((status = 200, body = EnrollmentTokenInfo), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
-pub async fn revoke_token(State(app): State<AppState>, caller: Caller, Path(token_id): Path<String>) -> ApiResult<Json<EnrollmentTokenInfo>> {
+pub async fn revoke_token(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path(token_id): Path<String>,
+) -> ApiResult<Json<EnrollmentTokenInfo>> {
     check_id(IdKind::EnrollmentToken, "enrollment token", &token_id)?;
     supplier(&caller)?;
     caller.require_write()?;
@@ -102,9 +143,20 @@ pub async fn revoke_token(State(app): State<AppState>, caller: Caller, Path(toke
         .await?
         .ok_or(ApiError::NotFound("enrollment token"))?;
     if token.revoked_at_ms.is_none() {
-        return Err(ApiError::conflict("token_already_used", format!("enrollment token {token_id} was already used")));
+        return Err(ApiError::conflict(
+            "token_already_used",
+            format!("enrollment token {token_id} was already used"),
+        ));
     }
-    audit::record(&app, Some(&caller), &caller.ip, "enrollment_token.revoke", Some(&token.id), json!({})).await?;
+    audit::record(
+        &app,
+        Some(&caller),
+        &caller.ip,
+        "enrollment_token.revoke",
+        Some(&token.id),
+        json!({}),
+    )
+    .await?;
     Ok(Json(convert::enrollment_token(token)))
 }
 
@@ -118,10 +170,16 @@ pub async fn enroll(
     JsonBody(request): JsonBody<EnrollRequest>,
 ) -> ApiResult<(StatusCode, Json<EnrollResponse>)> {
     let now = now_ms();
-    app.limits.enroll.check(&ip, now).map_err(|retry_after_s| ApiError::RateLimited { retry_after_s })?;
+    app.limits
+        .enroll
+        .check(&ip, now)
+        .map_err(|retry_after_s| ApiError::RateLimited { retry_after_s })?;
     check_name("hostname", &request.hostname)?;
     if !request.token.starts_with(ENROLLMENT_TOKEN_PREFIX) {
-        return Err(ApiError::invalid("token", "token is not an enrollment token"));
+        return Err(ApiError::invalid(
+            "token",
+            "token is not an enrollment token",
+        ));
     }
     verify_enrollment(&request.token, &request.public_key, &request.signature)
         .map_err(|e| ApiError::invalid("signature", format!("enrollment signature: {e}")))?;
@@ -138,15 +196,33 @@ pub async fn enroll(
         removed_at_ms: None,
         device_count: 0,
     };
-    let Some(worker) = app.store.enroll_worker(&secret_hash(&request.token), &worker, now).await? else {
-        audit::record(&app, None, &ip, "worker.enroll_refused", None, json!({ "hostname": request.hostname })).await?;
+    let Some(worker) = app
+        .store
+        .enroll_worker(&secret_hash(&request.token), &worker, now)
+        .await?
+    else {
+        audit::record(
+            &app,
+            None,
+            &ip,
+            "worker.enroll_refused",
+            None,
+            json!({ "hostname": request.hostname }),
+        )
+        .await?;
         return Err(ApiError::TokenRefused);
     };
     app.metrics.enrollments.inc();
     let detail = json!({ "hostname": worker.hostname, "account_id": worker.account_id });
     audit::record(&app, None, &ip, "worker.enroll", Some(&worker.id), detail).await?;
     tracing::info!(worker_id = %worker.id, account_id = %worker.account_id, "worker enrolled");
-    Ok((StatusCode::CREATED, Json(EnrollResponse { worker_id: worker.id, account_id: worker.account_id })))
+    Ok((
+        StatusCode::CREATED,
+        Json(EnrollResponse {
+            worker_id: worker.id,
+            account_id: worker.account_id,
+        }),
+    ))
 }
 
 /// The worker control channel (WebSocket). Authentication happens inside: every message is

@@ -50,7 +50,12 @@ impl utoipa::Modify for BearerAuth {
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
             "api_key",
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("flt_...").build()),
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("flt_...")
+                    .build(),
+            ),
         );
     }
 }
@@ -63,11 +68,20 @@ pub fn router(app: AppState) -> Router {
         .route("/accounts", post(accounts::create_account))
         .route("/me", get(accounts::me))
         .route("/login", post(accounts::login))
-        .route("/api-keys", get(accounts::list_api_keys).post(accounts::create_api_key))
+        .route(
+            "/api-keys",
+            get(accounts::list_api_keys).post(accounts::create_api_key),
+        )
         .route("/api-keys/{id}/revoke", post(accounts::revoke_api_key))
-        .route("/enrollment-tokens", get(enrollment::list_tokens).post(enrollment::create_token))
+        .route(
+            "/enrollment-tokens",
+            get(enrollment::list_tokens).post(enrollment::create_token),
+        )
         .route("/enrollment-tokens/{id}", get(enrollment::show_token))
-        .route("/enrollment-tokens/{id}/revoke", post(enrollment::revoke_token))
+        .route(
+            "/enrollment-tokens/{id}/revoke",
+            post(enrollment::revoke_token),
+        )
         .route("/workers/enroll", post(enrollment::enroll))
         .route("/workers/connect", get(enrollment::connect))
         .route("/workers", get(workers::list_workers))
@@ -105,9 +119,16 @@ async fn record_request(State(app): State<AppState>, request: Request, next: Nex
         .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
     let method = request.method().as_str().to_owned();
     let response = next.run(request).await;
-    let labels = vec![("method", method), ("route", route), ("status", response.status().as_u16().to_string())];
+    let labels = vec![
+        ("method", method),
+        ("route", route),
+        ("status", response.status().as_u16().to_string()),
+    ];
     app.metrics.api_requests.get_or_create(&labels).inc();
-    app.metrics.api_request_duration.get_or_create(&labels[..2].to_vec()).observe(started.elapsed().as_secs_f64());
+    app.metrics
+        .api_request_duration
+        .get_or_create(&labels[..2].to_vec())
+        .observe(started.elapsed().as_secs_f64());
     response
 }
 
@@ -122,12 +143,20 @@ pub async fn health(State(app): State<AppState>) -> axum::Json<wire::Health> {
 }
 
 async fn openapi_json() -> Response {
-    let body = ApiDoc::openapi().to_pretty_json().expect("the OpenAPI document serializes");
+    let body = ApiDoc::openapi()
+        .to_pretty_json()
+        .expect("the OpenAPI document serializes");
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 async fn metrics_text(State(app): State<AppState>) -> Response {
-    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], app.metrics.render())
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        app.metrics.render(),
+    )
         .into_response()
 }
 
@@ -142,7 +171,10 @@ impl PageRequest {
     pub fn from_query(query: &PageQuery) -> ApiResult<PageRequest> {
         let limit = query.limit.unwrap_or(PAGE_LIMIT_DEFAULT);
         if limit == 0 || limit > PAGE_LIMIT_MAX {
-            return Err(ApiError::invalid("limit", format!("limit must be between 1 and {PAGE_LIMIT_MAX}")));
+            return Err(ApiError::invalid(
+                "limit",
+                format!("limit must be between 1 and {PAGE_LIMIT_MAX}"),
+            ));
         }
         let after = query
             .cursor
@@ -151,7 +183,9 @@ impl PageRequest {
                 hex::decode(cursor)
                     .ok()
                     .and_then(|bytes| String::from_utf8(bytes).ok())
-                    .ok_or_else(|| ApiError::invalid("cursor", "cursor is not one this api returned"))
+                    .ok_or_else(|| {
+                        ApiError::invalid("cursor", "cursor is not one this api returned")
+                    })
             })
             .transpose()?;
         Ok(PageRequest { limit, after })
@@ -163,27 +197,53 @@ impl PageRequest {
     }
 
     /// Cuts the fetched rows to the page and makes the next cursor.
-    pub fn finish<R, T>(&self, mut rows: Vec<R>, key: impl Fn(&R) -> String, convert: impl Fn(R) -> T) -> wire::Page<T> {
+    pub fn finish<R, T>(
+        &self,
+        mut rows: Vec<R>,
+        key: impl Fn(&R) -> String,
+        convert: impl Fn(R) -> T,
+    ) -> wire::Page<T> {
         let more = rows.len() > self.limit as usize;
         rows.truncate(self.limit as usize);
-        let next_cursor = if more { rows.last().map(|row| hex::encode(key(row))) } else { None };
-        wire::Page { items: rows.into_iter().map(convert).collect(), next_cursor }
+        let next_cursor = if more {
+            rows.last().map(|row| hex::encode(key(row)))
+        } else {
+            None
+        };
+        wire::Page {
+            items: rows.into_iter().map(convert).collect(),
+            next_cursor,
+        }
     }
 }
 
 /// Checks a user-supplied name.
 pub(crate) fn check_name(field: &str, name: &str) -> ApiResult<()> {
     let chars = name.chars().count();
-    if chars == 0 || chars > flotilla_proto::limits::NAME_CHARS_MAX || name.chars().any(char::is_control) {
+    if chars == 0
+        || chars > flotilla_proto::limits::NAME_CHARS_MAX
+        || name.chars().any(char::is_control)
+    {
         return Err(ApiError::invalid(
             field,
-            format!("{field} must be 1 to {} characters without control characters", flotilla_proto::limits::NAME_CHARS_MAX),
+            format!(
+                "{field} must be 1 to {} characters without control characters",
+                flotilla_proto::limits::NAME_CHARS_MAX
+            ),
         ));
     }
     Ok(())
 }
 
 /// Checks that a path id has the expected kind; any other answers 404 like a missing object.
-pub(crate) fn check_id(kind: flotilla_proto::id::IdKind, what: &'static str, id: &str) -> ApiResult<()> {
-    if flotilla_proto::id::is_id(kind, id) { Ok(()) } else { Err(ApiError::NotFound(what)) }
+pub(crate) fn check_id(
+    kind: flotilla_proto::id::IdKind,
+    what: &'static str,
+    id: &str,
+) -> ApiResult<()> {
+    if flotilla_proto::id::is_id(kind, id) {
+        Ok(())
+    } else {
+        Err(ApiError::NotFound(what))
+    }
 }
