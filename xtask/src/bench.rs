@@ -369,8 +369,10 @@ async fn heartbeat(options: Options) -> Result<()> {
         );
         let offset_ms = (index as u64 * HEARTBEAT_INTERVAL_MS) / count as u64;
         tokio::spawn(async move {
+            let stopping = stopped.clone();
             if let Err(error) =
                 simulated_worker(url, index, worker, offset_ms, connected, stopped).await
+                && !*stopping.borrow()
                 && failures.fetch_add(1, Ordering::Relaxed) < 5
             {
                 eprintln!("bench: worker {index} failed: {error:#}");

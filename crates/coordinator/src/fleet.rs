@@ -303,15 +303,16 @@ impl Fleet {
             tracing::info!(device_id = %change.device_id, from = %change.from, to = %change.to, "device state changed");
         }
         drop(state);
-        self.update_device_gauges();
         if let Some(missed) = rows.iter().find(|row| !applied.contains(row)) {
             return Err(FleetError::Raced(missed.device_id.clone()));
         }
         Ok(())
     }
 
-    /// One pass of failure detection over every device.
+    /// One pass of failure detection over every device; also refreshes the per-state gauges
+    /// (once a tick, not per change, so a burst of changes costs one count).
     pub async fn sweep(&self, now_ms: i64) -> Result<(), FleetError> {
+        self.update_device_gauges();
         let _serial = self.transitions.lock().await;
         let changes: Vec<_> = {
             let state = self.lock();
@@ -373,16 +374,19 @@ impl Fleet {
             .unwrap_or_default()
     }
 
-    /// Forgets a removed device.
+    /// Forgets a removed device, and ends its worker's session so that the worker reconnects
+    /// and learns its new device list (otherwise it would keep reporting the removed one).
     pub fn forget_device(&self, device_id: &str) {
         let mut state = self.lock();
         if let Some(device) = state.devices.remove(device_id)
             && let Some(worker) = state.workers.get_mut(&device.worker_id)
         {
             worker.device_ids.retain(|id| id != device_id);
+            if let Some(session) = worker.session.take() {
+                let _ = session.kick.send(());
+                self.metrics.workers_connected.dec();
+            }
         }
-        drop(state);
-        self.update_device_gauges();
     }
 
     /// Forgets a removed worker and ends its session.
@@ -397,8 +401,6 @@ impl Fleet {
                 self.metrics.workers_connected.dec();
             }
         }
-        drop(state);
-        self.update_device_gauges();
     }
 
     /// Takes the closed telemetry buckets, plus open buckets older than the current one, so

@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod ratelimit;
 mod session;
 pub mod telemetry;
+pub mod verifier;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -62,6 +63,7 @@ pub struct AppState {
     pub fleet: Arc<Fleet>,
     pub metrics: Arc<Metrics>,
     pub limits: Arc<Limits>,
+    pub verifier: verifier::Verifier,
     pub shutdown: watch::Receiver<bool>,
 }
 
@@ -129,12 +131,14 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         addr: config.listen,
         source,
     })?;
+    let (verifier, _verifier_task) = verifier::Verifier::start();
     let app = AppState {
         store: store.clone(),
         config: Arc::new(config),
         fleet,
         metrics,
         limits,
+        verifier,
         shutdown: shutdown_rx.clone(),
     };
     let router = api::router(app.clone());

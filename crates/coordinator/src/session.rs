@@ -325,9 +325,7 @@ async fn on_message(
             format!("this session belongs to worker {}", bound.worker_id),
         ));
     }
-    let message = envelope
-        .open(&bound.public_key, nonce)
-        .map_err(|e| Refusal::fatal("bad_signature", e.to_string()))?;
+    let message = open_batched(app, &envelope, &bound.public_key, nonce).await?;
     if envelope.seq <= bound.last_seq {
         return Err(Refusal::soft(
             "replayed_message",
@@ -347,6 +345,7 @@ async fn on_message(
             "hello was already received",
         )),
         WorkerMessage::Heartbeat { devices, .. } => {
+            check_telemetry(&devices)?;
             let returning = app
                 .fleet
                 .heartbeat(&bound.worker_id, &devices, now_unix_ms())
@@ -360,4 +359,43 @@ async fn on_message(
             Ok(())
         }
     }
+}
+
+/// Refuses samples no device can produce, so nothing absurd reaches history or charts.
+fn check_telemetry(samples: &[flotilla_proto::device::DeviceTelemetry]) -> Result<(), Refusal> {
+    if samples.len() > DEVICES_PER_WORKER_MAX {
+        return Err(Refusal::soft(
+            "malformed_telemetry",
+            format!("at most {DEVICES_PER_WORKER_MAX} samples per heartbeat"),
+        ));
+    }
+    if let Some(bad) = samples.iter().find(|s| s.utilization_pct > 100) {
+        return Err(Refusal::soft(
+            "malformed_telemetry",
+            format!("utilization of {} is above 100%", bad.device_id),
+        ));
+    }
+    Ok(())
+}
+
+/// Verifies an envelope through the batching verifier, then decodes its body.
+async fn open_batched(
+    app: &AppState,
+    envelope: &Envelope,
+    public_key: &ed25519_dalek::VerifyingKey,
+    nonce: &[u8],
+) -> Result<WorkerMessage, Refusal> {
+    let bad = |e: flotilla_proto::wire::WireError| Refusal::fatal("bad_signature", e.to_string());
+    let (message, signature) = envelope.signed_parts(nonce).map_err(bad)?;
+    let job = crate::verifier::Job {
+        key: *public_key,
+        message,
+        signature,
+    };
+    if !app.verifier.verify(job).await {
+        return Err(bad(flotilla_proto::wire::WireError::SignatureInvalid));
+    }
+    envelope
+        .decode_body()
+        .map_err(|e| Refusal::fatal("malformed_message", e.to_string()))
 }

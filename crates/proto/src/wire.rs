@@ -136,11 +136,25 @@ impl Envelope {
         public_key: &VerifyingKey,
         session_nonce: &[u8],
     ) -> Result<WorkerMessage, WireError> {
-        let signature = decode_signature(&self.signature)?;
-        let signed = signing_bytes(session_nonce, &self.worker_id, self.seq, &self.body);
+        let (signed, signature) = self.signed_parts(session_nonce)?;
         public_key
             .verify(&signed, &signature)
             .map_err(|_| WireError::SignatureInvalid)?;
+        self.decode_body()
+    }
+
+    /// What a verifier checks: the signed bytes and the signature. For callers that verify many
+    /// envelopes together (batch verification); [`Envelope::open`] is the one-at-a-time path.
+    pub fn signed_parts(&self, session_nonce: &[u8]) -> Result<(Vec<u8>, Signature), WireError> {
+        let signature = decode_signature(&self.signature)?;
+        Ok((
+            signing_bytes(session_nonce, &self.worker_id, self.seq, &self.body),
+            signature,
+        ))
+    }
+
+    /// Decodes the body. Only meaningful after the signature verified.
+    pub fn decode_body(&self) -> Result<WorkerMessage, WireError> {
         serde_json::from_str(&self.body).map_err(|e| WireError::BodyMalformed(e.to_string()))
     }
 }
@@ -269,6 +283,18 @@ mod tests {
         for text in ["", "{", "{\"type\":\"hello\"}", "[1,2]", "\u{0}"] {
             assert!(serde_json::from_str::<Envelope>(text).is_err());
             assert!(serde_json::from_str::<WorkerMessage>(text).is_err());
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn untrusted_frames_never_panic(text in ".{0,300}", signature in "[0-9a-f]{0,140}", seq in proptest::num::u64::ANY) {
+            let _ = serde_json::from_str::<Envelope>(&text);
+            let _ = serde_json::from_str::<WorkerMessage>(&text);
+            let envelope = Envelope { worker_id: text.clone(), seq, body: text.clone(), signature };
+            let nonce = [1u8; SESSION_NONCE_BYTES];
+            proptest::prop_assert!(envelope.open(&key(1).verifying_key(), &nonce).is_err());
+            let _ = verify_enrollment(&text, &text, &envelope.signature);
         }
     }
 }

@@ -102,6 +102,16 @@ fn dev_starts_writes_env_lists_devices_stops_fast_and_resumes() {
             .filter(|d| d["kind"] == "gpu")
             .all(|d| d["simulated"] == true)
     );
+    // A refused request prints one error line and exits 1.
+    let output = Command::new(BIN)
+        .args(["devices", "show", "dev_aaaaaaaaaaaaaaaaaaaa"])
+        .env("FLOTILLA_URL", &env["FLOTILLA_URL"])
+        .env("FLOTILLA_API_KEY", &env["FLOTILLA_SUPPLIER_API_KEY"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.starts_with("error: device not found"), "{stderr}");
     let stopped_in = dev
         .interrupt(Duration::from_secs(5))
         .expect("Ctrl-C stops flotilla dev within 5 s");
