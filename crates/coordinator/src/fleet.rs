@@ -316,24 +316,32 @@ impl Fleet {
         let _serial = self.transitions.lock().await;
         let changes: Vec<_> = {
             let state = self.lock();
-            state
-                .devices
-                .iter()
-                .filter_map(|(device_id, device)| {
-                    let last_seen_ms = state
-                        .workers
-                        .get(&device.worker_id)
-                        .map_or(now_ms, |w| w.last_seen_ms);
-                    let to = decide(
+            // Only silent workers can have devices to change, so workers heard from within the
+            // grace period cost one comparison and no device lookups.
+            let grace_ms = self.bounds.grace_ms;
+            let mut changes = Vec::new();
+            for worker in state
+                .workers
+                .values()
+                .filter(|w| now_ms - w.last_seen_ms > grace_ms)
+            {
+                for device_id in &worker.device_ids {
+                    let Some(device) = state.devices.get(device_id) else {
+                        continue;
+                    };
+                    let decided = decide(
                         device.lifecycle,
                         device.state_changed_at_ms,
-                        last_seen_ms,
+                        worker.last_seen_ms,
                         now_ms,
                         self.bounds,
-                    )?;
-                    Some((device_id.clone(), device.lifecycle, to))
-                })
-                .collect()
+                    );
+                    if let Some(to) = decided {
+                        changes.push((device_id.clone(), device.lifecycle, to));
+                    }
+                }
+            }
+            changes
         };
         self.commit(changes).await
     }
@@ -437,12 +445,11 @@ impl Fleet {
     }
 
     fn update_device_gauges(&self) {
-        let mut counts: HashMap<DeviceState, i64> =
-            DeviceState::ALL.into_iter().map(|s| (s, 0)).collect();
+        let mut counts = [0i64; DeviceState::ALL.len()];
         for device in self.lock().devices.values() {
-            *counts.entry(device.lifecycle.state).or_default() += 1;
+            counts[device.lifecycle.state as usize] += 1;
         }
-        for (state, count) in counts {
+        for (state, count) in DeviceState::ALL.into_iter().zip(counts) {
             self.metrics
                 .devices
                 .get_or_create(&vec![("state", state.as_str().to_owned())])

@@ -85,12 +85,20 @@ pub async fn run(mut socket: WebSocket, app: AppState, mut shutdown: watch::Rece
         return;
     }
     let silence_limit = Duration::from_millis(app.config.heartbeat_grace_ms.saturating_mul(2));
+    // Built once and reset per message: this loop runs for every heartbeat of every worker, so
+    // it creates no timer or watch registration per iteration.
+    let silence = tokio::time::sleep(silence_limit);
+    tokio::pin!(silence);
+    let stopping = shutdown.changed();
+    tokio::pin!(stopping);
     loop {
         tokio::select! {
             _ = &mut kicked => break,
-            _ = shutdown.changed() => break,
-            next = tokio::time::timeout(silence_limit, next_text(&mut socket)) => {
-                let Ok(Some(text)) = next else { break };
+            _ = &mut stopping => break,
+            _ = &mut silence => break,
+            next = next_text(&mut socket) => {
+                let Some(text) = next else { break };
+                silence.as_mut().reset(tokio::time::Instant::now() + silence_limit);
                 if let Err(refusal) = on_message(&app, &nonce, &mut bound, &text).await {
                     let fatal = refusal.fatal;
                     refuse(&mut socket, &app, Some(bound.last_seq), refusal).await;

@@ -17,9 +17,9 @@ use tokio::task::JoinHandle;
 /// Jobs waiting for the verifier; sessions wait (backpressure) when it is full.
 const VERIFY_QUEUE_MAX: usize = 4096;
 /// Most signatures checked in one batch.
-const BATCH_SIGNATURES_MAX: usize = 64;
+const BATCH_SIGNATURES_MAX: usize = 128;
 /// How long the first job of a batch waits for company.
-const BATCH_WINDOW_MS: u64 = 10;
+const BATCH_WINDOW_MS: u64 = 50;
 
 /// One signature to check.
 #[derive(Debug)]

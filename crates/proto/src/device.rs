@@ -171,8 +171,12 @@ mod tests {
 
     #[test]
     fn states_round_trip_through_text() {
-        for state in DeviceState::ALL {
+        for (index, state) in DeviceState::ALL.into_iter().enumerate() {
             assert_eq!(DeviceState::parse(state.as_str()), Some(state));
+            assert_eq!(
+                state as usize, index,
+                "ALL lists states in declaration order"
+            );
         }
         assert_eq!(DeviceState::parse("bogus"), None);
     }
