@@ -102,6 +102,46 @@ fn dev_starts_writes_env_lists_devices_stops_fast_and_resumes() {
             .filter(|d| d["kind"] == "gpu")
             .all(|d| d["simulated"] == true)
     );
+    // `flotilla login` saves a private profile that later commands use without any env.
+    let config = tempfile::tempdir().unwrap();
+    let login = Command::new(BIN)
+        .args([
+            "login",
+            "--url",
+            &env["FLOTILLA_URL"],
+            "--api-key",
+            &env["FLOTILLA_SUPPLIER_API_KEY"],
+        ])
+        .env("FLOTILLA_CONFIG_DIR", config.path())
+        .env_remove("FLOTILLA_URL")
+        .env_remove("FLOTILLA_API_KEY")
+        .output()
+        .unwrap();
+    assert!(
+        login.status.success(),
+        "{}",
+        String::from_utf8_lossy(&login.stderr)
+    );
+    let profile = std::fs::metadata(config.path().join("profile.json")).unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&profile.permissions()) & 0o777,
+        0o600
+    );
+    let whoami = Command::new(BIN)
+        .args(["whoami", "--output", "json"])
+        .env("FLOTILLA_CONFIG_DIR", config.path())
+        .env_remove("FLOTILLA_URL")
+        .env_remove("FLOTILLA_API_KEY")
+        .output()
+        .unwrap();
+    assert!(
+        whoami.status.success(),
+        "{}",
+        String::from_utf8_lossy(&whoami.stderr)
+    );
+    let me: serde_json::Value = serde_json::from_slice(&whoami.stdout).unwrap();
+    assert_eq!(me["account"]["name"], "demo-supplier");
+
     // A refused request prints one error line and exits 1.
     let output = Command::new(BIN)
         .args(["devices", "show", "dev_aaaaaaaaaaaaaaaaaaaa"])

@@ -135,3 +135,43 @@ async fn telemetry_history_is_recorded_and_bounded(db: Db) {
     assert_eq!(error.status(), Some(422));
 }
 on_both_databases!(telemetry_history_is_recorded_and_bounded);
+
+async fn workers_reconnect_by_themselves_after_the_coordinator_restarts(db: Db) {
+    let coordinator = Coordinator::start(db, &["--allow-simulated-devices"]).await;
+    let supplier = coordinator.account("supplier-a", &[Role::Supplier]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let token = coordinator.token(&supplier).await;
+    let _worker = coordinator.worker(dir.path(), Some(&token), "A100-80GBx2");
+    eventually(Duration::from_secs(20), || async {
+        let devices = devices(&coordinator, &supplier).await;
+        (devices.len() == 2 && devices.iter().all(|d| d.state == DeviceState::Idle)).then_some(())
+    })
+    .await
+    .expect("devices up before the restart");
+
+    let coordinator = coordinator.restart(&["--allow-simulated-devices"]);
+    let client = coordinator.client(Some(&supplier));
+    // Right after the restart nothing is marked down: the coordinator was the one away.
+    let devices_now = devices(&coordinator, &supplier).await;
+    assert!(
+        devices_now.iter().all(|d| d.state == DeviceState::Idle),
+        "{devices_now:?}"
+    );
+    eventually(Duration::from_secs(20), || async {
+        let page: Page<Worker> = client.get("workers").await.ok()?;
+        page.items
+            .first()
+            .is_some_and(|w| w.connected)
+            .then_some(())
+    })
+    .await
+    .expect("the worker reconnects with its backoff");
+    // And stays up well past the grace period.
+    tokio::time::sleep(Duration::from_millis(HEARTBEAT_GRACE_MS * 2)).await;
+    let devices = devices(&coordinator, &supplier).await;
+    assert!(
+        devices.len() == 2 && devices.iter().all(|d| d.state == DeviceState::Idle),
+        "{devices:?}"
+    );
+}
+on_both_databases!(workers_reconnect_by_themselves_after_the_coordinator_restarts);

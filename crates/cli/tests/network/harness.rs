@@ -141,12 +141,21 @@ impl Coordinator {
         database_url: String,
         extra: &[&str],
     ) -> Coordinator {
+        Coordinator::spawn(dir, database_url, "127.0.0.1:0", extra)
+    }
+
+    fn spawn(
+        dir: tempfile::TempDir,
+        database_url: String,
+        listen: &str,
+        extra: &[&str],
+    ) -> Coordinator {
         let admin_key_file = dir.path().join("admin.key");
         let mut child = Command::new(BIN)
             .args([
                 "coordinator",
                 "--listen",
-                "127.0.0.1:0",
+                listen,
                 "--database",
                 &database_url,
                 "--admin-key-file",
@@ -188,6 +197,20 @@ impl Coordinator {
             admin_key,
             _dir: dir,
         }
+    }
+
+    /// Kills the coordinator (SIGKILL) and starts it again on the same port and database.
+    pub fn restart(self, extra: &[&str]) -> Coordinator {
+        let Coordinator {
+            mut _proc,
+            url,
+            database_url,
+            _dir,
+            ..
+        } = self;
+        _proc.kill();
+        let listen = url.trim_start_matches("http://").to_owned();
+        Coordinator::spawn(_dir, database_url, &listen, extra)
     }
 
     pub fn client(&self, key: Option<&str>) -> Client {
