@@ -230,17 +230,13 @@ async fn enroll_all(client: &Client, supplier: &Client, count: usize) -> Result<
 
 fn hardware(index: usize) -> DeviceHardware {
     DeviceHardware {
-        hardware_id: format!("SIM-bench-{index}"),
-        kind: DeviceKind::Gpu,
-        model: "NVIDIA GeForce RTX 4090".to_owned(),
-        memory_bytes: 24 << 30,
         simulated: true,
-        driver_version: None,
-        cuda_capability: None,
-        pcie_generation: None,
-        pcie_link_width: None,
-        power_limit_w: None,
-        cores: None,
+        ..DeviceHardware::new(
+            &format!("SIM-bench-{index}"),
+            DeviceKind::Gpu,
+            "NVIDIA GeForce RTX 4090",
+            24 << 30,
+        )
     }
 }
 

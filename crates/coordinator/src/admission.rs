@@ -33,17 +33,8 @@ mod tests {
 
     fn hardware(kind: DeviceKind, memory_bytes: u64, cores: Option<u32>) -> DeviceHardware {
         DeviceHardware {
-            hardware_id: "x".into(),
-            kind,
-            model: "m".into(),
-            memory_bytes,
-            simulated: false,
-            driver_version: None,
-            cuda_capability: None,
-            pcie_generation: None,
-            pcie_link_width: None,
-            power_limit_w: None,
             cores,
+            ..DeviceHardware::new("x", kind, "m", memory_bytes)
         }
     }
 

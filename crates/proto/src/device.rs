@@ -118,6 +118,30 @@ pub struct DeviceHardware {
     pub cores: Option<u32>,
 }
 
+impl DeviceHardware {
+    /// A device with only the facts every device has; the optional details start empty.
+    pub fn new(
+        hardware_id: &str,
+        kind: DeviceKind,
+        model: &str,
+        memory_bytes: u64,
+    ) -> DeviceHardware {
+        DeviceHardware {
+            hardware_id: hardware_id.to_owned(),
+            kind,
+            model: model.to_owned(),
+            memory_bytes,
+            simulated: false,
+            driver_version: None,
+            cuda_capability: None,
+            pcie_generation: None,
+            pcie_link_width: None,
+            power_limit_w: None,
+            cores: None,
+        }
+    }
+}
+
 /// One telemetry sample of one device.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

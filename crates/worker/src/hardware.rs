@@ -223,17 +223,13 @@ fn detect_cpu() -> DeviceHardware {
         .map(|n| n.get() as u32)
         .unwrap_or(1);
     DeviceHardware {
-        hardware_id: "cpu-0".to_owned(),
-        kind: DeviceKind::Cpu,
-        model,
-        memory_bytes: meminfo_kib("MemTotal:").unwrap_or(0) * 1024,
-        simulated: false,
-        driver_version: None,
-        cuda_capability: None,
-        pcie_generation: None,
-        pcie_link_width: None,
-        power_limit_w: None,
         cores: Some(cores),
+        ..DeviceHardware::new(
+            "cpu-0",
+            DeviceKind::Cpu,
+            &model,
+            meminfo_kib("MemTotal:").unwrap_or(0) * 1024,
+        )
     }
 }
 
@@ -248,25 +244,24 @@ fn simulated_seed(identity_seed: &[u8], index: u64) -> u64 {
 }
 
 fn simulated_gpu(model: &str, memory_bytes: u64, seed: u64) -> DeviceHardware {
+    let cuda_capability = if model.contains("H100") || model.contains("H200") {
+        "9.0"
+    } else {
+        "8.9"
+    };
     DeviceHardware {
-        hardware_id: format!("SIM-{seed:016x}"),
-        kind: DeviceKind::Gpu,
-        model: model.to_owned(),
-        memory_bytes,
         simulated: true,
         driver_version: Some("simulated".to_owned()),
-        cuda_capability: Some(
-            if model.contains("H100") || model.contains("H200") {
-                "9.0"
-            } else {
-                "8.9"
-            }
-            .to_owned(),
-        ),
+        cuda_capability: Some(cuda_capability.to_owned()),
         pcie_generation: Some(4),
         pcie_link_width: Some(16),
         power_limit_w: Some(450),
-        cores: None,
+        ..DeviceHardware::new(
+            &format!("SIM-{seed:016x}"),
+            DeviceKind::Gpu,
+            model,
+            memory_bytes,
+        )
     }
 }
 

@@ -104,41 +104,29 @@ fn dev_starts_writes_env_lists_devices_stops_fast_and_resumes() {
     );
     // `flotilla login` saves a private profile that later commands use without any env.
     let config = tempfile::tempdir().unwrap();
-    let login = Command::new(BIN)
-        .args([
-            "login",
-            "--url",
-            &env["FLOTILLA_URL"],
-            "--api-key",
-            &env["FLOTILLA_SUPPLIER_API_KEY"],
-        ])
-        .env("FLOTILLA_CONFIG_DIR", config.path())
-        .env_remove("FLOTILLA_URL")
-        .env_remove("FLOTILLA_API_KEY")
-        .output()
-        .unwrap();
-    assert!(
-        login.status.success(),
-        "{}",
-        String::from_utf8_lossy(&login.stderr)
-    );
+    let with_profile_only = |args: &[&str]| {
+        let output = Command::new(BIN)
+            .args(args)
+            .env("FLOTILLA_CONFIG_DIR", config.path())
+            .env_remove("FLOTILLA_URL")
+            .env_remove("FLOTILLA_API_KEY")
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        output
+    };
+    let key = &env["FLOTILLA_SUPPLIER_API_KEY"];
+    with_profile_only(&["login", "--url", &env["FLOTILLA_URL"], "--api-key", key]);
     let profile = std::fs::metadata(config.path().join("profile.json")).unwrap();
     assert_eq!(
         std::os::unix::fs::PermissionsExt::mode(&profile.permissions()) & 0o777,
         0o600
     );
-    let whoami = Command::new(BIN)
-        .args(["whoami", "--output", "json"])
-        .env("FLOTILLA_CONFIG_DIR", config.path())
-        .env_remove("FLOTILLA_URL")
-        .env_remove("FLOTILLA_API_KEY")
-        .output()
-        .unwrap();
-    assert!(
-        whoami.status.success(),
-        "{}",
-        String::from_utf8_lossy(&whoami.stderr)
-    );
+    let whoami = with_profile_only(&["whoami", "--output", "json"]);
     let me: serde_json::Value = serde_json::from_slice(&whoami.stdout).unwrap();
     assert_eq!(me["account"]["name"], "demo-supplier");
 

@@ -121,19 +121,12 @@ struct RawSession {
 }
 
 fn gpu(hardware_id: &str) -> DeviceHardware {
-    DeviceHardware {
-        hardware_id: hardware_id.to_owned(),
-        kind: DeviceKind::Gpu,
-        model: "NVIDIA H100 80GB HBM3".to_owned(),
-        memory_bytes: 80 << 30,
-        simulated: false,
-        driver_version: None,
-        cuda_capability: None,
-        pcie_generation: None,
-        pcie_link_width: None,
-        power_limit_w: None,
-        cores: None,
-    }
+    DeviceHardware::new(
+        hardware_id,
+        DeviceKind::Gpu,
+        "NVIDIA H100 80GB HBM3",
+        80 << 30,
+    )
 }
 
 async fn recv(socket: &mut Socket) -> ServerMessage {
