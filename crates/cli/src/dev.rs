@@ -145,7 +145,7 @@ async fn worker_config(
             expires_in_s: Some(600),
         };
         let created: CreatedEnrollmentToken = supplier.post("enrollment-tokens", &request).await?;
-        Some(created.secret)
+        Some(flotilla_proto::secret::Secret::new(created.secret))
     };
     Ok(flotilla_worker::WorkerConfig {
         coordinator_url: url.to_owned(),

@@ -187,18 +187,25 @@ async fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
 async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
     let config = flotilla_worker::WorkerConfig {
         coordinator_url: args.coordinator,
-        token: args.token,
+        token: args.token.map(flotilla_proto::secret::Secret::new),
         data_dir: args.data,
         simulate_gpus: args.simulate_gpu,
         cpu_device: !args.no_cpu,
         hostname: args.name,
     };
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let worker = tokio::spawn(flotilla_worker::run(config, stopped));
+    let mut worker = tokio::spawn(flotilla_worker::run(config, stopped));
     tokio::select! {
-        result = worker => return Ok(result??),
+        result = &mut worker => return Ok(result??),
         _ = stop_signal() => {}
     }
     let _ = stop.send(true);
-    Ok(())
+    // The worker closes its session cleanly; give it a bounded moment to do so.
+    match tokio::time::timeout(WORKER_STOP_DEADLINE, worker).await {
+        Ok(result) => Ok(result??),
+        Err(_) => Ok(()),
+    }
 }
+
+/// How long `flotilla worker` waits for its session to close on Ctrl-C.
+const WORKER_STOP_DEADLINE: std::time::Duration = std::time::Duration::from_secs(3);

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use flotilla_proto::api::ErrorBody;
+use flotilla_proto::secret::Secret;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -41,7 +42,7 @@ impl ClientError {
 #[derive(Debug, Clone)]
 pub struct Client {
     base_url: String,
-    api_key: Option<String>,
+    api_key: Option<Secret>,
     http: reqwest::Client,
 }
 
@@ -53,7 +54,7 @@ impl Client {
             .expect("an http client with default tls builds");
         Client {
             base_url: base_url.trim_end_matches('/').to_owned(),
-            api_key,
+            api_key: api_key.map(Secret::new),
             http,
         }
     }
@@ -65,7 +66,7 @@ impl Client {
     /// The same coordinator with another key.
     pub fn with_key(&self, api_key: &str) -> Client {
         Client {
-            api_key: Some(api_key.to_owned()),
+            api_key: Some(Secret::new(api_key)),
             ..self.clone()
         }
     }
@@ -102,7 +103,7 @@ impl Client {
         mut request: reqwest::RequestBuilder,
     ) -> Result<T, ClientError> {
         if let Some(key) = &self.api_key {
-            request = request.bearer_auth(key);
+            request = request.bearer_auth(key.expose());
         }
         let response = request.send().await.map_err(|e| ClientError::Transport {
             url: self.base_url.clone(),

@@ -105,9 +105,16 @@ impl FromRequestParts<AppState> for Caller {
                 .map_err(|retry_after_s| ApiError::RateLimited { retry_after_s })?;
             return Err(ApiError::Unauthenticated);
         };
-        app.store
-            .touch_api_key(&auth.key.id, now_ms, KEY_TOUCH_GRANULARITY_MS)
-            .await?;
+        // Only a stale stamp costs a write, so reads stay reads.
+        let stale = auth
+            .key
+            .last_used_at_ms
+            .is_none_or(|at| now_ms - at >= KEY_TOUCH_GRANULARITY_MS);
+        if stale {
+            app.store
+                .touch_api_key(&auth.key.id, now_ms, KEY_TOUCH_GRANULARITY_MS)
+                .await?;
+        }
         Ok(Caller { auth, ip })
     }
 }

@@ -40,7 +40,7 @@ pub struct WorkerConfig {
     /// Base URL of the coordinator, e.g. `http://127.0.0.1:7700`.
     pub coordinator_url: String,
     /// Enrollment token; needed only before the first successful enrollment.
-    pub token: Option<String>,
+    pub token: Option<flotilla_proto::secret::Secret>,
     /// Holds the key (0600) and the enrollment record.
     pub data_dir: PathBuf,
     /// `--simulate-gpu` specs, e.g. `RTX 4090x2`.
@@ -137,6 +137,7 @@ async fn ensure_enrolled(
             "this worker is not enrolled yet: pass --token with an enrollment token".to_owned(),
         )
     })?;
+    let token = token.expose().to_owned();
     let (public_key, signature) = sign_enrollment(key, &token);
     let client = Client::new(&config.coordinator_url, None);
     let request = EnrollRequest {
