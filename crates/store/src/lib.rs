@@ -267,6 +267,69 @@ mod tests {
         assert_eq!(statements.len(), 2, "{statements:?}");
     }
 
+    /// A fresh SQLite store, and a fresh PostgreSQL one when the test command provides a server.
+    async fn test_stores(dir: &std::path::Path) -> Vec<Store> {
+        let mut stores = vec![
+            Store::open(&dir.join("f.db").display().to_string())
+                .await
+                .unwrap(),
+        ];
+        if let Ok(admin) = std::env::var("FLOTILLA_TEST_POSTGRES_URL") {
+            use sqlx::Connection;
+            let name = flotilla_proto::id::new_id(flotilla_proto::id::IdKind::Account)
+                .replace("usr_", "s_");
+            let mut conn = sqlx::postgres::PgConnection::connect(&admin).await.unwrap();
+            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                .execute(&mut conn)
+                .await
+                .unwrap();
+            let (base, _) = admin.rsplit_once('/').unwrap();
+            stores.push(Store::open(&format!("{base}/{name}")).await.unwrap());
+        }
+        stores
+    }
+
+    #[tokio::test]
+    async fn last_seen_stamps_apply_per_worker_in_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        for store in test_stores(dir.path()).await {
+            stamps_apply(&store).await;
+        }
+    }
+
+    async fn stamps_apply(store: &Store) {
+        let account = AccountRow {
+            id: "usr_a".into(),
+            name: "a".into(),
+            roles: vec![],
+            created_at_ms: 0,
+        };
+        store.insert_account(&account).await.unwrap();
+        let mut seen = Vec::new();
+        for i in 0..1000 {
+            let id = format!("wrk_{i}");
+            sqlx::query(
+                "INSERT INTO workers (id, account_id, name, hostname, public_key, agent_version, paused, created_at_ms) \
+                 VALUES ($1, 'usr_a', 'w', 'h', $1, 'v', 0, 0)",
+            )
+            .bind(&id)
+            .execute(store.pool())
+            .await
+            .unwrap();
+            seen.push((id, 5_000 + i64::from(i)));
+        }
+        store.touch_workers(&seen).await.unwrap();
+        for probe in [0usize, 399, 400, 999] {
+            let at: Option<i64> =
+                sqlx::query_scalar("SELECT last_seen_at_ms FROM workers WHERE id = $1")
+                    .bind(&seen[probe].0)
+                    .fetch_one(store.pool())
+                    .await
+                    .unwrap();
+            assert_eq!(at, Some(seen[probe].1));
+        }
+    }
+
     #[tokio::test]
     async fn migrates_twice_without_error() {
         let dir = tempfile::tempdir().unwrap();

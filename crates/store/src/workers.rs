@@ -32,6 +32,9 @@ pub struct WorkerRow {
     pub device_count: u32,
 }
 
+/// Workers stamped by one UPDATE (two binds each).
+const WORKERS_PER_TOUCH_MAX: usize = 400;
+
 const TOKEN_COLUMNS: &str = "id, account_id, name, created_at_ms, expires_at_ms, used_at_ms, used_by_worker_id, revoked_at_ms";
 
 const WORKER_COLUMNS: &str = "w.id, w.account_id, w.name, w.hostname, w.public_key, w.agent_version, w.paused, \
@@ -314,12 +317,24 @@ impl Store {
     /// Stamps last-seen times for many workers at once (flushed periodically, not per beat).
     pub async fn touch_workers(&self, seen: &[(String, i64)]) -> Result<()> {
         let mut tx = self.pool.begin().await?;
-        for (worker_id, at_ms) in seen {
-            sqlx::query("UPDATE workers SET last_seen_at_ms = $1 WHERE id = $2")
-                .bind(*at_ms)
-                .bind(worker_id)
-                .execute(&mut *tx)
-                .await?;
+        // One statement per chunk rather than per worker: at 10,000 workers this write is the
+        // coordinator's largest periodic cost.
+        for chunk in seen.chunks(WORKERS_PER_TOUCH_MAX) {
+            let mut cases = String::new();
+            let mut ids = String::new();
+            for i in 0..chunk.len() {
+                let (id, at) = (2 * i + 1, 2 * i + 2);
+                cases.push_str(&format!(" WHEN ${id} THEN ${at}"));
+                ids.push_str(&format!("{}${id}", if i == 0 { "" } else { ", " }));
+            }
+            let sql = format!(
+                "UPDATE workers SET last_seen_at_ms = CASE id{cases} END WHERE id IN ({ids})"
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for (worker_id, at_ms) in chunk {
+                query = query.bind(worker_id.clone()).bind(*at_ms);
+            }
+            query.execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())
