@@ -166,20 +166,11 @@ fn read_env(data: &Path) -> BTreeMap<String, String> {
 }
 
 fn write_env(data: &Path, url: &str, keys: &DemoKeys) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let text = format!(
         "FLOTILLA_URL={url}\nFLOTILLA_API_KEY={}\nFLOTILLA_SUPPLIER_API_KEY={}\n",
         keys.renter, keys.supplier
     );
-    let path = data.join("dev.env");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&path)?;
-    file.write_all(text.as_bytes())?;
+    flotilla_coordinator::files::write_private(&data.join("dev.env"), text.as_bytes())?;
     Ok(())
 }
 

@@ -52,7 +52,12 @@ struct CoordinatorArgs {
     #[arg(long, default_value = "127.0.0.1:7700", env = "FLOTILLA_LISTEN")]
     listen: SocketAddr,
     /// `sqlite:PATH` or `postgres://...`.
-    #[arg(long, default_value = "sqlite:flotilla.db", env = "FLOTILLA_DATABASE")]
+    #[arg(
+        long,
+        default_value = "sqlite:flotilla.db",
+        env = "FLOTILLA_DATABASE",
+        hide_env_values = true
+    )]
     database: String,
     /// Accept simulated devices (development only).
     #[arg(long)]

@@ -32,18 +32,11 @@ pub fn load() -> Option<Profile> {
 
 /// Saves the profile, readable by the owner only.
 pub fn save(profile: &Profile) -> Result<PathBuf> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let dir = config_dir();
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let path = dir.join("profile.json");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&path)
+    let text = serde_json::to_string_pretty(profile)?;
+    flotilla_coordinator::files::write_private(&path, text.as_bytes())
         .with_context(|| format!("writing {}", path.display()))?;
-    file.write_all(serde_json::to_string_pretty(profile)?.as_bytes())?;
     Ok(path)
 }

@@ -24,6 +24,8 @@ pub enum ApiError {
         message: String,
         field: Option<String>,
     },
+    #[error("this route does not take that method")]
+    MethodNotAllowed,
     #[error("request body exceeds {0} bytes")]
     TooLarge(usize),
     #[error("{message}")]
@@ -57,6 +59,7 @@ impl ApiError {
             ApiError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Malformed { .. } => StatusCode::BAD_REQUEST,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -72,6 +75,7 @@ impl ApiError {
             ApiError::Invalid { .. } => "invalid_field",
             ApiError::Malformed { .. } => "malformed_request",
             ApiError::TooLarge(_) => "body_too_large",
+            ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::Conflict { code, .. } => code,
             ApiError::RateLimited { .. } => "rate_limited",
             ApiError::Internal(_) => "internal",

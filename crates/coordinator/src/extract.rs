@@ -238,3 +238,18 @@ impl FromRequestParts<AppState> for MaybeCaller {
             .map(|caller| MaybeCaller(Some(caller)))
     }
 }
+
+/// The `{id}` of a route, with a JSON 404 when it does not decode (e.g. `%FF`).
+#[derive(Debug)]
+pub struct PathId(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for PathId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<PathId, ApiError> {
+        axum::extract::Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|path| PathId(path.0))
+            .map_err(|_| ApiError::NotFound("object"))
+    }
+}

@@ -7,7 +7,7 @@
 //! changes, closed telemetry buckets and a periodic last-seen stamp, which is what lets one
 //! coordinator carry 10,000 workers.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use flotilla_proto::device::{DeviceState, DeviceTelemetry};
@@ -65,7 +65,7 @@ struct DeviceLive {
 struct FleetState {
     workers: HashMap<String, WorkerLive>,
     devices: HashMap<String, DeviceLive>,
-    closed_buckets: Vec<TelemetryBucketRow>,
+    closed_buckets: VecDeque<TelemetryBucketRow>,
     next_session_id: u64,
 }
 
@@ -427,10 +427,10 @@ impl Fleet {
             {
                 state
                     .closed_buckets
-                    .push(stale.close(device_id, self.telemetry_bucket_s));
+                    .push_back(stale.close(device_id, self.telemetry_bucket_s));
             }
         }
-        std::mem::take(&mut state.closed_buckets)
+        std::mem::take(&mut state.closed_buckets).into()
     }
 
     /// Last-seen stamps of connected workers, for the periodic database write.
@@ -471,13 +471,13 @@ impl DeviceLive {
 }
 
 fn push_bounded(
-    closed: &mut Vec<TelemetryBucketRow>,
+    closed: &mut VecDeque<TelemetryBucketRow>,
     bucket: TelemetryBucketRow,
     metrics: &Metrics,
 ) {
     if closed.len() >= CLOSED_BUCKETS_MAX {
-        closed.remove(0);
+        closed.pop_front();
         metrics.telemetry_buckets_dropped.inc();
     }
-    closed.push(bucket);
+    closed.push_back(bucket);
 }

@@ -15,6 +15,7 @@ pub mod config;
 pub mod device_state;
 pub mod error;
 pub mod extract;
+pub mod files;
 pub mod fleet;
 pub mod liveness;
 pub mod metrics;

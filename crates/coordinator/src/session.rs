@@ -220,13 +220,24 @@ async fn hello_session(
         .upsert_reported_devices(&worker.account_id, &worker.id, &reported, now_ms)
         .await
         .map_err(|e| Refusal::fatal("internal", e.to_string()))?;
-    let (session_id, kicked) = app.fleet.open_session(&worker.id, &rows, now_ms);
-    admit_and_revive(app, &rows)
-        .await
-        .map_err(|e| Refusal::fatal("internal", e.to_string()))?;
-    let assignments: Vec<DeviceAssignment> = rows
-        .iter()
+    // Devices the worker no longer reports (a pulled GPU, a failed read) are not bound to this
+    // session: they go down, and only a later hello that reports them brings them back.
+    let (current, absent): (Vec<_>, Vec<_>) = rows
+        .into_iter()
         .filter(|row| row.removed_at_ms.is_none())
+        .partition(|row| {
+            reported
+                .iter()
+                .any(|(_, hw, _)| hw.hardware_id == row.hardware.hardware_id)
+        });
+    let (session_id, kicked) = app.fleet.open_session(&worker.id, &current, now_ms);
+    let settled = settle_devices(app, &current, &absent, worker.paused).await;
+    if let Err(error) = settled {
+        app.fleet.close_session(&worker.id, session_id);
+        return Err(Refusal::fatal("internal", error.to_string()));
+    }
+    let assignments: Vec<DeviceAssignment> = current
+        .iter()
         .map(|row| DeviceAssignment {
             hardware_id: row.hardware.hardware_id.clone(),
             device_id: row.id.clone(),
@@ -244,27 +255,43 @@ async fn hello_session(
         last_seq: 1,
         session_id,
     };
-    tracing::info!(worker_id = %worker.id, devices = rows.len(), "worker session opened");
+    tracing::info!(worker_id = %worker.id, devices = current.len(), "worker session opened");
     Ok((bound, kicked, welcome))
 }
 
-/// Admission for new devices, and the way back for devices that were down.
-async fn admit_and_revive(
+/// Brings a worker's devices in line with its hello: reported devices that were down come
+/// back, pending ones go through admission, and all of them stay off the market while the
+/// worker is paused; devices it no longer reports go down.
+async fn settle_devices(
     app: &AppState,
-    rows: &[flotilla_store::DeviceRow],
+    current: &[flotilla_store::DeviceRow],
+    absent: &[flotilla_store::DeviceRow],
+    worker_paused: bool,
 ) -> Result<(), FleetError> {
-    let live: Vec<_> = rows
-        .iter()
-        .filter(|row| row.removed_at_ms.is_none())
-        .collect();
-    let revive: Vec<String> = live.iter().map(|row| row.id.clone()).collect();
+    let gone: Vec<String> = absent.iter().map(|row| row.id.clone()).collect();
     app.fleet
-        .apply_events(&revive, DeviceEvent::HeartbeatResumed, false)
+        .apply_events(&gone, DeviceEvent::HeartbeatsMissed, false)
         .await?;
-    for row in live.iter().filter(|row| row.state == DeviceState::Pending) {
-        let event = admission::admit(&row.hardware);
+    let ids: Vec<String> = current.iter().map(|row| row.id.clone()).collect();
+    app.fleet
+        .apply_events(&ids, DeviceEvent::HeartbeatResumed, false)
+        .await?;
+    // Read the state after reviving: a device that went down while pending is pending again.
+    for row in current {
+        if app
+            .fleet
+            .lifecycle(&row.id)
+            .is_some_and(|l| l.state == DeviceState::Pending)
+        {
+            let event = admission::admit(&row.hardware);
+            app.fleet
+                .apply_events(std::slice::from_ref(&row.id), event, false)
+                .await?;
+        }
+    }
+    if worker_paused {
         app.fleet
-            .apply_events(std::slice::from_ref(&row.id), event, false)
+            .apply_events(&ids, DeviceEvent::Paused, false)
             .await?;
     }
     Ok(())

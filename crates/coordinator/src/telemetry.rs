@@ -85,6 +85,14 @@ pub fn fold(
 ) -> Option<TelemetryBucketRow> {
     let bucket_ms = i64::try_from(bucket_s * 1000).unwrap_or(i64::MAX);
     let bucket_start_ms = at_ms - at_ms.rem_euclid(bucket_ms);
+    // A sample older than the open bucket (the clock stepped back) is dropped: reopening a
+    // closed bucket would write the same history row twice.
+    if current
+        .as_ref()
+        .is_some_and(|acc| bucket_start_ms < acc.bucket_start_ms)
+    {
+        return None;
+    }
     let closed = match current {
         Some(acc) if acc.bucket_start_ms == bucket_start_ms => None,
         Some(acc) => Some(acc.close(&sample.device_id, bucket_s)),
@@ -130,6 +138,12 @@ mod tests {
         );
         assert_eq!(closed.net_rx_bytes, 2, "counters keep the last value");
         assert_eq!(closed.power_w, Some(200));
-        assert_eq!(acc.unwrap().bucket_start_ms(), 120_000);
+        assert_eq!(acc.as_ref().unwrap().bucket_start_ms(), 120_000);
+        assert_eq!(
+            fold(&mut acc, &sample(10, 10, 4), 119_000, 60),
+            None,
+            "a sample from the past is dropped"
+        );
+        assert_eq!(acc.unwrap().close("dev_a", 60).samples, 1);
     }
 }

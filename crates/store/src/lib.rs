@@ -28,7 +28,7 @@ use sqlx::{AnyPool, Row};
 /// Errors at the storage boundary.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("database url {0:?} is neither sqlite:// nor postgres://")]
+    #[error("database url scheme {0:?} is neither sqlite nor postgres")]
     UnsupportedUrl(String),
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
@@ -184,8 +184,9 @@ fn normalize_url(url: &str) -> Result<(Backend, String)> {
         rest
     } else if let Some(rest) = url.strip_prefix("sqlite:") {
         rest
-    } else if url.contains("://") {
-        return Err(StoreError::UnsupportedUrl(url.to_owned()));
+    } else if let Some((scheme, _)) = url.split_once("://") {
+        // Name only the scheme: the rest may hold a password.
+        return Err(StoreError::UnsupportedUrl(scheme.to_owned()));
     } else {
         url
     };
@@ -327,6 +328,56 @@ mod tests {
                     .await
                     .unwrap();
             assert_eq!(at, Some(seen[probe].1));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_telemetry_batch_may_repeat_a_bucket_and_the_last_one_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        for store in test_stores(dir.path()).await {
+            let account = AccountRow {
+                id: "usr_t".into(),
+                name: "t".into(),
+                roles: vec![],
+                created_at_ms: 0,
+            };
+            store.insert_account(&account).await.unwrap();
+            for sql in [
+                "INSERT INTO workers (id, account_id, name, hostname, public_key, agent_version, paused, created_at_ms) \
+                 VALUES ('wrk_t', 'usr_t', 'w', 'h', 'k', 'v', 0, 0)",
+                "INSERT INTO devices (id, account_id, worker_id, hardware_id, name, kind, model, memory_bytes, simulated, \
+                 hardware, state, state_changed_at_ms, created_at_ms) \
+                 VALUES ('dev_t', 'usr_t', 'wrk_t', 'h', 'd', 'gpu', 'm', 0, 0, '{}', 'idle', 0, 0)",
+            ] {
+                sqlx::query(sql).execute(store.pool()).await.unwrap();
+            }
+            let bucket = |samples| TelemetryBucketRow {
+                device_id: "dev_t".into(),
+                bucket_start_ms: 60_000,
+                bucket_s: 60,
+                samples,
+                utilization_pct: 5,
+                memory_used_bytes: 1,
+                temperature_c: None,
+                power_w: Some(7),
+                net_rx_bytes: 0,
+                net_tx_bytes: 0,
+            };
+            store
+                .insert_telemetry(&[bucket(1), bucket(2)])
+                .await
+                .unwrap();
+            let history = store.telemetry_history("usr_t", "dev_t", 10).await.unwrap();
+            assert_eq!(history.len(), 1);
+            assert_eq!(history[0].samples, 2);
+            assert!(
+                store
+                    .telemetry_history("usr_other", "dev_t", 10)
+                    .await
+                    .unwrap()
+                    .is_empty(),
+                "owner-scoped"
+            );
         }
     }
 

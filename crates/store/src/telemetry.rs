@@ -40,6 +40,16 @@ fn bucket_from(row: &AnyRow) -> Result<TelemetryBucketRow> {
 impl Store {
     /// Writes closed buckets in batches. A bucket written twice keeps the later values.
     pub async fn insert_telemetry(&self, buckets: &[TelemetryBucketRow]) -> Result<()> {
+        // PostgreSQL refuses an upsert that touches one row twice, so keep the last of each
+        // (device, bucket) pair.
+        let mut latest = std::collections::HashMap::with_capacity(buckets.len());
+        for (index, bucket) in buckets.iter().enumerate() {
+            latest.insert((bucket.device_id.as_str(), bucket.bucket_start_ms), index);
+        }
+        let mut unique: Vec<usize> = latest.into_values().collect();
+        unique.sort_unstable();
+        let buckets: Vec<&TelemetryBucketRow> =
+            unique.into_iter().map(|index| &buckets[index]).collect();
         let mut tx = self.pool.begin().await?;
         for chunk in buckets.chunks(ROWS_PER_INSERT_MAX) {
             let mut sql = String::from(
@@ -72,7 +82,7 @@ impl Store {
                  net_rx_bytes = excluded.net_rx_bytes, net_tx_bytes = excluded.net_tx_bytes",
             );
             let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for bucket in chunk {
+            for bucket in chunk.iter().copied() {
                 query = query
                     .bind(bucket.device_id.clone())
                     .bind(bucket.bucket_start_ms)

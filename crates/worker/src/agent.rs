@@ -24,6 +24,8 @@ use crate::identity::{Enrollment, load_enrollment, load_or_create_key, save_enro
 /// First reconnect delay; doubles per failure up to [`RECONNECT_DELAY_MS_MAX`].
 const RECONNECT_DELAY_MS_MIN: u64 = 200;
 const RECONNECT_DELAY_MS_MAX: u64 = 30_000;
+/// A session that lasted this long counts as healthy and resets the reconnect backoff.
+const HEALTHY_SESSION_MS: u64 = 5_000;
 /// Time the coordinator has to send its challenge and welcome.
 const HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
 /// Refusals after which retrying cannot help.
@@ -259,6 +261,10 @@ async fn session(
         Err(_) => return retry("handshake timed out".to_owned()),
     };
     tracing::info!(worker_id = %enrollment.worker_id, devices = device_ids.len(), "control session open");
+    let opened = std::time::Instant::now();
+    // Only a session that lasted resets the backoff: two workers fighting over one identity,
+    // or a coordinator that drops every session at once, must not be retried at full speed.
+    let healthy = move || opened.elapsed() >= Duration::from_millis(HEALTHY_SESSION_MS);
     let mut seq: u64 = 1;
     let mut ticker = tokio::time::interval(Duration::from_millis(interval_ms.max(10)));
     loop {
@@ -271,13 +277,13 @@ async fn session(
                 seq += 1;
                 let beat = WorkerMessage::Heartbeat { sent_at_ms: now_unix_ms(), devices: inventory.sample(&device_ids, now_unix_ms()) };
                 if let Err(reason) = send(&mut socket, &Envelope::seal(key, &nonce, &enrollment.worker_id, seq, &beat)).await {
-                    return SessionEnd::Retry { healthy: true, reason };
+                    return SessionEnd::Retry { healthy: healthy(), reason };
                 }
             }
             incoming = next_server_message(&mut socket) => match incoming {
                 Ok(ServerMessage::Rejected { code, message, fatal: true, .. }) => {
                     return match refusal_end(code, message) {
-                        SessionEnd::Retry { reason, .. } => SessionEnd::Retry { healthy: true, reason },
+                        SessionEnd::Retry { reason, .. } => SessionEnd::Retry { healthy: healthy(), reason },
                         other => other,
                     };
                 }
@@ -285,7 +291,7 @@ async fn session(
                     tracing::warn!(%code, %message, "coordinator refused a message");
                 }
                 Ok(_) => {}
-                Err(reason) => return SessionEnd::Retry { healthy: true, reason },
+                Err(reason) => return SessionEnd::Retry { healthy: healthy(), reason },
             }
         }
     }

@@ -217,6 +217,24 @@ async fn api_keys_are_hashed_scoped_revocable_and_expire(db: Db) {
         .unwrap_err();
     assert_eq!(denied.status(), Some(403));
 
+    // A key never outlives the key that made it.
+    let child: CreatedApiKey = coordinator
+        .client(Some(&short.secret))
+        .post(
+            "api-keys",
+            &CreateApiKeyRequest {
+                name: "child".into(),
+                scopes: vec![Scope::Read],
+                expires_in_s: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert!(
+        child.key.expires_at.is_some(),
+        "an expiring key cannot mint a permanent one"
+    );
+
     // Revoked keys are refused.
     let _: ApiKeyInfo = client
         .post_empty(&format!("api-keys/{}/revoke", read_only.key.id))
@@ -235,6 +253,12 @@ async fn api_keys_are_hashed_scoped_revocable_and_expire(db: Db) {
             .status(),
         Some(401)
     );
+    let child_after = coordinator
+        .client(Some(&child.secret))
+        .get::<Me>("me")
+        .await
+        .unwrap_err();
+    assert_eq!(child_after.status(), Some(401));
     // No key, a malformed key, a made-up key.
     for key in [
         None,
@@ -343,6 +367,17 @@ async fn bad_input_gets_a_json_error_naming_the_field(db: Db) {
             Some("expires_in_s"),
         ),
         (http.get(url("no-such-route")), 404, None),
+        (
+            http.delete(url("devices")).bearer_auth(&supplier),
+            405,
+            None,
+        ),
+        (http.get(url("workers/connect")), 400, None),
+        (
+            http.get(url("devices/%FF")).bearer_auth(&supplier),
+            404,
+            None,
+        ),
     ];
     for (request, status, field) in cases {
         let response = request.send().await.unwrap();

@@ -175,3 +175,53 @@ async fn workers_reconnect_by_themselves_after_the_coordinator_restarts(db: Db) 
     );
 }
 on_both_databases!(workers_reconnect_by_themselves_after_the_coordinator_restarts);
+
+async fn a_restarted_worker_keeps_its_pause_and_unreported_devices_go_down(db: Db) {
+    let coordinator = Coordinator::start(db, &["--allow-simulated-devices"]).await;
+    let supplier = coordinator.account("supplier-a", &[Role::Supplier]).await;
+    let client = coordinator.client(Some(&supplier));
+    let dir = tempfile::tempdir().unwrap();
+    let token = coordinator.token(&supplier).await;
+    let mut worker = coordinator.worker(dir.path(), Some(&token), "RTX 4090x2");
+    let before = eventually(Duration::from_secs(20), || async {
+        let devices = devices(&coordinator, &supplier).await;
+        (devices.len() == 2 && devices.iter().all(|d| d.state == DeviceState::Idle))
+            .then_some(devices)
+    })
+    .await
+    .expect("two idle devices");
+    let worker_id = before[0].worker_id.clone();
+    let _: serde_json::Value = client
+        .post_empty(&format!("workers/{worker_id}/pause"))
+        .await
+        .unwrap();
+
+    // The machine comes back with one GPU fewer.
+    worker.kill();
+    let _worker = coordinator.worker(dir.path(), None, "RTX 4090x1");
+    let after = eventually(Duration::from_secs(20), || async {
+        let devices = devices(&coordinator, &supplier).await;
+        let mut states: Vec<_> = devices.iter().map(|d| d.state).collect();
+        states.sort_by_key(|s| s.as_str());
+        (states == [DeviceState::Down, DeviceState::Paused]).then_some(devices)
+    })
+    .await
+    .expect("the reported device stays paused; the missing one goes down");
+    let paused = after
+        .iter()
+        .find(|d| d.state == DeviceState::Paused)
+        .unwrap();
+    let detail: flotilla_proto::api::WorkerDetail =
+        client.get(&format!("workers/{worker_id}")).await.unwrap();
+    assert!(detail.worker.connected);
+    assert_eq!(
+        paused.hardware.hardware_id,
+        before
+            .iter()
+            .find(|d| d.id == paused.id)
+            .unwrap()
+            .hardware
+            .hardware_id
+    );
+}
+on_both_databases!(a_restarted_worker_keeps_its_pause_and_unreported_devices_go_down);

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use axum::Json;
-use axum::extract::{Path as UrlPath, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use flotilla_proto::api::{
     ApiKeyInfo, CreateAccountRequest, CreateAccountResponse, CreateApiKeyRequest, CreatedApiKey,
@@ -18,7 +18,7 @@ use serde_json::json;
 
 use super::{PageRequest, audit, check_id, check_name, convert};
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{Caller, ClientIp, JsonBody, MaybeCaller, QueryParams};
+use crate::extract::{Caller, ClientIp, JsonBody, MaybeCaller, PathId, QueryParams};
 use crate::{AppState, StartError, now_ms};
 
 /// Makes a key for an account; returns the stored row and the secret (shown once).
@@ -76,22 +76,10 @@ pub(crate) async fn bootstrap_admin(store: &Store, path: &Path) -> Result<(), St
         return Ok(());
     }
     let (account, _key, secret) = insert_account(store, "admin", vec![Role::Admin]).await?;
-    write_secret_file(path, &secret).map_err(StartError::AdminKey)?;
+    crate::files::write_private(path, format!("{secret}\n").as_bytes())
+        .map_err(StartError::AdminKey)?;
     tracing::info!(account_id = %account.id, path = %path.display(), "created the admin account; its key is in the file");
     Ok(())
-}
-
-fn write_secret_file(path: &Path, secret: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    file.write_all(secret.as_bytes())?;
-    file.write_all(b"\n")
 }
 
 fn check_roles(roles: &[Role], caller: Option<&Caller>) -> ApiResult<()> {
@@ -224,12 +212,27 @@ pub async fn create_api_key(
             format!("expires_in_s must be between 1 and {SECRET_LIFETIME_S_MAX}"),
         ));
     }
+    // A key never outlives the key that made it, so an expiring key cannot mint a permanent one.
+    let expires_in_s = match caller.auth.key.expires_at_ms {
+        Some(caller_expires_at_ms) => {
+            let caller_left_s = u64::try_from((caller_expires_at_ms - now_ms()) / 1000)
+                .unwrap_or(0)
+                .max(1);
+            Some(
+                request
+                    .expires_in_s
+                    .unwrap_or(caller_left_s)
+                    .min(caller_left_s),
+            )
+        }
+        None => request.expires_in_s,
+    };
     let (key, secret) = issue_key(
         &app.store,
         caller.account_id(),
         &request.name,
         request.scopes,
-        request.expires_in_s,
+        expires_in_s,
     )
     .await?;
     let detail = json!({ "name": key.name, "prefix": key.prefix });
@@ -257,7 +260,7 @@ pub async fn create_api_key(
 pub async fn revoke_api_key(
     State(app): State<AppState>,
     caller: Caller,
-    UrlPath(key_id): UrlPath<String>,
+    PathId(key_id): PathId,
 ) -> ApiResult<Json<ApiKeyInfo>> {
     check_id(IdKind::ApiKey, "api key", &key_id)?;
     caller.require_write()?;

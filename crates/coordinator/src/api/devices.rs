@@ -1,7 +1,7 @@
 //! A supplier's devices: list, show (with telemetry history), rename, pause, resume, remove.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use flotilla_proto::api::{Device, DeviceDetail, ErrorBody, Page, RenameRequest, Role};
 use flotilla_proto::id::IdKind;
 use flotilla_proto::limits::TELEMETRY_POINTS_MAX;
@@ -11,7 +11,7 @@ use serde_json::json;
 use super::{PageRequest, audit, check_id, check_name, convert};
 use crate::device_state::DeviceEvent;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{Caller, JsonBody, QueryParams};
+use crate::extract::{Caller, JsonBody, PathId, QueryParams};
 use crate::fleet::FleetError;
 use crate::{AppState, now_ms};
 
@@ -87,7 +87,7 @@ pub async fn list_devices(
 pub async fn show_device(
     State(app): State<AppState>,
     caller: Caller,
-    Path(device_id): Path<String>,
+    PathId(device_id): PathId,
     QueryParams(query): QueryParams<DeviceShowQuery>,
 ) -> ApiResult<Json<DeviceDetail>> {
     guard(&caller, &device_id, false)?;
@@ -115,7 +115,7 @@ pub async fn show_device(
 pub async fn rename_device(
     State(app): State<AppState>,
     caller: Caller,
-    Path(device_id): Path<String>,
+    PathId(device_id): PathId,
     JsonBody(request): JsonBody<RenameRequest>,
 ) -> ApiResult<Json<Device>> {
     guard(&caller, &device_id, true)?;
@@ -168,7 +168,7 @@ async fn supplier_event(
 pub async fn pause_device(
     State(app): State<AppState>,
     caller: Caller,
-    Path(device_id): Path<String>,
+    PathId(device_id): PathId,
 ) -> ApiResult<Json<Device>> {
     supplier_event(
         &app,
@@ -187,7 +187,7 @@ pub async fn pause_device(
 pub async fn resume_device(
     State(app): State<AppState>,
     caller: Caller,
-    Path(device_id): Path<String>,
+    PathId(device_id): PathId,
 ) -> ApiResult<Json<Device>> {
     supplier_event(
         &app,
@@ -206,7 +206,7 @@ pub async fn resume_device(
 pub async fn remove_device(
     State(app): State<AppState>,
     caller: Caller,
-    Path(device_id): Path<String>,
+    PathId(device_id): PathId,
 ) -> ApiResult<Json<Device>> {
     guard(&caller, &device_id, true)?;
     let device = load(&app, &caller, &device_id).await?;

@@ -2,8 +2,8 @@
 //! worker control channel.
 
 use axum::Json;
+use axum::extract::State;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use flotilla_proto::api::{
@@ -18,7 +18,7 @@ use serde_json::json;
 
 use super::{PageRequest, audit, check_id, check_name, convert};
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{Caller, ClientIp, JsonBody, QueryParams};
+use crate::extract::{Caller, ClientIp, JsonBody, PathId, QueryParams};
 use crate::{AppState, now_ms, session};
 
 /// Lifetime of a token when the request names none.
@@ -114,7 +114,7 @@ pub async fn list_tokens(
 pub async fn show_token(
     State(app): State<AppState>,
     caller: Caller,
-    Path(token_id): Path<String>,
+    PathId(token_id): PathId,
 ) -> ApiResult<Json<EnrollmentTokenInfo>> {
     check_id(IdKind::EnrollmentToken, "enrollment token", &token_id)?;
     supplier(&caller)?;
@@ -132,7 +132,7 @@ pub async fn show_token(
 pub async fn revoke_token(
     State(app): State<AppState>,
     caller: Caller,
-    Path(token_id): Path<String>,
+    PathId(token_id): PathId,
 ) -> ApiResult<Json<EnrollmentTokenInfo>> {
     check_id(IdKind::EnrollmentToken, "enrollment token", &token_id)?;
     supplier(&caller)?;
@@ -227,12 +227,22 @@ pub async fn enroll(
 
 /// The worker control channel (WebSocket). Authentication happens inside: every message is
 /// signed by the worker's enrolled key (see `flotilla_proto::wire`).
-pub async fn connect(State(app): State<AppState>, upgrade: WebSocketUpgrade) -> Response {
+pub async fn connect(
+    State(app): State<AppState>,
+    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    let upgrade = upgrade.map_err(|rejection| ApiError::Malformed {
+        message: format!(
+            "the worker control channel is a websocket: {}",
+            rejection.body_text().to_lowercase()
+        ),
+        field: None,
+    })?;
     let shutdown = app.shutdown.clone();
-    upgrade
+    Ok(upgrade
         .max_message_size(FRAME_BYTES_MAX)
         .max_frame_size(FRAME_BYTES_MAX)
         .read_buffer_size(SESSION_BUFFER_BYTES)
         .write_buffer_size(0)
-        .on_upgrade(move |socket| session::run(socket, app, shutdown))
+        .on_upgrade(move |socket| session::run(socket, app, shutdown)))
 }

@@ -1,7 +1,7 @@
 //! A supplier's workers: list, show, rename, pause, resume, remove.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use flotilla_proto::api::{ErrorBody, Page, PageQuery, RenameRequest, Role, Worker, WorkerDetail};
 use flotilla_proto::id::IdKind;
 use flotilla_proto::limits::DEVICES_PER_WORKER_MAX;
@@ -10,7 +10,7 @@ use serde_json::json;
 use super::{PageRequest, audit, check_id, check_name, convert};
 use crate::device_state::DeviceEvent;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{Caller, JsonBody, QueryParams};
+use crate::extract::{Caller, JsonBody, PathId, QueryParams};
 use crate::{AppState, now_ms};
 
 /// Checks the caller may manage workers and that the id has the right shape.
@@ -73,7 +73,7 @@ pub async fn list_workers(
 pub async fn show_worker(
     State(app): State<AppState>,
     caller: Caller,
-    Path(worker_id): Path<String>,
+    PathId(worker_id): PathId,
 ) -> ApiResult<Json<WorkerDetail>> {
     guard(&caller, &worker_id, false)?;
     Ok(Json(detail(&app, caller.account_id(), &worker_id).await?))
@@ -85,7 +85,7 @@ pub async fn show_worker(
 pub async fn rename_worker(
     State(app): State<AppState>,
     caller: Caller,
-    Path(worker_id): Path<String>,
+    PathId(worker_id): PathId,
     JsonBody(request): JsonBody<RenameRequest>,
 ) -> ApiResult<Json<WorkerDetail>> {
     guard(&caller, &worker_id, true)?;
@@ -148,7 +148,7 @@ async fn set_paused(
 pub async fn pause_worker(
     State(app): State<AppState>,
     caller: Caller,
-    Path(worker_id): Path<String>,
+    PathId(worker_id): PathId,
 ) -> ApiResult<Json<WorkerDetail>> {
     Ok(Json(set_paused(&app, &caller, &worker_id, true).await?))
 }
@@ -159,7 +159,7 @@ pub async fn pause_worker(
 pub async fn resume_worker(
     State(app): State<AppState>,
     caller: Caller,
-    Path(worker_id): Path<String>,
+    PathId(worker_id): PathId,
 ) -> ApiResult<Json<WorkerDetail>> {
     Ok(Json(set_paused(&app, &caller, &worker_id, false).await?))
 }
@@ -170,7 +170,7 @@ pub async fn resume_worker(
 pub async fn remove_worker(
     State(app): State<AppState>,
     caller: Caller,
-    Path(worker_id): Path<String>,
+    PathId(worker_id): PathId,
 ) -> ApiResult<Json<Worker>> {
     guard(&caller, &worker_id, true)?;
     let worker = app
