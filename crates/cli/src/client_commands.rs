@@ -238,11 +238,11 @@ fn me_row(me: &Me) -> Vec<String> {
 
 async fn login(connection: Connection) -> Result<()> {
     let client = connection.client()?;
-    let Some(api_key) = connection
-        .api_key
-        .clone()
-        .or_else(|| profile::load().map(|p| p.api_key))
-    else {
+    // A saved key is only reused for the coordinator it was saved for.
+    let saved_key = profile::load()
+        .filter(|p| p.url == client.base_url())
+        .map(|p| p.api_key);
+    let Some(api_key) = connection.api_key.clone().or(saved_key) else {
         bail!("no api key: pass --api-key or set FLOTILLA_API_KEY");
     };
     let me: Me = client.post_empty("login").await?;

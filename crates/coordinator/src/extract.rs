@@ -156,8 +156,8 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
 
 /// Decodes JSON, naming the field at fault.
 pub fn decode_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    let deserializer = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(deserializer).map_err(|error| {
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
         let path = error.path().to_string();
         let inner = error.into_inner();
         let message = inner.to_string();
@@ -171,7 +171,13 @@ pub fn decode_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             message: format!("invalid json body: {message}"),
             field,
         }
-    })
+    })?;
+    // Trailing bytes after the document are an error too, not silently ignored.
+    deserializer.end().map_err(|e| ApiError::Malformed {
+        message: format!("invalid json body: {e}"),
+        field: None,
+    })?;
+    Ok(value)
 }
 
 fn unknown_field_name(message: &str) -> Option<&str> {
@@ -197,6 +203,8 @@ mod tests {
             other => panic!("unexpected {other:?}"),
         }
         assert!(decode_json::<RenameRequest>(b"\xff\x00").is_err());
+        assert!(decode_json::<RenameRequest>(br#"{"name": "a"} trailing"#).is_err());
+        assert!(decode_json::<RenameRequest>(br#" {"name": "a"} "#).is_ok());
     }
 }
 

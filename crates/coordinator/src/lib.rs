@@ -155,22 +155,40 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             tracing::error!(%error, "http server failed");
         }
     });
-    let background = tokio::spawn(background_loop(app, shutdown_rx));
+    let liveness = tokio::spawn(liveness_loop(app.clone(), shutdown_rx.clone()));
+    let housekeeping = tokio::spawn(housekeeping_loop(app, shutdown_rx));
     tracing::info!(%local_addr, "coordinator listening");
     Ok(Running {
         local_addr,
         store,
         shutdown: shutdown_tx,
-        tasks: vec![server, background],
+        tasks: vec![server, liveness, housekeeping],
     })
 }
 
-/// Failure detection, telemetry flushing and pruning, last-seen stamps: one loop, one tick.
-async fn background_loop(app: AppState, mut shutdown: watch::Receiver<bool>) {
-    let tick_ms = app.config.liveness_sweep_interval_ms();
+/// Failure detection on its own loop, so a slow database write elsewhere never delays marking
+/// devices down.
+async fn liveness_loop(app: AppState, mut shutdown: watch::Receiver<bool>) {
+    let mut ticker = tokio::time::interval(Duration::from_millis(
+        app.config.liveness_sweep_interval_ms(),
+    ));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+        if let Err(error) = app.fleet.sweep(now_unix_ms()).await {
+            tracing::warn!(%error, "liveness sweep incomplete; retrying next tick");
+        }
+    }
+}
+
+/// Telemetry flushing and pruning, last-seen stamps. Flushes once more on shutdown.
+async fn housekeeping_loop(app: AppState, mut shutdown: watch::Receiver<bool>) {
+    let tick_ms = (app.config.telemetry_bucket_s * 1000 / 2).clamp(100, 5_000);
     let mut ticker = tokio::time::interval(Duration::from_millis(tick_ms));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let flush_every_ticks = (app.config.telemetry_bucket_s * 1000 / 2 / tick_ms).max(1);
     let last_seen_every_ticks = (LAST_SEEN_FLUSH_INTERVAL_MS / tick_ms).max(1);
     let prune_every_ticks = (TELEMETRY_PRUNE_INTERVAL_MS / tick_ms).max(1);
     let mut tick: u64 = 0;
@@ -181,12 +199,7 @@ async fn background_loop(app: AppState, mut shutdown: watch::Receiver<bool>) {
         }
         tick += 1;
         let now_ms = now_unix_ms();
-        if let Err(error) = app.fleet.sweep(now_ms).await {
-            tracing::warn!(%error, "liveness sweep incomplete; retrying next tick");
-        }
-        if tick.is_multiple_of(flush_every_ticks) {
-            flush_telemetry(&app, now_ms).await;
-        }
+        flush_telemetry(&app, now_ms).await;
         if tick.is_multiple_of(last_seen_every_ticks) {
             flush_last_seen(&app).await;
         }

@@ -236,6 +236,20 @@ async fn hello_session(
         app.fleet.close_session(&worker.id, session_id);
         return Err(Refusal::fatal("internal", error.to_string()));
     }
+    // The worker may have been removed while this hello was in flight; the fleet must not keep
+    // a session (or devices) for it.
+    let still_enrolled = app
+        .store
+        .worker_for_session(&worker.id)
+        .await
+        .map_err(|e| Refusal::fatal("internal", e.to_string()))?;
+    if still_enrolled.is_none() {
+        app.fleet.forget_worker(&worker.id);
+        return Err(Refusal::fatal(
+            "unknown_worker",
+            format!("worker {} was removed", worker.id),
+        ));
+    }
     let assignments: Vec<DeviceAssignment> = current
         .iter()
         .map(|row| DeviceAssignment {
