@@ -4,9 +4,12 @@
 //!   PostgreSQL server started here (as a non-root user, on a free port) and stopped after.
 //! - `cargo xtask bench heartbeat [--workers N] [--measure-s S]`: N simulated workers
 //!   heartbeating against one coordinator; prints one JSON line of figures last.
+//! - `cargo xtask bench proof`: the CPU prover and the verifier on a CPU-class challenge, in a
+//!   release build; prints one JSON line with `verifier_over_prover` last.
 
 mod bench;
 mod postgres;
+mod proof_bench;
 
 use std::process::Command;
 
@@ -16,6 +19,9 @@ fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("test") => test(),
+        Some("bench") if args.get(1).map(String::as_str) == Some("proof") => {
+            proof_bench::run(&args[2..])
+        }
         Some("bench") => bench::run(&args[1..]),
         _ => bail!(
             "usage: cargo xtask test | cargo xtask bench heartbeat [--workers N] [--measure-s S]"
