@@ -68,7 +68,9 @@ const GIB: u64 = 1 << 30;
 
 /// Known classes: (model fragment, int8 multiply-adds per second on this proof, memory). GPU
 /// figures are a conservative fraction of each model's dense int8 peak, for a CUDA prover; the
-/// CPU figure is what the portable Rust prover sustains on one modern core.
+/// CPU figure is what the portable Rust prover sustains on one AVX2 core (5 G measured on the
+/// build machine); slower CPUs still meet the deadline, which allows four times the expected
+/// time plus the network allowance.
 const CLASSES: &[(&str, u64, u64)] = &[
     ("b200", 2_000_000_000_000_000, 180 * GIB),
     ("h200", 1_000_000_000_000_000, 141 * GIB),
@@ -85,7 +87,7 @@ const CLASSES: &[(&str, u64, u64)] = &[
 pub fn cpu_class() -> DeviceClass {
     DeviceClass {
         name: "cpu".to_owned(),
-        int8_ops_per_s: 1_000_000_000,
+        int8_ops_per_s: 4_000_000_000,
         memory_bytes: GIB,
     }
 }
