@@ -42,6 +42,11 @@ enum Command {
     Worker(WorkerArgs),
     /// Run a whole network on this machine: coordinator, workers, demo accounts.
     Dev(dev::DevArgs),
+    /// Re-check a proof-of-compute transcript offline and print the verdict and why.
+    VerifyProof {
+        /// The transcript, as downloaded (JSON).
+        file: PathBuf,
+    },
     #[command(flatten)]
     Client(ClientCommand),
 }
@@ -139,6 +144,7 @@ fn main() -> ExitCode {
                 init_logging(cli.log_format);
                 dev::run(args).await
             }
+            Command::VerifyProof { file } => verify_proof(&file),
             Command::Client(command) => client_commands::run(command).await,
         }
     });
@@ -214,3 +220,39 @@ async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
 
 /// How long `flotilla worker` waits for its session to close on Ctrl-C.
 const WORKER_STOP_DEADLINE: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Largest transcript `verify-proof` reads.
+const TRANSCRIPT_BYTES_MAX: u64 = 64 * 1024 * 1024;
+
+fn verify_proof(file: &std::path::Path) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let size = std::fs::metadata(file)
+        .with_context(|| format!("reading {}", file.display()))?
+        .len();
+    anyhow::ensure!(
+        size <= TRANSCRIPT_BYTES_MAX,
+        "{} is larger than {TRANSCRIPT_BYTES_MAX} bytes",
+        file.display()
+    );
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let transcript: flotilla_proof::Transcript = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a proof transcript", file.display()))?;
+    let challenge = &transcript.challenge;
+    match flotilla_proof::verify_transcript(&transcript) {
+        Ok(()) => {
+            println!(
+                "valid: {} checks of a {}x{} chain of {} products passed for class {}, answered in {} ms of {} ms",
+                challenge.compute.checks,
+                challenge.compute.matrix_n,
+                challenge.compute.matrix_n,
+                challenge.compute.steps,
+                challenge.class,
+                transcript.elapsed_ms,
+                challenge.compute.deadline_ms
+            );
+            Ok(())
+        }
+        Err(failure) => anyhow::bail!("invalid: {failure}"),
+    }
+}

@@ -167,3 +167,48 @@ fn dev_starts_writes_env_lists_devices_stops_fast_and_resumes() {
     );
     dev.interrupt(Duration::from_secs(5)).expect("stops again");
 }
+
+#[test]
+fn verify_proof_rechecks_a_transcript_offline_and_names_what_is_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let challenge = flotilla_proof::challenge_for(&flotilla_proof::cpu_class(), [7u8; 32]);
+    let mut transcript = flotilla_proof::prove_on_cpu(&challenge).unwrap();
+    transcript.elapsed_ms = 1_500;
+    let good = dir.path().join("good.json");
+    std::fs::write(&good, serde_json::to_string_pretty(&transcript).unwrap()).unwrap();
+    let output = Command::new(BIN)
+        .arg("verify-proof")
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).starts_with("valid: 97 checks"));
+
+    let mut tampered = transcript.clone();
+    let first = &mut tampered.openings[0].next_values;
+    let flipped = if first.starts_with('0') { "1" } else { "0" };
+    first.replace_range(0..1, flipped);
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, serde_json::to_string(&tampered).unwrap()).unwrap();
+    let output = Command::new(BIN)
+        .arg("verify-proof")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.starts_with("error: invalid: row"), "{stderr}");
+
+    let garbage = dir.path().join("garbage.json");
+    std::fs::write(&garbage, "{\"not\": \"a transcript\"}").unwrap();
+    let output = Command::new(BIN)
+        .arg("verify-proof")
+        .arg(&garbage)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+}
