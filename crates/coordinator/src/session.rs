@@ -290,6 +290,7 @@ async fn settle_devices(
     app.fleet
         .apply_events(&ids, DeviceEvent::HeartbeatResumed, false)
         .await?;
+    block_duplicate_gpus(app, current).await?;
     // Read the state after reviving: a device that went down while pending is pending again.
     for row in current {
         if app
@@ -408,6 +409,47 @@ async fn on_message(
             Ok(())
         }
     }
+}
+
+/// A real GPU's UUID is unique: when two workers report the same one, at least one of them is
+/// lying, so both devices are blocked and the evidence goes into the audit log.
+async fn block_duplicate_gpus(
+    app: &AppState,
+    current: &[flotilla_store::DeviceRow],
+) -> Result<(), FleetError> {
+    let real_gpus = current.iter().filter(|row| {
+        row.hardware.kind == flotilla_proto::device::DeviceKind::Gpu && !row.hardware.simulated
+    });
+    for row in real_gpus {
+        let others = app
+            .store
+            .gpus_with_hardware_id_elsewhere(&row.hardware.hardware_id, &row.worker_id)
+            .await?;
+        if others.is_empty() {
+            continue;
+        }
+        let mut blocked: Vec<String> = others.iter().map(|other| other.id.clone()).collect();
+        blocked.push(row.id.clone());
+        app.fleet
+            .apply_events(&blocked, DeviceEvent::Blocked, false)
+            .await?;
+        let detail =
+            serde_json::json!({ "hardware_id": row.hardware.hardware_id, "devices": blocked });
+        let recorded = crate::api::audit::record(
+            app,
+            None,
+            "control-session",
+            "device.duplicate_hardware_id",
+            Some(&row.id),
+            detail,
+        )
+        .await;
+        if let Err(error) = recorded {
+            tracing::warn!(%error, "could not record a duplicate gpu in the audit log");
+        }
+        tracing::warn!(device_id = %row.id, hardware_id = %row.hardware.hardware_id, "same gpu uuid on two workers; both blocked");
+    }
+    Ok(())
 }
 
 /// Refuses samples no device can produce, so nothing absurd reaches history or charts.

@@ -182,6 +182,25 @@ impl Store {
         rows.iter().map(device_from).collect()
     }
 
+    /// Live, real (not simulated) GPUs with this hardware id on any other worker, whoever owns
+    /// them: for the coordinator's duplicate check, never for an API answer.
+    pub async fn gpus_with_hardware_id_elsewhere(
+        &self,
+        hardware_id: &str,
+        worker_id: &str,
+    ) -> Result<Vec<DeviceRow>> {
+        let sql = format!(
+            "SELECT {DEVICE_COLUMNS} FROM devices WHERE hardware_id = $1 AND worker_id <> $2 AND kind = 'gpu' \
+             AND simulated = 0 AND removed_at_ms IS NULL ORDER BY id"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(hardware_id)
+            .bind(worker_id)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(device_from).collect()
+    }
+
     pub async fn rename_device(
         &self,
         account_id: &str,

@@ -58,7 +58,10 @@ impl Backend {
     }
 }
 
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/0001_foundation.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../migrations/0001_foundation.sql")),
+    (2, include_str!("../migrations/0002_hardware_index.sql")),
+];
 
 /// Connections held open to PostgreSQL. SQLite gets fewer: it has one writer anyway.
 const POSTGRES_CONNECTIONS_MAX: u32 = 16;

@@ -325,3 +325,69 @@ async fn simulated_devices_are_refused_unless_allowed(db: Db) {
     assert!(devices.items.is_empty());
 }
 on_both_databases!(simulated_devices_are_refused_unless_allowed);
+
+async fn the_same_gpu_uuid_on_two_workers_blocks_both(db: Db) {
+    let coordinator = Coordinator::start(db, &[]).await;
+    let supplier_a = coordinator.account("supplier-a", &[Role::Supplier]).await;
+    let supplier_b = coordinator.account("supplier-b", &[Role::Supplier]).await;
+    let client = coordinator.client(None);
+    let (key_a, key_b) = (key(1), key(2));
+    let worker_a = enroll(&client, &key_a, &coordinator.token(&supplier_a).await, "a")
+        .await
+        .unwrap()
+        .worker_id;
+    let worker_b = enroll(&client, &key_b, &coordinator.token(&supplier_b).await, "b")
+        .await
+        .unwrap()
+        .worker_id;
+    let a = RawSession::open(&coordinator.url, &worker_a, &key_a, "GPU-1111-same").await;
+    let device_a = a.devices[0].clone();
+    let a_before: DeviceDetail = coordinator
+        .client(Some(&supplier_a))
+        .get(&format!("devices/{device_a}"))
+        .await
+        .unwrap();
+    assert_eq!(
+        a_before.device.state,
+        flotilla_proto::device::DeviceState::Idle
+    );
+
+    let b = RawSession::open(&coordinator.url, &worker_b, &key_b, "GPU-1111-same").await;
+    let device_b = b.devices[0].clone();
+    for (key, device) in [(&supplier_a, &device_a), (&supplier_b, &device_b)] {
+        let detail: DeviceDetail = coordinator
+            .client(Some(key))
+            .get(&format!("devices/{device}"))
+            .await
+            .unwrap();
+        assert_eq!(
+            detail.device.state,
+            flotilla_proto::device::DeviceState::Blocked,
+            "{device}"
+        );
+    }
+    let audit: flotilla_proto::api::Page<flotilla_proto::api::AuditEvent> = coordinator
+        .client(Some(&coordinator.admin_key))
+        .get("audit-events")
+        .await
+        .unwrap();
+    let flagged = audit
+        .items
+        .iter()
+        .find(|e| e.action == "device.duplicate_hardware_id")
+        .expect("flagged in the audit log");
+    assert_eq!(flagged.detail["hardware_id"], "GPU-1111-same");
+    // A blocked device stays blocked across reconnects.
+    drop(a);
+    let _again = RawSession::open(&coordinator.url, &worker_a, &key_a, "GPU-1111-same").await;
+    let detail: DeviceDetail = coordinator
+        .client(Some(&supplier_a))
+        .get(&format!("devices/{device_a}"))
+        .await
+        .unwrap();
+    assert_eq!(
+        detail.device.state,
+        flotilla_proto::device::DeviceState::Blocked
+    );
+}
+on_both_databases!(the_same_gpu_uuid_on_two_workers_blocks_both);
