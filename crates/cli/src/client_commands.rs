@@ -63,6 +63,27 @@ pub enum ClientCommand {
     /// The audit log (admins).
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Proof-of-compute transcripts (public).
+    #[command(subcommand)]
+    Proofs(ProofsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProofsCommand {
+    /// List proof attempts.
+    List {
+        #[command(flatten)]
+        connection: Connection,
+        /// Only this device's proofs.
+        #[arg(long)]
+        device: Option<String>,
+    },
+    /// Print one transcript (JSON) for `flotilla verify-proof`.
+    Get {
+        #[command(flatten)]
+        connection: Connection,
+        id: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -200,6 +221,48 @@ pub async fn run(command: ClientCommand) -> Result<()> {
         ClientCommand::EnrollmentTokens(command) => tokens(command).await,
         ClientCommand::Workers(command) => objects(command, "workers").await,
         ClientCommand::Devices(command) => objects(command, "devices").await,
+        ClientCommand::Proofs(ProofsCommand::List { connection, device }) => {
+            let path = match device {
+                Some(device) => format!("proofs?limit=500&device_id={device}"),
+                None => "proofs?limit=500".to_owned(),
+            };
+            let page: Page<flotilla_proto::api::ProofInfo> =
+                connection.client()?.get(&path).await?;
+            let rows = page
+                .items
+                .iter()
+                .map(|p| {
+                    let verdict = if p.passed {
+                        "passed".to_owned()
+                    } else {
+                        format!("failed: {}", p.reason)
+                    };
+                    vec![
+                        p.id.clone(),
+                        p.device_id.clone(),
+                        p.class.clone(),
+                        verdict,
+                        p.elapsed_ms.to_string(),
+                        p.created_at.clone(),
+                    ]
+                })
+                .collect();
+            print(
+                connection.output,
+                &page,
+                &["ID", "DEVICE", "CLASS", "VERDICT", "MS", "AT"],
+                rows,
+            );
+            Ok(())
+        }
+        ClientCommand::Proofs(ProofsCommand::Get { connection, id }) => {
+            let transcript: serde_json::Value = connection
+                .client()?
+                .get(&format!("proofs/{id}/transcript"))
+                .await?;
+            println!("{}", serde_json::to_string_pretty(&transcript)?);
+            Ok(())
+        }
         ClientCommand::Audit(AuditCommand::List(connection)) => {
             let page: Page<AuditEvent> = connection.client()?.get("audit-events").await?;
             let rows = page

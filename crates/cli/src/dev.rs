@@ -35,6 +35,9 @@ pub struct DevArgs {
     /// Heartbeat interval for the dev network.
     #[arg(long, default_value_t = 2_000)]
     heartbeat_interval_ms: u64,
+    /// Proof-of-compute challenge size, as the time a CPU should need (short, for a quick start).
+    #[arg(long, default_value_t = 300)]
+    proof_target_ms: u64,
 }
 
 pub async fn run(args: DevArgs) -> Result<()> {
@@ -52,6 +55,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
         heartbeat_interval_ms: args.heartbeat_interval_ms,
         heartbeat_grace_ms: args.heartbeat_interval_ms * 3,
         admin_key_file: Some(data.join("admin.key")),
+        proof_target_ms: args.proof_target_ms,
         ..flotilla_coordinator::Config::default()
     };
     let coordinator = flotilla_coordinator::start(config).await?;

@@ -88,6 +88,9 @@ struct CoordinatorArgs {
     /// If the database has no admin, create one and write its key here (mode 0600).
     #[arg(long)]
     admin_key_file: Option<PathBuf>,
+    /// How long a proof-of-compute challenge should take the device class it is sized for.
+    #[arg(long, default_value_t = flotilla_proof::CHALLENGE_TARGET_MS)]
+    proof_target_ms: u64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -183,6 +186,7 @@ async fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
         signup_rate_per_minute: args.signup_rate_per_minute,
         token_create_rate_per_minute: args.token_create_rate_per_minute,
         admin_key_file: args.admin_key_file,
+        proof_target_ms: args.proof_target_ms,
         ..flotilla_coordinator::Config::default()
     };
     let running = flotilla_coordinator::start(config).await?;

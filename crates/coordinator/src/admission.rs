@@ -1,9 +1,9 @@
-//! Admission: the one step that decides whether a reported device may join the pool.
+//! Admission: the one place that decides whether a reported device may join the pool.
 //!
-//! Devices are stored `pending` when first reported. This step then moves each one to `idle`
-//! (admitted) or `unsupported`. Proof of compute takes this step over: until it lands, a
-//! device whose hardware is acceptable is admitted on its worker's claim, which is why
-//! simulated devices are refused unless the coordinator allows them.
+//! Devices are stored `pending` when first reported. Hardware the network does not accept goes
+//! `unsupported` at once; everything else must pass proof of compute (`flotilla_proof`), sized
+//! to the class it claims: a pass admits it (`idle`), a failure or a missed deadline blocks it.
+//! Simulated GPUs are challenged as CPUs, so they never pass as the GPU they simulate.
 
 use flotilla_proto::device::{DeviceHardware, DeviceKind};
 
@@ -14,16 +14,43 @@ pub const GPU_MEMORY_BYTES_MIN: u64 = 4 * 1024 * 1024 * 1024;
 /// Fewest logical cores a CPU device needs.
 pub const CPU_CORES_MIN: u32 = 2;
 
-/// The admission event for a pending device with this hardware.
-pub fn admit(hardware: &DeviceHardware) -> DeviceEvent {
+/// The admission decision before any proof.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    Unsupported,
+    NeedsProof,
+}
+
+/// What happens to a pending device with this hardware.
+pub fn admit(hardware: &DeviceHardware) -> Admission {
     let acceptable = match hardware.kind {
         DeviceKind::Gpu => hardware.memory_bytes >= GPU_MEMORY_BYTES_MIN,
         DeviceKind::Cpu => hardware.cores.unwrap_or(0) >= CPU_CORES_MIN,
     };
     if acceptable {
+        Admission::NeedsProof
+    } else {
+        Admission::Unsupported
+    }
+}
+
+/// The challenge for a device, sized to the class its hardware claims.
+pub fn challenge(
+    hardware: &DeviceHardware,
+    seed: [u8; 32],
+    target_ms: u64,
+) -> flotilla_proof::Challenge {
+    let is_gpu = hardware.kind == DeviceKind::Gpu;
+    let class = flotilla_proof::class_for(&hardware.model, is_gpu, hardware.simulated);
+    flotilla_proof::challenge_with_target(&class, seed, target_ms)
+}
+
+/// The event a verdict leads to.
+pub fn verdict_event(passed: bool) -> DeviceEvent {
+    if passed {
         DeviceEvent::Admitted
     } else {
-        DeviceEvent::Rejected
+        DeviceEvent::Blocked
     }
 }
 
@@ -42,19 +69,30 @@ mod tests {
     fn small_devices_are_unsupported() {
         assert_eq!(
             admit(&hardware(DeviceKind::Gpu, 24 << 30, None)),
-            DeviceEvent::Admitted
+            Admission::NeedsProof
         );
         assert_eq!(
             admit(&hardware(DeviceKind::Gpu, 2 << 30, None)),
-            DeviceEvent::Rejected
+            Admission::Unsupported
         );
         assert_eq!(
             admit(&hardware(DeviceKind::Cpu, 1 << 30, Some(8))),
-            DeviceEvent::Admitted
+            Admission::NeedsProof
         );
         assert_eq!(
             admit(&hardware(DeviceKind::Cpu, 1 << 30, Some(1))),
-            DeviceEvent::Rejected
+            Admission::Unsupported
         );
+    }
+
+    #[test]
+    fn simulated_gpus_are_challenged_as_cpus_and_real_ones_by_model() {
+        let mut gpu = hardware(DeviceKind::Gpu, 80 << 30, None);
+        gpu.model = "NVIDIA H100 80GB HBM3".into();
+        assert_eq!(challenge(&gpu, [1; 32], 2_000).class, "h100");
+        gpu.simulated = true;
+        assert_eq!(challenge(&gpu, [1; 32], 2_000).class, "cpu");
+        assert_eq!(verdict_event(true), DeviceEvent::Admitted);
+        assert_eq!(verdict_event(false), DeviceEvent::Blocked);
     }
 }

@@ -14,7 +14,7 @@ use flotilla_proto::{PROTOCOL_VERSION, id};
 use tokio::sync::watch;
 
 use crate::AppState;
-use crate::admission;
+use crate::admission::{self, Admission};
 use crate::device_state::DeviceEvent;
 use crate::fleet::FleetError;
 
@@ -50,9 +50,21 @@ impl Refusal {
 /// What the session knows after Hello.
 struct Bound {
     worker_id: String,
+    account_id: String,
     public_key: ed25519_dalek::VerifyingKey,
     last_seq: u64,
     session_id: u64,
+    /// Devices to challenge once the welcome is out.
+    to_prove: Vec<flotilla_store::DeviceRow>,
+    /// Challenges sent and not yet answered, by device id.
+    pending_proofs: std::collections::HashMap<String, PendingProof>,
+}
+
+/// A proof-of-compute challenge in flight.
+struct PendingProof {
+    challenge: flotilla_proof::Challenge,
+    sent_at: tokio::time::Instant,
+    deadline: tokio::time::Instant,
 }
 
 /// Runs one session to its end.
@@ -80,7 +92,11 @@ pub async fn run(mut socket: WebSocket, app: AppState, mut shutdown: watch::Rece
             return;
         }
     };
-    if send(&mut socket, &welcome).await.is_err() {
+    if send(&mut socket, &welcome).await.is_err()
+        || issue_challenges(&mut socket, &app, &mut bound)
+            .await
+            .is_err()
+    {
         app.fleet.close_session(&bound.worker_id, bound.session_id);
         return;
     }
@@ -92,10 +108,14 @@ pub async fn run(mut socket: WebSocket, app: AppState, mut shutdown: watch::Rece
     let stopping = shutdown.changed();
     tokio::pin!(stopping);
     loop {
+        let next_proof_deadline = bound.pending_proofs.values().map(|p| p.deadline).min();
         tokio::select! {
             _ = &mut kicked => break,
             _ = &mut stopping => break,
             _ = &mut silence => break,
+            _ = sleep_until_some(next_proof_deadline), if next_proof_deadline.is_some() => {
+                expire_proofs(&app, &mut bound).await;
+            }
             next = next_text(&mut socket) => {
                 let Some(text) = next else { break };
                 silence.as_mut().reset(tokio::time::Instant::now() + silence_limit);
@@ -231,11 +251,13 @@ async fn hello_session(
                 .any(|(_, hw, _)| hw.hardware_id == row.hardware.hardware_id)
         });
     let (session_id, kicked) = app.fleet.open_session(&worker.id, &current, now_ms);
-    let settled = settle_devices(app, &current, &absent, worker.paused).await;
-    if let Err(error) = settled {
-        app.fleet.close_session(&worker.id, session_id);
-        return Err(Refusal::fatal("internal", error.to_string()));
-    }
+    let to_prove = match settle_devices(app, &current, &absent, worker.paused).await {
+        Ok(to_prove) => to_prove,
+        Err(error) => {
+            app.fleet.close_session(&worker.id, session_id);
+            return Err(Refusal::fatal("internal", error.to_string()));
+        }
+    };
     // The worker may have been removed while this hello was in flight; the fleet must not keep
     // a session (or devices) for it.
     let still_enrolled = app
@@ -265,9 +287,12 @@ async fn hello_session(
     };
     let bound = Bound {
         worker_id: worker.id.clone(),
+        account_id: worker.account_id.clone(),
         public_key,
         last_seq: 1,
         session_id,
+        to_prove,
+        pending_proofs: std::collections::HashMap::new(),
     };
     tracing::info!(worker_id = %worker.id, devices = current.len(), "worker session opened");
     Ok((bound, kicked, welcome))
@@ -275,13 +300,14 @@ async fn hello_session(
 
 /// Brings a worker's devices in line with its hello: reported devices that were down come
 /// back, pending ones go through admission, and all of them stay off the market while the
-/// worker is paused; devices it no longer reports go down.
+/// worker is paused; devices it no longer reports go down. Returns the devices that must now
+/// prove their compute.
 async fn settle_devices(
     app: &AppState,
     current: &[flotilla_store::DeviceRow],
     absent: &[flotilla_store::DeviceRow],
     worker_paused: bool,
-) -> Result<(), FleetError> {
+) -> Result<Vec<flotilla_store::DeviceRow>, FleetError> {
     let gone: Vec<String> = absent.iter().map(|row| row.id.clone()).collect();
     app.fleet
         .apply_events(&gone, DeviceEvent::HeartbeatsMissed, false)
@@ -292,16 +318,22 @@ async fn settle_devices(
         .await?;
     block_duplicate_gpus(app, current).await?;
     // Read the state after reviving: a device that went down while pending is pending again.
+    let mut to_prove = Vec::new();
     for row in current {
-        if app
+        if !app
             .fleet
             .lifecycle(&row.id)
             .is_some_and(|l| l.state == DeviceState::Pending)
         {
-            let event = admission::admit(&row.hardware);
-            app.fleet
-                .apply_events(std::slice::from_ref(&row.id), event, false)
-                .await?;
+            continue;
+        }
+        match admission::admit(&row.hardware) {
+            Admission::NeedsProof => to_prove.push(row.clone()),
+            Admission::Unsupported => {
+                app.fleet
+                    .apply_events(std::slice::from_ref(&row.id), DeviceEvent::Rejected, false)
+                    .await?;
+            }
         }
     }
     if worker_paused {
@@ -309,7 +341,138 @@ async fn settle_devices(
             .apply_events(&ids, DeviceEvent::Paused, false)
             .await?;
     }
+    Ok(to_prove)
+}
+
+/// Sends a proof-of-compute challenge for every device that needs one.
+async fn issue_challenges(
+    socket: &mut WebSocket,
+    app: &AppState,
+    bound: &mut Bound,
+) -> Result<(), axum::Error> {
+    for row in std::mem::take(&mut bound.to_prove) {
+        let mut seed = [0u8; 32];
+        getrandom::fill(&mut seed).expect("the operating system has a random source");
+        let challenge = admission::challenge(&row.hardware, seed, app.config.proof_target_ms);
+        let sent_at = tokio::time::Instant::now();
+        let deadline = sent_at + Duration::from_millis(challenge.compute.deadline_ms);
+        tracing::info!(device_id = %row.id, class = %challenge.class, steps = challenge.compute.steps, "proof of compute requested");
+        send(
+            socket,
+            &ServerMessage::ProveCompute {
+                device_id: row.id.clone(),
+                challenge: challenge.clone(),
+            },
+        )
+        .await?;
+        bound.pending_proofs.insert(
+            row.id,
+            PendingProof {
+                challenge,
+                sent_at,
+                deadline,
+            },
+        );
+    }
     Ok(())
+}
+
+/// Resolves at `deadline` (never, for none).
+async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Fails every challenge whose deadline passed without an answer.
+async fn expire_proofs(app: &AppState, bound: &mut Bound) {
+    let now = tokio::time::Instant::now();
+    let expired: Vec<String> = bound
+        .pending_proofs
+        .iter()
+        .filter(|(_, p)| p.deadline <= now)
+        .map(|(id, _)| id.clone())
+        .collect();
+    for device_id in expired {
+        let Some(pending) = bound.pending_proofs.remove(&device_id) else {
+            continue;
+        };
+        let transcript = flotilla_proof::Transcript {
+            elapsed_ms: duration_ms(pending.sent_at.elapsed()),
+            challenge: pending.challenge,
+            compute_root: String::new(),
+            openings: Vec::new(),
+        };
+        let reason = "no answer before the deadline".to_owned();
+        if let Err(error) = record_proof(app, bound, &device_id, &transcript, Err(reason)).await {
+            tracing::warn!(%error, %device_id, "could not record a missed proof");
+        }
+    }
+}
+
+fn duration_ms(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Checks an answer against the challenge this session sent, with the time this side measured.
+async fn finish_proof(
+    app: &AppState,
+    bound: &mut Bound,
+    device_id: String,
+    mut transcript: flotilla_proof::Transcript,
+) -> Result<(), Refusal> {
+    let Some(pending) = bound.pending_proofs.remove(&device_id) else {
+        return Err(Refusal::soft(
+            "unexpected_proof",
+            format!("no challenge is open for device {device_id}"),
+        ));
+    };
+    // The worker's copy of the challenge and its own timing are not trusted: ours replace them.
+    transcript.challenge = pending.challenge;
+    transcript.elapsed_ms = duration_ms(pending.sent_at.elapsed());
+    let (transcript, verdict) = tokio::task::spawn_blocking(move || {
+        let verdict =
+            flotilla_proof::verify_transcript(&transcript).map_err(|failure| failure.to_string());
+        (transcript, verdict)
+    })
+    .await
+    .map_err(|e| Refusal::soft("internal", e.to_string()))?;
+    record_proof(app, bound, &device_id, &transcript, verdict)
+        .await
+        .map_err(|e| Refusal::soft("internal", e.to_string()))
+}
+
+/// Stores the transcript as public evidence and moves the device: admitted, or blocked.
+async fn record_proof(
+    app: &AppState,
+    bound: &Bound,
+    device_id: &str,
+    transcript: &flotilla_proof::Transcript,
+    verdict: Result<(), String>,
+) -> Result<(), FleetError> {
+    let passed = verdict.is_ok();
+    let row = flotilla_store::ProofRow {
+        id: id::new_id(id::IdKind::Proof),
+        device_id: device_id.to_owned(),
+        account_id: bound.account_id.clone(),
+        worker_id: bound.worker_id.clone(),
+        class: transcript.challenge.class.clone(),
+        passed,
+        reason: verdict.err().unwrap_or_default(),
+        elapsed_ms: transcript.elapsed_ms,
+        created_at_ms: now_unix_ms(),
+    };
+    let json = serde_json::to_string(transcript).expect("transcripts serialize");
+    app.store.insert_proof(&row, &json).await?;
+    tracing::info!(%device_id, proof_id = %row.id, passed, reason = %row.reason, elapsed_ms = row.elapsed_ms, "proof of compute checked");
+    app.fleet
+        .apply_events(
+            &[device_id.to_owned()],
+            admission::verdict_event(passed),
+            false,
+        )
+        .await
 }
 
 fn check_hello(
@@ -394,6 +557,10 @@ async fn on_message(
             "unexpected_hello",
             "hello was already received",
         )),
+        WorkerMessage::ComputeProof {
+            device_id,
+            transcript,
+        } => finish_proof(app, bound, device_id, transcript).await,
         WorkerMessage::Heartbeat { devices, .. } => {
             check_telemetry(&devices)?;
             let returning = app

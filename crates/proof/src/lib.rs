@@ -114,8 +114,12 @@ pub fn class_for(model: &str, is_gpu: bool, simulated: bool) -> DeviceClass {
         .unwrap_or_else(cpu_class)
 }
 
-/// How long the claimed class should need for a challenge's work.
+/// How long the claimed class should need for a challenge's work, by default.
 pub const CHALLENGE_TARGET_MS: u64 = 2_000;
+/// Bounds on a challenge's target time: below the minimum a proof proves little, above the
+/// maximum a device is tied up too long.
+pub const CHALLENGE_TARGET_MS_MIN: u64 = 10;
+pub const CHALLENGE_TARGET_MS_MAX: u64 = 600_000;
 
 /// The class with this name (as recorded in a challenge).
 pub fn class_named(name: &str) -> Option<DeviceClass> {
@@ -134,11 +138,18 @@ pub fn class_named(name: &str) -> Option<DeviceClass> {
 
 /// A fresh challenge for a device of `class`, with `seed` from the caller's random source.
 pub fn challenge_for(class: &DeviceClass, seed: [u8; 32]) -> Challenge {
+    challenge_with_target(class, seed, CHALLENGE_TARGET_MS)
+}
+
+/// A fresh challenge sized so the class needs about `target_ms` (clamped to the bounds).
+pub fn challenge_with_target(class: &DeviceClass, seed: [u8; 32], target_ms: u64) -> Challenge {
+    let target_ms = target_ms.clamp(CHALLENGE_TARGET_MS_MIN, CHALLENGE_TARGET_MS_MAX);
     Challenge {
         version: PROOF_VERSION,
         seed: hex::encode(seed),
         class: class.name.clone(),
-        compute: ComputeParams::for_class(class, CHALLENGE_TARGET_MS),
+        target_ms,
+        compute: ComputeParams::for_class(class, target_ms),
     }
 }
 
@@ -189,6 +200,8 @@ pub struct Challenge {
     pub seed: String,
     /// The class the device claimed.
     pub class: String,
+    /// The time the class should need; the parameters follow from class and target.
+    pub target_ms: u64,
     pub compute: ComputeParams,
 }
 
@@ -264,7 +277,11 @@ fn check_params(params: &ComputeParams) -> Result<(), Failure> {
 /// commitment, every opening, and the deadline.
 pub fn verify_transcript(transcript: &Transcript) -> Result<(), Failure> {
     let class = class_named(&transcript.challenge.class).ok_or(Failure::Parameters("class"))?;
-    if transcript.challenge.compute != ComputeParams::for_class(&class, CHALLENGE_TARGET_MS) {
+    let target_ms = transcript.challenge.target_ms;
+    if !(CHALLENGE_TARGET_MS_MIN..=CHALLENGE_TARGET_MS_MAX).contains(&target_ms) {
+        return Err(Failure::Parameters("target_ms"));
+    }
+    if transcript.challenge.compute != ComputeParams::for_class(&class, target_ms) {
         return Err(Failure::Parameters("not the sizing of the claimed class"));
     }
     verify_content(transcript)

@@ -6,6 +6,7 @@ fn small_challenge(seed_byte: u8) -> Challenge {
         version: PROOF_VERSION,
         seed: hex::encode([seed_byte; 32]),
         class: "cpu".to_owned(),
+        target_ms: CHALLENGE_TARGET_MS,
         compute: ComputeParams {
             matrix_n: 24,
             steps: 8,

@@ -311,3 +311,18 @@ pub struct PageQuery {
     pub limit: Option<u32>,
     pub cursor: Option<String>,
 }
+
+/// A proof-of-compute attempt. Public: anyone may list proofs and re-check their transcripts.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ProofInfo {
+    pub id: String,
+    pub device_id: String,
+    pub worker_id: String,
+    /// The device class the challenge was sized for (`cpu`, `h100`, ...).
+    pub class: String,
+    pub passed: bool,
+    /// Why it failed; empty when it passed.
+    pub reason: String,
+    pub elapsed_ms: u64,
+    pub created_at: String,
+}

@@ -12,6 +12,7 @@ pub enum IdKind {
     Device,
     EnrollmentToken,
     AuditEvent,
+    Proof,
 }
 
 impl IdKind {
@@ -24,6 +25,7 @@ impl IdKind {
             IdKind::Device => "dev_",
             IdKind::EnrollmentToken => "enr_",
             IdKind::AuditEvent => "aud_",
+            IdKind::Proof => "prf_",
         }
     }
 }

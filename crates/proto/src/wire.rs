@@ -39,6 +39,12 @@ pub enum ServerMessage {
         heartbeat_interval_ms: u64,
         devices: Vec<DeviceAssignment>,
     },
+    /// Prove the compute of one device (see `flotilla_proof`); answer with
+    /// [`WorkerMessage::ComputeProof`] before the challenge's deadline.
+    ProveCompute {
+        device_id: String,
+        challenge: flotilla_proof::Challenge,
+    },
     /// A message was refused. `fatal` means the coordinator closes the session.
     Rejected {
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -82,6 +88,11 @@ pub enum WorkerMessage {
     Heartbeat {
         sent_at_ms: i64,
         devices: Vec<DeviceTelemetry>,
+    },
+    /// The answer to [`ServerMessage::ProveCompute`].
+    ComputeProof {
+        device_id: String,
+        transcript: flotilla_proof::Transcript,
     },
 }
 

@@ -13,12 +13,14 @@
 mod accounts;
 mod audit;
 mod devices;
+mod proofs;
 mod telemetry;
 mod workers;
 
 pub use accounts::{AccountRow, ApiKeyRow, AuthenticatedKey};
 pub use audit::{AuditEventRow, NewAuditEvent};
 pub use devices::{DeviceRow, DeviceStateChange};
+pub use proofs::ProofRow;
 pub use telemetry::TelemetryBucketRow;
 pub use workers::{EnrollmentTokenRow, WorkerRow};
 
@@ -61,6 +63,7 @@ impl Backend {
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/0001_foundation.sql")),
     (2, include_str!("../migrations/0002_hardware_index.sql")),
+    (3, include_str!("../migrations/0003_proofs.sql")),
 ];
 
 /// Connections held open to PostgreSQL. SQLite gets fewer: it has one writer anyway.

@@ -24,6 +24,8 @@ use crate::identity::{Enrollment, load_enrollment, load_or_create_key, save_enro
 /// First reconnect delay; doubles per failure up to [`RECONNECT_DELAY_MS_MAX`].
 const RECONNECT_DELAY_MS_MIN: u64 = 200;
 const RECONNECT_DELAY_MS_MAX: u64 = 30_000;
+/// Proofs the worker runs at once (one per device at enrollment).
+const PROOFS_IN_FLIGHT_MAX: usize = flotilla_proto::limits::DEVICES_PER_WORKER_MAX;
 /// A session that lasted this long counts as healthy and resets the reconnect backoff.
 const HEALTHY_SESSION_MS: u64 = 5_000;
 /// Time the coordinator has to send its challenge and welcome.
@@ -251,7 +253,9 @@ async fn session(
                 Ok((socket, nonce, heartbeat_interval_ms, ids))
             }
             ServerMessage::Rejected { code, message, .. } => Err(refusal_end(code, message)),
-            ServerMessage::Challenge { .. } => Err(retry("unexpected second challenge".to_owned())),
+            ServerMessage::Challenge { .. } | ServerMessage::ProveCompute { .. } => {
+                Err(retry("expected a welcome".to_owned()))
+            }
         }
     };
     let handshake = tokio::time::timeout(Duration::from_millis(HANDSHAKE_TIMEOUT_MS), handshake);
@@ -267,8 +271,16 @@ async fn session(
     let healthy = move || opened.elapsed() >= Duration::from_millis(HEALTHY_SESSION_MS);
     let mut seq: u64 = 1;
     let mut ticker = tokio::time::interval(Duration::from_millis(interval_ms.max(10)));
+    // Proofs run on blocking threads and come back here, so this loop alone numbers messages.
+    let (proved, mut proofs) = tokio::sync::mpsc::channel(PROOFS_IN_FLIGHT_MAX);
     loop {
         tokio::select! {
+            Some(message) = proofs.recv() => {
+                seq += 1;
+                if let Err(reason) = send(&mut socket, &Envelope::seal(key, &nonce, &enrollment.worker_id, seq, &message)).await {
+                    return SessionEnd::Retry { healthy: healthy(), reason };
+                }
+            }
             _ = stopped(shutdown) => {
                 let _ = socket.close(None).await;
                 return SessionEnd::Stopped;
@@ -290,6 +302,9 @@ async fn session(
                 Ok(ServerMessage::Rejected { code, message, .. }) => {
                     tracing::warn!(%code, %message, "coordinator refused a message");
                 }
+                Ok(ServerMessage::ProveCompute { device_id, challenge }) => {
+                    start_proof(device_id, challenge, proved.clone());
+                }
                 Ok(_) => {}
                 Err(reason) => return SessionEnd::Retry { healthy: healthy(), reason },
             }
@@ -308,4 +323,28 @@ async fn send(socket: &mut Socket, envelope: &Envelope) -> Result<(), String> {
 /// Resolves once shutdown is asked for (or the sender is gone).
 async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+/// Runs the CPU prover for one device on a blocking thread and hands the answer back to the
+/// session loop. The CUDA prover takes over for real GPUs once it exists; until then a GPU's
+/// challenge is answered by the CPU prover, which is too slow for a GPU class and fails.
+fn start_proof(
+    device_id: String,
+    challenge: flotilla_proof::Challenge,
+    proved: tokio::sync::mpsc::Sender<WorkerMessage>,
+) {
+    tracing::info!(%device_id, class = %challenge.class, steps = challenge.compute.steps, "proving compute");
+    tokio::task::spawn_blocking(move || {
+        let transcript = match flotilla_proof::prove_on_cpu(&challenge) {
+            Ok(transcript) => transcript,
+            Err(failure) => {
+                tracing::warn!(%device_id, %failure, "cannot prove this challenge");
+                return;
+            }
+        };
+        let _ = proved.blocking_send(WorkerMessage::ComputeProof {
+            device_id,
+            transcript,
+        });
+    });
 }

@@ -16,6 +16,8 @@ fn start_dev(dir: &std::path::Path) -> (Proc, String) {
             "3",
             "--heartbeat-interval-ms",
             "200",
+            "--proof-target-ms",
+            "20",
             "--data",
         ])
         .arg(dir)

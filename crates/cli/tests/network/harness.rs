@@ -167,6 +167,7 @@ impl Coordinator {
             ])
             .args(["--heartbeat-grace-ms", &HEARTBEAT_GRACE_MS.to_string()])
             .args(["--telemetry-bucket-s", "1"])
+            .args(["--proof-target-ms", "20"])
             .args(extra)
             .env("FLOTILLA_LOG", "warn")
             .stdout(Stdio::piped())

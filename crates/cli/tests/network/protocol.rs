@@ -137,6 +137,23 @@ async fn recv(socket: &mut Socket) -> ServerMessage {
             .expect("open")
             .unwrap();
         if let Message::Text(text) = message {
+            let message: ServerMessage = serde_json::from_str(text.as_str()).unwrap();
+            // Challenges arrive after every welcome; tests that care read them with `recv_any`.
+            if !matches!(message, ServerMessage::ProveCompute { .. }) {
+                return message;
+            }
+        }
+    }
+}
+
+async fn recv_any(socket: &mut Socket) -> ServerMessage {
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(10), socket.next())
+            .await
+            .expect("an answer")
+            .expect("open")
+            .unwrap();
+        if let Message::Text(text) = message {
             return serde_json::from_str(text.as_str()).unwrap();
         }
     }
@@ -349,7 +366,8 @@ async fn the_same_gpu_uuid_on_two_workers_blocks_both(db: Db) {
         .unwrap();
     assert_eq!(
         a_before.device.state,
-        flotilla_proto::device::DeviceState::Idle
+        flotilla_proto::device::DeviceState::Pending,
+        "waiting for its proof of compute"
     );
 
     let b = RawSession::open(&coordinator.url, &worker_b, &key_b, "GPU-1111-same").await;
@@ -391,3 +409,103 @@ async fn the_same_gpu_uuid_on_two_workers_blocks_both(db: Db) {
     );
 }
 on_both_databases!(the_same_gpu_uuid_on_two_workers_blocks_both);
+
+async fn a_cpu_claiming_an_h100_is_blocked_and_the_evidence_is_public(db: Db) {
+    let coordinator = Coordinator::start(db, &[]).await;
+    let supplier = coordinator.account("supplier-a", &[Role::Supplier]).await;
+    let client = coordinator.client(None);
+    let (cheap_key, silent_key) = (key(1), key(2));
+    let cheap = enroll(
+        &client,
+        &cheap_key,
+        &coordinator.token(&supplier).await,
+        "cheap",
+    )
+    .await
+    .unwrap()
+    .worker_id;
+    let silent = enroll(
+        &client,
+        &silent_key,
+        &coordinator.token(&supplier).await,
+        "silent",
+    )
+    .await
+    .unwrap()
+    .worker_id;
+
+    // One answers the H100 challenge with work a CPU can do: a CPU-class proof for its seed.
+    let mut session =
+        RawSession::open(&coordinator.url, &cheap, &cheap_key, "GPU-h100-cheap").await;
+    let ServerMessage::ProveCompute {
+        device_id,
+        challenge,
+    } = recv_any(&mut session.socket).await
+    else {
+        panic!("a challenge is expected after the welcome");
+    };
+    assert_eq!(
+        (challenge.class.as_str(), challenge.compute.matrix_n),
+        ("h100", 4096)
+    );
+    let seed: [u8; 32] = hex::decode(&challenge.seed).unwrap().try_into().unwrap();
+    let cpu_sized = flotilla_proof::challenge_with_target(&flotilla_proof::cpu_class(), seed, 20);
+    let transcript = flotilla_proof::prove_on_cpu(&cpu_sized).unwrap();
+    let answer = WorkerMessage::ComputeProof {
+        device_id: device_id.clone(),
+        transcript,
+    };
+    session
+        .send(&Envelope::seal(
+            &cheap_key,
+            &session.nonce,
+            &cheap,
+            2,
+            &answer,
+        ))
+        .await;
+
+    // The other never answers: its deadline passes.
+    let _silent = RawSession::open(&coordinator.url, &silent, &silent_key, "GPU-h100-silent").await;
+    let owner = coordinator.client(Some(&supplier));
+    let states = crate::harness::eventually(Duration::from_secs(15), || async {
+        let page: flotilla_proto::api::Page<Device> = owner.get("devices").await.ok()?;
+        page.items
+            .iter()
+            .all(|d| d.state == flotilla_proto::device::DeviceState::Blocked)
+            .then_some(page.items)
+    })
+    .await
+    .expect("both claimed H100s end blocked");
+    assert_eq!(states.len(), 2);
+
+    // The transcripts are public and say why.
+    let proofs: flotilla_proto::api::Page<flotilla_proto::api::ProofInfo> =
+        client.get("proofs").await.unwrap();
+    assert_eq!(proofs.items.len(), 2);
+    assert!(proofs.items.iter().all(|p| !p.passed && p.class == "h100"));
+    let missed = proofs
+        .items
+        .iter()
+        .find(|p| p.device_id != device_id)
+        .unwrap();
+    assert_eq!(missed.reason, "no answer before the deadline");
+    let cheated = proofs
+        .items
+        .iter()
+        .find(|p| p.device_id == device_id)
+        .unwrap();
+    let transcript: flotilla_proof::Transcript = client
+        .get(&format!("proofs/{}/transcript", cheated.id))
+        .await
+        .unwrap();
+    assert_eq!(
+        transcript.challenge.class, "h100",
+        "the stored challenge is the coordinator's"
+    );
+    assert!(
+        flotilla_proof::verify_transcript(&transcript).is_err(),
+        "and it re-checks as a failure offline"
+    );
+}
+on_both_databases!(a_cpu_claiming_an_h100_is_blocked_and_the_evidence_is_public);

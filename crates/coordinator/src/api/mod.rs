@@ -5,6 +5,7 @@ pub mod audit;
 mod convert;
 pub mod devices;
 pub mod enrollment;
+pub mod proofs;
 pub mod workers;
 
 use std::time::Instant;
@@ -36,6 +37,7 @@ use crate::error::{ApiError, ApiResult};
         devices::list_devices, devices::show_device, devices::rename_device, devices::pause_device,
         devices::resume_device, devices::remove_device,
         audit::list_audit_events,
+        proofs::list_proofs, proofs::show_proof, proofs::proof_transcript,
     ),
     components(schemas(wire::ErrorBody, wire::ErrorDetail)),
     modifiers(&BearerAuth),
@@ -97,6 +99,9 @@ pub fn router(app: AppState) -> Router {
         .route("/devices/{id}/resume", post(devices::resume_device))
         .route("/devices/{id}/remove", post(devices::remove_device))
         .route("/audit-events", get(audit::list_audit_events))
+        .route("/proofs", get(proofs::list_proofs))
+        .route("/proofs/{id}", get(proofs::show_proof))
+        .route("/proofs/{id}/transcript", get(proofs::proof_transcript))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed);
     Router::new()
