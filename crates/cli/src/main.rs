@@ -91,6 +91,9 @@ struct CoordinatorArgs {
     /// How long a proof-of-compute challenge should take the device class it is sized for.
     #[arg(long, default_value_t = flotilla_proof::CHALLENGE_TARGET_MS)]
     proof_target_ms: u64,
+    /// About how often idle devices prove their compute again (±25% at random).
+    #[arg(long, default_value_t = 3_600_000)]
+    proof_recheck_interval_ms: u64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -187,6 +190,7 @@ async fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
         token_create_rate_per_minute: args.token_create_rate_per_minute,
         admin_key_file: args.admin_key_file,
         proof_target_ms: args.proof_target_ms,
+        proof_recheck_interval_ms: args.proof_recheck_interval_ms,
         ..flotilla_coordinator::Config::default()
     };
     let running = flotilla_coordinator::start(config).await?;

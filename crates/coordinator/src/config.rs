@@ -29,6 +29,8 @@ pub struct Config {
     pub token_create_rate_per_minute: u32,
     /// How long a proof-of-compute challenge should take the claimed device class.
     pub proof_target_ms: u64,
+    /// About how often idle devices prove their compute again (±25% at random).
+    pub proof_recheck_interval_ms: u64,
     /// Where to write the first admin's API key when the database has no admin. The key is
     /// written to this file (mode 0600) and never logged.
     pub admin_key_file: Option<std::path::PathBuf>,
@@ -50,6 +52,7 @@ impl Default for Config {
             token_create_rate_per_minute: 60,
             admin_key_file: None,
             proof_target_ms: flotilla_proof::CHALLENGE_TARGET_MS,
+            proof_recheck_interval_ms: 3_600_000,
         }
     }
 }

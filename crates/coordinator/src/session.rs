@@ -56,6 +56,8 @@ struct Bound {
     session_id: u64,
     /// Devices to challenge once the welcome is out.
     to_prove: Vec<flotilla_store::DeviceRow>,
+    /// The devices this session reports, for re-checks of idle ones.
+    devices: Vec<flotilla_store::DeviceRow>,
     /// Challenges sent and not yet answered, by device id.
     pending_proofs: std::collections::HashMap<String, PendingProof>,
 }
@@ -107,12 +109,24 @@ pub async fn run(mut socket: WebSocket, app: AppState, mut shutdown: watch::Rece
     tokio::pin!(silence);
     let stopping = shutdown.changed();
     tokio::pin!(stopping);
+    // The first re-check falls anywhere in the first interval, so reconnecting often does not
+    // put it off.
+    let first_recheck_ms = random_below(app.config.proof_recheck_interval_ms.max(1));
+    let recheck = tokio::time::sleep(Duration::from_millis(first_recheck_ms));
+    tokio::pin!(recheck);
     loop {
         let next_proof_deadline = bound.pending_proofs.values().map(|p| p.deadline).min();
         tokio::select! {
             _ = &mut kicked => break,
             _ = &mut stopping => break,
             _ = &mut silence => break,
+            _ = &mut recheck => {
+                recheck.as_mut().reset(tokio::time::Instant::now() + recheck_delay(&app));
+                bound.to_prove = idle_devices(&app, &bound);
+                if issue_challenges(&mut socket, &app, &mut bound).await.is_err() {
+                    break;
+                }
+            }
             _ = sleep_until_some(next_proof_deadline), if next_proof_deadline.is_some() => {
                 expire_proofs(&app, &mut bound).await;
             }
@@ -292,6 +306,7 @@ async fn hello_session(
         last_seq: 1,
         session_id,
         to_prove,
+        devices: current.clone(),
         pending_proofs: std::collections::HashMap::new(),
     };
     tracing::info!(worker_id = %worker.id, devices = current.len(), "worker session opened");
@@ -375,6 +390,36 @@ async fn issue_challenges(
         );
     }
     Ok(())
+}
+
+/// The time to the next re-check of a session's idle devices: the configured interval, with
+/// up to a quarter either way at random, so devices cannot predict it and sessions spread out.
+fn recheck_delay(app: &AppState) -> Duration {
+    let interval_ms = app.config.proof_recheck_interval_ms.max(1);
+    let offset_ms = random_below((interval_ms / 2).max(1));
+    Duration::from_millis(interval_ms - interval_ms / 4 + offset_ms)
+}
+
+/// A random number in `0..bound` from the operating system's source.
+fn random_below(bound: u64) -> u64 {
+    let mut bytes = [0u8; 8];
+    getrandom::fill(&mut bytes).expect("the operating system has a random source");
+    u64::from_le_bytes(bytes) % bound.max(1)
+}
+
+/// The session's devices that are idle now (never hired ones) and have no challenge open.
+fn idle_devices(app: &AppState, bound: &Bound) -> Vec<flotilla_store::DeviceRow> {
+    bound
+        .devices
+        .iter()
+        .filter(|row| {
+            app.fleet
+                .lifecycle(&row.id)
+                .is_some_and(|l| l.state == DeviceState::Idle)
+        })
+        .filter(|row| !bound.pending_proofs.contains_key(&row.id))
+        .cloned()
+        .collect()
 }
 
 /// Resolves at `deadline` (never, for none).

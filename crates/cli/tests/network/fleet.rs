@@ -225,3 +225,34 @@ async fn a_restarted_worker_keeps_its_pause_and_unreported_devices_go_down(db: D
     );
 }
 on_both_databases!(a_restarted_worker_keeps_its_pause_and_unreported_devices_go_down);
+
+async fn idle_devices_prove_again_at_random_times_and_stay_idle(db: Db) {
+    let coordinator = Coordinator::start(
+        db,
+        &[
+            "--allow-simulated-devices",
+            "--proof-recheck-interval-ms",
+            "400",
+        ],
+    )
+    .await;
+    let supplier = coordinator.account("supplier-a", &[Role::Supplier]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let token = coordinator.token(&supplier).await;
+    let _worker = coordinator.worker(dir.path(), Some(&token), "L40S");
+    let public = coordinator.client(None);
+    let proofs = eventually(Duration::from_secs(20), || async {
+        let page: Page<flotilla_proto::api::ProofInfo> = public.get("proofs").await.ok()?;
+        (page.items.len() >= 3).then_some(page.items)
+    })
+    .await
+    .expect("the admission proof and at least two re-checks");
+    assert!(
+        proofs.iter().all(|p| p.passed && p.class == "cpu"),
+        "{proofs:?}"
+    );
+    let devices = devices(&coordinator, &supplier).await;
+    assert_eq!(devices[0].state, DeviceState::Idle);
+    assert!(proofs.iter().all(|p| p.device_id == devices[0].id));
+}
+on_both_databases!(idle_devices_prove_again_at_random_times_and_stay_idle);
