@@ -224,8 +224,17 @@ impl RawSession {
     }
 }
 
-async fn replayed_reordered_and_foreign_messages_are_refused(db: Db) {
-    let coordinator = Coordinator::start(db, &[]).await;
+/// Two suppliers, each with one worker enrolled by hand.
+struct TwoSuppliers {
+    supplier_a: String,
+    supplier_b: String,
+    worker_a: String,
+    worker_b: String,
+    key_a: SigningKey,
+    key_b: SigningKey,
+}
+
+async fn two_suppliers(coordinator: &Coordinator) -> TwoSuppliers {
     let supplier_a = coordinator.account("supplier-a", &[Role::Supplier]).await;
     let supplier_b = coordinator.account("supplier-b", &[Role::Supplier]).await;
     let client = coordinator.client(None);
@@ -238,6 +247,26 @@ async fn replayed_reordered_and_foreign_messages_are_refused(db: Db) {
         .await
         .unwrap()
         .worker_id;
+    TwoSuppliers {
+        supplier_a,
+        supplier_b,
+        worker_a,
+        worker_b,
+        key_a,
+        key_b,
+    }
+}
+
+async fn replayed_reordered_and_foreign_messages_are_refused(db: Db) {
+    let coordinator = Coordinator::start(db, &[]).await;
+    let TwoSuppliers {
+        supplier_a,
+        supplier_b,
+        worker_a,
+        worker_b,
+        key_a,
+        key_b,
+    } = two_suppliers(&coordinator).await;
 
     let mut b = RawSession::open(&coordinator.url, &worker_b, &key_b, "GPU-b").await;
     let device_b = b.devices[0].clone();
@@ -345,18 +374,14 @@ on_both_databases!(simulated_devices_are_refused_unless_allowed);
 
 async fn the_same_gpu_uuid_on_two_workers_blocks_both(db: Db) {
     let coordinator = Coordinator::start(db, &[]).await;
-    let supplier_a = coordinator.account("supplier-a", &[Role::Supplier]).await;
-    let supplier_b = coordinator.account("supplier-b", &[Role::Supplier]).await;
-    let client = coordinator.client(None);
-    let (key_a, key_b) = (key(1), key(2));
-    let worker_a = enroll(&client, &key_a, &coordinator.token(&supplier_a).await, "a")
-        .await
-        .unwrap()
-        .worker_id;
-    let worker_b = enroll(&client, &key_b, &coordinator.token(&supplier_b).await, "b")
-        .await
-        .unwrap()
-        .worker_id;
+    let TwoSuppliers {
+        supplier_a,
+        supplier_b,
+        worker_a,
+        worker_b,
+        key_a,
+        key_b,
+    } = two_suppliers(&coordinator).await;
     let a = RawSession::open(&coordinator.url, &worker_a, &key_a, "GPU-1111-same").await;
     let device_a = a.devices[0].clone();
     let a_before: DeviceDetail = coordinator
