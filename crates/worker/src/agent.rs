@@ -24,6 +24,8 @@ use crate::identity::{Enrollment, load_enrollment, load_or_create_key, save_enro
 /// First reconnect delay; doubles per failure up to [`RECONNECT_DELAY_MS_MAX`].
 const RECONNECT_DELAY_MS_MIN: u64 = 200;
 const RECONNECT_DELAY_MS_MAX: u64 = 30_000;
+/// Most memory the CPU prover may use for one challenge.
+const CPU_PROVER_BYTES_MAX: u64 = 512 * 1024 * 1024;
 /// Proofs the worker runs at once (one per device at enrollment).
 const PROOFS_IN_FLIGHT_MAX: usize = flotilla_proto::limits::DEVICES_PER_WORKER_MAX;
 /// A session that lasted this long counts as healthy and resets the reconnect backoff.
@@ -333,6 +335,15 @@ fn start_proof(
     challenge: flotilla_proof::Challenge,
     proved: tokio::sync::mpsc::Sender<WorkerMessage>,
 ) {
+    // The CPU prover keeps every matrix of the chain; a GPU-class challenge would need tens of
+    // GiB and hours here. Decline it (the deadline passes and the device is blocked) rather
+    // than exhaust the supplier's machine.
+    let n = u64::from(challenge.compute.matrix_n);
+    let prover_bytes = (u64::from(challenge.compute.steps) + 1) * n * n;
+    if challenge.class != "cpu" || prover_bytes > CPU_PROVER_BYTES_MAX {
+        tracing::warn!(%device_id, class = %challenge.class, prover_bytes, "no prover on this machine for this challenge; declining");
+        return;
+    }
     tracing::info!(%device_id, class = %challenge.class, steps = challenge.compute.steps, "proving compute");
     tokio::task::spawn_blocking(move || {
         let transcript = match flotilla_proof::prove_on_cpu(&challenge) {
