@@ -338,10 +338,8 @@ fn start_proof(
     // The CPU prover keeps every matrix of the chain; a GPU-class challenge would need tens of
     // GiB and hours here. Decline it (the deadline passes and the device is blocked) rather
     // than exhaust the supplier's machine.
-    let n = u64::from(challenge.compute.matrix_n);
-    let prover_bytes = (u64::from(challenge.compute.steps) + 1) * n * n;
-    if challenge.class != "cpu" || prover_bytes > CPU_PROVER_BYTES_MAX {
-        tracing::warn!(%device_id, class = %challenge.class, prover_bytes, "no prover on this machine for this challenge; declining");
+    if !cpu_prover_takes(&challenge) {
+        tracing::warn!(%device_id, class = %challenge.class, "no prover on this machine for this challenge; declining");
         return;
     }
     tracing::info!(%device_id, class = %challenge.class, steps = challenge.compute.steps, "proving compute");
@@ -358,4 +356,29 @@ fn start_proof(
             transcript,
         });
     });
+}
+
+/// Whether the CPU prover may run this challenge: a CPU-class one within its memory bound.
+fn cpu_prover_takes(challenge: &flotilla_proof::Challenge) -> bool {
+    let n = u64::from(challenge.compute.matrix_n);
+    let prover_bytes = (u64::from(challenge.compute.steps) + 1).saturating_mul(n * n);
+    challenge.class == "cpu" && prover_bytes <= CPU_PROVER_BYTES_MAX
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cpu_prover_takes_cpu_challenges_and_declines_gpu_ones() {
+        let cpu = flotilla_proof::challenge_for(&flotilla_proof::cpu_class(), [1; 32]);
+        assert!(cpu_prover_takes(&cpu));
+        let h100 = flotilla_proof::class_for("NVIDIA H100 80GB HBM3", true, false);
+        assert!(!cpu_prover_takes(&flotilla_proof::challenge_for(
+            &h100, [1; 32]
+        )));
+        let mut huge = cpu;
+        huge.compute.steps = 1 << 16;
+        assert!(!cpu_prover_takes(&huge), "over the memory bound");
+    }
 }
