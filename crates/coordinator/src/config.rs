@@ -21,7 +21,7 @@ pub struct Config {
     pub telemetry_bucket_s: u64,
     /// How long telemetry history is kept.
     pub telemetry_retention_s: u64,
-    /// Enrollment attempts allowed per client address per minute.
+    /// Enrollment attempts allowed per client address, and per supplier, per minute.
     pub enroll_rate_per_minute: u32,
     /// Account sign-ups allowed per client address per minute.
     pub signup_rate_per_minute: u32,

@@ -51,6 +51,7 @@ const SHUTDOWN_DEADLINE_MS: u64 = 4_000;
 #[derive(Debug)]
 pub struct Limits {
     pub enroll: RateLimiter,
+    pub enroll_per_supplier: RateLimiter,
     pub signup: RateLimiter,
     pub token_create: RateLimiter,
     pub auth_failures: RateLimiter,
@@ -117,6 +118,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let fleet = Arc::new(Fleet::load(store.clone(), metrics.clone(), &config).await?);
     let limits = Arc::new(Limits {
         enroll: RateLimiter::per_minute(config.enroll_rate_per_minute),
+        enroll_per_supplier: RateLimiter::per_minute(config.enroll_rate_per_minute),
         signup: RateLimiter::per_minute(config.signup_rate_per_minute),
         token_create: RateLimiter::per_minute(config.token_create_rate_per_minute),
         auth_failures: RateLimiter::per_minute(AUTH_FAILURES_PER_MINUTE),

@@ -125,6 +125,16 @@ impl Store {
         row.as_ref().map(token_from).transpose()
     }
 
+    /// The account that created the token with this hash, whatever its state: for rate limits.
+    pub async fn enrollment_token_owner(&self, secret_hash: &str) -> Result<Option<String>> {
+        let owner =
+            sqlx::query_scalar("SELECT account_id FROM enrollment_tokens WHERE secret_hash = $1")
+                .bind(secret_hash)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(owner)
+    }
+
     /// Revokes an unused token. Returns the token as it is now, or None if the account has none
     /// with this id.
     pub async fn revoke_enrollment_token(

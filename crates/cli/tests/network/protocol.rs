@@ -534,3 +534,34 @@ async fn a_cpu_claiming_an_h100_is_blocked_and_the_evidence_is_public(db: Db) {
     );
 }
 on_both_databases!(a_cpu_claiming_an_h100_is_blocked_and_the_evidence_is_public);
+
+async fn enrollment_is_rate_limited_per_supplier_across_addresses(db: Db) {
+    let coordinator = Coordinator::start(db, &["--enroll-rate-per-minute", "3"]).await;
+    let supplier = coordinator.account("supplier-a", &[Role::Supplier]).await;
+    let mut statuses = Vec::new();
+    for index in 0..4u8 {
+        let token = coordinator.token(&supplier).await;
+        let (public_key, signature) = flotilla_proto::wire::sign_enrollment(&key(index), &token);
+        let request = flotilla_proto::api::EnrollRequest {
+            token,
+            public_key,
+            signature,
+            hostname: format!("w{index}"),
+        };
+        // Each attempt from its own loopback address, so only the per-supplier limit can bite.
+        let address = std::net::IpAddr::from([127, 0, 0, 2 + index]);
+        let http = reqwest::Client::builder()
+            .local_address(address)
+            .build()
+            .unwrap();
+        let response = http
+            .post(format!("{}/api/v1/workers/enroll", coordinator.url))
+            .json(&request)
+            .send()
+            .await
+            .unwrap();
+        statuses.push(response.status().as_u16());
+    }
+    assert_eq!(statuses, [201, 201, 201, 429]);
+}
+on_both_databases!(enrollment_is_rate_limited_per_supplier_across_addresses);

@@ -183,6 +183,15 @@ pub async fn enroll(
     }
     verify_enrollment(&request.token, &request.public_key, &request.signature)
         .map_err(|e| ApiError::invalid("signature", format!("enrollment signature: {e}")))?;
+    // Per supplier too, so one supplier's tokens spread over many addresses cannot flood the
+    // network with new identities.
+    let token_hash = secret_hash(&request.token);
+    if let Some(supplier_id) = app.store.enrollment_token_owner(&token_hash).await? {
+        app.limits
+            .enroll_per_supplier
+            .check(&supplier_id, now)
+            .map_err(|retry_after_s| ApiError::RateLimited { retry_after_s })?;
+    }
     let worker = WorkerRow {
         id: new_id(IdKind::Worker),
         account_id: String::new(),
@@ -196,11 +205,7 @@ pub async fn enroll(
         removed_at_ms: None,
         device_count: 0,
     };
-    let Some(worker) = app
-        .store
-        .enroll_worker(&secret_hash(&request.token), &worker, now)
-        .await?
-    else {
+    let Some(worker) = app.store.enroll_worker(&token_hash, &worker, now).await? else {
         audit::record(
             &app,
             None,
