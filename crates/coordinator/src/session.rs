@@ -18,6 +18,9 @@ use crate::admission::{self, Admission};
 use crate::device_state::DeviceEvent;
 use crate::fleet::FleetError;
 
+/// Device rows (not removed) one worker may have on record; a hello adds at most
+/// `DEVICES_PER_WORKER_MAX` more.
+const DEVICE_ROWS_PER_WORKER_MAX: usize = 4 * DEVICES_PER_WORKER_MAX;
 /// How long a new connection may take to send its Hello.
 const HELLO_TIMEOUT_MS: u64 = 10_000;
 
@@ -239,6 +242,17 @@ async fn hello_session(
         .update_worker_hello(&worker.id, &hostname, &agent_version, now_ms)
         .await
         .map_err(|e| Refusal::fatal("internal", e.to_string()))?;
+    // Rows per worker stay bounded even for a worker that invents new hardware ids at every
+    // hello: past the cap its supplier must remove devices first.
+    if worker.device_count as usize > DEVICE_ROWS_PER_WORKER_MAX {
+        return Err(Refusal::fatal(
+            "too_many_devices",
+            format!(
+                "worker {} has more than {DEVICE_ROWS_PER_WORKER_MAX} devices on record; remove some",
+                worker.id
+            ),
+        ));
+    }
     let reported: Vec<_> = devices
         .into_iter()
         .map(|hardware| {

@@ -565,3 +565,63 @@ async fn enrollment_is_rate_limited_per_supplier_across_addresses(db: Db) {
     assert_eq!(statuses, [201, 201, 201, 429]);
 }
 on_both_databases!(enrollment_is_rate_limited_per_supplier_across_addresses);
+
+/// Opens a session reporting these GPUs; returns the coordinator's answer to the hello.
+async fn hello_with(
+    url: &str,
+    worker_id: &str,
+    key: &SigningKey,
+    hardware_ids: &[String],
+) -> ServerMessage {
+    let (mut socket, _) = tokio_tungstenite::connect_async(control_channel_url(url))
+        .await
+        .unwrap();
+    let ServerMessage::Challenge { session_nonce, .. } = recv(&mut socket).await else {
+        panic!("challenge expected")
+    };
+    let nonce = hex::decode(session_nonce).unwrap();
+    let devices = hardware_ids.iter().map(|id| gpu(id)).collect();
+    let hello = WorkerMessage::Hello {
+        agent_version: "test".into(),
+        hostname: "many".into(),
+        devices,
+    };
+    let sealed = Envelope::seal(key, &nonce, worker_id, 1, &hello);
+    socket
+        .send(Message::text(serde_json::to_string(&sealed).unwrap()))
+        .await
+        .unwrap();
+    recv(&mut socket).await
+}
+
+async fn device_rows_per_worker_are_bounded(db: Db) {
+    let coordinator = Coordinator::start(db, &[]).await;
+    let supplier = coordinator.account("supplier-a", &[Role::Supplier]).await;
+    let worker_key = key(1);
+    let worker = enroll(
+        &coordinator.client(None),
+        &worker_key,
+        &coordinator.token(&supplier).await,
+        "many",
+    )
+    .await
+    .unwrap()
+    .worker_id;
+    // Five hellos of 64 new hardware ids each: 320 rows, past the cap of 256.
+    for round in 0..5 {
+        let ids: Vec<String> = (0..64).map(|i| format!("GPU-{round}-{i}")).collect();
+        let answer = hello_with(&coordinator.url, &worker, &worker_key, &ids).await;
+        assert!(
+            matches!(answer, ServerMessage::Welcome { .. }),
+            "round {round}: {answer:?}"
+        );
+    }
+    let ids = vec!["GPU-next".to_owned()];
+    match hello_with(&coordinator.url, &worker, &worker_key, &ids).await {
+        ServerMessage::Rejected { code, fatal, .. } => {
+            assert_eq!((code.as_str(), fatal), ("too_many_devices", true))
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+on_both_databases!(device_rows_per_worker_are_bounded);
