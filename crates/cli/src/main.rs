@@ -73,6 +73,9 @@ struct CoordinatorArgs {
     /// Silence after which a worker's devices go down.
     #[arg(long, default_value_t = 30_000)]
     heartbeat_grace_ms: u64,
+    /// Time down after which a device becomes inactive (default five days).
+    #[arg(long, default_value_t = 5 * 24 * 3600 * 1000)]
+    inactive_after_ms: u64,
     /// Width of one telemetry history bucket.
     #[arg(long, default_value_t = 60)]
     telemetry_bucket_s: u64,
@@ -184,6 +187,7 @@ async fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
         allow_simulated_devices: args.allow_simulated_devices,
         heartbeat_interval_ms: args.heartbeat_interval_ms,
         heartbeat_grace_ms: args.heartbeat_grace_ms,
+        inactive_after_ms: args.inactive_after_ms,
         telemetry_bucket_s: args.telemetry_bucket_s,
         enroll_rate_per_minute: args.enroll_rate_per_minute,
         signup_rate_per_minute: args.signup_rate_per_minute,

@@ -43,6 +43,8 @@ struct WorkerLive {
     last_seen_ms: i64,
     session: Option<Session>,
     device_ids: Vec<String>,
+    /// Devices the worker no longer reports: down, and swept on to inactive in time.
+    parked_ids: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -113,6 +115,7 @@ impl Fleet {
                     last_seen_ms: now_ms,
                     session: None,
                     device_ids: Vec::new(),
+                    parked_ids: Vec::new(),
                 })
                 .device_ids
                 .push(row.id.clone());
@@ -145,13 +148,18 @@ impl Fleet {
         &self,
         worker_id: &str,
         devices: &[DeviceRow],
+        parked: &[DeviceRow],
         now_ms: i64,
     ) -> (u64, oneshot::Receiver<()>) {
         let (kick, kicked) = oneshot::channel();
         let mut state = self.lock();
         state.next_session_id += 1;
         let session_id = state.next_session_id;
-        for row in devices.iter().filter(|row| row.removed_at_ms.is_none()) {
+        for row in devices
+            .iter()
+            .chain(parked)
+            .filter(|row| row.removed_at_ms.is_none())
+        {
             state
                 .devices
                 .entry(row.id.clone())
@@ -164,8 +172,10 @@ impl Fleet {
                 last_seen_ms: now_ms,
                 session: None,
                 device_ids: Vec::new(),
+                parked_ids: Vec::new(),
             });
         worker.last_seen_ms = now_ms;
+        worker.parked_ids = parked.iter().map(|row| row.id.clone()).collect();
         worker.device_ids = devices
             .iter()
             .filter(|row| row.removed_at_ms.is_none())
@@ -341,6 +351,22 @@ impl Fleet {
                     }
                 }
             }
+            // Devices their worker stopped reporting are down while the worker is up; they
+            // only age towards inactive.
+            for device_id in state.workers.values().flat_map(|w| &w.parked_ids) {
+                let Some(device) = state.devices.get(device_id) else {
+                    continue;
+                };
+                if let Some(to) = decide(
+                    device.lifecycle,
+                    device.state_changed_at_ms,
+                    now_ms,
+                    now_ms,
+                    self.bounds,
+                ) {
+                    changes.push((device_id.clone(), device.lifecycle, to));
+                }
+            }
             changes
         };
         self.commit(changes).await
@@ -390,6 +416,7 @@ impl Fleet {
             && let Some(worker) = state.workers.get_mut(&device.worker_id)
         {
             worker.device_ids.retain(|id| id != device_id);
+            worker.parked_ids.retain(|id| id != device_id);
             if let Some(session) = worker.session.take() {
                 let _ = session.kick.send(());
                 self.metrics.workers_connected.dec();
@@ -401,7 +428,7 @@ impl Fleet {
     pub fn forget_worker(&self, worker_id: &str) {
         let mut state = self.lock();
         if let Some(worker) = state.workers.remove(worker_id) {
-            for device_id in &worker.device_ids {
+            for device_id in worker.device_ids.iter().chain(&worker.parked_ids) {
                 state.devices.remove(device_id);
             }
             if let Some(session) = worker.session {

@@ -278,7 +278,9 @@ async fn hello_session(
                 .iter()
                 .any(|(_, hw, _)| hw.hardware_id == row.hardware.hardware_id)
         });
-    let (session_id, kicked) = app.fleet.open_session(&worker.id, &current, now_ms);
+    let (session_id, kicked) = app
+        .fleet
+        .open_session(&worker.id, &current, &absent, now_ms);
     let to_prove = match settle_devices(app, &current, &absent, worker.paused).await {
         Ok(to_prove) => to_prove,
         Err(error) => {

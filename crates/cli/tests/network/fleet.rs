@@ -256,3 +256,32 @@ async fn idle_devices_prove_again_at_random_times_and_stay_idle(db: Db) {
     assert!(proofs.iter().all(|p| p.device_id == devices[0].id));
 }
 on_both_databases!(idle_devices_prove_again_at_random_times_and_stay_idle);
+
+async fn devices_no_longer_reported_age_from_down_to_inactive(db: Db) {
+    let coordinator = Coordinator::start(
+        db,
+        &["--allow-simulated-devices", "--inactive-after-ms", "2500"],
+    )
+    .await;
+    let supplier = coordinator.account("supplier-a", &[Role::Supplier]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let token = coordinator.token(&supplier).await;
+    let mut worker = coordinator.worker(dir.path(), Some(&token), "RTX 4090x2");
+    eventually(Duration::from_secs(20), || async {
+        let devices = devices(&coordinator, &supplier).await;
+        (devices.len() == 2 && devices.iter().all(|d| d.state == DeviceState::Idle)).then_some(())
+    })
+    .await
+    .expect("two idle devices");
+    worker.kill();
+    let _worker = coordinator.worker(dir.path(), None, "RTX 4090x1");
+    eventually(Duration::from_secs(20), || async {
+        let devices = devices(&coordinator, &supplier).await;
+        let mut states: Vec<_> = devices.iter().map(|d| d.state).collect();
+        states.sort_by_key(|s| s.as_str());
+        (states == [DeviceState::Idle, DeviceState::Inactive]).then_some(())
+    })
+    .await
+    .expect("the unreported device goes inactive while its worker stays up");
+}
+on_both_databases!(devices_no_longer_reported_age_from_down_to_inactive);
