@@ -304,7 +304,9 @@ impl Fleet {
                     state: change.to,
                     before_down: change.state_before_down,
                 };
-                device.state_changed_at_ms = now_ms;
+                if change.from != change.to {
+                    device.state_changed_at_ms = now_ms;
+                }
             }
             self.metrics
                 .device_transitions

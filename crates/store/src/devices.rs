@@ -120,7 +120,10 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         for change in changes {
             let done = sqlx::query(
-                "UPDATE devices SET state = $1, state_before_down = $2, state_changed_at_ms = $3 \
+                // A change that keeps the state (pausing a device while it is down) keeps the
+                // time it entered that state, so its inactivity clock does not restart.
+                "UPDATE devices SET state = $1, state_before_down = $2, \
+                 state_changed_at_ms = CASE WHEN state = $1 THEN state_changed_at_ms ELSE $3 END \
                  WHERE id = $4 AND state = $5 AND removed_at_ms IS NULL",
             )
             .bind(change.to.as_str())

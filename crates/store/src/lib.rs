@@ -247,6 +247,8 @@ pub(crate) fn conflict_on_unique(error: sqlx::Error, what: &'static str) -> Stor
 
 #[cfg(test)]
 mod tests {
+    use flotilla_proto::device::DeviceState;
+
     use super::*;
 
     #[test]
@@ -383,6 +385,72 @@ mod tests {
                     .unwrap()
                     .is_empty(),
                 "owner-scoped"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_change_that_keeps_the_state_keeps_its_start_time() {
+        let dir = tempfile::tempdir().unwrap();
+        for store in test_stores(dir.path()).await {
+            let account = AccountRow {
+                id: "usr_k".into(),
+                name: "k".into(),
+                roles: vec![],
+                created_at_ms: 0,
+            };
+            store.insert_account(&account).await.unwrap();
+            sqlx::query(
+                "INSERT INTO workers (id, account_id, name, hostname, public_key, agent_version, paused, created_at_ms) \
+                 VALUES ('wrk_k', 'usr_k', 'w', 'h', 'k', 'v', 0, 0)",
+            )
+            .execute(store.pool())
+            .await
+            .unwrap();
+            let hardware = flotilla_proto::device::DeviceHardware::new(
+                "h",
+                flotilla_proto::device::DeviceKind::Gpu,
+                "m",
+                1,
+            );
+            let reported = [("dev_k".to_owned(), hardware, DeviceState::Down)];
+            store
+                .upsert_reported_devices("usr_k", "wrk_k", &reported, 1_000)
+                .await
+                .unwrap();
+            let pause_while_down = DeviceStateChange {
+                device_id: "dev_k".into(),
+                from: DeviceState::Down,
+                to: DeviceState::Down,
+                state_before_down: Some(DeviceState::Paused),
+            };
+            store
+                .apply_device_state_changes(&[pause_while_down], 9_000)
+                .await
+                .unwrap();
+            let row = store.device("usr_k", "dev_k").await.unwrap().unwrap();
+            assert_eq!(
+                (row.state_changed_at_ms, row.state_before_down),
+                (1_000, Some(DeviceState::Paused))
+            );
+            let back = DeviceStateChange {
+                device_id: "dev_k".into(),
+                from: DeviceState::Down,
+                to: DeviceState::Paused,
+                state_before_down: None,
+            };
+            store
+                .apply_device_state_changes(&[back], 9_500)
+                .await
+                .unwrap();
+            assert_eq!(
+                store
+                    .device("usr_k", "dev_k")
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .state_changed_at_ms,
+                9_500
             );
         }
     }
