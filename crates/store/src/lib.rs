@@ -298,6 +298,29 @@ mod tests {
         stores
     }
 
+    /// An account with one worker (its public key is its id), for tests that need rows to hang
+    /// devices and stamps on.
+    async fn seed_worker(store: &Store, account_id: &str, worker_id: &str) {
+        if store.account(account_id).await.unwrap().is_none() {
+            let account = AccountRow {
+                id: account_id.into(),
+                name: "a".into(),
+                roles: vec![],
+                created_at_ms: 0,
+            };
+            store.insert_account(&account).await.unwrap();
+        }
+        sqlx::query(
+            "INSERT INTO workers (id, account_id, name, hostname, public_key, agent_version, paused, created_at_ms) \
+             VALUES ($1, $2, 'w', 'h', $1, 'v', 0, 0)",
+        )
+        .bind(worker_id)
+        .bind(account_id)
+        .execute(store.pool())
+        .await
+        .unwrap();
+    }
+
     #[tokio::test]
     async fn last_seen_stamps_apply_per_worker_in_chunks() {
         let dir = tempfile::tempdir().unwrap();
@@ -307,24 +330,10 @@ mod tests {
     }
 
     async fn stamps_apply(store: &Store) {
-        let account = AccountRow {
-            id: "usr_a".into(),
-            name: "a".into(),
-            roles: vec![],
-            created_at_ms: 0,
-        };
-        store.insert_account(&account).await.unwrap();
         let mut seen = Vec::new();
         for i in 0..1000 {
             let id = format!("wrk_{i}");
-            sqlx::query(
-                "INSERT INTO workers (id, account_id, name, hostname, public_key, agent_version, paused, created_at_ms) \
-                 VALUES ($1, 'usr_a', 'w', 'h', $1, 'v', 0, 0)",
-            )
-            .bind(&id)
-            .execute(store.pool())
-            .await
-            .unwrap();
+            seed_worker(store, "usr_a", &id).await;
             seen.push((id, 5_000 + i64::from(i)));
         }
         store.touch_workers(&seen).await.unwrap();
@@ -343,22 +352,15 @@ mod tests {
     async fn a_telemetry_batch_may_repeat_a_bucket_and_the_last_one_wins() {
         let dir = tempfile::tempdir().unwrap();
         for store in test_stores(dir.path()).await {
-            let account = AccountRow {
-                id: "usr_t".into(),
-                name: "t".into(),
-                roles: vec![],
-                created_at_ms: 0,
-            };
-            store.insert_account(&account).await.unwrap();
-            for sql in [
-                "INSERT INTO workers (id, account_id, name, hostname, public_key, agent_version, paused, created_at_ms) \
-                 VALUES ('wrk_t', 'usr_t', 'w', 'h', 'k', 'v', 0, 0)",
+            seed_worker(&store, "usr_t", "wrk_t").await;
+            sqlx::query(
                 "INSERT INTO devices (id, account_id, worker_id, hardware_id, name, kind, model, memory_bytes, simulated, \
                  hardware, state, state_changed_at_ms, created_at_ms) \
                  VALUES ('dev_t', 'usr_t', 'wrk_t', 'h', 'd', 'gpu', 'm', 0, 0, '{}', 'idle', 0, 0)",
-            ] {
-                sqlx::query(sql).execute(store.pool()).await.unwrap();
-            }
+            )
+            .execute(store.pool())
+            .await
+            .unwrap();
             let bucket = |samples| TelemetryBucketRow {
                 device_id: "dev_t".into(),
                 bucket_start_ms: 60_000,
@@ -393,20 +395,7 @@ mod tests {
     async fn a_change_that_keeps_the_state_keeps_its_start_time() {
         let dir = tempfile::tempdir().unwrap();
         for store in test_stores(dir.path()).await {
-            let account = AccountRow {
-                id: "usr_k".into(),
-                name: "k".into(),
-                roles: vec![],
-                created_at_ms: 0,
-            };
-            store.insert_account(&account).await.unwrap();
-            sqlx::query(
-                "INSERT INTO workers (id, account_id, name, hostname, public_key, agent_version, paused, created_at_ms) \
-                 VALUES ('wrk_k', 'usr_k', 'w', 'h', 'k', 'v', 0, 0)",
-            )
-            .execute(store.pool())
-            .await
-            .unwrap();
+            seed_worker(&store, "usr_k", "wrk_k").await;
             let hardware = flotilla_proto::device::DeviceHardware::new(
                 "h",
                 flotilla_proto::device::DeviceKind::Gpu,

@@ -173,16 +173,19 @@ fn dev_starts_writes_env_lists_devices_stops_fast_and_resumes() {
 #[test]
 fn verify_proof_rechecks_a_transcript_offline_and_names_what_is_wrong() {
     let dir = tempfile::tempdir().unwrap();
+    let verify = |path: &std::path::Path| {
+        Command::new(BIN)
+            .arg("verify-proof")
+            .arg(path)
+            .output()
+            .unwrap()
+    };
     let challenge = flotilla_proof::challenge_for(&flotilla_proof::cpu_class(), [7u8; 32]);
     let mut transcript = flotilla_proof::prove_on_cpu(&challenge).unwrap();
     transcript.elapsed_ms = 1_500;
     let good = dir.path().join("good.json");
     std::fs::write(&good, serde_json::to_string_pretty(&transcript).unwrap()).unwrap();
-    let output = Command::new(BIN)
-        .arg("verify-proof")
-        .arg(&good)
-        .output()
-        .unwrap();
+    let output = verify(&good);
     assert!(
         output.status.success(),
         "{}",
@@ -196,21 +199,13 @@ fn verify_proof_rechecks_a_transcript_offline_and_names_what_is_wrong() {
     first.replace_range(0..1, flipped);
     let bad = dir.path().join("bad.json");
     std::fs::write(&bad, serde_json::to_string(&tampered).unwrap()).unwrap();
-    let output = Command::new(BIN)
-        .arg("verify-proof")
-        .arg(&bad)
-        .output()
-        .unwrap();
+    let output = verify(&bad);
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.starts_with("error: invalid: row"), "{stderr}");
 
     let garbage = dir.path().join("garbage.json");
     std::fs::write(&garbage, "{\"not\": \"a transcript\"}").unwrap();
-    let output = Command::new(BIN)
-        .arg("verify-proof")
-        .arg(&garbage)
-        .output()
-        .unwrap();
+    let output = verify(&garbage);
     assert_eq!(output.status.code(), Some(1));
 }

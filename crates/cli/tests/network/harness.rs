@@ -230,16 +230,23 @@ impl Coordinator {
     }
 
     pub async fn token(&self, supplier_key: &str) -> String {
+        self.created_token(supplier_key, None).await.secret
+    }
+
+    /// Creates an enrollment token with the given lifetime (default when None).
+    pub async fn created_token(
+        &self,
+        supplier_key: &str,
+        expires_in_s: Option<u64>,
+    ) -> CreatedEnrollmentToken {
         let request = CreateEnrollmentTokenRequest {
             name: None,
-            expires_in_s: None,
+            expires_in_s,
         };
-        let created: CreatedEnrollmentToken = self
-            .client(Some(supplier_key))
+        self.client(Some(supplier_key))
             .post("enrollment-tokens", &request)
             .await
-            .unwrap();
-        created.secret
+            .unwrap()
     }
 
     /// Starts a worker process with simulated GPUs.

@@ -5,9 +5,7 @@ use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
 use flotilla_client::control_channel_url;
-use flotilla_proto::api::{
-    CreateEnrollmentTokenRequest, CreatedEnrollmentToken, Device, DeviceDetail, Role,
-};
+use flotilla_proto::api::{Device, DeviceDetail, Role};
 use flotilla_proto::device::{DeviceHardware, DeviceKind, DeviceTelemetry};
 use flotilla_proto::wire::{Envelope, ServerMessage, WorkerMessage};
 use futures_util::{SinkExt, StreamExt};
@@ -34,17 +32,7 @@ async fn enrollment_tokens_are_single_use_expiring_revocable_and_rate_limited(db
         "a used token is refused: {reused}"
     );
 
-    let short: CreatedEnrollmentToken = coordinator
-        .client(Some(&supplier))
-        .post(
-            "enrollment-tokens",
-            &CreateEnrollmentTokenRequest {
-                name: None,
-                expires_in_s: Some(1),
-            },
-        )
-        .await
-        .unwrap();
+    let short = coordinator.created_token(&supplier, Some(1)).await;
     tokio::time::sleep(Duration::from_millis(1_100)).await;
     let expired = enroll(&client, &key(3), &short.secret, "late")
         .await
@@ -55,17 +43,7 @@ async fn enrollment_tokens_are_single_use_expiring_revocable_and_rate_limited(db
         "an expired token is refused: {expired}"
     );
 
-    let revoked: CreatedEnrollmentToken = coordinator
-        .client(Some(&supplier))
-        .post(
-            "enrollment-tokens",
-            &CreateEnrollmentTokenRequest {
-                name: None,
-                expires_in_s: None,
-            },
-        )
-        .await
-        .unwrap();
+    let revoked = coordinator.created_token(&supplier, None).await;
     let _: serde_json::Value = coordinator
         .client(Some(&supplier))
         .post_empty(&format!("enrollment-tokens/{}/revoke", revoked.token.id))
