@@ -38,6 +38,10 @@ pub struct DevArgs {
     /// Proof-of-compute challenge size, as the time a CPU should need (short, for a quick start).
     #[arg(long, default_value_t = 300)]
     proof_target_ms: u64,
+    /// The share of the CPU class's 1 GiB each proof fills, in percent (small, for a quick
+    /// start: every simulated GPU proves as a CPU).
+    #[arg(long, default_value_t = 5)]
+    proof_memory_pct: u32,
 }
 
 pub async fn run(args: DevArgs) -> Result<()> {
@@ -56,6 +60,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
         heartbeat_grace_ms: args.heartbeat_interval_ms * 3,
         admin_key_file: Some(data.join("admin.key")),
         proof_target_ms: args.proof_target_ms,
+        proof_memory_pct: args.proof_memory_pct,
         ..flotilla_coordinator::Config::default()
     };
     let coordinator = flotilla_coordinator::start(config).await?;

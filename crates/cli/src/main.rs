@@ -97,6 +97,9 @@ struct CoordinatorArgs {
     /// About how often idle devices prove their compute again (±25% at random).
     #[arg(long, default_value_t = 3_600_000)]
     proof_recheck_interval_ms: u64,
+    /// The share of a device class's memory a proof fills, in percent (1 to 100).
+    #[arg(long, default_value_t = flotilla_proof::MEMORY_PCT_DEFAULT)]
+    proof_memory_pct: u32,
 }
 
 #[derive(Debug, clap::Args)]
@@ -195,6 +198,7 @@ async fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
         admin_key_file: args.admin_key_file,
         proof_target_ms: args.proof_target_ms,
         proof_recheck_interval_ms: args.proof_recheck_interval_ms,
+        proof_memory_pct: args.proof_memory_pct,
         ..flotilla_coordinator::Config::default()
     };
     let running = flotilla_coordinator::start(config).await?;
@@ -254,14 +258,19 @@ fn verify_proof(file: &std::path::Path) -> anyhow::Result<()> {
     match flotilla_proof::verify_transcript(&transcript) {
         Ok(()) => {
             println!(
-                "valid: {} checks of a {}x{} chain of {} products passed for class {}, answered in {} ms of {} ms",
+                "valid: {} checks of a {}x{} chain of {} products and {} checks of a {} MiB memory fill passed for class {}; \
+                 committed in {} ms of {} ms, opened in {} ms of {} ms",
                 challenge.compute.checks,
                 challenge.compute.matrix_n,
                 challenge.compute.matrix_n,
                 challenge.compute.steps,
+                challenge.memory.checks,
+                challenge.memory.fill_bytes() >> 20,
                 challenge.class,
                 transcript.elapsed_ms,
-                challenge.compute.deadline_ms
+                challenge.commit_deadline_ms(),
+                transcript.answer_elapsed_ms,
+                challenge.memory.answer_deadline_ms,
             );
             Ok(())
         }

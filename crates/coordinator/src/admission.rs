@@ -39,10 +39,11 @@ pub fn challenge(
     hardware: &DeviceHardware,
     seed: [u8; 32],
     target_ms: u64,
+    memory_pct: u32,
 ) -> flotilla_proof::Challenge {
     let is_gpu = hardware.kind == DeviceKind::Gpu;
     let class = flotilla_proof::class_for(&hardware.model, is_gpu, hardware.simulated);
-    flotilla_proof::challenge_with_target(&class, seed, target_ms)
+    flotilla_proof::challenge_with_target(&class, seed, target_ms, memory_pct)
 }
 
 /// The event a verdict leads to.
@@ -89,9 +90,9 @@ mod tests {
     fn simulated_gpus_are_challenged_as_cpus_and_real_ones_by_model() {
         let mut gpu = hardware(DeviceKind::Gpu, 80 << 30, None);
         gpu.model = "NVIDIA H100 80GB HBM3".into();
-        assert_eq!(challenge(&gpu, [1; 32], 2_000).class, "h100");
+        assert_eq!(challenge(&gpu, [1; 32], 2_000, 90).class, "h100");
         gpu.simulated = true;
-        assert_eq!(challenge(&gpu, [1; 32], 2_000).class, "cpu");
+        assert_eq!(challenge(&gpu, [1; 32], 2_000, 90).class, "cpu");
         assert_eq!(verdict_event(true), DeviceEvent::Admitted);
         assert_eq!(verdict_event(false), DeviceEvent::Blocked);
     }

@@ -63,13 +63,18 @@ struct Bound {
     devices: Vec<flotilla_store::DeviceRow>,
     /// Challenges sent and not yet answered, by device id.
     pending_proofs: std::collections::HashMap<String, PendingProof>,
+    /// Messages a handler wants sent; the session loop sends them after the handler returns.
+    outbox: Vec<ServerMessage>,
 }
 
 /// A proof-of-compute challenge in flight.
 struct PendingProof {
     challenge: flotilla_proof::Challenge,
     sent_at: tokio::time::Instant,
+    /// The commitment deadline, then (once the nonce is out) the answer deadline.
     deadline: tokio::time::Instant,
+    /// Once the commitments are in: the transcript so far, and when the nonce went out.
+    opening: Option<(flotilla_proof::Transcript, tokio::time::Instant)>,
 }
 
 /// Runs one session to its end.
@@ -143,6 +148,9 @@ pub async fn run(mut socket: WebSocket, app: AppState, mut shutdown: watch::Rece
                         break;
                     }
                 }
+                if send_outbox(&mut socket, &mut bound).await.is_err() {
+                    break;
+                }
             }
         }
     }
@@ -160,6 +168,13 @@ async fn next_text(socket: &mut WebSocket) -> Option<String> {
             Ok(Message::Ping(_) | Message::Pong(_)) => continue,
         }
     }
+}
+
+async fn send_outbox(socket: &mut WebSocket, bound: &mut Bound) -> Result<(), axum::Error> {
+    for message in std::mem::take(&mut bound.outbox) {
+        send(socket, &message).await?;
+    }
+    Ok(())
 }
 
 async fn send(socket: &mut WebSocket, message: &ServerMessage) -> Result<(), axum::Error> {
@@ -324,6 +339,7 @@ async fn hello_session(
         to_prove,
         devices: current.clone(),
         pending_proofs: std::collections::HashMap::new(),
+        outbox: Vec::new(),
     };
     tracing::info!(worker_id = %worker.id, devices = current.len(), "worker session opened");
     Ok((bound, kicked, welcome))
@@ -384,9 +400,14 @@ async fn issue_challenges(
     for row in std::mem::take(&mut bound.to_prove) {
         let mut seed = [0u8; 32];
         getrandom::fill(&mut seed).expect("the operating system has a random source");
-        let challenge = admission::challenge(&row.hardware, seed, app.config.proof_target_ms);
+        let challenge = admission::challenge(
+            &row.hardware,
+            seed,
+            app.config.proof_target_ms,
+            app.config.proof_memory_pct,
+        );
         let sent_at = tokio::time::Instant::now();
-        let deadline = sent_at + Duration::from_millis(challenge.compute.deadline_ms);
+        let deadline = sent_at + Duration::from_millis(challenge.commit_deadline_ms());
         tracing::info!(device_id = %row.id, class = %challenge.class, steps = challenge.compute.steps, "proof of compute requested");
         send(
             socket,
@@ -402,6 +423,7 @@ async fn issue_challenges(
                 challenge,
                 sent_at,
                 deadline,
+                opening: None,
             },
         );
     }
@@ -459,13 +481,26 @@ async fn expire_proofs(app: &AppState, bound: &mut Bound) {
         let Some(pending) = bound.pending_proofs.remove(&device_id) else {
             continue;
         };
-        let transcript = flotilla_proof::Transcript {
-            elapsed_ms: duration_ms(pending.sent_at.elapsed()),
-            challenge: pending.challenge,
-            compute_root: String::new(),
-            openings: Vec::new(),
+        let (transcript, reason) = match pending.opening {
+            Some((mut transcript, nonce_sent_at)) => {
+                transcript.answer_elapsed_ms = duration_ms(nonce_sent_at.elapsed());
+                (transcript, "memory not opened before the deadline")
+            }
+            None => (
+                flotilla_proof::Transcript {
+                    elapsed_ms: duration_ms(pending.sent_at.elapsed()),
+                    challenge: pending.challenge,
+                    compute_root: String::new(),
+                    openings: Vec::new(),
+                    memory_root: String::new(),
+                    memory_nonce: String::new(),
+                    memory_openings: Vec::new(),
+                    answer_elapsed_ms: 0,
+                },
+                "no commitments before the deadline",
+            ),
         };
-        let reason = "no answer before the deadline".to_owned();
+        let reason = reason.to_owned();
         if let Err(error) = record_proof(app, bound, &device_id, &transcript, Err(reason)).await {
             tracing::warn!(%error, %device_id, "could not record a missed proof");
         }
@@ -476,32 +511,97 @@ fn duration_ms(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Checks an answer against the challenge this session sent, with the time this side measured.
-async fn finish_proof(
+/// Checks the commitments against the challenge this session sent, with the time this side
+/// measured; if they hold, sends the nonce that picks the memory blocks to open.
+async fn take_commitments(
     app: &AppState,
     bound: &mut Bound,
     device_id: String,
     mut transcript: flotilla_proof::Transcript,
 ) -> Result<(), Refusal> {
-    let Some(pending) = bound.pending_proofs.remove(&device_id) else {
+    let Some(pending) = bound
+        .pending_proofs
+        .get_mut(&device_id)
+        .filter(|p| p.opening.is_none())
+    else {
         return Err(Refusal::soft(
             "unexpected_proof",
-            format!("no challenge is open for device {device_id}"),
+            format!("no challenge awaits commitments for device {device_id}"),
         ));
     };
-    // The worker's copy of the challenge and its own timing are not trusted: ours replace them.
-    transcript.challenge = pending.challenge;
+    // The worker's copy of the challenge, its timing and any memory answers are not trusted:
+    // ours replace them.
+    transcript.challenge = pending.challenge.clone();
     transcript.elapsed_ms = duration_ms(pending.sent_at.elapsed());
-    let (transcript, verdict) = tokio::task::spawn_blocking(move || {
-        let verdict =
-            flotilla_proof::verify_transcript(&transcript).map_err(|failure| failure.to_string());
-        (transcript, verdict)
-    })
-    .await
-    .map_err(|e| Refusal::soft("internal", e.to_string()))?;
+    transcript.memory_nonce = String::new();
+    transcript.memory_openings = Vec::new();
+    transcript.answer_elapsed_ms = 0;
+    let (mut transcript, verdict) =
+        verify_blocking(transcript, flotilla_proof::verify_commitments).await?;
+    if let Err(reason) = verdict {
+        bound.pending_proofs.remove(&device_id);
+        return record_proof(app, bound, &device_id, &transcript, Err(reason))
+            .await
+            .map_err(|e| Refusal::soft("internal", e.to_string()));
+    }
+    let mut nonce = [0u8; 32];
+    getrandom::fill(&mut nonce).expect("the operating system has a random source");
+    transcript.memory_nonce = hex::encode(nonce);
+    let now = tokio::time::Instant::now();
+    let pending = bound
+        .pending_proofs
+        .get_mut(&device_id)
+        .expect("still pending: this session alone changes it");
+    pending.deadline = now + Duration::from_millis(pending.challenge.memory.answer_deadline_ms);
+    pending.opening = Some((transcript, now));
+    bound.outbox.push(ServerMessage::OpenMemory {
+        device_id,
+        nonce: hex::encode(nonce),
+    });
+    Ok(())
+}
+
+/// Checks the memory openings, and with them the whole transcript, and records the verdict.
+async fn take_memory_openings(
+    app: &AppState,
+    bound: &mut Bound,
+    device_id: String,
+    openings: Vec<flotilla_proof::BlockOpening>,
+) -> Result<(), Refusal> {
+    let querying = bound
+        .pending_proofs
+        .get(&device_id)
+        .is_some_and(|p| p.opening.is_some());
+    let Some((mut transcript, nonce_sent_at)) = querying
+        .then(|| bound.pending_proofs.remove(&device_id))
+        .flatten()
+        .and_then(|p| p.opening)
+    else {
+        return Err(Refusal::soft(
+            "unexpected_proof",
+            format!("no memory query is open for device {device_id}"),
+        ));
+    };
+    transcript.answer_elapsed_ms = duration_ms(nonce_sent_at.elapsed());
+    transcript.memory_openings = openings;
+    let (transcript, verdict) =
+        verify_blocking(transcript, flotilla_proof::verify_transcript).await?;
     record_proof(app, bound, &device_id, &transcript, verdict)
         .await
         .map_err(|e| Refusal::soft("internal", e.to_string()))
+}
+
+/// Runs a verifier on a blocking thread: a check recomputes rows and blocks.
+async fn verify_blocking(
+    transcript: flotilla_proof::Transcript,
+    check: fn(&flotilla_proof::Transcript) -> Result<(), flotilla_proof::Failure>,
+) -> Result<(flotilla_proof::Transcript, Result<(), String>), Refusal> {
+    tokio::task::spawn_blocking(move || {
+        let verdict = check(&transcript).map_err(|failure| failure.to_string());
+        (transcript, verdict)
+    })
+    .await
+    .map_err(|e| Refusal::soft("internal", e.to_string()))
 }
 
 /// Stores the transcript as public evidence and moves the device: admitted, or blocked.
@@ -621,7 +721,11 @@ async fn on_message(
         WorkerMessage::ComputeProof {
             device_id,
             transcript,
-        } => finish_proof(app, bound, device_id, transcript).await,
+        } => take_commitments(app, bound, device_id, transcript).await,
+        WorkerMessage::MemoryOpenings {
+            device_id,
+            openings,
+        } => take_memory_openings(app, bound, device_id, openings).await,
         WorkerMessage::Heartbeat { devices, .. } => {
             check_telemetry(&devices)?;
             let returning = app

@@ -8,10 +8,8 @@
 //! single rows (`row · A_i`, n² operations) at positions drawn from the root, so a check costs
 //! 1/(T·n) of the prover's work.
 
-use sha2::{Digest, Sha256};
-
 use crate::merkle::{Hash, Tree, leaf_hash, verify_path};
-use crate::stream::Stream;
+use crate::stream::{Stream, draw_pair};
 use crate::{ComputeParams, Failure, RowOpening};
 
 /// The seed-derived starting matrix, row by row.
@@ -141,14 +139,10 @@ impl ComputeProof {
 pub fn check_positions(seed: &[u8; 32], root: &Hash, params: &ComputeParams) -> Vec<(u32, u32)> {
     (0..params.checks)
         .map(|index| {
-            let mut hasher = Sha256::new();
-            hasher.update(b"flotilla/proof/checks/v1");
-            hasher.update(seed);
-            hasher.update(root);
-            hasher.update(index.to_le_bytes());
-            let digest: [u8; 32] = hasher.finalize().into();
-            let a = u64::from_le_bytes(digest[..8].try_into().expect("8 bytes"));
-            let b = u64::from_le_bytes(digest[8..16].try_into().expect("8 bytes"));
+            let (a, b) = draw_pair(
+                b"flotilla/proof/checks/v1",
+                &[seed, root, &index.to_le_bytes()],
+            );
             (
                 (a % u64::from(params.steps)) as u32,
                 (b % u64::from(params.matrix_n)) as u32,
@@ -165,7 +159,7 @@ fn decode_row(text: &str, n: usize, what: &'static str) -> Result<Vec<u8>, Failu
     Ok(bytes)
 }
 
-fn decode_path(path: &[String]) -> Result<Vec<Hash>, Failure> {
+pub(crate) fn decode_path(path: &[String]) -> Result<Vec<Hash>, Failure> {
     path.iter()
         .map(|h| {
             let mut out = [0u8; 32];

@@ -4,6 +4,21 @@
 
 use sha2::{Digest, Sha256};
 
+/// Two 64-bit draws from a domain-separated SHA-256 of `parts`: how positions to check are
+/// picked from a seed, a commitment and the like.
+pub fn draw_pair(domain: &[u8], parts: &[&[u8]]) -> (u64, u64) {
+    let mut hasher = Sha256::new();
+    hasher.update(domain);
+    for part in parts {
+        hasher.update(part);
+    }
+    let digest: [u8; 32] = hasher.finalize().into();
+    (
+        u64::from_le_bytes(digest[..8].try_into().expect("8 bytes")),
+        u64::from_le_bytes(digest[8..16].try_into().expect("8 bytes")),
+    )
+}
+
 #[derive(Debug, Clone)]
 pub struct Stream {
     state: u64,

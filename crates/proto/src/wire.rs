@@ -39,11 +39,18 @@ pub enum ServerMessage {
         heartbeat_interval_ms: u64,
         devices: Vec<DeviceAssignment>,
     },
-    /// Prove the compute of one device (see `flotilla_proof`); answer with
-    /// [`WorkerMessage::ComputeProof`] before the challenge's deadline.
+    /// Prove the compute and memory of one device (see `flotilla_proof`); answer with
+    /// [`WorkerMessage::ComputeProof`] before the challenge's commitment deadline.
     ProveCompute {
         device_id: String,
         challenge: flotilla_proof::Challenge,
+    },
+    /// The commitments are in: open the memory blocks this nonce picks, with
+    /// [`WorkerMessage::MemoryOpenings`], before the challenge's answer deadline.
+    OpenMemory {
+        device_id: String,
+        /// Hex of 32 fresh random bytes.
+        nonce: String,
     },
     /// A message was refused. `fatal` means the coordinator closes the session.
     Rejected {
@@ -89,10 +96,16 @@ pub enum WorkerMessage {
         sent_at_ms: i64,
         devices: Vec<DeviceTelemetry>,
     },
-    /// The answer to [`ServerMessage::ProveCompute`].
+    /// The answer to [`ServerMessage::ProveCompute`]: both commitments and the compute
+    /// openings (the transcript's memory fields are left empty).
     ComputeProof {
         device_id: String,
         transcript: flotilla_proof::Transcript,
+    },
+    /// The answer to [`ServerMessage::OpenMemory`].
+    MemoryOpenings {
+        device_id: String,
+        openings: Vec<flotilla_proof::BlockOpening>,
     },
 }
 

@@ -24,8 +24,12 @@ use crate::identity::{Enrollment, load_enrollment, load_or_create_key, save_enro
 /// First reconnect delay; doubles per failure up to [`RECONNECT_DELAY_MS_MAX`].
 const RECONNECT_DELAY_MS_MIN: u64 = 200;
 const RECONNECT_DELAY_MS_MAX: u64 = 30_000;
-/// Most memory the CPU prover may use for one challenge.
-const CPU_PROVER_BYTES_MAX: u64 = 512 * 1024 * 1024;
+/// Most memory the CPU prover may use for one challenge: the compute chain, then the memory
+/// fill (the whole CPU class's 1 GiB) with its Merkle tree.
+const CPU_PROVER_BYTES_MAX: u64 = 1536 * 1024 * 1024;
+/// How long a committed fill is held for the coordinator's memory query before it is dropped:
+/// the query comes at once after the commitments, or not at all (the proof already failed).
+const FILL_HOLD_MS_MAX: u64 = 30_000;
 /// Proofs the worker runs at once (one per device at enrollment).
 const PROOFS_IN_FLIGHT_MAX: usize = flotilla_proto::limits::DEVICES_PER_WORKER_MAX;
 /// A session that lasted this long counts as healthy and resets the reconnect backoff.
@@ -255,9 +259,9 @@ async fn session(
                 Ok((socket, nonce, heartbeat_interval_ms, ids))
             }
             ServerMessage::Rejected { code, message, .. } => Err(refusal_end(code, message)),
-            ServerMessage::Challenge { .. } | ServerMessage::ProveCompute { .. } => {
-                Err(retry("expected a welcome".to_owned()))
-            }
+            ServerMessage::Challenge { .. }
+            | ServerMessage::ProveCompute { .. }
+            | ServerMessage::OpenMemory { .. } => Err(retry("expected a welcome".to_owned())),
         }
     };
     let handshake = tokio::time::timeout(Duration::from_millis(HANDSHAKE_TIMEOUT_MS), handshake);
@@ -274,10 +278,14 @@ async fn session(
     let mut seq: u64 = 1;
     let mut ticker = tokio::time::interval(Duration::from_millis(interval_ms.max(10)));
     // Proofs run on blocking threads and come back here, so this loop alone numbers messages.
-    let (proved, mut proofs) = tokio::sync::mpsc::channel(PROOFS_IN_FLIGHT_MAX);
+    let (proved, mut proofs) =
+        tokio::sync::mpsc::channel::<(String, flotilla_proof::CpuProof)>(PROOFS_IN_FLIGHT_MAX);
+    let mut held = HeldFills::default();
     loop {
         tokio::select! {
-            Some(message) = proofs.recv() => {
+            Some((device_id, proof)) = proofs.recv() => {
+                let message = WorkerMessage::ComputeProof { device_id: device_id.clone(), transcript: proof.transcript.clone() };
+                held.keep(device_id, proof);
                 seq += 1;
                 if let Err(reason) = send(&mut socket, &Envelope::seal(key, &nonce, &enrollment.worker_id, seq, &message)).await {
                     return SessionEnd::Retry { healthy: healthy(), reason };
@@ -305,7 +313,15 @@ async fn session(
                     tracing::warn!(%code, %message, "coordinator refused a message");
                 }
                 Ok(ServerMessage::ProveCompute { device_id, challenge }) => {
+                    held.drop_expired();
                     start_proof(device_id, challenge, proved.clone());
+                }
+                Ok(ServerMessage::OpenMemory { device_id, nonce: query }) => {
+                    let Some(message) = held.open(device_id, &query) else { continue };
+                    seq += 1;
+                    if let Err(reason) = send(&mut socket, &Envelope::seal(key, &nonce, &enrollment.worker_id, seq, &message)).await {
+                        return SessionEnd::Retry { healthy: healthy(), reason };
+                    }
                 }
                 Ok(_) => {}
                 Err(reason) => return SessionEnd::Retry { healthy: healthy(), reason },
@@ -333,7 +349,7 @@ async fn stopped(shutdown: &mut watch::Receiver<bool>) {
 fn start_proof(
     device_id: String,
     challenge: flotilla_proof::Challenge,
-    proved: tokio::sync::mpsc::Sender<WorkerMessage>,
+    proved: tokio::sync::mpsc::Sender<(String, flotilla_proof::CpuProof)>,
 ) {
     // The CPU prover keeps every matrix of the chain; a GPU-class challenge would need tens of
     // GiB and hours here. Decline it (the deadline passes and the device is blocked) rather
@@ -343,26 +359,61 @@ fn start_proof(
         return;
     }
     tracing::info!(%device_id, class = %challenge.class, steps = challenge.compute.steps, "proving compute");
-    tokio::task::spawn_blocking(move || {
-        let transcript = match flotilla_proof::prove_on_cpu(&challenge) {
-            Ok(transcript) => transcript,
-            Err(failure) => {
-                tracing::warn!(%device_id, %failure, "cannot prove this challenge");
-                return;
-            }
-        };
-        let _ = proved.blocking_send(WorkerMessage::ComputeProof {
-            device_id,
-            transcript,
-        });
+    tokio::task::spawn_blocking(move || match flotilla_proof::prove_on_cpu(&challenge) {
+        Ok(proof) => {
+            let _ = proved.blocking_send((device_id, proof));
+        }
+        Err(failure) => tracing::warn!(%device_id, %failure, "cannot prove this challenge"),
     });
 }
 
 /// Whether the CPU prover may run this challenge: a CPU-class one within its memory bound.
 fn cpu_prover_takes(challenge: &flotilla_proof::Challenge) -> bool {
     let n = u64::from(challenge.compute.matrix_n);
-    let prover_bytes = (u64::from(challenge.compute.steps) + 1).saturating_mul(n * n);
-    challenge.class == "cpu" && prover_bytes <= CPU_PROVER_BYTES_MAX
+    let compute_bytes = (u64::from(challenge.compute.steps) + 1).saturating_mul(n * n);
+    // Each block has a leaf hash and, about, an inner node in the tree: 64 bytes beside 1 KiB.
+    let fill_bytes = challenge.memory.fill_bytes().saturating_mul(17) / 16;
+    challenge.class == "cpu" && compute_bytes.max(fill_bytes) <= CPU_PROVER_BYTES_MAX
+}
+
+/// Fills committed to the coordinator and held for its memory query, by device.
+#[derive(Default)]
+struct HeldFills {
+    fills: std::collections::HashMap<String, (flotilla_proof::CpuProof, std::time::Instant)>,
+}
+
+impl HeldFills {
+    /// Holds a fill; a newer one for the same device replaces the older.
+    fn keep(&mut self, device_id: String, proof: flotilla_proof::CpuProof) {
+        self.drop_expired();
+        self.fills
+            .insert(device_id, (proof, std::time::Instant::now()));
+    }
+
+    /// Frees fills whose query never came.
+    fn drop_expired(&mut self) {
+        let hold = Duration::from_millis(FILL_HOLD_MS_MAX);
+        self.fills
+            .retain(|_, (_, kept_at)| kept_at.elapsed() < hold);
+    }
+
+    /// Opens the blocks `nonce` picks and frees the fill.
+    fn open(&mut self, device_id: String, nonce: &str) -> Option<WorkerMessage> {
+        let Some((proof, _)) = self.fills.remove(&device_id) else {
+            tracing::warn!(%device_id, "memory query for no held fill");
+            return None;
+        };
+        match proof.open_memory(nonce) {
+            Ok(openings) => Some(WorkerMessage::MemoryOpenings {
+                device_id,
+                openings,
+            }),
+            Err(failure) => {
+                tracing::warn!(%device_id, %failure, "cannot open the memory");
+                None
+            }
+        }
+    }
 }
 
 #[cfg(test)]

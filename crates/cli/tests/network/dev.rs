@@ -180,9 +180,18 @@ fn verify_proof_rechecks_a_transcript_offline_and_names_what_is_wrong() {
             .output()
             .unwrap()
     };
-    let challenge = flotilla_proof::challenge_for(&flotilla_proof::cpu_class(), [7u8; 32]);
-    let mut transcript = flotilla_proof::prove_on_cpu(&challenge).unwrap();
+    let challenge = flotilla_proof::challenge_with_target(
+        &flotilla_proof::cpu_class(),
+        [7u8; 32],
+        flotilla_proof::CHALLENGE_TARGET_MS,
+        2,
+    );
+    let mut transcript = flotilla_proof::prove_on_cpu(&challenge)
+        .unwrap()
+        .finish(&"17".repeat(32))
+        .unwrap();
     transcript.elapsed_ms = 1_500;
+    transcript.answer_elapsed_ms = 40;
     let good = dir.path().join("good.json");
     std::fs::write(&good, serde_json::to_string_pretty(&transcript).unwrap()).unwrap();
     let output = verify(&good);
@@ -191,7 +200,9 @@ fn verify_proof_rechecks_a_transcript_offline_and_names_what_is_wrong() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    assert!(String::from_utf8_lossy(&output.stdout).starts_with("valid: 97 checks"));
+    assert!(String::from_utf8_lossy(&output.stdout).starts_with(
+        "valid: 97 checks of a 256x256 chain of 476 products and 40 checks of a 20 MiB memory fill"
+    ));
 
     let mut tampered = transcript.clone();
     let first = &mut tampered.openings[0].next_values;

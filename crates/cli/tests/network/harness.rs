@@ -167,9 +167,12 @@ impl Coordinator {
             ])
             .args(["--heartbeat-grace-ms", &HEARTBEAT_GRACE_MS.to_string()])
             .args(["--telemetry-bucket-s", "1"])
-            .args(["--proof-target-ms", "20"])
+            .args(["--proof-target-ms", "20", "--proof-memory-pct", "1"])
             .args(extra)
-            .env("FLOTILLA_LOG", "warn")
+            .env(
+                "FLOTILLA_LOG",
+                std::env::var("FLOTILLA_LOG").unwrap_or("warn".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -229,6 +232,15 @@ impl Coordinator {
         created.api_key.secret
     }
 
+    /// Enrolls `key` with a fresh token of the supplier's; returns the worker id.
+    pub async fn enrolled(&self, supplier_key: &str, key: &SigningKey, hostname: &str) -> String {
+        let token = self.token(supplier_key).await;
+        enroll(&self.client(None), key, &token, hostname)
+            .await
+            .expect("a fresh token enrolls")
+            .worker_id
+    }
+
     pub async fn token(&self, supplier_key: &str) -> String {
         self.created_token(supplier_key, None).await.secret
     }
@@ -263,7 +275,10 @@ impl Coordinator {
                 "--data",
             ])
             .arg(data_dir)
-            .env("FLOTILLA_LOG", "warn")
+            .env(
+                "FLOTILLA_LOG",
+                std::env::var("FLOTILLA_LOG").unwrap_or("warn".into()),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
         if let Some(token) = token {

@@ -139,6 +139,15 @@ async fn recv_any(socket: &mut Socket) -> ServerMessage {
 
 impl RawSession {
     async fn open(url: &str, worker_id: &str, key: &SigningKey, hardware_id: &str) -> RawSession {
+        RawSession::open_with(url, worker_id, key, gpu(hardware_id)).await
+    }
+
+    async fn open_with(
+        url: &str,
+        worker_id: &str,
+        key: &SigningKey,
+        device: DeviceHardware,
+    ) -> RawSession {
         let (mut socket, _) = tokio_tungstenite::connect_async(control_channel_url(url))
             .await
             .unwrap();
@@ -149,7 +158,7 @@ impl RawSession {
         let hello = WorkerMessage::Hello {
             agent_version: "test".into(),
             hostname: "raw".into(),
-            devices: vec![gpu(hardware_id)],
+            devices: vec![device],
         };
         let mut session = RawSession {
             socket,
@@ -166,6 +175,27 @@ impl RawSession {
         };
         session.devices = devices.into_iter().map(|d| d.device_id).collect();
         session
+    }
+
+    /// The proof-of-compute challenge that follows the welcome.
+    async fn challenge(&mut self) -> (String, flotilla_proof::Challenge) {
+        match recv_any(&mut self.socket).await {
+            ServerMessage::ProveCompute {
+                device_id,
+                challenge,
+            } => (device_id, challenge),
+            other => panic!("a challenge is expected after the welcome, not {other:?}"),
+        }
+    }
+
+    /// Sends a proof's commitments for one device.
+    async fn commit(&mut self, seq: u64, device_id: &str, transcript: flotilla_proof::Transcript) {
+        let message = WorkerMessage::ComputeProof {
+            device_id: device_id.to_owned(),
+            transcript,
+        };
+        let envelope = Envelope::seal(&self.key, &self.nonce, &self.worker_id, seq, &message);
+        self.send(&envelope).await;
     }
 
     fn heartbeat(&self, seq: u64, device_id: &str, utilization_pct: u8) -> Envelope {
@@ -418,55 +448,22 @@ async fn a_cpu_claiming_an_h100_is_blocked_and_the_evidence_is_public(db: Db) {
     let supplier = coordinator.account("supplier-a", &[Role::Supplier]).await;
     let client = coordinator.client(None);
     let (cheap_key, silent_key) = (key(1), key(2));
-    let cheap = enroll(
-        &client,
-        &cheap_key,
-        &coordinator.token(&supplier).await,
-        "cheap",
-    )
-    .await
-    .unwrap()
-    .worker_id;
-    let silent = enroll(
-        &client,
-        &silent_key,
-        &coordinator.token(&supplier).await,
-        "silent",
-    )
-    .await
-    .unwrap()
-    .worker_id;
+    let cheap = coordinator.enrolled(&supplier, &cheap_key, "cheap").await;
+    let silent = coordinator.enrolled(&supplier, &silent_key, "silent").await;
 
     // One answers the H100 challenge with work a CPU can do: a CPU-class proof for its seed.
     let mut session =
         RawSession::open(&coordinator.url, &cheap, &cheap_key, "GPU-h100-cheap").await;
-    let ServerMessage::ProveCompute {
-        device_id,
-        challenge,
-    } = recv_any(&mut session.socket).await
-    else {
-        panic!("a challenge is expected after the welcome");
-    };
+    let (device_id, challenge) = session.challenge().await;
     assert_eq!(
         (challenge.class.as_str(), challenge.compute.matrix_n),
         ("h100", 4096)
     );
     let seed: [u8; 32] = hex::decode(&challenge.seed).unwrap().try_into().unwrap();
-    let cpu_sized = flotilla_proof::challenge_with_target(&flotilla_proof::cpu_class(), seed, 20);
-    let transcript = flotilla_proof::prove_on_cpu(&cpu_sized).unwrap();
-    let answer = WorkerMessage::ComputeProof {
-        device_id: device_id.clone(),
-        transcript,
-    };
-    session
-        .send(&Envelope::seal(
-            &cheap_key,
-            &session.nonce,
-            &cheap,
-            2,
-            &answer,
-        ))
-        .await;
+    let cpu_sized =
+        flotilla_proof::challenge_with_target(&flotilla_proof::cpu_class(), seed, 20, 1);
+    let transcript = flotilla_proof::prove_on_cpu(&cpu_sized).unwrap().transcript;
+    session.commit(2, &device_id, transcript).await;
 
     // The other never answers: its deadline passes.
     let _silent = RawSession::open(&coordinator.url, &silent, &silent_key, "GPU-h100-silent").await;
@@ -492,7 +489,7 @@ async fn a_cpu_claiming_an_h100_is_blocked_and_the_evidence_is_public(db: Db) {
         .iter()
         .find(|p| p.device_id != device_id)
         .unwrap();
-    assert_eq!(missed.reason, "no answer before the deadline");
+    assert_eq!(missed.reason, "no commitments before the deadline");
     let cheated = proofs
         .items
         .iter()
@@ -512,6 +509,55 @@ async fn a_cpu_claiming_an_h100_is_blocked_and_the_evidence_is_public(db: Db) {
     );
 }
 on_both_databases!(a_cpu_claiming_an_h100_is_blocked_and_the_evidence_is_public);
+
+async fn a_device_that_commits_but_cannot_open_its_memory_is_blocked(db: Db) {
+    let coordinator = Coordinator::start(db, &[]).await;
+    let supplier = coordinator.account("supplier-a", &[Role::Supplier]).await;
+    let client = coordinator.client(None);
+    let worker_key = key(3);
+    let worker = coordinator
+        .enrolled(&supplier, &worker_key, "forgetful")
+        .await;
+    // An unknown GPU model proves at the CPU class.
+    let device = DeviceHardware::new("GPU-acme-1", DeviceKind::Gpu, "Acme Accelerator", 16 << 30);
+    let mut session = RawSession::open_with(&coordinator.url, &worker, &worker_key, device).await;
+    let (device_id, challenge) = session.challenge().await;
+    assert_eq!(challenge.class, "cpu");
+    // Honest commitments, then the fill is dropped: the memory query cannot be answered.
+    let proof = flotilla_proof::prove_on_cpu(&challenge).unwrap();
+    session
+        .commit(2, &device_id, proof.transcript.clone())
+        .await;
+    drop(proof);
+    let ServerMessage::OpenMemory {
+        device_id: queried, ..
+    } = recv_any(&mut session.socket).await
+    else {
+        panic!("good commitments get a memory query");
+    };
+    assert_eq!(queried, device_id);
+    // Alive (heartbeats) but silent on the query until the answer deadline passes.
+    let owner = coordinator.client(Some(&supplier));
+    let mut blocked = false;
+    for seq in 3..100 {
+        session.send(&session.heartbeat(seq, &device_id, 0)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let detail: DeviceDetail = owner.get(&format!("devices/{device_id}")).await.unwrap();
+        if detail.device.state == flotilla_proto::device::DeviceState::Blocked {
+            blocked = true;
+            break;
+        }
+    }
+    assert!(blocked, "blocked once the answer deadline passes");
+    let proofs: flotilla_proto::api::Page<flotilla_proto::api::ProofInfo> =
+        client.get("proofs").await.unwrap();
+    assert_eq!(proofs.items.len(), 1);
+    assert_eq!(
+        proofs.items[0].reason,
+        "memory not opened before the deadline"
+    );
+}
+on_both_databases!(a_device_that_commits_but_cannot_open_its_memory_is_blocked);
 
 async fn enrollment_is_rate_limited_per_supplier_across_addresses(db: Db) {
     let coordinator = Coordinator::start(db, &["--enroll-rate-per-minute", "3"]).await;
@@ -576,15 +622,7 @@ async fn device_rows_per_worker_are_bounded(db: Db) {
     let coordinator = Coordinator::start(db, &[]).await;
     let supplier = coordinator.account("supplier-a", &[Role::Supplier]).await;
     let worker_key = key(1);
-    let worker = enroll(
-        &coordinator.client(None),
-        &worker_key,
-        &coordinator.token(&supplier).await,
-        "many",
-    )
-    .await
-    .unwrap()
-    .worker_id;
+    let worker = coordinator.enrolled(&supplier, &worker_key, "many").await;
     // Five hellos of 64 new hardware ids each: 320 rows, past the cap of 256.
     for round in 0..5 {
         let ids: Vec<String> = (0..64).map(|i| format!("GPU-{round}-{i}")).collect();
