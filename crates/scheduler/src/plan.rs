@@ -1,0 +1,159 @@
+//! The queue: in what order requests are placed, and the plan that results.
+//!
+//! Order: urgent, then normal, then deferrable. A normal request that has waited
+//! [`AGING_PROMOTE_MS`] counts as urgent, and a deferrable one past its deadline does too, so
+//! nothing starves. Within a class, renters take turns: every renter's oldest request, then
+//! every renter's second oldest, and so on, so one renter's thousand requests do not lock out
+//! another's one. Ties go to the older request, then the id.
+
+use crate::market::Market;
+use crate::types::{
+    NodeAssignment, Placement, Plan, Priority, Replacement, Request, Snapshot, WaitReason, Waiting,
+};
+
+/// A normal request that has waited this long is placed with the urgent ones.
+pub const AGING_PROMOTE_MS: i64 = 10 * 60 * 1000;
+
+/// The class a request is placed in at `now_ms`: 0 urgent, 1 normal, 2 deferrable.
+fn effective_class(request: &Request, now_ms: i64) -> u8 {
+    match request.priority {
+        Priority::Urgent => 0,
+        Priority::Normal if now_ms - request.submitted_at_ms >= AGING_PROMOTE_MS => 0,
+        Priority::Normal => 1,
+        Priority::Deferrable { deadline_ms, .. } if now_ms >= deadline_ms => 0,
+        Priority::Deferrable { .. } => 2,
+    }
+}
+
+/// The order requests are placed in: indices into `queue`.
+pub fn queue_order(queue: &[Request], now_ms: i64) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..queue.len()).collect();
+    order.sort_by(|&a, &b| {
+        let (ra, rb) = (&queue[a], &queue[b]);
+        (
+            effective_class(ra, now_ms),
+            ra.submitted_at_ms,
+            &ra.request_id,
+        )
+            .cmp(&(
+                effective_class(rb, now_ms),
+                rb.submitted_at_ms,
+                &rb.request_id,
+            ))
+    });
+    // Each request's turn: how many older requests of its renter's are in the same class.
+    let mut turns: std::collections::HashMap<(u8, &str), u32> = std::collections::HashMap::new();
+    let mut keyed: Vec<(u8, u32, usize)> = order
+        .iter()
+        .enumerate()
+        .map(|(position, &index)| {
+            let class = effective_class(&queue[index], now_ms);
+            let turn = turns.entry((class, &queue[index].renter_id)).or_default();
+            let key = (class, *turn, position);
+            *turn += 1;
+            key
+        })
+        .collect();
+    keyed.sort_unstable();
+    keyed
+        .into_iter()
+        .map(|(_, _, position)| order[position])
+        .collect()
+}
+
+/// The price cap a request is placed under at `now_ms`: a deferrable request's target before
+/// its deadline.
+fn price_cap(request: &Request, now_ms: i64) -> Option<u64> {
+    match request.priority {
+        Priority::Deferrable {
+            target_price_per_hour,
+            deadline_ms,
+        } if now_ms < deadline_ms => Some(target_price_per_hour),
+        _ => None,
+    }
+}
+
+/// Places what it can of `queue` on `snapshot` at `now_ms`. Pure and deterministic: the same
+/// inputs give the same plan.
+pub fn plan(snapshot: &Snapshot, queue: &[Request], now_ms: i64) -> Plan {
+    let mut market = Market::new(snapshot);
+    plan_on(&mut market, queue, now_ms)
+}
+
+/// [`plan`] over a market the caller keeps (the simulator releases devices into it).
+pub fn plan_on(market: &mut Market<'_>, queue: &[Request], now_ms: i64) -> Plan {
+    let mut result = Plan::default();
+    for index in queue_order(queue, now_ms) {
+        let request = &queue[index];
+        if let Some(reason) = invalid(request) {
+            result.waiting.push(Waiting {
+                request: index,
+                reason,
+            });
+            continue;
+        }
+        let cap = price_cap(request, now_ms);
+        match market.place(request, cap) {
+            Ok(nodes) => result.placements.push(Placement {
+                request: index,
+                nodes,
+                attempt: 1,
+            }),
+            Err(reason) => {
+                let reason = match (cap, reason) {
+                    (Some(target), WaitReason::NoMatch | WaitReason::NotEnoughNodes { .. }) => {
+                        WaitReason::WaitingForPrice {
+                            target_price_per_hour: target,
+                        }
+                    }
+                    (_, reason) => reason,
+                };
+                result.waiting.push(Waiting {
+                    request: index,
+                    reason,
+                });
+            }
+        }
+    }
+    result
+}
+
+/// A request that can never be placed as written.
+fn invalid(request: &Request) -> Option<WaitReason> {
+    (request.node_count == 0 || request.gpus_per_node == 0).then_some(WaitReason::NoMatch)
+}
+
+/// Plans replacements for a placed request whose nodes `failed` (indices into the snapshot):
+/// as many new nodes of the same model, never one of the request's other nodes, preferring the
+/// failed nodes' region and tier. The new nodes carry `previous_attempt + 1`.
+pub fn plan_replacement(
+    snapshot: &Snapshot,
+    request: &Request,
+    placed: &[NodeAssignment],
+    failed: &[usize],
+    previous_attempt: u32,
+) -> Result<Replacement, WaitReason> {
+    let attempt = previous_attempt + 1;
+    let Some(reference) = placed.iter().find(|p| failed.contains(&p.node)) else {
+        assert!(failed.is_empty(), "only placed nodes can fail");
+        return Ok(Replacement {
+            nodes: Vec::new(),
+            attempt,
+        });
+    };
+    assert!(
+        failed.iter().all(|f| placed.iter().any(|p| p.node == *f)),
+        "only placed nodes can fail"
+    );
+    let node = &snapshot.nodes[reference.node];
+    let model = &node.devices[reference.devices[0]].model;
+    let exclude: Vec<usize> = placed.iter().map(|p| p.node).collect();
+    let nodes = Market::new(snapshot).place_replacements(
+        request,
+        failed.len() as u32,
+        &exclude,
+        model,
+        (&node.region, node.tier),
+    )?;
+    Ok(Replacement { nodes, attempt })
+}

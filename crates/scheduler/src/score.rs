@@ -1,0 +1,114 @@
+//! The documented score: what a node costs a request, in effective IOSD base units per hour.
+//!
+//! Lower is better. The base is the asking price, scaled to a reference throughput (so a
+//! faster model at the same price ranks better: performance per price). It is then raised by
+//! penalties expressed in thousandths of the price (‰), so every factor trades against money:
+//!
+//! | factor | penalty |
+//! | --- | --- |
+//! | reliability | 1‰ per 0.1% of downtime or lost work |
+//! | renter feedback | (5 − stars) × 10‰; 5‰ before any feedback |
+//! | latency to the renter's region | 0 same region, 10‰ same continent, 30‰ elsewhere |
+//! | connectivity tier (multi-node requests, replacements) | ultra 0, high 5‰, medium 15‰, low 30‰ |
+//! | supplier load | 1‰ per 10 devices the supplier has hired, at most 10‰ |
+//! | replacement away from the failed node | 50‰ another region, 20‰ per tier lower |
+//!
+//! Ties go to a hash of (request, worker), so equal offers share the work instead of one
+//! worker taking every request.
+
+use crate::types::{FEEDBACK_MILLI_MAX, NodeOffer, PPM, Request, Tier};
+
+/// Throughput every price is scaled to: 10^15 int8 operations per second (an H100-class
+/// device on the proof). Only ratios matter.
+const PERF_REFERENCE_OPS_PER_S: u128 = 1_000_000_000_000_000;
+
+fn reliability_permille(node: &NodeOffer) -> u64 {
+    u64::from(PPM - node.reliability_ppm().min(PPM)) / 1_000
+}
+
+fn feedback_permille(node: &NodeOffer) -> u64 {
+    match node.feedback_milli {
+        None => 5,
+        Some(milli) => u64::from(FEEDBACK_MILLI_MAX - milli.min(FEEDBACK_MILLI_MAX)) / 100,
+    }
+}
+
+fn latency_permille(renter_region: Option<&str>, region: &str) -> u64 {
+    let Some(renter) = renter_region else {
+        return 0;
+    };
+    let continent = |r: &str| r.split('-').next().unwrap_or("").to_owned();
+    if renter == region {
+        0
+    } else if continent(renter) == continent(region) {
+        10
+    } else {
+        30
+    }
+}
+
+fn tier_permille(tier: Tier) -> u64 {
+    match tier {
+        Tier::Ultra => 0,
+        Tier::High => 5,
+        Tier::Medium => 15,
+        Tier::Low => 30,
+    }
+}
+
+fn load_permille(supplier_hired: u32) -> u64 {
+    u64::from(supplier_hired / 10).min(10)
+}
+
+fn scaled(price: u64, perf_ops_per_s: u64, permille: u64) -> u64 {
+    let perf = u128::from(perf_ops_per_s.max(1));
+    let value =
+        u128::from(price) * u128::from(1_000 + permille) * PERF_REFERENCE_OPS_PER_S / perf / 1_000;
+    u64::try_from(value).unwrap_or(u64::MAX)
+}
+
+/// What the index sorts slots by: price per reference throughput, with the penalties that do
+/// not depend on the request.
+pub fn static_cost(node: &NodeOffer, cheapest: &crate::types::DeviceOffer) -> u64 {
+    scaled(
+        cheapest.price_per_hour,
+        cheapest.perf_ops_per_s,
+        reliability_permille(node) + feedback_permille(node),
+    )
+}
+
+/// The full cost of `price_per_hour` worth of devices on `node` for `request`.
+pub fn full_cost(
+    node: &NodeOffer,
+    price_per_hour: u64,
+    perf_ops_per_s: u64,
+    supplier_load: u32,
+    request: &Request,
+    preferred: Option<&(String, Tier)>,
+) -> u64 {
+    let mut permille = reliability_permille(node)
+        + feedback_permille(node)
+        + latency_permille(request.renter_region.as_deref(), &node.region)
+        + load_permille(supplier_load);
+    // Cluster traffic crosses the links of multi-node requests and of replacements.
+    if request.node_count > 1 || preferred.is_some() {
+        permille += tier_permille(node.tier);
+    }
+    if let Some((region, tier)) = preferred {
+        if *region != node.region {
+            permille += 50;
+        }
+        permille += 20 * (*tier as u64).saturating_sub(node.tier as u64);
+    }
+    scaled(price_per_hour, perf_ops_per_s, permille)
+}
+
+/// A deterministic hash of (request, worker): FNV-1a.
+pub fn tie_break(request_id: &str, worker_id: &str) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in request_id.bytes().chain([0]).chain(worker_id.bytes()) {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash
+}
