@@ -6,10 +6,14 @@
 //!   heartbeating against one coordinator; prints one JSON line of figures last.
 //! - `cargo xtask bench proof`: the CPU prover and the verifier on a CPU-class challenge, in a
 //!   release build; prints one JSON line with `verifier_over_prover` last.
+//! - `cargo xtask bench scheduler`: placements per second and decision latency at 100,000 and
+//!   1,000 devices, and placement cost against the exact optimum and first-fit; one JSON line
+//!   last.
 
 mod bench;
 mod postgres;
 mod proof_bench;
+mod scheduler_bench;
 
 use std::process::Command;
 
@@ -21,6 +25,9 @@ fn main() -> Result<()> {
         Some("test") => test(),
         Some("bench") if args.get(1).map(String::as_str) == Some("proof") => {
             proof_bench::run(&args[2..])
+        }
+        Some("bench") if args.get(1).map(String::as_str) == Some("scheduler") => {
+            scheduler_bench::run(&args[2..])
         }
         Some("bench") => bench::run(&args[1..]),
         _ => bail!(

@@ -25,6 +25,7 @@ pub mod plan;
 pub mod prices;
 pub mod query;
 pub mod score;
+pub mod synthetic;
 pub mod types;
 
 pub use plan::{plan, plan_replacement, queue_order};

@@ -1,12 +1,13 @@
 //! The index the scheduler places from: free devices grouped into slots (one worker, one
-//! model), and slots into buckets by (model, region), each bucket sorted by a static cost, so a
-//! request looks at a handful of cheap candidates instead of the whole pool.
+//! model), and slots into buckets by (model, region), each bucket an ordered set of its live
+//! slots by a static cost, so a request looks at a handful of cheap candidates instead of the
+//! whole pool, and a taken slot leaves the set instead of being stepped over.
 //!
 //! The [`Market`] is built once per snapshot and then mutated as the plan takes devices;
 //! [`Market::release`] gives devices back (the simulator uses it; the coordinator rebuilds from
 //! a fresh snapshot instead).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use crate::score;
 use crate::types::{
@@ -16,29 +17,51 @@ use crate::types::{
 
 /// Candidates looked at beyond the nodes a request needs, per bucket: enough that the full
 /// score (latency, load) can reorder what the static cost ranked.
-pub const CANDIDATES_EXTRA: usize = 8;
+pub const CANDIDATES_EXTRA: usize = 4;
 
 /// One worker's free devices of one model, cheapest first.
 #[derive(Debug, Clone)]
 struct Slot {
     node: u32,
+    bucket: u32,
+    /// The static cost at build time: a lower bound for the slot from then on, since devices
+    /// only leave a slot or come back to it.
+    key: u64,
     /// Device indices within the node, sorted by price (then index).
     free: Vec<u32>,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 struct Bucket {
-    /// Slot ids, sorted by static cost.
-    slots: Vec<u32>,
-    /// Slots before this index have no free device; skipped without looking.
-    first_live: usize,
+    model: u32,
+    region: u32,
+    /// (static cost, slot id) of every slot with a free device, with what a walk checks
+    /// first, kept beside the key so most slots are passed over without touching the node.
+    live: BTreeMap<(u64, u32), Summary>,
+}
+
+/// The hot facts of a live slot.
+#[derive(Debug, Clone, Copy)]
+struct Summary {
+    free: u32,
+    cheapest: u64,
+    tier: Tier,
+    reliability_ppm: u32,
+}
+
+/// What a model's devices span, so a request can skip a model without walking it.
+#[derive(Debug, Clone, Copy)]
+struct ModelSpan {
+    memory: Range,
+    perf: Range,
+    cheapest: u64,
 }
 
 /// A candidate node for one request.
 #[derive(Debug, Clone)]
 struct Candidate {
     slot: u32,
-    /// The bucket it came from: (model, region).
+    /// The bucket's (model, region).
     bucket: (u32, u32),
     devices: Vec<u32>,
     price_per_hour: u64,
@@ -51,18 +74,19 @@ struct Candidate {
 pub struct Market<'a> {
     snapshot: &'a Snapshot,
     models: HashMap<&'a str, u32>,
+    model_spans: Vec<ModelSpan>,
     regions: Vec<&'a str>,
     region_ids: HashMap<&'a str, u32>,
     slots: Vec<Slot>,
     /// Slot id for (node, model).
     slot_of: HashMap<(u32, u32), u32>,
-    /// Position of each slot within its bucket.
-    slot_position: Vec<u32>,
-    buckets: HashMap<(u32, u32), Bucket>,
-    /// Per model, the regions that have a bucket, sorted.
-    regions_of_model: Vec<Vec<u32>>,
+    buckets: Vec<Bucket>,
+    /// Bucket ids of each model, by region id.
+    buckets_of_model: Vec<Vec<u32>>,
+    node_supplier: Vec<u32>,
+    node_hash: Vec<u64>,
     /// Devices hired per supplier, counting what this plan placed.
-    supplier_load: HashMap<&'a str, u32>,
+    supplier_load: Vec<u32>,
 }
 
 impl<'a> Market<'a> {
@@ -70,45 +94,74 @@ impl<'a> Market<'a> {
         let mut market = Market {
             snapshot,
             models: HashMap::new(),
+            model_spans: Vec::new(),
             regions: Vec::new(),
             region_ids: HashMap::new(),
             slots: Vec::new(),
             slot_of: HashMap::new(),
-            slot_position: Vec::new(),
-            buckets: HashMap::new(),
-            regions_of_model: Vec::new(),
-            supplier_load: HashMap::new(),
+            buckets: Vec::new(),
+            buckets_of_model: Vec::new(),
+            node_supplier: Vec::with_capacity(snapshot.nodes.len()),
+            node_hash: Vec::with_capacity(snapshot.nodes.len()),
+            supplier_load: Vec::new(),
         };
+        let mut suppliers: HashMap<&str, u32> = HashMap::new();
         for (node_index, node) in snapshot.nodes.iter().enumerate() {
+            let next = suppliers.len() as u32;
+            let supplier = *suppliers.entry(&node.supplier_id).or_insert(next);
+            if supplier as usize == market.supplier_load.len() {
+                market.supplier_load.push(0);
+            }
+            market.supplier_load[supplier as usize] =
+                market.supplier_load[supplier as usize].saturating_add(node.supplier_hired);
+            market.node_supplier.push(supplier);
+            market.node_hash.push(score::tie_break("", &node.worker_id));
             market.add_node(node_index as u32, node);
         }
-        market.sort_buckets();
+        market.index();
         market
     }
 
     fn add_node(&mut self, node_index: u32, node: &'a NodeOffer) {
-        let load = self.supplier_load.entry(&node.supplier_id).or_default();
-        *load = load.saturating_add(node.supplier_hired);
-        let region = self.intern_region(&node.region);
+        let region = intern(&mut self.region_ids, &mut self.regions, &node.region);
         for (device_index, device) in node.devices.iter().enumerate() {
             if !device.placeable() {
                 continue;
             }
-            let model = self.intern_model(&device.model);
+            let next = self.models.len() as u32;
+            let model = *self.models.entry(&device.model).or_insert(next);
+            if model as usize == self.model_spans.len() {
+                self.model_spans.push(ModelSpan {
+                    memory: Range {
+                        min: u64::MAX,
+                        max: 0,
+                    },
+                    perf: Range {
+                        min: u64::MAX,
+                        max: 0,
+                    },
+                    cheapest: u64::MAX,
+                });
+                self.buckets_of_model.push(Vec::new());
+            }
+            let span = &mut self.model_spans[model as usize];
+            span.memory.min = span.memory.min.min(device.memory_bytes);
+            span.memory.max = span.memory.max.max(device.memory_bytes);
+            span.perf.min = span.perf.min.min(device.perf_ops_per_s);
+            span.perf.max = span.perf.max.max(device.perf_ops_per_s);
+            span.cheapest = span.cheapest.min(device.price_per_hour);
             let slot = match self.slot_of.get(&(node_index, model)) {
                 Some(&slot) => slot,
                 None => {
+                    let bucket = self.bucket_for(model, region);
                     let slot = self.slots.len() as u32;
                     self.slots.push(Slot {
                         node: node_index,
+                        bucket,
+                        key: 0,
                         free: Vec::new(),
                     });
                     self.slot_of.insert((node_index, model), slot);
-                    self.buckets
-                        .entry((model, region))
-                        .or_default()
-                        .slots
-                        .push(slot);
                     slot
                 }
             };
@@ -116,45 +169,38 @@ impl<'a> Market<'a> {
         }
     }
 
-    fn intern_model(&mut self, model: &'a str) -> u32 {
-        let next = self.models.len() as u32;
-        *self.models.entry(model).or_insert(next)
-    }
-
-    fn intern_region(&mut self, region: &'a str) -> u32 {
-        if let Some(&id) = self.region_ids.get(region) {
-            return id;
+    fn bucket_for(&mut self, model: u32, region: u32) -> u32 {
+        let list = &mut self.buckets_of_model[model as usize];
+        if let Some(&bucket) = list
+            .iter()
+            .find(|&&b| self.buckets[b as usize].region == region)
+        {
+            return bucket;
         }
-        let id = self.regions.len() as u32;
-        self.regions.push(region);
-        self.region_ids.insert(region, id);
-        id
+        let bucket = self.buckets.len() as u32;
+        self.buckets.push(Bucket {
+            model,
+            region,
+            live: BTreeMap::new(),
+        });
+        list.push(bucket);
+        bucket
     }
 
-    fn sort_buckets(&mut self) {
+    /// Sorts each slot's devices by price and files the slot in its bucket by static cost.
+    fn index(&mut self) {
         let snapshot = self.snapshot;
-        for slot in &mut self.slots {
-            let devices = &snapshot.nodes[slot.node as usize].devices;
+        for slot_id in 0..self.slots.len() as u32 {
+            let slot = &mut self.slots[slot_id as usize];
+            let node = &snapshot.nodes[slot.node as usize];
             slot.free
-                .sort_by_key(|&d| (devices[d as usize].price_per_hour, d));
+                .sort_by_key(|&d| (node.devices[d as usize].price_per_hour, d));
+            slot.key = score::static_cost(node, &node.devices[slot.free[0] as usize]);
+            self.refresh(slot_id);
         }
-        self.slot_position = vec![0; self.slots.len()];
-        let mut keys: Vec<(u32, u32)> = self.buckets.keys().copied().collect();
-        keys.sort_unstable();
-        self.regions_of_model = vec![Vec::new(); self.models.len()];
-        for key in keys {
-            let bucket = self.buckets.get_mut(&key).expect("listed key");
-            let slots = &self.slots;
-            bucket.slots.sort_by_cached_key(|&s| {
-                let slot = &slots[s as usize];
-                let node = &snapshot.nodes[slot.node as usize];
-                let cheapest = &node.devices[slot.free[0] as usize];
-                (score::static_cost(node, cheapest), slot.node)
-            });
-            for (position, &slot) in bucket.slots.iter().enumerate() {
-                self.slot_position[slot as usize] = position as u32;
-            }
-            self.regions_of_model[key.0 as usize].push(key.1);
+        let buckets = &self.buckets;
+        for list in &mut self.buckets_of_model {
+            list.sort_by_key(|&b| buckets[b as usize].region);
         }
     }
 
@@ -167,24 +213,27 @@ impl<'a> Market<'a> {
         self.slots.iter().map(|s| s.free.len()).sum()
     }
 
-    fn model_ids(&self, filter: &Filter) -> Vec<u32> {
-        if filter.models.is_empty() {
-            let mut all: Vec<u32> = self.models.values().copied().collect();
-            all.sort_unstable();
-            return all;
-        }
-        let mut ids: Vec<u32> = filter
-            .models
-            .iter()
-            .filter_map(|m| self.models.get(m.as_str()).copied())
-            .collect();
+    /// Models the filter allows and whose devices can pass its memory, throughput and price.
+    fn model_ids(&self, filter: &Filter, price: &Range) -> Vec<u32> {
+        let spans_meet = |model: u32| {
+            let span = &self.model_spans[model as usize];
+            overlaps(&filter.memory_bytes, &span.memory)
+                && overlaps(&filter.perf_ops_per_s, &span.perf)
+                && span.cheapest <= price.max
+        };
+        let mut ids: Vec<u32> = if filter.models.is_empty() {
+            (0..self.models.len() as u32).collect()
+        } else {
+            filter
+                .models
+                .iter()
+                .filter_map(|m| self.models.get(m.as_str()).copied())
+                .collect()
+        };
         ids.sort_unstable();
         ids.dedup();
+        ids.retain(|&m| spans_meet(m));
         ids
-    }
-
-    fn region_allowed(&self, filter: &Filter, region: u32) -> bool {
-        region_matches(&filter.regions, self.regions[region as usize])
     }
 
     /// Places `request` if it can: takes the devices and returns the nodes, or says why not.
@@ -194,11 +243,11 @@ impl<'a> Market<'a> {
         request: &Request,
         price_cap: Option<u64>,
     ) -> Result<Vec<NodeAssignment>, WaitReason> {
-        let mut filter_price = request.filter.price_per_hour;
+        let mut price = request.filter.price_per_hour;
         if let Some(cap) = price_cap {
-            filter_price.max = filter_price.max.min(cap);
+            price.max = price.max.min(cap);
         }
-        let mut search = Search::new(request, filter_price, &[]);
+        let mut search = Search::new(request, price, &[]);
         self.collect(&mut search);
         let chosen = self.choose(request, &mut search)?;
         Ok(self.take(chosen))
@@ -240,95 +289,178 @@ impl<'a> Market<'a> {
         Err(last)
     }
 
-    /// Walks the buckets the request may use and gathers scored candidates.
-    fn collect(&mut self, search: &mut Search) {
-        let request = search.request.clone();
-        let per_bucket = request.node_count as usize + CANDIDATES_EXTRA;
-        for model in self.model_ids(&request.filter) {
-            let regions = self.regions_of_model[model as usize].clone();
-            for region in regions {
-                if !self.region_allowed(&request.filter, region) {
-                    continue;
-                }
-                self.collect_bucket(search, (model, region), per_bucket);
+    /// Walks the buckets the request may use and gathers scored candidates: per bucket for a
+    /// one-region cluster (each region needs its own), per model for a spread cluster (one
+    /// model per cluster), and across everything for a single node.
+    fn collect(&self, search: &mut Search) {
+        let request = search.request;
+        let wanted = request.node_count as usize + CANDIDATES_EXTRA;
+        let mut groups: Vec<Vec<u32>> = Vec::new();
+        for model in self.model_ids(&request.filter, &search.price) {
+            let allowed = self.buckets_of_model[model as usize]
+                .iter()
+                .copied()
+                .filter(|&b| {
+                    region_matches(
+                        &request.filter.regions,
+                        self.regions[self.buckets[b as usize].region as usize],
+                    )
+                });
+            if request.node_count == 1 {
+                groups.resize_with(1, Vec::new);
+                groups[0].extend(allowed);
+            } else if request.colocation == Colocation::OneRegion {
+                groups.extend(allowed.map(|b| vec![b]));
+            } else {
+                groups.push(allowed.collect());
+            }
+        }
+        for group in groups {
+            self.walk(search, &group, wanted);
+        }
+    }
+
+    /// Files a slot in its bucket as its free list now stands: out when empty.
+    fn refresh(&mut self, slot_id: u32) {
+        let slot = &self.slots[slot_id as usize];
+        let live = &mut self.buckets[slot.bucket as usize].live;
+        let key = (slot.key, slot_id);
+        let Some(&cheapest) = slot.free.first() else {
+            live.remove(&key);
+            return;
+        };
+        let node = &self.snapshot.nodes[slot.node as usize];
+        live.insert(
+            key,
+            Summary {
+                free: slot.free.len() as u32,
+                cheapest: node.devices[cheapest as usize].price_per_hour,
+                tier: node.tier,
+                reliability_ppm: node.reliability_ppm(),
+            },
+        );
+    }
+
+    /// Walks `buckets` together in static-cost order until `wanted` candidates are found.
+    fn walk(&self, search: &mut Search, buckets: &[u32], wanted: usize) {
+        type Entries<'m> = std::collections::btree_map::Iter<'m, (u64, u32), Summary>;
+        let mut heads: Vec<(Entries<'_>, u64, u32)> = buckets
+            .iter()
+            .map(|&b| {
+                let bucket = &self.buckets[b as usize];
+                let perf = self.model_spans[bucket.model as usize].perf.min;
+                // No slot past this static cost has a device within the price limit.
+                let beyond = score::static_cost_bound(search.price.max, perf);
+                (bucket.live.iter(), beyond, b)
+            })
+            .collect();
+        let step = |iter: &mut Entries<'_>| iter.next().map(|(key, summary)| (*key, *summary));
+        let mut next: Vec<Option<((u64, u32), Summary)>> =
+            heads.iter_mut().map(|(iter, _, _)| step(iter)).collect();
+        let mut found = 0;
+        while found < wanted {
+            let best = next
+                .iter()
+                .enumerate()
+                .filter_map(|(i, head)| {
+                    head.filter(|((key, _), _)| *key <= heads[i].1)
+                        .map(|(key, summary)| (key, i, summary))
+                })
+                .min_by_key(|(key, i, _)| (*key, *i));
+            let Some(((_, slot_id), index, summary)) = best else {
+                break;
+            };
+            next[index] = step(&mut heads[index].0);
+            if self.worth_a_look(search, &summary) {
+                found += usize::from(self.consider(search, heads[index].2, slot_id));
             }
         }
     }
 
-    fn collect_bucket(&mut self, search: &mut Search, key: (u32, u32), wanted: usize) {
-        let snapshot = self.snapshot;
-        let Some(bucket) = self.buckets.get_mut(&key) else {
-            return;
-        };
-        while bucket.first_live < bucket.slots.len()
-            && self.slots[bucket.slots[bucket.first_live] as usize]
-                .free
-                .is_empty()
+    /// What the summary alone rules out: node-level constraints, price, and too few GPUs
+    /// (which still counts as a match).
+    fn worth_a_look(&self, search: &mut Search, summary: &Summary) -> bool {
+        let filter = &search.request.filter;
+        if summary.tier < filter.tier_min
+            || summary.tier > filter.tier_max
+            || !filter
+                .reliability_ppm
+                .contains(u64::from(summary.reliability_ppm))
+            || summary.cheapest > search.price.max
         {
-            bucket.first_live += 1;
+            return false;
         }
-        let mut found = 0;
-        for &slot_id in &bucket.slots[bucket.first_live..] {
-            if found >= wanted {
-                break;
-            }
-            let slot = &self.slots[slot_id as usize];
-            if slot.free.is_empty() || search.exclude.contains(&(slot.node as usize)) {
-                continue;
-            }
-            let node = &snapshot.nodes[slot.node as usize];
-            if !node_passes(&search.request.filter, node) {
-                continue;
-            }
-            let devices = matching_devices(
-                &search.request.filter,
-                &search.price,
-                &node.devices,
-                &slot.free,
-            );
-            if devices.is_empty() {
-                continue;
-            }
+        if (summary.free as usize) < search.request.gpus_per_node as usize {
             search.any_match = true;
-            let needed = search.request.gpus_per_node as usize;
-            if devices.len() < needed || !search.request.filter.count.contains(devices.len() as u64)
-            {
-                continue;
-            }
-            let devices: Vec<u32> = devices.into_iter().take(needed).collect();
-            let price_per_hour: u64 = devices
-                .iter()
-                .map(|&d| node.devices[d as usize].price_per_hour)
-                .sum();
-            let load = self
-                .supplier_load
-                .get(node.supplier_id.as_str())
-                .copied()
-                .unwrap_or(0);
-            let perf = node.devices[devices[0] as usize].perf_ops_per_s;
-            let score = score::full_cost(
-                node,
-                price_per_hour,
-                perf,
-                load,
-                &search.request,
-                search.preferred.as_ref(),
-            );
-            search.candidates.push(Candidate {
-                slot: slot_id,
-                bucket: key,
-                devices,
-                price_per_hour,
-                score,
-                tie: score::tie_break(&search.request.request_id, &node.worker_id),
-            });
-            found += 1;
+            return false;
         }
+        true
+    }
+
+    /// Scores one slot for the request; whether it became a candidate.
+    fn consider(&self, search: &mut Search, bucket_id: u32, slot_id: u32) -> bool {
+        let slot = &self.slots[slot_id as usize];
+        let request = search.request;
+        if search.exclude.contains(&(slot.node as usize)) {
+            return false;
+        }
+        let node = &self.snapshot.nodes[slot.node as usize];
+        // The bucket already matches the model and the region.
+        if !node_passes_within_bucket(&request.filter, node) {
+            return false;
+        }
+        let passes = |&d: &u32| {
+            device_passes_within_bucket(&request.filter, &search.price, &node.devices[d as usize])
+        };
+        let matching = slot.free.iter().filter(|d| passes(d)).count();
+        if matching == 0 {
+            return false;
+        }
+        search.any_match = true;
+        let needed = request.gpus_per_node as usize;
+        if matching < needed || !request.filter.count.contains(matching as u64) {
+            return false;
+        }
+        let devices: Vec<u32> = slot
+            .free
+            .iter()
+            .copied()
+            .filter(|d| passes(d))
+            .take(needed)
+            .collect();
+        let price_per_hour: u64 = devices
+            .iter()
+            .map(|&d| node.devices[d as usize].price_per_hour)
+            .sum();
+        let load = self.supplier_load[self.node_supplier[slot.node as usize] as usize];
+        let perf = node.devices[devices[0] as usize].perf_ops_per_s;
+        let score = score::full_cost(
+            node,
+            price_per_hour,
+            perf,
+            load,
+            request,
+            search.preferred.as_ref(),
+        );
+        let bucket = &self.buckets[bucket_id as usize];
+        search.candidates.push(Candidate {
+            slot: slot_id,
+            bucket: (bucket.model, bucket.region),
+            devices,
+            price_per_hour,
+            score,
+            tie: score::mix(search.request_hash ^ self.node_hash[slot.node as usize]),
+        });
+        true
     }
 
     /// Picks the request's nodes from the candidates: the best `node_count` of one model (a
     /// cluster's GPUs are alike), and of one region when the request asks for it.
-    fn choose(&self, request: &Request, search: &mut Search) -> Result<Vec<Candidate>, WaitReason> {
+    fn choose(
+        &self,
+        request: &Request,
+        search: &mut Search<'_>,
+    ) -> Result<Vec<Candidate>, WaitReason> {
         if !search.any_match {
             return Err(WaitReason::NoMatch);
         }
@@ -381,13 +513,12 @@ impl<'a> Market<'a> {
             .map(|candidate| {
                 let slot = &mut self.slots[candidate.slot as usize];
                 slot.free.retain(|d| !candidate.devices.contains(d));
-                let node = &self.snapshot.nodes[slot.node as usize];
-                *self
-                    .supplier_load
-                    .entry(node.supplier_id.as_str())
-                    .or_default() += candidate.devices.len() as u32;
+                let node = slot.node;
+                self.refresh(candidate.slot);
+                let supplier = self.node_supplier[node as usize] as usize;
+                self.supplier_load[supplier] += candidate.devices.len() as u32;
                 NodeAssignment {
-                    node: slot.node as usize,
+                    node: node as usize,
                     devices: candidate.devices.iter().map(|&d| d as usize).collect(),
                     price_per_hour: candidate.price_per_hour,
                 }
@@ -395,19 +526,19 @@ impl<'a> Market<'a> {
             .collect()
     }
 
+    /// The slot holding a device, if the device was placeable when the market was built.
+    fn slot_holding(&self, node: usize, device: usize) -> Option<u32> {
+        let model = self
+            .models
+            .get(self.snapshot.nodes[node].devices[device].model.as_str())?;
+        self.slot_of.get(&(node as u32, *model)).copied()
+    }
+
     /// Gives devices back (work ended); they become placeable again.
     pub fn release(&mut self, node: usize, devices: &[usize]) {
-        let snapshot = self.snapshot;
-        let node_offer = &snapshot.nodes[node];
+        let offers = &self.snapshot.nodes[node].devices;
         for &device in devices {
-            let offer = &node_offer.devices[device];
-            let (Some(&model), Some(&region)) = (
-                self.models.get(offer.model.as_str()),
-                self.region_ids.get(node_offer.region.as_str()),
-            ) else {
-                continue;
-            };
-            let Some(&slot_id) = self.slot_of.get(&(node as u32, model)) else {
+            let Some(slot_id) = self.slot_holding(node, device) else {
                 continue;
             };
             let slot = &mut self.slots[slot_id as usize];
@@ -415,35 +546,40 @@ impl<'a> Market<'a> {
                 continue;
             }
             slot.free.push(device as u32);
-            let devices = &node_offer.devices;
             slot.free
-                .sort_by_key(|&d| (devices[d as usize].price_per_hour, d));
-            let position = self.slot_position[slot_id as usize] as usize;
-            if let Some(bucket) = self.buckets.get_mut(&(model, region)) {
-                bucket.first_live = bucket.first_live.min(position);
-            }
-            let load = self
-                .supplier_load
-                .entry(node_offer.supplier_id.as_str())
-                .or_default();
-            *load = load.saturating_sub(1);
+                .sort_by_key(|&d| (offers[d as usize].price_per_hour, d));
+            self.refresh(slot_id);
+            let supplier = self.node_supplier[node] as usize;
+            self.supplier_load[supplier] = self.supplier_load[supplier].saturating_sub(1);
         }
     }
 
     /// Takes devices out without a request (a device failed or was hired elsewhere).
     pub fn withdraw(&mut self, node: usize, devices: &[usize]) {
-        let node_offer = &self.snapshot.nodes[node];
         for &device in devices {
-            let Some(&model) = self.models.get(node_offer.devices[device].model.as_str()) else {
+            let Some(slot_id) = self.slot_holding(node, device) else {
                 continue;
             };
-            if let Some(&slot_id) = self.slot_of.get(&(node as u32, model)) {
-                self.slots[slot_id as usize]
-                    .free
-                    .retain(|&d| d != device as u32);
-            }
+            self.slots[slot_id as usize]
+                .free
+                .retain(|&d| d != device as u32);
+            self.refresh(slot_id);
         }
     }
+}
+
+fn intern<'a>(ids: &mut HashMap<&'a str, u32>, names: &mut Vec<&'a str>, name: &'a str) -> u32 {
+    if let Some(&id) = ids.get(name) {
+        return id;
+    }
+    let id = names.len() as u32;
+    names.push(name);
+    ids.insert(name, id);
+    id
+}
+
+fn overlaps(a: &Range, b: &Range) -> bool {
+    a.min <= b.max && b.min <= a.max
 }
 
 /// The group (by `key`) whose best `needed` candidates (already sorted) score least in total;
@@ -472,22 +608,24 @@ fn best_group(
 }
 
 /// One request's walk over the market.
-struct Search {
-    request: Request,
+struct Search<'r> {
+    request: &'r Request,
+    request_hash: u64,
     price: Range,
-    exclude: Vec<usize>,
+    exclude: &'r [usize],
     preferred: Option<(String, Tier)>,
     candidates: Vec<Candidate>,
     /// Some device passed every constraint (whether or not a node had enough of them).
     any_match: bool,
 }
 
-impl Search {
-    fn new(request: &Request, price: Range, exclude: &[usize]) -> Search {
+impl<'r> Search<'r> {
+    fn new(request: &'r Request, price: Range, exclude: &'r [usize]) -> Search<'r> {
         Search {
-            request: request.clone(),
+            request,
+            request_hash: score::tie_break(&request.request_id, ""),
             price,
-            exclude: exclude.to_vec(),
+            exclude,
             preferred: None,
             candidates: Vec::new(),
             any_match: false,
@@ -517,6 +655,24 @@ pub fn node_passes(filter: &Filter, node: &NodeOffer) -> bool {
         && region_matches(&filter.regions, &node.region)
 }
 
+/// [`node_passes`] less the region, which a bucket already matches.
+fn node_passes_within_bucket(filter: &Filter, node: &NodeOffer) -> bool {
+    node.tier >= filter.tier_min
+        && node.tier <= filter.tier_max
+        && (filter.countries.is_empty() || filter.countries.contains(&node.country))
+        && filter
+            .reliability_ppm
+            .contains(u64::from(node.reliability_ppm()))
+}
+
+/// [`device_passes`] less the model, which a bucket already matches, and placeability, which
+/// a slot's free list already has.
+fn device_passes_within_bucket(filter: &Filter, price: &Range, device: &DeviceOffer) -> bool {
+    price.contains(device.price_per_hour)
+        && filter.memory_bytes.contains(device.memory_bytes)
+        && filter.perf_ops_per_s.contains(device.perf_ops_per_s)
+}
+
 /// The device-level constraints, on top of being placeable and of an allowed model.
 pub fn device_passes(filter: &Filter, price: &Range, device: &DeviceOffer) -> bool {
     device.placeable()
@@ -524,17 +680,4 @@ pub fn device_passes(filter: &Filter, price: &Range, device: &DeviceOffer) -> bo
         && filter.memory_bytes.contains(device.memory_bytes)
         && price.contains(device.price_per_hour)
         && filter.perf_ops_per_s.contains(device.perf_ops_per_s)
-}
-
-/// The free devices of a slot that pass the filter, cheapest first.
-fn matching_devices(
-    filter: &Filter,
-    price: &Range,
-    devices: &[DeviceOffer],
-    free: &[u32],
-) -> Vec<u32> {
-    free.iter()
-        .copied()
-        .filter(|&d| device_passes(filter, price, &devices[d as usize]))
-        .collect()
 }

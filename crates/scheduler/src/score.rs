@@ -6,8 +6,8 @@
 //!
 //! | factor | penalty |
 //! | --- | --- |
-//! | reliability | 1‰ per 0.1% of downtime or lost work |
-//! | renter feedback | (5 − stars) × 10‰; 5‰ before any feedback |
+//! | reliability | 1‰ per 0.1% of downtime or lost work, at most 100‰ |
+//! | renter feedback | (5 − stars) × 10‰, at most 50‰; 5‰ before any feedback |
 //! | latency to the renter's region | 0 same region, 10‰ same continent, 30‰ elsewhere |
 //! | connectivity tier (multi-node requests, replacements) | ultra 0, high 5‰, medium 15‰, low 30‰ |
 //! | supplier load | 1‰ per 10 devices the supplier has hired, at most 10‰ |
@@ -22,8 +22,12 @@ use crate::types::{FEEDBACK_MILLI_MAX, NodeOffer, PPM, Request, Tier};
 /// device on the proof). Only ratios matter.
 const PERF_REFERENCE_OPS_PER_S: u128 = 1_000_000_000_000_000;
 
+/// Caps on the static penalties, so a bucket walk can stop at a known static cost.
+const RELIABILITY_PERMILLE_MAX: u64 = 100;
+const FEEDBACK_PERMILLE_MAX: u64 = 50;
+
 fn reliability_permille(node: &NodeOffer) -> u64 {
-    u64::from(PPM - node.reliability_ppm().min(PPM)) / 1_000
+    (u64::from(PPM - node.reliability_ppm().min(PPM)) / 1_000).min(RELIABILITY_PERMILLE_MAX)
 }
 
 fn feedback_permille(node: &NodeOffer) -> u64 {
@@ -77,6 +81,22 @@ pub fn static_cost(node: &NodeOffer, cheapest: &crate::types::DeviceOffer) -> u6
     )
 }
 
+/// A price scaled to the reference throughput, with no penalty: the objective when every other
+/// factor is equal.
+pub fn effective_price(price: u64, perf_ops_per_s: u64) -> u64 {
+    scaled(price, perf_ops_per_s, 0)
+}
+
+/// The highest static cost a device at `price` (or less) with at least `perf_ops_per_s` can
+/// have: a bucket walk past it finds nothing within the price.
+pub fn static_cost_bound(price: u64, perf_ops_per_s: u64) -> u64 {
+    scaled(
+        price,
+        perf_ops_per_s,
+        RELIABILITY_PERMILLE_MAX + FEEDBACK_PERMILLE_MAX,
+    )
+}
+
 /// The full cost of `price_per_hour` worth of devices on `node` for `request`.
 pub fn full_cost(
     node: &NodeOffer,
@@ -101,6 +121,14 @@ pub fn full_cost(
         permille += 20 * (*tier as u64).saturating_sub(node.tier as u64);
     }
     scaled(price_per_hour, perf_ops_per_s, permille)
+}
+
+/// Scrambles a combined hash, so ties order differently for each request.
+pub fn mix(mut value: u64) -> u64 {
+    value ^= value >> 33;
+    value = value.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    value ^= value >> 33;
+    value
 }
 
 /// A deterministic hash of (request, worker): FNV-1a.
