@@ -47,6 +47,20 @@ enum Command {
         /// The transcript, as downloaded (JSON).
         file: PathBuf,
     },
+    /// Simulate the market with the real scheduler: synthetic supply (joins, failures,
+    /// returns) and demand (arrivals by priority class), in simulated time. The same seed
+    /// prints the same output.
+    Simulate {
+        #[arg(long, default_value_t = 10_000)]
+        devices: usize,
+        #[arg(long, default_value_t = 100_000)]
+        requests: u64,
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        /// Also print how long the simulation took in wall-clock time.
+        #[arg(long)]
+        timing: bool,
+    },
     #[command(flatten)]
     Client(ClientCommand),
 }
@@ -157,6 +171,12 @@ fn main() -> ExitCode {
                 dev::run(args).await
             }
             Command::VerifyProof { file } => verify_proof(&file),
+            Command::Simulate {
+                devices,
+                requests,
+                seed,
+                timing,
+            } => simulate(devices, requests, seed, timing),
             Command::Client(command) => client_commands::run(command).await,
         }
     });
@@ -236,6 +256,32 @@ async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
 
 /// How long `flotilla worker` waits for its session to close on Ctrl-C.
 const WORKER_STOP_DEADLINE: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Most devices and requests a simulation takes: it holds them all in memory.
+const SIMULATE_DEVICES_MAX: usize = 1_000_000;
+const SIMULATE_REQUESTS_MAX: u64 = 10_000_000;
+
+fn simulate(devices: usize, requests: u64, seed: u64, timing: bool) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        (1..=SIMULATE_DEVICES_MAX).contains(&devices),
+        "--devices must be between 1 and {SIMULATE_DEVICES_MAX}"
+    );
+    anyhow::ensure!(
+        (1..=SIMULATE_REQUESTS_MAX).contains(&requests),
+        "--requests must be between 1 and {SIMULATE_REQUESTS_MAX}"
+    );
+    let started = std::time::Instant::now();
+    let report = flotilla_scheduler::simulate::simulate(flotilla_scheduler::simulate::Config {
+        devices,
+        requests,
+        seed,
+    });
+    print!("{report}");
+    if timing {
+        println!("wall clock: {:.2} s", started.elapsed().as_secs_f64());
+    }
+    Ok(())
+}
 
 /// Largest transcript `verify-proof` reads.
 const TRANSCRIPT_BYTES_MAX: u64 = 64 * 1024 * 1024;

@@ -25,6 +25,7 @@ pub mod plan;
 pub mod prices;
 pub mod query;
 pub mod score;
+pub mod simulate;
 pub mod synthetic;
 pub mod types;
 

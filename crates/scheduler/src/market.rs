@@ -7,7 +7,8 @@
 //! [`Market::release`] gives devices back (the simulator uses it; the coordinator rebuilds from
 //! a fresh snapshot instead).
 
-use std::collections::{BTreeMap, HashMap};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
 
 use crate::score;
 use crate::types::{
@@ -29,6 +30,8 @@ struct Slot {
     key: u64,
     /// Device indices within the node, sorted by price (then index).
     free: Vec<u32>,
+    /// The size class it is filed under, if it has free devices.
+    filed: Option<usize>,
 }
 
 #[derive(Debug, Clone)]
@@ -36,12 +39,26 @@ struct Bucket {
     model: u32,
     region: u32,
     /// (static cost, slot id) of every slot with a free device, with what a walk checks
-    /// first, kept beside the key so most slots are passed over without touching the node.
-    live: BTreeMap<(u64, u32), Summary>,
+    /// first, kept beside the key so most slots are passed over without touching the node;
+    /// one map per size class (see [`size_class`]), so a request for a whole machine does not
+    /// step over every single free GPU.
+    live: [BTreeMap<(u64, u32), Summary>; SIZE_CLASSES],
+}
+
+/// Size classes of free GPUs on a slot: 1, 2–3, 4–7, 8 or more.
+const SIZE_CLASSES: usize = 4;
+
+fn size_class(free: usize) -> usize {
+    (free.max(1).ilog2() as usize).min(SIZE_CLASSES - 1)
+}
+
+/// Whether a slot of `class` can have `needed` free GPUs.
+fn class_can_hold(class: usize, needed: usize) -> bool {
+    class == SIZE_CLASSES - 1 || (2usize << class) > needed
 }
 
 /// The hot facts of a live slot.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct Summary {
     free: u32,
     cheapest: u64,
@@ -160,6 +177,7 @@ impl<'a> Market<'a> {
                         bucket,
                         key: 0,
                         free: Vec::new(),
+                        filed: None,
                     });
                     self.slot_of.insert((node_index, model), slot);
                     slot
@@ -181,7 +199,7 @@ impl<'a> Market<'a> {
         self.buckets.push(Bucket {
             model,
             region,
-            live: BTreeMap::new(),
+            live: Default::default(),
         });
         list.push(bucket);
         bucket
@@ -322,15 +340,19 @@ impl<'a> Market<'a> {
 
     /// Files a slot in its bucket as its free list now stands: out when empty.
     fn refresh(&mut self, slot_id: u32) {
-        let slot = &self.slots[slot_id as usize];
+        let slot = &mut self.slots[slot_id as usize];
         let live = &mut self.buckets[slot.bucket as usize].live;
         let key = (slot.key, slot_id);
+        if let Some(class) = slot.filed.take() {
+            live[class].remove(&key);
+        }
         let Some(&cheapest) = slot.free.first() else {
-            live.remove(&key);
             return;
         };
+        let class = size_class(slot.free.len());
+        slot.filed = Some(class);
         let node = &self.snapshot.nodes[slot.node as usize];
-        live.insert(
+        live[class].insert(
             key,
             Summary {
                 free: slot.free.len() as u32,
@@ -344,33 +366,40 @@ impl<'a> Market<'a> {
     /// Walks `buckets` together in static-cost order until `wanted` candidates are found.
     fn walk(&self, search: &mut Search, buckets: &[u32], wanted: usize) {
         type Entries<'m> = std::collections::btree_map::Iter<'m, (u64, u32), Summary>;
-        let mut heads: Vec<(Entries<'_>, u64, u32)> = buckets
-            .iter()
-            .map(|&b| {
-                let bucket = &self.buckets[b as usize];
-                let perf = self.model_spans[bucket.model as usize].perf.min;
-                // No slot past this static cost has a device within the price limit.
-                let beyond = score::static_cost_bound(search.price.max, perf);
-                (bucket.live.iter(), beyond, b)
-            })
-            .collect();
-        let step = |iter: &mut Entries<'_>| iter.next().map(|(key, summary)| (*key, *summary));
-        let mut next: Vec<Option<((u64, u32), Summary)>> =
-            heads.iter_mut().map(|(iter, _, _)| step(iter)).collect();
+        /// The next entry of every bucket walked, smallest static cost on top.
+        type Heads = BinaryHeap<Reverse<((u64, u32), usize, Summary)>>;
+        let needed = search.request.gpus_per_node as usize;
+        let mut heads: Vec<(Entries<'_>, u64, u32)> = Vec::new();
+        for &b in buckets {
+            let bucket = &self.buckets[b as usize];
+            let perf = self.model_spans[bucket.model as usize].perf.min;
+            // No slot past this static cost has a device within the price limit.
+            let beyond = score::static_cost_bound(search.price.max, perf);
+            for (class, live) in bucket.live.iter().enumerate() {
+                if class_can_hold(class, needed) {
+                    heads.push((live.iter(), beyond, b));
+                }
+            }
+        }
+        // The next entry of every bucket, smallest static cost on top.
+        let mut next: Heads = BinaryHeap::new();
+        let advance = |heads: &mut Vec<(Entries<'_>, u64, u32)>, next: &mut Heads, index: usize| {
+            let (iter, beyond, _) = &mut heads[index];
+            if let Some((key, summary)) = iter.next()
+                && key.0 <= *beyond
+            {
+                next.push(Reverse((*key, index, *summary)));
+            }
+        };
+        for index in 0..heads.len() {
+            advance(&mut heads, &mut next, index);
+        }
         let mut found = 0;
         while found < wanted {
-            let best = next
-                .iter()
-                .enumerate()
-                .filter_map(|(i, head)| {
-                    head.filter(|((key, _), _)| *key <= heads[i].1)
-                        .map(|(key, summary)| (key, i, summary))
-                })
-                .min_by_key(|(key, i, _)| (*key, *i));
-            let Some(((_, slot_id), index, summary)) = best else {
+            let Some(Reverse(((_, slot_id), index, summary))) = next.pop() else {
                 break;
             };
-            next[index] = step(&mut heads[index].0);
+            advance(&mut heads, &mut next, index);
             if self.worth_a_look(search, &summary) {
                 found += usize::from(self.consider(search, heads[index].2, slot_id));
             }

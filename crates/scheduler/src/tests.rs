@@ -669,3 +669,31 @@ fn the_price_index_has_medians_hired_shares_and_trends() {
     let later = price_index(&Snapshot { nodes }, &index);
     assert_eq!(later[0].trend_ppm, Some(100_000), "prices rose 10%");
 }
+
+#[test]
+fn the_simulator_is_deterministic_and_reports_every_class() {
+    let config = simulate::Config {
+        devices: 300,
+        requests: 2_000,
+        seed: 7,
+    };
+    let first = simulate::simulate(config).to_string();
+    assert_eq!(
+        first,
+        simulate::simulate(config).to_string(),
+        "one seed, one output"
+    );
+    let other = simulate::simulate(simulate::Config { seed: 8, ..config }).to_string();
+    assert_ne!(first, other, "the seed matters");
+    let report = simulate::simulate(config);
+    assert!(report.classes.iter().all(|c| c.placed > 0), "{first}");
+    assert!(
+        report.utilization_ppm > 100_000 && report.utilization_ppm <= 1_000_000,
+        "{first}"
+    );
+    assert_eq!(
+        report.placed + report.abandoned,
+        2_000,
+        "every request completes or is abandoned: {first}"
+    );
+}
