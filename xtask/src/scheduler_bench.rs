@@ -113,7 +113,7 @@ impl Workload {
             let mut market = Market::new(snapshot);
             let build_ms = started.elapsed().as_secs_f64() * 1000.0;
             let mut placed = 0;
-            for index in queue_order(&queue, now_ms) {
+            for index in queue_order(queue, now_ms) {
                 let decided = Instant::now();
                 placed += usize::from(market.place(&queue[index], None).is_ok());
                 latencies_ns.push(decided.elapsed().as_nanos() as u64);

@@ -23,11 +23,11 @@ pub struct Connection {
     api_key: Option<String>,
     /// table or json.
     #[arg(long, short, value_enum, default_value_t = Format::Table, global = true)]
-    output: Format,
+    pub output: Format,
 }
 
 impl Connection {
-    fn client(&self) -> Result<Client> {
+    pub fn client(&self) -> Result<Client> {
         let saved = profile::load();
         let url = self
             .url
@@ -66,6 +66,11 @@ pub enum ClientCommand {
     /// Proof-of-compute transcripts (public).
     #[command(subcommand)]
     Proofs(ProofsCommand),
+    /// Search the offers; when nothing matches, say why and what to relax.
+    Offers(crate::market_commands::OffersArgs),
+    /// Market prices, and a supplier's prices and locations.
+    #[command(subcommand)]
+    Market(crate::market_commands::MarketCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -218,6 +223,8 @@ pub async fn run(command: ClientCommand) -> Result<()> {
             Ok(())
         }
         ClientCommand::ApiKeys(command) => api_keys(command).await,
+        ClientCommand::Offers(args) => crate::market_commands::offers(args).await,
+        ClientCommand::Market(command) => crate::market_commands::market(command).await,
         ClientCommand::EnrollmentTokens(command) => tokens(command).await,
         ClientCommand::Workers(command) => objects(command, "workers").await,
         ClientCommand::Devices(command) => objects(command, "devices").await,

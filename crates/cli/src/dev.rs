@@ -18,6 +18,23 @@ use flotilla_proto::api::{
 const DEV_GPU_MIXES: &[&str] = &["RTX 4090x2", "A100-80GBx1", "H100x4", "L40Sx2"];
 /// Most workers `flotilla dev` starts.
 const DEV_WORKERS_MAX: usize = 64;
+/// Where the demo workers say they are, in turn: (region, country, tier).
+const DEV_LOCATIONS: &[(&str, &str, &str)] = &[
+    ("eu-west", "fr", "high"),
+    ("us-east", "us", "ultra"),
+    ("eu-central", "de", "medium"),
+    ("ap-northeast", "jp", "high"),
+];
+/// The demo supplier's asking prices, in IOSD base units per hour, by model key.
+const DEV_PRICES: &[(&str, u64)] = &[
+    ("rtx4090", 350_000),
+    ("a100-80gb", 1_200_000),
+    ("h100", 2_100_000),
+    ("l40s", 800_000),
+    ("cpu", 40_000),
+];
+/// How long the demo supplier waits for devices to appear before giving up on pricing them.
+const DEV_STOCKING_MS: u64 = 30_000;
 /// Time allowed for everything to stop on Ctrl-C.
 const DEV_SHUTDOWN_DEADLINE_MS: u64 = 4_500;
 
@@ -79,6 +96,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
             }
         }));
     }
+    tokio::spawn(stock_market(client.with_key(&keys.supplier), args.workers));
     print_usage(&url, &data, args.workers);
     crate::stop_signal().await;
     eprintln!("stopping...");
@@ -92,6 +110,60 @@ pub async fn run(args: DevArgs) -> Result<()> {
     })
     .await;
     Ok(())
+}
+
+/// Plays the demo supplier: gives each worker a location and each device a price, so the
+/// market has offers. Devices keep a price set earlier.
+async fn stock_market(supplier: Client, workers: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(DEV_STOCKING_MS);
+    while tokio::time::Instant::now() < deadline {
+        match stock_once(&supplier).await {
+            Ok(devices) if devices >= workers => return,
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, "demo supplier could not stock the market"),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// One round of pricing; returns how many devices have a price.
+async fn stock_once(supplier: &Client) -> Result<usize> {
+    let workers: flotilla_proto::api::Page<flotilla_proto::api::Worker> =
+        supplier.get("workers").await?;
+    for (index, worker) in workers.items.iter().enumerate() {
+        if worker.region.is_empty() {
+            let (region, country, tier) = DEV_LOCATIONS[index % DEV_LOCATIONS.len()];
+            let request = flotilla_proto::api::SetLocationRequest {
+                region: region.to_owned(),
+                country: country.to_owned(),
+                tier: tier.to_owned(),
+            };
+            let _: flotilla_proto::api::WorkerDetail = supplier
+                .post(&format!("workers/{}/location", worker.id), &request)
+                .await?;
+        }
+    }
+    let devices: flotilla_proto::api::Page<flotilla_proto::api::Device> =
+        supplier.get("devices").await?;
+    let mut priced = 0;
+    for device in &devices.items {
+        if device.price_per_hour.is_some() {
+            priced += 1;
+            continue;
+        }
+        let key = flotilla_proto::device::model_key(device.kind, &device.model);
+        let Some(&(_, price)) = DEV_PRICES.iter().find(|(model, _)| *model == key) else {
+            continue;
+        };
+        let request = flotilla_proto::api::SetPriceRequest {
+            price_per_hour: Some(price),
+        };
+        let _: flotilla_proto::api::Device = supplier
+            .post(&format!("devices/{}/price", device.id), &request)
+            .await?;
+        priced += 1;
+    }
+    Ok(priced)
 }
 
 struct DemoKeys {
@@ -194,6 +266,8 @@ fn print_usage(url: &str, data: &Path, workers: usize) {
          \x20   set -a; . {env}; set +a\n\
          \x20   FLOTILLA_API_KEY=$FLOTILLA_SUPPLIER_API_KEY flotilla devices list\n\
          \x20   flotilla whoami\n\
+         \x20   flotilla offers 'gpu=h100 count>=2' --sort price\n\
+         \x20   flotilla market prices\n\
          \x20   curl {url}/api/v1/openapi.json\n\
          \x20 admin key: {admin_key}\n\
          \x20 Ctrl-C stops everything\n",

@@ -3,6 +3,7 @@
 
 mod client_commands;
 mod dev;
+mod market_commands;
 mod output;
 mod profile;
 

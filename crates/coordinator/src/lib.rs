@@ -18,6 +18,7 @@ pub mod extract;
 pub mod files;
 pub mod fleet;
 pub mod liveness;
+pub mod market;
 pub mod metrics;
 pub mod ratelimit;
 mod session;
@@ -67,6 +68,8 @@ pub struct AppState {
     pub limits: Arc<Limits>,
     pub verifier: verifier::Verifier,
     pub shutdown: watch::Receiver<bool>,
+    /// Price indexes kept for trends.
+    pub prices: Arc<market::PriceHistory>,
 }
 
 /// Errors starting the coordinator.
@@ -143,6 +146,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         limits,
         verifier,
         shutdown: shutdown_rx.clone(),
+        prices: Arc::new(market::PriceHistory::default()),
     };
     let router = api::router(app.clone());
     let mut server_shutdown = shutdown_rx.clone();

@@ -219,6 +219,10 @@ pub struct Worker {
     pub device_count: u32,
     pub created_at: String,
     pub last_seen_at: Option<String>,
+    /// Where it is (empty until the supplier sets it) and its connectivity tier.
+    pub region: String,
+    pub country: String,
+    pub tier: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -269,6 +273,8 @@ pub struct Device {
     pub created_at: String,
     pub last_seen_at: Option<String>,
     pub telemetry: Option<TelemetrySnapshot>,
+    /// The asking price in IOSD base units per hour; absent when not offered.
+    pub price_per_hour: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -325,4 +331,103 @@ pub struct ProofInfo {
     pub reason: String,
     pub elapsed_ms: u64,
     pub created_at: String,
+}
+
+/// One worker's matching free GPUs of one model, from `GET /api/v1/offers`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct OfferInfo {
+    pub worker_id: String,
+    /// Model key, such as `rtx4090` or `h100`.
+    pub model: String,
+    /// Matching free GPUs of this model on the worker.
+    pub count: u32,
+    pub memory_bytes: u64,
+    /// The cheapest of them, in IOSD base units per GPU hour (6 decimals).
+    pub price_per_hour: u64,
+    /// The same price in USD, exactly, as text.
+    pub price_usd: String,
+    /// The class throughput it proved (int8 operations per second).
+    pub perf_ops_per_s: u64,
+    pub region: String,
+    pub country: String,
+    pub tier: String,
+    /// Reliability in parts per million.
+    pub reliability_ppm: u32,
+    /// A development device that simulates this model and proved only a CPU's compute.
+    pub simulated: bool,
+}
+
+/// What one constraint removed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct OfferRemoval {
+    pub constraint: String,
+    pub offers: u64,
+}
+
+/// One relaxation that would match.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct OfferRelaxation {
+    /// The constraint to drop, in the query language.
+    pub drop: String,
+    pub offers: u64,
+    pub nodes: u64,
+    pub cheapest_per_hour: u64,
+    /// The same, as a sentence: `drop region in [eu]: 14 offers from 0.41/h`.
+    pub summary: String,
+}
+
+/// Why a search found nothing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct NoMatchExplanation {
+    pub offers_total: u64,
+    pub offers_matching: u64,
+    pub nodes_matching: u64,
+    pub nodes_needed: u32,
+    pub removed: Vec<OfferRemoval>,
+    /// Cheapest first.
+    pub relaxations: Vec<OfferRelaxation>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct OffersResponse {
+    pub offers: Vec<OfferInfo>,
+    /// Present when nothing matched.
+    pub explanation: Option<NoMatchExplanation>,
+}
+
+/// One model's market prices.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ModelPriceInfo {
+    pub model: String,
+    /// Verified devices offered: idle plus hired.
+    pub devices: u64,
+    pub hired: u64,
+    /// IOSD base units per GPU hour.
+    pub median_ask_per_hour: u64,
+    pub median_ask_usd: String,
+    pub cheapest_ask_per_hour: u64,
+    /// Hired share in parts per million.
+    pub hired_ppm: u32,
+    /// Change of the median ask against the index an hour or more ago, in ppm.
+    pub trend_ppm: Option<i64>,
+}
+
+/// Sets a device's asking price; `null` withdraws it from the market.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetPriceRequest {
+    /// IOSD base units (6 decimals) per hour.
+    pub price_per_hour: Option<u64>,
+}
+
+/// Sets where a worker is and how well it is connected.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetLocationRequest {
+    /// Such as `eu-west`: lower-case words joined by `-`.
+    pub region: String,
+    /// ISO 3166 alpha-2, lower case.
+    pub country: String,
+    /// low, medium, high or ultra.
+    pub tier: String,
 }

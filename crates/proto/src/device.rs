@@ -189,6 +189,31 @@ pub fn known_gpu_model(name: &str) -> Option<(&'static str, u64)> {
         .map(|(_, full, memory)| (*full, *memory))
 }
 
+/// The market's key for a device model: the known key (`rtx4090`, `h100`) when the name is a
+/// known GPU, `cpu` for CPUs, otherwise the name in lower case with only letters and digits.
+pub fn model_key(kind: DeviceKind, name: &str) -> String {
+    if kind == DeviceKind::Cpu {
+        return "cpu".to_owned();
+    }
+    let squashed: String = name
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .collect::<String>()
+        .to_lowercase();
+    KNOWN_GPU_MODELS
+        .iter()
+        .find(|(key, full, _)| {
+            let full: String = full
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric())
+                .collect::<String>()
+                .to_lowercase();
+            squashed == full || squashed == key.replace('-', "")
+        })
+        .map(|(key, _, _)| (*key).to_owned())
+        .unwrap_or_else(|| squashed.trim_start_matches("nvidia").to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -203,6 +228,21 @@ mod tests {
             );
         }
         assert_eq!(DeviceState::parse("bogus"), None);
+    }
+
+    #[test]
+    fn model_keys_are_the_known_keys() {
+        assert_eq!(
+            model_key(DeviceKind::Gpu, "NVIDIA GeForce RTX 4090"),
+            "rtx4090"
+        );
+        assert_eq!(model_key(DeviceKind::Gpu, "NVIDIA H100 80GB HBM3"), "h100");
+        assert_eq!(
+            model_key(DeviceKind::Gpu, "NVIDIA A100 80GB PCIe"),
+            "a100-80gb"
+        );
+        assert_eq!(model_key(DeviceKind::Gpu, "NVIDIA Tesla T4"), "teslat4");
+        assert_eq!(model_key(DeviceKind::Cpu, "AMD EPYC 7763"), "cpu");
     }
 
     #[test]

@@ -19,6 +19,8 @@ pub struct DeviceRow {
     pub created_at_ms: i64,
     pub last_seen_at_ms: Option<i64>,
     pub removed_at_ms: Option<i64>,
+    /// The supplier's asking price, IOSD base units per hour; `None`: not offered.
+    pub price_per_hour: Option<u64>,
 }
 
 /// A compare-and-set of a device's state: applies only if the device is still in `from`.
@@ -31,14 +33,21 @@ pub struct DeviceStateChange {
 }
 
 const DEVICE_COLUMNS: &str = "id, account_id, worker_id, name, hardware, state, state_before_down, \
-     state_changed_at_ms, created_at_ms, last_seen_at_ms, removed_at_ms";
+     state_changed_at_ms, created_at_ms, last_seen_at_ms, removed_at_ms, price_per_hour";
 
 fn state_from(text: &str) -> Result<DeviceState> {
     DeviceState::parse(text)
         .ok_or_else(|| StoreError::Corrupt(format!("unknown device state {text:?}")))
 }
 
-fn device_from(row: &AnyRow) -> Result<DeviceRow> {
+/// The same columns, qualified with the `d` alias, for joins.
+pub(crate) const DEVICE_COLUMNS_QUALIFIED: &str = "d.id AS id, d.account_id AS account_id, \
+     d.worker_id AS worker_id, d.name AS name, d.hardware AS hardware, d.state AS state, \
+     d.state_before_down AS state_before_down, d.state_changed_at_ms AS state_changed_at_ms, \
+     d.created_at_ms AS created_at_ms, d.last_seen_at_ms AS last_seen_at_ms, \
+     d.removed_at_ms AS removed_at_ms, d.price_per_hour AS price_per_hour";
+
+pub(crate) fn device_from(row: &AnyRow) -> Result<DeviceRow> {
     let hardware: String = col(row, "hardware")?;
     let hardware = serde_json::from_str(&hardware)
         .map_err(|e| StoreError::Corrupt(format!("device hardware: {e}")))?;
@@ -56,6 +65,7 @@ fn device_from(row: &AnyRow) -> Result<DeviceRow> {
         created_at_ms: col(row, "created_at_ms")?,
         last_seen_at_ms: col(row, "last_seen_at_ms")?,
         removed_at_ms: col(row, "removed_at_ms")?,
+        price_per_hour: col::<Option<i64>>(row, "price_per_hour")?.map(crate::to_u64),
     })
 }
 

@@ -13,6 +13,7 @@
 mod accounts;
 mod audit;
 mod devices;
+mod market;
 mod proofs;
 mod telemetry;
 mod workers;
@@ -20,6 +21,7 @@ mod workers;
 pub use accounts::{AccountRow, ApiKeyRow, AuthenticatedKey};
 pub use audit::{AuditEventRow, NewAuditEvent};
 pub use devices::{DeviceRow, DeviceStateChange};
+pub use market::{MarketRow, WorkerLocation};
 pub use proofs::ProofRow;
 pub use telemetry::TelemetryBucketRow;
 pub use workers::{EnrollmentTokenRow, WorkerRow};
@@ -64,6 +66,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/0001_foundation.sql")),
     (2, include_str!("../migrations/0002_hardware_index.sql")),
     (3, include_str!("../migrations/0003_proofs.sql")),
+    (4, include_str!("../migrations/0004_market.sql")),
 ];
 
 /// Connections held open to PostgreSQL. SQLite gets fewer: it has one writer anyway.

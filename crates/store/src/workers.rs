@@ -30,6 +30,10 @@ pub struct WorkerRow {
     pub removed_at_ms: Option<i64>,
     /// Devices not removed.
     pub device_count: u32,
+    /// Where it is (empty until the supplier says) and its connectivity tier.
+    pub region: String,
+    pub country: String,
+    pub tier: String,
 }
 
 /// Workers stamped by one UPDATE (two binds each).
@@ -38,7 +42,7 @@ const WORKERS_PER_TOUCH_MAX: usize = 400;
 const TOKEN_COLUMNS: &str = "id, account_id, name, created_at_ms, expires_at_ms, used_at_ms, used_by_worker_id, revoked_at_ms";
 
 const WORKER_COLUMNS: &str = "w.id, w.account_id, w.name, w.hostname, w.public_key, w.agent_version, w.paused, \
-     w.created_at_ms, w.last_seen_at_ms, w.removed_at_ms, \
+     w.created_at_ms, w.last_seen_at_ms, w.removed_at_ms, w.region, w.country, w.tier, \
      (SELECT COUNT(*) FROM devices d WHERE d.worker_id = w.id AND d.removed_at_ms IS NULL) AS device_count";
 
 fn token_from(row: &AnyRow) -> Result<EnrollmentTokenRow> {
@@ -67,6 +71,9 @@ fn worker_from(row: &AnyRow) -> Result<WorkerRow> {
         last_seen_at_ms: col(row, "last_seen_at_ms")?,
         removed_at_ms: col(row, "removed_at_ms")?,
         device_count: u32::try_from(col::<i64>(row, "device_count")?).unwrap_or(u32::MAX),
+        region: col(row, "region")?,
+        country: col(row, "country")?,
+        tier: col(row, "tier")?,
     })
 }
 

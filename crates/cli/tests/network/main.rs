@@ -6,4 +6,5 @@ mod harness;
 mod api;
 mod dev;
 mod fleet;
+mod market;
 mod protocol;

@@ -77,6 +77,9 @@ pub fn worker(row: WorkerRow, fleet: &Fleet) -> Worker {
         device_count: row.device_count,
         created_at: rfc3339(row.created_at_ms),
         last_seen_at: rfc3339_opt(last_seen_ms),
+        region: row.region,
+        country: row.country,
+        tier: row.tier,
     }
 }
 
@@ -108,6 +111,7 @@ pub fn device(row: DeviceRow, fleet: &Fleet) -> Device {
         simulated: row.hardware.simulated,
         state: lifecycle.map_or(row.state, |l| l.state),
         state_changed_at: rfc3339(row.state_changed_at_ms),
+        price_per_hour: row.price_per_hour,
         hardware: row.hardware,
         created_at: rfc3339(row.created_at_ms),
         last_seen_at: rfc3339_opt(last_seen_ms),

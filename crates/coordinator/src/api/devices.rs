@@ -44,7 +44,7 @@ fn guard(caller: &Caller, device_id: &str, write: bool) -> ApiResult<()> {
     Ok(())
 }
 
-async fn load(app: &AppState, caller: &Caller, device_id: &str) -> ApiResult<Device> {
+pub(super) async fn load(app: &AppState, caller: &Caller, device_id: &str) -> ApiResult<Device> {
     let row = app
         .store
         .device(caller.account_id(), device_id)

@@ -204,6 +204,9 @@ pub async fn enroll(
         last_seen_at_ms: None,
         removed_at_ms: None,
         device_count: 0,
+        region: String::new(),
+        country: String::new(),
+        tier: "low".to_owned(),
     };
     let Some(worker) = app.store.enroll_worker(&token_hash, &worker, now).await? else {
         audit::record(

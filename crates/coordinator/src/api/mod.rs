@@ -5,6 +5,7 @@ pub mod audit;
 mod convert;
 pub mod devices;
 pub mod enrollment;
+pub mod market;
 pub mod proofs;
 pub mod workers;
 
@@ -38,6 +39,8 @@ use crate::error::{ApiError, ApiResult};
         devices::resume_device, devices::remove_device,
         audit::list_audit_events,
         proofs::list_proofs, proofs::show_proof, proofs::proof_transcript,
+        market::list_offers, market::market_prices, market::set_device_price,
+        market::set_worker_location,
     ),
     components(schemas(wire::ErrorBody, wire::ErrorDetail)),
     modifiers(&BearerAuth),
@@ -98,6 +101,10 @@ pub fn router(app: AppState) -> Router {
         .route("/devices/{id}/pause", post(devices::pause_device))
         .route("/devices/{id}/resume", post(devices::resume_device))
         .route("/devices/{id}/remove", post(devices::remove_device))
+        .route("/devices/{id}/price", post(market::set_device_price))
+        .route("/workers/{id}/location", post(market::set_worker_location))
+        .route("/offers", get(market::list_offers))
+        .route("/market/prices", get(market::market_prices))
         .route("/audit-events", get(audit::list_audit_events))
         .route("/proofs", get(proofs::list_proofs))
         .route("/proofs/{id}", get(proofs::show_proof))

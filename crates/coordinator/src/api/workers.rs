@@ -23,7 +23,11 @@ fn guard(caller: &Caller, worker_id: &str, write: bool) -> ApiResult<()> {
     Ok(())
 }
 
-async fn detail(app: &AppState, account_id: &str, worker_id: &str) -> ApiResult<WorkerDetail> {
+pub(super) async fn detail(
+    app: &AppState,
+    account_id: &str,
+    worker_id: &str,
+) -> ApiResult<WorkerDetail> {
     let worker = app
         .store
         .worker(account_id, worker_id)

@@ -1,0 +1,198 @@
+//! The market over real binaries: suppliers price devices and place workers, renters search
+//! offers with the query language, get "why no match?" when nothing fits, and read prices.
+
+use std::process::Command;
+use std::time::Duration;
+
+use flotilla_proto::api::{
+    Device, ModelPriceInfo, OffersResponse, Page, Role, SetLocationRequest, SetPriceRequest,
+    Worker, WorkerDetail,
+};
+use flotilla_proto::device::DeviceState;
+
+use crate::harness::{BIN, Coordinator, Db, eventually};
+use crate::on_both_databases;
+
+/// Runs the CLI against the coordinator; (exit success, stdout, stderr).
+fn cli(coordinator: &Coordinator, args: &[&str]) -> (bool, String, String) {
+    let output = Command::new(BIN)
+        .args(args)
+        .args(["--url", &coordinator.url])
+        .env_remove("FLOTILLA_API_KEY")
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+async fn offers_are_searched_explained_and_priced(db: Db) {
+    let coordinator = Coordinator::start(db, &["--allow-simulated-devices"]).await;
+    let supplier = coordinator.account("supplier-a", &[Role::Supplier]).await;
+    let owner = coordinator.client(Some(&supplier));
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let mut workers = Vec::new();
+    for (dir, gpus) in dirs.iter().zip(["RTX 4090x2", "H100x1"]) {
+        let token = coordinator.token(&supplier).await;
+        workers.push(coordinator.worker(dir.path(), Some(&token), gpus));
+    }
+    let devices = eventually(Duration::from_secs(30), || async {
+        let page: Page<Device> = owner.get("devices").await.ok()?;
+        (page.items.len() == 3 && page.items.iter().all(|d| d.state == DeviceState::Idle))
+            .then_some(page.items)
+    })
+    .await
+    .expect("three devices prove and go idle");
+
+    // Nothing is offered until the supplier prices it.
+    let empty: OffersResponse = coordinator.client(None).get("offers").await.unwrap();
+    assert!(empty.offers.is_empty());
+
+    let page: Page<Worker> = owner.get("workers").await.unwrap();
+    for worker in &page.items {
+        let region = if worker.device_count == 2 {
+            "eu-west"
+        } else {
+            "us-east"
+        };
+        let request = SetLocationRequest {
+            region: region.into(),
+            country: "de".into(),
+            tier: "high".into(),
+        };
+        let detail: WorkerDetail = owner
+            .post(&format!("workers/{}/location", worker.id), &request)
+            .await
+            .unwrap();
+        assert_eq!(detail.worker.region, region);
+    }
+    for device in &devices {
+        let price = if device.model.contains("4090") {
+            410_000
+        } else {
+            2_000_000
+        };
+        let priced: Device = owner
+            .post(
+                &format!("devices/{}/price", device.id),
+                &SetPriceRequest {
+                    price_per_hour: Some(price),
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(priced.price_per_hour, Some(price));
+    }
+
+    // The query language, from the CLI, without any key: the market is public.
+    let (ok, table, _) = cli(
+        &coordinator,
+        &[
+            "offers",
+            "gpu=rtx4090 count>=2 price<0.50",
+            "--sort",
+            "price",
+        ],
+    );
+    assert!(ok);
+    assert!(
+        table.contains("rtx4090 (simulated)") && table.contains("0.41"),
+        "{table}"
+    );
+    let (ok, json, _) = cli(&coordinator, &["offers", "vram>=80", "-o", "json"]);
+    assert!(ok);
+    let found: OffersResponse = serde_json::from_str(&json).unwrap();
+    assert_eq!(found.offers.len(), 1);
+    assert_eq!(
+        (
+            found.offers[0].model.as_str(),
+            found.offers[0].region.as_str()
+        ),
+        ("h100", "us-east")
+    );
+
+    // Why no match: region removes the 4090s, and dropping it is the cheapest relaxation.
+    let (ok, why, _) = cli(&coordinator, &["offers", "gpu=rtx4090 region=us"]);
+    assert!(ok, "no match is an answer, not an error");
+    assert!(why.contains("region in [us] removed 2 offers"), "{why}");
+    assert!(
+        why.contains("cheapest relaxation: drop region in [us]: 2 offers from 0.41/h"),
+        "{why}"
+    );
+
+    // A malformed query names the column and what was expected; nothing else happens.
+    let (ok, _, error) = cli(&coordinator, &["offers", "gpu=rtx4090 price<"]);
+    assert!(!ok);
+    assert!(
+        error.contains("at column 19: expected a price in USD, found the end of the query"),
+        "{error}"
+    );
+    let (ok, _, error) = cli(&coordinator, &["offers", "--sort", "cheapness"]);
+    assert!(!ok && error.contains("sort"), "{error}");
+
+    // Prices: the median ask per model.
+    let prices: Vec<ModelPriceInfo> = coordinator.client(None).get("market/prices").await.unwrap();
+    let rtx = prices.iter().find(|p| p.model == "rtx4090").unwrap();
+    assert_eq!(
+        (
+            rtx.devices,
+            rtx.median_ask_per_hour,
+            rtx.median_ask_usd.as_str()
+        ),
+        (2, 410_000, "0.41")
+    );
+
+    // Bad input: out-of-range prices and malformed locations, with the field named.
+    let refused = owner
+        .post::<_, Device>(
+            &format!("devices/{}/price", devices[0].id),
+            &SetPriceRequest {
+                price_per_hour: Some(0),
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("price_per_hour"), "{refused}");
+    let refused = owner
+        .post::<_, WorkerDetail>(
+            &format!("workers/{}/location", page.items[0].id),
+            &SetLocationRequest {
+                region: "EU West".into(),
+                country: "de".into(),
+                tier: "high".into(),
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("region"), "{refused}");
+    // Another supplier cannot price these devices.
+    let other = coordinator.account("supplier-b", &[Role::Supplier]).await;
+    let refused = coordinator
+        .client(Some(&other))
+        .post::<_, Device>(
+            &format!("devices/{}/price", devices[0].id),
+            &SetPriceRequest {
+                price_per_hour: Some(1),
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(refused.status(), Some(404));
+    // Withdrawn devices leave the market.
+    for device in &devices {
+        let _: Device = owner
+            .post(
+                &format!("devices/{}/price", device.id),
+                &SetPriceRequest {
+                    price_per_hour: None,
+                },
+            )
+            .await
+            .unwrap();
+    }
+    let gone: OffersResponse = coordinator.client(None).get("offers").await.unwrap();
+    assert!(gone.offers.is_empty());
+}
+on_both_databases!(offers_are_searched_explained_and_priced);

@@ -1,0 +1,126 @@
+//! The market as the scheduler sees it: a snapshot built from the database's priced, idle or
+//! hired devices and their workers' locations, and the price index kept for trends.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use flotilla_proto::device::{DeviceKind, DeviceState, model_key};
+use flotilla_scheduler::prices::ModelPrice;
+use flotilla_scheduler::{DeviceOffer, DeviceStatus, NodeOffer, PPM, Snapshot, Tier};
+use flotilla_store::MarketRow;
+
+/// How old the index a trend is measured against must be.
+pub const PRICE_TREND_INTERVAL_MS: i64 = 3_600_000;
+
+/// A snapshot and which (node, model) offers are simulated devices.
+pub struct MarketView {
+    pub snapshot: Snapshot,
+    pub simulated: std::collections::HashSet<(usize, String)>,
+}
+
+/// Builds the snapshot: one node per worker, its priced devices in it.
+pub fn snapshot(rows: Vec<MarketRow>) -> MarketView {
+    let mut by_worker: BTreeMap<String, (NodeOffer, Vec<String>)> = BTreeMap::new();
+    for row in rows {
+        let hardware = &row.device.hardware;
+        let is_gpu = hardware.kind == DeviceKind::Gpu;
+        let class = flotilla_proof::class_for(&hardware.model, is_gpu, hardware.simulated);
+        let (node, simulated) = by_worker
+            .entry(row.device.worker_id.clone())
+            .or_insert_with(|| {
+                (
+                    NodeOffer {
+                        worker_id: row.device.worker_id.clone(),
+                        supplier_id: row.device.account_id.clone(),
+                        region: row.region.clone(),
+                        country: row.country.clone(),
+                        tier: Tier::parse(&row.tier).unwrap_or(Tier::Low),
+                        // Uptime and the work record are not measured yet: every worker
+                        // counts as fully reliable until they are.
+                        uptime_ppm: PPM,
+                        completed: 0,
+                        failed: 0,
+                        feedback_milli: None,
+                        supplier_hired: 0,
+                        devices: Vec::new(),
+                    },
+                    Vec::new(),
+                )
+            });
+        let model = model_key(hardware.kind, &hardware.model);
+        if hardware.simulated {
+            simulated.push(model.clone());
+        }
+        let status = match row.device.state {
+            DeviceState::Idle => DeviceStatus::Idle,
+            DeviceState::Hired => DeviceStatus::Hired,
+            _ => DeviceStatus::Unavailable,
+        };
+        node.devices.push(DeviceOffer {
+            device_id: row.device.id.clone(),
+            model,
+            memory_bytes: hardware.memory_bytes,
+            perf_ops_per_s: class.int8_ops_per_s,
+            price_per_hour: row.price_per_hour,
+            status,
+            // Only proof of compute makes a device idle or hired.
+            verified: true,
+            paused: false,
+        });
+    }
+    let mut hired_by_supplier: BTreeMap<String, u32> = BTreeMap::new();
+    for (node, _) in by_worker.values() {
+        let hired = node
+            .devices
+            .iter()
+            .filter(|d| d.status == DeviceStatus::Hired)
+            .count();
+        *hired_by_supplier
+            .entry(node.supplier_id.clone())
+            .or_default() += hired as u32;
+    }
+    let mut simulated = std::collections::HashSet::new();
+    let nodes = by_worker
+        .into_values()
+        .enumerate()
+        .map(|(index, (mut node, models))| {
+            node.supplier_hired = hired_by_supplier[&node.supplier_id];
+            simulated.extend(models.into_iter().map(|m| (index, m)));
+            node
+        })
+        .collect();
+    MarketView {
+        snapshot: Snapshot { nodes },
+        simulated,
+    }
+}
+
+/// A price index and when it was taken.
+type DatedIndex = (i64, Vec<ModelPrice>);
+
+/// The last price index old enough to measure a trend against, and the newest.
+#[derive(Debug, Default)]
+pub struct PriceHistory {
+    /// (baseline, newest).
+    inner: Mutex<(Option<DatedIndex>, Option<DatedIndex>)>,
+}
+
+impl PriceHistory {
+    /// The index to measure against now, after recording `current` as of `now_ms`.
+    pub fn baseline(&self, now_ms: i64, current: &[ModelPrice]) -> Vec<ModelPrice> {
+        let mut inner = self.inner.lock().expect("price history lock");
+        let (baseline, newest) = &mut *inner;
+        if let Some((at, _)) = newest
+            && now_ms - *at >= PRICE_TREND_INTERVAL_MS
+        {
+            *baseline = newest.take();
+        }
+        if newest.is_none() {
+            *newest = Some((now_ms, current.to_vec()));
+        }
+        baseline
+            .as_ref()
+            .map(|(_, prices)| prices.clone())
+            .unwrap_or_default()
+    }
+}

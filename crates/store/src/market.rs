@@ -1,0 +1,105 @@
+//! The market: asking prices, worker locations, and the rows the scheduler's snapshot is
+//! built from.
+
+use flotilla_proto::device::DeviceState;
+
+use crate::devices::{DEVICE_COLUMNS_QUALIFIED, device_from};
+use crate::{Result, Store, col};
+
+/// One offered device with its worker's market facts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MarketRow {
+    pub device: crate::DeviceRow,
+    /// IOSD base units per hour.
+    pub price_per_hour: u64,
+    pub region: String,
+    pub country: String,
+    pub tier: String,
+}
+
+/// Where a worker is and how well it is connected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerLocation {
+    pub region: String,
+    pub country: String,
+    pub tier: String,
+}
+
+impl Store {
+    /// Sets (or, with `None`, withdraws) a device's asking price; false when the device is not
+    /// the account's.
+    pub async fn set_device_price(
+        &self,
+        account_id: &str,
+        device_id: &str,
+        price_per_hour: Option<u64>,
+    ) -> Result<bool> {
+        let price = price_per_hour.map(crate::to_i64);
+        let done = sqlx::query(
+            "UPDATE devices SET price_per_hour = $1 WHERE id = $2 AND account_id = $3 AND removed_at_ms IS NULL",
+        )
+        .bind(price)
+        .bind(device_id)
+        .bind(account_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// A device's asking price, if it has one.
+    pub async fn device_price(&self, device_id: &str) -> Result<Option<u64>> {
+        let price: Option<Option<i64>> =
+            sqlx::query_scalar("SELECT price_per_hour FROM devices WHERE id = $1")
+                .bind(device_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(price.flatten().and_then(|p| u64::try_from(p).ok()))
+    }
+
+    /// Sets where a worker is; false when the worker is not the account's.
+    pub async fn set_worker_location(
+        &self,
+        account_id: &str,
+        worker_id: &str,
+        location: &WorkerLocation,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE workers SET region = $1, country = $2, tier = $3 WHERE id = $4 AND account_id = $5 AND removed_at_ms IS NULL",
+        )
+        .bind(&location.region)
+        .bind(&location.country)
+        .bind(&location.tier)
+        .bind(worker_id)
+        .bind(account_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Every priced device that is idle or hired, with its worker's location, ordered by
+    /// worker then device: the scheduler's snapshot.
+    pub async fn market_rows(&self) -> Result<Vec<MarketRow>> {
+        let sql = format!(
+            "SELECT {DEVICE_COLUMNS_QUALIFIED}, w.region AS region, \
+             w.country AS country, w.tier AS tier FROM devices d JOIN workers w ON w.id = d.worker_id \
+             WHERE d.removed_at_ms IS NULL AND w.removed_at_ms IS NULL AND d.price_per_hour IS NOT NULL \
+             AND d.state IN ($1, $2) ORDER BY d.worker_id, d.id"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(DeviceState::Idle.as_str())
+            .bind(DeviceState::Hired.as_str())
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(MarketRow {
+                    device: device_from(row)?,
+                    price_per_hour: crate::to_u64(col::<i64>(row, "price_per_hour")?),
+                    region: col(row, "region")?,
+                    country: col(row, "country")?,
+                    tier: col(row, "tier")?,
+                })
+            })
+            .collect()
+    }
+}
