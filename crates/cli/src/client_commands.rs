@@ -71,6 +71,9 @@ pub enum ClientCommand {
     /// Market prices, and a supplier's prices and locations.
     #[command(subcommand)]
     Market(crate::market_commands::MarketCommand),
+    /// A renter's requests for GPUs.
+    #[command(subcommand)]
+    Requests(crate::market_commands::RequestsCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -225,6 +228,7 @@ pub async fn run(command: ClientCommand) -> Result<()> {
         ClientCommand::ApiKeys(command) => api_keys(command).await,
         ClientCommand::Offers(args) => crate::market_commands::offers(args).await,
         ClientCommand::Market(command) => crate::market_commands::market(command).await,
+        ClientCommand::Requests(command) => crate::market_commands::requests(command).await,
         ClientCommand::EnrollmentTokens(command) => tokens(command).await,
         ClientCommand::Workers(command) => objects(command, "workers").await,
         ClientCommand::Devices(command) => objects(command, "devices").await,

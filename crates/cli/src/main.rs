@@ -115,6 +115,9 @@ struct CoordinatorArgs {
     /// The share of a device class's memory a proof fills, in percent (1 to 100).
     #[arg(long, default_value_t = flotilla_proof::MEMORY_PCT_DEFAULT)]
     proof_memory_pct: u32,
+    /// How often the scheduler plans the queue of requests.
+    #[arg(long, default_value_t = 1_000)]
+    schedule_interval_ms: u64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -220,6 +223,7 @@ async fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
         proof_target_ms: args.proof_target_ms,
         proof_recheck_interval_ms: args.proof_recheck_interval_ms,
         proof_memory_pct: args.proof_memory_pct,
+        schedule_interval_ms: args.schedule_interval_ms,
         ..flotilla_coordinator::Config::default()
     };
     let running = flotilla_coordinator::start(config).await?;

@@ -1,9 +1,11 @@
-//! Market commands: `flotilla offers`, and `flotilla market prices|set-price|set-location`.
+//! Market commands: `flotilla offers`, `flotilla market prices|set-price|set-location`, and
+//! `flotilla requests create|list|show|cancel`.
 
 use anyhow::{Context, Result};
 use clap::Subcommand;
 use flotilla_proto::api::{
-    Device, ModelPriceInfo, OffersResponse, SetLocationRequest, SetPriceRequest, WorkerDetail,
+    Device, ModelPriceInfo, OffersResponse, Page, RequestInfo, RequestSpec, SetLocationRequest,
+    SetPriceRequest, WorkerDetail,
 };
 use flotilla_scheduler::PRICE_UNITS_PER_USD;
 use flotilla_scheduler::explain::format_price;
@@ -241,6 +243,162 @@ pub async fn market(command: MarketCommand) -> Result<()> {
                     w.country.clone(),
                     w.tier.clone(),
                 ]],
+            );
+            Ok(())
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RequestsCommand {
+    /// Ask for GPUs: NODES workers with GPUS_PER_NODE matching GPUs each, placed whole.
+    Create {
+        #[command(flatten)]
+        connection: Connection,
+        #[arg(long, default_value_t = 1)]
+        nodes: u32,
+        #[arg(long, default_value_t = 1)]
+        gpus_per_node: u32,
+        /// Constraints in the offer search language.
+        #[arg(long, default_value = "")]
+        query: String,
+        /// urgent, normal or deferrable.
+        #[arg(long, default_value = "normal")]
+        priority: String,
+        /// Deferrable: wait for offers at or under this price (USD per GPU hour)...
+        #[arg(long)]
+        target_price: Option<String>,
+        /// ...until this many seconds from now.
+        #[arg(long)]
+        deadline_s: Option<u64>,
+        /// The most the whole placement may cost per hour, in USD.
+        #[arg(long)]
+        budget: Option<String>,
+        /// Let nodes be in different regions.
+        #[arg(long)]
+        spread: bool,
+        /// Your region, for latency.
+        #[arg(long)]
+        renter_region: Option<String>,
+    },
+    List(Connection),
+    /// Where a request runs, or why it waits and what to relax.
+    Show {
+        #[command(flatten)]
+        connection: Connection,
+        id: String,
+    },
+    Cancel {
+        #[command(flatten)]
+        connection: Connection,
+        id: String,
+    },
+}
+
+fn usd(text: &str, what: &str) -> Result<u64> {
+    parse_decimal(text, PRICE_UNITS_PER_USD.ilog10())
+        .with_context(|| format!("{what} {text:?} is not a price in USD with at most 6 decimals"))
+}
+
+fn request_rows(requests: &[RequestInfo]) -> Vec<Vec<String>> {
+    requests
+        .iter()
+        .map(|r| {
+            let nodes: Vec<String> = r
+                .nodes
+                .iter()
+                .map(|n| format!("{}x{}", n.worker_id, n.device_ids.len()))
+                .collect();
+            vec![
+                r.id.clone(),
+                r.state.clone(),
+                format!("{}x{}", r.spec.nodes, r.spec.gpus_per_node),
+                if nodes.is_empty() {
+                    opt(r.waiting_because.clone())
+                } else {
+                    nodes.join(" ")
+                },
+            ]
+        })
+        .collect()
+}
+
+pub async fn requests(command: RequestsCommand) -> Result<()> {
+    let headers = ["REQUEST", "STATE", "SHAPE", "PLACED ON / WAITING BECAUSE"];
+    match command {
+        RequestsCommand::Create {
+            connection,
+            nodes,
+            gpus_per_node,
+            query,
+            priority,
+            target_price,
+            deadline_s,
+            budget,
+            spread,
+            renter_region,
+        } => {
+            let spec = RequestSpec {
+                nodes,
+                gpus_per_node,
+                query,
+                budget_per_hour: budget.as_deref().map(|b| usd(b, "--budget")).transpose()?,
+                priority: Some(priority),
+                target_price_per_hour: target_price
+                    .as_deref()
+                    .map(|p| usd(p, "--target-price"))
+                    .transpose()?,
+                deadline_s,
+                colocation: Some(if spread { "spread" } else { "one_region" }.to_owned()),
+                renter_region,
+            };
+            let created: RequestInfo = connection.client()?.post("requests", &spec).await?;
+            print(
+                connection.output,
+                &created,
+                &headers,
+                request_rows(std::slice::from_ref(&created)),
+            );
+            Ok(())
+        }
+        RequestsCommand::List(connection) => {
+            let page: Page<RequestInfo> = connection.client()?.get("requests?limit=500").await?;
+            print(
+                connection.output,
+                &page,
+                &headers,
+                request_rows(&page.items),
+            );
+            Ok(())
+        }
+        RequestsCommand::Show { connection, id } => {
+            let request: RequestInfo = connection.client()?.get(&format!("requests/{id}")).await?;
+            print(
+                connection.output,
+                &request,
+                &headers,
+                request_rows(std::slice::from_ref(&request)),
+            );
+            if connection.output == Format::Table
+                && let Some(best) = request
+                    .explanation
+                    .as_ref()
+                    .and_then(|e| e.relaxations.first())
+            {
+                println!("cheapest relaxation: {}", best.summary);
+            }
+            Ok(())
+        }
+        RequestsCommand::Cancel { connection, id } => {
+            let request: RequestInfo = connection
+                .client()?
+                .post_empty(&format!("requests/{id}/cancel"))
+                .await?;
+            print(
+                connection.output,
+                &request,
+                &headers,
+                request_rows(std::slice::from_ref(&request)),
             );
             Ok(())
         }

@@ -33,6 +33,8 @@ pub struct Config {
     pub proof_recheck_interval_ms: u64,
     /// The share of a device class's memory a proof fills, in percent (1 to 100).
     pub proof_memory_pct: u32,
+    /// How often the scheduler plans the queue.
+    pub schedule_interval_ms: u64,
     /// Where to write the first admin's API key when the database has no admin. The key is
     /// written to this file (mode 0600) and never logged.
     pub admin_key_file: Option<std::path::PathBuf>,
@@ -56,6 +58,7 @@ impl Default for Config {
             proof_target_ms: flotilla_proof::CHALLENGE_TARGET_MS,
             proof_recheck_interval_ms: 3_600_000,
             proof_memory_pct: flotilla_proof::MEMORY_PCT_DEFAULT,
+            schedule_interval_ms: 1_000,
         }
     }
 }
@@ -97,6 +100,9 @@ impl Config {
             || self.token_create_rate_per_minute == 0
         {
             return fail("rate limits", "must be at least 1 per minute");
+        }
+        if self.schedule_interval_ms < 10 {
+            return fail("schedule_interval_ms", "must be at least 10");
         }
         if !(1..=100).contains(&self.proof_memory_pct) {
             return fail("proof_memory_pct", "must be between 1 and 100");

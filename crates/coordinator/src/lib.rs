@@ -21,6 +21,7 @@ pub mod liveness;
 pub mod market;
 pub mod metrics;
 pub mod ratelimit;
+pub mod scheduling;
 mod session;
 pub mod telemetry;
 pub mod verifier;
@@ -162,13 +163,14 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         }
     });
     let liveness = tokio::spawn(liveness_loop(app.clone(), shutdown_rx.clone()));
+    let scheduling = tokio::spawn(scheduling::run(app.clone(), shutdown_rx.clone()));
     let housekeeping = tokio::spawn(housekeeping_loop(app, shutdown_rx));
     tracing::info!(%local_addr, "coordinator listening");
     Ok(Running {
         local_addr,
         store,
         shutdown: shutdown_tx,
-        tasks: vec![server, liveness, housekeeping],
+        tasks: vec![server, liveness, scheduling, housekeeping],
     })
 }
 

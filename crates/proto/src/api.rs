@@ -431,3 +431,58 @@ pub struct SetLocationRequest {
     /// low, medium, high or ultra.
     pub tier: String,
 }
+
+/// A request for GPUs: `nodes` workers with `gpus_per_node` matching GPUs each.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RequestSpec {
+    pub nodes: u32,
+    pub gpus_per_node: u32,
+    /// Constraints in the offer search language, such as `gpu=h100 price<2.5 region=eu`.
+    #[serde(default)]
+    pub query: String,
+    /// The most the whole placement may cost per hour, in IOSD base units.
+    #[serde(default)]
+    pub budget_per_hour: Option<u64>,
+    /// urgent, normal (default) or deferrable.
+    #[serde(default)]
+    pub priority: Option<String>,
+    /// Deferrable only: wait for offers at or under this price (IOSD base units per GPU hour)...
+    #[serde(default)]
+    pub target_price_per_hour: Option<u64>,
+    /// ...until this many seconds after submission, then take the market price.
+    #[serde(default)]
+    pub deadline_s: Option<u64>,
+    /// one_region (default) or spread.
+    #[serde(default)]
+    pub colocation: Option<String>,
+    /// The renter's region, for latency.
+    #[serde(default)]
+    pub renter_region: Option<String>,
+}
+
+/// The devices one node of a placement holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PlacedNode {
+    pub worker_id: String,
+    pub device_ids: Vec<String>,
+    /// IOSD base units per hour for these devices.
+    pub price_per_hour: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RequestInfo {
+    pub id: String,
+    /// queued, placed or cancelled.
+    pub state: String,
+    pub spec: RequestSpec,
+    /// Why a queued request waits, in words.
+    pub waiting_because: Option<String>,
+    /// For a request that finds nothing: which constraint removed what, and what to relax.
+    pub explanation: Option<NoMatchExplanation>,
+    /// Placement attempt: 1 at first placement, one more per replacement.
+    pub attempt: u32,
+    pub nodes: Vec<PlacedNode>,
+    pub created_at: String,
+    pub placed_at: Option<String>,
+}

@@ -13,6 +13,7 @@ pub enum IdKind {
     EnrollmentToken,
     AuditEvent,
     Proof,
+    Request,
 }
 
 impl IdKind {
@@ -26,6 +27,7 @@ impl IdKind {
             IdKind::EnrollmentToken => "enr_",
             IdKind::AuditEvent => "aud_",
             IdKind::Proof => "prf_",
+            IdKind::Request => "req_",
         }
     }
 }

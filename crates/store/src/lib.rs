@@ -15,6 +15,7 @@ mod audit;
 mod devices;
 mod market;
 mod proofs;
+mod requests;
 mod telemetry;
 mod workers;
 
@@ -23,6 +24,7 @@ pub use audit::{AuditEventRow, NewAuditEvent};
 pub use devices::{DeviceRow, DeviceStateChange};
 pub use market::{MarketRow, WorkerLocation};
 pub use proofs::ProofRow;
+pub use requests::{PlacementRow, REQUEST_CANCELLED, REQUEST_PLACED, REQUEST_QUEUED, RequestRow};
 pub use telemetry::TelemetryBucketRow;
 pub use workers::{EnrollmentTokenRow, WorkerRow};
 
@@ -67,6 +69,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("../migrations/0002_hardware_index.sql")),
     (3, include_str!("../migrations/0003_proofs.sql")),
     (4, include_str!("../migrations/0004_market.sql")),
+    (5, include_str!("../migrations/0005_requests.sql")),
 ];
 
 /// Connections held open to PostgreSQL. SQLite gets fewer: it has one writer anyway.

@@ -5,8 +5,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use flotilla_proto::api::{
-    Device, ModelPriceInfo, OffersResponse, Page, Role, SetLocationRequest, SetPriceRequest,
-    Worker, WorkerDetail,
+    Device, ModelPriceInfo, OffersResponse, Page, RequestInfo, RequestSpec, Role,
+    SetLocationRequest, SetPriceRequest, Worker, WorkerDetail,
 };
 use flotilla_proto::device::DeviceState;
 
@@ -196,3 +196,145 @@ async fn offers_are_searched_explained_and_priced(db: Db) {
     assert!(gone.offers.is_empty());
 }
 on_both_databases!(offers_are_searched_explained_and_priced);
+
+async fn requests_are_placed_whole_wait_with_a_reason_and_cancel(db: Db) {
+    let coordinator = Coordinator::start(
+        db,
+        &["--allow-simulated-devices", "--schedule-interval-ms", "100"],
+    )
+    .await;
+    let supplier = coordinator.account("supplier-a", &[Role::Supplier]).await;
+    let owner = coordinator.client(Some(&supplier));
+    let dir = tempfile::tempdir().unwrap();
+    let token = coordinator.token(&supplier).await;
+    let _worker = coordinator.worker(dir.path(), Some(&token), "RTX 4090x2");
+    let devices = eventually(Duration::from_secs(30), || async {
+        let page: Page<Device> = owner.get("devices").await.ok()?;
+        (page.items.len() == 2 && page.items.iter().all(|d| d.state == DeviceState::Idle))
+            .then_some(page.items)
+    })
+    .await
+    .expect("two devices go idle");
+    for device in &devices {
+        let _: Device = owner
+            .post(
+                &format!("devices/{}/price", device.id),
+                &SetPriceRequest {
+                    price_per_hour: Some(410_000),
+                },
+            )
+            .await
+            .unwrap();
+    }
+    let renter = coordinator.account("renter-a", &[Role::Renter]).await;
+    let client = coordinator.client(Some(&renter));
+    let spec = RequestSpec {
+        nodes: 1,
+        gpus_per_node: 2,
+        query: "gpu=rtx4090 price<0.50".into(),
+        budget_per_hour: None,
+        priority: None,
+        target_price_per_hour: None,
+        deadline_s: None,
+        colocation: None,
+        renter_region: None,
+    };
+    let first: RequestInfo = client.post("requests", &spec).await.unwrap();
+    let placed = eventually(Duration::from_secs(10), || async {
+        let info: RequestInfo = client.get(&format!("requests/{}", first.id)).await.ok()?;
+        (info.state == "placed").then_some(info)
+    })
+    .await
+    .expect("the request is placed");
+    assert_eq!((placed.attempt, placed.nodes.len()), (1, 1));
+    assert_eq!(
+        placed.nodes[0].device_ids.len(),
+        2,
+        "both GPUs on the one worker"
+    );
+    assert_eq!(placed.nodes[0].price_per_hour, 820_000);
+    let hired: Page<Device> = owner.get("devices").await.unwrap();
+    assert!(hired.items.iter().all(|d| d.state == DeviceState::Hired));
+
+    // The same again cannot fit: it waits, says why, and suggests nothing (all are taken).
+    let second: RequestInfo = client.post("requests", &spec).await.unwrap();
+    let waiting = eventually(Duration::from_secs(10), || async {
+        let info: RequestInfo = client.get(&format!("requests/{}", second.id)).await.ok()?;
+        info.waiting_because.is_some().then_some(info)
+    })
+    .await
+    .expect("the second request waits with a reason");
+    assert_eq!(waiting.state, "queued");
+    assert_eq!(
+        waiting.waiting_because.as_deref(),
+        Some("no free offer matches its constraints")
+    );
+    assert_eq!(waiting.explanation.unwrap().offers_matching, 0);
+
+    // Bad requests name the field; other renters cannot see or cancel this one.
+    for (bad, field) in [
+        (
+            RequestSpec {
+                gpus_per_node: 0,
+                ..spec.clone()
+            },
+            "gpus_per_node",
+        ),
+        (
+            RequestSpec {
+                query: "gpu=".into(),
+                ..spec.clone()
+            },
+            "query",
+        ),
+        (
+            RequestSpec {
+                priority: Some("deferrable".into()),
+                ..spec.clone()
+            },
+            "priority",
+        ),
+    ] {
+        let error = client
+            .post::<_, RequestInfo>("requests", &bad)
+            .await
+            .unwrap_err();
+        assert!(error.to_string().contains(field), "{error}");
+    }
+    let stranger = coordinator.account("renter-b", &[Role::Renter]).await;
+    let hidden = coordinator
+        .client(Some(&stranger))
+        .post_empty::<RequestInfo>(&format!("requests/{}/cancel", first.id))
+        .await
+        .unwrap_err();
+    assert_eq!(hidden.status(), Some(404));
+    let forbidden = owner
+        .post::<_, RequestInfo>("requests", &spec)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        forbidden.status(),
+        Some(403),
+        "suppliers do not rent without the renter role"
+    );
+
+    // Cancelling the first gives its GPUs back, and the waiting one takes them.
+    let cancelled: RequestInfo = client
+        .post_empty(&format!("requests/{}/cancel", first.id))
+        .await
+        .unwrap();
+    assert_eq!(cancelled.state, "cancelled");
+    assert!(cancelled.nodes.is_empty(), "nothing held any more");
+    eventually(Duration::from_secs(10), || async {
+        let info: RequestInfo = client.get(&format!("requests/{}", second.id)).await.ok()?;
+        (info.state == "placed").then_some(())
+    })
+    .await
+    .expect("the waiting request is placed on the freed GPUs");
+    let again = client
+        .post_empty::<RequestInfo>(&format!("requests/{}/cancel", first.id))
+        .await
+        .unwrap_err();
+    assert_eq!(again.status(), Some(409));
+}
+on_both_databases!(requests_are_placed_whole_wait_with_a_reason_and_cancel);

@@ -59,7 +59,7 @@ fn bounded(field: &str, value: Option<u32>, default: u32, max: u32) -> ApiResult
     Ok(value)
 }
 
-fn explanation(found: Explanation) -> NoMatchExplanation {
+pub(super) fn explanation(found: Explanation) -> NoMatchExplanation {
     NoMatchExplanation {
         offers_total: found.offers_total,
         offers_matching: found.offers_matching,

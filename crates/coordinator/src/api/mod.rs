@@ -7,6 +7,7 @@ pub mod devices;
 pub mod enrollment;
 pub mod market;
 pub mod proofs;
+pub mod requests;
 pub mod workers;
 
 use std::time::Instant;
@@ -41,6 +42,8 @@ use crate::error::{ApiError, ApiResult};
         proofs::list_proofs, proofs::show_proof, proofs::proof_transcript,
         market::list_offers, market::market_prices, market::set_device_price,
         market::set_worker_location,
+        requests::create_request, requests::list_requests, requests::show_request,
+        requests::cancel_request,
     ),
     components(schemas(wire::ErrorBody, wire::ErrorDetail)),
     modifiers(&BearerAuth),
@@ -105,6 +108,12 @@ pub fn router(app: AppState) -> Router {
         .route("/workers/{id}/location", post(market::set_worker_location))
         .route("/offers", get(market::list_offers))
         .route("/market/prices", get(market::market_prices))
+        .route(
+            "/requests",
+            post(requests::create_request).get(requests::list_requests),
+        )
+        .route("/requests/{id}", get(requests::show_request))
+        .route("/requests/{id}/cancel", post(requests::cancel_request))
         .route("/audit-events", get(audit::list_audit_events))
         .route("/proofs", get(proofs::list_proofs))
         .route("/proofs/{id}", get(proofs::show_proof))

@@ -1,0 +1,186 @@
+//! A renter's requests for GPUs: submit, list, show (with why it waits), cancel.
+
+use axum::Json;
+use axum::extract::State;
+use flotilla_proto::api::{ErrorBody, Page, PageQuery, PlacedNode, RequestInfo, RequestSpec, Role};
+use flotilla_proto::id::{IdKind, new_id};
+use flotilla_proto::time::{rfc3339, rfc3339_opt};
+use flotilla_store::{REQUEST_PLACED, REQUEST_QUEUED, RequestRow};
+
+use super::{PageRequest, check_id};
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{Caller, JsonBody, PathId, QueryParams};
+use crate::scheduling::{release, to_request};
+use crate::{AppState, now_ms};
+
+/// Queued requests one account may have at once.
+pub const QUEUED_PER_ACCOUNT_MAX: u64 = 1_000;
+
+fn guard(caller: &Caller, write: bool) -> ApiResult<()> {
+    caller.require_role(Role::Renter)?;
+    if write {
+        caller.require_write()?;
+    }
+    Ok(())
+}
+
+async fn info(app: &AppState, row: RequestRow) -> ApiResult<RequestInfo> {
+    let spec: RequestSpec = serde_json::from_str(&row.spec)
+        .map_err(|e| ApiError::Internal(format!("stored request spec: {e}")))?;
+    let mut nodes: Vec<PlacedNode> = Vec::new();
+    for placement in app.store.placements(&row.id).await? {
+        match nodes.get_mut(placement.node_index as usize) {
+            Some(node) => {
+                node.device_ids.push(placement.device_id);
+                node.price_per_hour += placement.price_per_hour;
+            }
+            None => nodes.push(PlacedNode {
+                worker_id: placement.worker_id,
+                device_ids: vec![placement.device_id],
+                price_per_hour: placement.price_per_hour,
+            }),
+        }
+    }
+    let queued = row.state == REQUEST_QUEUED;
+    let explanation = if queued && !row.reason.is_empty() {
+        let request = to_request(&row.id, &row.account_id, &spec, row.created_at_ms)
+            .map_err(|e| ApiError::Internal(e.message))?;
+        let market = crate::market::snapshot(app.store.market_rows().await?);
+        let found = flotilla_scheduler::explain::explain(
+            &market.snapshot,
+            &request.filter,
+            request.gpus_per_node,
+            request.node_count,
+        );
+        Some(super::market::explanation(found))
+    } else {
+        None
+    };
+    Ok(RequestInfo {
+        id: row.id,
+        state: row.state,
+        spec,
+        waiting_because: (queued && !row.reason.is_empty()).then_some(row.reason),
+        explanation,
+        attempt: row.attempt,
+        nodes,
+        created_at: rfc3339(row.created_at_ms),
+        placed_at: rfc3339_opt(row.placed_at_ms),
+    })
+}
+
+/// Submits a request; the scheduler places it whole when it can.
+#[utoipa::path(post, path = "/api/v1/requests", request_body = RequestSpec, security(("api_key" = [])),
+    responses((status = 201, body = RequestInfo), (status = 422, body = ErrorBody), (status = 429, body = ErrorBody)))]
+pub async fn create_request(
+    State(app): State<AppState>,
+    caller: Caller,
+    JsonBody(spec): JsonBody<RequestSpec>,
+) -> ApiResult<(axum::http::StatusCode, Json<RequestInfo>)> {
+    guard(&caller, true)?;
+    let id = new_id(IdKind::Request);
+    let now = now_ms();
+    to_request(&id, caller.account_id(), &spec, now)
+        .map_err(|e| ApiError::invalid(e.field, e.message))?;
+    if app.store.queued_request_count(caller.account_id()).await? >= QUEUED_PER_ACCOUNT_MAX {
+        return Err(ApiError::conflict(
+            "too_many_queued",
+            format!("an account may have at most {QUEUED_PER_ACCOUNT_MAX} queued requests"),
+        ));
+    }
+    let row = RequestRow {
+        id,
+        account_id: caller.account_id().to_owned(),
+        spec: serde_json::to_string(&spec).expect("specs serialize"),
+        state: REQUEST_QUEUED.to_owned(),
+        reason: String::new(),
+        attempt: 0,
+        created_at_ms: now,
+        placed_at_ms: None,
+        ended_at_ms: None,
+    };
+    app.store.insert_request(&row).await?;
+    Ok((
+        axum::http::StatusCode::CREATED,
+        Json(info(&app, row).await?),
+    ))
+}
+
+/// The caller's requests.
+#[utoipa::path(get, path = "/api/v1/requests", params(PageQuery), security(("api_key" = [])), responses((status = 200, body = Page<RequestInfo>)))]
+pub async fn list_requests(
+    State(app): State<AppState>,
+    caller: Caller,
+    QueryParams(query): QueryParams<PageQuery>,
+) -> ApiResult<Json<Page<RequestInfo>>> {
+    guard(&caller, false)?;
+    let page = PageRequest::from_query(&query)?;
+    let rows = app
+        .store
+        .list_requests(caller.account_id(), page.after.as_deref(), page.fetch())
+        .await?;
+    let mut infos = Vec::with_capacity(rows.len());
+    for row in rows {
+        infos.push(info(&app, row).await?);
+    }
+    Ok(Json(page.finish(
+        infos,
+        |info| info.id.clone(),
+        |info| info,
+    )))
+}
+
+async fn own(app: &AppState, caller: &Caller, request_id: &str) -> ApiResult<RequestRow> {
+    check_id(IdKind::Request, "request", request_id)?;
+    app.store
+        .request(caller.account_id(), request_id)
+        .await?
+        .ok_or(ApiError::NotFound("request"))
+}
+
+/// One request: where it runs, or why it waits and what to relax.
+#[utoipa::path(get, path = "/api/v1/requests/{id}", params(("id" = String, Path)), security(("api_key" = [])),
+    responses((status = 200, body = RequestInfo), (status = 404, body = ErrorBody)))]
+pub async fn show_request(
+    State(app): State<AppState>,
+    caller: Caller,
+    PathId(request_id): PathId,
+) -> ApiResult<Json<RequestInfo>> {
+    guard(&caller, false)?;
+    let row = own(&app, &caller, &request_id).await?;
+    info(&app, row).await.map(Json)
+}
+
+/// Cancels a queued request, or ends a placed one and gives its devices back.
+#[utoipa::path(post, path = "/api/v1/requests/{id}/cancel", params(("id" = String, Path)), security(("api_key" = [])),
+    responses((status = 200, body = RequestInfo), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn cancel_request(
+    State(app): State<AppState>,
+    caller: Caller,
+    PathId(request_id): PathId,
+) -> ApiResult<Json<RequestInfo>> {
+    guard(&caller, true)?;
+    own(&app, &caller, &request_id).await?;
+    let held: Vec<String> = app
+        .store
+        .placements(&request_id)
+        .await?
+        .into_iter()
+        .map(|p| p.device_id)
+        .collect();
+    let Some(previous) = app
+        .store
+        .cancel_request(caller.account_id(), &request_id, now_ms())
+        .await?
+    else {
+        return Err(ApiError::conflict(
+            "not_active",
+            "the request already ended",
+        ));
+    };
+    if previous == REQUEST_PLACED {
+        release(&app, &held).await;
+    }
+    let row = own(&app, &caller, &request_id).await?;
+    info(&app, row).await.map(Json)
+}

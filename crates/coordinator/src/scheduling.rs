@@ -1,0 +1,262 @@
+//! The scheduling loop: every pass, the queued requests and a snapshot of the market go into
+//! the pure scheduler; its plan comes back and is committed through one writer that re-checks
+//! it. The writer hires each placement's devices through the fleet, all or none (a device
+//! taken or gone since the snapshot refuses the entry, which is retried next pass), and only
+//! then marks the request placed.
+
+use std::time::Duration;
+
+use flotilla_proto::api::RequestSpec;
+use flotilla_scheduler::explain::format_price;
+use flotilla_scheduler::{Colocation, Placement, Priority, Request, WaitReason};
+use flotilla_store::{PlacementRow, RequestRow};
+use tokio::sync::watch;
+
+use crate::device_state::DeviceEvent;
+use crate::market::{MarketView, snapshot};
+use crate::{AppState, now_ms};
+
+/// Most queued requests one pass considers (the oldest).
+pub const QUEUE_PASS_MAX: u32 = 10_000;
+/// Limits on one request's shape.
+pub const NODES_MAX: u32 = 64;
+pub const GPUS_PER_NODE_MAX: u32 = 16;
+/// Longest a deferrable request may wait for its price.
+pub const DEADLINE_S_MAX: u64 = 7 * 24 * 3_600;
+
+/// A request spec that cannot be scheduled: the field and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpecError {
+    pub field: &'static str,
+    pub message: String,
+}
+
+fn spec_error(field: &'static str, message: impl Into<String>) -> SpecError {
+    SpecError {
+        field,
+        message: message.into(),
+    }
+}
+
+/// The scheduler's view of a renter's request.
+pub fn to_request(
+    request_id: &str,
+    renter_id: &str,
+    spec: &RequestSpec,
+    created_at_ms: i64,
+) -> Result<Request, SpecError> {
+    if !(1..=NODES_MAX).contains(&spec.nodes) {
+        return Err(spec_error(
+            "nodes",
+            format!("must be between 1 and {NODES_MAX}"),
+        ));
+    }
+    if !(1..=GPUS_PER_NODE_MAX).contains(&spec.gpus_per_node) {
+        return Err(spec_error(
+            "gpus_per_node",
+            format!("must be between 1 and {GPUS_PER_NODE_MAX}"),
+        ));
+    }
+    let filter = flotilla_scheduler::query::parse(&spec.query)
+        .map_err(|e| spec_error("query", e.to_string()))?;
+    let priority = match (
+        spec.priority.as_deref(),
+        spec.target_price_per_hour,
+        spec.deadline_s,
+    ) {
+        (None | Some("normal"), None, None) => Priority::Normal,
+        (Some("urgent"), None, None) => Priority::Urgent,
+        (Some("deferrable"), Some(target), Some(deadline_s)) if deadline_s <= DEADLINE_S_MAX => {
+            Priority::Deferrable {
+                target_price_per_hour: target,
+                deadline_ms: created_at_ms
+                    .saturating_add(i64::try_from(deadline_s * 1000).unwrap_or(i64::MAX)),
+            }
+        }
+        (Some("deferrable"), _, _) => {
+            return Err(spec_error(
+                "priority",
+                format!(
+                    "deferrable needs target_price_per_hour and deadline_s (at most {DEADLINE_S_MAX})"
+                ),
+            ));
+        }
+        (Some("urgent" | "normal") | None, _, _) => {
+            return Err(spec_error(
+                "target_price_per_hour",
+                "only deferrable requests take a target price and a deadline",
+            ));
+        }
+        (Some(_), _, _) => {
+            return Err(spec_error(
+                "priority",
+                "must be urgent, normal or deferrable",
+            ));
+        }
+    };
+    let colocation = match spec.colocation.as_deref() {
+        None | Some("one_region") => Colocation::OneRegion,
+        Some("spread") => Colocation::Spread,
+        Some(_) => return Err(spec_error("colocation", "must be one_region or spread")),
+    };
+    if let Some(region) = &spec.renter_region
+        && (region.is_empty()
+            || region.len() > 32
+            || !region.bytes().all(|b| b.is_ascii_lowercase() || b == b'-'))
+    {
+        return Err(spec_error(
+            "renter_region",
+            "must be a region such as eu-west",
+        ));
+    }
+    Ok(Request {
+        request_id: request_id.to_owned(),
+        renter_id: renter_id.to_owned(),
+        node_count: spec.nodes,
+        gpus_per_node: spec.gpus_per_node,
+        filter,
+        budget_per_hour: spec.budget_per_hour,
+        priority,
+        colocation,
+        renter_region: spec.renter_region.clone(),
+        submitted_at_ms: created_at_ms,
+    })
+}
+
+/// Why a request waits, in words.
+pub fn describe(reason: &WaitReason) -> String {
+    match reason {
+        WaitReason::NoMatch => "no free offer matches its constraints".to_owned(),
+        WaitReason::NotEnoughNodes { needed, found } => {
+            format!("{found} of the {needed} workers it needs have enough matching GPUs free")
+        }
+        WaitReason::NoRegionWithEnoughNodes {
+            needed,
+            best_region_nodes,
+        } => format!(
+            "no region has {needed} such workers free (the most in one region: {best_region_nodes})"
+        ),
+        WaitReason::OverBudget {
+            cheapest_per_hour,
+            budget_per_hour,
+        } => format!(
+            "the cheapest placement costs {}/h, over its budget of {}/h",
+            format_price(*cheapest_per_hour),
+            format_price(*budget_per_hour)
+        ),
+        WaitReason::WaitingForPrice {
+            target_price_per_hour,
+        } => format!(
+            "waiting for offers at or under {}/h until its deadline",
+            format_price(*target_price_per_hour)
+        ),
+    }
+}
+
+/// Runs passes every `schedule_interval_ms` until shutdown.
+pub async fn run(app: AppState, mut shutdown: watch::Receiver<bool>) {
+    let mut ticker = tokio::time::interval(Duration::from_millis(app.config.schedule_interval_ms));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+        if let Err(error) = pass(&app).await {
+            tracing::warn!(%error, "scheduling pass failed; retrying next tick");
+        }
+    }
+}
+
+/// One pass: plan the queue over the market and commit what was placed.
+pub async fn pass(app: &AppState) -> Result<(), flotilla_store::StoreError> {
+    let rows = app.store.queued_requests(QUEUE_PASS_MAX).await?;
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let market = snapshot(app.store.market_rows().await?);
+    let (rows, queue): (Vec<RequestRow>, Vec<Request>) = rows
+        .into_iter()
+        .filter_map(|row| {
+            let spec: RequestSpec = serde_json::from_str(&row.spec).ok()?;
+            let request = to_request(&row.id, &row.account_id, &spec, row.created_at_ms).ok()?;
+            Some((row, request))
+        })
+        .unzip();
+    let now = now_ms();
+    let plan = flotilla_scheduler::plan(&market.snapshot, &queue, now);
+    for placement in &plan.placements {
+        commit(app, &market, &rows[placement.request], placement, now).await;
+    }
+    let reasons: Vec<(String, String)> = plan
+        .waiting
+        .iter()
+        .map(|w| (rows[w.request].id.clone(), describe(&w.reason)))
+        .filter(|(id, reason)| rows.iter().any(|r| r.id == *id && r.reason != *reason))
+        .collect();
+    if !reasons.is_empty() {
+        app.store.set_request_reasons(&reasons).await?;
+    }
+    Ok(())
+}
+
+/// The writer: hires the placement's devices all or none, then records the placement; a refusal
+/// leaves the request queued for the next pass.
+async fn commit(
+    app: &AppState,
+    market: &MarketView,
+    row: &RequestRow,
+    placement: &Placement,
+    now: i64,
+) {
+    let mut device_ids = Vec::new();
+    let mut rows = Vec::new();
+    for (node_index, assignment) in placement.nodes.iter().enumerate() {
+        let node = &market.snapshot.nodes[assignment.node];
+        for &device in &assignment.devices {
+            let offer = &node.devices[device];
+            device_ids.push(offer.device_id.clone());
+            rows.push(PlacementRow {
+                device_id: offer.device_id.clone(),
+                worker_id: node.worker_id.clone(),
+                node_index: node_index as u32,
+                attempt: placement.attempt,
+                price_per_hour: offer.price_per_hour,
+            });
+        }
+    }
+    if let Err(error) = app
+        .fleet
+        .apply_events(&device_ids, DeviceEvent::Hired, true)
+        .await
+    {
+        tracing::info!(request_id = %row.id, %error, "placement refused; retrying next pass");
+        return;
+    }
+    match app
+        .store
+        .place_request(&row.id, placement.attempt, &rows, now)
+        .await
+    {
+        Ok(true) => {
+            tracing::info!(request_id = %row.id, devices = device_ids.len(), "request placed");
+        }
+        outcome => {
+            if let Err(error) = outcome {
+                tracing::warn!(request_id = %row.id, %error, "could not record a placement");
+            }
+            release(app, &device_ids).await;
+        }
+    }
+}
+
+/// Gives devices back to the market.
+pub async fn release(app: &AppState, device_ids: &[String]) {
+    if let Err(error) = app
+        .fleet
+        .apply_events(device_ids, DeviceEvent::Released, false)
+        .await
+    {
+        tracing::warn!(%error, "could not release devices");
+    }
+}

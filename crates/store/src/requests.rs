@@ -1,0 +1,239 @@
+//! Renters' requests and their placements.
+
+use sqlx::any::AnyRow;
+
+use crate::{Result, Store, col, to_i64, to_u64};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestRow {
+    pub id: String,
+    pub account_id: String,
+    /// The request as written (JSON).
+    pub spec: String,
+    pub state: String,
+    /// Why it waits (JSON), empty before the first pass.
+    pub reason: String,
+    pub attempt: u32,
+    pub created_at_ms: i64,
+    pub placed_at_ms: Option<i64>,
+    pub ended_at_ms: Option<i64>,
+}
+
+/// One device a placement holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlacementRow {
+    pub device_id: String,
+    pub worker_id: String,
+    pub node_index: u32,
+    pub attempt: u32,
+    pub price_per_hour: u64,
+}
+
+pub const REQUEST_QUEUED: &str = "queued";
+pub const REQUEST_PLACED: &str = "placed";
+pub const REQUEST_CANCELLED: &str = "cancelled";
+
+const REQUEST_COLUMNS: &str =
+    "id, account_id, spec, state, reason, attempt, created_at_ms, placed_at_ms, ended_at_ms";
+
+fn request_from(row: &AnyRow) -> Result<RequestRow> {
+    Ok(RequestRow {
+        id: col(row, "id")?,
+        account_id: col(row, "account_id")?,
+        spec: col(row, "spec")?,
+        state: col(row, "state")?,
+        reason: col(row, "reason")?,
+        attempt: u32::try_from(col::<i64>(row, "attempt")?).unwrap_or(0),
+        created_at_ms: col(row, "created_at_ms")?,
+        placed_at_ms: col(row, "placed_at_ms")?,
+        ended_at_ms: col(row, "ended_at_ms")?,
+    })
+}
+
+impl Store {
+    pub async fn insert_request(&self, request: &RequestRow) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO requests (id, account_id, spec, state, reason, attempt, created_at_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&request.id)
+        .bind(&request.account_id)
+        .bind(&request.spec)
+        .bind(&request.state)
+        .bind(&request.reason)
+        .bind(i64::from(request.attempt))
+        .bind(request.created_at_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The account's queued requests.
+    pub async fn queued_request_count(&self, account_id: &str) -> Result<u64> {
+        let count: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM requests WHERE account_id = $1 AND state = $2",
+        )
+        .bind(account_id)
+        .bind(REQUEST_QUEUED)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(to_u64(count))
+    }
+
+    pub async fn request(&self, account_id: &str, request_id: &str) -> Result<Option<RequestRow>> {
+        let sql =
+            format!("SELECT {REQUEST_COLUMNS} FROM requests WHERE id = $1 AND account_id = $2");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(request_id)
+            .bind(account_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(request_from).transpose()
+    }
+
+    /// The account's requests in id order after `after_id`.
+    pub async fn list_requests(
+        &self,
+        account_id: &str,
+        after_id: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<RequestRow>> {
+        let sql = format!(
+            "SELECT {REQUEST_COLUMNS} FROM requests WHERE account_id = $1 AND id > $2 ORDER BY id LIMIT $3"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(account_id)
+            .bind(after_id.unwrap_or(""))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(request_from).collect()
+    }
+
+    /// Every queued request, oldest first, at most `limit`.
+    pub async fn queued_requests(&self, limit: u32) -> Result<Vec<RequestRow>> {
+        let sql = format!(
+            "SELECT {REQUEST_COLUMNS} FROM requests WHERE state = $1 ORDER BY created_at_ms, id LIMIT $2"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(REQUEST_QUEUED)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(request_from).collect()
+    }
+
+    /// Records why queued requests wait.
+    pub async fn set_request_reasons(&self, reasons: &[(String, String)]) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for (request_id, reason) in reasons {
+            sqlx::query("UPDATE requests SET reason = $1 WHERE id = $2 AND state = $3")
+                .bind(reason)
+                .bind(request_id)
+                .bind(REQUEST_QUEUED)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Marks a queued request placed on these devices, in one transaction; false (and nothing
+    /// written) when the request is no longer queued.
+    pub async fn place_request(
+        &self,
+        request_id: &str,
+        attempt: u32,
+        placements: &[PlacementRow],
+        now_ms: i64,
+    ) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query(
+            "UPDATE requests SET state = $1, attempt = $2, placed_at_ms = $3, reason = '' WHERE id = $4 AND state = $5",
+        )
+        .bind(REQUEST_PLACED)
+        .bind(i64::from(attempt))
+        .bind(now_ms)
+        .bind(request_id)
+        .bind(REQUEST_QUEUED)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() != 1 {
+            return Ok(false);
+        }
+        for placement in placements {
+            sqlx::query(
+                "INSERT INTO placements (request_id, device_id, worker_id, node_index, attempt, price_per_hour) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(request_id)
+            .bind(&placement.device_id)
+            .bind(&placement.worker_id)
+            .bind(i64::from(placement.node_index))
+            .bind(i64::from(placement.attempt))
+            .bind(to_i64(placement.price_per_hour))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// The devices a request holds now (its current attempt, not released).
+    pub async fn placements(&self, request_id: &str) -> Result<Vec<PlacementRow>> {
+        let rows = sqlx::query(
+            "SELECT device_id, worker_id, node_index, attempt, price_per_hour FROM placements \
+             WHERE request_id = $1 AND released_at_ms IS NULL ORDER BY node_index, device_id",
+        )
+        .bind(request_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(PlacementRow {
+                    device_id: col(row, "device_id")?,
+                    worker_id: col(row, "worker_id")?,
+                    node_index: u32::try_from(col::<i64>(row, "node_index")?).unwrap_or(0),
+                    attempt: u32::try_from(col::<i64>(row, "attempt")?).unwrap_or(0),
+                    price_per_hour: to_u64(col::<i64>(row, "price_per_hour")?),
+                })
+            })
+            .collect()
+    }
+
+    /// Cancels a queued or placed request of the account and releases its placements; the
+    /// state it had, or `None` when there was nothing to cancel.
+    pub async fn cancel_request(
+        &self,
+        account_id: &str,
+        request_id: &str,
+        now_ms: i64,
+    ) -> Result<Option<String>> {
+        let mut tx = self.pool.begin().await?;
+        let state: Option<String> = sqlx::query_scalar(
+            "SELECT state FROM requests WHERE id = $1 AND account_id = $2 AND state IN ($3, $4)",
+        )
+        .bind(request_id)
+        .bind(account_id)
+        .bind(REQUEST_QUEUED)
+        .bind(REQUEST_PLACED)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(state) = state else {
+            return Ok(None);
+        };
+        sqlx::query("UPDATE requests SET state = $1, ended_at_ms = $2 WHERE id = $3")
+            .bind(REQUEST_CANCELLED)
+            .bind(now_ms)
+            .bind(request_id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("UPDATE placements SET released_at_ms = $1 WHERE request_id = $2 AND released_at_ms IS NULL")
+            .bind(now_ms)
+            .bind(request_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Some(state))
+    }
+}
