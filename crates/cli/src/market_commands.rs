@@ -293,6 +293,13 @@ pub enum RequestsCommand {
         connection: Connection,
         id: String,
     },
+    /// Rate a request that ran, 1 to 5 stars.
+    Feedback {
+        #[command(flatten)]
+        connection: Connection,
+        id: String,
+        stars: u8,
+    },
 }
 
 fn usd(text: &str, what: &str) -> Result<u64> {
@@ -387,6 +394,26 @@ pub async fn requests(command: RequestsCommand) -> Result<()> {
             {
                 println!("cheapest relaxation: {}", best.summary);
             }
+            Ok(())
+        }
+        RequestsCommand::Feedback {
+            connection,
+            id,
+            stars,
+        } => {
+            let request: RequestInfo = connection
+                .client()?
+                .post(
+                    &format!("requests/{id}/feedback"),
+                    &flotilla_proto::api::FeedbackRequest { stars },
+                )
+                .await?;
+            print(
+                connection.output,
+                &request,
+                &headers,
+                request_rows(std::slice::from_ref(&request)),
+            );
             Ok(())
         }
         RequestsCommand::Cancel { connection, id } => {

@@ -200,6 +200,7 @@ async fn housekeeping_loop(app: AppState, mut shutdown: watch::Receiver<bool>) {
     let last_seen_every_ticks = (LAST_SEEN_FLUSH_INTERVAL_MS / tick_ms).max(1);
     let prune_every_ticks = (TELEMETRY_PRUNE_INTERVAL_MS / tick_ms).max(1);
     let mut tick: u64 = 0;
+    let mut uptime_accounted = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
@@ -210,6 +211,7 @@ async fn housekeeping_loop(app: AppState, mut shutdown: watch::Receiver<bool>) {
         flush_telemetry(&app, now_ms).await;
         if tick.is_multiple_of(last_seen_every_ticks) {
             flush_last_seen(&app).await;
+            account_uptime(&app, &mut uptime_accounted).await;
         }
         if tick.is_multiple_of(prune_every_ticks) {
             let retention_ms =
@@ -254,6 +256,22 @@ async fn flush_last_seen(app: &AppState) {
     }
     if let Err(error) = app.store.touch_workers(&seen).await {
         tracing::warn!(%error, "last-seen flush failed");
+    }
+}
+
+/// Adds the time since the last accounting to every worker's observed time, and to the
+/// connected ones' uptime: the reliability the scheduler ranks by.
+async fn account_uptime(app: &AppState, since: &mut tokio::time::Instant) {
+    let elapsed_ms = u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX);
+    *since = tokio::time::Instant::now();
+    let connected: Vec<String> = app
+        .fleet
+        .connected_last_seen()
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    if let Err(error) = app.store.account_uptime(&connected, elapsed_ms).await {
+        tracing::warn!(%error, "uptime accounting failed");
     }
 }
 

@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use flotilla_proto::device::{DeviceKind, DeviceState, model_key};
 use flotilla_scheduler::prices::ModelPrice;
 use flotilla_scheduler::{DeviceOffer, DeviceStatus, NodeOffer, PPM, Snapshot, Tier};
-use flotilla_store::MarketRow;
+use flotilla_store::{MarketRow, WorkerStats};
 
 /// How old the index a trend is measured against must be.
 pub const PRICE_TREND_INTERVAL_MS: i64 = 3_600_000;
@@ -18,8 +18,35 @@ pub struct MarketView {
     pub simulated: std::collections::HashSet<(usize, String)>,
 }
 
+/// Reliability inputs of one worker: uptime in ppm (full until anything was observed) and
+/// average feedback.
+fn reliability(stats: Option<&WorkerStats>) -> (u32, u32, Option<u32>) {
+    let Some(stats) = stats else {
+        return (PPM, 0, None);
+    };
+    let uptime_ppm = (u128::from(stats.up_ms.min(stats.observed_ms)) * u128::from(PPM))
+        .checked_div(u128::from(stats.observed_ms))
+        .map_or(PPM, |ppm| ppm as u32);
+    let feedback = (stats.feedback_sum_milli / u64::from(stats.feedback_count.max(1))) as u32;
+    (
+        uptime_ppm,
+        stats.completed,
+        (stats.feedback_count > 0).then_some(feedback),
+    )
+}
+
+/// The market now, from the database.
+pub async fn load(store: &flotilla_store::Store) -> Result<MarketView, flotilla_store::StoreError> {
+    let rows = store.market_rows().await?;
+    let stats = store.worker_stats().await?;
+    Ok(snapshot(rows, &stats))
+}
+
 /// Builds the snapshot: one node per worker, its priced devices in it.
-pub fn snapshot(rows: Vec<MarketRow>) -> MarketView {
+pub fn snapshot(
+    rows: Vec<MarketRow>,
+    stats: &std::collections::HashMap<String, WorkerStats>,
+) -> MarketView {
     let mut by_worker: BTreeMap<String, (NodeOffer, Vec<String>)> = BTreeMap::new();
     for row in rows {
         let hardware = &row.device.hardware;
@@ -28,6 +55,8 @@ pub fn snapshot(rows: Vec<MarketRow>) -> MarketView {
         let (node, simulated) = by_worker
             .entry(row.device.worker_id.clone())
             .or_insert_with(|| {
+                let (uptime_ppm, completed, feedback_milli) =
+                    reliability(stats.get(&row.device.worker_id));
                 (
                     NodeOffer {
                         worker_id: row.device.worker_id.clone(),
@@ -35,12 +64,12 @@ pub fn snapshot(rows: Vec<MarketRow>) -> MarketView {
                         region: row.region.clone(),
                         country: row.country.clone(),
                         tier: Tier::parse(&row.tier).unwrap_or(Tier::Low),
-                        // Uptime and the work record are not measured yet: every worker
-                        // counts as fully reliable until they are.
-                        uptime_ppm: PPM,
-                        completed: 0,
+                        uptime_ppm,
+                        completed,
+                        // Work lost to a worker's failure is counted once placements move
+                        // off failed workers (clusters); until then none is recorded.
                         failed: 0,
-                        feedback_milli: None,
+                        feedback_milli,
                         supplier_hired: 0,
                         devices: Vec::new(),
                     },
@@ -122,5 +151,25 @@ impl PriceHistory {
             .as_ref()
             .map(|(_, prices)| prices.clone())
             .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reliability_comes_from_uptime_and_feedback() {
+        assert_eq!(reliability(None), (PPM, 0, None), "nothing observed yet");
+        let stats = WorkerStats {
+            up_ms: 900,
+            observed_ms: 1_000,
+            completed: 3,
+            feedback_sum_milli: 9_000,
+            feedback_count: 2,
+        };
+        assert_eq!(reliability(Some(&stats)), (900_000, 3, Some(4_500)));
+        let unobserved = WorkerStats::default();
+        assert_eq!(reliability(Some(&unobserved)).0, PPM);
     }
 }

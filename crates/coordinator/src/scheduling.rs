@@ -13,7 +13,7 @@ use flotilla_store::{PlacementRow, RequestRow};
 use tokio::sync::watch;
 
 use crate::device_state::DeviceEvent;
-use crate::market::{MarketView, snapshot};
+use crate::market::MarketView;
 use crate::{AppState, now_ms};
 
 /// Most queued requests one pass considers (the oldest).
@@ -174,7 +174,7 @@ pub async fn pass(app: &AppState) -> Result<(), flotilla_store::StoreError> {
     if rows.is_empty() {
         return Ok(());
     }
-    let market = snapshot(app.store.market_rows().await?);
+    let market = crate::market::load(&app.store).await?;
     let (rows, queue): (Vec<RequestRow>, Vec<Request>) = rows
         .into_iter()
         .filter_map(|row| {

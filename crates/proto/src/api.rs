@@ -351,8 +351,12 @@ pub struct OfferInfo {
     pub region: String,
     pub country: String,
     pub tier: String,
-    /// Reliability in parts per million.
+    /// Reliability in parts per million: measured uptime, lowered by work lost.
     pub reliability_ppm: u32,
+    /// Requests it served that have ended.
+    pub completed: u32,
+    /// Average renter rating in thousandths of a star; absent before any.
+    pub feedback_milli: Option<u32>,
     /// A development device that simulates this model and proved only a CPU's compute.
     pub simulated: bool,
 }
@@ -485,4 +489,14 @@ pub struct RequestInfo {
     pub nodes: Vec<PlacedNode>,
     pub created_at: String,
     pub placed_at: Option<String>,
+    /// The renter's rating, once given.
+    pub feedback_stars: Option<u8>,
+}
+
+/// A renter's rating of a request that ran.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FeedbackRequest {
+    /// 1 to 5.
+    pub stars: u8,
 }

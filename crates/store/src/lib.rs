@@ -22,7 +22,7 @@ mod workers;
 pub use accounts::{AccountRow, ApiKeyRow, AuthenticatedKey};
 pub use audit::{AuditEventRow, NewAuditEvent};
 pub use devices::{DeviceRow, DeviceStateChange};
-pub use market::{MarketRow, WorkerLocation};
+pub use market::{MarketRow, WorkerLocation, WorkerStats};
 pub use proofs::ProofRow;
 pub use requests::{PlacementRow, REQUEST_CANCELLED, REQUEST_PLACED, REQUEST_QUEUED, RequestRow};
 pub use telemetry::TelemetryBucketRow;
@@ -70,6 +70,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (3, include_str!("../migrations/0003_proofs.sql")),
     (4, include_str!("../migrations/0004_market.sql")),
     (5, include_str!("../migrations/0005_requests.sql")),
+    (6, include_str!("../migrations/0006_reliability.sql")),
 ];
 
 /// Connections held open to PostgreSQL. SQLite gets fewer: it has one writer anyway.
@@ -351,6 +352,34 @@ mod tests {
                     .await
                     .unwrap();
             assert_eq!(at, Some(seen[probe].1));
+        }
+    }
+
+    #[tokio::test]
+    async fn uptime_accrues_to_connected_workers_only() {
+        let dir = tempfile::tempdir().unwrap();
+        for store in test_stores(dir.path()).await {
+            let ids: Vec<String> = (0..450).map(|i| format!("wrk_u{i}")).collect();
+            for id in &ids {
+                seed_worker(&store, "usr_u", id).await;
+            }
+            // All but the last are connected: past one chunk of 400.
+            store.account_uptime(&ids[..449], 1_000).await.unwrap();
+            store.account_uptime(&ids[..1], 500).await.unwrap();
+            let stats = store.worker_stats().await.unwrap();
+            assert_eq!(
+                (stats["wrk_u0"].up_ms, stats["wrk_u0"].observed_ms),
+                (1_500, 1_500)
+            );
+            assert_eq!(
+                (stats["wrk_u448"].up_ms, stats["wrk_u448"].observed_ms),
+                (1_000, 1_500)
+            );
+            assert_eq!(
+                (stats["wrk_u449"].up_ms, stats["wrk_u449"].observed_ms),
+                (0, 1_500)
+            );
+            assert_eq!(stats["wrk_u0"].completed, 0);
         }
     }
 

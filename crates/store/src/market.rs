@@ -103,3 +103,98 @@ impl Store {
             .collect()
     }
 }
+
+/// What a worker's reliability and reputation are computed from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WorkerStats {
+    pub up_ms: u64,
+    pub observed_ms: u64,
+    /// Requests it served that have ended.
+    pub completed: u32,
+    pub feedback_sum_milli: u64,
+    pub feedback_count: u32,
+}
+
+impl Store {
+    /// Adds `elapsed_ms` of observation to every live worker, and of uptime to the connected
+    /// ones (chunked, like the last-seen stamps).
+    pub async fn account_uptime(&self, connected: &[String], elapsed_ms: u64) -> Result<()> {
+        let elapsed = crate::to_i64(elapsed_ms);
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE workers SET observed_ms = observed_ms + $1 WHERE removed_at_ms IS NULL",
+        )
+        .bind(elapsed)
+        .execute(&mut *tx)
+        .await?;
+        for chunk in connected.chunks(crate::workers::WORKERS_PER_TOUCH_MAX) {
+            let ids: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
+            let sql = format!(
+                "UPDATE workers SET up_ms = up_ms + $1 WHERE id IN ({})",
+                ids.join(", ")
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(elapsed);
+            for id in chunk {
+                query = query.bind(id.clone());
+            }
+            query.execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Every live worker's uptime, completed requests and feedback.
+    pub async fn worker_stats(&self) -> Result<std::collections::HashMap<String, WorkerStats>> {
+        let mut stats = std::collections::HashMap::new();
+        let rows =
+            sqlx::query("SELECT id, up_ms, observed_ms FROM workers WHERE removed_at_ms IS NULL")
+                .fetch_all(&self.pool)
+                .await?;
+        for row in &rows {
+            stats.insert(
+                col::<String>(row, "id")?,
+                WorkerStats {
+                    up_ms: crate::to_u64(col(row, "up_ms")?),
+                    observed_ms: crate::to_u64(col(row, "observed_ms")?),
+                    ..WorkerStats::default()
+                },
+            );
+        }
+        let served = sqlx::query(
+            "SELECT DISTINCT p.worker_id AS worker_id, p.request_id AS request_id, r.feedback_milli AS feedback_milli \
+             FROM placements p JOIN requests r ON r.id = p.request_id WHERE p.released_at_ms IS NOT NULL",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        for row in &served {
+            let Some(entry) = stats.get_mut(&col::<String>(row, "worker_id")?) else {
+                continue;
+            };
+            entry.completed += 1;
+            if let Some(feedback) = col::<Option<i64>>(row, "feedback_milli")? {
+                entry.feedback_sum_milli += crate::to_u64(feedback);
+                entry.feedback_count += 1;
+            }
+        }
+        Ok(stats)
+    }
+
+    /// Records a renter's feedback on a request that was placed; false when it is not the
+    /// account's or never ran.
+    pub async fn set_request_feedback(
+        &self,
+        account_id: &str,
+        request_id: &str,
+        feedback_milli: u32,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE requests SET feedback_milli = $1 WHERE id = $2 AND account_id = $3 AND placed_at_ms IS NOT NULL",
+        )
+        .bind(i64::from(feedback_milli))
+        .bind(request_id)
+        .bind(account_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+}

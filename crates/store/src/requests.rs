@@ -17,6 +17,8 @@ pub struct RequestRow {
     pub created_at_ms: i64,
     pub placed_at_ms: Option<i64>,
     pub ended_at_ms: Option<i64>,
+    /// The renter's feedback, thousandths of a star.
+    pub feedback_milli: Option<u32>,
 }
 
 /// One device a placement holds.
@@ -33,8 +35,8 @@ pub const REQUEST_QUEUED: &str = "queued";
 pub const REQUEST_PLACED: &str = "placed";
 pub const REQUEST_CANCELLED: &str = "cancelled";
 
-const REQUEST_COLUMNS: &str =
-    "id, account_id, spec, state, reason, attempt, created_at_ms, placed_at_ms, ended_at_ms";
+const REQUEST_COLUMNS: &str = "id, account_id, spec, state, reason, attempt, created_at_ms, \
+     placed_at_ms, ended_at_ms, feedback_milli";
 
 fn request_from(row: &AnyRow) -> Result<RequestRow> {
     Ok(RequestRow {
@@ -47,6 +49,8 @@ fn request_from(row: &AnyRow) -> Result<RequestRow> {
         created_at_ms: col(row, "created_at_ms")?,
         placed_at_ms: col(row, "placed_at_ms")?,
         ended_at_ms: col(row, "ended_at_ms")?,
+        feedback_milli: col::<Option<i64>>(row, "feedback_milli")?
+            .and_then(|f| u32::try_from(f).ok()),
     })
 }
 

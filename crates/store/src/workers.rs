@@ -37,7 +37,7 @@ pub struct WorkerRow {
 }
 
 /// Workers stamped by one UPDATE (two binds each).
-const WORKERS_PER_TOUCH_MAX: usize = 400;
+pub(crate) const WORKERS_PER_TOUCH_MAX: usize = 400;
 
 const TOKEN_COLUMNS: &str = "id, account_id, name, created_at_ms, expires_at_ms, used_at_ms, used_by_worker_id, revoked_at_ms";
 

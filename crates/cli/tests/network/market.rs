@@ -336,5 +336,34 @@ async fn requests_are_placed_whole_wait_with_a_reason_and_cancel(db: Db) {
         .await
         .unwrap_err();
     assert_eq!(again.status(), Some(409));
+
+    // Renters rate what ran; the worker's record and rating show in its offers.
+    let rate = |id: String, stars: u8| {
+        let client = client.clone();
+        async move {
+            client
+                .post::<_, RequestInfo>(
+                    &format!("requests/{id}/feedback"),
+                    &flotilla_proto::api::FeedbackRequest { stars },
+                )
+                .await
+        }
+    };
+    assert_eq!(
+        rate(first.id.clone(), 4).await.unwrap().feedback_stars,
+        Some(4)
+    );
+    let error = rate(first.id.clone(), 6).await.unwrap_err();
+    assert!(error.to_string().contains("stars"), "{error}");
+    let _: RequestInfo = client
+        .post_empty(&format!("requests/{}/cancel", second.id))
+        .await
+        .unwrap();
+    let found: OffersResponse = coordinator.client(None).get("offers").await.unwrap();
+    assert_eq!(found.offers.len(), 1);
+    assert_eq!(
+        (found.offers[0].completed, found.offers[0].feedback_milli),
+        (2, Some(4_000))
+    );
 }
 on_both_databases!(requests_are_placed_whole_wait_with_a_reason_and_cancel);

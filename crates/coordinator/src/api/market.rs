@@ -18,7 +18,7 @@ use serde::Deserialize;
 use super::check_id;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Caller, JsonBody, PathId, QueryParams};
-use crate::market::{MarketView, snapshot};
+use crate::market::MarketView;
 use crate::{AppState, now_ms};
 
 /// Most offers one search returns.
@@ -45,7 +45,7 @@ pub struct OfferQuery {
 }
 
 async fn view(app: &AppState) -> ApiResult<MarketView> {
-    Ok(snapshot(app.store.market_rows().await?))
+    Ok(crate::market::load(&app.store).await?)
 }
 
 fn bounded(field: &str, value: Option<u32>, default: u32, max: u32) -> ApiResult<u32> {
@@ -122,6 +122,8 @@ pub async fn list_offers(
             country: row.country,
             tier: row.tier.as_str().to_owned(),
             reliability_ppm: row.reliability_ppm,
+            completed: market.snapshot.nodes[row.node].completed,
+            feedback_milli: row.feedback_milli,
         })
         .collect();
     let explanation = offers

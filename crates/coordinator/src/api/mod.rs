@@ -43,7 +43,7 @@ use crate::error::{ApiError, ApiResult};
         market::list_offers, market::market_prices, market::set_device_price,
         market::set_worker_location,
         requests::create_request, requests::list_requests, requests::show_request,
-        requests::cancel_request,
+        requests::cancel_request, requests::give_feedback,
     ),
     components(schemas(wire::ErrorBody, wire::ErrorDetail)),
     modifiers(&BearerAuth),
@@ -114,6 +114,7 @@ pub fn router(app: AppState) -> Router {
         )
         .route("/requests/{id}", get(requests::show_request))
         .route("/requests/{id}/cancel", post(requests::cancel_request))
+        .route("/requests/{id}/feedback", post(requests::give_feedback))
         .route("/audit-events", get(audit::list_audit_events))
         .route("/proofs", get(proofs::list_proofs))
         .route("/proofs/{id}", get(proofs::show_proof))

@@ -1,8 +1,10 @@
-//! A renter's requests for GPUs: submit, list, show (with why it waits), cancel.
+//! A renter's requests for GPUs: submit, list, show (with why it waits), cancel, rate.
 
 use axum::Json;
 use axum::extract::State;
-use flotilla_proto::api::{ErrorBody, Page, PageQuery, PlacedNode, RequestInfo, RequestSpec, Role};
+use flotilla_proto::api::{
+    ErrorBody, FeedbackRequest, Page, PageQuery, PlacedNode, RequestInfo, RequestSpec, Role,
+};
 use flotilla_proto::id::{IdKind, new_id};
 use flotilla_proto::time::{rfc3339, rfc3339_opt};
 use flotilla_store::{REQUEST_PLACED, REQUEST_QUEUED, RequestRow};
@@ -45,7 +47,7 @@ async fn info(app: &AppState, row: RequestRow) -> ApiResult<RequestInfo> {
     let explanation = if queued && !row.reason.is_empty() {
         let request = to_request(&row.id, &row.account_id, &spec, row.created_at_ms)
             .map_err(|e| ApiError::Internal(e.message))?;
-        let market = crate::market::snapshot(app.store.market_rows().await?);
+        let market = crate::market::load(&app.store).await?;
         let found = flotilla_scheduler::explain::explain(
             &market.snapshot,
             &request.filter,
@@ -66,6 +68,7 @@ async fn info(app: &AppState, row: RequestRow) -> ApiResult<RequestInfo> {
         nodes,
         created_at: rfc3339(row.created_at_ms),
         placed_at: rfc3339_opt(row.placed_at_ms),
+        feedback_stars: row.feedback_milli.map(|f| (f / 1_000) as u8),
     })
 }
 
@@ -98,6 +101,7 @@ pub async fn create_request(
         created_at_ms: now,
         placed_at_ms: None,
         ended_at_ms: None,
+        feedback_milli: None,
     };
     app.store.insert_request(&row).await?;
     Ok((
@@ -180,6 +184,35 @@ pub async fn cancel_request(
     };
     if previous == REQUEST_PLACED {
         release(&app, &held).await;
+    }
+    let row = own(&app, &caller, &request_id).await?;
+    info(&app, row).await.map(Json)
+}
+
+/// Rates a request that ran, 1 to 5 stars; the workers that served it are ranked by it.
+#[utoipa::path(post, path = "/api/v1/requests/{id}/feedback", params(("id" = String, Path)), request_body = FeedbackRequest, security(("api_key" = [])),
+    responses((status = 200, body = RequestInfo), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn give_feedback(
+    State(app): State<AppState>,
+    caller: Caller,
+    PathId(request_id): PathId,
+    JsonBody(feedback): JsonBody<FeedbackRequest>,
+) -> ApiResult<Json<RequestInfo>> {
+    guard(&caller, true)?;
+    if !(1..=5).contains(&feedback.stars) {
+        return Err(ApiError::invalid("stars", "must be between 1 and 5"));
+    }
+    own(&app, &caller, &request_id).await?;
+    let milli = u32::from(feedback.stars) * 1_000;
+    if !app
+        .store
+        .set_request_feedback(caller.account_id(), &request_id, milli)
+        .await?
+    {
+        return Err(ApiError::conflict(
+            "never_ran",
+            "only a request that ran can be rated",
+        ));
     }
     let row = own(&app, &caller, &request_id).await?;
     info(&app, row).await.map(Json)
