@@ -18,11 +18,11 @@ pub struct MarketView {
     pub simulated: std::collections::HashSet<(usize, String)>,
 }
 
-/// Reliability inputs of one worker: uptime in ppm (full until anything was observed) and
-/// average feedback.
-fn reliability(stats: Option<&WorkerStats>) -> (u32, u32, Option<u32>) {
+/// Reliability inputs of one worker: uptime in ppm (full until anything was observed),
+/// requests completed and lost, and average feedback.
+fn reliability(stats: Option<&WorkerStats>) -> (u32, (u32, u32), Option<u32>) {
     let Some(stats) = stats else {
-        return (PPM, 0, None);
+        return (PPM, (0, 0), None);
     };
     let uptime_ppm = (u128::from(stats.up_ms.min(stats.observed_ms)) * u128::from(PPM))
         .checked_div(u128::from(stats.observed_ms))
@@ -30,7 +30,7 @@ fn reliability(stats: Option<&WorkerStats>) -> (u32, u32, Option<u32>) {
     let feedback = (stats.feedback_sum_milli / u64::from(stats.feedback_count.max(1))) as u32;
     (
         uptime_ppm,
-        stats.completed,
+        (stats.completed, stats.failed),
         (stats.feedback_count > 0).then_some(feedback),
     )
 }
@@ -55,7 +55,7 @@ pub fn snapshot(
         let (node, simulated) = by_worker
             .entry(row.device.worker_id.clone())
             .or_insert_with(|| {
-                let (uptime_ppm, completed, feedback_milli) =
+                let (uptime_ppm, (completed, failed), feedback_milli) =
                     reliability(stats.get(&row.device.worker_id));
                 (
                     NodeOffer {
@@ -66,9 +66,7 @@ pub fn snapshot(
                         tier: Tier::parse(&row.tier).unwrap_or(Tier::Low),
                         uptime_ppm,
                         completed,
-                        // Work lost to a worker's failure is counted once placements move
-                        // off failed workers (clusters); until then none is recorded.
-                        failed: 0,
+                        failed,
                         feedback_milli,
                         supplier_hired: 0,
                         devices: Vec::new(),
@@ -160,15 +158,20 @@ mod tests {
 
     #[test]
     fn reliability_comes_from_uptime_and_feedback() {
-        assert_eq!(reliability(None), (PPM, 0, None), "nothing observed yet");
+        assert_eq!(
+            reliability(None),
+            (PPM, (0, 0), None),
+            "nothing observed yet"
+        );
         let stats = WorkerStats {
             up_ms: 900,
             observed_ms: 1_000,
             completed: 3,
+            failed: 1,
             feedback_sum_milli: 9_000,
             feedback_count: 2,
         };
-        assert_eq!(reliability(Some(&stats)), (900_000, 3, Some(4_500)));
+        assert_eq!(reliability(Some(&stats)), (900_000, (3, 1), Some(4_500)));
         let unobserved = WorkerStats::default();
         assert_eq!(reliability(Some(&unobserved)).0, PPM);
     }

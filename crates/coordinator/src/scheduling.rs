@@ -2,7 +2,9 @@
 //! the pure scheduler; its plan comes back and is committed through one writer that re-checks
 //! it. The writer hires each placement's devices through the fleet, all or none (a device
 //! taken or gone since the snapshot refuses the entry, which is retried next pass), and only
-//! then marks the request placed.
+//! then marks the request placed. The same pass moves placed requests off nodes whose devices
+//! failed: the scheduler plans replacements like the lost nodes, the writer hires them, and the
+//! placement's attempt goes up by one, so reports from the older attempt can be refused.
 
 use std::time::Duration;
 
@@ -18,6 +20,8 @@ use crate::{AppState, now_ms};
 
 /// Most queued requests one pass considers (the oldest).
 pub const QUEUE_PASS_MAX: u32 = 10_000;
+/// Most lost nodes one pass replaces.
+pub const REPLACEMENTS_PER_PASS_MAX: u32 = 100;
 /// Limits on one request's shape.
 pub const NODES_MAX: u32 = 64;
 pub const GPUS_PER_NODE_MAX: u32 = 16;
@@ -168,8 +172,25 @@ pub async fn run(app: AppState, mut shutdown: watch::Receiver<bool>) {
     }
 }
 
-/// One pass: plan the queue over the market and commit what was placed.
+/// One pass: replace lost nodes, then plan the queue over the market and commit what was
+/// placed.
 pub async fn pass(app: &AppState) -> Result<(), flotilla_store::StoreError> {
+    let lost = app.store.lost_nodes(REPLACEMENTS_PER_PASS_MAX).await?;
+    if !lost.is_empty() {
+        let market = crate::market::load(&app.store).await?;
+        let mut by_request: Vec<(String, Vec<String>)> = Vec::new();
+        for node in lost {
+            match by_request.iter_mut().find(|(id, _)| *id == node.request_id) {
+                Some((_, workers)) => workers.push(node.worker_id),
+                None => by_request.push((node.request_id, vec![node.worker_id])),
+            }
+        }
+        for (request_id, workers) in by_request {
+            if let Err(error) = replace(app, &market, &request_id, &workers).await {
+                tracing::warn!(%request_id, %error, "replacement failed; retrying next pass");
+            }
+        }
+    }
     let rows = app.store.queued_requests(QUEUE_PASS_MAX).await?;
     if rows.is_empty() {
         return Ok(());
@@ -209,22 +230,7 @@ async fn commit(
     placement: &Placement,
     now: i64,
 ) {
-    let mut device_ids = Vec::new();
-    let mut rows = Vec::new();
-    for (node_index, assignment) in placement.nodes.iter().enumerate() {
-        let node = &market.snapshot.nodes[assignment.node];
-        for &device in &assignment.devices {
-            let offer = &node.devices[device];
-            device_ids.push(offer.device_id.clone());
-            rows.push(PlacementRow {
-                device_id: offer.device_id.clone(),
-                worker_id: node.worker_id.clone(),
-                node_index: node_index as u32,
-                attempt: placement.attempt,
-                price_per_hour: offer.price_per_hour,
-            });
-        }
-    }
+    let (device_ids, rows) = placement_rows(market, &placement.nodes, placement.attempt, 0);
     if let Err(error) = app
         .fleet
         .apply_events(&device_ids, DeviceEvent::Hired, true)
@@ -248,6 +254,117 @@ async fn commit(
             release(app, &device_ids).await;
         }
     }
+}
+
+/// Moves a placed request off `lost_workers`: plans as many nodes like them, hires those all
+/// or none, records them as the next attempt, and gives back what the lost nodes still held.
+async fn replace(
+    app: &AppState,
+    market: &MarketView,
+    request_id: &str,
+    lost_workers: &[String],
+) -> Result<(), flotilla_store::StoreError> {
+    let Some(row) = app.store.request_by_id(request_id).await? else {
+        return Ok(());
+    };
+    let Some(shape) = app
+        .store
+        .lost_node_shape(request_id, &lost_workers[0])
+        .await?
+    else {
+        return Ok(());
+    };
+    let Some(request) = serde_json::from_str::<RequestSpec>(&row.spec)
+        .ok()
+        .and_then(|spec| to_request(&row.id, &row.account_id, &spec, row.created_at_ms).ok())
+    else {
+        return Ok(());
+    };
+    let held = app.store.placements(request_id).await?;
+    // The request's own nodes, lost or not, are never its replacements.
+    let exclude: Vec<usize> = market
+        .snapshot
+        .nodes
+        .iter()
+        .enumerate()
+        .filter(|(_, node)| held.iter().any(|p| p.worker_id == node.worker_id))
+        .map(|(index, _)| index)
+        .collect();
+    let model = flotilla_proto::device::model_key(shape.hardware.kind, &shape.hardware.model);
+    let like = flotilla_scheduler::LostShape {
+        model: &model,
+        region: &shape.region,
+        tier: flotilla_scheduler::Tier::parse(&shape.tier).unwrap_or_default(),
+    };
+    let replacement = match flotilla_scheduler::plan_replacement_like(
+        &market.snapshot,
+        &request,
+        &exclude,
+        lost_workers.len() as u32,
+        &like,
+        row.attempt,
+    ) {
+        Ok(replacement) => replacement,
+        Err(reason) => {
+            tracing::info!(%request_id, reason = %describe(&reason), "no replacement yet");
+            return Ok(());
+        }
+    };
+    let first_index = held.iter().map(|p| p.node_index + 1).max().unwrap_or(0);
+    let (device_ids, rows) =
+        placement_rows(market, &replacement.nodes, replacement.attempt, first_index);
+    if let Err(error) = app
+        .fleet
+        .apply_events(&device_ids, DeviceEvent::Hired, true)
+        .await
+    {
+        tracing::info!(%request_id, %error, "replacement refused; retrying next pass");
+        return Ok(());
+    }
+    let now = now_ms();
+    if !app
+        .store
+        .replace_nodes(request_id, row.attempt, lost_workers, &rows, now)
+        .await
+        .unwrap_or(false)
+    {
+        release(app, &device_ids).await;
+        return Ok(());
+    }
+    let left_behind: Vec<String> = held
+        .iter()
+        .filter(|p| lost_workers.contains(&p.worker_id))
+        .map(|p| p.device_id.clone())
+        .collect();
+    release(app, &left_behind).await;
+    tracing::info!(%request_id, attempt = replacement.attempt, nodes = lost_workers.len(), "lost nodes replaced");
+    Ok(())
+}
+
+/// The device ids and placement rows of `nodes`, numbered from `first_index`.
+fn placement_rows(
+    market: &MarketView,
+    nodes: &[flotilla_scheduler::NodeAssignment],
+    attempt: u32,
+    first_index: u32,
+) -> (Vec<String>, Vec<PlacementRow>) {
+    let mut device_ids = Vec::new();
+    let mut rows = Vec::new();
+    for (offset, assignment) in nodes.iter().enumerate() {
+        let node = &market.snapshot.nodes[assignment.node];
+        for &device in &assignment.devices {
+            let offer = &node.devices[device];
+            device_ids.push(offer.device_id.clone());
+            rows.push(PlacementRow {
+                device_id: offer.device_id.clone(),
+                worker_id: node.worker_id.clone(),
+                node_index: first_index + offset as u32,
+                attempt,
+                price_per_hour: offer.price_per_hour,
+            });
+        }
+    }
+    (device_ids, rows)
 }
 
 /// Gives devices back to the market.

@@ -29,7 +29,7 @@ pub mod simulate;
 pub mod synthetic;
 pub mod types;
 
-pub use plan::{plan, plan_replacement, queue_order};
+pub use plan::{LostShape, plan, plan_replacement, plan_replacement_like, queue_order};
 pub use types::*;
 
 #[cfg(test)]

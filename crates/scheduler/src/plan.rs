@@ -148,12 +148,48 @@ pub fn plan_replacement(
     let node = &snapshot.nodes[reference.node];
     let model = &node.devices[reference.devices[0]].model;
     let exclude: Vec<usize> = placed.iter().map(|p| p.node).collect();
+    let like = LostShape {
+        model,
+        region: &node.region,
+        tier: node.tier,
+    };
+    plan_replacement_like(
+        snapshot,
+        request,
+        &exclude,
+        failed.len() as u32,
+        &like,
+        previous_attempt,
+    )
+}
+
+/// What the nodes being replaced were, when they are no longer in the snapshot.
+#[derive(Debug, Clone, Copy)]
+pub struct LostShape<'a> {
+    pub model: &'a str,
+    pub region: &'a str,
+    pub tier: crate::types::Tier,
+}
+
+/// [`plan_replacement`] for nodes described by `like` rather than found in the snapshot:
+/// `count` new nodes, never one of `exclude` (the request's other nodes).
+pub fn plan_replacement_like(
+    snapshot: &Snapshot,
+    request: &Request,
+    exclude: &[usize],
+    count: u32,
+    like: &LostShape<'_>,
+    previous_attempt: u32,
+) -> Result<Replacement, WaitReason> {
     let nodes = Market::new(snapshot).place_replacements(
         request,
-        failed.len() as u32,
-        &exclude,
-        model,
-        (&node.region, node.tier),
+        count,
+        exclude,
+        like.model,
+        (like.region, like.tier),
     )?;
-    Ok(Replacement { nodes, attempt })
+    Ok(Replacement {
+        nodes,
+        attempt: previous_attempt + 1,
+    })
 }

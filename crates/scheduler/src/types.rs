@@ -99,12 +99,11 @@ pub struct NodeOffer {
 }
 
 impl NodeOffer {
-    /// Reliability in ppm: uptime, lowered by the share of work lost to failures.
+    /// Reliability in ppm: uptime, lowered by the share of work lost to failures (counted
+    /// with one success assumed, so a first failure halves it rather than zeroing it).
     pub fn reliability_ppm(&self) -> u32 {
-        let jobs = u64::from(self.completed) + u64::from(self.failed);
-        let kept_ppm = (u64::from(self.completed) * u64::from(PPM))
-            .checked_div(jobs)
-            .unwrap_or(u64::from(PPM));
+        let jobs = u64::from(self.completed) + u64::from(self.failed) + 1;
+        let kept_ppm = (u64::from(self.completed) + 1) * u64::from(PPM) / jobs;
         (u64::from(self.uptime_ppm.min(PPM)) * kept_ppm / u64::from(PPM)) as u32
     }
 }

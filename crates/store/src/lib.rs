@@ -24,7 +24,10 @@ pub use audit::{AuditEventRow, NewAuditEvent};
 pub use devices::{DeviceRow, DeviceStateChange};
 pub use market::{MarketRow, WorkerLocation, WorkerStats};
 pub use proofs::ProofRow;
-pub use requests::{PlacementRow, REQUEST_CANCELLED, REQUEST_PLACED, REQUEST_QUEUED, RequestRow};
+pub use requests::{
+    LostNode, LostNodeShape, PlacementRow, REQUEST_CANCELLED, REQUEST_PLACED, REQUEST_QUEUED,
+    RequestRow,
+};
 pub use telemetry::TelemetryBucketRow;
 pub use workers::{EnrollmentTokenRow, WorkerRow};
 

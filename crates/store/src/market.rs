@@ -111,6 +111,8 @@ pub struct WorkerStats {
     pub observed_ms: u64,
     /// Requests it served that have ended.
     pub completed: u32,
+    /// Requests that lost its node because it failed.
+    pub failed: u32,
     pub feedback_sum_milli: u64,
     pub feedback_count: u32,
 }
@@ -161,8 +163,8 @@ impl Store {
             );
         }
         let served = sqlx::query(
-            "SELECT DISTINCT p.worker_id AS worker_id, p.request_id AS request_id, r.feedback_milli AS feedback_milli \
-             FROM placements p JOIN requests r ON r.id = p.request_id WHERE p.released_at_ms IS NOT NULL",
+            "SELECT DISTINCT p.worker_id AS worker_id, p.request_id AS request_id, r.feedback_milli AS feedback_milli, \
+             p.lost AS lost FROM placements p JOIN requests r ON r.id = p.request_id WHERE p.released_at_ms IS NOT NULL",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -170,6 +172,10 @@ impl Store {
             let Some(entry) = stats.get_mut(&col::<String>(row, "worker_id")?) else {
                 continue;
             };
+            if col::<i64>(row, "lost")? != 0 {
+                entry.failed += 1;
+                continue;
+            }
             entry.completed += 1;
             if let Some(feedback) = col::<Option<i64>>(row, "feedback_milli")? {
                 entry.feedback_sum_milli += crate::to_u64(feedback);

@@ -241,3 +241,144 @@ impl Store {
         Ok(Some(state))
     }
 }
+
+/// A node of a placed request whose worker lost a device: the node must be replaced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LostNode {
+    pub request_id: String,
+    pub worker_id: String,
+}
+
+impl Store {
+    /// Nodes of placed requests holding a device that is no longer hired (down, blocked...),
+    /// at most `limit`, oldest requests first.
+    pub async fn lost_nodes(&self, limit: u32) -> Result<Vec<LostNode>> {
+        let rows = sqlx::query(
+            "SELECT DISTINCT p.request_id AS request_id, p.worker_id AS worker_id, r.created_at_ms AS created_at_ms \
+             FROM placements p JOIN devices d ON d.id = p.device_id JOIN requests r ON r.id = p.request_id \
+             WHERE p.released_at_ms IS NULL AND r.state = $1 AND d.state <> $2 \
+             ORDER BY r.created_at_ms, p.request_id, p.worker_id LIMIT $3",
+        )
+        .bind(REQUEST_PLACED)
+        .bind("hired")
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(LostNode {
+                    request_id: col(row, "request_id")?,
+                    worker_id: col(row, "worker_id")?,
+                })
+            })
+            .collect()
+    }
+
+    /// A request by id, whoever owns it: for the scheduler, never for an API answer.
+    pub async fn request_by_id(&self, request_id: &str) -> Result<Option<RequestRow>> {
+        let sql = format!("SELECT {REQUEST_COLUMNS} FROM requests WHERE id = $1");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(request_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(request_from).transpose()
+    }
+
+    /// Moves a placed request off `lost_workers` onto `replacements`, as attempt
+    /// `previous_attempt + 1`, in one transaction: the lost nodes' rows are released as lost,
+    /// the others carry the new attempt. False (nothing written) when the request is no longer
+    /// placed at `previous_attempt`.
+    pub async fn replace_nodes(
+        &self,
+        request_id: &str,
+        previous_attempt: u32,
+        lost_workers: &[String],
+        replacements: &[PlacementRow],
+        now_ms: i64,
+    ) -> Result<bool> {
+        let attempt = i64::from(previous_attempt + 1);
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query(
+            "UPDATE requests SET attempt = $1 WHERE id = $2 AND state = $3 AND attempt = $4",
+        )
+        .bind(attempt)
+        .bind(request_id)
+        .bind(REQUEST_PLACED)
+        .bind(i64::from(previous_attempt))
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() != 1 {
+            return Ok(false);
+        }
+        for worker_id in lost_workers {
+            sqlx::query(
+                "UPDATE placements SET released_at_ms = $1, lost = 1 WHERE request_id = $2 AND worker_id = $3 AND released_at_ms IS NULL",
+            )
+            .bind(now_ms)
+            .bind(request_id)
+            .bind(worker_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        sqlx::query(
+            "UPDATE placements SET attempt = $1 WHERE request_id = $2 AND released_at_ms IS NULL",
+        )
+        .bind(attempt)
+        .bind(request_id)
+        .execute(&mut *tx)
+        .await?;
+        for placement in replacements {
+            sqlx::query(
+                "INSERT INTO placements (request_id, device_id, worker_id, node_index, attempt, price_per_hour) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(request_id)
+            .bind(&placement.device_id)
+            .bind(&placement.worker_id)
+            .bind(i64::from(placement.node_index))
+            .bind(attempt)
+            .bind(to_i64(placement.price_per_hour))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+}
+
+/// What a lost node was: its worker's region and tier, and one of its devices' hardware.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LostNodeShape {
+    pub region: String,
+    pub tier: String,
+    pub hardware: flotilla_proto::device::DeviceHardware,
+}
+
+impl Store {
+    pub async fn lost_node_shape(
+        &self,
+        request_id: &str,
+        worker_id: &str,
+    ) -> Result<Option<LostNodeShape>> {
+        let row = sqlx::query(
+            "SELECT d.hardware AS hardware, w.region AS region, w.tier AS tier FROM placements p \
+             JOIN devices d ON d.id = p.device_id JOIN workers w ON w.id = p.worker_id \
+             WHERE p.request_id = $1 AND p.worker_id = $2 AND p.released_at_ms IS NULL \
+             ORDER BY p.device_id LIMIT 1",
+        )
+        .bind(request_id)
+        .bind(worker_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let hardware: String = col(&row, "hardware")?;
+        Ok(Some(LostNodeShape {
+            region: col(&row, "region")?,
+            tier: col(&row, "tier")?,
+            hardware: serde_json::from_str(&hardware)
+                .map_err(|e| crate::StoreError::Corrupt(format!("device hardware: {e}")))?,
+        }))
+    }
+}

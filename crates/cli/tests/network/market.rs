@@ -367,3 +367,79 @@ async fn requests_are_placed_whole_wait_with_a_reason_and_cancel(db: Db) {
     );
 }
 on_both_databases!(requests_are_placed_whole_wait_with_a_reason_and_cancel);
+
+/// Waits for `count` idle devices of the supplier's and prices the unpriced ones.
+async fn price_idle_devices(coordinator: &Coordinator, supplier: &str, count: usize) {
+    let owner = coordinator.client(Some(supplier));
+    let devices = eventually(Duration::from_secs(30), || async {
+        let page: Page<Device> = owner.get("devices").await.ok()?;
+        let idle: Vec<Device> = page
+            .items
+            .into_iter()
+            .filter(|d| d.state == DeviceState::Idle)
+            .collect();
+        (idle.len() >= count).then_some(idle)
+    })
+    .await
+    .expect("devices prove and go idle");
+    for device in devices.iter().filter(|d| d.price_per_hour.is_none()) {
+        let _: Device = owner
+            .post(
+                &format!("devices/{}/price", device.id),
+                &SetPriceRequest {
+                    price_per_hour: Some(300_000),
+                },
+            )
+            .await
+            .unwrap();
+    }
+}
+
+async fn a_placed_request_moves_off_a_failed_worker(db: Db) {
+    let coordinator = Coordinator::start(
+        db,
+        &["--allow-simulated-devices", "--schedule-interval-ms", "100"],
+    )
+    .await;
+    let supplier = coordinator.account("supplier-a", &[Role::Supplier]).await;
+    let (first_dir, second_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let token = coordinator.token(&supplier).await;
+    let mut first = coordinator.worker(first_dir.path(), Some(&token), "RTX 4090x1");
+    price_idle_devices(&coordinator, &supplier, 1).await;
+    let renter = coordinator.account("renter-a", &[Role::Renter]).await;
+    let client = coordinator.client(Some(&renter));
+    let spec = RequestSpec {
+        nodes: 1,
+        gpus_per_node: 1,
+        query: "gpu=rtx4090".into(),
+        budget_per_hour: None,
+        priority: None,
+        target_price_per_hour: None,
+        deadline_s: None,
+        colocation: None,
+        renter_region: None,
+    };
+    let request: RequestInfo = client.post("requests", &spec).await.unwrap();
+    let placed = eventually(Duration::from_secs(10), || async {
+        let info: RequestInfo = client.get(&format!("requests/{}", request.id)).await.ok()?;
+        (info.state == "placed").then_some(info)
+    })
+    .await
+    .expect("placed on the only worker");
+    let lost_worker = placed.nodes[0].worker_id.clone();
+    let token = coordinator.token(&supplier).await;
+    let _second = coordinator.worker(second_dir.path(), Some(&token), "RTX 4090x1");
+    price_idle_devices(&coordinator, &supplier, 1).await;
+
+    first.kill();
+    let moved = eventually(Duration::from_secs(15), || async {
+        let info: RequestInfo = client.get(&format!("requests/{}", request.id)).await.ok()?;
+        (info.attempt == 2).then_some(info)
+    })
+    .await
+    .expect("the request moves to the other worker as attempt 2");
+    assert_eq!(moved.state, "placed");
+    assert_eq!(moved.nodes.len(), 1);
+    assert_ne!(moved.nodes[0].worker_id, lost_worker);
+}
+on_both_databases!(a_placed_request_moves_off_a_failed_worker);

@@ -29,9 +29,13 @@ fn guard(caller: &Caller, write: bool) -> ApiResult<()> {
 async fn info(app: &AppState, row: RequestRow) -> ApiResult<RequestInfo> {
     let spec: RequestSpec = serde_json::from_str(&row.spec)
         .map_err(|e| ApiError::Internal(format!("stored request spec: {e}")))?;
+    // Rows come ordered by node index; indices need not start at 0 after a replacement.
     let mut nodes: Vec<PlacedNode> = Vec::new();
+    let mut last_index = None;
     for placement in app.store.placements(&row.id).await? {
-        match nodes.get_mut(placement.node_index as usize) {
+        let same_node = last_index == Some(placement.node_index);
+        last_index = Some(placement.node_index);
+        match nodes.last_mut().filter(|_| same_node) {
             Some(node) => {
                 node.device_ids.push(placement.device_id);
                 node.price_per_hour += placement.price_per_hour;
