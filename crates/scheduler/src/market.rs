@@ -42,8 +42,11 @@ struct Bucket {
     /// first, kept beside the key so most slots are passed over without touching the node;
     /// one map per size class (see [`size_class`]), so a request for a whole machine does not
     /// step over every single free GPU.
-    live: [BTreeMap<(u64, u32), Summary>; SIZE_CLASSES],
+    live: Shelves,
 }
+
+/// Live slots by (static cost, slot id), one map per size class.
+type Shelves = [BTreeMap<(u64, u32), Summary>; SIZE_CLASSES];
 
 /// Size classes of free GPUs on a slot: 1, 2–3, 4–7, 8 or more.
 const SIZE_CLASSES: usize = 4;
@@ -100,6 +103,9 @@ pub struct Market<'a> {
     buckets: Vec<Bucket>,
     /// Bucket ids of each model, by region id.
     buckets_of_model: Vec<Vec<u32>>,
+    /// Every region's live slots of each model together: what a request free to go anywhere
+    /// walks, instead of one map per region.
+    model_live: Vec<Shelves>,
     node_supplier: Vec<u32>,
     node_hash: Vec<u64>,
     /// Devices hired per supplier, counting what this plan placed.
@@ -118,6 +124,7 @@ impl<'a> Market<'a> {
             slot_of: HashMap::new(),
             buckets: Vec::new(),
             buckets_of_model: Vec::new(),
+            model_live: Vec::new(),
             node_supplier: Vec::with_capacity(snapshot.nodes.len()),
             node_hash: Vec::with_capacity(snapshot.nodes.len()),
             supplier_load: Vec::new(),
@@ -160,6 +167,7 @@ impl<'a> Market<'a> {
                     cheapest: u64::MAX,
                 });
                 self.buckets_of_model.push(Vec::new());
+                self.model_live.push(Shelves::default());
             }
             let span = &mut self.model_spans[model as usize];
             span.memory.min = span.memory.min.min(device.memory_bytes);
@@ -313,8 +321,20 @@ impl<'a> Market<'a> {
     fn collect(&self, search: &mut Search) {
         let request = search.request;
         let wanted = request.node_count as usize + CANDIDATES_EXTRA;
-        let mut groups: Vec<Vec<u32>> = Vec::new();
+        let mut groups: Vec<Vec<(u32, &Shelves)>> = Vec::new();
+        let anywhere = request.filter.regions.is_empty()
+            && (request.node_count == 1 || request.colocation == Colocation::Spread);
         for model in self.model_ids(&request.filter, &search.price) {
+            if anywhere {
+                let shelves = (model, &self.model_live[model as usize]);
+                if request.node_count == 1 {
+                    groups.resize_with(1, Vec::new);
+                    groups[0].push(shelves);
+                } else {
+                    groups.push(vec![shelves]);
+                }
+                continue;
+            }
             let allowed = self.buckets_of_model[model as usize]
                 .iter()
                 .copied()
@@ -323,7 +343,8 @@ impl<'a> Market<'a> {
                         &request.filter.regions,
                         self.regions[self.buckets[b as usize].region as usize],
                     )
-                });
+                })
+                .map(|b| (model, &self.buckets[b as usize].live));
             if request.node_count == 1 {
                 groups.resize_with(1, Vec::new);
                 groups[0].extend(allowed);
@@ -341,10 +362,12 @@ impl<'a> Market<'a> {
     /// Files a slot in its bucket as its free list now stands: out when empty.
     fn refresh(&mut self, slot_id: u32) {
         let slot = &mut self.slots[slot_id as usize];
-        let live = &mut self.buckets[slot.bucket as usize].live;
+        let bucket = &mut self.buckets[slot.bucket as usize];
+        let model_live = &mut self.model_live[bucket.model as usize];
         let key = (slot.key, slot_id);
         if let Some(class) = slot.filed.take() {
-            live[class].remove(&key);
+            bucket.live[class].remove(&key);
+            model_live[class].remove(&key);
         }
         let Some(&cheapest) = slot.free.first() else {
             return;
@@ -352,39 +375,38 @@ impl<'a> Market<'a> {
         let class = size_class(slot.free.len());
         slot.filed = Some(class);
         let node = &self.snapshot.nodes[slot.node as usize];
-        live[class].insert(
-            key,
-            Summary {
-                free: slot.free.len() as u32,
-                cheapest: node.devices[cheapest as usize].price_per_hour,
-                tier: node.tier,
-                reliability_ppm: node.reliability_ppm(),
-            },
-        );
+        let summary = Summary {
+            free: slot.free.len() as u32,
+            cheapest: node.devices[cheapest as usize].price_per_hour,
+            tier: node.tier,
+            reliability_ppm: node.reliability_ppm(),
+        };
+        bucket.live[class].insert(key, summary);
+        model_live[class].insert(key, summary);
     }
 
-    /// Walks `buckets` together in static-cost order until `wanted` candidates are found.
-    fn walk(&self, search: &mut Search, buckets: &[u32], wanted: usize) {
+    /// Walks `shelves` (each a model's) together in static-cost order until `wanted`
+    /// candidates are found.
+    fn walk(&self, search: &mut Search, shelves: &[(u32, &Shelves)], wanted: usize) {
         type Entries<'m> = std::collections::btree_map::Iter<'m, (u64, u32), Summary>;
         /// The next entry of every bucket walked, smallest static cost on top.
         type Heads = BinaryHeap<Reverse<((u64, u32), usize, Summary)>>;
         let needed = search.request.gpus_per_node as usize;
-        let mut heads: Vec<(Entries<'_>, u64, u32)> = Vec::new();
-        for &b in buckets {
-            let bucket = &self.buckets[b as usize];
-            let perf = self.model_spans[bucket.model as usize].perf.min;
+        let mut heads: Vec<(Entries<'_>, u64)> = Vec::new();
+        for &(model, maps) in shelves {
+            let perf = self.model_spans[model as usize].perf.min;
             // No slot past this static cost has a device within the price limit.
             let beyond = score::static_cost_bound(search.price.max, perf);
-            for (class, live) in bucket.live.iter().enumerate() {
-                if class_can_hold(class, needed) {
-                    heads.push((live.iter(), beyond, b));
+            for (class, live) in maps.iter().enumerate() {
+                if class_can_hold(class, needed) && !live.is_empty() {
+                    heads.push((live.iter(), beyond));
                 }
             }
         }
         // The next entry of every bucket, smallest static cost on top.
         let mut next: Heads = BinaryHeap::new();
-        let advance = |heads: &mut Vec<(Entries<'_>, u64, u32)>, next: &mut Heads, index: usize| {
-            let (iter, beyond, _) = &mut heads[index];
+        let advance = |heads: &mut Vec<(Entries<'_>, u64)>, next: &mut Heads, index: usize| {
+            let (iter, beyond) = &mut heads[index];
             if let Some((key, summary)) = iter.next()
                 && key.0 <= *beyond
             {
@@ -401,7 +423,7 @@ impl<'a> Market<'a> {
             };
             advance(&mut heads, &mut next, index);
             if self.worth_a_look(search, &summary) {
-                found += usize::from(self.consider(search, heads[index].2, slot_id));
+                found += usize::from(self.consider(search, slot_id));
             }
         }
     }
@@ -427,7 +449,7 @@ impl<'a> Market<'a> {
     }
 
     /// Scores one slot for the request; whether it became a candidate.
-    fn consider(&self, search: &mut Search, bucket_id: u32, slot_id: u32) -> bool {
+    fn consider(&self, search: &mut Search, slot_id: u32) -> bool {
         let slot = &self.slots[slot_id as usize];
         let request = search.request;
         if search.exclude.contains(&(slot.node as usize)) {
@@ -471,7 +493,7 @@ impl<'a> Market<'a> {
             request,
             search.preferred.as_ref(),
         );
-        let bucket = &self.buckets[bucket_id as usize];
+        let bucket = &self.buckets[slot.bucket as usize];
         search.candidates.push(Candidate {
             slot: slot_id,
             bucket: (bucket.model, bucket.region),
