@@ -482,7 +482,8 @@ pub struct RequestInfo {
     pub spec: RequestSpec,
     /// Why a queued request waits, in words.
     pub waiting_because: Option<String>,
-    /// For a request that finds nothing: which constraint removed what, and what to relax.
+    /// For a request that finds nothing: which constraint removed what, and what to relax
+    /// (in `GET /requests/{id}` only, not in lists).
     pub explanation: Option<NoMatchExplanation>,
     /// Placement attempt: 1 at first placement, one more per replacement.
     pub attempt: u32,

@@ -17,7 +17,7 @@ use serde::Deserialize;
 
 use super::check_id;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{Caller, JsonBody, PathId, QueryParams};
+use crate::extract::{Caller, ClientIp, JsonBody, PathId, QueryParams};
 use crate::market::MarketView;
 use crate::{AppState, now_ms};
 
@@ -42,6 +42,13 @@ pub struct OfferQuery {
     pub gpus_per_node: Option<u32>,
     /// For the explanation: workers needed (default 1).
     pub nodes: Option<u32>,
+}
+
+fn limit_reads(app: &AppState, ip: &str) -> ApiResult<()> {
+    app.limits
+        .market_reads
+        .check(ip, now_ms())
+        .map_err(|retry_after_s| ApiError::RateLimited { retry_after_s })
 }
 
 async fn view(app: &AppState) -> ApiResult<MarketView> {
@@ -92,8 +99,10 @@ pub(super) fn explanation(found: Explanation) -> NoMatchExplanation {
 #[utoipa::path(get, path = "/api/v1/offers", params(OfferQuery), responses((status = 200, body = OffersResponse), (status = 400, body = ErrorBody)))]
 pub async fn list_offers(
     State(app): State<AppState>,
+    ClientIp(ip): ClientIp,
     QueryParams(query): QueryParams<OfferQuery>,
 ) -> ApiResult<Json<OffersResponse>> {
+    limit_reads(&app, &ip)?;
     let filter = parse(query.q.as_deref().unwrap_or(""))
         .map_err(|e| ApiError::invalid("q", e.to_string()))?;
     let sort = match query.sort.as_deref() {
@@ -137,7 +146,11 @@ pub async fn list_offers(
 
 /// The price index: per model, the median ask, the hired share and the trend.
 #[utoipa::path(get, path = "/api/v1/market/prices", responses((status = 200, body = Vec<ModelPriceInfo>)))]
-pub async fn market_prices(State(app): State<AppState>) -> ApiResult<Json<Vec<ModelPriceInfo>>> {
+pub async fn market_prices(
+    State(app): State<AppState>,
+    ClientIp(ip): ClientIp,
+) -> ApiResult<Json<Vec<ModelPriceInfo>>> {
+    limit_reads(&app, &ip)?;
     let market = view(&app).await?;
     let current = price_index(&market.snapshot, &[]);
     let baseline = app.prices.baseline(now_ms(), &current);

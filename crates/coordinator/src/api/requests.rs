@@ -26,7 +26,15 @@ fn guard(caller: &Caller, write: bool) -> ApiResult<()> {
     Ok(())
 }
 
-async fn info(app: &AppState, row: RequestRow) -> ApiResult<RequestInfo> {
+/// Whether an answer explains a waiting request: one at a time only, since it reads the whole
+/// market.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Explain {
+    Yes,
+    No,
+}
+
+async fn info(app: &AppState, row: RequestRow, explain: Explain) -> ApiResult<RequestInfo> {
     let spec: RequestSpec = serde_json::from_str(&row.spec)
         .map_err(|e| ApiError::Internal(format!("stored request spec: {e}")))?;
     // Rows come ordered by node index; indices need not start at 0 after a replacement.
@@ -48,7 +56,7 @@ async fn info(app: &AppState, row: RequestRow) -> ApiResult<RequestInfo> {
         }
     }
     let queued = row.state == REQUEST_QUEUED;
-    let explanation = if queued && !row.reason.is_empty() {
+    let explanation = if queued && !row.reason.is_empty() && explain == Explain::Yes {
         let request = to_request(&row.id, &row.account_id, &spec, row.created_at_ms)
             .map_err(|e| ApiError::Internal(e.message))?;
         let market = crate::market::load(&app.store).await?;
@@ -110,7 +118,7 @@ pub async fn create_request(
     app.store.insert_request(&row).await?;
     Ok((
         axum::http::StatusCode::CREATED,
-        Json(info(&app, row).await?),
+        Json(info(&app, row, Explain::Yes).await?),
     ))
 }
 
@@ -129,7 +137,7 @@ pub async fn list_requests(
         .await?;
     let mut infos = Vec::with_capacity(rows.len());
     for row in rows {
-        infos.push(info(&app, row).await?);
+        infos.push(info(&app, row, Explain::No).await?);
     }
     Ok(Json(page.finish(
         infos,
@@ -156,7 +164,7 @@ pub async fn show_request(
 ) -> ApiResult<Json<RequestInfo>> {
     guard(&caller, false)?;
     let row = own(&app, &caller, &request_id).await?;
-    info(&app, row).await.map(Json)
+    info(&app, row, Explain::Yes).await.map(Json)
 }
 
 /// Cancels a queued request, or ends a placed one and gives its devices back.
@@ -190,7 +198,7 @@ pub async fn cancel_request(
         release(&app, &held).await;
     }
     let row = own(&app, &caller, &request_id).await?;
-    info(&app, row).await.map(Json)
+    info(&app, row, Explain::Yes).await.map(Json)
 }
 
 /// Rates a request that ran, 1 to 5 stars; the workers that served it are ranked by it.
@@ -219,5 +227,5 @@ pub async fn give_feedback(
         ));
     }
     let row = own(&app, &caller, &request_id).await?;
-    info(&app, row).await.map(Json)
+    info(&app, row, Explain::Yes).await.map(Json)
 }
