@@ -91,6 +91,12 @@ pub fn transition(
 
         (DeviceEvent::Hired, Idle) => to(Hired),
         (DeviceEvent::Released, Hired) => to(Idle),
+        // Work that ends (or moves away) while its device is down leaves it to come back idle,
+        // not hired by nobody.
+        (DeviceEvent::Released, Down | Inactive) => match now.before_down {
+            Some(Hired) => down_returning_to(Idle),
+            _ => refused,
+        },
 
         (DeviceEvent::Paused, Idle) => to(Paused),
         (DeviceEvent::Paused, Paused) => Ok(None),
@@ -175,6 +181,23 @@ mod tests {
                 at(earlier)
             );
         }
+    }
+
+    #[test]
+    fn a_device_released_while_down_comes_back_idle() {
+        let down = transition(at(Hired), DeviceEvent::HeartbeatsMissed)
+            .unwrap()
+            .unwrap();
+        let released = transition(down, DeviceEvent::Released).unwrap().unwrap();
+        assert_eq!((released.state, released.before_down), (Down, Some(Idle)));
+        let back = transition(released, DeviceEvent::HeartbeatResumed)
+            .unwrap()
+            .unwrap();
+        assert_eq!(back.state, Idle);
+        let idle_down = transition(at(Idle), DeviceEvent::HeartbeatsMissed)
+            .unwrap()
+            .unwrap();
+        assert!(transition(idle_down, DeviceEvent::Released).is_err());
     }
 
     #[test]

@@ -441,5 +441,17 @@ async fn a_placed_request_moves_off_a_failed_worker(db: Db) {
     assert_eq!(moved.state, "placed");
     assert_eq!(moved.nodes.len(), 1);
     assert_ne!(moved.nodes[0].worker_id, lost_worker);
+
+    // The failed worker comes back: its device is free again, not hired by nobody.
+    let lost_device = placed.nodes[0].device_ids[0].clone();
+    let _back = coordinator.worker(first_dir.path(), None, "RTX 4090x1");
+    let owner = coordinator.client(Some(&supplier));
+    eventually(Duration::from_secs(15), || async {
+        let device: flotilla_proto::api::DeviceDetail =
+            owner.get(&format!("devices/{lost_device}")).await.ok()?;
+        (device.device.state == DeviceState::Idle).then_some(())
+    })
+    .await
+    .expect("the returning device is idle");
 }
 on_both_databases!(a_placed_request_moves_off_a_failed_worker);
