@@ -306,7 +306,8 @@ async fn replace(
     ) {
         Ok(replacement) => replacement,
         Err(reason) => {
-            tracing::info!(%request_id, reason = %describe(&reason), "no replacement yet");
+            // Retried every pass until capacity frees: not worth a line each time.
+            tracing::debug!(%request_id, reason = %describe(&reason), "no replacement yet");
             return Ok(());
         }
     };
