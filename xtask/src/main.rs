@@ -48,6 +48,22 @@ pub(crate) fn run(command: &mut Command) -> Result<()> {
     Ok(())
 }
 
+/// Runs `cargo xtask bench NAME --here` as a release build, so a benchmark's figures are the
+/// shipped code's.
+fn rerun_release_bench(name: &str) -> Result<()> {
+    run(cargo().args([
+        "run",
+        "--quiet",
+        "--release",
+        "-p",
+        "xtask",
+        "--",
+        "bench",
+        name,
+        "--here",
+    ]))
+}
+
 fn cargo() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()))
 }

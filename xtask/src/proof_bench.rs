@@ -7,24 +7,12 @@ use std::time::Instant;
 
 use anyhow::{Result, bail};
 
-use crate::{cargo, run as run_command};
-
 /// Challenges proved; the figures are medians.
 const ROUNDS: usize = 5;
 
 pub fn run(args: &[String]) -> Result<()> {
     if args.first().map(String::as_str) != Some("--here") {
-        return run_command(cargo().args([
-            "run",
-            "--quiet",
-            "--release",
-            "-p",
-            "xtask",
-            "--",
-            "bench",
-            "proof",
-            "--here",
-        ]));
+        return crate::rerun_release_bench("proof");
     }
     let class = flotilla_proof::cpu_class();
     let mut prover_ms = Vec::with_capacity(ROUNDS);

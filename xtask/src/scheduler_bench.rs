@@ -10,8 +10,6 @@ use flotilla_scheduler::market::{Market, device_passes, node_passes};
 use flotilla_scheduler::synthetic::{self, Rng};
 use flotilla_scheduler::{Request, Snapshot, queue_order};
 
-use crate::{cargo, run as run_command};
-
 /// Throughput rounds per size, interleaved so both sizes see the same machine; the figures are
 /// medians.
 const ROUNDS: usize = 5;
@@ -22,17 +20,7 @@ const QUALITY_DEVICES: usize = 150;
 
 pub fn run(args: &[String]) -> Result<()> {
     if args.first().map(String::as_str) != Some("--here") {
-        return run_command(cargo().args([
-            "run",
-            "--quiet",
-            "--release",
-            "-p",
-            "xtask",
-            "--",
-            "bench",
-            "scheduler",
-            "--here",
-        ]));
+        return crate::rerun_release_bench("scheduler");
     }
     let (large_market, small_market) = (Workload::new(100_000), Workload::new(1_000));
     let (mut large, mut small) = (Vec::new(), Vec::new());

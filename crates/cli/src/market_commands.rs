@@ -330,8 +330,18 @@ fn request_rows(requests: &[RequestInfo]) -> Vec<Vec<String>> {
         .collect()
 }
 
+const REQUEST_HEADERS: [&str; 4] = ["REQUEST", "STATE", "SHAPE", "PLACED ON / WAITING BECAUSE"];
+
+fn print_request(output: Format, request: &RequestInfo) {
+    print(
+        output,
+        request,
+        &REQUEST_HEADERS,
+        request_rows(std::slice::from_ref(request)),
+    );
+}
+
 pub async fn requests(command: RequestsCommand) -> Result<()> {
-    let headers = ["REQUEST", "STATE", "SHAPE", "PLACED ON / WAITING BECAUSE"];
     match command {
         RequestsCommand::Create {
             connection,
@@ -360,12 +370,7 @@ pub async fn requests(command: RequestsCommand) -> Result<()> {
                 renter_region,
             };
             let created: RequestInfo = connection.client()?.post("requests", &spec).await?;
-            print(
-                connection.output,
-                &created,
-                &headers,
-                request_rows(std::slice::from_ref(&created)),
-            );
+            print_request(connection.output, &created);
             Ok(())
         }
         RequestsCommand::List(connection) => {
@@ -373,19 +378,14 @@ pub async fn requests(command: RequestsCommand) -> Result<()> {
             print(
                 connection.output,
                 &page,
-                &headers,
+                &REQUEST_HEADERS,
                 request_rows(&page.items),
             );
             Ok(())
         }
         RequestsCommand::Show { connection, id } => {
             let request: RequestInfo = connection.client()?.get(&format!("requests/{id}")).await?;
-            print(
-                connection.output,
-                &request,
-                &headers,
-                request_rows(std::slice::from_ref(&request)),
-            );
+            print_request(connection.output, &request);
             if connection.output == Format::Table
                 && let Some(best) = request
                     .explanation
@@ -408,12 +408,7 @@ pub async fn requests(command: RequestsCommand) -> Result<()> {
                     &flotilla_proto::api::FeedbackRequest { stars },
                 )
                 .await?;
-            print(
-                connection.output,
-                &request,
-                &headers,
-                request_rows(std::slice::from_ref(&request)),
-            );
+            print_request(connection.output, &request);
             Ok(())
         }
         RequestsCommand::Cancel { connection, id } => {
@@ -421,12 +416,7 @@ pub async fn requests(command: RequestsCommand) -> Result<()> {
                 .client()?
                 .post_empty(&format!("requests/{id}/cancel"))
                 .await?;
-            print(
-                connection.output,
-                &request,
-                &headers,
-                request_rows(std::slice::from_ref(&request)),
-            );
+            print_request(connection.output, &request);
             Ok(())
         }
     }

@@ -176,8 +176,10 @@ pub async fn run(app: AppState, mut shutdown: watch::Receiver<bool>) {
 /// placed.
 pub async fn pass(app: &AppState) -> Result<(), flotilla_store::StoreError> {
     let lost = app.store.lost_nodes(REPLACEMENTS_PER_PASS_MAX).await?;
+    // Read once per pass, and again only if replacements hired devices since.
+    let mut market = None;
     if !lost.is_empty() {
-        let market = crate::market::load(&app.store).await?;
+        let loaded = crate::market::load(&app.store).await?;
         let mut by_request: Vec<(String, Vec<String>)> = Vec::new();
         for node in lost {
             match by_request.iter_mut().find(|(id, _)| *id == node.request_id) {
@@ -185,17 +187,25 @@ pub async fn pass(app: &AppState) -> Result<(), flotilla_store::StoreError> {
                 None => by_request.push((node.request_id, vec![node.worker_id])),
             }
         }
+        let mut hired = false;
         for (request_id, workers) in by_request {
-            if let Err(error) = replace(app, &market, &request_id, &workers).await {
-                tracing::warn!(%request_id, %error, "replacement failed; retrying next pass");
+            match replace(app, &loaded, &request_id, &workers).await {
+                Ok(moved) => hired |= moved,
+                Err(error) => {
+                    tracing::warn!(%request_id, %error, "replacement failed; retrying next pass");
+                }
             }
         }
+        market = (!hired).then_some(loaded);
     }
     let rows = app.store.queued_requests(QUEUE_PASS_MAX).await?;
     if rows.is_empty() {
         return Ok(());
     }
-    let market = crate::market::load(&app.store).await?;
+    let market = match market {
+        Some(market) => market,
+        None => crate::market::load(&app.store).await?,
+    };
     let (rows, queue): (Vec<RequestRow>, Vec<Request>) = rows
         .into_iter()
         .filter_map(|row| {
@@ -212,8 +222,9 @@ pub async fn pass(app: &AppState) -> Result<(), flotilla_store::StoreError> {
     let reasons: Vec<(String, String)> = plan
         .waiting
         .iter()
-        .map(|w| (rows[w.request].id.clone(), describe(&w.reason)))
-        .filter(|(id, reason)| rows.iter().any(|r| r.id == *id && r.reason != *reason))
+        .map(|w| (&rows[w.request], describe(&w.reason)))
+        .filter(|(row, reason)| row.reason != *reason)
+        .map(|(row, reason)| (row.id.clone(), reason))
         .collect();
     if !reasons.is_empty() {
         app.store.set_request_reasons(&reasons).await?;
@@ -258,27 +269,28 @@ async fn commit(
 
 /// Moves a placed request off `lost_workers`: plans as many nodes like them, hires those all
 /// or none, records them as the next attempt, and gives back what the lost nodes still held.
+/// True when it hired devices (the market read before is stale then).
 async fn replace(
     app: &AppState,
     market: &MarketView,
     request_id: &str,
     lost_workers: &[String],
-) -> Result<(), flotilla_store::StoreError> {
+) -> Result<bool, flotilla_store::StoreError> {
     let Some(row) = app.store.request_by_id(request_id).await? else {
-        return Ok(());
+        return Ok(false);
     };
     let Some(shape) = app
         .store
         .lost_node_shape(request_id, &lost_workers[0])
         .await?
     else {
-        return Ok(());
+        return Ok(false);
     };
     let Some(request) = serde_json::from_str::<RequestSpec>(&row.spec)
         .ok()
         .and_then(|spec| to_request(&row.id, &row.account_id, &spec, row.created_at_ms).ok())
     else {
-        return Ok(());
+        return Ok(false);
     };
     let held = app.store.placements(request_id).await?;
     // The request's own nodes, lost or not, are never its replacements.
@@ -308,7 +320,7 @@ async fn replace(
         Err(reason) => {
             // Retried every pass until capacity frees: not worth a line each time.
             tracing::debug!(%request_id, reason = %describe(&reason), "no replacement yet");
-            return Ok(());
+            return Ok(false);
         }
     };
     let first_index = held.iter().map(|p| p.node_index + 1).max().unwrap_or(0);
@@ -320,7 +332,7 @@ async fn replace(
         .await
     {
         tracing::info!(%request_id, %error, "replacement refused; retrying next pass");
-        return Ok(());
+        return Ok(false);
     }
     let now = now_ms();
     if !app
@@ -330,7 +342,7 @@ async fn replace(
         .unwrap_or(false)
     {
         release(app, &device_ids).await;
-        return Ok(());
+        return Ok(false);
     }
     let left_behind: Vec<String> = held
         .iter()
@@ -339,7 +351,7 @@ async fn replace(
         .collect();
     release(app, &left_behind).await;
     tracing::info!(%request_id, attempt = replacement.attempt, nodes = lost_workers.len(), "lost nodes replaced");
-    Ok(())
+    Ok(true)
 }
 
 /// The device ids and placement rows of `nodes`, numbered from `first_index`.

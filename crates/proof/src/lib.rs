@@ -520,11 +520,6 @@ impl CpuProof {
         Ok(self.fill.open(&seed, &challenge.memory, &nonce))
     }
 
-    /// Bytes the prover holds for the memory part.
-    pub fn memory_bytes(&self) -> u64 {
-        self.transcript.challenge.memory.fill_bytes()
-    }
-
     /// The whole transcript for `nonce`, for tests and benchmarks that play both sides.
     pub fn finish(mut self, nonce: &str) -> Result<Transcript, Failure> {
         self.transcript.memory_openings = self.open_memory(nonce)?;

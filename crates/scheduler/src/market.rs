@@ -234,11 +234,6 @@ impl<'a> Market<'a> {
         self.snapshot
     }
 
-    /// Free devices left in the market.
-    pub fn free_devices(&self) -> usize {
-        self.slots.iter().map(|s| s.free.len()).sum()
-    }
-
     /// Models the filter allows and whose devices can pass its memory, throughput and price.
     fn model_ids(&self, filter: &Filter, price: &Range) -> Vec<u32> {
         let spans_meet = |model: u32| {

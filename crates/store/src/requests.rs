@@ -54,6 +54,30 @@ fn request_from(row: &AnyRow) -> Result<RequestRow> {
     })
 }
 
+/// Inserts a request's placement rows, all as `attempt`, inside the caller's transaction.
+async fn insert_placements(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    request_id: &str,
+    attempt: i64,
+    placements: &[PlacementRow],
+) -> Result<()> {
+    for placement in placements {
+        sqlx::query(
+            "INSERT INTO placements (request_id, device_id, worker_id, node_index, attempt, price_per_hour) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(request_id)
+        .bind(&placement.device_id)
+        .bind(&placement.worker_id)
+        .bind(i64::from(placement.node_index))
+        .bind(attempt)
+        .bind(to_i64(placement.price_per_hour))
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
 impl Store {
     pub async fn insert_request(&self, request: &RequestRow) -> Result<()> {
         sqlx::query(
@@ -165,20 +189,7 @@ impl Store {
         if done.rows_affected() != 1 {
             return Ok(false);
         }
-        for placement in placements {
-            sqlx::query(
-                "INSERT INTO placements (request_id, device_id, worker_id, node_index, attempt, price_per_hour) \
-                 VALUES ($1, $2, $3, $4, $5, $6)",
-            )
-            .bind(request_id)
-            .bind(&placement.device_id)
-            .bind(&placement.worker_id)
-            .bind(i64::from(placement.node_index))
-            .bind(i64::from(placement.attempt))
-            .bind(to_i64(placement.price_per_hour))
-            .execute(&mut *tx)
-            .await?;
-        }
+        insert_placements(&mut tx, request_id, i64::from(attempt), placements).await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -327,20 +338,7 @@ impl Store {
         .bind(request_id)
         .execute(&mut *tx)
         .await?;
-        for placement in replacements {
-            sqlx::query(
-                "INSERT INTO placements (request_id, device_id, worker_id, node_index, attempt, price_per_hour) \
-                 VALUES ($1, $2, $3, $4, $5, $6)",
-            )
-            .bind(request_id)
-            .bind(&placement.device_id)
-            .bind(&placement.worker_id)
-            .bind(i64::from(placement.node_index))
-            .bind(attempt)
-            .bind(to_i64(placement.price_per_hour))
-            .execute(&mut *tx)
-            .await?;
-        }
+        insert_placements(&mut tx, request_id, attempt, replacements).await?;
         tx.commit().await?;
         Ok(true)
     }

@@ -197,6 +197,31 @@ async fn offers_are_searched_explained_and_priced(db: Db) {
 }
 on_both_databases!(offers_are_searched_explained_and_priced);
 
+/// A request for one node of `gpus_per_node` GPUs matching `query`, normal priority.
+fn one_node(gpus_per_node: u32, query: &str) -> RequestSpec {
+    RequestSpec {
+        nodes: 1,
+        gpus_per_node,
+        query: query.into(),
+        budget_per_hour: None,
+        priority: None,
+        target_price_per_hour: None,
+        deadline_s: None,
+        colocation: None,
+        renter_region: None,
+    }
+}
+
+/// Waits until the request is placed, and returns it.
+async fn until_placed(client: &flotilla_client::Client, request_id: &str) -> RequestInfo {
+    eventually(Duration::from_secs(10), || async {
+        let info: RequestInfo = client.get(&format!("requests/{request_id}")).await.ok()?;
+        (info.state == "placed").then_some(info)
+    })
+    .await
+    .unwrap_or_else(|| panic!("request {request_id} is placed"))
+}
+
 async fn requests_are_placed_whole_wait_with_a_reason_and_cancel(db: Db) {
     let coordinator = Coordinator::start(
         db,
@@ -208,44 +233,12 @@ async fn requests_are_placed_whole_wait_with_a_reason_and_cancel(db: Db) {
     let dir = tempfile::tempdir().unwrap();
     let token = coordinator.token(&supplier).await;
     let _worker = coordinator.worker(dir.path(), Some(&token), "RTX 4090x2");
-    let devices = eventually(Duration::from_secs(30), || async {
-        let page: Page<Device> = owner.get("devices").await.ok()?;
-        (page.items.len() == 2 && page.items.iter().all(|d| d.state == DeviceState::Idle))
-            .then_some(page.items)
-    })
-    .await
-    .expect("two devices go idle");
-    for device in &devices {
-        let _: Device = owner
-            .post(
-                &format!("devices/{}/price", device.id),
-                &SetPriceRequest {
-                    price_per_hour: Some(410_000),
-                },
-            )
-            .await
-            .unwrap();
-    }
+    price_idle_devices(&coordinator, &supplier, 2, 410_000).await;
     let renter = coordinator.account("renter-a", &[Role::Renter]).await;
     let client = coordinator.client(Some(&renter));
-    let spec = RequestSpec {
-        nodes: 1,
-        gpus_per_node: 2,
-        query: "gpu=rtx4090 price<0.50".into(),
-        budget_per_hour: None,
-        priority: None,
-        target_price_per_hour: None,
-        deadline_s: None,
-        colocation: None,
-        renter_region: None,
-    };
+    let spec = one_node(2, "gpu=rtx4090 price<0.50");
     let first: RequestInfo = client.post("requests", &spec).await.unwrap();
-    let placed = eventually(Duration::from_secs(10), || async {
-        let info: RequestInfo = client.get(&format!("requests/{}", first.id)).await.ok()?;
-        (info.state == "placed").then_some(info)
-    })
-    .await
-    .expect("the request is placed");
+    let placed = until_placed(&client, &first.id).await;
     assert_eq!((placed.attempt, placed.nodes.len()), (1, 1));
     assert_eq!(
         placed.nodes[0].device_ids.len(),
@@ -325,12 +318,7 @@ async fn requests_are_placed_whole_wait_with_a_reason_and_cancel(db: Db) {
         .unwrap();
     assert_eq!(cancelled.state, "cancelled");
     assert!(cancelled.nodes.is_empty(), "nothing held any more");
-    eventually(Duration::from_secs(10), || async {
-        let info: RequestInfo = client.get(&format!("requests/{}", second.id)).await.ok()?;
-        (info.state == "placed").then_some(())
-    })
-    .await
-    .expect("the waiting request is placed on the freed GPUs");
+    until_placed(&client, &second.id).await;
     let again = client
         .post_empty::<RequestInfo>(&format!("requests/{}/cancel", first.id))
         .await
@@ -368,8 +356,14 @@ async fn requests_are_placed_whole_wait_with_a_reason_and_cancel(db: Db) {
 }
 on_both_databases!(requests_are_placed_whole_wait_with_a_reason_and_cancel);
 
-/// Waits for `count` idle devices of the supplier's and prices the unpriced ones.
-async fn price_idle_devices(coordinator: &Coordinator, supplier: &str, count: usize) {
+/// Waits for `count` idle devices of the supplier's and prices the unpriced ones at
+/// `price_per_hour`.
+async fn price_idle_devices(
+    coordinator: &Coordinator,
+    supplier: &str,
+    count: usize,
+    price_per_hour: u64,
+) {
     let owner = coordinator.client(Some(supplier));
     let devices = eventually(Duration::from_secs(30), || async {
         let page: Page<Device> = owner.get("devices").await.ok()?;
@@ -387,7 +381,7 @@ async fn price_idle_devices(coordinator: &Coordinator, supplier: &str, count: us
             .post(
                 &format!("devices/{}/price", device.id),
                 &SetPriceRequest {
-                    price_per_hour: Some(300_000),
+                    price_per_hour: Some(price_per_hour),
                 },
             )
             .await
@@ -405,31 +399,16 @@ async fn a_placed_request_moves_off_a_failed_worker(db: Db) {
     let (first_dir, second_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let token = coordinator.token(&supplier).await;
     let mut first = coordinator.worker(first_dir.path(), Some(&token), "RTX 4090x1");
-    price_idle_devices(&coordinator, &supplier, 1).await;
+    price_idle_devices(&coordinator, &supplier, 1, 300_000).await;
     let renter = coordinator.account("renter-a", &[Role::Renter]).await;
     let client = coordinator.client(Some(&renter));
-    let spec = RequestSpec {
-        nodes: 1,
-        gpus_per_node: 1,
-        query: "gpu=rtx4090".into(),
-        budget_per_hour: None,
-        priority: None,
-        target_price_per_hour: None,
-        deadline_s: None,
-        colocation: None,
-        renter_region: None,
-    };
+    let spec = one_node(1, "gpu=rtx4090");
     let request: RequestInfo = client.post("requests", &spec).await.unwrap();
-    let placed = eventually(Duration::from_secs(10), || async {
-        let info: RequestInfo = client.get(&format!("requests/{}", request.id)).await.ok()?;
-        (info.state == "placed").then_some(info)
-    })
-    .await
-    .expect("placed on the only worker");
+    let placed = until_placed(&client, &request.id).await;
     let lost_worker = placed.nodes[0].worker_id.clone();
     let token = coordinator.token(&supplier).await;
     let _second = coordinator.worker(second_dir.path(), Some(&token), "RTX 4090x1");
-    price_idle_devices(&coordinator, &supplier, 1).await;
+    price_idle_devices(&coordinator, &supplier, 1, 300_000).await;
 
     first.kill();
     let moved = eventually(Duration::from_secs(15), || async {
