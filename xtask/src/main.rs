@@ -9,8 +9,11 @@
 //! - `cargo xtask bench scheduler`: placements per second and decision latency at 100,000 and
 //!   1,000 devices, and placement cost against the exact optimum and first-fit; one JSON line
 //!   last.
+//! - `cargo xtask bench ledger`: durable transfers per second in batches on SQLite and
+//!   PostgreSQL, and batched over one transaction per transfer on SQLite; one JSON line last.
 
 mod bench;
+mod ledger_bench;
 mod postgres;
 mod proof_bench;
 mod scheduler_bench;
@@ -25,6 +28,9 @@ fn main() -> Result<()> {
         Some("test") => test(),
         Some("bench") if args.get(1).map(String::as_str) == Some("proof") => {
             proof_bench::run(&args[2..])
+        }
+        Some("bench") if args.get(1).map(String::as_str) == Some("ledger") => {
+            ledger_bench::run(&args[2..])
         }
         Some("bench") if args.get(1).map(String::as_str) == Some("scheduler") => {
             scheduler_bench::run(&args[2..])

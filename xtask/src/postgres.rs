@@ -127,6 +127,19 @@ impl Server {
         Ok(())
     }
 
+    /// Creates database `name` and returns its URL.
+    pub fn create_database(&self, name: &str) -> Result<String> {
+        let port = self.port.to_string();
+        self.run_pg(
+            "createdb",
+            &["-h", "127.0.0.1", "-p", &port, "-U", "postgres", name],
+        )?;
+        Ok(format!(
+            "postgres://postgres@127.0.0.1:{}/{name}",
+            self.port
+        ))
+    }
+
     pub fn admin_url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
     }

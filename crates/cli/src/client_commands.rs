@@ -74,6 +74,15 @@ pub enum ClientCommand {
     /// A renter's requests for GPUs.
     #[command(subcommand)]
     Requests(crate::market_commands::RequestsCommand),
+    /// Balances, history, transfers, withdrawals and staking.
+    #[command(subcommand)]
+    Wallet(crate::ledger_commands::WalletCommand),
+    /// The verifiable ledger log: info, epochs, export, offline verify, proofs, slashes.
+    #[command(subcommand)]
+    Ledger(crate::ledger_commands::LedgerCommand),
+    /// Governance proposals and votes.
+    #[command(subcommand)]
+    Proposals(crate::ledger_commands::ProposalsCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -229,6 +238,9 @@ pub async fn run(command: ClientCommand) -> Result<()> {
         ClientCommand::Offers(args) => crate::market_commands::offers(args).await,
         ClientCommand::Market(command) => crate::market_commands::market(command).await,
         ClientCommand::Requests(command) => crate::market_commands::requests(command).await,
+        ClientCommand::Wallet(command) => crate::ledger_commands::wallet(command).await,
+        ClientCommand::Ledger(command) => crate::ledger_commands::ledger(command).await,
+        ClientCommand::Proposals(command) => crate::ledger_commands::proposals(command).await,
         ClientCommand::EnrollmentTokens(command) => tokens(command).await,
         ClientCommand::Workers(command) => objects(command, "workers").await,
         ClientCommand::Devices(command) => objects(command, "devices").await,

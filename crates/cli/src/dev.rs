@@ -15,6 +15,8 @@ use flotilla_proto::api::{
 };
 
 /// GPU mixes handed to the dev workers in turn.
+/// Ledger epoch length in `flotilla dev`.
+const DEV_LEDGER_EPOCH_MS: u64 = 60_000;
 const DEV_GPU_MIXES: &[&str] = &["RTX 4090x2", "A100-80GBx1", "H100x4", "L40Sx2"];
 /// Most workers `flotilla dev` starts.
 const DEV_WORKERS_MAX: usize = 64;
@@ -78,12 +80,16 @@ pub async fn run(args: DevArgs) -> Result<()> {
         admin_key_file: Some(data.join("admin.key")),
         proof_target_ms: args.proof_target_ms,
         proof_memory_pct: args.proof_memory_pct,
+        // A minute's epoch, so block rewards and sealed roots show up while you watch.
+        ledger_epoch_ms: DEV_LEDGER_EPOCH_MS,
+        faucet: true,
         ..flotilla_coordinator::Config::default()
     };
     let coordinator = flotilla_coordinator::start(config).await?;
     let url = format!("http://{}", coordinator.local_addr);
     let client = Client::new(&url, None);
     let keys = demo_accounts(&client, &data).await?;
+    fund_demo(&client, &keys).await?;
     write_env(&data, &url, &keys)?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut workers = Vec::new();
@@ -164,6 +170,36 @@ async fn stock_once(supplier: &Client) -> Result<usize> {
         priced += 1;
     }
     Ok(priced)
+}
+
+/// Funds the demo accounts from the faucet, once (fixed idempotency keys), and stakes the
+/// supplier's IO so its devices earn block rewards.
+async fn fund_demo(client: &Client, keys: &DemoKeys) -> Result<()> {
+    use flotilla_proto::api::{FaucetRequest, StakeRequest, TransferResult};
+    let tokens = |n: u64| n * flotilla_ledger::MICROS_PER_TOKEN;
+    let grants = [
+        (&keys.renter, "IOSD", tokens(1_000)),
+        (&keys.renter, "IO", tokens(1_000)),
+        (&keys.supplier, "IO", tokens(10_000)),
+    ];
+    for (key, token, amount_micros) in grants {
+        let request = FaucetRequest {
+            token: token.to_owned(),
+            amount_micros,
+        };
+        let _: TransferResult = client
+            .with_key(key)
+            .post_idempotent("wallet/faucet", &request, &format!("dev-faucet-{token}"))
+            .await?;
+    }
+    let stake = StakeRequest {
+        amount_micros: tokens(5_000),
+    };
+    let _: TransferResult = client
+        .with_key(&keys.supplier)
+        .post_idempotent("wallet/stake", &stake, "dev-stake")
+        .await?;
+    Ok(())
 }
 
 struct DemoKeys {
@@ -268,6 +304,8 @@ fn print_usage(url: &str, data: &Path, workers: usize) {
          \x20   flotilla whoami\n\
          \x20   flotilla offers 'gpu=h100 count>=2' --sort price\n\
          \x20   flotilla market prices\n\
+         \x20   flotilla wallet balance\n\
+         \x20   flotilla ledger export ledger.jsonl && flotilla ledger verify ledger.jsonl\n\
          \x20   curl {url}/api/v1/openapi.json\n\
          \x20 admin key: {admin_key}\n\
          \x20 Ctrl-C stops everything\n",

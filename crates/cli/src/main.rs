@@ -3,6 +3,7 @@
 
 mod client_commands;
 mod dev;
+mod ledger_commands;
 mod market_commands;
 mod output;
 mod profile;
@@ -118,6 +119,18 @@ struct CoordinatorArgs {
     /// How often the scheduler plans the queue of requests.
     #[arg(long, default_value_t = 1_000)]
     schedule_interval_ms: u64,
+    /// Length of a ledger epoch: one block-reward payout and one signed root each.
+    #[arg(long, default_value_t = 3_600_000)]
+    ledger_epoch_ms: u64,
+    /// How long unstaked IO waits before it is spendable (default 14 days).
+    #[arg(long, default_value_t = 14 * 24 * 3_600_000)]
+    unstake_cooldown_ms: u64,
+    /// How long slashed stake is held open to appeal before it is burned (default 7 days).
+    #[arg(long, default_value_t = 7 * 24 * 3_600_000)]
+    slash_appeal_ms: u64,
+    /// Hand out demo funds (development only).
+    #[arg(long)]
+    faucet: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -224,6 +237,10 @@ async fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
         proof_recheck_interval_ms: args.proof_recheck_interval_ms,
         proof_memory_pct: args.proof_memory_pct,
         schedule_interval_ms: args.schedule_interval_ms,
+        ledger_epoch_ms: args.ledger_epoch_ms,
+        unstake_cooldown_ms: args.unstake_cooldown_ms,
+        slash_appeal_ms: args.slash_appeal_ms,
+        faucet: args.faucet,
         ..flotilla_coordinator::Config::default()
     };
     let running = flotilla_coordinator::start(config).await?;

@@ -85,6 +85,27 @@ impl Client {
         self.send(self.http.post(self.url(path)).json(body)).await
     }
 
+    /// POST a JSON body that moves money, with an `Idempotency-Key` so a retry applies once.
+    pub async fn post_idempotent<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+        idempotency_key: &str,
+    ) -> Result<T, ClientError> {
+        let request = self
+            .http
+            .post(self.url(path))
+            .header("Idempotency-Key", idempotency_key)
+            .json(body);
+        self.send(request).await
+    }
+
+    /// GET `path` as text (the ledger export), checking the status like [`Client::get`].
+    pub async fn get_text(&self, path: &str) -> Result<String, ClientError> {
+        let bytes: Vec<u8> = self.send_raw(self.http.get(self.url(path))).await?;
+        String::from_utf8(bytes).map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
     /// POST with an empty JSON object.
     pub async fn post_empty<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
         self.post(path, &serde_json::json!({})).await
@@ -100,8 +121,13 @@ impl Client {
 
     async fn send<T: DeserializeOwned>(
         &self,
-        mut request: reqwest::RequestBuilder,
+        request: reqwest::RequestBuilder,
     ) -> Result<T, ClientError> {
+        let bytes = self.send_raw(request).await?;
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
+    async fn send_raw(&self, mut request: reqwest::RequestBuilder) -> Result<Vec<u8>, ClientError> {
         if let Some(key) = &self.api_key {
             request = request.bearer_auth(key.expose());
         }
@@ -130,7 +156,7 @@ impl Client {
                 },
             });
         }
-        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))
+        Ok(bytes.to_vec())
     }
 }
 

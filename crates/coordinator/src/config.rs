@@ -35,6 +35,18 @@ pub struct Config {
     pub proof_memory_pct: u32,
     /// How often the scheduler plans the queue.
     pub schedule_interval_ms: u64,
+    /// Length of a ledger epoch: one block-reward payout and one signed Merkle root each.
+    pub ledger_epoch_ms: u64,
+    /// Hand out demo funds through `POST /wallet/faucet` (`flotilla dev` only).
+    pub faucet: bool,
+    /// How long unstaked IO waits before it is spendable again.
+    pub unstake_cooldown_ms: u64,
+    /// How long slashed stake is held, open to appeal, before it is burned.
+    pub slash_appeal_ms: u64,
+    /// Reservation fees on rent.
+    pub fees: flotilla_ledger::rent::FeePolicy,
+    /// IO emitted per year for block rewards.
+    pub emission: flotilla_ledger::emission::Schedule,
     /// Where to write the first admin's API key when the database has no admin. The key is
     /// written to this file (mode 0600) and never logged.
     pub admin_key_file: Option<std::path::PathBuf>,
@@ -59,6 +71,12 @@ impl Default for Config {
             proof_recheck_interval_ms: 3_600_000,
             proof_memory_pct: flotilla_proof::MEMORY_PCT_DEFAULT,
             schedule_interval_ms: 1_000,
+            ledger_epoch_ms: 3_600_000,
+            faucet: false,
+            unstake_cooldown_ms: 14 * 24 * 3_600_000,
+            slash_appeal_ms: 7 * 24 * 3_600_000,
+            fees: flotilla_ledger::rent::FeePolicy::default(),
+            emission: flotilla_ledger::emission::Schedule::default(),
         }
     }
 }
@@ -104,6 +122,12 @@ impl Config {
         if self.schedule_interval_ms < 10 {
             return fail("schedule_interval_ms", "must be at least 10");
         }
+        if self.ledger_epoch_ms < 1_000 {
+            return fail("ledger_epoch_ms", "must be at least 1000");
+        }
+        if self.fees.renter_bps > 10_000 || self.fees.supplier_bps > 10_000 {
+            return fail("fees", "must be at most 10000 basis points");
+        }
         if !(1..=100).contains(&self.proof_memory_pct) {
             return fail("proof_memory_pct", "must be between 1 and 100");
         }
@@ -114,6 +138,11 @@ impl Config {
     /// its grace period.
     pub fn liveness_sweep_interval_ms(&self) -> u64 {
         (self.heartbeat_grace_ms / 4).clamp(10, 1000)
+    }
+
+    /// How often the ledger's upkeep runs (hold expiry, rewards, seals, tallies).
+    pub fn ledger_tick_ms(&self) -> u64 {
+        (self.ledger_epoch_ms / 4).clamp(100, 1_000)
     }
 }
 

@@ -17,6 +17,8 @@ pub mod error;
 pub mod extract;
 pub mod files;
 pub mod fleet;
+pub mod ledger;
+pub mod ledger_upkeep;
 pub mod liveness;
 pub mod market;
 pub mod metrics;
@@ -76,6 +78,7 @@ pub struct AppState {
     pub shutdown: watch::Receiver<bool>,
     /// Price indexes kept for trends.
     pub prices: Arc<market::PriceHistory>,
+    pub ledger: ledger::Ledger,
 }
 
 /// Errors starting the coordinator.
@@ -92,6 +95,8 @@ pub enum StartError {
     },
     #[error("cannot write the admin key file: {0}")]
     AdminKey(std::io::Error),
+    #[error(transparent)]
+    Ledger(#[from] ledger::LedgerError),
 }
 
 /// A running coordinator. Dropping it does not stop it; call [`Running::shutdown`].
@@ -101,6 +106,8 @@ pub struct Running {
     pub store: Store,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    /// Ends once every handle to the ledger is dropped, after the tasks above.
+    ledger_writer: JoinHandle<()>,
 }
 
 impl Running {
@@ -112,6 +119,7 @@ impl Running {
         for task in self.tasks {
             let _ = tokio::time::timeout(deadline, task).await;
         }
+        let _ = tokio::time::timeout(deadline, self.ledger_writer).await;
         self.store.close().await;
     }
 }
@@ -145,6 +153,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         source,
     })?;
     let (verifier, _verifier_task) = verifier::Verifier::start();
+    let (ledger, ledger_writer) = ledger::Ledger::start(store.clone()).await?;
     let app = AppState {
         store: store.clone(),
         config: Arc::new(config),
@@ -154,6 +163,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         verifier,
         shutdown: shutdown_rx.clone(),
         prices: Arc::new(market::PriceHistory::default()),
+        ledger,
     };
     let router = api::router(app.clone());
     let mut server_shutdown = shutdown_rx.clone();
@@ -170,13 +180,15 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     });
     let liveness = tokio::spawn(liveness_loop(app.clone(), shutdown_rx.clone()));
     let scheduling = tokio::spawn(scheduling::run(app.clone(), shutdown_rx.clone()));
+    let upkeep = tokio::spawn(ledger_upkeep::run(app.clone(), shutdown_rx.clone()));
     let housekeeping = tokio::spawn(housekeeping_loop(app, shutdown_rx));
     tracing::info!(%local_addr, "coordinator listening");
     Ok(Running {
         local_addr,
         store,
         shutdown: shutdown_tx,
-        tasks: vec![server, liveness, scheduling, housekeeping],
+        tasks: vec![server, liveness, scheduling, upkeep, housekeeping],
+        ledger_writer,
     })
 }
 

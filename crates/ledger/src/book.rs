@@ -94,6 +94,43 @@ pub struct Transfer {
     pub linked: bool,
 }
 
+impl Transfer {
+    /// A transfer not linked to the next.
+    pub fn new(id: String, kind: Kind, op: Op, reference: String) -> Transfer {
+        Transfer {
+            id,
+            kind,
+            op,
+            reference,
+            linked: false,
+        }
+    }
+
+    /// A move from `debit` to `credit`, not linked.
+    pub fn moving(
+        id: String,
+        kind: Kind,
+        debit: AccountId,
+        credit: AccountId,
+        amount: u64,
+    ) -> Transfer {
+        Transfer::new(
+            id,
+            kind,
+            Op::Move {
+                debit,
+                credit,
+                amount,
+            },
+            String::new(),
+        )
+    }
+
+    pub fn with_reference(self, reference: String) -> Transfer {
+        Transfer { reference, ..self }
+    }
+}
+
 /// How a hold ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -308,6 +345,30 @@ impl Book {
 
     pub fn load_seen(&mut self, id: String, seen: Seen) {
         self.seen.insert(id, seen);
+    }
+
+    pub fn knows_account(&self, account: &AccountId) -> bool {
+        self.balances.contains_key(account)
+    }
+
+    pub fn knows_hold(&self, id: &str) -> bool {
+        self.holds.contains_key(id)
+    }
+
+    /// What the book knows of an applied id (until [`Book::trim`]).
+    pub fn seen(&self, id: &str) -> Option<Seen> {
+        self.seen.get(id).copied()
+    }
+
+    pub fn account_count(&self) -> usize {
+        self.balances.len()
+    }
+
+    /// Forgets applied ids and resolved holds, which a loader finds again in the store when a
+    /// later batch names them; keeps balances and open holds, which a writer's cache reuses.
+    pub fn trim(&mut self) {
+        self.seen.clear();
+        self.holds.retain(|_, hold| hold.resolution.is_none());
     }
 
     /// Open holds whose expiry is at or before `now_ms`.

@@ -63,12 +63,21 @@ impl EpochSeal {
             "an epoch seal covers at least one entry"
         );
         let hashes: Vec<Hash> = entries.iter().map(entry_hash).collect();
-        let root = merkle_root(&hashes);
+        EpochSeal::sign_hashes(epoch, entries[0].seq, &hashes, key)
+    }
+
+    /// Seals an epoch given its entries' hashes in order, the first being entry `first_seq`.
+    pub fn sign_hashes(epoch: u64, first_seq: u64, hashes: &[Hash], key: &SigningKey) -> EpochSeal {
+        assert!(
+            !hashes.is_empty(),
+            "an epoch seal covers at least one entry"
+        );
+        let root = merkle_root(hashes);
         let last = *hashes.last().expect("at least one entry");
         let mut seal = EpochSeal {
             epoch,
-            first_seq: entries[0].seq,
-            entry_count: entries.len() as u64,
+            first_seq,
+            entry_count: hashes.len() as u64,
             root: hex::encode(root),
             last_hash: hex::encode(last),
             signature: String::new(),
@@ -134,13 +143,17 @@ pub struct InclusionProof {
 impl InclusionProof {
     /// Builds the proof for `entries[index]`, where `entries` are the sealed epoch's.
     pub fn build(entries: &[Entry], index: usize, seal: EpochSeal) -> InclusionProof {
-        let leaves: Vec<Hash> = entries
-            .iter()
-            .map(|e| merkle::leaf_hash(&entry_hash(e)))
-            .collect();
+        let hashes: Vec<Hash> = entries.iter().map(entry_hash).collect();
+        InclusionProof::build_from_hashes(entries[index].clone(), &hashes, seal)
+    }
+
+    /// Builds the proof for `entry` from its sealed epoch's entry hashes, in order.
+    pub fn build_from_hashes(entry: Entry, hashes: &[Hash], seal: EpochSeal) -> InclusionProof {
+        let index = usize::try_from(entry.seq - seal.first_seq).expect("the entry is in the epoch");
+        let leaves: Vec<Hash> = hashes.iter().map(|h| merkle::leaf_hash(h)).collect();
         let path = merkle::Tree::new(leaves).path(index);
         InclusionProof {
-            entry: entries[index].clone(),
+            entry,
             seal,
             path: path.iter().map(hex::encode).collect(),
         }
@@ -187,7 +200,8 @@ fn merkle_root(hashes: &[Hash]) -> Hash {
     merkle::Tree::new(hashes.iter().map(|h| merkle::leaf_hash(h)).collect()).root()
 }
 
-fn decode_hash(text: &str) -> Option<Hash> {
+/// Parses a hash from its canonical lowercase hex.
+pub fn decode_hash(text: &str) -> Option<Hash> {
     let bytes = hex::decode(text).ok()?;
     let hash: Hash = bytes.try_into().ok()?;
     // Only the canonical (lowercase) spelling: a hash has one way to be written.

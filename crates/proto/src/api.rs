@@ -501,3 +501,212 @@ pub struct FeedbackRequest {
     /// 1 to 5.
     pub stars: u8,
 }
+
+// --- Ledger ------------------------------------------------------------------------------
+// Amounts are integers of base units (a millionth of a token) beside a `token` (IO or IOSD).
+
+/// One account's balance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct BalanceInfo {
+    /// `OWNER:PURPOSE:TOKEN`.
+    pub account: String,
+    /// main, stake or escrow.
+    pub purpose: String,
+    pub token: String,
+    /// Credits less debits.
+    pub posted_micros: i64,
+    /// Reserved by open holds (escrow, unstaking, slashes under appeal).
+    pub held_micros: i64,
+    pub available_micros: i64,
+}
+
+/// An open hold on an account.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct HoldInfo {
+    pub id: String,
+    pub debit: String,
+    pub credit: String,
+    pub amount_micros: u64,
+    pub expires_at: String,
+    /// What expiry does: `post` (the funds move) or `void` (they come back).
+    pub on_expiry: String,
+}
+
+/// The caller's accounts and open holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct WalletInfo {
+    pub account_id: String,
+    pub balances: Vec<BalanceInfo>,
+    pub holds: Vec<HoldInfo>,
+}
+
+/// One entry of the ledger log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct EntryInfo {
+    pub seq: u64,
+    pub id: String,
+    pub at: String,
+    pub kind: String,
+    pub reference: String,
+    /// What the entry did: move, hold, resolve or record.
+    pub effect: String,
+    pub debit: Option<String>,
+    pub credit: Option<String>,
+    pub token: Option<String>,
+    /// Moved (for a move or a resolved hold: the posted part) or reserved (a hold).
+    pub amount_micros: u64,
+    pub hash: String,
+    /// The entry exactly as hashed.
+    #[schema(value_type = Object)]
+    pub entry: serde_json::Value,
+}
+
+/// A transfer from the caller's main account to another account's.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TransferRequest {
+    /// The receiving account's id (`usr_...`).
+    pub to: String,
+    pub token: String,
+    pub amount_micros: u64,
+    #[serde(default)]
+    pub reference: String,
+}
+
+/// Money leaving for the outside world (settled by an external adapter).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WithdrawalRequest {
+    pub token: String,
+    pub amount_micros: u64,
+    /// Where it goes (a bank transfer reference or a chain address).
+    pub reference: String,
+}
+
+/// Admin: IOSD minted against a USD deposit, or IO settled in from outside.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DepositRequest {
+    pub account_id: String,
+    pub token: String,
+    pub amount_micros: u64,
+    /// The external reference (bank transfer id, chain transaction).
+    pub reference: String,
+}
+
+/// Demo funds, where the coordinator runs a faucet (`flotilla dev`).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FaucetRequest {
+    pub token: String,
+    pub amount_micros: u64,
+}
+
+/// Stake or unstake IO.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StakeRequest {
+    pub amount_micros: u64,
+}
+
+/// Admin: take stake for fraud. It is held through the appeal window, then burned.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SlashRequest {
+    pub account_id: String,
+    pub amount_micros: u64,
+    pub reason: String,
+    /// What shows the fraud (a failed proof's id, for example).
+    pub evidence: String,
+}
+
+/// A supplier's stake against what their devices need to earn rewards.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct StakeInfo {
+    pub staked_micros: i64,
+    /// Unstaking (cooldown) and slashes under appeal.
+    pub holds: Vec<HoldInfo>,
+    /// 200 IO x max(1, multiplier) x GPUs, summed over the caller's devices.
+    pub required_micros: u64,
+}
+
+/// How an applied (or earlier applied) transfer ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TransferResult {
+    /// `applied`, or `duplicate` when the same transfer was applied before.
+    pub status: String,
+    pub entry: EntryInfo,
+}
+
+/// The ledger's public key and head.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct LedgerInfo {
+    /// ed25519, hex: the key that signs epoch roots and exports.
+    pub public_key: String,
+    pub epoch_ms: u64,
+    pub head_seq: u64,
+    pub head_hash: String,
+    /// Per token: circulating supply (outside the mint accounts and burn), and burned.
+    pub supply: Vec<SupplyInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SupplyInfo {
+    pub token: String,
+    pub minted_micros: i64,
+    pub burned_micros: i64,
+    pub circulating_micros: i64,
+}
+
+/// A sealed epoch: its entries under a signed Merkle root.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct EpochInfo {
+    pub epoch: u64,
+    pub first_seq: u64,
+    pub entry_count: u64,
+    pub root: String,
+    /// The signed seal as the log holds it.
+    #[schema(value_type = Object)]
+    pub seal: serde_json::Value,
+    /// IO paid in block rewards for the epoch, once paid.
+    pub rewards_paid_micros: Option<u64>,
+}
+
+/// A governance proposal to create.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProposalCreate {
+    pub title: String,
+    pub body: String,
+    /// 2 to 16 choices.
+    pub options: Vec<String>,
+    pub voting_period_s: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ProposalInfo {
+    pub id: String,
+    pub title: String,
+    pub body: String,
+    pub options: Vec<String>,
+    pub opened_at: String,
+    pub closes_at: String,
+    /// open or closed.
+    pub state: String,
+    /// The caller's vote (an option index), if any.
+    pub my_vote: Option<u32>,
+    /// Voting weight of the caller: their stake when the proposal opened.
+    pub my_weight_micros: Option<u64>,
+    /// Stake behind each option, once closed.
+    pub option_weights_micros: Option<Vec<u64>>,
+    pub winner: Option<u32>,
+    /// The ledger entry recording the tally.
+    pub tally_seq: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VoteRequest {
+    /// The option's index.
+    pub option: u32,
+}

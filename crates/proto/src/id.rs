@@ -14,6 +14,8 @@ pub enum IdKind {
     AuditEvent,
     Proof,
     Request,
+    Transfer,
+    Proposal,
 }
 
 impl IdKind {
@@ -28,6 +30,8 @@ impl IdKind {
             IdKind::AuditEvent => "aud_",
             IdKind::Proof => "prf_",
             IdKind::Request => "req_",
+            IdKind::Transfer => "ltx_",
+            IdKind::Proposal => "prp_",
         }
     }
 }

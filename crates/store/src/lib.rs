@@ -13,6 +13,8 @@
 mod accounts;
 mod audit;
 mod devices;
+mod governance;
+mod ledger;
 mod market;
 mod proofs;
 mod requests;
@@ -22,6 +24,11 @@ mod workers;
 pub use accounts::{AccountRow, ApiKeyRow, AuthenticatedKey};
 pub use audit::{AuditEventRow, NewAuditEvent};
 pub use devices::{DeviceRow, DeviceStateChange};
+pub use governance::ProposalRow;
+pub use ledger::{
+    EpochSealRow, LedgerAccountRow, LedgerEntryRow, LedgerHeadRow, LedgerHoldRow, LedgerSeenRow,
+    LedgerTx,
+};
 pub use market::{MarketRow, WorkerLocation, WorkerStats};
 pub use proofs::ProofRow;
 pub use requests::{
@@ -65,6 +72,17 @@ impl Backend {
             Backend::Postgres => "postgres",
         }
     }
+
+    /// Spells a migration's one dialect word: `ROWID_KEY` is a 64-bit integer primary key,
+    /// which on SQLite must be written `INTEGER PRIMARY KEY` to be the table's own row id (one
+    /// B-tree fewer per insert) and on PostgreSQL `BIGINT PRIMARY KEY` (`INTEGER` is 32 bits).
+    fn dialect(self, sql: &str) -> String {
+        let key = match self {
+            Backend::Sqlite => "INTEGER PRIMARY KEY",
+            Backend::Postgres => "BIGINT PRIMARY KEY",
+        };
+        sql.replace("ROWID_KEY", key)
+    }
 }
 
 const MIGRATIONS: &[(i64, &str)] = &[
@@ -74,6 +92,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (4, include_str!("../migrations/0004_market.sql")),
     (5, include_str!("../migrations/0005_requests.sql")),
     (6, include_str!("../migrations/0006_reliability.sql")),
+    (7, include_str!("../migrations/0007_ledger.sql")),
 ];
 
 /// Connections held open to PostgreSQL. SQLite gets fewer: it has one writer anyway.
@@ -107,6 +126,11 @@ impl Store {
                             .execute(&mut *conn)
                             .await?;
                         sqlx::query("PRAGMA synchronous = NORMAL")
+                            .execute(&mut *conn)
+                            .await?;
+                        // The default page cache (2 MiB) is smaller than the ledger's
+                        // indexes; batched inserts into them then read pages back from the OS.
+                        sqlx::query("PRAGMA cache_size = -32768")
                             .execute(&mut *conn)
                             .await?;
                         sqlx::query("PRAGMA busy_timeout = 10000")
@@ -182,13 +206,32 @@ impl Store {
             .bind(flotilla_proto::time::now_unix_ms())
             .execute(&mut *tx)
             .await?;
-        for statement in split_statements(sql) {
+        for statement in split_statements(&self.backend.dialect(sql)) {
             sqlx::query(sqlx::AssertSqlSafe(statement))
                 .execute(&mut *tx)
                 .await?;
         }
         tx.commit().await
     }
+}
+
+/// Creates a fresh PostgreSQL database named `PREFIX_RANDOM` on the server of `admin_url` (a
+/// URL whose user may create databases) and returns its URL: throwaway databases for tests and
+/// benchmarks.
+pub async fn create_postgres_database(admin_url: &str, prefix: &str) -> Result<String> {
+    use sqlx::Connection;
+    let name = format!(
+        "{prefix}_{}",
+        flotilla_proto::id::new_id(flotilla_proto::id::IdKind::Account).trim_start_matches("usr_")
+    );
+    let mut conn = sqlx::postgres::PgConnection::connect(admin_url).await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut conn)
+        .await?;
+    let (base, _) = admin_url
+        .rsplit_once('/')
+        .ok_or_else(|| StoreError::UnsupportedUrl("postgres url without a database".into()))?;
+    Ok(format!("{base}/{name}"))
 }
 
 /// Accepts `sqlite:PATH`, `sqlite://PATH`, a bare file path, or `postgres://...`.
@@ -294,16 +337,8 @@ mod tests {
                 .unwrap(),
         ];
         if let Ok(admin) = std::env::var("FLOTILLA_TEST_POSTGRES_URL") {
-            use sqlx::Connection;
-            let name = flotilla_proto::id::new_id(flotilla_proto::id::IdKind::Account)
-                .replace("usr_", "s_");
-            let mut conn = sqlx::postgres::PgConnection::connect(&admin).await.unwrap();
-            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-                .execute(&mut conn)
-                .await
-                .unwrap();
-            let (base, _) = admin.rsplit_once('/').unwrap();
-            stores.push(Store::open(&format!("{base}/{name}")).await.unwrap());
+            let url = create_postgres_database(&admin, "s").await.unwrap();
+            stores.push(Store::open(&url).await.unwrap());
         }
         stores
     }

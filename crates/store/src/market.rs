@@ -79,10 +79,21 @@ impl Store {
     /// Every priced device that is idle or hired, with its worker's location, ordered by
     /// worker then device: the scheduler's snapshot.
     pub async fn market_rows(&self) -> Result<Vec<MarketRow>> {
+        self.up_device_rows("AND d.price_per_hour IS NOT NULL")
+            .await
+    }
+
+    /// Every device that is idle or hired, priced or not (its price reads 0 when unpriced):
+    /// the devices that earn block rewards.
+    pub async fn earning_rows(&self) -> Result<Vec<MarketRow>> {
+        self.up_device_rows("").await
+    }
+
+    async fn up_device_rows(&self, filter: &'static str) -> Result<Vec<MarketRow>> {
         let sql = format!(
             "SELECT {DEVICE_COLUMNS_QUALIFIED}, w.region AS region, \
              w.country AS country, w.tier AS tier FROM devices d JOIN workers w ON w.id = d.worker_id \
-             WHERE d.removed_at_ms IS NULL AND w.removed_at_ms IS NULL AND d.price_per_hour IS NOT NULL \
+             WHERE d.removed_at_ms IS NULL AND w.removed_at_ms IS NULL {filter} \
              AND d.state IN ($1, $2) ORDER BY d.worker_id, d.id"
         );
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -94,7 +105,8 @@ impl Store {
             .map(|row| {
                 Ok(MarketRow {
                     device: device_from(row)?,
-                    price_per_hour: crate::to_u64(col::<i64>(row, "price_per_hour")?),
+                    price_per_hour: col::<Option<i64>>(row, "price_per_hour")?
+                        .map_or(0, crate::to_u64),
                     region: col(row, "region")?,
                     country: col(row, "country")?,
                     tier: col(row, "tier")?,

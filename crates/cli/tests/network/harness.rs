@@ -64,22 +64,10 @@ pub async fn fresh_database(db: Db, dir: &Path) -> String {
     match db {
         Db::Sqlite => format!("sqlite:{}", dir.join("flotilla.db").display()),
         Db::Postgres => {
-            use sqlx::Connection;
             let admin = postgres_admin_url().expect("postgres url");
-            let name = format!(
-                "t_{}",
-                flotilla_proto::id::new_id(flotilla_proto::id::IdKind::Account)
-                    .trim_start_matches("usr_")
-            );
-            let mut conn = sqlx::postgres::PgConnection::connect(&admin)
+            flotilla_store::create_postgres_database(&admin, "t")
                 .await
-                .expect("connect to the test postgres");
-            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-                .execute(&mut conn)
-                .await
-                .unwrap();
-            let (base, _) = admin.rsplit_once('/').expect("admin url names a database");
-            format!("{base}/{name}")
+                .expect("a throwaway database on the test postgres")
         }
     }
 }

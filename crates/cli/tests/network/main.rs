@@ -6,5 +6,6 @@ mod harness;
 mod api;
 mod dev;
 mod fleet;
+mod ledger;
 mod market;
 mod protocol;

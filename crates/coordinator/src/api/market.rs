@@ -44,7 +44,7 @@ pub struct OfferQuery {
     pub nodes: Option<u32>,
 }
 
-fn limit_reads(app: &AppState, ip: &str) -> ApiResult<()> {
+pub(crate) fn limit_reads(app: &AppState, ip: &str) -> ApiResult<()> {
     app.limits
         .market_reads
         .check(ip, now_ms())

@@ -5,8 +5,10 @@ pub mod audit;
 mod convert;
 pub mod devices;
 pub mod enrollment;
+pub mod ledger;
 pub mod market;
 pub mod proofs;
+pub mod proposals;
 pub mod requests;
 pub mod workers;
 
@@ -44,6 +46,12 @@ use crate::error::{ApiError, ApiResult};
         market::set_worker_location,
         requests::create_request, requests::list_requests, requests::show_request,
         requests::cancel_request, requests::give_feedback,
+        ledger::wallet, ledger::history, ledger::transfer, ledger::withdraw, ledger::faucet,
+        ledger::deposit, ledger::stake_info, ledger::stake, ledger::unstake, ledger::slash,
+        ledger::return_slash, ledger::ledger_info, ledger::epochs, ledger::entry_proof,
+        ledger::export,
+        proposals::create_proposal, proposals::list_proposals, proposals::show_proposal,
+        proposals::vote,
     ),
     components(schemas(wire::ErrorBody, wire::ErrorDetail)),
     modifiers(&BearerAuth),
@@ -115,6 +123,26 @@ pub fn router(app: AppState) -> Router {
         .route("/requests/{id}", get(requests::show_request))
         .route("/requests/{id}/cancel", post(requests::cancel_request))
         .route("/requests/{id}/feedback", post(requests::give_feedback))
+        .route("/wallet", get(ledger::wallet))
+        .route("/wallet/history", get(ledger::history))
+        .route("/wallet/transfers", post(ledger::transfer))
+        .route("/wallet/withdrawals", post(ledger::withdraw))
+        .route("/wallet/faucet", post(ledger::faucet))
+        .route("/wallet/stake", get(ledger::stake_info).post(ledger::stake))
+        .route("/wallet/unstake", post(ledger::unstake))
+        .route("/ledger", get(ledger::ledger_info))
+        .route("/ledger/deposits", post(ledger::deposit))
+        .route("/ledger/slashes", post(ledger::slash))
+        .route("/ledger/slashes/{id}/return", post(ledger::return_slash))
+        .route("/ledger/epochs", get(ledger::epochs))
+        .route("/ledger/entries/{id}/proof", get(ledger::entry_proof))
+        .route("/ledger/export", get(ledger::export))
+        .route(
+            "/proposals",
+            post(proposals::create_proposal).get(proposals::list_proposals),
+        )
+        .route("/proposals/{id}", get(proposals::show_proposal))
+        .route("/proposals/{id}/votes", post(proposals::vote))
         .route("/audit-events", get(audit::list_audit_events))
         .route("/proofs", get(proofs::list_proofs))
         .route("/proofs/{id}", get(proofs::show_proof))

@@ -1,0 +1,544 @@
+//! The ledger writer: one task per coordinator that gathers submitted transfers into batches
+//! (up to [`BATCH_TRANSFERS_MAX`], whatever is waiting), applies each batch to the pure book,
+//! and writes it in one database transaction, so a thousand transfers cost about one commit.
+//!
+//! Each batch starts by locking the chain's head row, so writers in several coordinators
+//! append in turn. The writer keeps the book of its last batch as a cache: when the head it
+//! finds is the head it wrote, the balances it holds are current and only the accounts it has
+//! never seen are read; otherwise it starts from an empty book. Applied ids are always checked
+//! against the store, so the cache can never let a transfer apply twice.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use ed25519_dalek::SigningKey;
+use flotilla_ledger::log::decode_hash;
+use flotilla_ledger::{AccountId, Balance, Book, Entry, Head, Hold, Op, Outcome, Seen, Transfer};
+use flotilla_store::{
+    LedgerAccountRow, LedgerEntryRow, LedgerHeadRow, LedgerHoldRow, LedgerTx, Store,
+};
+use tokio::sync::{mpsc, oneshot};
+
+/// Most transfers written in one database transaction (TigerBeetle's batch size).
+pub const BATCH_TRANSFERS_MAX: usize = 8_190;
+/// Most transfers one submission may carry.
+pub const SUBMISSION_TRANSFERS_MAX: usize = 1_000;
+/// Submissions waiting for the writer before `submit` answers busy.
+pub const QUEUE_SUBMISSIONS_MAX: usize = 16_384;
+/// Accounts the writer's cache may hold before it starts over.
+const CACHE_ACCOUNTS_MAX: usize = 1_000_000;
+
+/// Why a submission did not reach the book.
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error("the ledger is busy; retry shortly")]
+    Busy,
+    #[error(
+        "a submission holds 1 to {SUBMISSION_TRANSFERS_MAX} transfers, and its last is not linked"
+    )]
+    BadSubmission,
+    #[error("ledger storage failed: {0}")]
+    Store(#[from] flotilla_store::StoreError),
+    #[error("stored ledger row is corrupt: {0}")]
+    Corrupt(String),
+    #[error("the ledger writer stopped")]
+    Stopped,
+}
+
+struct Submission {
+    transfers: Vec<Transfer>,
+    reply: oneshot::Sender<Result<Vec<Outcome>, String>>,
+}
+
+/// A handle to the writer, and the ledger's signing key.
+#[derive(Clone)]
+pub struct Ledger {
+    sender: mpsc::Sender<Submission>,
+    key: Arc<SigningKey>,
+}
+
+impl std::fmt::Debug for Ledger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ledger")
+            .field("public_key", &self.public_key_hex())
+            .finish()
+    }
+}
+
+impl Ledger {
+    /// Loads (or, on a new database, makes) the signing key and starts the writer.
+    pub async fn start(store: Store) -> Result<(Ledger, tokio::task::JoinHandle<()>), LedgerError> {
+        let key = load_key(&store).await?;
+        let (sender, receiver) = mpsc::channel(QUEUE_SUBMISSIONS_MAX);
+        let task = tokio::spawn(write_loop(store, receiver));
+        Ok((
+            Ledger {
+                sender,
+                key: Arc::new(key),
+            },
+            task,
+        ))
+    }
+
+    pub fn signing_key(&self) -> &SigningKey {
+        &self.key
+    }
+
+    pub fn public_key_hex(&self) -> String {
+        hex::encode(self.key.verifying_key().to_bytes())
+    }
+
+    /// Applies `transfers` (one linked chain or independent transfers) and answers each one's
+    /// outcome once its batch is durable.
+    pub async fn submit(&self, transfers: Vec<Transfer>) -> Result<Vec<Outcome>, LedgerError> {
+        let well_formed = !transfers.is_empty()
+            && transfers.len() <= SUBMISSION_TRANSFERS_MAX
+            && transfers.last().is_some_and(|t| !t.linked);
+        if !well_formed {
+            return Err(LedgerError::BadSubmission);
+        }
+        let (reply, answer) = oneshot::channel();
+        self.sender
+            .try_send(Submission { transfers, reply })
+            .map_err(|error| match error {
+                mpsc::error::TrySendError::Full(_) => LedgerError::Busy,
+                mpsc::error::TrySendError::Closed(_) => LedgerError::Stopped,
+            })?;
+        match answer.await {
+            Ok(Ok(outcomes)) => Ok(outcomes),
+            Ok(Err(error)) => Err(LedgerError::Corrupt(error)),
+            Err(_) => Err(LedgerError::Stopped),
+        }
+    }
+
+    /// Submits one transfer.
+    pub async fn submit_one(&self, transfer: Transfer) -> Result<Outcome, LedgerError> {
+        let mut outcomes = self.submit(vec![transfer]).await?;
+        outcomes.pop().ok_or(LedgerError::Stopped)
+    }
+}
+
+async fn load_key(store: &Store) -> Result<SigningKey, LedgerError> {
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed).map_err(|e| LedgerError::Corrupt(e.to_string()))?;
+    let candidate = SigningKey::from_bytes(&seed);
+    let secret = hex::encode(candidate.to_bytes());
+    let public = hex::encode(candidate.verifying_key().to_bytes());
+    let (secret, _) = store
+        .ledger_key((&secret, &public), flotilla_proto::time::now_unix_ms())
+        .await?;
+    let bytes: [u8; 32] = hex::decode(&secret)
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| LedgerError::Corrupt("ledger signing key".into()))?;
+    Ok(SigningKey::from_bytes(&bytes))
+}
+
+async fn write_loop(store: Store, mut receiver: mpsc::Receiver<Submission>) {
+    let mut cache: Option<Book> = None;
+    while let Some(first) = receiver.recv().await {
+        let mut submissions = vec![first];
+        let mut count = submissions[0].transfers.len();
+        while count < BATCH_TRANSFERS_MAX {
+            match receiver.try_recv() {
+                Ok(next) => {
+                    count += next.transfers.len();
+                    submissions.push(next);
+                }
+                Err(_) => break,
+            }
+        }
+        let transfers: Vec<Transfer> = submissions
+            .iter()
+            .flat_map(|s| s.transfers.iter().cloned())
+            .collect();
+        let now_ms = flotilla_proto::time::now_unix_ms();
+        match commit_batch(&store, &mut cache, &transfers, now_ms).await {
+            Ok(outcomes) => {
+                let mut outcomes = outcomes.into_iter();
+                for submission in submissions {
+                    let mine: Vec<Outcome> =
+                        outcomes.by_ref().take(submission.transfers.len()).collect();
+                    let _ = submission.reply.send(Ok(mine));
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, transfers = transfers.len(), "ledger batch not written");
+                for submission in submissions {
+                    let _ = submission.reply.send(Err(error.to_string()));
+                }
+            }
+        }
+    }
+}
+
+/// Applies and writes one batch. On any error nothing is written and the cache is dropped.
+///
+/// The first attempt does not look up which ids were applied before: almost none were, and
+/// the entries' unique index refuses a batch that applies one again; a refused transfer's id
+/// is looked up before commit. Only when either finds an earlier id is the batch applied again
+/// with every id looked up, to answer each retry with its first outcome.
+pub async fn commit_batch(
+    store: &Store,
+    cache: &mut Option<Book>,
+    transfers: &[Transfer],
+    now_ms: i64,
+) -> Result<Vec<Outcome>, LedgerError> {
+    match try_commit(store, cache, transfers, now_ms, false).await {
+        Err(LedgerError::Store(flotilla_store::StoreError::Conflict(_))) => {
+            try_commit(store, cache, transfers, now_ms, true).await
+        }
+        other => other,
+    }
+}
+
+async fn try_commit(
+    store: &Store,
+    cache: &mut Option<Book>,
+    transfers: &[Transfer],
+    now_ms: i64,
+    look_up_ids: bool,
+) -> Result<Vec<Outcome>, LedgerError> {
+    let mut tx = store.ledger_begin().await?;
+    let head = head_from_row(&tx.head)?;
+    let mut book = match cache.take() {
+        Some(book) if book.head() == head => book,
+        _ => Book::new(head),
+    };
+    if look_up_ids {
+        load_seen(&mut tx, &mut book, transfers).await?;
+    }
+    load_for(&mut tx, &mut book, transfers).await?;
+    let outcomes = book.apply_batch(transfers, now_ms);
+    if !look_up_ids && refused_a_known_id(&mut tx, transfers, &outcomes).await? {
+        return Err(LedgerError::Store(flotilla_store::StoreError::Conflict(
+            "ledger entry",
+        )));
+    }
+    let rows = BatchRows::collect(&book, &outcomes);
+    let new_head = book.head();
+    let head_row = LedgerHeadRow {
+        seq: new_head.seq,
+        hash: hex::encode(new_head.hash),
+        at_ms: new_head.at_ms,
+    };
+    tx.commit(&rows.entries, &rows.accounts, &rows.holds, &head_row)
+        .await?;
+    book.trim();
+    if book.account_count() <= CACHE_ACCOUNTS_MAX {
+        *cache = Some(book);
+    }
+    Ok(outcomes)
+}
+
+/// Whether a transfer refused without its id looked up was applied before: then its answer
+/// is "duplicate", not the refusal (a retry after the balance changed), and the batch runs
+/// again with every id looked up.
+async fn refused_a_known_id(
+    tx: &mut LedgerTx,
+    transfers: &[Transfer],
+    outcomes: &[Outcome],
+) -> Result<bool, LedgerError> {
+    let refused: Vec<String> = transfers
+        .iter()
+        .zip(outcomes)
+        .filter(|(_, outcome)| matches!(outcome, Outcome::Refused(_)))
+        .map(|(transfer, _)| transfer.id.clone())
+        .collect();
+    if refused.is_empty() {
+        return Ok(false);
+    }
+    Ok(!tx.seen(&refused).await?.is_empty())
+}
+
+fn head_from_row(row: &LedgerHeadRow) -> Result<Head, LedgerError> {
+    let hash = decode_hash(&row.hash).ok_or_else(|| LedgerError::Corrupt("ledger head".into()))?;
+    Ok(Head {
+        seq: row.seq,
+        hash,
+        at_ms: row.at_ms,
+    })
+}
+
+/// Loads into `book` what the batch names and the book does not hold: holds, and the balances of every account the transfers and their holds touch.
+async fn load_seen(
+    tx: &mut LedgerTx,
+    book: &mut Book,
+    transfers: &[Transfer],
+) -> Result<(), LedgerError> {
+    let ids: Vec<String> = unique(transfers.iter().map(|t| t.id.clone()))
+        .into_iter()
+        .collect();
+    for row in tx.seen(&ids).await? {
+        let digest =
+            decode_hash(&row.digest).ok_or_else(|| LedgerError::Corrupt(row.id.clone()))?;
+        book.load_seen(
+            row.id,
+            Seen {
+                digest,
+                seq: row.seq,
+            },
+        );
+    }
+    Ok(())
+}
+
+async fn load_for(
+    tx: &mut LedgerTx,
+    book: &mut Book,
+    transfers: &[Transfer],
+) -> Result<(), LedgerError> {
+    let hold_ids: Vec<String> = unique(transfers.iter().filter_map(|t| match &t.op {
+        Op::Post { hold, .. } | Op::Void { hold } | Op::Expire { hold } => Some(hold.clone()),
+        _ => None,
+    }))
+    .into_iter()
+    .filter(|id| !book.knows_hold(id))
+    .collect();
+    for row in tx.holds(&hold_ids).await? {
+        let hold: Hold =
+            serde_json::from_str(&row.body).map_err(|e| LedgerError::Corrupt(e.to_string()))?;
+        book.load_hold(hold);
+    }
+    let mut accounts = BTreeSet::new();
+    for transfer in transfers {
+        match &transfer.op {
+            Op::Move { debit, credit, .. } | Op::Hold { debit, credit, .. } => {
+                accounts.insert(debit.clone());
+                accounts.insert(credit.clone());
+            }
+            Op::Post { hold, .. } | Op::Void { hold } | Op::Expire { hold } => {
+                if let Some(hold) = book.hold(hold) {
+                    accounts.insert(hold.debit.clone());
+                    accounts.insert(hold.credit.clone());
+                }
+            }
+            Op::Record { .. } => {}
+        }
+    }
+    let missing: Vec<String> = accounts
+        .iter()
+        .filter(|a| !book.knows_account(a))
+        .map(ToString::to_string)
+        .collect();
+    for row in tx.accounts(&missing).await? {
+        let account: AccountId = row
+            .id
+            .parse()
+            .map_err(|_| LedgerError::Corrupt(row.id.clone()))?;
+        book.load_balance(
+            account,
+            Balance {
+                posted: row.posted,
+                held: row.held,
+            },
+        );
+    }
+    Ok(())
+}
+
+fn unique(ids: impl Iterator<Item = String>) -> BTreeSet<String> {
+    ids.collect()
+}
+
+/// What a batch writes: its entries, and the balances and holds they changed.
+struct BatchRows {
+    entries: Vec<LedgerEntryRow>,
+    accounts: Vec<LedgerAccountRow>,
+    holds: Vec<LedgerHoldRow>,
+}
+
+impl BatchRows {
+    fn collect(book: &Book, outcomes: &[Outcome]) -> BatchRows {
+        let applied: Vec<&Entry> = outcomes
+            .iter()
+            .filter_map(|o| match o {
+                Outcome::Applied(entry) => Some(entry),
+                _ => None,
+            })
+            .collect();
+        let mut entries = Vec::with_capacity(applied.len());
+        let mut touched_accounts = BTreeSet::new();
+        let mut touched_holds = BTreeSet::new();
+        for (index, entry) in applied.iter().enumerate() {
+            // Applied entries form one chain: each one's hash is the next one's prev_hash, and
+            // the last one's is the head's, so none is hashed twice.
+            let hash = applied.get(index + 1).map_or_else(
+                || hex::encode(book.head().hash),
+                |next| next.prev_hash.clone(),
+            );
+            let digest = book
+                .seen(&entry.id)
+                .map(|seen| hex::encode(seen.digest))
+                .expect("an applied id is seen until the book is trimmed");
+            if let Some((debit, credit)) = entry.effect.accounts() {
+                touched_accounts.insert(debit.clone());
+                touched_accounts.insert(credit.clone());
+            }
+            match &entry.effect {
+                flotilla_ledger::Effect::Hold { .. } => {
+                    touched_holds.insert(entry.id.clone());
+                }
+                flotilla_ledger::Effect::Resolve { hold, .. } => {
+                    touched_holds.insert(hold.clone());
+                }
+                _ => {}
+            }
+            entries.push(entry_row(entry, digest, hash));
+        }
+        let accounts = touched_accounts
+            .into_iter()
+            .map(|account| {
+                let balance = book.balance(&account);
+                LedgerAccountRow {
+                    id: account.to_string(),
+                    owner: account.owner().to_owned(),
+                    token: account.token().as_str().to_owned(),
+                    posted: balance.posted,
+                    held: balance.held,
+                }
+            })
+            .collect();
+        let holds = touched_holds
+            .into_iter()
+            .filter_map(|id| book.hold(&id))
+            .map(|hold| LedgerHoldRow {
+                id: hold.id.clone(),
+                debit_owner: hold.debit.owner().to_owned(),
+                body: serde_json::to_string(hold).expect("a hold serializes"),
+                is_open: hold.resolution.is_none(),
+                expires_at_ms: hold.expires_at_ms,
+            })
+            .collect();
+        BatchRows {
+            entries,
+            accounts,
+            holds,
+        }
+    }
+}
+
+fn entry_row(entry: &Entry, digest: String, hash: String) -> LedgerEntryRow {
+    let (debit_owner, credit_owner) = entry
+        .effect
+        .accounts()
+        .map(|(d, c)| (d.owner().to_owned(), c.owner().to_owned()))
+        .unwrap_or_default();
+    LedgerEntryRow {
+        seq: entry.seq,
+        id: entry.id.clone(),
+        digest,
+        at_ms: entry.at_ms,
+        debit_owner,
+        credit_owner,
+        body: serde_json::to_string(entry).expect("an entry serializes"),
+        hash,
+    }
+}
+
+/// Parses a stored entry.
+pub fn entry_from_row(row: &LedgerEntryRow) -> Result<Entry, LedgerError> {
+    serde_json::from_str(&row.body)
+        .map_err(|e| LedgerError::Corrupt(format!("entry {}: {e}", row.seq)))
+}
+
+#[cfg(test)]
+mod tests {
+    use flotilla_ledger::{Kind, Purpose, Token};
+
+    use super::*;
+
+    /// A fresh SQLite store, and a PostgreSQL one when the test command provides a server;
+    /// each opened twice, as two coordinators would.
+    async fn twin_stores(dir: &std::path::Path) -> Vec<(Store, Store)> {
+        let url = dir.join("l.db").display().to_string();
+        let mut stores = vec![(
+            Store::open(&url).await.unwrap(),
+            Store::open(&url).await.unwrap(),
+        )];
+        if let Ok(admin) = std::env::var("FLOTILLA_TEST_POSTGRES_URL") {
+            let url = flotilla_store::create_postgres_database(&admin, "l")
+                .await
+                .unwrap();
+            stores.push((
+                Store::open(&url).await.unwrap(),
+                Store::open(&url).await.unwrap(),
+            ));
+        }
+        stores
+    }
+
+    fn debit(id: String, amount: u64) -> Transfer {
+        Transfer {
+            id,
+            kind: Kind::Transfer,
+            op: Op::Move {
+                debit: AccountId::main("usr_payer", Token::Iosd),
+                credit: AccountId::main("usr_payee", Token::Iosd),
+                amount,
+            },
+            reference: String::new(),
+            linked: false,
+        }
+    }
+
+    /// Two writers (two coordinators, each with its own cache) race 50 debits of 3 against a
+    /// balance of 100: exactly 33 apply, nothing is lost or applied twice, and the chain is
+    /// one chain.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn racing_writers_never_overdraw_or_lose_an_update() {
+        let dir = tempfile::tempdir().unwrap();
+        for (first, second) in twin_stores(dir.path()).await {
+            let fund = Transfer {
+                id: "fund".into(),
+                kind: Kind::Deposit,
+                op: Op::Move {
+                    debit: AccountId::system(Purpose::External, Token::Iosd),
+                    credit: AccountId::main("usr_payer", Token::Iosd),
+                    amount: 100,
+                },
+                reference: String::new(),
+                linked: false,
+            };
+            commit_batch(&first, &mut None, &[fund], 0).await.unwrap();
+            let mut tasks = Vec::new();
+            for (writer, store) in [first.clone(), second.clone()].into_iter().enumerate() {
+                tasks.push(tokio::spawn(async move {
+                    let mut cache = None;
+                    let mut applied = 0;
+                    for i in 0..25 {
+                        let transfer = debit(format!("d{writer}-{i}"), 3);
+                        let outcomes = commit_batch(&store, &mut cache, &[transfer], 1)
+                            .await
+                            .unwrap();
+                        applied += usize::from(matches!(outcomes[0], Outcome::Applied(_)));
+                    }
+                    applied
+                }));
+            }
+            let mut applied = 0;
+            for task in tasks {
+                applied += task.await.unwrap();
+            }
+            assert_eq!(applied, 33);
+            // A retry through the other writer is a duplicate, not a second debit.
+            let retried = commit_batch(&second, &mut None, &[debit("d0-0".into(), 3)], 2)
+                .await
+                .unwrap();
+            assert!(
+                matches!(retried[0], Outcome::Duplicate { .. }),
+                "{retried:?}"
+            );
+            let rows = first.ledger_entries(1, 1_000).await.unwrap();
+            assert_eq!(rows.len(), 34);
+            let mut book = Book::default();
+            for row in &rows {
+                book.replay(&entry_from_row(row).unwrap()).unwrap();
+            }
+            let payer = AccountId::main("usr_payer", Token::Iosd);
+            assert_eq!(book.balance(&payer).posted, 1);
+            let stored = first.ledger_accounts_of("usr_payer").await.unwrap();
+            assert_eq!(stored[0].posted, 1);
+        }
+    }
+}

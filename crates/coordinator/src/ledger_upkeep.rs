@@ -1,0 +1,378 @@
+//! The ledger's upkeep, each tick: expire due holds (on the server's clock), pay the last
+//! epoch's block rewards, seal finished epochs under signed Merkle roots, and record the
+//! tallies of closed proposals. Every step is idempotent (its transfer ids are derived from
+//! what it settles), so coordinators sharing a database, or one restarted mid-step, never pay
+//! twice. Also builds inclusion proofs and exports for the API.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use flotilla_ledger::emission::{RewardClaim, minimum_stake_micros, split_largest_remainder};
+use flotilla_ledger::log::{
+    EXPORT_FORMAT, EXPORT_VERSION, EpochSeal, ExportHeader, ExportLine, SignedHead, decode_hash,
+    epoch_of,
+};
+use flotilla_ledger::{AccountId, InclusionProof, Kind, Op, Outcome, Purpose, Token, Transfer};
+use flotilla_proto::device::model_key;
+use flotilla_store::{EpochSealRow, MarketRow};
+use tokio::sync::watch;
+
+use crate::error::{ApiError, ApiResult};
+use crate::ledger::{LedgerError, SUBMISSION_TRANSFERS_MAX, entry_from_row};
+use crate::{AppState, now_ms};
+
+/// Holds expired per tick at most.
+const EXPIRIES_PER_TICK_MAX: u32 = 1_000;
+/// Entry hashes read per page when sealing or proving.
+const HASH_PAGE_ENTRIES: u32 = 10_000;
+/// Most entries one epoch seal may cover (bounds the memory a seal or proof takes: 64 bytes
+/// each); an epoch past it is sealed in parts of this size.
+pub const SEAL_ENTRIES_MAX: usize = 4_000_000;
+
+pub async fn run(app: AppState, mut shutdown: watch::Receiver<bool>) {
+    let mut ticker = tokio::time::interval(Duration::from_millis(app.config.ledger_tick_ms()));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut rewarded_epoch = None;
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+        if let Err(error) = tick(&app, &mut rewarded_epoch).await {
+            tracing::warn!(%error, "ledger upkeep incomplete; retrying next tick");
+        }
+    }
+}
+
+async fn tick(app: &AppState, rewarded_epoch: &mut Option<u64>) -> ApiResult<()> {
+    expire_due(app).await?;
+    pay_rewards(app, rewarded_epoch).await?;
+    seal_epochs(app).await?;
+    close_proposals(app).await
+}
+
+async fn submit_all(app: &AppState, transfers: Vec<Transfer>) -> Result<Vec<Outcome>, LedgerError> {
+    let mut outcomes = Vec::with_capacity(transfers.len());
+    for chunk in transfers.chunks(SUBMISSION_TRANSFERS_MAX) {
+        outcomes.extend(app.ledger.submit(chunk.to_vec()).await?);
+    }
+    Ok(outcomes)
+}
+
+async fn expire_due(app: &AppState) -> ApiResult<()> {
+    let due = app
+        .store
+        .ledger_holds_due(now_ms(), EXPIRIES_PER_TICK_MAX)
+        .await?;
+    let transfers: Vec<Transfer> = due
+        .into_iter()
+        .map(|hold| Transfer {
+            id: format!("expire-{}", &hold[..hold.len().min(56)]),
+            kind: Kind::Escrow,
+            op: Op::Expire { hold },
+            reference: String::new(),
+            linked: false,
+        })
+        .collect();
+    if !transfers.is_empty() {
+        submit_all(app, transfers).await?;
+    }
+    Ok(())
+}
+
+/// Devices that earn block rewards: up, verified (idle or hired), and covered by their
+/// supplier's stake (each supplier's devices in id order while the stake lasts).
+async fn reward_claims(app: &AppState) -> ApiResult<Vec<RewardClaim>> {
+    let rows = app.store.earning_rows().await?;
+    let stats = app.store.worker_stats().await?;
+    let stakes: HashMap<String, i64> = app
+        .store
+        .ledger_accounts_like(":stake:IO")
+        .await?
+        .into_iter()
+        .map(|row| (row.owner, row.posted - row.held))
+        .collect();
+    let mut by_supplier: BTreeMap<&str, Vec<&MarketRow>> = BTreeMap::new();
+    for row in &rows {
+        by_supplier
+            .entry(row.device.account_id.as_str())
+            .or_default()
+            .push(row);
+    }
+    let mut claims = Vec::new();
+    for (supplier, mut devices) in by_supplier {
+        devices.sort_by(|a, b| a.device.id.cmp(&b.device.id));
+        let mut stake_left = u64::try_from(stakes.get(supplier).copied().unwrap_or(0)).unwrap_or(0);
+        for row in devices {
+            let key = model_key(row.device.hardware.kind, &row.device.hardware.model);
+            let needed = minimum_stake_micros(&key, 1);
+            if needed > stake_left {
+                break;
+            }
+            stake_left -= needed;
+            let worker = stats
+                .get(&row.device.worker_id)
+                .cloned()
+                .unwrap_or_default();
+            // A worker not observed yet counts as up: it is up now.
+            let uptime_ppm = (worker.up_ms.min(worker.observed_ms) * 1_000_000)
+                .checked_div(worker.observed_ms)
+                .unwrap_or(1_000_000);
+            claims.push(RewardClaim {
+                device_id: row.device.id.clone(),
+                supplier: supplier.to_owned(),
+                model_key: key,
+                gpu_count: 1,
+                uptime_ppm,
+                tier: row.tier.clone(),
+                hired: row.device.state == flotilla_proto::device::DeviceState::Hired,
+            });
+        }
+    }
+    Ok(claims)
+}
+
+/// Pays the epoch that ended last: its emission split by score among the devices earning
+/// now, exactly (largest remainder), plus a record of the payout. An epoch during which no
+/// coordinator ran is not emitted.
+async fn pay_rewards(app: &AppState, rewarded_epoch: &mut Option<u64>) -> ApiResult<()> {
+    let epoch_ms = app.config.ledger_epoch_ms;
+    let Some(epoch) = epoch_of(now_ms(), epoch_ms).checked_sub(1) else {
+        return Ok(());
+    };
+    if *rewarded_epoch == Some(epoch) {
+        return Ok(());
+    }
+    let emission = app.config.emission.epoch_emission(epoch, epoch_ms);
+    let claims = reward_claims(app).await?;
+    let scores: Vec<u128> = claims.iter().map(RewardClaim::score).collect();
+    let shares = split_largest_remainder(emission, &scores);
+    let mut transfers: Vec<Transfer> = claims
+        .iter()
+        .zip(&shares)
+        .filter(|(_, share)| **share > 0)
+        .map(|(claim, share)| Transfer {
+            id: format!("reward-{epoch}-{}", claim.device_id),
+            kind: Kind::Reward,
+            op: Op::Move {
+                debit: AccountId::system(Purpose::Emission, Token::Io),
+                credit: AccountId::main(&claim.supplier, Token::Io),
+                amount: *share,
+            },
+            reference: format!("epoch {epoch} device {}", claim.device_id),
+            linked: false,
+        })
+        .collect();
+    let paid: u64 = shares.iter().sum();
+    let record = serde_json::json!({
+        "epoch": epoch,
+        "emission_micros": emission,
+        "paid_micros": paid,
+        "devices": transfers.len(),
+    });
+    transfers.push(Transfer {
+        id: format!("rewards-{epoch}"),
+        kind: Kind::Reward,
+        op: Op::Record {
+            body: record.to_string(),
+        },
+        reference: format!("epoch {epoch}"),
+        linked: false,
+    });
+    submit_all(app, transfers).await?;
+    *rewarded_epoch = Some(epoch);
+    Ok(())
+}
+
+/// Seals every finished epoch not sealed yet. An epoch is finished once the chain's head has
+/// passed its end: entry times never run backwards, so nothing can join it after that.
+async fn seal_epochs(app: &AppState) -> ApiResult<()> {
+    let epoch_ms = app.config.ledger_epoch_ms;
+    let head = app.store.ledger_head().await?;
+    loop {
+        let next_seq = app
+            .store
+            .ledger_last_seal()
+            .await?
+            .map_or(1, |s| s.first_seq + s.entry_count);
+        if next_seq > head.seq {
+            return Ok(());
+        }
+        let Some(&(_, first_at_ms, _)) = app.store.ledger_hashes(next_seq, 1).await?.first() else {
+            return Ok(());
+        };
+        let epoch = epoch_of(first_at_ms, epoch_ms);
+        let end_ms = i64::try_from((epoch + 1).saturating_mul(epoch_ms)).unwrap_or(i64::MAX);
+        if head.at_ms < end_ms {
+            return Ok(());
+        }
+        let hashes = epoch_hashes(app, next_seq, end_ms).await?;
+        let seal = EpochSeal::sign_hashes(epoch, next_seq, &hashes, app.ledger.signing_key());
+        let row = EpochSealRow {
+            epoch,
+            first_seq: next_seq,
+            entry_count: hashes.len() as u64,
+            seal: serde_json::to_string(&seal).expect("a seal serializes"),
+            rewards_paid_micros: None,
+        };
+        app.store.insert_epoch_seal(&row).await?;
+        tracing::info!(epoch, entries = hashes.len(), "ledger epoch sealed");
+    }
+}
+
+/// Hashes of the entries from `first_seq` up to (not including) the first at or after
+/// `end_ms`, at most [`SEAL_ENTRIES_MAX`].
+async fn epoch_hashes(
+    app: &AppState,
+    first_seq: u64,
+    end_ms: i64,
+) -> ApiResult<Vec<flotilla_ledger::Hash>> {
+    let mut hashes = Vec::new();
+    let mut seq = first_seq;
+    loop {
+        let page = app.store.ledger_hashes(seq, HASH_PAGE_ENTRIES).await?;
+        let page_len = page.len();
+        for (entry_seq, at_ms, hash) in page {
+            if at_ms >= end_ms || hashes.len() >= SEAL_ENTRIES_MAX {
+                return Ok(hashes);
+            }
+            hashes.push(
+                decode_hash(&hash).ok_or_else(|| {
+                    ApiError::Internal(format!("stored hash of entry {entry_seq}"))
+                })?,
+            );
+            seq = entry_seq + 1;
+        }
+        if page_len < HASH_PAGE_ENTRIES as usize {
+            return Ok(hashes);
+        }
+    }
+}
+
+/// The inclusion proof of `entry`, or none while its epoch is not sealed.
+pub async fn inclusion_proof(
+    app: &AppState,
+    entry: flotilla_ledger::Entry,
+) -> ApiResult<Option<InclusionProof>> {
+    let Some(row) = app.store.ledger_seal_covering(entry.seq).await? else {
+        return Ok(None);
+    };
+    let seal: EpochSeal = serde_json::from_str(&row.seal)
+        .map_err(|e| ApiError::Internal(format!("stored seal: {e}")))?;
+    let hashes = epoch_hashes(app, row.first_seq, i64::MAX).await?;
+    let count = usize::try_from(row.entry_count).unwrap_or(usize::MAX);
+    if hashes.len() < count {
+        return Err(ApiError::Internal("a sealed epoch lost entries".into()));
+    }
+    Ok(Some(InclusionProof::build_from_hashes(
+        entry,
+        &hashes[..count],
+        seal,
+    )))
+}
+
+/// The log up to the head as it is now: header, entries with each epoch's seal after its
+/// last entry, and the head signed now.
+pub async fn export_text(app: &AppState, page_entries: u32) -> ApiResult<String> {
+    let head = app.store.ledger_head().await?;
+    let header = ExportHeader {
+        format: EXPORT_FORMAT.into(),
+        version: EXPORT_VERSION,
+        public_key: app.ledger.public_key_hex(),
+        epoch_ms: app.config.ledger_epoch_ms,
+    };
+    let mut out = serde_json::to_string(&header).expect("a header serializes");
+    out.push('\n');
+    let mut seals = app
+        .store
+        .ledger_seals(0, u32::MAX)
+        .await?
+        .into_iter()
+        .peekable();
+    let mut seq = 1;
+    while seq <= head.seq {
+        let rows = app.store.ledger_entries(seq, page_entries).await?;
+        if rows.is_empty() {
+            break;
+        }
+        for row in rows {
+            if row.seq > head.seq {
+                break;
+            }
+            let entry = entry_from_row(&row)?;
+            push_line(&mut out, &ExportLine::Entry(entry));
+            while let Some(seal) = seals.next_if(|s| s.first_seq + s.entry_count - 1 == row.seq) {
+                let seal: EpochSeal = serde_json::from_str(&seal.seal)
+                    .map_err(|e| ApiError::Internal(format!("stored seal: {e}")))?;
+                push_line(&mut out, &ExportLine::Seal(seal));
+            }
+            seq = row.seq + 1;
+        }
+    }
+    let hash = decode_hash(&head.hash).ok_or_else(|| ApiError::Internal("ledger head".into()))?;
+    let signed = SignedHead::sign(head.seq, &hash, app.ledger.signing_key());
+    push_line(&mut out, &ExportLine::Head(signed));
+    Ok(out)
+}
+
+fn push_line(out: &mut String, line: &ExportLine) {
+    out.push_str(&serde_json::to_string(line).expect("an export line serializes"));
+    out.push('\n');
+}
+
+/// What `owner`'s earning devices need staked: 200 IO x max(1, multiplier) each.
+pub async fn required_stake(app: &AppState, owner: &str) -> ApiResult<u64> {
+    Ok(app
+        .store
+        .earning_rows()
+        .await?
+        .iter()
+        .filter(|row| row.device.account_id == owner)
+        .map(|row| {
+            minimum_stake_micros(
+                &model_key(row.device.hardware.kind, &row.device.hardware.model),
+                1,
+            )
+        })
+        .sum())
+}
+
+/// Tallies each proposal past its close and records the tally in the ledger log.
+async fn close_proposals(app: &AppState) -> ApiResult<()> {
+    for proposal in app.store.proposals_to_close(now_ms()).await? {
+        let options: Vec<String> = serde_json::from_str(&proposal.options)
+            .map_err(|e| ApiError::Internal(format!("stored options: {e}")))?;
+        let weights: BTreeMap<String, u64> = app
+            .store
+            .proposal_weights(&proposal.id)
+            .await?
+            .into_iter()
+            .collect();
+        let votes: BTreeMap<String, usize> = app
+            .store
+            .votes(&proposal.id)
+            .await?
+            .into_iter()
+            .map(|(account, option)| (account, option as usize))
+            .collect();
+        let tally =
+            flotilla_ledger::governance::tally(&proposal.id, options.len(), &weights, &votes);
+        let body = serde_json::to_string(&tally).expect("a tally serializes");
+        let record = Transfer {
+            id: format!("tally-{}", proposal.id),
+            kind: Kind::Governance,
+            op: Op::Record { body: body.clone() },
+            reference: proposal.title.chars().take(200).collect(),
+            linked: false,
+        };
+        let seq = match app.ledger.submit_one(record).await? {
+            Outcome::Applied(entry) => entry.seq,
+            Outcome::Duplicate { seq } => seq,
+            Outcome::Refused(error) => {
+                return Err(ApiError::Internal(format!("tally refused: {error}")));
+            }
+        };
+        app.store.close_proposal(&proposal.id, &body, seq).await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,546 @@
+//! The ledger's rows: the chain's head, entries, balances, holds, epoch seals and the signing
+//! key. The rules live in `flotilla-ledger`; this module only reads and writes what the
+//! coordinator's ledger writer decides, inside one transaction per batch that starts by
+//! locking the head row, so batches from any number of coordinators append in turn.
+
+use sqlx::any::AnyRow;
+
+use crate::{Backend, Result, Store, StoreError, col, to_i64, to_u64};
+
+/// Most bind parameters in one statement: under SQLite's 32,766 and PostgreSQL's 65,535.
+const PARAMS_PER_STATEMENT_MAX: usize = 30_000;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerHeadRow {
+    pub seq: u64,
+    pub hash: String,
+    pub at_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerEntryRow {
+    pub seq: u64,
+    pub id: String,
+    pub digest: String,
+    pub at_ms: i64,
+    pub debit_owner: String,
+    pub credit_owner: String,
+    /// The entry's canonical JSON.
+    pub body: String,
+    pub hash: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerAccountRow {
+    pub id: String,
+    pub owner: String,
+    pub token: String,
+    pub posted: i64,
+    pub held: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerHoldRow {
+    pub id: String,
+    pub debit_owner: String,
+    /// The hold as JSON.
+    pub body: String,
+    pub is_open: bool,
+    pub expires_at_ms: i64,
+}
+
+/// An applied transfer id: its content digest and entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerSeenRow {
+    pub id: String,
+    pub digest: String,
+    pub seq: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EpochSealRow {
+    pub epoch: u64,
+    pub first_seq: u64,
+    pub entry_count: u64,
+    /// The signed seal as JSON.
+    pub seal: String,
+    pub rewards_paid_micros: Option<u64>,
+}
+
+const ENTRY_COLUMNS: &str = "seq, id, digest, at_ms, debit_owner, credit_owner, body, hash";
+
+fn entry_from(row: &AnyRow) -> Result<LedgerEntryRow> {
+    Ok(LedgerEntryRow {
+        seq: to_u64(col(row, "seq")?),
+        id: col(row, "id")?,
+        digest: col(row, "digest")?,
+        at_ms: col(row, "at_ms")?,
+        debit_owner: col(row, "debit_owner")?,
+        credit_owner: col(row, "credit_owner")?,
+        body: col(row, "body")?,
+        hash: col(row, "hash")?,
+    })
+}
+
+fn seal_from(row: &AnyRow) -> Result<EpochSealRow> {
+    Ok(EpochSealRow {
+        epoch: to_u64(col(row, "epoch")?),
+        first_seq: to_u64(col(row, "first_seq")?),
+        entry_count: to_u64(col(row, "entry_count")?),
+        seal: col(row, "seal")?,
+        rewards_paid_micros: col::<Option<i64>>(row, "rewards_paid_micros")?.map(to_u64),
+    })
+}
+
+/// `$first, $first+1, ...` for `count` parameters, in order. SQLite gets anonymous `?`: it
+/// keeps `$N` and `?N` in a list that naming each parameter scans, which is quadratic in a
+/// statement of thousands (seconds at 30,000).
+fn placeholders(backend: Backend, first: usize, count: usize) -> String {
+    let mut text = String::with_capacity(count * 7);
+    for i in first..first + count {
+        if i > first {
+            text.push_str(", ");
+        }
+        match backend {
+            Backend::Sqlite => text.push('?'),
+            Backend::Postgres => {
+                text.push('$');
+                text.push_str(&i.to_string());
+            }
+        }
+    }
+    text
+}
+
+/// `($1, $2), ($3, $4), ...` for `rows` rows of `columns` parameters.
+fn value_rows(backend: Backend, rows: usize, columns: usize) -> String {
+    (0..rows)
+        .map(|row| format!("({})", placeholders(backend, row * columns + 1, columns)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// One open ledger transaction, holding the head's lock until commit or drop.
+pub struct LedgerTx {
+    tx: sqlx::Transaction<'static, sqlx::Any>,
+    backend: Backend,
+    pub head: LedgerHeadRow,
+}
+
+impl std::fmt::Debug for LedgerTx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LedgerTx")
+            .field("head", &self.head)
+            .finish()
+    }
+}
+
+impl Store {
+    /// Begins a ledger batch: takes the head row's write lock (a write first, so SQLite takes
+    /// its writer lock at once and PostgreSQL locks the row), then reads the head.
+    pub async fn ledger_begin(&self) -> Result<LedgerTx> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("UPDATE ledger_head SET seq = seq WHERE id = 1")
+            .execute(&mut *tx)
+            .await?;
+        let head = read_head(&mut tx).await?;
+        Ok(LedgerTx {
+            tx,
+            backend: self.backend,
+            head,
+        })
+    }
+
+    pub async fn ledger_head(&self) -> Result<LedgerHeadRow> {
+        let mut conn = self.pool.acquire().await?;
+        let row = sqlx::query("SELECT seq, hash, at_ms FROM ledger_head WHERE id = 1")
+            .fetch_one(&mut *conn)
+            .await?;
+        head_from(&row)
+    }
+
+    /// Every account of `owner`.
+    pub async fn ledger_accounts_of(&self, owner: &str) -> Result<Vec<LedgerAccountRow>> {
+        let rows = sqlx::query(
+            "SELECT id, owner, token, posted, held FROM ledger_accounts WHERE owner = $1 ORDER BY id",
+        )
+        .bind(owner)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(account_from).collect()
+    }
+
+    /// Every account with a balance in `purpose` (such as `stake`) of `token`.
+    pub async fn ledger_accounts_like(&self, suffix: &str) -> Result<Vec<LedgerAccountRow>> {
+        let rows = sqlx::query(
+            "SELECT id, owner, token, posted, held FROM ledger_accounts WHERE id LIKE $1 ORDER BY id",
+        )
+        .bind(format!("%{suffix}"))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(account_from).collect()
+    }
+
+    /// Entries touching `owner`'s accounts, newest first, below `before_seq`.
+    pub async fn ledger_history(
+        &self,
+        owner: &str,
+        before_seq: u64,
+        limit: u32,
+    ) -> Result<Vec<LedgerEntryRow>> {
+        let sql = format!(
+            "SELECT {ENTRY_COLUMNS} FROM ledger_entries \
+             WHERE (debit_owner = $1 OR credit_owner = $1) AND seq < $2 ORDER BY seq DESC LIMIT $3"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(owner)
+            .bind(to_i64(before_seq))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(entry_from).collect()
+    }
+
+    /// Entries from `first_seq` on, in order, at most `limit`.
+    pub async fn ledger_entries(&self, first_seq: u64, limit: u32) -> Result<Vec<LedgerEntryRow>> {
+        let sql = format!(
+            "SELECT {ENTRY_COLUMNS} FROM ledger_entries WHERE seq >= $1 ORDER BY seq LIMIT $2"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(to_i64(first_seq))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(entry_from).collect()
+    }
+
+    /// `(seq, at_ms, hash)` of entries from `first_seq` on, in order, at most `limit`: what an
+    /// epoch's seal and proofs need, without the bodies.
+    pub async fn ledger_hashes(
+        &self,
+        first_seq: u64,
+        limit: u32,
+    ) -> Result<Vec<(u64, i64, String)>> {
+        let rows = sqlx::query(
+            "SELECT seq, at_ms, hash FROM ledger_entries WHERE seq >= $1 ORDER BY seq LIMIT $2",
+        )
+        .bind(to_i64(first_seq))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    to_u64(col(row, "seq")?),
+                    col(row, "at_ms")?,
+                    col(row, "hash")?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Balances summed per account purpose and token, for supply figures.
+    pub async fn ledger_totals(&self) -> Result<Vec<(String, i64)>> {
+        let rows = sqlx::query("SELECT id, posted FROM ledger_accounts WHERE owner = 'system'")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| Ok((col(row, "id")?, col(row, "posted")?)))
+            .collect()
+    }
+
+    pub async fn ledger_entry_by_id(&self, id: &str) -> Result<Option<LedgerEntryRow>> {
+        let sql = format!("SELECT {ENTRY_COLUMNS} FROM ledger_entries WHERE id = $1");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(entry_from).transpose()
+    }
+
+    pub async fn ledger_entry(&self, seq: u64) -> Result<Option<LedgerEntryRow>> {
+        let sql = format!("SELECT {ENTRY_COLUMNS} FROM ledger_entries WHERE seq = $1");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(to_i64(seq))
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(entry_from).transpose()
+    }
+
+    /// Open holds due at `now_ms`, oldest expiry first.
+    pub async fn ledger_holds_due(&self, now_ms: i64, limit: u32) -> Result<Vec<String>> {
+        let ids = sqlx::query_scalar(
+            "SELECT id FROM ledger_holds WHERE is_open = 1 AND expires_at_ms <= $1 \
+             ORDER BY expires_at_ms, id LIMIT $2",
+        )
+        .bind(now_ms)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(ids)
+    }
+
+    /// Open holds on accounts of `owner` (for a wallet's view).
+    pub async fn ledger_open_holds(&self, owner: &str) -> Result<Vec<LedgerHoldRow>> {
+        let rows = sqlx::query(
+            "SELECT id, debit_owner, body, is_open, expires_at_ms FROM ledger_holds \
+             WHERE debit_owner = $1 AND is_open = 1 ORDER BY expires_at_ms",
+        )
+        .bind(owner)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(hold_from).collect()
+    }
+
+    /// The last sealed epoch, if any.
+    pub async fn ledger_last_seal(&self) -> Result<Option<EpochSealRow>> {
+        let row = sqlx::query(
+            "SELECT epoch, first_seq, entry_count, seal, rewards_paid_micros FROM ledger_epochs \
+             ORDER BY epoch DESC LIMIT 1",
+        )
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(seal_from).transpose()
+    }
+
+    /// Seals from epoch `from` on, in order, at most `limit`.
+    pub async fn ledger_seals(&self, from: u64, limit: u32) -> Result<Vec<EpochSealRow>> {
+        let rows = sqlx::query(
+            "SELECT epoch, first_seq, entry_count, seal, rewards_paid_micros FROM ledger_epochs \
+             WHERE epoch >= $1 ORDER BY epoch LIMIT $2",
+        )
+        .bind(to_i64(from))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(seal_from).collect()
+    }
+
+    /// The seal covering entry `seq`, if its epoch is sealed.
+    pub async fn ledger_seal_covering(&self, seq: u64) -> Result<Option<EpochSealRow>> {
+        let row = sqlx::query(
+            "SELECT epoch, first_seq, entry_count, seal, rewards_paid_micros FROM ledger_epochs \
+             WHERE first_seq <= $1 AND first_seq + entry_count > $1",
+        )
+        .bind(to_i64(seq))
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(seal_from).transpose()
+    }
+
+    /// Records a seal once; a seal already there (another coordinator's) wins.
+    pub async fn insert_epoch_seal(&self, seal: &EpochSealRow) -> Result<bool> {
+        let done = sqlx::query(
+            "INSERT INTO ledger_epochs (epoch, first_seq, entry_count, seal) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (epoch) DO NOTHING",
+        )
+        .bind(to_i64(seal.epoch))
+        .bind(to_i64(seal.first_seq))
+        .bind(to_i64(seal.entry_count))
+        .bind(&seal.seal)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// The signing key, made by the first coordinator to ask: `(secret hex, public hex)`.
+    pub async fn ledger_key(
+        &self,
+        candidate: (&str, &str),
+        now_ms: i64,
+    ) -> Result<(String, String)> {
+        sqlx::query(
+            "INSERT INTO ledger_keys (id, secret_key, public_key, created_at_ms) VALUES (1, $1, $2, $3) \
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(candidate.0)
+        .bind(candidate.1)
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await?;
+        let row = sqlx::query("SELECT secret_key, public_key FROM ledger_keys WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok((col(&row, "secret_key")?, col(&row, "public_key")?))
+    }
+}
+
+async fn read_head(tx: &mut sqlx::Transaction<'static, sqlx::Any>) -> Result<LedgerHeadRow> {
+    let row = sqlx::query("SELECT seq, hash, at_ms FROM ledger_head WHERE id = 1")
+        .fetch_one(&mut **tx)
+        .await?;
+    head_from(&row)
+}
+
+fn head_from(row: &AnyRow) -> Result<LedgerHeadRow> {
+    Ok(LedgerHeadRow {
+        seq: to_u64(col(row, "seq")?),
+        hash: col(row, "hash")?,
+        at_ms: col(row, "at_ms")?,
+    })
+}
+
+fn account_from(row: &AnyRow) -> Result<LedgerAccountRow> {
+    Ok(LedgerAccountRow {
+        id: col(row, "id")?,
+        owner: col(row, "owner")?,
+        token: col(row, "token")?,
+        posted: col(row, "posted")?,
+        held: col(row, "held")?,
+    })
+}
+
+fn seen_from(row: &AnyRow) -> Result<LedgerSeenRow> {
+    Ok(LedgerSeenRow {
+        id: col(row, "id")?,
+        digest: col(row, "digest")?,
+        seq: to_u64(col(row, "seq")?),
+    })
+}
+
+fn hold_from(row: &AnyRow) -> Result<LedgerHoldRow> {
+    Ok(LedgerHoldRow {
+        id: col(row, "id")?,
+        debit_owner: col(row, "debit_owner")?,
+        body: col(row, "body")?,
+        is_open: col::<i64>(row, "is_open")? == 1,
+        expires_at_ms: col(row, "expires_at_ms")?,
+    })
+}
+
+impl LedgerTx {
+    /// Stored balances of `ids` (absent ones have never moved).
+    pub async fn accounts(&mut self, ids: &[String]) -> Result<Vec<LedgerAccountRow>> {
+        self.fetch_in(
+            "SELECT id, owner, token, posted, held FROM ledger_accounts WHERE id",
+            ids,
+            account_from,
+        )
+        .await
+    }
+
+    /// Stored holds among `ids`.
+    pub async fn holds(&mut self, ids: &[String]) -> Result<Vec<LedgerHoldRow>> {
+        self.fetch_in(
+            "SELECT id, debit_owner, body, is_open, expires_at_ms FROM ledger_holds WHERE id",
+            ids,
+            hold_from,
+        )
+        .await
+    }
+
+    /// Which of `ids` were applied before, with their digests.
+    pub async fn seen(&mut self, ids: &[String]) -> Result<Vec<LedgerSeenRow>> {
+        self.fetch_in(
+            "SELECT id, digest, seq FROM ledger_entries WHERE id",
+            ids,
+            seen_from,
+        )
+        .await
+    }
+
+    /// `select` (ending in a column) `IN` each chunk of `ids`, rows mapped by `map`.
+    async fn fetch_in<T>(
+        &mut self,
+        select: &str,
+        ids: &[String],
+        map: fn(&AnyRow) -> Result<T>,
+    ) -> Result<Vec<T>> {
+        let mut found = Vec::new();
+        for chunk in ids.chunks(PARAMS_PER_STATEMENT_MAX) {
+            let sql = format!(
+                "{select} IN ({})",
+                placeholders(self.backend, 1, chunk.len())
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for id in chunk {
+                query = query.bind(id);
+            }
+            for row in query.fetch_all(&mut *self.tx).await? {
+                found.push(map(&row)?);
+            }
+        }
+        Ok(found)
+    }
+
+    /// Writes a batch's entries, changed balances and holds, moves the head, and commits. An
+    /// entry id already stored (a racing writer) fails the whole batch with a conflict.
+    pub async fn commit(
+        mut self,
+        entries: &[LedgerEntryRow],
+        accounts: &[LedgerAccountRow],
+        holds: &[LedgerHoldRow],
+        head: &LedgerHeadRow,
+    ) -> Result<()> {
+        for chunk in entries.chunks(PARAMS_PER_STATEMENT_MAX / 8) {
+            let sql = format!(
+                "INSERT INTO ledger_entries ({ENTRY_COLUMNS}) VALUES {}",
+                value_rows(self.backend, chunk.len(), 8)
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for e in chunk {
+                query = query
+                    .bind(to_i64(e.seq))
+                    .bind(&e.id)
+                    .bind(&e.digest)
+                    .bind(e.at_ms)
+                    .bind(&e.debit_owner)
+                    .bind(&e.credit_owner)
+                    .bind(&e.body)
+                    .bind(&e.hash);
+            }
+            query
+                .execute(&mut *self.tx)
+                .await
+                .map_err(|e| crate::conflict_on_unique(e, "ledger entry"))?;
+        }
+        for chunk in accounts.chunks(PARAMS_PER_STATEMENT_MAX / 5) {
+            let sql = format!(
+                "INSERT INTO ledger_accounts (id, owner, token, posted, held) VALUES {} \
+                 ON CONFLICT (id) DO UPDATE SET posted = excluded.posted, held = excluded.held",
+                value_rows(self.backend, chunk.len(), 5)
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for a in chunk {
+                query = query
+                    .bind(&a.id)
+                    .bind(&a.owner)
+                    .bind(&a.token)
+                    .bind(a.posted)
+                    .bind(a.held);
+            }
+            query.execute(&mut *self.tx).await?;
+        }
+        for chunk in holds.chunks(PARAMS_PER_STATEMENT_MAX / 5) {
+            let sql = format!(
+                "INSERT INTO ledger_holds (id, debit_owner, body, is_open, expires_at_ms) VALUES {} \
+                 ON CONFLICT (id) DO UPDATE SET body = excluded.body, is_open = excluded.is_open",
+                value_rows(self.backend, chunk.len(), 5)
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for h in chunk {
+                query = query
+                    .bind(&h.id)
+                    .bind(&h.debit_owner)
+                    .bind(&h.body)
+                    .bind(i64::from(h.is_open))
+                    .bind(h.expires_at_ms);
+            }
+            query.execute(&mut *self.tx).await?;
+        }
+        let moved = sqlx::query(
+            "UPDATE ledger_head SET seq = $1, hash = $2, at_ms = $3 WHERE id = 1 AND seq = $4",
+        )
+        .bind(to_i64(head.seq))
+        .bind(&head.hash)
+        .bind(head.at_ms)
+        .bind(to_i64(self.head.seq))
+        .execute(&mut *self.tx)
+        .await?;
+        if moved.rows_affected() != 1 {
+            return Err(StoreError::Conflict("ledger head"));
+        }
+        self.tx.commit().await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,138 @@
+//! `cargo xtask bench ledger`: durable transfers per second through the coordinator's ledger
+//! writer path (`commit_batch`: lock the head, load, apply, write, commit), in batches of
+//! 8,190 on SQLite and on a throwaway PostgreSQL, against the naive loop of one transaction per
+//! transfer on the same SQLite database in the same run. Re-runs itself as a release build.
+
+use std::time::Instant;
+
+use anyhow::{Result, bail};
+use flotilla_coordinator::ledger::{BATCH_TRANSFERS_MAX, commit_batch};
+use flotilla_ledger::{AccountId, Kind, Op, Outcome, Purpose, Token, Transfer};
+use flotilla_store::Store;
+
+/// Accounts the transfers move between.
+const ACCOUNTS: usize = 10_000;
+/// Transfers timed in batches, per database.
+const BATCHED_TRANSFERS: usize = 12 * BATCH_TRANSFERS_MAX;
+/// Transfers timed one transaction each.
+const NAIVE_TRANSFERS: usize = 1_000;
+
+pub fn run(args: &[String]) -> Result<()> {
+    if args.first().map(String::as_str) != Some("--here") {
+        return crate::rerun_release_bench("ledger");
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let dir = tempfile_dir()?;
+    let sqlite_url = dir.join("ledger.db").display().to_string();
+    let (batched_sqlite, naive_sqlite) = runtime.block_on(async {
+        let store = Store::open(&sqlite_url).await?;
+        let batched = measure(&store, BATCHED_TRANSFERS, BATCH_TRANSFERS_MAX, "b").await?;
+        let naive = measure(&store, NAIVE_TRANSFERS, 1, "n").await?;
+        store.close().await;
+        anyhow::Ok((batched, naive))
+    })?;
+    let server = crate::postgres::Server::start()?;
+    let batched_postgres = runtime.block_on(async {
+        let url = server.create_database("ledger_bench")?;
+        let store = Store::open(&url).await?;
+        let batched = measure(&store, BATCHED_TRANSFERS, BATCH_TRANSFERS_MAX, "b").await?;
+        store.close().await;
+        anyhow::Ok(batched)
+    })?;
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+    eprintln!(
+        "bench: ledger, {ACCOUNTS} accounts, batches of {BATCH_TRANSFERS_MAX}: SQLite {batched_sqlite:.0} transfers/s \
+         (naive {naive_sqlite:.0}/s, {:.1}x), PostgreSQL {batched_postgres:.0}/s (targets: 100,000/s on SQLite, 20x naive)",
+        batched_sqlite / naive_sqlite
+    );
+    let figures = serde_json::json!({
+        "accounts": ACCOUNTS,
+        "batch_transfers": BATCH_TRANSFERS_MAX,
+        "transfers_per_s_batched_sqlite": batched_sqlite.round(),
+        "transfers_per_s_naive_sqlite": naive_sqlite.round(),
+        "transfers_per_s_batched_postgres": batched_postgres.round(),
+        "batched_vs_naive_sqlite": (batched_sqlite / naive_sqlite * 100.0).round() / 100.0,
+    });
+    println!("{figures}");
+    Ok(())
+}
+
+fn tempfile_dir() -> Result<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join(format!("flotilla-ledger-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+fn account(index: usize) -> AccountId {
+    AccountId::main(&format!("usr_bench{index}"), Token::Iosd)
+}
+
+/// Funds every account (untimed), then times `count` transfers between random pairs in
+/// batches of `batch`; returns transfers per second.
+async fn measure(store: &Store, count: usize, batch: usize, tag: &str) -> Result<f64> {
+    let mut cache = None;
+    let funding: Vec<Transfer> = (0..ACCOUNTS)
+        .map(|i| Transfer {
+            id: format!("fund-{tag}-{i}"),
+            kind: Kind::Deposit,
+            op: Op::Move {
+                debit: AccountId::system(Purpose::External, Token::Iosd),
+                credit: account(i),
+                amount: 1_000_000_000,
+            },
+            reference: String::new(),
+            linked: false,
+        })
+        .collect();
+    for chunk in funding.chunks(BATCH_TRANSFERS_MAX) {
+        commit(store, &mut cache, chunk).await?;
+    }
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let transfers: Vec<Transfer> = (0..count)
+        .map(|i| {
+            let from = next(&mut state) % ACCOUNTS;
+            let to = (from + 1 + next(&mut state) % (ACCOUNTS - 1)) % ACCOUNTS;
+            Transfer {
+                id: format!("t-{tag}-{i}"),
+                kind: Kind::Transfer,
+                op: Op::Move {
+                    debit: account(from),
+                    credit: account(to),
+                    amount: 1 + (next(&mut state) % 1_000) as u64,
+                },
+                reference: String::new(),
+                linked: false,
+            }
+        })
+        .collect();
+    let started = Instant::now();
+    for chunk in transfers.chunks(batch) {
+        commit(store, &mut cache, chunk).await?;
+    }
+    Ok(count as f64 / started.elapsed().as_secs_f64())
+}
+
+async fn commit(
+    store: &Store,
+    cache: &mut Option<flotilla_ledger::Book>,
+    transfers: &[Transfer],
+) -> Result<()> {
+    let now_ms = flotilla_proto::time::now_unix_ms();
+    let outcomes = commit_batch(store, cache, transfers, now_ms).await?;
+    if let Some(refused) = outcomes.iter().find(|o| !matches!(o, Outcome::Applied(_))) {
+        bail!("a benchmark transfer was not applied: {refused:?}");
+    }
+    Ok(())
+}
+
+/// SplitMix64: a seeded, dependency-free stream of pseudo-random numbers.
+fn next(state: &mut u64) -> usize {
+    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    (z ^ (z >> 31)) as usize
+}
