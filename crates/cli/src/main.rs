@@ -128,6 +128,9 @@ struct CoordinatorArgs {
     /// How long slashed stake is held open to appeal before it is burned (default 7 days).
     #[arg(long, default_value_t = 7 * 24 * 3_600_000)]
     slash_appeal_ms: u64,
+    /// Length of one metered rent minute (shorter only in tests).
+    #[arg(long, default_value_t = 60_000)]
+    rent_minute_ms: u64,
     /// Hand out demo funds (development only).
     #[arg(long)]
     faucet: bool,
@@ -241,6 +244,7 @@ async fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
         unstake_cooldown_ms: args.unstake_cooldown_ms,
         slash_appeal_ms: args.slash_appeal_ms,
         faucet: args.faucet,
+        rent_minute_ms: args.rent_minute_ms,
         ..flotilla_coordinator::Config::default()
     };
     let running = flotilla_coordinator::start(config).await?;

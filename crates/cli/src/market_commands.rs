@@ -280,6 +280,9 @@ pub enum RequestsCommand {
         /// Your region, for latency.
         #[arg(long)]
         renter_region: Option<String>,
+        /// Rent for this many hours, paid in IOSD from escrow (needs --budget).
+        #[arg(long)]
+        hours: Option<u32>,
     },
     List(Connection),
     /// Where a request runs, or why it waits and what to relax.
@@ -354,6 +357,7 @@ pub async fn requests(command: RequestsCommand) -> Result<()> {
             budget,
             spread,
             renter_region,
+            hours,
         } => {
             let spec = RequestSpec {
                 nodes,
@@ -368,6 +372,7 @@ pub async fn requests(command: RequestsCommand) -> Result<()> {
                 deadline_s,
                 colocation: Some(if spread { "spread" } else { "one_region" }.to_owned()),
                 renter_region,
+                hours,
             };
             let created: RequestInfo = connection.client()?.post("requests", &spec).await?;
             print_request(connection.output, &created);

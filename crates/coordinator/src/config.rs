@@ -43,6 +43,8 @@ pub struct Config {
     pub unstake_cooldown_ms: u64,
     /// How long slashed stake is held, open to appeal, before it is burned.
     pub slash_appeal_ms: u64,
+    /// Length of one metered rent minute (shorter only in tests).
+    pub rent_minute_ms: u64,
     /// Reservation fees on rent.
     pub fees: flotilla_ledger::rent::FeePolicy,
     /// IO emitted per year for block rewards.
@@ -75,6 +77,7 @@ impl Default for Config {
             faucet: false,
             unstake_cooldown_ms: 14 * 24 * 3_600_000,
             slash_appeal_ms: 7 * 24 * 3_600_000,
+            rent_minute_ms: 60_000,
             fees: flotilla_ledger::rent::FeePolicy::default(),
             emission: flotilla_ledger::emission::Schedule::default(),
         }
@@ -121,6 +124,9 @@ impl Config {
         }
         if self.schedule_interval_ms < 10 {
             return fail("schedule_interval_ms", "must be at least 10");
+        }
+        if self.rent_minute_ms < 10 {
+            return fail("rent_minute_ms", "must be at least 10");
         }
         if self.ledger_epoch_ms < 1_000 {
             return fail("ledger_epoch_ms", "must be at least 1000");

@@ -1,4 +1,5 @@
-//! The ledger's upkeep, each tick: expire due holds (on the server's clock), pay the last
+//! The ledger's upkeep, each tick: expire due holds (on the server's clock), meter paid
+//! rentals (`rent.rs`), pay the last
 //! epoch's block rewards, seal finished epochs under signed Merkle roots, and record the
 //! tallies of closed proposals. Every step is idempotent (its transfer ids are derived from
 //! what it settles), so coordinators sharing a database, or one restarted mid-step, never pay
@@ -46,6 +47,7 @@ pub async fn run(app: AppState, mut shutdown: watch::Receiver<bool>) {
 
 async fn tick(app: &AppState, rewarded_epoch: &mut Option<u64>) -> ApiResult<()> {
     expire_due(app).await?;
+    crate::rent::meter_all(app).await?;
     pay_rewards(app, rewarded_epoch).await?;
     seal_epochs(app).await?;
     close_proposals(app).await

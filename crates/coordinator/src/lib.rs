@@ -23,6 +23,7 @@ pub mod liveness;
 pub mod market;
 pub mod metrics;
 pub mod ratelimit;
+pub mod rent;
 pub mod scheduling;
 mod session;
 pub mod telemetry;

@@ -113,6 +113,18 @@ pub fn to_request(
             "must be a region such as eu-west",
         ));
     }
+    match (spec.hours, spec.budget_per_hour) {
+        (Some(hours), _) if !(1..=crate::rent::HOURS_MAX).contains(&hours) => {
+            return Err(spec_error("hours", "must be between 1 and 720"));
+        }
+        (Some(_), None) => {
+            return Err(spec_error(
+                "budget_per_hour",
+                "a paid rental (hours) needs a budget to hold",
+            ));
+        }
+        _ => {}
+    }
     Ok(Request {
         request_id: request_id.to_owned(),
         renter_id: renter_id.to_owned(),
@@ -257,10 +269,38 @@ async fn commit(
     {
         Ok(true) => {
             tracing::info!(request_id = %row.id, devices = device_ids.len(), "request placed");
+            fund_or_cancel(app, row, &rows, device_ids).await;
         }
         outcome => {
             if let Err(error) = outcome {
                 tracing::warn!(request_id = %row.id, %error, "could not record a placement");
+            }
+            release(app, &device_ids).await;
+        }
+    }
+}
+
+/// Moves a paid request's cost into its escrow; a request whose hold cannot pay is cancelled
+/// and its devices given back.
+async fn fund_or_cancel(
+    app: &AppState,
+    row: &RequestRow,
+    rows: &[PlacementRow],
+    device_ids: Vec<String>,
+) {
+    let Ok(spec) = serde_json::from_str::<RequestSpec>(&row.spec) else {
+        return;
+    };
+    match crate::rent::fund_placement(app, &row.id, &spec, rows).await {
+        Ok(true) => {}
+        outcome => {
+            tracing::warn!(request_id = %row.id, ?outcome, "a paid request's hold could not fund it; cancelled");
+            if let Err(error) = app
+                .store
+                .cancel_request(&row.account_id, &row.id, now_ms())
+                .await
+            {
+                tracing::warn!(request_id = %row.id, %error, "could not cancel an unfunded request");
             }
             release(app, &device_ids).await;
         }

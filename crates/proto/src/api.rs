@@ -437,7 +437,7 @@ pub struct SetLocationRequest {
 }
 
 /// A request for GPUs: `nodes` workers with `gpus_per_node` matching GPUs each.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RequestSpec {
     pub nodes: u32,
@@ -463,6 +463,11 @@ pub struct RequestSpec {
     /// The renter's region, for latency.
     #[serde(default)]
     pub renter_region: Option<String>,
+    /// A paid rental of this many hours: `budget_per_hour x hours` plus fees is held from the
+    /// renter's IOSD when submitted; on placement the actual cost moves into the request's
+    /// escrow, each minute a node is up pays its supplier, and what is left returns at the end.
+    #[serde(default)]
+    pub hours: Option<u32>,
 }
 
 /// The devices one node of a placement holds.
@@ -492,6 +497,9 @@ pub struct RequestInfo {
     pub placed_at: Option<String>,
     /// The renter's rating, once given.
     pub feedback_stars: Option<u8>,
+    /// A paid rental's escrow left (IOSD base units), and the minutes metered so far.
+    pub escrow_micros: Option<i64>,
+    pub metered_minutes: Option<u64>,
 }
 
 /// A renter's rating of a request that ran.

@@ -32,8 +32,8 @@ pub use ledger::{
 pub use market::{MarketRow, WorkerLocation, WorkerStats};
 pub use proofs::ProofRow;
 pub use requests::{
-    LostNode, LostNodeShape, PlacementRow, REQUEST_CANCELLED, REQUEST_PLACED, REQUEST_QUEUED,
-    RequestRow,
+    LostNode, LostNodeShape, PlacementRow, REQUEST_CANCELLED, REQUEST_COMPLETED, REQUEST_PLACED,
+    REQUEST_QUEUED, RequestRow,
 };
 pub use telemetry::TelemetryBucketRow;
 pub use workers::{EnrollmentTokenRow, WorkerRow};
@@ -93,6 +93,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (5, include_str!("../migrations/0005_requests.sql")),
     (6, include_str!("../migrations/0006_reliability.sql")),
     (7, include_str!("../migrations/0007_ledger.sql")),
+    (8, include_str!("../migrations/0008_rent.sql")),
 ];
 
 /// Connections held open to PostgreSQL. SQLite gets fewer: it has one writer anyway.

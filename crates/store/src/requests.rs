@@ -19,6 +19,8 @@ pub struct RequestRow {
     pub ended_at_ms: Option<i64>,
     /// The renter's feedback, thousandths of a star.
     pub feedback_milli: Option<u32>,
+    /// A paid rental's minutes metered so far.
+    pub metered_minutes: u64,
 }
 
 /// One device a placement holds.
@@ -34,9 +36,11 @@ pub struct PlacementRow {
 pub const REQUEST_QUEUED: &str = "queued";
 pub const REQUEST_PLACED: &str = "placed";
 pub const REQUEST_CANCELLED: &str = "cancelled";
+/// A paid rental that ran its hours.
+pub const REQUEST_COMPLETED: &str = "completed";
 
 const REQUEST_COLUMNS: &str = "id, account_id, spec, state, reason, attempt, created_at_ms, \
-     placed_at_ms, ended_at_ms, feedback_milli";
+     placed_at_ms, ended_at_ms, feedback_milli, metered_minutes";
 
 fn request_from(row: &AnyRow) -> Result<RequestRow> {
     Ok(RequestRow {
@@ -51,6 +55,7 @@ fn request_from(row: &AnyRow) -> Result<RequestRow> {
         ended_at_ms: col(row, "ended_at_ms")?,
         feedback_milli: col::<Option<i64>>(row, "feedback_milli")?
             .and_then(|f| u32::try_from(f).ok()),
+        metered_minutes: to_u64(col(row, "metered_minutes")?),
     })
 }
 
@@ -140,15 +145,59 @@ impl Store {
 
     /// Every queued request, oldest first, at most `limit`.
     pub async fn queued_requests(&self, limit: u32) -> Result<Vec<RequestRow>> {
+        self.requests_in_state(REQUEST_QUEUED, limit).await
+    }
+
+    /// Requests in `state`, oldest first.
+    pub async fn requests_in_state(&self, state: &str, limit: u32) -> Result<Vec<RequestRow>> {
         let sql = format!(
             "SELECT {REQUEST_COLUMNS} FROM requests WHERE state = $1 ORDER BY created_at_ms, id LIMIT $2"
         );
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(REQUEST_QUEUED)
+            .bind(state)
             .bind(i64::from(limit))
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(request_from).collect()
+    }
+
+    /// Records a paid rental's metered minutes; they only grow.
+    pub async fn set_metered_minutes(&self, request_id: &str, minutes: u64) -> Result<()> {
+        sqlx::query(
+            "UPDATE requests SET metered_minutes = $1 WHERE id = $2 AND metered_minutes < $1",
+        )
+        .bind(to_i64(minutes))
+        .bind(request_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Ends a placed request that ran its hours and releases its devices; false when it was
+    /// not placed any more.
+    pub async fn complete_request(&self, request_id: &str, now_ms: i64) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query(
+            "UPDATE requests SET state = $1, ended_at_ms = $2 WHERE id = $3 AND state = $4",
+        )
+        .bind(REQUEST_COMPLETED)
+        .bind(now_ms)
+        .bind(request_id)
+        .bind(REQUEST_PLACED)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() != 1 {
+            return Ok(false);
+        }
+        sqlx::query(
+            "UPDATE placements SET released_at_ms = $1 WHERE request_id = $2 AND released_at_ms IS NULL",
+        )
+        .bind(now_ms)
+        .bind(request_id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     /// Records why queued requests wait.

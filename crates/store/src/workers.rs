@@ -221,6 +221,15 @@ impl Store {
         row.as_ref().map(worker_from).transpose()
     }
 
+    /// The account owning a worker (removed or not): who is paid for its work.
+    pub async fn worker_owner(&self, worker_id: &str) -> Result<Option<String>> {
+        let owner = sqlx::query_scalar("SELECT account_id FROM workers WHERE id = $1")
+            .bind(worker_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(owner)
+    }
+
     pub async fn worker(&self, account_id: &str, worker_id: &str) -> Result<Option<WorkerRow>> {
         let sql = format!(
             "SELECT {WORKER_COLUMNS} FROM workers w WHERE w.id = $1 AND w.account_id = $2 AND w.removed_at_ms IS NULL"

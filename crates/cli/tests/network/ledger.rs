@@ -487,3 +487,93 @@ async fn committed_transfers_survive_kill_9(db: Db) {
     assert!(ok, "{stdout} {stderr}");
 }
 on_both_databases!(committed_transfers_survive_kill_9);
+
+/// Sums the IOSD the renter, the supplier and the treasury hold.
+async fn iosd_of(client: &Client) -> i64 {
+    let wallet: WalletInfo = client.get("wallet").await.unwrap();
+    available(&wallet, "main", "IOSD")
+}
+
+/// A paid rental of one hour (100 ms minutes here) at 6 IOSD/h: the escrow holds the actual
+/// cost, each minute up pays the supplier 99,750 and the treasury 2,500, minutes down pay
+/// nothing, and whatever is left returns to the renter. `kill_worker` kills the supplier's
+/// machine a second into the rental.
+async fn paid_rental(db: Db, kill_worker: bool) -> (i64, i64) {
+    let coordinator = Coordinator::start(
+        db,
+        &[
+            "--faucet",
+            "--allow-simulated-devices",
+            "--ledger-epoch-ms",
+            "1000",
+            "--rent-minute-ms",
+            "100",
+            "--schedule-interval-ms",
+            "100",
+        ],
+    )
+    .await;
+    let supplier_key = coordinator.account("sup", &[Role::Supplier]).await;
+    let renter_key = coordinator.account("ren", &[Role::Renter]).await;
+    let renter = coordinator.client(Some(&renter_key));
+    let supplier = coordinator.client(Some(&supplier_key));
+    let dir = tempfile::tempdir().unwrap();
+    let token = coordinator.token(&supplier_key).await;
+    let mut worker = coordinator.worker(dir.path(), Some(&token), "H100x1");
+    crate::market::price_idle_devices(&coordinator, &supplier_key, 1, 6 * TOKEN).await;
+    faucet(&renter, "IOSD", 100 * TOKEN, "f").await;
+
+    let too_big = flotilla_proto::api::RequestSpec {
+        hours: Some(100),
+        budget_per_hour: Some(10 * TOKEN),
+        ..crate::market::one_node(1, "")
+    };
+    let refused = renter
+        .post::<_, flotilla_proto::api::RequestInfo>("requests", &too_big)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.status(), Some(409), "{refused}");
+    let spec = flotilla_proto::api::RequestSpec {
+        hours: Some(1),
+        budget_per_hour: Some(10 * TOKEN),
+        ..crate::market::one_node(1, "")
+    };
+    let created: flotilla_proto::api::RequestInfo = renter.post("requests", &spec).await.unwrap();
+    let placed = crate::market::until_placed(&renter, &created.id).await;
+    // 6 IOSD of rent and 60 x 2,250 of renter's fee moved into escrow; the rest of the hold
+    // (10 IOSD budget) came back.
+    assert!(placed.escrow_micros.unwrap() <= 6_135_000);
+    if kill_worker {
+        tokio::time::sleep(Duration::from_millis(1_000)).await;
+        worker.kill();
+    }
+    let ended = eventually(Duration::from_secs(30), || async {
+        let info: flotilla_proto::api::RequestInfo =
+            renter.get(&format!("requests/{}", created.id)).await.ok()?;
+        (info.state == "completed" && info.escrow_micros == Some(0)).then_some(info)
+    })
+    .await
+    .expect("the rental runs its hour and returns what is left");
+    assert_eq!(ended.metered_minutes, Some(60));
+    let (renter_left, supplier_got) = (iosd_of(&renter).await, iosd_of(&supplier).await);
+    let info: LedgerInfo = coordinator.client(None).get("ledger").await.unwrap();
+    let iosd = info.supply.iter().find(|s| s.token == "IOSD").unwrap();
+    assert_eq!(iosd.circulating_micros, 100 * TOKEN as i64);
+    // Whole minutes only: the supplier's share of each, and the renter paid the same minutes.
+    assert_eq!(supplier_got % 99_750, 0, "{supplier_got}");
+    let minutes = supplier_got / 99_750;
+    assert_eq!(renter_left, 100 * TOKEN as i64 - minutes * 102_250);
+    (minutes, renter_left)
+}
+
+async fn a_paid_rental_pays_every_minute_up(db: Db) {
+    let (minutes, _) = paid_rental(db, false).await;
+    assert_eq!(minutes, 60);
+}
+on_both_databases!(a_paid_rental_pays_every_minute_up);
+
+async fn a_paid_rental_does_not_charge_minutes_down(db: Db) {
+    let (minutes, _) = paid_rental(db, true).await;
+    assert!((1..60).contains(&minutes), "{minutes} minutes paid");
+}
+on_both_databases!(a_paid_rental_does_not_charge_minutes_down);

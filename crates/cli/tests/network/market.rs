@@ -198,7 +198,7 @@ async fn offers_are_searched_explained_and_priced(db: Db) {
 on_both_databases!(offers_are_searched_explained_and_priced);
 
 /// A request for one node of `gpus_per_node` GPUs matching `query`, normal priority.
-fn one_node(gpus_per_node: u32, query: &str) -> RequestSpec {
+pub(crate) fn one_node(gpus_per_node: u32, query: &str) -> RequestSpec {
     RequestSpec {
         nodes: 1,
         gpus_per_node,
@@ -209,11 +209,15 @@ fn one_node(gpus_per_node: u32, query: &str) -> RequestSpec {
         deadline_s: None,
         colocation: None,
         renter_region: None,
+        hours: None,
     }
 }
 
 /// Waits until the request is placed, and returns it.
-async fn until_placed(client: &flotilla_client::Client, request_id: &str) -> RequestInfo {
+pub(crate) async fn until_placed(
+    client: &flotilla_client::Client,
+    request_id: &str,
+) -> RequestInfo {
     eventually(Duration::from_secs(10), || async {
         let info: RequestInfo = client.get(&format!("requests/{request_id}")).await.ok()?;
         (info.state == "placed").then_some(info)
@@ -358,7 +362,7 @@ on_both_databases!(requests_are_placed_whole_wait_with_a_reason_and_cancel);
 
 /// Waits for `count` idle devices of the supplier's and prices the unpriced ones at
 /// `price_per_hour`.
-async fn price_idle_devices(
+pub(crate) async fn price_idle_devices(
     coordinator: &Coordinator,
     supplier: &str,
     count: usize,

@@ -70,6 +70,19 @@ async fn info(app: &AppState, row: RequestRow, explain: Explain) -> ApiResult<Re
     } else {
         None
     };
+    let spec_paid = spec.hours.is_some();
+    let escrow_micros = if spec_paid {
+        let escrow = flotilla_ledger::AccountId::escrow(&row.id, flotilla_ledger::Token::Iosd);
+        let accounts = app.store.ledger_accounts_of(&row.id).await?;
+        Some(
+            accounts
+                .iter()
+                .find(|a| a.id == escrow.to_string())
+                .map_or(0, |a| a.posted),
+        )
+    } else {
+        None
+    };
     Ok(RequestInfo {
         id: row.id,
         state: row.state,
@@ -81,6 +94,8 @@ async fn info(app: &AppState, row: RequestRow, explain: Explain) -> ApiResult<Re
         created_at: rfc3339(row.created_at_ms),
         placed_at: rfc3339_opt(row.placed_at_ms),
         feedback_stars: row.feedback_milli.map(|f| (f / 1_000) as u8),
+        escrow_micros,
+        metered_minutes: spec_paid.then_some(row.metered_minutes),
     })
 }
 
@@ -103,6 +118,7 @@ pub async fn create_request(
             format!("an account may have at most {QUEUED_PER_ACCOUNT_MAX} queued requests"),
         ));
     }
+    crate::rent::hold_budget(&app, &id, caller.account_id(), &spec).await?;
     let row = RequestRow {
         id,
         account_id: caller.account_id().to_owned(),
@@ -114,8 +130,12 @@ pub async fn create_request(
         placed_at_ms: None,
         ended_at_ms: None,
         feedback_milli: None,
+        metered_minutes: 0,
     };
-    app.store.insert_request(&row).await?;
+    if let Err(error) = app.store.insert_request(&row).await {
+        crate::rent::release_hold(&app, &row.id).await?;
+        return Err(error.into());
+    }
     Ok((
         axum::http::StatusCode::CREATED,
         Json(info(&app, row, Explain::Yes).await?),
@@ -176,7 +196,13 @@ pub async fn cancel_request(
     PathId(request_id): PathId,
 ) -> ApiResult<Json<RequestInfo>> {
     guard(&caller, true)?;
-    own(&app, &caller, &request_id).await?;
+    let before = own(&app, &caller, &request_id).await?;
+    let spec: RequestSpec = serde_json::from_str(&before.spec)
+        .map_err(|e| ApiError::Internal(format!("stored request spec: {e}")))?;
+    if before.state == REQUEST_PLACED {
+        // Pay the minutes that ran before the cancel; the rest of the escrow returns.
+        crate::rent::meter(&app, &before, &spec, now_ms()).await?;
+    }
     let held: Vec<String> = app
         .store
         .placements(&request_id)
@@ -196,6 +222,13 @@ pub async fn cancel_request(
     };
     if previous == REQUEST_PLACED {
         release(&app, &held).await;
+    }
+    if spec.hours.is_some() {
+        if previous == REQUEST_PLACED {
+            crate::rent::refund(&app, &before).await?;
+        } else {
+            crate::rent::release_hold(&app, &request_id).await?;
+        }
     }
     let row = own(&app, &caller, &request_id).await?;
     info(&app, row, Explain::Yes).await.map(Json)

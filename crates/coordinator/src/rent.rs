@@ -1,0 +1,283 @@
+//! Paid rentals: a request with `hours` is paid from escrow, minute by minute, for the time its
+//! nodes are up only.
+//!
+//! - Submitted: `budget_per_hour x hours` plus the renter's fee is held on the renter's IOSD
+//!   (hold `escrow-REQ`, voided if the request never runs).
+//! - Placed: the actual cost (the placement's prices x hours, plus fee) is posted from the hold
+//!   into the request's escrow account; the rest of the hold returns.
+//! - Each rent minute (`--rent-minute-ms`, a minute by default) the upkeep pays every node whose
+//!   devices are all hired (up and verified) at that moment: the minute's rent less the
+//!   supplier's fee to the supplier, both fees to the treasury. A node down is not charged.
+//! - After `hours`, or on cancel, or when the escrow cannot pay a minute (a costlier
+//!   replacement), the request ends and what is left in escrow returns to the renter.
+//!
+//! Every transfer's id derives from the request, node and minute, so metering twice (two
+//! coordinators, a restart) pays once.
+
+use std::collections::{BTreeMap, HashMap};
+
+use flotilla_ledger::rent::{NodeMinute, minute_transfers, quote};
+use flotilla_ledger::{AccountId, Kind, Op, Outcome, Token, Transfer, TransferError};
+use flotilla_proto::api::RequestSpec;
+use flotilla_proto::device::DeviceState;
+use flotilla_store::{PlacementRow, REQUEST_PLACED, RequestRow};
+
+use crate::error::{ApiError, ApiResult};
+use crate::ledger::LedgerError;
+use crate::{AppState, now_ms};
+
+/// Longest rental, in hours (30 days).
+pub const HOURS_MAX: u32 = 720;
+/// How long a paid request's hold waits for a placement before it returns.
+pub const QUEUED_HOLD_MS: i64 = 7 * 24 * 3_600_000;
+/// Placed requests metered per upkeep tick at most.
+const METERED_PER_TICK_MAX: u32 = 1_000;
+
+fn hold_id(request_id: &str) -> String {
+    format!("escrow-{request_id}")
+}
+
+fn escrow(request_id: &str) -> AccountId {
+    AccountId::escrow(request_id, Token::Iosd)
+}
+
+fn refusal_to_api(outcome: Outcome) -> ApiResult<()> {
+    match outcome {
+        Outcome::Applied(_) | Outcome::Duplicate { .. } => Ok(()),
+        Outcome::Refused(TransferError::InsufficientFunds { .. }) => Err(ApiError::conflict(
+            "insufficient_funds",
+            "the rental's budget times its hours, plus fees, is more than the IOSD available",
+        )),
+        Outcome::Refused(error) => Err(ApiError::Internal(error.to_string())),
+    }
+}
+
+/// Holds a paid request's most it can cost, before the request is stored.
+pub async fn hold_budget(
+    app: &AppState,
+    request_id: &str,
+    renter: &str,
+    spec: &RequestSpec,
+) -> ApiResult<()> {
+    let (Some(hours), Some(budget)) = (spec.hours, spec.budget_per_hour) else {
+        return Ok(());
+    };
+    let most = quote(&[budget], u64::from(hours), Token::Iosd, &app.config.fees)
+        .ok_or_else(|| ApiError::invalid("budget_per_hour", "times hours is too large"))?;
+    let hold = Transfer::new(
+        hold_id(request_id),
+        Kind::Escrow,
+        Op::Hold {
+            debit: AccountId::main(renter, Token::Iosd),
+            credit: escrow(request_id),
+            amount: most.total_micros,
+            expires_at_ms: now_ms().saturating_add(QUEUED_HOLD_MS),
+            on_expiry: flotilla_ledger::OnExpiry::Void,
+        },
+        request_id.to_owned(),
+    );
+    refusal_to_api(app.ledger.submit_one(hold).await?)
+}
+
+/// Each node's price per hour (its devices' sum), by node index.
+fn node_prices(placements: &[PlacementRow]) -> BTreeMap<u32, u64> {
+    let mut prices = BTreeMap::new();
+    for placement in placements {
+        *prices.entry(placement.node_index).or_insert(0) += placement.price_per_hour;
+    }
+    prices
+}
+
+/// Moves a placed request's actual cost from its hold into its escrow. False when the hold
+/// could not pay (it expired): the caller gives the devices back.
+pub async fn fund_placement(
+    app: &AppState,
+    request_id: &str,
+    spec: &RequestSpec,
+    placements: &[PlacementRow],
+) -> Result<bool, LedgerError> {
+    let Some(hours) = spec.hours else {
+        return Ok(true);
+    };
+    let prices: Vec<u64> = node_prices(placements).into_values().collect();
+    let Some(cost) = quote(&prices, u64::from(hours), Token::Iosd, &app.config.fees) else {
+        return Ok(false);
+    };
+    let post = Transfer::new(
+        format!("fund-{request_id}"),
+        Kind::Escrow,
+        Op::Post {
+            hold: hold_id(request_id),
+            amount: Some(cost.total_micros),
+        },
+        request_id.to_owned(),
+    );
+    let outcome = app.ledger.submit_one(post).await?;
+    Ok(matches!(
+        outcome,
+        Outcome::Applied(_) | Outcome::Duplicate { .. }
+    ))
+}
+
+/// Gives a queued paid request's hold back (it never ran).
+pub async fn release_hold(app: &AppState, request_id: &str) -> Result<(), LedgerError> {
+    let void = Transfer::new(
+        format!("unhold-{request_id}"),
+        Kind::Refund,
+        Op::Void {
+            hold: hold_id(request_id),
+        },
+        request_id.to_owned(),
+    );
+    app.ledger.submit_one(void).await.map(drop)
+}
+
+/// Returns what is left in a request's escrow to its renter.
+pub async fn refund(app: &AppState, row: &RequestRow) -> ApiResult<()> {
+    let left = app
+        .store
+        .ledger_accounts_of(&row.id)
+        .await?
+        .into_iter()
+        .find(|a| a.id == escrow(&row.id).to_string())
+        .map_or(0, |a| a.posted - a.held);
+    let Ok(amount @ 1..) = u64::try_from(left) else {
+        return Ok(());
+    };
+    let back = Transfer::moving(
+        format!("refund-{}", row.id),
+        Kind::Refund,
+        escrow(&row.id),
+        AccountId::main(&row.account_id, Token::Iosd),
+        amount,
+    )
+    .with_reference(row.id.clone());
+    refusal_to_api(app.ledger.submit_one(back).await?)
+}
+
+/// Meters every placed paid request up to now; ends those whose hours are over.
+pub async fn meter_all(app: &AppState) -> ApiResult<()> {
+    for row in app
+        .store
+        .requests_in_state(REQUEST_PLACED, METERED_PER_TICK_MAX)
+        .await?
+    {
+        let Ok(spec) = serde_json::from_str::<RequestSpec>(&row.spec) else {
+            continue;
+        };
+        if spec.hours.is_none() {
+            continue;
+        }
+        if !meter(app, &row, &spec, now_ms()).await? {
+            continue;
+        }
+        let devices: Vec<String> = app
+            .store
+            .placements(&row.id)
+            .await?
+            .into_iter()
+            .map(|p| p.device_id)
+            .collect();
+        if app.store.complete_request(&row.id, now_ms()).await? {
+            crate::scheduling::release(app, &devices).await;
+            refund(app, &row).await?;
+            tracing::info!(request_id = %row.id, "paid rental ended");
+        }
+    }
+    Ok(())
+}
+
+/// Pays the request's minutes completed by `now_ms` and not metered yet. True when the rental
+/// is over: all its minutes metered, or its escrow could not pay one.
+pub async fn meter(
+    app: &AppState,
+    row: &RequestRow,
+    spec: &RequestSpec,
+    now_ms: i64,
+) -> ApiResult<bool> {
+    let (Some(hours), Some(placed_at_ms)) = (spec.hours, row.placed_at_ms) else {
+        return Ok(false);
+    };
+    let total = u64::from(hours) * 60;
+    let minute_ms = i64::try_from(app.config.rent_minute_ms).unwrap_or(i64::MAX);
+    let elapsed = u64::try_from((now_ms - placed_at_ms) / minute_ms).unwrap_or(0);
+    let upto = elapsed.min(total);
+    if upto <= row.metered_minutes {
+        return Ok(upto == total);
+    }
+    let placements = app.store.placements(&row.id).await?;
+    let owners = suppliers(app, &placements).await?;
+    let mut groups: Vec<Vec<Transfer>> = Vec::new();
+    for (node_index, price) in node_prices(&placements) {
+        let node: Vec<&PlacementRow> = placements
+            .iter()
+            .filter(|p| p.node_index == node_index)
+            .collect();
+        let up = node.iter().all(|p| {
+            app.fleet
+                .lifecycle(&p.device_id)
+                .is_some_and(|l| l.state == DeviceState::Hired)
+        });
+        let Some(supplier) = owners.get(&node[0].worker_id) else {
+            continue;
+        };
+        if !up {
+            continue;
+        }
+        for minute in row.metered_minutes..upto {
+            let paid = NodeMinute {
+                escrow_owner: row.id.clone(),
+                supplier: supplier.clone(),
+                node_index,
+                minute,
+                price_per_hour: price,
+                token: Token::Iosd,
+            };
+            groups.push(minute_transfers(&paid, &app.config.fees));
+        }
+    }
+    let mut out_of_escrow = false;
+    for submission in pack(groups) {
+        for outcome in app.ledger.submit(submission).await? {
+            out_of_escrow |= matches!(
+                outcome,
+                Outcome::Refused(TransferError::InsufficientFunds { .. })
+            );
+        }
+    }
+    app.store.set_metered_minutes(&row.id, upto).await?;
+    Ok(upto == total || out_of_escrow)
+}
+
+/// Packs linked groups into submissions without splitting a group.
+fn pack(groups: Vec<Vec<Transfer>>) -> Vec<Vec<Transfer>> {
+    let mut submissions: Vec<Vec<Transfer>> = Vec::new();
+    for group in groups.into_iter().filter(|g| !g.is_empty()) {
+        let fits = submissions
+            .last()
+            .is_some_and(|s| s.len() + group.len() <= crate::ledger::SUBMISSION_TRANSFERS_MAX);
+        if fits {
+            submissions.last_mut().expect("checked").extend(group);
+        } else {
+            submissions.push(group);
+        }
+    }
+    submissions
+}
+
+/// The account owning each placement's worker.
+async fn suppliers(
+    app: &AppState,
+    placements: &[PlacementRow],
+) -> ApiResult<HashMap<String, String>> {
+    let mut owners = HashMap::new();
+    for placement in placements {
+        if owners.contains_key(&placement.worker_id) {
+            continue;
+        }
+        if let Some(owner) = app.store.worker_owner(&placement.worker_id).await? {
+            owners.insert(placement.worker_id.clone(), owner);
+        }
+    }
+    Ok(owners)
+}
