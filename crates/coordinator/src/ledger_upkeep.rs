@@ -273,9 +273,13 @@ pub async fn inclusion_proof(
     )))
 }
 
-/// The log up to the head as it is now: header, entries with each epoch's seal after its
-/// last entry, and the head signed now.
-pub async fn export_text(app: &AppState, page_entries: u32) -> ApiResult<String> {
+/// The log up to the head as it is when the export starts, as a stream of text chunks (one
+/// page of entries each, so memory stays bounded however long the log): the header, entries
+/// with each epoch's seal after its last entry, and that head signed now.
+pub async fn export_stream(
+    app: AppState,
+    page_entries: u32,
+) -> ApiResult<impl futures_util::Stream<Item = Result<String, std::io::Error>>> {
     let head = app.store.ledger_head().await?;
     let header = ExportHeader {
         format: EXPORT_FORMAT.into(),
@@ -283,38 +287,78 @@ pub async fn export_text(app: &AppState, page_entries: u32) -> ApiResult<String>
         public_key: app.ledger.public_key_hex(),
         epoch_ms: app.config.ledger_epoch_ms,
     };
-    let mut out = serde_json::to_string(&header).expect("a header serializes");
-    out.push('\n');
-    let mut seals = app
-        .store
-        .ledger_seals(0, u32::MAX)
-        .await?
-        .into_iter()
-        .peekable();
-    let mut seq = 1;
-    while seq <= head.seq {
-        let rows = app.store.ledger_entries(seq, page_entries).await?;
-        if rows.is_empty() {
-            break;
-        }
-        for row in rows {
-            if row.seq > head.seq {
-                break;
+    let mut first = serde_json::to_string(&header).expect("a header serializes");
+    first.push('\n');
+    let seals = app.store.ledger_seals(0, u32::MAX).await?;
+    let state = Export {
+        app,
+        head,
+        seals: seals.into_iter().peekable(),
+        next_seq: 1,
+        pending: Some(first),
+        done: false,
+    };
+    Ok(futures_util::stream::unfold(
+        state,
+        move |mut state| async move {
+            if let Some(chunk) = state.pending.take() {
+                return Some((Ok(chunk), state));
             }
-            let entry = entry_from_row(&row)?;
-            push_line(&mut out, &ExportLine::Entry(entry));
-            while let Some(seal) = seals.next_if(|s| s.first_seq + s.entry_count - 1 == row.seq) {
+            if state.done {
+                return None;
+            }
+            let chunk = state.next_chunk(page_entries).await.map_err(|e| {
+                state.done = true;
+                std::io::Error::other(e.to_string())
+            });
+            Some((chunk, state))
+        },
+    ))
+}
+
+/// Where an export stream stands.
+struct Export {
+    app: AppState,
+    head: flotilla_store::LedgerHeadRow,
+    seals: std::iter::Peekable<std::vec::IntoIter<EpochSealRow>>,
+    next_seq: u64,
+    pending: Option<String>,
+    done: bool,
+}
+
+impl Export {
+    /// The next page of entries (with the seals they close), or the signed head last.
+    async fn next_chunk(&mut self, page_entries: u32) -> ApiResult<String> {
+        let mut out = String::new();
+        let rows = if self.next_seq <= self.head.seq {
+            self.app
+                .store
+                .ledger_entries(self.next_seq, page_entries)
+                .await?
+        } else {
+            Vec::new()
+        };
+        for row in rows.iter().take_while(|r| r.seq <= self.head.seq) {
+            push_line(&mut out, &ExportLine::Entry(entry_from_row(row)?));
+            while let Some(seal) = self
+                .seals
+                .next_if(|s| s.first_seq + s.entry_count - 1 == row.seq)
+            {
                 let seal: EpochSeal = serde_json::from_str(&seal.seal)
                     .map_err(|e| ApiError::Internal(format!("stored seal: {e}")))?;
                 push_line(&mut out, &ExportLine::Seal(seal));
             }
-            seq = row.seq + 1;
+            self.next_seq = row.seq + 1;
         }
+        if rows.is_empty() || self.next_seq > self.head.seq {
+            let hash = decode_hash(&self.head.hash)
+                .ok_or_else(|| ApiError::Internal("ledger head".into()))?;
+            let signed = SignedHead::sign(self.head.seq, &hash, self.app.ledger.signing_key());
+            push_line(&mut out, &ExportLine::Head(signed));
+            self.done = true;
+        }
+        Ok(out)
     }
-    let hash = decode_hash(&head.hash).ok_or_else(|| ApiError::Internal("ledger head".into()))?;
-    let signed = SignedHead::sign(head.seq, &hash, app.ledger.signing_key());
-    push_line(&mut out, &ExportLine::Head(signed));
-    Ok(out)
 }
 
 fn push_line(out: &mut String, line: &ExportLine) {

@@ -36,7 +36,7 @@ const HISTORY_LIMIT_DEFAULT: u32 = 50;
 const HISTORY_LIMIT_MAX: u32 = 500;
 const EPOCHS_LIMIT_MAX: u32 = 500;
 /// Entries per page of an export read from the store.
-const EXPORT_PAGE_ENTRIES: u32 = 2_000;
+const EXPORT_PAGE_ENTRIES: u32 = 256;
 
 impl From<LedgerError> for ApiError {
     fn from(error: LedgerError) -> ApiError {
@@ -640,10 +640,10 @@ pub async fn export(
     ClientIp(ip): ClientIp,
 ) -> ApiResult<axum::response::Response> {
     super::market::limit_reads(&app, &ip)?;
-    let text = crate::ledger_upkeep::export_text(&app, EXPORT_PAGE_ENTRIES).await?;
+    let chunks = crate::ledger_upkeep::export_stream(app, EXPORT_PAGE_ENTRIES).await?;
     axum::response::Response::builder()
         .header("content-type", "application/x-ndjson")
-        .body(axum::body::Body::from(text))
+        .body(axum::body::Body::from_stream(chunks))
         .map_err(|e| ApiError::Internal(e.to_string()))
 }
 
