@@ -15,7 +15,7 @@ use flotilla_ledger::log::{
 };
 use flotilla_ledger::{AccountId, InclusionProof, Kind, Op, Outcome, Purpose, Token, Transfer};
 use flotilla_proto::device::model_key;
-use flotilla_store::{EpochSealRow, MarketRow};
+use flotilla_store::{EpochSealRow, MarketRow, WorkerStats};
 use tokio::sync::watch;
 
 use crate::error::{ApiError, ApiResult};
@@ -33,22 +33,31 @@ pub const SEAL_ENTRIES_MAX: usize = 4_000_000;
 pub async fn run(app: AppState, mut shutdown: watch::Receiver<bool>) {
     let mut ticker = tokio::time::interval(Duration::from_millis(app.config.ledger_tick_ms()));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut rewarded_epoch = None;
+    let mut rewards = RewardState::default();
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
             _ = shutdown.wait_for(|stop| *stop) => return,
         }
-        if let Err(error) = tick(&app, &mut rewarded_epoch).await {
+        if let Err(error) = tick(&app, &mut rewards).await {
             tracing::warn!(%error, "ledger upkeep incomplete; retrying next tick");
         }
     }
 }
 
-async fn tick(app: &AppState, rewarded_epoch: &mut Option<u64>) -> ApiResult<()> {
+/// What the reward step remembers between epochs: the last epoch paid, and each worker's
+/// uptime counters then, so an epoch's uptime is the change since (after a restart, until the
+/// first payout, the worker's lifetime fraction stands in).
+#[derive(Debug, Default)]
+struct RewardState {
+    epoch: Option<u64>,
+    marks: HashMap<String, WorkerStats>,
+}
+
+async fn tick(app: &AppState, rewards: &mut RewardState) -> ApiResult<()> {
     expire_due(app).await?;
     crate::rent::meter_all(app).await?;
-    pay_rewards(app, rewarded_epoch).await?;
+    pay_rewards(app, rewards).await?;
     seal_epochs(app).await?;
     close_proposals(app).await
 }
@@ -84,9 +93,12 @@ async fn expire_due(app: &AppState) -> ApiResult<()> {
 
 /// Devices that earn block rewards: up, verified (idle or hired), and covered by their
 /// supplier's stake (each supplier's devices in id order while the stake lasts).
-async fn reward_claims(app: &AppState) -> ApiResult<Vec<RewardClaim>> {
+async fn reward_claims(
+    app: &AppState,
+    stats: &HashMap<String, WorkerStats>,
+    marks: &HashMap<String, WorkerStats>,
+) -> ApiResult<Vec<RewardClaim>> {
     let rows = app.store.earning_rows().await?;
-    let stats = app.store.worker_stats().await?;
     let stakes: HashMap<String, i64> = app
         .store
         .ledger_accounts_like(":stake:IO")
@@ -112,13 +124,19 @@ async fn reward_claims(app: &AppState) -> ApiResult<Vec<RewardClaim>> {
                 break;
             }
             stake_left -= needed;
-            let worker = stats
+            let now = stats
                 .get(&row.device.worker_id)
                 .cloned()
                 .unwrap_or_default();
+            let then = marks
+                .get(&row.device.worker_id)
+                .cloned()
+                .unwrap_or_default();
+            let up_ms = now.up_ms.saturating_sub(then.up_ms);
+            let observed_ms = now.observed_ms.saturating_sub(then.observed_ms);
             // A worker not observed yet counts as up: it is up now.
-            let uptime_ppm = (worker.up_ms.min(worker.observed_ms) * 1_000_000)
-                .checked_div(worker.observed_ms)
+            let uptime_ppm = (up_ms.min(observed_ms) * 1_000_000)
+                .checked_div(observed_ms)
                 .unwrap_or(1_000_000);
             claims.push(RewardClaim {
                 device_id: row.device.id.clone(),
@@ -137,16 +155,17 @@ async fn reward_claims(app: &AppState) -> ApiResult<Vec<RewardClaim>> {
 /// Pays the epoch that ended last: its emission split by score among the devices earning
 /// now, exactly (largest remainder), plus a record of the payout. An epoch during which no
 /// coordinator ran is not emitted.
-async fn pay_rewards(app: &AppState, rewarded_epoch: &mut Option<u64>) -> ApiResult<()> {
+async fn pay_rewards(app: &AppState, rewards: &mut RewardState) -> ApiResult<()> {
     let epoch_ms = app.config.ledger_epoch_ms;
     let Some(epoch) = epoch_of(now_ms(), epoch_ms).checked_sub(1) else {
         return Ok(());
     };
-    if *rewarded_epoch == Some(epoch) {
+    if rewards.epoch == Some(epoch) {
         return Ok(());
     }
     let emission = app.config.emission.epoch_emission(epoch, epoch_ms);
-    let claims = reward_claims(app).await?;
+    let stats = app.store.worker_stats().await?;
+    let claims = reward_claims(app, &stats, &rewards.marks).await?;
     let scores: Vec<u128> = claims.iter().map(RewardClaim::score).collect();
     let shares = split_largest_remainder(emission, &scores);
     let mut transfers: Vec<Transfer> = claims
@@ -182,7 +201,10 @@ async fn pay_rewards(app: &AppState, rewarded_epoch: &mut Option<u64>) -> ApiRes
         linked: false,
     });
     submit_all(app, transfers).await?;
-    *rewarded_epoch = Some(epoch);
+    *rewards = RewardState {
+        epoch: Some(epoch),
+        marks: stats,
+    };
     Ok(())
 }
 
