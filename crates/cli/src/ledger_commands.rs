@@ -519,10 +519,15 @@ fn verify(file: &PathBuf, proofs: &[PathBuf], key: Option<&str>, output: Format)
         std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     let verified = verify_export(&text).map_err(|e| anyhow::anyhow!("invalid: {e}"))?;
     let signer = hex::encode(verified.public_key.to_bytes());
-    if let Some(trusted) = key
-        && trusted != signer
-    {
-        bail!("invalid: the export is signed by {signer}, not the trusted key {trusted}");
+    match key {
+        Some(trusted) if trusted != signer => {
+            bail!("invalid: the export is signed by {signer}, not the trusted key {trusted}")
+        }
+        Some(_) => {}
+        None => eprintln!(
+            "note: checked against the key the export names; pass --key with the coordinator's \
+             published key (flotilla ledger info) to know who signed it"
+        ),
     }
     for path in proofs {
         let proof: InclusionProof = serde_json::from_str(

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use flotilla_ledger::emission::{RewardClaim, minimum_stake_micros, split_largest_remainder};
 use flotilla_ledger::log::{
-    EXPORT_FORMAT, EXPORT_VERSION, EpochSeal, ExportHeader, ExportLine, SignedHead, decode_hash,
-    epoch_of,
+    EXPORT_FORMAT, EXPORT_VERSION, EpochSeal, ExportHeader, ExportLine, SEAL_PART_ENTRIES_MAX,
+    SignedHead, decode_hash, epoch_of,
 };
 use flotilla_ledger::{AccountId, InclusionProof, Kind, Op, Outcome, Purpose, Token, Transfer};
 use flotilla_proto::device::model_key;
@@ -22,18 +22,18 @@ use crate::error::{ApiError, ApiResult};
 use crate::ledger::{LedgerError, SUBMISSION_TRANSFERS_MAX, entry_from_row};
 use crate::{AppState, now_ms};
 
+/// How often the reconciler looks for money left behind by ended paid requests.
+const RECONCILE_INTERVAL_MS: u64 = 10_000;
 /// Holds expired per tick at most.
 const EXPIRIES_PER_TICK_MAX: u32 = 1_000;
 /// Entry hashes read per page when sealing or proving.
 const HASH_PAGE_ENTRIES: u32 = 10_000;
-/// Most entries one epoch seal may cover (bounds the memory a seal or proof takes: 64 bytes
-/// each); an epoch past it is sealed in parts of this size.
-pub const SEAL_ENTRIES_MAX: usize = 4_000_000;
 
 pub async fn run(app: AppState, mut shutdown: watch::Receiver<bool>) {
     let mut ticker = tokio::time::interval(Duration::from_millis(app.config.ledger_tick_ms()));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut rewards = RewardState::default();
+    let mut reconciled_at = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
@@ -41,6 +41,12 @@ pub async fn run(app: AppState, mut shutdown: watch::Receiver<bool>) {
         }
         if let Err(error) = tick(&app, &mut rewards).await {
             tracing::warn!(%error, "ledger upkeep incomplete; retrying next tick");
+        }
+        if reconciled_at.elapsed() >= Duration::from_millis(RECONCILE_INTERVAL_MS) {
+            reconciled_at = tokio::time::Instant::now();
+            if let Err(error) = crate::rent::reconcile(&app).await {
+                tracing::warn!(%error, "rent reconciler incomplete; retrying later");
+            }
         }
     }
 }
@@ -168,20 +174,19 @@ async fn pay_rewards(app: &AppState, rewards: &mut RewardState) -> ApiResult<()>
     let claims = reward_claims(app, &stats, &rewards.marks).await?;
     let scores: Vec<u128> = claims.iter().map(RewardClaim::score).collect();
     let shares = split_largest_remainder(emission, &scores);
-    let mut transfers: Vec<Transfer> = claims
+    let transfers: Vec<Transfer> = claims
         .iter()
         .zip(&shares)
         .filter(|(_, share)| **share > 0)
-        .map(|(claim, share)| Transfer {
-            id: format!("reward-{epoch}-{}", claim.device_id),
-            kind: Kind::Reward,
-            op: Op::Move {
-                debit: AccountId::system(Purpose::Emission, Token::Io),
-                credit: AccountId::main(&claim.supplier, Token::Io),
-                amount: *share,
-            },
-            reference: format!("epoch {epoch} device {}", claim.device_id),
-            linked: false,
+        .map(|(claim, share)| {
+            Transfer::moving(
+                format!("reward-{epoch}-{}", claim.device_id),
+                Kind::Reward,
+                AccountId::system(Purpose::Emission, Token::Io),
+                AccountId::main(&claim.supplier, Token::Io),
+                *share,
+            )
+            .with_reference(format!("epoch {epoch} device {}", claim.device_id))
         })
         .collect();
     let paid: u64 = shares.iter().sum();
@@ -191,16 +196,21 @@ async fn pay_rewards(app: &AppState, rewards: &mut RewardState) -> ApiResult<()>
         "paid_micros": paid,
         "devices": transfers.len(),
     });
-    transfers.push(Transfer {
-        id: format!("rewards-{epoch}"),
-        kind: Kind::Reward,
-        op: Op::Record {
+    // The record claims the epoch: whoever writes it first pays, once. A coordinator that
+    // restarted, or a second one, finds it written and pays nothing. A crash between the
+    // record and the payments under-pays that epoch; it never pays it twice.
+    let claim = Transfer::new(
+        format!("rewards-{epoch}"),
+        Kind::Reward,
+        Op::Record {
             body: record.to_string(),
         },
-        reference: format!("epoch {epoch}"),
-        linked: false,
-    });
-    submit_all(app, transfers).await?;
+        format!("epoch {epoch}"),
+    );
+    let claimed = matches!(app.ledger.submit_one(claim).await?, Outcome::Applied(_));
+    if claimed {
+        submit_all(app, transfers).await?;
+    }
     *rewards = RewardState {
         epoch: Some(epoch),
         marks: stats,
@@ -208,17 +218,15 @@ async fn pay_rewards(app: &AppState, rewards: &mut RewardState) -> ApiResult<()>
     Ok(())
 }
 
-/// Seals every finished epoch not sealed yet. An epoch is finished once the chain's head has
-/// passed its end: entry times never run backwards, so nothing can join it after that.
+/// Seals every finished epoch not sealed yet, and every full part of a long epoch. An epoch is
+/// finished once the chain's head has passed its end: entry times never run backwards, so
+/// nothing can join it after that.
 async fn seal_epochs(app: &AppState) -> ApiResult<()> {
     let epoch_ms = app.config.ledger_epoch_ms;
     let head = app.store.ledger_head().await?;
+    let mut last = app.store.ledger_last_seal().await?;
     loop {
-        let next_seq = app
-            .store
-            .ledger_last_seal()
-            .await?
-            .map_or(1, |s| s.first_seq + s.entry_count);
+        let next_seq = last.as_ref().map_or(1, |s| s.first_seq + s.entry_count);
         if next_seq > head.seq {
             return Ok(());
         }
@@ -227,25 +235,41 @@ async fn seal_epochs(app: &AppState) -> ApiResult<()> {
         };
         let epoch = epoch_of(first_at_ms, epoch_ms);
         let end_ms = i64::try_from((epoch + 1).saturating_mul(epoch_ms)).unwrap_or(i64::MAX);
-        if head.at_ms < end_ms {
+        let hashes = epoch_hashes(app, next_seq, end_ms).await?;
+        let full = hashes.len() == SEAL_PART_ENTRIES_MAX;
+        if head.at_ms < end_ms && !full {
             return Ok(());
         }
-        let hashes = epoch_hashes(app, next_seq, end_ms).await?;
-        let seal = EpochSeal::sign_hashes(epoch, next_seq, &hashes, app.ledger.signing_key());
+        let part = match &last {
+            Some(seal) if seal.epoch == epoch => seal.part + 1,
+            _ => 0,
+        };
+        let seal = EpochSeal::sign_hashes(epoch, part, next_seq, &hashes, app.ledger.signing_key());
         let row = EpochSealRow {
             epoch,
+            part,
             first_seq: next_seq,
             entry_count: hashes.len() as u64,
             seal: serde_json::to_string(&seal).expect("a seal serializes"),
             rewards_paid_micros: None,
         };
-        app.store.insert_epoch_seal(&row).await?;
-        tracing::info!(epoch, entries = hashes.len(), "ledger epoch sealed");
+        if app.store.insert_epoch_seal(&row).await? {
+            tracing::info!(epoch, part, entries = hashes.len(), "ledger epoch sealed");
+        }
+        // Another coordinator may have sealed it first: go on from whatever is stored.
+        let stored = app.store.ledger_last_seal().await?;
+        let after = stored.as_ref().map_or(1, |s| s.first_seq + s.entry_count);
+        if after <= next_seq {
+            return Err(ApiError::Internal(format!(
+                "sealing epoch {epoch} part {part} made no progress"
+            )));
+        }
+        last = stored;
     }
 }
 
 /// Hashes of the entries from `first_seq` up to (not including) the first at or after
-/// `end_ms`, at most [`SEAL_ENTRIES_MAX`].
+/// `end_ms`, at most [`SEAL_PART_ENTRIES_MAX`].
 async fn epoch_hashes(
     app: &AppState,
     first_seq: u64,
@@ -257,7 +281,7 @@ async fn epoch_hashes(
         let page = app.store.ledger_hashes(seq, HASH_PAGE_ENTRIES).await?;
         let page_len = page.len();
         for (entry_seq, at_ms, hash) in page {
-            if at_ms >= end_ms || hashes.len() >= SEAL_ENTRIES_MAX {
+            if at_ms >= end_ms || hashes.len() >= SEAL_PART_ENTRIES_MAX {
                 return Ok(hashes);
             }
             hashes.push(
@@ -430,14 +454,21 @@ async fn close_proposals(app: &AppState) -> ApiResult<()> {
             id: format!("tally-{}", proposal.id),
             kind: Kind::Governance,
             op: Op::Record { body: body.clone() },
-            reference: proposal.title.chars().take(200).collect(),
+            reference: proposal
+                .title
+                .chars()
+                .filter(|c| !c.is_control())
+                .take(200)
+                .collect(),
             linked: false,
         };
         let seq = match app.ledger.submit_one(record).await? {
             Outcome::Applied(entry) => entry.seq,
             Outcome::Duplicate { seq } => seq,
             Outcome::Refused(error) => {
-                return Err(ApiError::Internal(format!("tally refused: {error}")));
+                // One bad proposal must not keep the others from closing.
+                tracing::warn!(proposal_id = %proposal.id, %error, "tally refused");
+                continue;
             }
         };
         app.store.close_proposal(&proposal.id, &body, seq).await?;

@@ -32,6 +32,8 @@ pub const HOURS_MAX: u32 = 720;
 pub const QUEUED_HOLD_MS: i64 = 7 * 24 * 3_600_000;
 /// Placed requests metered per upkeep tick at most.
 const METERED_PER_TICK_MAX: u32 = 1_000;
+/// Holds one reconciler run looks at, at most.
+const RECONCILED_PER_RUN_MAX: u32 = 1_000;
 
 fn hold_id(request_id: &str) -> String {
     format!("escrow-{request_id}")
@@ -48,6 +50,9 @@ fn refusal_to_api(outcome: Outcome) -> ApiResult<()> {
             "insufficient_funds",
             "the rental's budget times its hours, plus fees, is more than the IOSD available",
         )),
+        Outcome::Refused(TransferError::Invalid { problem, .. }) => {
+            Err(ApiError::invalid("budget_per_hour", problem))
+        }
         Outcome::Refused(error) => Err(ApiError::Internal(error.to_string())),
     }
 }
@@ -62,15 +67,24 @@ pub async fn hold_budget(
     let (Some(hours), Some(budget)) = (spec.hours, spec.budget_per_hour) else {
         return Ok(());
     };
-    let most = quote(&[budget], u64::from(hours), Token::Iosd, &app.config.fees)
-        .ok_or_else(|| ApiError::invalid("budget_per_hour", "times hours is too large"))?;
+    let too_large = || ApiError::invalid("budget_per_hour", "times hours is too large");
+    let most =
+        quote(&[budget], u64::from(hours), Token::Iosd, &app.config.fees).ok_or_else(too_large)?;
+    // The fee is rounded up per node and minute, so a placement on several nodes may cost up
+    // to one base unit more per node-minute than the budget's own quote.
+    let rounding = u64::from(spec.nodes) * 60 * u64::from(hours);
+    let amount = most
+        .total_micros
+        .checked_add(rounding)
+        .filter(|a| *a <= flotilla_ledger::book::AMOUNT_MAX)
+        .ok_or_else(too_large)?;
     let hold = Transfer::new(
         hold_id(request_id),
         Kind::Escrow,
         Op::Hold {
             debit: AccountId::main(renter, Token::Iosd),
             credit: escrow(request_id),
-            amount: most.total_micros,
+            amount,
             expires_at_ms: now_ms().saturating_add(QUEUED_HOLD_MS),
             on_expiry: flotilla_ledger::OnExpiry::Void,
         },
@@ -144,8 +158,10 @@ pub async fn refund(app: &AppState, row: &RequestRow) -> ApiResult<()> {
     let Ok(amount @ 1..) = u64::try_from(left) else {
         return Ok(());
     };
+    // Named by the amount too: a later refund of what arrived after this one (a placement
+    // funded as it was cancelled) is another transfer, not a conflicting retry.
     let back = Transfer::moving(
-        format!("refund-{}", row.id),
+        format!("refund-{}-{amount}", row.id),
         Kind::Refund,
         escrow(&row.id),
         AccountId::main(&row.account_id, Token::Iosd),
@@ -247,6 +263,38 @@ pub async fn meter(
     }
     app.store.set_metered_minutes(&row.id, upto).await?;
     Ok(upto == total || out_of_escrow)
+}
+
+/// The reconciler: money of paid requests that ended must not stay behind. Returns escrow
+/// balances of ended requests to their renters (a refund that failed, or a placement funded
+/// as it was cancelled) and voids the holds of requests that ended before placement.
+pub async fn reconcile(app: &AppState) -> ApiResult<()> {
+    for account in app.store.ledger_accounts_like(":escrow:IOSD").await? {
+        if account.posted - account.held <= 0 {
+            continue;
+        }
+        let Some(row) = app.store.request_by_id(&account.owner).await? else {
+            continue;
+        };
+        if row.state != REQUEST_PLACED && row.state != flotilla_store::REQUEST_QUEUED {
+            tracing::info!(request_id = %row.id, "reconciler returns an ended request's escrow");
+            refund(app, &row).await?;
+        }
+    }
+    for hold in app
+        .store
+        .ledger_open_hold_ids("escrow-", RECONCILED_PER_RUN_MAX)
+        .await?
+    {
+        let request_id = hold.trim_start_matches("escrow-");
+        let Some(row) = app.store.request_by_id(request_id).await? else {
+            continue;
+        };
+        if row.state != REQUEST_PLACED && row.state != flotilla_store::REQUEST_QUEUED {
+            release_hold(app, request_id).await?;
+        }
+    }
+    Ok(())
 }
 
 /// Packs linked groups into submissions without splitting a group.

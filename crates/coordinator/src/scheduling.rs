@@ -117,7 +117,7 @@ pub fn to_request(
         (Some(hours), _) if !(1..=crate::rent::HOURS_MAX).contains(&hours) => {
             return Err(spec_error("hours", "must be between 1 and 720"));
         }
-        (Some(_), None) => {
+        (Some(_), None | Some(0)) => {
             return Err(spec_error(
                 "budget_per_hour",
                 "a paid rental (hours) needs a budget to hold",
@@ -292,7 +292,15 @@ async fn fund_or_cancel(
         return;
     };
     match crate::rent::fund_placement(app, &row.id, &spec, rows).await {
-        Ok(true) => {}
+        Ok(true) => {
+            // Cancelled while being funded: the cancel's refund may have found nothing yet.
+            if let Ok(Some(now)) = app.store.request_by_id(&row.id).await
+                && now.state != flotilla_store::REQUEST_PLACED
+                && let Err(error) = crate::rent::refund(app, &now).await
+            {
+                tracing::warn!(request_id = %row.id, %error, "refund left to the reconciler");
+            }
+        }
         outcome => {
             tracing::warn!(request_id = %row.id, ?outcome, "a paid request's hold could not fund it; cancelled");
             if let Err(error) = app

@@ -405,7 +405,8 @@ impl Book {
             let outcome = self.apply_one(transfer, now_ms, &mut undo);
             let failed = matches!(outcome, Outcome::Refused(_));
             outcomes.push(outcome);
-            if failed && chain.len() > 1 {
+            if failed {
+                // Also for a lone transfer: its debit may have applied before its credit failed.
                 self.roll_back(undo);
                 for earlier in &mut outcomes[first..first + index] {
                     *earlier = Outcome::Refused(TransferError::LinkedFailed);
@@ -452,11 +453,13 @@ impl Book {
                 })
             };
         }
-        let effect = match self.check(transfer, now_ms) {
+        // The chain's time never runs backwards (coordinators' clocks differ a little); holds
+        // are judged at the time the entry will carry.
+        let at_ms = now_ms.max(self.head.at_ms);
+        let effect = match self.check(transfer, at_ms) {
             Ok(effect) => effect,
             Err(error) => return Outcome::Refused(error),
         };
-        let at_ms = now_ms.max(self.head.at_ms);
         let entry = Entry {
             seq: self.head.seq + 1,
             id: transfer.id.clone(),
@@ -579,12 +582,31 @@ impl Book {
 
     /// Applies an entry's effect, refusing one that would overdraw an account that may not go
     /// below zero. Used both for new entries and to replay a log.
+    ///
+    /// Beyond balances, it re-checks what the book's rules guarantee of any entry it wrote, so
+    /// a log signed by a careless or dishonest coordinator does not verify either: accounts of
+    /// one token, amounts in range, ids used once, and holds resolved as their expiry allows.
     pub fn replay(&mut self, entry: &Entry) -> Result<(), TransferError> {
+        if self.seen.contains_key(&entry.id) {
+            return Err(TransferError::IdReused {
+                id: entry.id.clone(),
+            });
+        }
+        check_text("id", &entry.id, 1, TRANSFER_ID_BYTES_MAX)?;
+        check_text("reference", &entry.reference, 0, REFERENCE_BYTES_MAX)?;
+        self.check_effect(entry)?;
         let mut undo = Vec::new();
         let result = self.apply_effect(entry, &mut undo);
         if result.is_err() {
             self.roll_back(undo);
         } else {
+            self.seen.insert(
+                entry.id.clone(),
+                Seen {
+                    digest: [0; 32],
+                    seq: entry.seq,
+                },
+            );
             self.head = Head {
                 seq: entry.seq,
                 hash: entry_hash(entry),
@@ -592,6 +614,51 @@ impl Book {
             };
         }
         result
+    }
+
+    /// The rules an effect must satisfy that [`Book::check`] enforced when it was made.
+    fn check_effect(&self, entry: &Entry) -> Result<(), TransferError> {
+        match &entry.effect {
+            Effect::Move {
+                debit,
+                credit,
+                amount,
+            }
+            | Effect::Hold {
+                debit,
+                credit,
+                amount,
+                ..
+            } => check_pair(debit, credit, *amount),
+            Effect::Resolve {
+                hold,
+                posted,
+                resolution,
+                ..
+            } => {
+                let open = self.open_hold(hold)?;
+                let allowed = match resolution {
+                    Resolution::Posted => entry.at_ms < open.expires_at_ms,
+                    Resolution::Voided => *posted == 0,
+                    Resolution::Expired => {
+                        let due = match open.on_expiry {
+                            OnExpiry::Post => open.amount,
+                            OnExpiry::Void => 0,
+                        };
+                        entry.at_ms >= open.expires_at_ms && *posted == due
+                    }
+                };
+                if allowed {
+                    Ok(())
+                } else {
+                    Err(TransferError::invalid(
+                        "effect",
+                        "resolves its hold against the hold's expiry rule",
+                    ))
+                }
+            }
+            Effect::Record { body } => check_text("body", body, 1, RECORD_BYTES_MAX),
+        }
     }
 
     fn apply_effect(&mut self, entry: &Entry, undo: &mut Vec<Undo>) -> Result<(), TransferError> {

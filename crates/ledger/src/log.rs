@@ -5,8 +5,10 @@
 //! Export format (JSON lines, one object per line): a header
 //! `{"format":"flotilla-ledger-export","version":1,"public_key":HEX,"epoch_ms":N}`, then
 //! `{"entry":ENTRY}` lines in sequence order with `{"seal":SEAL}` lines after each epoch's
-//! entries, and last `{"head":HEAD}`, the chain's end signed at export time, so no byte of
-//! the file, the last entries included, can change unnoticed.
+//! entries (or each part of a long epoch's), and last `{"head":HEAD}`, the chain's end signed
+//! at export time, so no entry, seal or head, the last entries included, can change
+//! unnoticed. (Bytes that do not change what a line says, such as an unknown field added to
+//! an entry, are not covered: what is verified is the parsed content.)
 
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use flotilla_proof::merkle;
@@ -21,6 +23,9 @@ pub const EXPORT_FORMAT: &str = "flotilla-ledger-export";
 pub const EXPORT_VERSION: u32 = 1;
 /// Longest line of an export, in bytes (an entry's fields are bounded far below this).
 pub const EXPORT_LINE_BYTES_MAX: usize = 64 * 1024;
+/// Most entries under one seal: an epoch with more is sealed in parts, so building a seal or
+/// an inclusion proof holds at most this many hashes (8 MiB) in memory.
+pub const SEAL_PART_ENTRIES_MAX: usize = 1 << 18;
 
 const ENTRY_DOMAIN: &[u8] = b"flotilla-ledger-entry-v1";
 const SEAL_DOMAIN: &[u8] = b"flotilla-ledger-epoch-v1";
@@ -46,6 +51,8 @@ pub fn epoch_of(at_ms: i64, epoch_ms: u64) -> u64 {
 #[serde(deny_unknown_fields)]
 pub struct EpochSeal {
     pub epoch: u64,
+    /// An epoch longer than [`SEAL_PART_ENTRIES_MAX`] entries is sealed in parts 0, 1, ...
+    pub part: u32,
     pub first_seq: u64,
     pub entry_count: u64,
     /// Merkle root over the entries' hashes, in sequence order.
@@ -57,17 +64,23 @@ pub struct EpochSeal {
 
 impl EpochSeal {
     /// Seals `entries` (one epoch's, in order, at least one) with `key`.
-    pub fn sign(epoch: u64, entries: &[Entry], key: &SigningKey) -> EpochSeal {
+    pub fn sign(epoch: u64, part: u32, entries: &[Entry], key: &SigningKey) -> EpochSeal {
         assert!(
             !entries.is_empty(),
             "an epoch seal covers at least one entry"
         );
         let hashes: Vec<Hash> = entries.iter().map(entry_hash).collect();
-        EpochSeal::sign_hashes(epoch, entries[0].seq, &hashes, key)
+        EpochSeal::sign_hashes(epoch, part, entries[0].seq, &hashes, key)
     }
 
     /// Seals an epoch given its entries' hashes in order, the first being entry `first_seq`.
-    pub fn sign_hashes(epoch: u64, first_seq: u64, hashes: &[Hash], key: &SigningKey) -> EpochSeal {
+    pub fn sign_hashes(
+        epoch: u64,
+        part: u32,
+        first_seq: u64,
+        hashes: &[Hash],
+        key: &SigningKey,
+    ) -> EpochSeal {
         assert!(
             !hashes.is_empty(),
             "an epoch seal covers at least one entry"
@@ -76,6 +89,7 @@ impl EpochSeal {
         let last = *hashes.last().expect("at least one entry");
         let mut seal = EpochSeal {
             epoch,
+            part,
             first_seq,
             entry_count: hashes.len() as u64,
             root: hex::encode(root),
@@ -89,6 +103,7 @@ impl EpochSeal {
     fn message(&self) -> Vec<u8> {
         let mut message = SEAL_DOMAIN.to_vec();
         message.extend_from_slice(&self.epoch.to_be_bytes());
+        message.extend_from_slice(&self.part.to_be_bytes());
         message.extend_from_slice(&self.first_seq.to_be_bytes());
         message.extend_from_slice(&self.entry_count.to_be_bytes());
         message.extend_from_slice(self.root.as_bytes());
@@ -325,7 +340,8 @@ struct ChainVerifier {
     /// Hashes of entries not yet covered by a seal, with their epoch.
     pending: Vec<(u64, u64, Hash)>,
     epochs_sealed: u64,
-    last_sealed_epoch: Option<u64>,
+    /// The last seal's epoch and part.
+    last_sealed: Option<(u64, u32)>,
 }
 
 impl ChainVerifier {
@@ -339,7 +355,7 @@ impl ChainVerifier {
             last_at_ms: 0,
             pending: Vec::new(),
             epochs_sealed: 0,
-            last_sealed_epoch: None,
+            last_sealed: None,
         }
     }
 
@@ -361,7 +377,7 @@ impl ChainVerifier {
             return fail("time runs backwards");
         }
         let epoch = epoch_of(entry.at_ms, self.epoch_ms);
-        if self.last_sealed_epoch.is_some_and(|sealed| epoch <= sealed) {
+        if self.last_sealed.is_some_and(|(sealed, _)| epoch < sealed) {
             return fail("belongs to an epoch already sealed");
         }
         if let Err(error) = self.book.replay(&entry) {
@@ -388,8 +404,16 @@ impl ChainVerifier {
             .iter()
             .take_while(|(epoch, _, _)| *epoch == seal.epoch)
             .count();
-        if count == 0 || count != self.pending.len() {
+        if count == 0 || count != self.pending.len() || count > SEAL_PART_ENTRIES_MAX {
             return fail("must follow exactly its own epoch's entries");
+        }
+        let part_expected = match self.last_sealed {
+            Some((epoch, part)) if epoch == seal.epoch => part.checked_add(1),
+            Some((epoch, _)) if epoch > seal.epoch => None,
+            _ => Some(0),
+        };
+        if part_expected != Some(seal.part) {
+            return fail("parts of an epoch are sealed in order from 0");
         }
         let hashes: Vec<Hash> = self.pending.iter().map(|(_, _, h)| *h).collect();
         if seal.first_seq != self.pending[0].1 || seal.entry_count != count as u64 {
@@ -404,7 +428,7 @@ impl ChainVerifier {
         seal.verify_signature(&self.key)?;
         self.pending.clear();
         self.epochs_sealed += 1;
-        self.last_sealed_epoch = Some(seal.epoch);
+        self.last_sealed = Some((seal.epoch, seal.part));
         Ok(())
     }
 

@@ -153,7 +153,29 @@ pub fn minute_transfers(minute: &NodeMinute, fees: &FeePolicy) -> Vec<Transfer> 
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    proptest! {
+        /// Fees round up per node and minute, so nodes sharing a budget may cost up to one base
+        /// unit per node-minute more than the budget's own quote, never more.
+        #[test]
+        fn nodes_cost_at_most_the_budget_quote_plus_rounding(
+            prices in prop::collection::vec(1u64..5_000_000, 1..8),
+            hours in 1u64..48,
+            stable in any::<bool>(),
+        ) {
+            let token = if stable { Token::Iosd } else { Token::Io };
+            let fees = FeePolicy::default();
+            let budget: u64 = prices.iter().sum();
+            let nodes = quote(&prices, hours, token, &fees).unwrap();
+            let whole = quote(&[budget], hours, token, &fees).unwrap();
+            let rounding = prices.len() as u64 * 60 * hours;
+            prop_assert!(nodes.total_micros <= whole.total_micros + rounding);
+            prop_assert_eq!(nodes.rent_micros, whole.rent_micros);
+        }
+    }
 
     #[test]
     fn sixty_minutes_pay_the_hour_exactly() {

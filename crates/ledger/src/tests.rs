@@ -701,7 +701,7 @@ fn exported(key: &SigningKey) -> (Vec<Entry>, String) {
         }
         // The last epoch stays open.
         if end < entries.len() {
-            let seal = EpochSeal::sign(epoch, &entries[start..end], key);
+            let seal = EpochSeal::sign(epoch, 0, &entries[start..end], key);
             lines.push(serde_json::to_string(&ExportLine::Seal(seal)).unwrap());
         }
         start = end;
@@ -773,7 +773,7 @@ fn inclusion_proofs_verify_for_every_entry_and_fail_when_altered() {
         .filter(|e| epoch_of(e.at_ms, EPOCH_MS) == 1)
         .cloned()
         .collect();
-    let seal = EpochSeal::sign(1, &epoch, &key);
+    let seal = EpochSeal::sign(1, 0, &epoch, &key);
     for index in 0..epoch.len() {
         let proof = InclusionProof::build(&epoch, index, seal.clone());
         proof.verify(&key.verifying_key()).unwrap();
@@ -797,4 +797,126 @@ proptest! {
     fn the_export_verifier_never_panics_on_garbage(text in "\\PC{0,400}") {
         let _ = verify_export(&text);
     }
+}
+
+#[test]
+fn replay_refuses_entries_the_book_would_never_write() {
+    let mut book = Book::default();
+    let mut entries = Vec::new();
+    let hold = transfer(
+        "h",
+        Kind::Escrow,
+        Op::Hold {
+            debit: main("usr_a", Token::Iosd),
+            credit: AccountId::escrow("req_x", Token::Iosd),
+            amount: 10,
+            expires_at_ms: 100,
+            on_expiry: OnExpiry::Void,
+        },
+    );
+    let batch = [
+        mv("d", external(Token::Iosd), main("usr_a", Token::Iosd), 50),
+        hold,
+    ];
+    for outcome in book.apply_batch(&batch, 0) {
+        entries.push(applied(&outcome).clone());
+    }
+    let fresh = || {
+        let mut replayed = Book::default();
+        for entry in &entries {
+            replayed.replay(entry).unwrap();
+        }
+        replayed
+    };
+    let forged = |effect: crate::book::Effect, id: &str, at_ms: i64| Entry {
+        seq: 3,
+        id: id.into(),
+        at_ms,
+        kind: Kind::Transfer,
+        reference: String::new(),
+        effect,
+        prev_hash: hex::encode(book.head().hash),
+    };
+    let across_tokens = crate::book::Effect::Move {
+        debit: main("usr_a", Token::Iosd),
+        credit: main("usr_b", Token::Io),
+        amount: 1,
+    };
+    let early_expiry = crate::book::Effect::Resolve {
+        hold: "h".into(),
+        debit: main("usr_a", Token::Iosd),
+        credit: AccountId::escrow("req_x", Token::Iosd),
+        posted: 0,
+        released: 10,
+        resolution: crate::book::Resolution::Expired,
+    };
+    let expired_but_paid = crate::book::Effect::Resolve {
+        hold: "h".into(),
+        debit: main("usr_a", Token::Iosd),
+        credit: AccountId::escrow("req_x", Token::Iosd),
+        posted: 10,
+        released: 0,
+        resolution: crate::book::Resolution::Expired,
+    };
+    let zero = crate::book::Effect::Move {
+        debit: main("usr_a", Token::Iosd),
+        credit: main("usr_b", Token::Iosd),
+        amount: 0,
+    };
+    let fine = crate::book::Effect::Move {
+        debit: main("usr_a", Token::Iosd),
+        credit: main("usr_b", Token::Iosd),
+        amount: 1,
+    };
+    for (effect, id, at_ms) in [
+        (across_tokens, "x1", 5),
+        (early_expiry, "x2", 99),
+        (expired_but_paid, "x3", 100),
+        (zero, "x4", 5),
+        (fine.clone(), "d", 5),
+    ] {
+        let mut replayed = fresh();
+        assert!(replayed.replay(&forged(effect, id, at_ms)).is_err(), "{id}");
+    }
+    fresh().replay(&forged(fine, "x5", 5)).unwrap();
+}
+
+#[test]
+fn a_long_epoch_verifies_in_parts_sealed_in_order() {
+    let key = SigningKey::from_bytes(&[5; 32]);
+    let mut book = Book::default();
+    let entries: Vec<Entry> = (0..10)
+        .map(|i| {
+            let deposit = mv(
+                &format!("p{i}"),
+                external(Token::Io),
+                main("usr_a", Token::Io),
+                1,
+            );
+            applied(&book.apply_batch(&[deposit], 1)[0]).clone()
+        })
+        .collect();
+    let header = ExportHeader {
+        format: EXPORT_FORMAT.into(),
+        version: EXPORT_VERSION,
+        public_key: hex::encode(key.verifying_key().to_bytes()),
+        epoch_ms: EPOCH_MS,
+    };
+    let text = |parts: [u32; 2]| {
+        let mut lines = vec![serde_json::to_string(&header).unwrap()];
+        for (range, part) in [(0..6, parts[0]), (6..10, parts[1])] {
+            for entry in &entries[range.clone()] {
+                lines.push(serde_json::to_string(&ExportLine::Entry(entry.clone())).unwrap());
+            }
+            let seal = EpochSeal::sign(0, part, &entries[range], &key);
+            lines.push(serde_json::to_string(&ExportLine::Seal(seal)).unwrap());
+        }
+        let head = SignedHead::sign(book.head().seq, &book.head().hash, &key);
+        lines.push(serde_json::to_string(&ExportLine::Head(head)).unwrap());
+        lines.join("\n")
+    };
+    let verified = verify_export(&text([0, 1])).unwrap();
+    assert_eq!((verified.epochs_sealed, verified.entries_unsealed), (2, 0));
+    assert!(verify_export(&text([0, 0])).is_err());
+    assert!(verify_export(&text([1, 2])).is_err());
 }

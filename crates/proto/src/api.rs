@@ -670,6 +670,8 @@ pub struct SupplyInfo {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct EpochInfo {
     pub epoch: u64,
+    /// A long epoch is sealed in parts (0, 1, ...).
+    pub part: u32,
     pub first_seq: u64,
     pub entry_count: u64,
     pub root: String,

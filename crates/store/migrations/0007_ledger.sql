@@ -50,15 +50,19 @@ CREATE TABLE ledger_holds (
 CREATE INDEX ledger_holds_due ON ledger_holds (is_open, expires_at_ms);
 CREATE INDEX ledger_holds_owner ON ledger_holds (debit_owner, is_open);
 
+-- An epoch of more than 2^18 entries is sealed in parts.
 CREATE TABLE ledger_epochs (
-    epoch BIGINT PRIMARY KEY,
+    epoch BIGINT NOT NULL,
+    part BIGINT NOT NULL,
     first_seq BIGINT NOT NULL,
     entry_count BIGINT NOT NULL,
     -- The signed seal as JSON.
     seal TEXT NOT NULL,
     -- IO emitted for the epoch's block rewards, once paid (null before).
-    rewards_paid_micros BIGINT
+    rewards_paid_micros BIGINT,
+    PRIMARY KEY (epoch, part)
 );
+CREATE INDEX ledger_epochs_first_seq ON ledger_epochs (first_seq);
 
 -- The coordinator's ledger signing key (ed25519), shared by every coordinator on this database.
 CREATE TABLE ledger_keys (

@@ -60,6 +60,7 @@ pub struct LedgerSeenRow {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EpochSealRow {
     pub epoch: u64,
+    pub part: u32,
     pub first_seq: u64,
     pub entry_count: u64,
     /// The signed seal as JSON.
@@ -85,6 +86,7 @@ fn entry_from(row: &AnyRow) -> Result<LedgerEntryRow> {
 fn seal_from(row: &AnyRow) -> Result<EpochSealRow> {
     Ok(EpochSealRow {
         epoch: to_u64(col(row, "epoch")?),
+        part: u32::try_from(col::<i64>(row, "part")?).unwrap_or(u32::MAX),
         first_seq: to_u64(col(row, "first_seq")?),
         entry_count: to_u64(col(row, "entry_count")?),
         seal: col(row, "seal")?,
@@ -280,6 +282,18 @@ impl Store {
         Ok(ids)
     }
 
+    /// Ids of open holds whose id starts with `prefix` (the reconciler's sweep).
+    pub async fn ledger_open_hold_ids(&self, prefix: &str, limit: u32) -> Result<Vec<String>> {
+        let ids = sqlx::query_scalar(
+            "SELECT id FROM ledger_holds WHERE is_open = 1 AND id LIKE $1 ORDER BY id LIMIT $2",
+        )
+        .bind(format!("{prefix}%"))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(ids)
+    }
+
     /// Open holds on accounts of `owner` (for a wallet's view).
     pub async fn ledger_open_holds(&self, owner: &str) -> Result<Vec<LedgerHoldRow>> {
         let rows = sqlx::query(
@@ -292,11 +306,11 @@ impl Store {
         rows.iter().map(hold_from).collect()
     }
 
-    /// The last sealed epoch, if any.
+    /// The last seal (epoch and part), if any.
     pub async fn ledger_last_seal(&self) -> Result<Option<EpochSealRow>> {
         let row = sqlx::query(
-            "SELECT epoch, first_seq, entry_count, seal, rewards_paid_micros FROM ledger_epochs \
-             ORDER BY epoch DESC LIMIT 1",
+            "SELECT epoch, part, first_seq, entry_count, seal, rewards_paid_micros FROM ledger_epochs \
+             ORDER BY epoch DESC, part DESC LIMIT 1",
         )
         .fetch_optional(&self.pool)
         .await?;
@@ -306,8 +320,8 @@ impl Store {
     /// Seals from epoch `from` on, in order, at most `limit`.
     pub async fn ledger_seals(&self, from: u64, limit: u32) -> Result<Vec<EpochSealRow>> {
         let rows = sqlx::query(
-            "SELECT epoch, first_seq, entry_count, seal, rewards_paid_micros FROM ledger_epochs \
-             WHERE epoch >= $1 ORDER BY epoch LIMIT $2",
+            "SELECT epoch, part, first_seq, entry_count, seal, rewards_paid_micros FROM ledger_epochs \
+             WHERE epoch >= $1 ORDER BY epoch, part LIMIT $2",
         )
         .bind(to_i64(from))
         .bind(i64::from(limit))
@@ -319,7 +333,7 @@ impl Store {
     /// The seal covering entry `seq`, if its epoch is sealed.
     pub async fn ledger_seal_covering(&self, seq: u64) -> Result<Option<EpochSealRow>> {
         let row = sqlx::query(
-            "SELECT epoch, first_seq, entry_count, seal, rewards_paid_micros FROM ledger_epochs \
+            "SELECT epoch, part, first_seq, entry_count, seal, rewards_paid_micros FROM ledger_epochs \
              WHERE first_seq <= $1 AND first_seq + entry_count > $1",
         )
         .bind(to_i64(seq))
@@ -331,10 +345,11 @@ impl Store {
     /// Records a seal once; a seal already there (another coordinator's) wins.
     pub async fn insert_epoch_seal(&self, seal: &EpochSealRow) -> Result<bool> {
         let done = sqlx::query(
-            "INSERT INTO ledger_epochs (epoch, first_seq, entry_count, seal) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (epoch) DO NOTHING",
+            "INSERT INTO ledger_epochs (epoch, part, first_seq, entry_count, seal) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (epoch, part) DO NOTHING",
         )
         .bind(to_i64(seal.epoch))
+        .bind(i64::from(seal.part))
         .bind(to_i64(seal.first_seq))
         .bind(to_i64(seal.entry_count))
         .bind(&seal.seal)

@@ -300,6 +300,18 @@ async fn stake_unstake_slash_and_vote(db: Db) {
     };
     let denied = renter.post::<_, ProposalInfo>("proposals", &create).await;
     assert_eq!(denied.unwrap_err().status(), Some(403));
+    let two_lines = ProposalCreate {
+        title: "Lower\nfees".into(),
+        ..create.clone()
+    };
+    let refused = supplier
+        .post::<_, ProposalInfo>("proposals", &two_lines)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&refused, ClientError::Api { status: 422, field: Some(f), .. } if f == "title"),
+        "{refused}"
+    );
     let proposal: ProposalInfo = supplier.post("proposals", &create).await.unwrap();
     let voted: ProposalInfo = supplier
         .post(
@@ -533,6 +545,19 @@ async fn paid_rental(db: Db, kill_worker: bool) -> (i64, i64) {
         .await
         .unwrap_err();
     assert_eq!(refused.status(), Some(409), "{refused}");
+    let free = flotilla_proto::api::RequestSpec {
+        hours: Some(1),
+        budget_per_hour: Some(0),
+        ..crate::market::one_node(1, "")
+    };
+    let refused = renter
+        .post::<_, flotilla_proto::api::RequestInfo>("requests", &free)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&refused, ClientError::Api { status: 422, field: Some(f), .. } if f == "budget_per_hour"),
+        "{refused}"
+    );
     let spec = flotilla_proto::api::RequestSpec {
         hours: Some(1),
         budget_per_hour: Some(10 * TOKEN),

@@ -598,6 +598,7 @@ pub async fn epochs(
             .map_err(|e| ApiError::Internal(format!("stored seal: {e}")))?;
         epochs.push(EpochInfo {
             epoch: row.epoch,
+            part: row.part,
             first_seq: row.first_seq,
             entry_count: row.entry_count,
             root: seal["root"].as_str().unwrap_or_default().to_owned(),

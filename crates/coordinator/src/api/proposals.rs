@@ -24,24 +24,29 @@ pub const VOTING_PERIOD_S_MAX: u64 = 90 * 24 * 3_600;
 /// Proposals one list returns.
 const PROPOSALS_LIST_MAX: u32 = 200;
 
-fn check_text(field: &str, text: &str, bytes_max: usize) -> ApiResult<()> {
+/// `multiline` lets a body keep its line breaks; titles and options are one line.
+fn check_text(field: &str, text: &str, bytes_max: usize, multiline: bool) -> ApiResult<()> {
     if text.trim().is_empty() || text.len() > bytes_max {
         return Err(ApiError::invalid(
             field,
             format!("must be 1 to {bytes_max} bytes"),
         ));
     }
+    let bad = |c: char| c.is_control() && !(multiline && matches!(c, '\n' | '\t'));
+    if text.chars().any(bad) {
+        return Err(ApiError::invalid(field, "must not hold control characters"));
+    }
     Ok(())
 }
 
 fn validate(create: &ProposalCreate) -> ApiResult<()> {
-    check_text("title", &create.title, TITLE_BYTES_MAX)?;
-    check_text("body", &create.body, TEXT_BYTES_MAX)?;
+    check_text("title", &create.title, TITLE_BYTES_MAX, false)?;
+    check_text("body", &create.body, TEXT_BYTES_MAX, true)?;
     if !(2..=OPTIONS_MAX).contains(&create.options.len()) {
         return Err(ApiError::invalid("options", "must hold 2 to 16 choices"));
     }
     for option in &create.options {
-        check_text("options", option, OPTION_BYTES_MAX)?;
+        check_text("options", option, OPTION_BYTES_MAX, false)?;
     }
     if !(VOTING_PERIOD_S_MIN..=VOTING_PERIOD_S_MAX).contains(&create.voting_period_s) {
         return Err(ApiError::invalid(
