@@ -25,8 +25,9 @@ pub const BATCH_TRANSFERS_MAX: usize = 8_190;
 pub const SUBMISSION_TRANSFERS_MAX: usize = 1_000;
 /// Submissions waiting for the writer before `submit` answers busy.
 pub const QUEUE_SUBMISSIONS_MAX: usize = 16_384;
-/// Accounts the writer's cache may hold before it starts over.
+/// Accounts, and holds, the writer's book may hold before it starts over.
 const CACHE_ACCOUNTS_MAX: usize = 1_000_000;
+const CACHE_HOLDS_MAX: usize = 1_000_000;
 
 /// Why a submission did not reach the book.
 #[derive(Debug, thiserror::Error)]
@@ -134,40 +135,209 @@ async fn load_key(store: &Store) -> Result<SigningKey, LedgerError> {
     Ok(SigningKey::from_bytes(&bytes))
 }
 
+/// The writer. It prepares each batch (load, apply, build rows) on its book while the batch
+/// before is still committing, then commits it once that one is durable: the CPU work and the
+/// database's work overlap. A prepared batch assumed its predecessor would commit; when one
+/// does not, the writer drops its book and runs the next batch again from the store.
 async fn write_loop(store: Store, mut receiver: mpsc::Receiver<Submission>) {
-    let mut cache: Option<Book> = None;
-    while let Some(first) = receiver.recv().await {
-        let mut submissions = vec![first];
-        let mut count = submissions[0].transfers.len();
-        while count < BATCH_TRANSFERS_MAX {
-            match receiver.try_recv() {
-                Ok(next) => {
-                    count += next.transfers.len();
-                    submissions.push(next);
+    let mut book: Option<Book> = None;
+    let mut inflight: Option<InFlight> = None;
+    loop {
+        let submissions = match &inflight {
+            Some(_) => {
+                let ready = gather(None, &mut receiver);
+                if ready.is_empty() {
+                    finish(&store, &mut book, inflight.take()).await;
+                    continue;
                 }
-                Err(_) => break,
+                ready
             }
+            None => match receiver.recv().await {
+                Some(first) => gather(Some(first), &mut receiver),
+                None => return,
+            },
+        };
+        if inflight.is_some() && book.as_ref().is_some_and(too_big) {
+            finish(&store, &mut book, inflight.take()).await;
+            book = None;
         }
         let transfers: Vec<Transfer> = submissions
             .iter()
             .flat_map(|s| s.transfers.iter().cloned())
             .collect();
         let now_ms = flotilla_proto::time::now_unix_ms();
-        match commit_batch(&store, &mut cache, &transfers, now_ms).await {
-            Ok(outcomes) => {
-                let mut outcomes = outcomes.into_iter();
-                for submission in submissions {
-                    let mine: Vec<Outcome> =
-                        outcomes.by_ref().take(submission.transfers.len()).collect();
-                    let _ = submission.reply.send(Ok(mine));
-                }
+        let prepared = prepare(&store, &mut book, &transfers, now_ms).await;
+        let continuous = finish(&store, &mut book, inflight.take()).await;
+        match prepared {
+            Ok(prepared) if continuous => {
+                inflight = Some(start(&store, submissions, transfers, prepared));
             }
-            Err(error) => {
-                tracing::warn!(%error, transfers = transfers.len(), "ledger batch not written");
-                for submission in submissions {
-                    let _ = submission.reply.send(Err(error.to_string()));
-                }
+            _ => {
+                book = None;
+                let result = commit_batch(&store, &mut book, &transfers, now_ms).await;
+                reply(submissions, result);
             }
+        }
+    }
+}
+
+/// The first submission (or, without one, whatever is waiting) and more, up to a batch.
+fn gather(first: Option<Submission>, receiver: &mut mpsc::Receiver<Submission>) -> Vec<Submission> {
+    let mut submissions: Vec<Submission> = first.into_iter().collect();
+    let mut count: usize = submissions.iter().map(|s| s.transfers.len()).sum();
+    while count < BATCH_TRANSFERS_MAX {
+        match receiver.try_recv() {
+            Ok(next) => {
+                count += next.transfers.len();
+                submissions.push(next);
+            }
+            Err(_) => break,
+        }
+    }
+    submissions
+}
+
+fn too_big(book: &Book) -> bool {
+    book.account_count() > CACHE_ACCOUNTS_MAX || book.hold_count() > CACHE_HOLDS_MAX
+}
+
+fn reply(submissions: Vec<Submission>, result: Result<Vec<Outcome>, LedgerError>) {
+    match result {
+        Ok(outcomes) => {
+            let mut outcomes = outcomes.into_iter();
+            for submission in submissions {
+                let mine: Vec<Outcome> =
+                    outcomes.by_ref().take(submission.transfers.len()).collect();
+                let _ = submission.reply.send(Ok(mine));
+            }
+        }
+        Err(error) => {
+            tracing::warn!(%error, "ledger batch not written");
+            for submission in submissions {
+                let _ = submission.reply.send(Err(error.to_string()));
+            }
+        }
+    }
+}
+
+/// A batch applied to the book, and its rows.
+struct Prepared {
+    outcomes: Vec<Outcome>,
+    rows: BatchRows,
+    /// The head it was applied on, which the store must still have when it commits.
+    base: Head,
+    head: Head,
+}
+
+/// A prepared batch being committed.
+struct InFlight {
+    submissions: Vec<Submission>,
+    transfers: Vec<Transfer>,
+    outcomes: Vec<Outcome>,
+    head: Head,
+    commit: tokio::task::JoinHandle<Result<(), LedgerError>>,
+}
+
+/// Applies a batch to the book (made from the committed head when there is none), reading
+/// what it lacks from the committed state, without taking the head's lock: anything the
+/// batches in flight touched is in the book already. Ids are not looked up (as in
+/// [`commit_batch`]'s first attempt); ids applied by batches in flight are in the book.
+async fn prepare(
+    store: &Store,
+    book: &mut Option<Book>,
+    transfers: &[Transfer],
+    now_ms: i64,
+) -> Result<Prepared, LedgerError> {
+    let mut read = store.ledger_read().await?;
+    let committed = head_from_row(&read.head)?;
+    let book = book.get_or_insert_with(|| Book::new(committed));
+    let base = book.head();
+    load_for(&mut read, book, transfers).await?;
+    let outcomes = book.apply_batch(transfers, now_ms);
+    if refused_a_known_id(&mut read, transfers, &outcomes).await? {
+        return Err(LedgerError::Store(flotilla_store::StoreError::Conflict(
+            "ledger entry",
+        )));
+    }
+    let rows = BatchRows::collect(book, &outcomes);
+    Ok(Prepared {
+        outcomes,
+        rows,
+        base,
+        head: book.head(),
+    })
+}
+
+/// Starts committing a prepared batch: lock the head, check it is the batch's base, write.
+fn start(
+    store: &Store,
+    submissions: Vec<Submission>,
+    transfers: Vec<Transfer>,
+    prepared: Prepared,
+) -> InFlight {
+    let store = store.clone();
+    let Prepared {
+        outcomes,
+        rows,
+        base,
+        head,
+    } = prepared;
+    let commit = tokio::spawn(async move {
+        let tx = store.ledger_begin().await?;
+        if head_from_row(&tx.head)? != base {
+            return Err(LedgerError::Store(flotilla_store::StoreError::Conflict(
+                "ledger head",
+            )));
+        }
+        let head_row = LedgerHeadRow {
+            seq: head.seq,
+            hash: hex::encode(head.hash),
+            at_ms: head.at_ms,
+        };
+        tx.commit(&rows.entries, &rows.accounts, &rows.holds, &head_row)
+            .await?;
+        Ok(())
+    });
+    InFlight {
+        submissions,
+        transfers,
+        outcomes,
+        head,
+        commit,
+    }
+}
+
+/// Waits for the batch in flight and answers it. True when it committed as prepared, so the
+/// book (which includes it) is still the store's future; false when it had to run again
+/// (conflict) or failed, and the book was dropped.
+async fn finish(store: &Store, book: &mut Option<Book>, inflight: Option<InFlight>) -> bool {
+    let Some(batch) = inflight else {
+        return true;
+    };
+    let result = match batch.commit.await {
+        Ok(result) => result,
+        Err(join) => Err(LedgerError::Corrupt(format!("ledger commit task: {join}"))),
+    };
+    match result {
+        Ok(()) => {
+            if let Some(book) = book {
+                book.trim_seen_through(batch.head.seq);
+            }
+            reply(batch.submissions, Ok(batch.outcomes));
+            true
+        }
+        Err(LedgerError::Store(flotilla_store::StoreError::Conflict(_))) => {
+            *book = None;
+            let now_ms = flotilla_proto::time::now_unix_ms();
+            let result = commit_batch(store, book, &batch.transfers, now_ms).await;
+            *book = None;
+            reply(batch.submissions, result);
+            false
+        }
+        Err(error) => {
+            *book = None;
+            reply(batch.submissions, Err(error));
+            false
         }
     }
 }
@@ -444,7 +614,7 @@ pub fn entry_from_row(row: &LedgerEntryRow) -> Result<Entry, LedgerError> {
 
 #[cfg(test)]
 mod tests {
-    use flotilla_ledger::{Kind, Purpose, Token};
+    use flotilla_ledger::{Kind, Purpose, Token, TransferError};
 
     use super::*;
 
@@ -479,6 +649,64 @@ mod tests {
             },
             reference: String::new(),
             linked: false,
+        }
+    }
+
+    /// The pipelined writer under concurrent submissions full of retries: every id applies
+    /// once, every answer for an id names the same entry, and the balances are the sum of
+    /// what applied.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_writer_applies_each_id_once_under_retries() {
+        let dir = tempfile::tempdir().unwrap();
+        for (store, _) in twin_stores(dir.path()).await {
+            let (ledger, _writer) = Ledger::start(store.clone()).await.unwrap();
+            let fund = Transfer::moving(
+                "fund".into(),
+                Kind::Deposit,
+                AccountId::system(Purpose::External, Token::Iosd),
+                AccountId::main("usr_payer", Token::Iosd),
+                1_000_000,
+            );
+            ledger.submit_one(fund).await.unwrap();
+            let mut tasks = Vec::new();
+            for task in 0..200u64 {
+                let ledger = ledger.clone();
+                tasks.push(tokio::spawn(async move {
+                    // Ids collide within and across submissions; an id's content is fixed.
+                    let ids: Vec<u64> = (0..100).map(|i| (task * 37 + i * 11) % 3_000).collect();
+                    let batch: Vec<Transfer> = ids
+                        .iter()
+                        .map(|k| debit(format!("t{k}"), 1 + k % 5))
+                        .collect();
+                    let outcomes = ledger.submit(batch).await.unwrap();
+                    ids.into_iter().zip(outcomes).collect::<Vec<_>>()
+                }));
+            }
+            let mut seq_of: std::collections::HashMap<u64, u64> = Default::default();
+            for task in tasks {
+                for (id, outcome) in task.await.unwrap() {
+                    let seq = match outcome {
+                        Outcome::Applied(entry) => entry.seq,
+                        Outcome::Duplicate { seq } => seq,
+                        Outcome::Refused(error) => panic!("t{id} refused: {error}"),
+                    };
+                    assert_eq!(
+                        *seq_of.entry(id).or_insert(seq),
+                        seq,
+                        "t{id} answered two entries"
+                    );
+                }
+            }
+            let reused = ledger.submit_one(debit("t5".into(), 99)).await.unwrap();
+            assert!(matches!(
+                reused,
+                Outcome::Refused(TransferError::IdReused { .. })
+            ));
+            let rows = store.ledger_entries(1, 10_000).await.unwrap();
+            assert_eq!(rows.len(), 1 + seq_of.len());
+            let paid: i64 = seq_of.keys().map(|k| 1 + (k % 5) as i64).sum();
+            let payee = store.ledger_accounts_of("usr_payee").await.unwrap();
+            assert_eq!(payee[0].posted, paid);
         }
     }
 

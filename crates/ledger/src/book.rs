@@ -364,6 +364,16 @@ impl Book {
         self.balances.len()
     }
 
+    /// Forgets applied ids of entries up to `seq` (committed: the store answers for them now),
+    /// keeping those of batches still in flight.
+    pub fn trim_seen_through(&mut self, seq: u64) {
+        self.seen.retain(|_, seen| seen.seq > seq);
+    }
+
+    pub fn hold_count(&self) -> usize {
+        self.holds.len()
+    }
+
     /// Forgets applied ids and resolved holds, which a loader finds again in the store when a
     /// later batch names them; keeps balances and open holds, which a writer's cache reuses.
     pub fn trim(&mut self) {

@@ -126,6 +126,8 @@ fn value_rows(backend: Backend, rows: usize, columns: usize) -> String {
 pub struct LedgerTx {
     tx: sqlx::Transaction<'static, sqlx::Any>,
     backend: Backend,
+    /// Whether this transaction holds the head's lock (only such a one may commit).
+    locked: bool,
     pub head: LedgerHeadRow,
 }
 
@@ -149,6 +151,20 @@ impl Store {
         Ok(LedgerTx {
             tx,
             backend: self.backend,
+            locked: true,
+            head,
+        })
+    }
+
+    /// A read-only view of the committed ledger, without the head's lock: for a writer that
+    /// prepares its next batch while the previous one commits.
+    pub async fn ledger_read(&self) -> Result<LedgerTx> {
+        let mut tx = self.pool.begin().await?;
+        let head = read_head(&mut tx).await?;
+        Ok(LedgerTx {
+            tx,
+            backend: self.backend,
+            locked: false,
             head,
         })
     }
@@ -487,6 +503,9 @@ impl LedgerTx {
         holds: &[LedgerHoldRow],
         head: &LedgerHeadRow,
     ) -> Result<()> {
+        if !self.locked {
+            return Err(StoreError::Conflict("ledger head (read-only view)"));
+        }
         for chunk in entries.chunks(PARAMS_PER_STATEMENT_MAX / 8) {
             let sql = format!(
                 "INSERT INTO ledger_entries ({ENTRY_COLUMNS}) VALUES {}",
