@@ -46,6 +46,51 @@ pub fn challenge(
     flotilla_proof::challenge_with_target(&class, seed, target_ms, memory_pct)
 }
 
+/// Slashes the supplier of a device whose proof failed: as much of its stake as the device's
+/// minimum stake (200 IO x max(1, multiplier)), held through the appeal window with the
+/// transcript's id as evidence, then burned. Nothing staked, nothing taken. The id derives
+/// from the proof, so one failed proof slashes once.
+pub async fn slash_for_failed_proof(
+    app: &crate::AppState,
+    supplier: &str,
+    hardware: &DeviceHardware,
+    proof_id: &str,
+    reason: &str,
+) -> Result<(), crate::ledger::LedgerError> {
+    use flotilla_ledger::{AccountId, Kind, OnExpiry, Op, Purpose, Token, Transfer};
+    let stake = AccountId::stake(supplier);
+    let available = app
+        .store
+        .ledger_accounts_of(supplier)
+        .await?
+        .into_iter()
+        .find(|a| a.id == stake.to_string())
+        .map_or(0, |a| a.posted - a.held);
+    let due = flotilla_ledger::emission::minimum_stake_micros(
+        &flotilla_proto::device::model_key(hardware.kind, &hardware.model),
+        1,
+    );
+    let amount = due.min(u64::try_from(available).unwrap_or(0));
+    if amount == 0 {
+        return Ok(());
+    }
+    let appeal_ms = i64::try_from(app.config.slash_appeal_ms).unwrap_or(i64::MAX);
+    let mut reference = format!("proof failed: {reason} | evidence: {proof_id}");
+    reference.retain(|c| !c.is_control());
+    let reference: String = reference.chars().take(200).collect();
+    let hold = Op::Hold {
+        debit: stake,
+        credit: AccountId::system(Purpose::Burn, Token::Io),
+        amount,
+        expires_at_ms: flotilla_proto::time::now_unix_ms().saturating_add(appeal_ms),
+        on_expiry: OnExpiry::Post,
+    };
+    let slash = Transfer::new(format!("slash-{proof_id}"), Kind::Slash, hold, reference);
+    let outcome = app.ledger.submit_one(slash).await?;
+    tracing::warn!(%supplier, %proof_id, amount, ?outcome, "stake slashed for a failed proof");
+    Ok(())
+}
+
 /// The event a verdict leads to.
 pub fn verdict_event(passed: bool) -> DeviceEvent {
     if passed {

@@ -627,6 +627,19 @@ async fn record_proof(
     let json = serde_json::to_string(transcript).expect("transcripts serialize");
     app.store.insert_proof(&row, &json).await?;
     tracing::info!(%device_id, proof_id = %row.id, passed, reason = %row.reason, elapsed_ms = row.elapsed_ms, "proof of compute checked");
+    if !passed
+        && let Some(device) = app.store.device(&bound.account_id, device_id).await?
+        && let Err(error) = crate::admission::slash_for_failed_proof(
+            app,
+            &bound.account_id,
+            &device.hardware,
+            &row.id,
+            &row.reason,
+        )
+        .await
+    {
+        tracing::warn!(%device_id, %error, "could not slash for a failed proof");
+    }
     app.fleet
         .apply_events(
             &[device_id.to_owned()],

@@ -444,9 +444,27 @@ async fn the_same_gpu_uuid_on_two_workers_blocks_both(db: Db) {
 on_both_databases!(the_same_gpu_uuid_on_two_workers_blocks_both);
 
 async fn a_cpu_claiming_an_h100_is_blocked_and_the_evidence_is_public(db: Db) {
-    let coordinator = Coordinator::start(db, &[]).await;
+    let coordinator = Coordinator::start(db, &["--faucet"]).await;
     let supplier = coordinator.account("supplier-a", &[Role::Supplier]).await;
     let client = coordinator.client(None);
+    // The supplier staked 3,000 IO; an H100 needs 2,000 staked to earn.
+    let io = |tokens: u64| tokens * 1_000_000;
+    let owner = coordinator.client(Some(&supplier));
+    let faucet = flotilla_proto::api::FaucetRequest {
+        token: "IO".into(),
+        amount_micros: io(3_000),
+    };
+    let _: flotilla_proto::api::TransferResult = owner
+        .post_idempotent("wallet/faucet", &faucet, "io")
+        .await
+        .unwrap();
+    let stake = flotilla_proto::api::StakeRequest {
+        amount_micros: io(3_000),
+    };
+    let _: flotilla_proto::api::TransferResult = owner
+        .post_idempotent("wallet/stake", &stake, "stake")
+        .await
+        .unwrap();
     let (cheap_key, silent_key) = (key(1), key(2));
     let cheap = coordinator.enrolled(&supplier, &cheap_key, "cheap").await;
     let silent = coordinator.enrolled(&supplier, &silent_key, "silent").await;
@@ -467,7 +485,6 @@ async fn a_cpu_claiming_an_h100_is_blocked_and_the_evidence_is_public(db: Db) {
 
     // The other never answers: its deadline passes.
     let _silent = RawSession::open(&coordinator.url, &silent, &silent_key, "GPU-h100-silent").await;
-    let owner = coordinator.client(Some(&supplier));
     let states = crate::harness::eventually(Duration::from_secs(15), || async {
         let page: flotilla_proto::api::Page<Device> = owner.get("devices").await.ok()?;
         page.items
@@ -507,6 +524,29 @@ async fn a_cpu_claiming_an_h100_is_blocked_and_the_evidence_is_public(db: Db) {
         flotilla_proof::verify_transcript(&transcript).is_err(),
         "and it re-checks as a failure offline"
     );
+
+    // Each failed proof slashed the stake (2,000 IO, then the 1,000 left), held through the
+    // appeal window with the proof as evidence.
+    let wallet = crate::harness::eventually(Duration::from_secs(10), || async {
+        let wallet: flotilla_proto::api::WalletInfo = owner.get("wallet").await.ok()?;
+        (wallet.holds.len() == 2).then_some(wallet)
+    })
+    .await
+    .expect("two slashes held");
+    let mut slashed: Vec<u64> = wallet.holds.iter().map(|h| h.amount_micros).collect();
+    slashed.sort_unstable();
+    assert_eq!(slashed, vec![io(1_000), io(2_000)]);
+    assert!(wallet.holds.iter().all(|h| h.credit == "system:burn:IO"));
+    let history: Vec<flotilla_proto::api::EntryInfo> = owner.get("wallet/history").await.unwrap();
+    for proof in &proofs.items {
+        assert!(
+            history
+                .iter()
+                .any(|e| e.kind == "slash" && e.reference.contains(&proof.id)),
+            "the slash names proof {}",
+            proof.id
+        );
+    }
 }
 on_both_databases!(a_cpu_claiming_an_h100_is_blocked_and_the_evidence_is_public);
 
