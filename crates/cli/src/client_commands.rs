@@ -100,6 +100,10 @@ pub enum ProofsCommand {
         #[command(flatten)]
         connection: Connection,
         id: String,
+        /// Wrap it with the coordinator's signature: `{"transcript", "signature",
+        /// "public_key"}`, which `verify-proof --key` checks too.
+        #[arg(long)]
+        signed: bool,
     },
 }
 
@@ -278,12 +282,26 @@ pub async fn run(command: ClientCommand) -> Result<()> {
             );
             Ok(())
         }
-        ClientCommand::Proofs(ProofsCommand::Get { connection, id }) => {
-            let transcript: serde_json::Value = connection
-                .client()?
-                .get(&format!("proofs/{id}/transcript"))
-                .await?;
-            println!("{}", serde_json::to_string_pretty(&transcript)?);
+        ClientCommand::Proofs(ProofsCommand::Get {
+            connection,
+            id,
+            signed,
+        }) => {
+            let client = connection.client()?;
+            let transcript: serde_json::Value =
+                client.get(&format!("proofs/{id}/transcript")).await?;
+            let document = if signed {
+                let signature: flotilla_proto::api::ProofSignature =
+                    client.get(&format!("proofs/{id}/signature")).await?;
+                serde_json::json!({
+                    "transcript": transcript,
+                    "signature": signature.signature,
+                    "public_key": signature.public_key,
+                })
+            } else {
+                transcript
+            };
+            println!("{}", serde_json::to_string_pretty(&document)?);
             Ok(())
         }
         ClientCommand::Audit(AuditCommand::List(connection)) => {

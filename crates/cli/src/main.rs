@@ -46,8 +46,12 @@ enum Command {
     Dev(dev::DevArgs),
     /// Re-check a proof-of-compute transcript offline and print the verdict and why.
     VerifyProof {
-        /// The transcript, as downloaded (JSON).
+        /// The transcript, as downloaded (JSON), or signed (`flotilla proofs get --signed`).
         file: PathBuf,
+        /// The coordinator's published key (hex, `flotilla ledger info`): a signed transcript
+        /// must be signed by it.
+        #[arg(long)]
+        key: Option<String>,
     },
     /// Simulate the market with the real scheduler: synthetic supply (joins, failures,
     /// returns) and demand (arrivals by priority class), in simulated time. The same seed
@@ -190,7 +194,7 @@ fn main() -> ExitCode {
                 init_logging(cli.log_format);
                 dev::run(args).await
             }
-            Command::VerifyProof { file } => verify_proof(&file),
+            Command::VerifyProof { file, key } => verify_proof(&file, key.as_deref()),
             Command::Simulate {
                 devices,
                 requests,
@@ -312,7 +316,47 @@ fn simulate(devices: usize, requests: u64, seed: u64, timing: bool) -> anyhow::R
 /// Largest transcript `verify-proof` reads.
 const TRANSCRIPT_BYTES_MAX: u64 = 64 * 1024 * 1024;
 
-fn verify_proof(file: &std::path::Path) -> anyhow::Result<()> {
+/// Checks a signed transcript's signature, against `trusted` when given; returns the signer.
+fn check_transcript_signature(
+    document: &serde_json::Value,
+    transcript: &flotilla_proof::Transcript,
+    trusted: Option<&str>,
+) -> anyhow::Result<String> {
+    use ed25519_dalek::Verifier;
+    let field = |name: &str| {
+        document[name]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| anyhow::anyhow!("invalid: the signed transcript lacks {name}"))
+    };
+    let (signer, signature) = (field("public_key")?, field("signature")?);
+    if let Some(trusted) = trusted
+        && trusted != signer
+    {
+        anyhow::bail!("invalid: signed by {signer}, not the trusted key {trusted}");
+    }
+    let key = flotilla_ledger::log::parse_key(&signer)
+        .ok_or_else(|| anyhow::anyhow!("invalid: malformed public_key"))?;
+    let bytes: [u8; 64] = hex::decode(&signature)
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| anyhow::anyhow!("invalid: malformed signature"))?;
+    key.verify(
+        &flotilla_proof::transcript_message(transcript),
+        &ed25519_dalek::Signature::from_bytes(&bytes),
+    )
+    .map_err(|_| {
+        anyhow::anyhow!("invalid: the coordinator's signature does not match the transcript")
+    })?;
+    if trusted.is_none() {
+        eprintln!(
+            "note: checked against the key the file names; pass --key with the coordinator's published key"
+        );
+    }
+    Ok(signer)
+}
+
+fn verify_proof(file: &std::path::Path, key: Option<&str>) -> anyhow::Result<()> {
     use anyhow::Context;
     let size = std::fs::metadata(file)
         .with_context(|| format!("reading {}", file.display()))?
@@ -324,8 +368,23 @@ fn verify_proof(file: &std::path::Path) -> anyhow::Result<()> {
     );
     let text =
         std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-    let transcript: flotilla_proof::Transcript = serde_json::from_str(&text)
-        .with_context(|| format!("{} is not a proof transcript", file.display()))?;
+    let document: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", file.display()))?;
+    let signed = document.get("transcript").is_some();
+    let transcript: flotilla_proof::Transcript = serde_json::from_value(
+        document
+            .get("transcript")
+            .cloned()
+            .unwrap_or(document.clone()),
+    )
+    .with_context(|| format!("{} is not a proof transcript", file.display()))?;
+    let signer = match (signed, key) {
+        (true, _) => Some(check_transcript_signature(&document, &transcript, key)?),
+        (false, Some(_)) => anyhow::bail!(
+            "invalid: --key given but the transcript is not signed (use `flotilla proofs get --signed`)"
+        ),
+        (false, None) => None,
+    };
     let challenge = &transcript.challenge;
     match flotilla_proof::verify_transcript(&transcript) {
         Ok(()) => {
@@ -344,6 +403,9 @@ fn verify_proof(file: &std::path::Path) -> anyhow::Result<()> {
                 transcript.answer_elapsed_ms,
                 challenge.memory.answer_deadline_ms,
             );
+            if let Some(signer) = signer {
+                println!("signed by the coordinator key {signer}");
+            }
             Ok(())
         }
         Err(failure) => anyhow::bail!("invalid: {failure}"),

@@ -437,6 +437,16 @@ fn check_challenge(challenge: &Challenge) -> Result<[u8; 32], Failure> {
     parse_seed(&challenge.seed)
 }
 
+/// What the coordinator signs to vouch for a transcript it checked (its timings are its own
+/// measurements): a domain tag and the SHA-256 of the transcript's canonical JSON.
+pub fn transcript_message(transcript: &Transcript) -> Vec<u8> {
+    use sha2::{Digest, Sha256};
+    let json = serde_json::to_vec(transcript).expect("a transcript serializes");
+    let mut message = b"flotilla-proof-transcript-v1".to_vec();
+    message.extend_from_slice(&Sha256::digest(&json));
+    message
+}
+
 /// Re-checks a transcript: format, that the parameters are the ones its class calls for, the
 /// commitment, every opening, and the deadline.
 pub fn verify_transcript(transcript: &Transcript) -> Result<(), Failure> {

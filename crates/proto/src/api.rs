@@ -333,6 +333,15 @@ pub struct ProofInfo {
     pub created_at: String,
 }
 
+/// The coordinator's signature over a proof transcript it checked (and whose timings it
+/// measured): ed25519 by the ledger key over `flotilla_proof::transcript_message`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ProofSignature {
+    pub proof_id: String,
+    pub public_key: String,
+    pub signature: String,
+}
+
 /// One worker's matching free GPUs of one model, from `GET /api/v1/offers`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct OfferInfo {

@@ -104,6 +104,10 @@ fn dev_starts_writes_env_lists_devices_stops_fast_and_resumes() {
             .filter(|d| d["kind"] == "gpu")
             .all(|d| d["simulated"] == true)
     );
+    // A passing proof, signed by the coordinator, re-checks offline against its published key;
+    // a signature from another key, or over another transcript, does not.
+    signed_proof_verifies(&env, dir.path());
+
     // `flotilla login` saves a private profile that later commands use without any env.
     let config = tempfile::tempdir().unwrap();
     let with_profile_only = |args: &[&str]| {
@@ -219,4 +223,60 @@ fn verify_proof_rechecks_a_transcript_offline_and_names_what_is_wrong() {
     std::fs::write(&garbage, "{\"not\": \"a transcript\"}").unwrap();
     let output = verify(&garbage);
     assert_eq!(output.status.code(), Some(1));
+}
+
+fn signed_proof_verifies(env: &std::collections::BTreeMap<String, String>, dir: &std::path::Path) {
+    let run = |args: &[&str]| {
+        Command::new(BIN)
+            .args(args)
+            .env("FLOTILLA_URL", &env["FLOTILLA_URL"])
+            .env("FLOTILLA_API_KEY", &env["FLOTILLA_API_KEY"])
+            .output()
+            .unwrap()
+    };
+    let list = run(&["proofs", "list", "--output", "json"]);
+    let page: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    let passed = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["passed"] == true)
+        .expect("a passing proof");
+    let id = passed["id"].as_str().unwrap();
+    let info: serde_json::Value =
+        serde_json::from_slice(&run(&["ledger", "info", "--output", "json"]).stdout).unwrap();
+    let key = info["public_key"].as_str().unwrap();
+    let signed = run(&["proofs", "get", id, "--signed"]);
+    assert!(signed.status.success());
+    let path = dir.join("signed-proof.json");
+    std::fs::write(&path, &signed.stdout).unwrap();
+    let path = path.to_str().unwrap();
+    let ok = run(&["verify-proof", path, "--key", key]);
+    let stdout = String::from_utf8_lossy(&ok.stdout);
+    assert!(
+        ok.status.success() && stdout.contains("signed by the coordinator key"),
+        "{stdout} {}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let other_key = "11".repeat(32);
+    assert_eq!(
+        run(&["verify-proof", path, "--key", &other_key])
+            .status
+            .code(),
+        Some(1)
+    );
+    let mut document: serde_json::Value = serde_json::from_slice(&signed.stdout).unwrap();
+    document["transcript"]["elapsed_ms"] = serde_json::json!(1);
+    std::fs::write(dir.join("resigned.json"), document.to_string()).unwrap();
+    let forged = run(&[
+        "verify-proof",
+        dir.join("resigned.json").to_str().unwrap(),
+        "--key",
+        key,
+    ]);
+    assert_eq!(
+        forged.status.code(),
+        Some(1),
+        "a changed timing breaks the signature"
+    );
 }

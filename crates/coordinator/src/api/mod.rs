@@ -42,6 +42,7 @@ use crate::error::{ApiError, ApiResult};
         devices::resume_device, devices::remove_device,
         audit::list_audit_events,
         proofs::list_proofs, proofs::show_proof, proofs::proof_transcript,
+        proofs::proof_signature,
         market::list_offers, market::market_prices, market::set_device_price,
         market::set_worker_location,
         requests::create_request, requests::list_requests, requests::show_request,
@@ -147,6 +148,7 @@ pub fn router(app: AppState) -> Router {
         .route("/proofs", get(proofs::list_proofs))
         .route("/proofs/{id}", get(proofs::show_proof))
         .route("/proofs/{id}/transcript", get(proofs::proof_transcript))
+        .route("/proofs/{id}/signature", get(proofs::proof_signature))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed);
     Router::new()

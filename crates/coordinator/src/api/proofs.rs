@@ -75,6 +75,31 @@ pub async fn show_proof(
     Ok(Json(info(row)))
 }
 
+/// The coordinator's signature over the transcript: who vouches for its timings.
+#[utoipa::path(get, path = "/api/v1/proofs/{id}/signature", params(("id" = String, Path)),
+    responses((status = 200, body = flotilla_proto::api::ProofSignature), (status = 404, body = ErrorBody)))]
+pub async fn proof_signature(
+    State(app): State<AppState>,
+    PathId(proof_id): PathId,
+) -> ApiResult<axum::Json<flotilla_proto::api::ProofSignature>> {
+    use ed25519_dalek::Signer;
+    check_id(IdKind::Proof, "proof", &proof_id)?;
+    let (_, stored) = app
+        .store
+        .proof(&proof_id)
+        .await?
+        .ok_or(ApiError::NotFound("proof"))?;
+    let transcript: flotilla_proof::Transcript = serde_json::from_str(&stored)
+        .map_err(|e| ApiError::Internal(format!("stored transcript: {e}")))?;
+    let message = flotilla_proof::transcript_message(&transcript);
+    let signature = app.ledger.signing_key().sign(&message);
+    Ok(axum::Json(flotilla_proto::api::ProofSignature {
+        proof_id,
+        public_key: app.ledger.public_key_hex(),
+        signature: hex::encode(signature.to_bytes()),
+    }))
+}
+
 /// The transcript, exactly as stored: `flotilla verify-proof` re-checks it offline.
 #[utoipa::path(get, path = "/api/v1/proofs/{id}/transcript", params(("id" = String, Path)),
     responses((status = 200, description = "the transcript (flotilla_proof::Transcript) as JSON"), (status = 404, body = ErrorBody)))]
