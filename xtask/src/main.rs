@@ -1,7 +1,8 @@
 //! Developer tasks, in Rust rather than shell:
 //!
-//! - `cargo xtask test`: format check, clippy, then every test on SQLite and on a throwaway
-//!   PostgreSQL server started here (as a non-root user, on a free port) and stopped after.
+//! - `cargo xtask test`: format check, clippy, bubblewrap installed if missing (the worker's
+//!   sandbox), then every test on SQLite and on a throwaway PostgreSQL server started here (as
+//!   a non-root user, on a free port) and stopped after.
 //! - `cargo xtask bench heartbeat [--workers N] [--measure-s S]`: N simulated workers
 //!   heartbeating against one coordinator; prints one JSON line of figures last.
 //! - `cargo xtask bench proof`: the CPU prover and the verifier on a CPU-class challenge, in a
@@ -74,6 +75,26 @@ fn cargo() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()))
 }
 
+/// The worker's sandbox runs commands under bubblewrap; its tests need it installed.
+fn ensure_bubblewrap() -> Result<()> {
+    let installed = |program: &str| {
+        Command::new(program)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if installed("bwrap") {
+        return Ok(());
+    }
+    eprintln!("xtask: bubblewrap not found; installing it with apt-get");
+    run(Command::new("apt-get").arg("update"))?;
+    run(Command::new("apt-get").args(["install", "-y", "--no-install-recommends", "bubblewrap"]))?;
+    if !installed("bwrap") {
+        bail!("bubblewrap still missing after install");
+    }
+    Ok(())
+}
+
 fn has_nextest() -> bool {
     cargo()
         .args(["nextest", "--version"])
@@ -91,6 +112,7 @@ fn test() -> Result<()> {
         "-D",
         "warnings",
     ]))?;
+    ensure_bubblewrap()?;
     let server = postgres::Server::start()?;
     let mut command = cargo();
     if has_nextest() {
@@ -100,7 +122,8 @@ fn test() -> Result<()> {
     }
     command
         .env("FLOTILLA_TEST_POSTGRES_URL", server.admin_url())
-        .env("FLOTILLA_REQUIRE_POSTGRES", "1");
+        .env("FLOTILLA_REQUIRE_POSTGRES", "1")
+        .env("FLOTILLA_REQUIRE_SANDBOX", "1");
     let result = run(&mut command);
     drop(server);
     result

@@ -12,6 +12,7 @@
 mod agent;
 pub mod hardware;
 pub mod identity;
+pub mod sandbox;
 
 use std::path::{Path, PathBuf};
 
