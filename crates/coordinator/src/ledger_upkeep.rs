@@ -84,7 +84,7 @@ async fn expire_due(app: &AppState) -> ApiResult<()> {
     let transfers: Vec<Transfer> = due
         .into_iter()
         .map(|hold| Transfer {
-            id: format!("expire-{}", &hold[..hold.len().min(56)]),
+            id: flotilla_ledger::book::derived_id("expire", &hold),
             kind: Kind::Escrow,
             op: Op::Expire { hold },
             reference: String::new(),

@@ -48,6 +48,7 @@ const AUTH_FAILURES_PER_MINUTE: u32 = 120;
 /// How often connected workers' last-seen stamps are written to the database.
 /// Public market reads one client address may make a minute.
 const MARKET_READS_PER_MINUTE: u32 = 600;
+const LEDGER_READS_PER_MINUTE: u32 = 30;
 const LAST_SEEN_FLUSH_INTERVAL_MS: u64 = 30_000;
 /// How often telemetry older than retention is deleted.
 const TELEMETRY_PRUNE_INTERVAL_MS: u64 = 600_000;
@@ -65,6 +66,8 @@ pub struct Limits {
     /// Public market reads (offer searches, prices) per client address: each reads the whole
     /// market.
     pub market_reads: RateLimiter,
+    /// A whole-log export reads everything; far fewer are allowed per address.
+    pub ledger_reads: RateLimiter,
 }
 
 /// What every handler can reach.
@@ -141,6 +144,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         token_create: RateLimiter::per_minute(config.token_create_rate_per_minute),
         auth_failures: RateLimiter::per_minute(AUTH_FAILURES_PER_MINUTE),
         market_reads: RateLimiter::per_minute(MARKET_READS_PER_MINUTE),
+        ledger_reads: RateLimiter::per_minute(LEDGER_READS_PER_MINUTE),
     });
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let listener = tokio::net::TcpListener::bind(config.listen)

@@ -839,6 +839,19 @@ fn signed(amount: u64) -> Result<i64, TransferError> {
     Ok(amount as i64)
 }
 
+/// The id of a transfer that settles another (an expiry, an appeal): `PREFIX-ID` when that
+/// is a valid id, else `PREFIX-` and a hash of the other id, so it is always valid and the
+/// same for the same other.
+pub fn derived_id(prefix: &str, of: &str) -> String {
+    let plain = format!("{prefix}-{of}");
+    if plain.len() <= TRANSFER_ID_BYTES_MAX && plain.is_ascii() {
+        return plain;
+    }
+    use sha2::{Digest, Sha256};
+    let digest = hex::encode(Sha256::digest(of.as_bytes()));
+    format!("{prefix}-{}", &digest[..40])
+}
+
 /// A hash of a transfer's content, to tell a retry from another transfer with the same id.
 pub fn transfer_digest(transfer: &Transfer) -> Hash {
     use sha2::{Digest, Sha256};

@@ -920,3 +920,13 @@ fn a_long_epoch_verifies_in_parts_sealed_in_order() {
     assert!(verify_export(&text([0, 0])).is_err());
     assert!(verify_export(&text([1, 2])).is_err());
 }
+
+#[test]
+fn derived_ids_are_always_valid_and_stable() {
+    assert_eq!(crate::book::derived_id("expire", "h1"), "expire-h1");
+    let long = "é".repeat(40);
+    let id = crate::book::derived_id("expire", &long);
+    assert!(id.len() <= crate::book::TRANSFER_ID_BYTES_MAX && id.is_ascii());
+    assert_eq!(id, crate::book::derived_id("expire", &long));
+    assert_ne!(id, crate::book::derived_id("expire", &"è".repeat(40)));
+}

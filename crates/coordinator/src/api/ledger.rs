@@ -47,6 +47,13 @@ impl From<LedgerError> for ApiError {
     }
 }
 
+fn limit_ledger_reads(app: &AppState, ip: &str) -> ApiResult<()> {
+    app.limits
+        .ledger_reads
+        .check(ip, now_ms())
+        .map_err(|retry_after_s| ApiError::RateLimited { retry_after_s })
+}
+
 /// A refused transfer as an answer: bad fields are 422 naming the field, the rest 409.
 fn refusal(error: TransferError) -> ApiError {
     let message = error.to_string();
@@ -527,7 +534,7 @@ pub async fn return_slash(
         return Err(ApiError::NotFound("slash"));
     }
     let transfer = Transfer::new(
-        format!("appeal-{}", &hold_id[..hold_id.len().min(50)]),
+        flotilla_ledger::book::derived_id("appeal", &hold_id),
         Kind::Slash,
         Op::Void { hold: hold_id },
         "appeal upheld".into(),
@@ -640,7 +647,7 @@ pub async fn export(
     State(app): State<AppState>,
     ClientIp(ip): ClientIp,
 ) -> ApiResult<axum::response::Response> {
-    super::market::limit_reads(&app, &ip)?;
+    limit_ledger_reads(&app, &ip)?;
     let chunks = crate::ledger_upkeep::export_stream(app, EXPORT_PAGE_ENTRIES).await?;
     axum::response::Response::builder()
         .header("content-type", "application/x-ndjson")
