@@ -8,7 +8,7 @@
 //! never seen are read; otherwise it starts from an empty book. Applied ids are always checked
 //! against the store, so the cache can never let a transfer apply twice.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 
 use ed25519_dalek::SigningKey;
@@ -528,8 +528,8 @@ impl BatchRows {
             })
             .collect();
         let mut entries = Vec::with_capacity(applied.len());
-        let mut touched_accounts = BTreeSet::new();
-        let mut touched_holds = BTreeSet::new();
+        let mut touched_accounts: HashSet<&AccountId> = HashSet::new();
+        let mut touched_holds: HashSet<&str> = HashSet::new();
         for (index, entry) in applied.iter().enumerate() {
             // Applied entries form one chain: each one's hash is the next one's prev_hash, and
             // the last one's is the head's, so none is hashed twice.
@@ -542,15 +542,15 @@ impl BatchRows {
                 .map(|seen| hex::encode(seen.digest))
                 .expect("an applied id is seen until the book is trimmed");
             if let Some((debit, credit)) = entry.effect.accounts() {
-                touched_accounts.insert(debit.clone());
-                touched_accounts.insert(credit.clone());
+                touched_accounts.insert(debit);
+                touched_accounts.insert(credit);
             }
             match &entry.effect {
                 flotilla_ledger::Effect::Hold { .. } => {
-                    touched_holds.insert(entry.id.clone());
+                    touched_holds.insert(&entry.id);
                 }
                 flotilla_ledger::Effect::Resolve { hold, .. } => {
-                    touched_holds.insert(hold.clone());
+                    touched_holds.insert(hold);
                 }
                 _ => {}
             }
@@ -559,7 +559,7 @@ impl BatchRows {
         let accounts = touched_accounts
             .into_iter()
             .map(|account| {
-                let balance = book.balance(&account);
+                let balance = book.balance(account);
                 LedgerAccountRow {
                     id: account.to_string(),
                     owner: account.owner().to_owned(),
@@ -571,7 +571,7 @@ impl BatchRows {
             .collect();
         let holds = touched_holds
             .into_iter()
-            .filter_map(|id| book.hold(&id))
+            .filter_map(|id| book.hold(id))
             .map(|hold| LedgerHoldRow {
                 id: hold.id.clone(),
                 debit_owner: hold.debit.owner().to_owned(),

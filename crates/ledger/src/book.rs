@@ -774,7 +774,13 @@ impl Book {
             });
         }
         undo.push(Undo::Balance(account.clone(), before));
-        self.balances.insert(account.clone(), new);
+        // One lookup for an account the book holds (the common case), no second key copy.
+        match self.balances.get_mut(account) {
+            Some(balance) => *balance = new,
+            None => {
+                self.balances.insert(account.clone(), new);
+            }
+        }
         Ok(())
     }
 }
