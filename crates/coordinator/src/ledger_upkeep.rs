@@ -22,8 +22,6 @@ use crate::error::{ApiError, ApiResult};
 use crate::ledger::{LedgerError, SUBMISSION_TRANSFERS_MAX, entry_from_row};
 use crate::{AppState, now_ms};
 
-/// How often the reconciler looks for money left behind by ended paid requests.
-const RECONCILE_INTERVAL_MS: u64 = 10_000;
 /// Holds expired per tick at most.
 const EXPIRIES_PER_TICK_MAX: u32 = 1_000;
 /// Entry hashes read per page when sealing or proving.
@@ -33,7 +31,6 @@ pub async fn run(app: AppState, mut shutdown: watch::Receiver<bool>) {
     let mut ticker = tokio::time::interval(Duration::from_millis(app.config.ledger_tick_ms()));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut rewards = RewardState::default();
-    let mut reconciled_at = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
@@ -42,11 +39,8 @@ pub async fn run(app: AppState, mut shutdown: watch::Receiver<bool>) {
         if let Err(error) = tick(&app, &mut rewards).await {
             tracing::warn!(%error, "ledger upkeep incomplete; retrying next tick");
         }
-        if reconciled_at.elapsed() >= Duration::from_millis(RECONCILE_INTERVAL_MS) {
-            reconciled_at = tokio::time::Instant::now();
-            if let Err(error) = crate::rent::reconcile(&app).await {
-                tracing::warn!(%error, "rent reconciler incomplete; retrying later");
-            }
+        if let Err(error) = crate::rent::reconcile(&app).await {
+            tracing::warn!(%error, "rent reconciler incomplete; retrying next tick");
         }
     }
 }

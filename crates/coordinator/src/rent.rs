@@ -32,8 +32,9 @@ pub const HOURS_MAX: u32 = 720;
 pub const QUEUED_HOLD_MS: i64 = 7 * 24 * 3_600_000;
 /// Placed requests metered per upkeep tick at most.
 const METERED_PER_TICK_MAX: u32 = 1_000;
-/// Holds one reconciler run looks at, at most.
+/// Ended requests one reconciler run looks at, at most, and how far back.
 const RECONCILED_PER_RUN_MAX: u32 = 1_000;
+const RECONCILE_WINDOW_MS: i64 = 24 * 3_600_000;
 
 fn hold_id(request_id: &str) -> String {
     format!("escrow-{request_id}")
@@ -265,33 +266,40 @@ pub async fn meter(
     Ok(upto == total || out_of_escrow)
 }
 
-/// The reconciler: money of paid requests that ended must not stay behind. Returns escrow
-/// balances of ended requests to their renters (a refund that failed, or a placement funded
-/// as it was cancelled) and voids the holds of requests that ended before placement.
+/// The reconciler: money of paid requests that ended must not stay behind. For requests that
+/// ended within [`RECONCILE_WINDOW_MS`], returns what is left in escrow (a refund that failed,
+/// a placement funded as it was cancelled) and voids a hold still open (a request that ended
+/// before placement).
 pub async fn reconcile(app: &AppState) -> ApiResult<()> {
-    for account in app.store.ledger_accounts_like(":escrow:IOSD").await? {
-        if account.posted - account.held <= 0 {
+    let since_ms = now_ms().saturating_sub(RECONCILE_WINDOW_MS);
+    for row in app
+        .store
+        .requests_ended_since(since_ms, RECONCILED_PER_RUN_MAX)
+        .await?
+    {
+        let paid = serde_json::from_str::<RequestSpec>(&row.spec).is_ok_and(|s| s.hours.is_some());
+        if !paid {
             continue;
         }
-        let Some(row) = app.store.request_by_id(&account.owner).await? else {
-            continue;
-        };
-        if row.state != REQUEST_PLACED && row.state != flotilla_store::REQUEST_QUEUED {
+        let escrow = escrow(&row.id).to_string();
+        let left = app
+            .store
+            .ledger_accounts_of(&row.id)
+            .await?
+            .into_iter()
+            .any(|a| a.id == escrow && a.posted - a.held > 0);
+        if left {
             tracing::info!(request_id = %row.id, "reconciler returns an ended request's escrow");
             refund(app, &row).await?;
         }
-    }
-    for hold in app
-        .store
-        .ledger_open_hold_ids("escrow-", RECONCILED_PER_RUN_MAX)
-        .await?
-    {
-        let request_id = hold.trim_start_matches("escrow-");
-        let Some(row) = app.store.request_by_id(request_id).await? else {
-            continue;
-        };
-        if row.state != REQUEST_PLACED && row.state != flotilla_store::REQUEST_QUEUED {
-            release_hold(app, request_id).await?;
+        let open = app
+            .store
+            .ledger_open_holds(&row.account_id)
+            .await?
+            .into_iter()
+            .any(|h| h.id == hold_id(&row.id));
+        if open {
+            release_hold(app, &row.id).await?;
         }
     }
     Ok(())

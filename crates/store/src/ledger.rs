@@ -298,18 +298,6 @@ impl Store {
         Ok(ids)
     }
 
-    /// Ids of open holds whose id starts with `prefix` (the reconciler's sweep).
-    pub async fn ledger_open_hold_ids(&self, prefix: &str, limit: u32) -> Result<Vec<String>> {
-        let ids = sqlx::query_scalar(
-            "SELECT id FROM ledger_holds WHERE is_open = 1 AND id LIKE $1 ORDER BY id LIMIT $2",
-        )
-        .bind(format!("{prefix}%"))
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(ids)
-    }
-
     /// Open holds on accounts of `owner` (for a wallet's view).
     pub async fn ledger_open_holds(&self, owner: &str) -> Result<Vec<LedgerHoldRow>> {
         let rows = sqlx::query(

@@ -94,6 +94,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (6, include_str!("../migrations/0006_reliability.sql")),
     (7, include_str!("../migrations/0007_ledger.sql")),
     (8, include_str!("../migrations/0008_rent.sql")),
+    (9, include_str!("../migrations/0009_requests_ended.sql")),
 ];
 
 /// Connections held open to PostgreSQL. SQLite gets fewer: it has one writer anyway.

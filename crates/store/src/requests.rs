@@ -161,6 +161,22 @@ impl Store {
         rows.iter().map(request_from).collect()
     }
 
+    /// Requests that ended (cancelled or completed) at or after `since_ms`, oldest first.
+    pub async fn requests_ended_since(&self, since_ms: i64, limit: u32) -> Result<Vec<RequestRow>> {
+        let sql = format!(
+            "SELECT {REQUEST_COLUMNS} FROM requests WHERE ended_at_ms >= $3 AND state IN ($1, $2) \
+             ORDER BY ended_at_ms, id LIMIT $4"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(REQUEST_CANCELLED)
+            .bind(REQUEST_COMPLETED)
+            .bind(since_ms)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(request_from).collect()
+    }
+
     /// Records a paid rental's metered minutes; they only grow.
     pub async fn set_metered_minutes(&self, request_id: &str, minutes: u64) -> Result<()> {
         sqlx::query(

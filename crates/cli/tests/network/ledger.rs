@@ -602,3 +602,55 @@ async fn a_paid_rental_does_not_charge_minutes_down(db: Db) {
     assert!((1..60).contains(&minutes), "{minutes} minutes paid");
 }
 on_both_databases!(a_paid_rental_does_not_charge_minutes_down);
+
+/// A paid request that ended with money still in its escrow (a cancel whose refund was lost,
+/// simulated by ending it in the database) gets its escrow back from the reconciler.
+async fn the_reconciler_returns_escrow_left_behind(db: Db) {
+    let coordinator = Coordinator::start(
+        db,
+        &[
+            "--faucet",
+            "--allow-simulated-devices",
+            "--ledger-epoch-ms",
+            "1000",
+            "--schedule-interval-ms",
+            "100",
+        ],
+    )
+    .await;
+    let supplier_key = coordinator.account("sup", &[Role::Supplier]).await;
+    let renter = coordinator.client(Some(&coordinator.account("ren", &[Role::Renter]).await));
+    let dir = tempfile::tempdir().unwrap();
+    let token = coordinator.token(&supplier_key).await;
+    let _worker = coordinator.worker(dir.path(), Some(&token), "H100x1");
+    crate::market::price_idle_devices(&coordinator, &supplier_key, 1, 6 * TOKEN).await;
+    faucet(&renter, "IOSD", 100 * TOKEN, "f").await;
+    let spec = flotilla_proto::api::RequestSpec {
+        hours: Some(2),
+        budget_per_hour: Some(6 * TOKEN),
+        ..crate::market::one_node(1, "")
+    };
+    let created: flotilla_proto::api::RequestInfo = renter.post("requests", &spec).await.unwrap();
+    let placed = crate::market::until_placed(&renter, &created.id).await;
+    assert!(placed.escrow_micros.unwrap() > 12 * TOKEN as i64);
+    let store = flotilla_store::Store::open(&coordinator.database_url)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE requests SET state = 'cancelled', ended_at_ms = $1 WHERE id = $2")
+        .bind(flotilla_proto::time::now_unix_ms())
+        .bind(&created.id)
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let ended = eventually(Duration::from_secs(20), || async {
+        let info: flotilla_proto::api::RequestInfo =
+            renter.get(&format!("requests/{}", created.id)).await.ok()?;
+        (info.escrow_micros == Some(0)).then_some(info)
+    })
+    .await
+    .expect("the reconciler empties the escrow");
+    assert_eq!(ended.state, "cancelled");
+    // Nothing ran a whole rent minute: everything came back.
+    assert_eq!(iosd_of(&renter).await, 100 * TOKEN as i64);
+}
+on_both_databases!(the_reconciler_returns_escrow_left_behind);
