@@ -29,13 +29,14 @@ CREATE TABLE ledger_entries (
 CREATE INDEX ledger_entries_debit_owner ON ledger_entries (debit_owner, seq);
 CREATE INDEX ledger_entries_credit_owner ON ledger_entries (credit_owner, seq);
 
+-- KEYED_TABLE: see `Backend::dialect`.
 CREATE TABLE ledger_accounts (
     id TEXT PRIMARY KEY,
     owner TEXT NOT NULL,
     token TEXT NOT NULL,
     posted BIGINT NOT NULL,
     held BIGINT NOT NULL
-);
+) KEYED_TABLE;
 CREATE INDEX ledger_accounts_owner ON ledger_accounts (owner);
 
 CREATE TABLE ledger_holds (
@@ -46,7 +47,7 @@ CREATE TABLE ledger_holds (
     body TEXT NOT NULL,
     is_open BIGINT NOT NULL,
     expires_at_ms BIGINT NOT NULL
-);
+) KEYED_TABLE;
 CREATE INDEX ledger_holds_due ON ledger_holds (is_open, expires_at_ms);
 CREATE INDEX ledger_holds_owner ON ledger_holds (debit_owner, is_open);
 
