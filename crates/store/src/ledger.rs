@@ -188,6 +188,23 @@ impl Store {
         rows.iter().map(account_from).collect()
     }
 
+    /// The stored balances among `ids` (a page's escrows at once); absent ones never moved.
+    pub async fn ledger_balances(&self, ids: &[String]) -> Result<Vec<LedgerAccountRow>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT id, owner, token, posted, held FROM ledger_accounts WHERE id IN ({})",
+            placeholders(self.backend, 1, ids.len())
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for id in ids {
+            query = query.bind(id);
+        }
+        let rows = query.fetch_all(&self.pool).await?;
+        rows.iter().map(account_from).collect()
+    }
+
     /// Every account with a balance in `purpose` (such as `stake`) of `token`.
     pub async fn ledger_accounts_like(&self, suffix: &str) -> Result<Vec<LedgerAccountRow>> {
         let rows = sqlx::query(

@@ -261,24 +261,46 @@ impl Store {
 
     /// The devices a request holds now (its current attempt, not released).
     pub async fn placements(&self, request_id: &str) -> Result<Vec<PlacementRow>> {
-        let rows = sqlx::query(
-            "SELECT device_id, worker_id, node_index, attempt, price_per_hour FROM placements \
-             WHERE request_id = $1 AND released_at_ms IS NULL ORDER BY node_index, device_id",
-        )
-        .bind(request_id)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(PlacementRow {
-                    device_id: col(row, "device_id")?,
-                    worker_id: col(row, "worker_id")?,
-                    node_index: u32::try_from(col::<i64>(row, "node_index")?).unwrap_or(0),
-                    attempt: u32::try_from(col::<i64>(row, "attempt")?).unwrap_or(0),
-                    price_per_hour: to_u64(col::<i64>(row, "price_per_hour")?),
-                })
-            })
-            .collect()
+        let mut by_request = self.placements_of(&[request_id.to_owned()]).await?;
+        Ok(by_request.remove(request_id).unwrap_or_default())
+    }
+
+    /// The current placements of several requests at once (a page of a list), by request.
+    pub async fn placements_of(
+        &self,
+        request_ids: &[String],
+    ) -> Result<std::collections::HashMap<String, Vec<PlacementRow>>> {
+        let mut by_request: std::collections::HashMap<String, Vec<PlacementRow>> =
+            std::collections::HashMap::new();
+        if request_ids.is_empty() {
+            return Ok(by_request);
+        }
+        let list = (1..=request_ids.len())
+            .map(|i| format!("${i}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "SELECT request_id, device_id, worker_id, node_index, attempt, price_per_hour FROM placements \
+             WHERE request_id IN ({list}) AND released_at_ms IS NULL ORDER BY request_id, node_index, device_id"
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for id in request_ids {
+            query = query.bind(id);
+        }
+        for row in query.fetch_all(&self.pool).await? {
+            let placement = PlacementRow {
+                device_id: col(&row, "device_id")?,
+                worker_id: col(&row, "worker_id")?,
+                node_index: u32::try_from(col::<i64>(&row, "node_index")?).unwrap_or(0),
+                attempt: u32::try_from(col::<i64>(&row, "attempt")?).unwrap_or(0),
+                price_per_hour: to_u64(col::<i64>(&row, "price_per_hour")?),
+            };
+            by_request
+                .entry(col(&row, "request_id")?)
+                .or_default()
+                .push(placement);
+        }
+        Ok(by_request)
     }
 
     /// Cancels a queued or placed request of the account and releases its placements; the

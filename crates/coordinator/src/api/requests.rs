@@ -1,5 +1,7 @@
 //! A renter's requests for GPUs: submit, list, show (with why it waits), cancel, rate.
 
+use std::collections::HashMap;
+
 use axum::Json;
 use axum::extract::State;
 use flotilla_proto::api::{
@@ -7,7 +9,7 @@ use flotilla_proto::api::{
 };
 use flotilla_proto::id::{IdKind, new_id};
 use flotilla_proto::time::{rfc3339, rfc3339_opt};
-use flotilla_store::{REQUEST_PLACED, REQUEST_QUEUED, RequestRow};
+use flotilla_store::{PlacementRow, REQUEST_PLACED, REQUEST_QUEUED, RequestRow};
 
 use super::{PageRequest, check_id};
 use crate::error::{ApiError, ApiResult};
@@ -34,13 +36,50 @@ enum Explain {
     No,
 }
 
+/// What answers about requests need beside their rows, read for a whole page at once.
+struct Facts {
+    placements: HashMap<String, Vec<PlacementRow>>,
+    /// Escrow balances of paid requests, by request id.
+    escrows: HashMap<String, i64>,
+}
+
+async fn facts(app: &AppState, rows: &[RequestRow]) -> ApiResult<Facts> {
+    let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
+    let escrow_ids: Vec<String> = ids
+        .iter()
+        .map(|id| flotilla_ledger::AccountId::escrow(id, flotilla_ledger::Token::Iosd).to_string())
+        .collect();
+    let escrows = app
+        .store
+        .ledger_balances(&escrow_ids)
+        .await?
+        .into_iter()
+        .map(|account| (account.owner, account.posted))
+        .collect();
+    Ok(Facts {
+        placements: app.store.placements_of(&ids).await?,
+        escrows,
+    })
+}
+
 async fn info(app: &AppState, row: RequestRow, explain: Explain) -> ApiResult<RequestInfo> {
+    let facts = facts(app, std::slice::from_ref(&row)).await?;
+    info_with(app, row, explain, &facts).await
+}
+
+async fn info_with(
+    app: &AppState,
+    row: RequestRow,
+    explain: Explain,
+    facts: &Facts,
+) -> ApiResult<RequestInfo> {
     let spec: RequestSpec = serde_json::from_str(&row.spec)
         .map_err(|e| ApiError::Internal(format!("stored request spec: {e}")))?;
     // Rows come ordered by node index; indices need not start at 0 after a replacement.
     let mut nodes: Vec<PlacedNode> = Vec::new();
     let mut last_index = None;
-    for placement in app.store.placements(&row.id).await? {
+    let placements = facts.placements.get(&row.id).cloned().unwrap_or_default();
+    for placement in placements {
         let same_node = last_index == Some(placement.node_index);
         last_index = Some(placement.node_index);
         match nodes.last_mut().filter(|_| same_node) {
@@ -71,18 +110,7 @@ async fn info(app: &AppState, row: RequestRow, explain: Explain) -> ApiResult<Re
         None
     };
     let spec_paid = spec.hours.is_some();
-    let escrow_micros = if spec_paid {
-        let escrow = flotilla_ledger::AccountId::escrow(&row.id, flotilla_ledger::Token::Iosd);
-        let accounts = app.store.ledger_accounts_of(&row.id).await?;
-        Some(
-            accounts
-                .iter()
-                .find(|a| a.id == escrow.to_string())
-                .map_or(0, |a| a.posted),
-        )
-    } else {
-        None
-    };
+    let escrow_micros = spec_paid.then(|| facts.escrows.get(&row.id).copied().unwrap_or(0));
     Ok(RequestInfo {
         id: row.id,
         state: row.state,
@@ -155,9 +183,10 @@ pub async fn list_requests(
         .store
         .list_requests(caller.account_id(), page.after.as_deref(), page.fetch())
         .await?;
+    let facts = facts(&app, &rows).await?;
     let mut infos = Vec::with_capacity(rows.len());
     for row in rows {
-        infos.push(info(&app, row, Explain::No).await?);
+        infos.push(info_with(&app, row, Explain::No, &facts).await?);
     }
     Ok(Json(page.finish(
         infos,
