@@ -268,6 +268,25 @@ async fn requests_are_placed_whole_wait_with_a_reason_and_cancel(db: Db) {
     );
     assert_eq!(waiting.explanation.unwrap().offers_matching, 0);
 
+    // The list (a page read in a few queries) says what each request's own answer says.
+    let listed: Page<RequestInfo> = client.get("requests").await.unwrap();
+    assert_eq!(listed.items.len(), 2);
+    for item in &listed.items {
+        let one: RequestInfo = client.get(&format!("requests/{}", item.id)).await.unwrap();
+        assert_eq!(
+            (&item.state, &item.nodes),
+            (&one.state, &one.nodes),
+            "{}",
+            item.id
+        );
+    }
+    assert!(
+        listed
+            .items
+            .iter()
+            .any(|i| i.nodes.len() == 1 && i.nodes[0].device_ids.len() == 2)
+    );
+
     // Bad requests name the field; other renters cannot see or cancel this one.
     for (bad, field) in [
         (
