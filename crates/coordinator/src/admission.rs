@@ -59,13 +59,9 @@ pub async fn slash_for_failed_proof(
 ) -> Result<(), crate::ledger::LedgerError> {
     use flotilla_ledger::{AccountId, Kind, OnExpiry, Op, Purpose, Token, Transfer};
     let stake = AccountId::stake(supplier);
-    let available = app
-        .store
-        .ledger_accounts_of(supplier)
+    let available = crate::ledger::balance(&app.store, &stake)
         .await?
-        .into_iter()
-        .find(|a| a.id == stake.to_string())
-        .map_or(0, |a| a.posted - a.held);
+        .available();
     let due = flotilla_ledger::emission::minimum_stake_micros(
         &flotilla_proto::device::model_key(hardware.kind, &hardware.model),
         1,

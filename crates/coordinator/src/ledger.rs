@@ -289,12 +289,7 @@ fn start(
                 "ledger head",
             )));
         }
-        let head_row = LedgerHeadRow {
-            seq: head.seq,
-            hash: hex::encode(head.hash),
-            at_ms: head.at_ms,
-        };
-        tx.commit(&rows.entries, &rows.accounts, &rows.holds, &head_row)
+        tx.commit(&rows.entries, &rows.accounts, &rows.holds, &head_row(head))
             .await?;
         Ok(())
     });
@@ -386,14 +381,13 @@ async fn try_commit(
         )));
     }
     let rows = BatchRows::collect(&book, &outcomes);
-    let new_head = book.head();
-    let head_row = LedgerHeadRow {
-        seq: new_head.seq,
-        hash: hex::encode(new_head.hash),
-        at_ms: new_head.at_ms,
-    };
-    tx.commit(&rows.entries, &rows.accounts, &rows.holds, &head_row)
-        .await?;
+    tx.commit(
+        &rows.entries,
+        &rows.accounts,
+        &rows.holds,
+        &head_row(book.head()),
+    )
+    .await?;
     book.trim();
     if book.account_count() <= CACHE_ACCOUNTS_MAX {
         *cache = Some(book);
@@ -419,6 +413,26 @@ async fn refused_a_known_id(
         return Ok(false);
     }
     Ok(!tx.seen(&refused).await?.is_empty())
+}
+
+/// One account's stored balance (zero for one that never moved), outside any batch.
+pub async fn balance(
+    store: &Store,
+    account: &AccountId,
+) -> Result<Balance, flotilla_store::StoreError> {
+    let rows = store.ledger_balances(&[account.to_string()]).await?;
+    Ok(rows.first().map_or_else(Balance::default, |row| Balance {
+        posted: row.posted,
+        held: row.held,
+    }))
+}
+
+fn head_row(head: Head) -> LedgerHeadRow {
+    LedgerHeadRow {
+        seq: head.seq,
+        hash: hex::encode(head.hash),
+        at_ms: head.at_ms,
+    }
 }
 
 fn head_from_row(row: &LedgerHeadRow) -> Result<Head, LedgerError> {

@@ -149,13 +149,9 @@ pub async fn release_hold(app: &AppState, request_id: &str) -> Result<(), Ledger
 
 /// Returns what is left in a request's escrow to its renter.
 pub async fn refund(app: &AppState, row: &RequestRow) -> ApiResult<()> {
-    let left = app
-        .store
-        .ledger_accounts_of(&row.id)
+    let left = crate::ledger::balance(&app.store, &escrow(&row.id))
         .await?
-        .into_iter()
-        .find(|a| a.id == escrow(&row.id).to_string())
-        .map_or(0, |a| a.posted - a.held);
+        .available();
     let Ok(amount @ 1..) = u64::try_from(left) else {
         return Ok(());
     };
@@ -281,14 +277,10 @@ pub async fn reconcile(app: &AppState) -> ApiResult<()> {
         if !paid {
             continue;
         }
-        let escrow = escrow(&row.id).to_string();
-        let left = app
-            .store
-            .ledger_accounts_of(&row.id)
+        let left = crate::ledger::balance(&app.store, &escrow(&row.id))
             .await?
-            .into_iter()
-            .any(|a| a.id == escrow && a.posted - a.held > 0);
-        if left {
+            .available();
+        if left > 0 {
             tracing::info!(request_id = %row.id, "reconciler returns an ended request's escrow");
             refund(app, &row).await?;
         }

@@ -59,6 +59,22 @@ fn request_from(row: &AnyRow) -> Result<RequestRow> {
     })
 }
 
+/// Releases every device a request still holds, inside the caller's transaction.
+async fn release_placements(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    request_id: &str,
+    now_ms: i64,
+) -> Result<()> {
+    sqlx::query(
+        "UPDATE placements SET released_at_ms = $1 WHERE request_id = $2 AND released_at_ms IS NULL",
+    )
+    .bind(now_ms)
+    .bind(request_id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 /// Inserts a request's placement rows, all as `attempt`, inside the caller's transaction.
 async fn insert_placements(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
@@ -205,13 +221,7 @@ impl Store {
         if done.rows_affected() != 1 {
             return Ok(false);
         }
-        sqlx::query(
-            "UPDATE placements SET released_at_ms = $1 WHERE request_id = $2 AND released_at_ms IS NULL",
-        )
-        .bind(now_ms)
-        .bind(request_id)
-        .execute(&mut *tx)
-        .await?;
+        release_placements(&mut tx, request_id, now_ms).await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -330,11 +340,7 @@ impl Store {
             .bind(request_id)
             .execute(&mut *tx)
             .await?;
-        sqlx::query("UPDATE placements SET released_at_ms = $1 WHERE request_id = $2 AND released_at_ms IS NULL")
-            .bind(now_ms)
-            .bind(request_id)
-            .execute(&mut *tx)
-            .await?;
+        release_placements(&mut tx, request_id, now_ms).await?;
         tx.commit().await?;
         Ok(Some(state))
     }

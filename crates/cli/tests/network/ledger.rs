@@ -510,30 +510,51 @@ async fn iosd_of(client: &Client) -> i64 {
 /// cost, each minute up pays the supplier 99,750 and the treasury 2,500, minutes down pay
 /// nothing, and whatever is left returns to the renter. `kill_worker` kills the supplier's
 /// machine a second into the rental.
-async fn paid_rental(db: Db, kill_worker: bool) -> (i64, i64) {
-    let coordinator = Coordinator::start(
-        db,
-        &[
-            "--faucet",
-            "--allow-simulated-devices",
-            "--ledger-epoch-ms",
-            "1000",
-            "--rent-minute-ms",
-            "100",
-            "--schedule-interval-ms",
-            "100",
-        ],
-    )
-    .await;
+/// A coordinator with one supplier's H100 priced at 6 IOSD/h, and a renter holding 100 IOSD.
+struct RentalMarket {
+    coordinator: Coordinator,
+    renter: Client,
+    supplier: Client,
+    worker: crate::harness::Proc,
+    _dir: tempfile::TempDir,
+}
+
+async fn rental_market(db: Db, extra: &[&str]) -> RentalMarket {
+    let mut flags = vec![
+        "--faucet",
+        "--allow-simulated-devices",
+        "--ledger-epoch-ms",
+        "1000",
+        "--schedule-interval-ms",
+        "100",
+    ];
+    flags.extend_from_slice(extra);
+    let coordinator = Coordinator::start(db, &flags).await;
     let supplier_key = coordinator.account("sup", &[Role::Supplier]).await;
-    let renter_key = coordinator.account("ren", &[Role::Renter]).await;
-    let renter = coordinator.client(Some(&renter_key));
+    let renter = coordinator.client(Some(&coordinator.account("ren", &[Role::Renter]).await));
     let supplier = coordinator.client(Some(&supplier_key));
     let dir = tempfile::tempdir().unwrap();
     let token = coordinator.token(&supplier_key).await;
-    let mut worker = coordinator.worker(dir.path(), Some(&token), "H100x1");
+    let worker = coordinator.worker(dir.path(), Some(&token), "H100x1");
     crate::market::price_idle_devices(&coordinator, &supplier_key, 1, 6 * TOKEN).await;
     faucet(&renter, "IOSD", 100 * TOKEN, "f").await;
+    RentalMarket {
+        coordinator,
+        renter,
+        supplier,
+        worker,
+        _dir: dir,
+    }
+}
+
+async fn paid_rental(db: Db, kill_worker: bool) -> (i64, i64) {
+    let RentalMarket {
+        coordinator,
+        renter,
+        supplier,
+        mut worker,
+        _dir,
+    } = rental_market(db, &["--rent-minute-ms", "100"]).await;
 
     let too_big = flotilla_proto::api::RequestSpec {
         hours: Some(100),
@@ -606,32 +627,15 @@ on_both_databases!(a_paid_rental_does_not_charge_minutes_down);
 /// A paid request that ended with money still in its escrow (a cancel whose refund was lost,
 /// simulated by ending it in the database) gets its escrow back from the reconciler.
 async fn the_reconciler_returns_escrow_left_behind(db: Db) {
-    let coordinator = Coordinator::start(
-        db,
-        &[
-            "--faucet",
-            "--allow-simulated-devices",
-            "--ledger-epoch-ms",
-            "1000",
-            "--schedule-interval-ms",
-            "100",
-        ],
-    )
-    .await;
-    let supplier_key = coordinator.account("sup", &[Role::Supplier]).await;
-    let renter = coordinator.client(Some(&coordinator.account("ren", &[Role::Renter]).await));
-    let dir = tempfile::tempdir().unwrap();
-    let token = coordinator.token(&supplier_key).await;
-    let _worker = coordinator.worker(dir.path(), Some(&token), "H100x1");
-    crate::market::price_idle_devices(&coordinator, &supplier_key, 1, 6 * TOKEN).await;
-    faucet(&renter, "IOSD", 100 * TOKEN, "f").await;
+    let market = rental_market(db, &[]).await;
+    let (coordinator, renter) = (&market.coordinator, &market.renter);
     let spec = flotilla_proto::api::RequestSpec {
         hours: Some(2),
         budget_per_hour: Some(6 * TOKEN),
         ..crate::market::one_node(1, "")
     };
     let created: flotilla_proto::api::RequestInfo = renter.post("requests", &spec).await.unwrap();
-    let placed = crate::market::until_placed(&renter, &created.id).await;
+    let placed = crate::market::until_placed(renter, &created.id).await;
     assert!(placed.escrow_micros.unwrap() > 12 * TOKEN as i64);
     let store = flotilla_store::Store::open(&coordinator.database_url)
         .await
@@ -651,6 +655,6 @@ async fn the_reconciler_returns_escrow_left_behind(db: Db) {
     .expect("the reconciler empties the escrow");
     assert_eq!(ended.state, "cancelled");
     // Nothing ran a whole rent minute: everything came back.
-    assert_eq!(iosd_of(&renter).await, 100 * TOKEN as i64);
+    assert_eq!(iosd_of(renter).await, 100 * TOKEN as i64);
 }
 on_both_databases!(the_reconciler_returns_escrow_left_behind);

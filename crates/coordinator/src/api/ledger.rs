@@ -47,13 +47,6 @@ impl From<LedgerError> for ApiError {
     }
 }
 
-fn limit_ledger_reads(app: &AppState, ip: &str) -> ApiResult<()> {
-    app.limits
-        .ledger_reads
-        .check(ip, now_ms())
-        .map_err(|retry_after_s| ApiError::RateLimited { retry_after_s })
-}
-
 /// A refused transfer as an answer: bad fields are 422 naming the field, the rest 409.
 fn refusal(error: TransferError) -> ApiError {
     let message = error.to_string();
@@ -413,14 +406,9 @@ pub async fn deposit(
 #[utoipa::path(get, path = "/api/v1/wallet/stake", security(("api_key" = [])), responses((status = 200, body = StakeInfo)))]
 pub async fn stake_info(State(app): State<AppState>, caller: Caller) -> ApiResult<Json<StakeInfo>> {
     let owner = caller.account_id();
-    let stake = AccountId::stake(owner).to_string();
-    let staked = app
-        .store
-        .ledger_accounts_of(owner)
+    let staked = crate::ledger::balance(&app.store, &AccountId::stake(owner))
         .await?
-        .into_iter()
-        .find(|row| row.id == stake)
-        .map_or(0, |row| row.posted);
+        .posted;
     let holds = open_holds(&app, owner)
         .await?
         .iter()
@@ -548,7 +536,7 @@ pub async fn ledger_info(
     State(app): State<AppState>,
     ClientIp(ip): ClientIp,
 ) -> ApiResult<Json<LedgerInfo>> {
-    super::market::limit_reads(&app, &ip)?;
+    super::market::limit_reads(&app.limits.market_reads, &ip)?;
     let head = app.store.ledger_head().await?;
     let mut supply = Vec::new();
     let totals = app.store.ledger_totals().await?;
@@ -590,7 +578,7 @@ pub async fn epochs(
     ClientIp(ip): ClientIp,
     QueryParams(query): QueryParams<EpochQuery>,
 ) -> ApiResult<Json<Vec<EpochInfo>>> {
-    super::market::limit_reads(&app, &ip)?;
+    super::market::limit_reads(&app.limits.market_reads, &ip)?;
     let limit = query.limit.unwrap_or(100);
     if !(1..=EPOCHS_LIMIT_MAX).contains(&limit) {
         return Err(ApiError::invalid("limit", "must be between 1 and 500"));
@@ -624,7 +612,7 @@ pub async fn entry_proof(
     ClientIp(ip): ClientIp,
     PathId(id): PathId,
 ) -> ApiResult<Json<flotilla_ledger::InclusionProof>> {
-    super::market::limit_reads(&app, &ip)?;
+    super::market::limit_reads(&app.limits.market_reads, &ip)?;
     let row = match id.parse::<u64>() {
         Ok(seq) => app.store.ledger_entry(seq).await?,
         Err(_) => app.store.ledger_entry_by_id(&id).await?,
@@ -647,7 +635,7 @@ pub async fn export(
     State(app): State<AppState>,
     ClientIp(ip): ClientIp,
 ) -> ApiResult<axum::response::Response> {
-    limit_ledger_reads(&app, &ip)?;
+    super::market::limit_reads(&app.limits.ledger_reads, &ip)?;
     let chunks = crate::ledger_upkeep::export_stream(app, EXPORT_PAGE_ENTRIES).await?;
     axum::response::Response::builder()
         .header("content-type", "application/x-ndjson")

@@ -44,9 +44,9 @@ pub struct OfferQuery {
     pub nodes: Option<u32>,
 }
 
-pub(crate) fn limit_reads(app: &AppState, ip: &str) -> ApiResult<()> {
-    app.limits
-        .market_reads
+/// Counts one public read by `ip` against `limiter`: 429 past its rate.
+pub(crate) fn limit_reads(limiter: &crate::ratelimit::RateLimiter, ip: &str) -> ApiResult<()> {
+    limiter
         .check(ip, now_ms())
         .map_err(|retry_after_s| ApiError::RateLimited { retry_after_s })
 }
@@ -102,7 +102,7 @@ pub async fn list_offers(
     ClientIp(ip): ClientIp,
     QueryParams(query): QueryParams<OfferQuery>,
 ) -> ApiResult<Json<OffersResponse>> {
-    limit_reads(&app, &ip)?;
+    limit_reads(&app.limits.market_reads, &ip)?;
     let filter = parse(query.q.as_deref().unwrap_or(""))
         .map_err(|e| ApiError::invalid("q", e.to_string()))?;
     let sort = match query.sort.as_deref() {
@@ -150,7 +150,7 @@ pub async fn market_prices(
     State(app): State<AppState>,
     ClientIp(ip): ClientIp,
 ) -> ApiResult<Json<Vec<ModelPriceInfo>>> {
-    limit_reads(&app, &ip)?;
+    limit_reads(&app.limits.market_reads, &ip)?;
     let market = view(&app).await?;
     let current = price_index(&market.snapshot, &[]);
     let baseline = app.prices.baseline(now_ms(), &current);

@@ -99,13 +99,11 @@ pub async fn create_proposal(
 ) -> ApiResult<(StatusCode, Json<ProposalInfo>)> {
     caller.require_write()?;
     validate(&create)?;
-    let stake = flotilla_ledger::AccountId::stake(caller.account_id()).to_string();
-    let staked = app
-        .store
-        .ledger_accounts_of(caller.account_id())
+    let stake = flotilla_ledger::AccountId::stake(caller.account_id());
+    let staked = crate::ledger::balance(&app.store, &stake)
         .await?
-        .into_iter()
-        .any(|row| row.id == stake && row.posted - row.held > 0);
+        .available()
+        > 0;
     if !staked {
         return Err(ApiError::Forbidden(
             "opening a proposal needs staked IO".into(),
