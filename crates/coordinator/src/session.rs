@@ -739,6 +739,9 @@ async fn on_message(
             device_id,
             openings,
         } => take_memory_openings(app, bound, device_id, openings).await,
+        WorkerMessage::NodeStarted { .. }
+        | WorkerMessage::NodeLog { .. }
+        | WorkerMessage::NodeExited { .. } => Ok(()),
         WorkerMessage::Heartbeat { devices, .. } => {
             check_telemetry(&devices)?;
             let returning = app

@@ -16,6 +16,8 @@ pub enum IdKind {
     Request,
     Transfer,
     Proposal,
+    Cluster,
+    Run,
 }
 
 impl IdKind {
@@ -32,6 +34,8 @@ impl IdKind {
             IdKind::Request => "req_",
             IdKind::Transfer => "ltx_",
             IdKind::Proposal => "prp_",
+            IdKind::Cluster => "clu_",
+            IdKind::Run => "run_",
         }
     }
 }

@@ -52,6 +52,13 @@ pub enum ServerMessage {
         /// Hex of 32 fresh random bytes.
         nonce: String,
     },
+    /// Run one node of a cluster. Idempotent by `run_id`: a worker already running it does
+    /// nothing. The coordinator sends it when the node is assigned, and again whenever a
+    /// heartbeat's `running` list lacks an assigned run.
+    RunNode(NodeOrder),
+    /// Stop a run (terminated, failed elsewhere, expired, reassigned, or unknown to the
+    /// coordinator). The worker kills it and reports [`WorkerMessage::NodeExited`].
+    StopNode { run_id: String, reason: String },
     /// A message was refused. `fatal` means the coordinator closes the session.
     Rejected {
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -61,6 +68,43 @@ pub enum ServerMessage {
         fatal: bool,
     },
 }
+
+/// One node's work, as the coordinator orders it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeOrder {
+    /// Names this node's attempt (`run_...`), fresh per attempt.
+    pub run_id: String,
+    pub cluster_id: String,
+    pub node_rank: u32,
+    pub node_count: u32,
+    /// 1 for the first run of a rank, one more per restart or replacement.
+    pub attempt: u32,
+    /// The program and its arguments.
+    pub argv: Vec<String>,
+    /// The environment the renter gave (secret values included: they go to the node only),
+    /// besides the `FLOTILLA_*` variables the worker sets itself.
+    pub env: Vec<(String, String)>,
+    /// The devices of this worker the node holds; the worker maps them to GPU indices.
+    pub device_ids: Vec<String>,
+    /// Host names of every node's worker, by rank.
+    pub peers: Vec<String>,
+    /// Memory limit for the node's processes.
+    pub memory_bytes_max: u64,
+    /// Killed after this long.
+    pub wall_limit_ms: u64,
+}
+
+/// Which output stream a log chunk came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogStream {
+    Stdout,
+    Stderr,
+}
+
+/// Bytes of one [`WorkerMessage::NodeLog`] chunk at most.
+pub const LOG_CHUNK_BYTES_MAX: usize = 16 * 1024;
 
 /// The id the coordinator gave one reported device.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -95,6 +139,29 @@ pub enum WorkerMessage {
     Heartbeat {
         sent_at_ms: i64,
         devices: Vec<DeviceTelemetry>,
+        /// Runs the worker has not reported ended yet (started or starting).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        running: Vec<String>,
+    },
+    /// A run's command started in its sandbox.
+    NodeStarted { run_id: String },
+    /// Output of a run, in order: `offset` is the stream's byte count before this chunk, and
+    /// `text` at most [`LOG_CHUNK_BYTES_MAX`] bytes (invalid UTF-8 replaced).
+    NodeLog {
+        run_id: String,
+        stream: LogStream,
+        offset: u64,
+        text: String,
+    },
+    /// A run ended. `exit_code` is none when it was killed by a signal; `reason` is one of
+    /// `exited`, `stopped` (by [`ServerMessage::StopNode`]), `memory` (over its memory limit),
+    /// `timed_out`, or `start_failed` (with `message` saying why).
+    NodeExited {
+        run_id: String,
+        exit_code: Option<i32>,
+        reason: String,
+        #[serde(default)]
+        message: String,
     },
     /// The answer to [`ServerMessage::ProveCompute`]: both commitments and the compute
     /// openings (the transcript's memory fields are left empty).
@@ -239,6 +306,7 @@ mod tests {
         WorkerMessage::Heartbeat {
             sent_at_ms: 1,
             devices: vec![],
+            running: vec![],
         }
     }
 

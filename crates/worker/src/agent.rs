@@ -259,9 +259,7 @@ async fn session(
                 Ok((socket, nonce, heartbeat_interval_ms, ids))
             }
             ServerMessage::Rejected { code, message, .. } => Err(refusal_end(code, message)),
-            ServerMessage::Challenge { .. }
-            | ServerMessage::ProveCompute { .. }
-            | ServerMessage::OpenMemory { .. } => Err(retry("expected a welcome".to_owned())),
+            _ => Err(retry("expected a welcome".to_owned())),
         }
     };
     let handshake = tokio::time::timeout(Duration::from_millis(HANDSHAKE_TIMEOUT_MS), handshake);
@@ -297,7 +295,7 @@ async fn session(
             }
             _ = ticker.tick() => {
                 seq += 1;
-                let beat = WorkerMessage::Heartbeat { sent_at_ms: now_unix_ms(), devices: inventory.sample(&device_ids, now_unix_ms()) };
+                let beat = WorkerMessage::Heartbeat { sent_at_ms: now_unix_ms(), devices: inventory.sample(&device_ids, now_unix_ms()), running: vec![] };
                 if let Err(reason) = send(&mut socket, &Envelope::seal(key, &nonce, &enrollment.worker_id, seq, &beat)).await {
                     return SessionEnd::Retry { healthy: healthy(), reason };
                 }

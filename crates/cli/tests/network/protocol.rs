@@ -211,6 +211,7 @@ impl RawSession {
         let beat = WorkerMessage::Heartbeat {
             sent_at_ms: 0,
             devices: vec![sample],
+            running: vec![],
         };
         Envelope::seal(&self.key, &self.nonce, &self.worker_id, seq, &beat)
     }
