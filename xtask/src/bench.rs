@@ -314,6 +314,7 @@ async fn simulated_worker(
         let beat = WorkerMessage::Heartbeat {
             sent_at_ms: 0,
             devices: vec![sample],
+            running: vec![],
         };
         let sealed = Envelope::seal(&worker.key, &nonce, &worker.worker_id, seq, &beat);
         socket

@@ -26,7 +26,7 @@ use anyhow::{Context, Result, bail};
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
-        Some("test") => test(),
+        Some("test") => test(&args[1..]),
         Some("bench") if args.get(1).map(String::as_str) == Some("proof") => {
             proof_bench::run(&args[2..])
         }
@@ -110,16 +110,21 @@ fn has_nextest() -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-fn test() -> Result<()> {
-    run(cargo().args(["fmt", "--all", "--", "--check"]))?;
-    run(cargo().args([
-        "clippy",
-        "--workspace",
-        "--all-targets",
-        "--",
-        "-D",
-        "warnings",
-    ]))?;
+/// The whole check: format, lints, every test on SQLite and a throwaway PostgreSQL. With
+/// filters (`cargo xtask test clusters::`), only the tests they name run, on both databases,
+/// and format and lints are left out.
+fn test(filters: &[String]) -> Result<()> {
+    if filters.is_empty() {
+        run(cargo().args(["fmt", "--all", "--", "--check"]))?;
+        run(cargo().args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]))?;
+    }
     let sandbox = ensure_bubblewrap();
     let server = postgres::Server::start()?;
     let mut command = cargo();
@@ -128,6 +133,7 @@ fn test() -> Result<()> {
     } else {
         command.args(["test", "--workspace", "--no-fail-fast"]);
     }
+    command.args(filters);
     command
         .env("FLOTILLA_TEST_POSTGRES_URL", server.admin_url())
         .env("FLOTILLA_REQUIRE_POSTGRES", "1");

@@ -74,6 +74,12 @@ pub enum ClientCommand {
     /// A renter's requests for GPUs.
     #[command(subcommand)]
     Requests(crate::market_commands::RequestsCommand),
+    /// Deploy a cluster: quote, confirm, hold the total in escrow, run the command on every
+    /// node. `flotilla deploy --nodes 2 --hours 1 --yes -- sh -c 'echo $FLOTILLA_NODE_RANK'`
+    Deploy(crate::cluster_commands::DeployArgs),
+    /// A renter's clusters: list, show, logs, extend, terminate.
+    #[command(subcommand)]
+    Clusters(crate::cluster_commands::ClustersCommand),
     /// Balances, history, transfers, withdrawals and staking.
     #[command(subcommand)]
     Wallet(crate::ledger_commands::WalletCommand),
@@ -242,6 +248,8 @@ pub async fn run(command: ClientCommand) -> Result<()> {
         ClientCommand::Offers(args) => crate::market_commands::offers(args).await,
         ClientCommand::Market(command) => crate::market_commands::market(command).await,
         ClientCommand::Requests(command) => crate::market_commands::requests(command).await,
+        ClientCommand::Deploy(args) => crate::cluster_commands::deploy(args).await,
+        ClientCommand::Clusters(command) => crate::cluster_commands::clusters(command).await,
         ClientCommand::Wallet(command) => crate::ledger_commands::wallet(command).await,
         ClientCommand::Ledger(command) => crate::ledger_commands::ledger(command).await,
         ClientCommand::Proposals(command) => crate::ledger_commands::proposals(command).await,

@@ -2,6 +2,7 @@
 //! client commands are `flotilla <noun> <verb>`.
 
 mod client_commands;
+mod cluster_commands;
 mod dev;
 mod ledger_commands;
 mod market_commands;

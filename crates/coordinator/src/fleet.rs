@@ -52,6 +52,8 @@ struct Session {
     id: u64,
     /// Dropping or firing this ends the session task.
     kick: oneshot::Sender<()>,
+    /// Tells the session its worker's runs changed.
+    nudge: Arc<tokio::sync::Notify>,
 }
 
 #[derive(Debug)]
@@ -150,8 +152,9 @@ impl Fleet {
         devices: &[DeviceRow],
         parked: &[DeviceRow],
         now_ms: i64,
-    ) -> (u64, oneshot::Receiver<()>) {
+    ) -> (u64, oneshot::Receiver<()>, Arc<tokio::sync::Notify>) {
         let (kick, kicked) = oneshot::channel();
+        let nudge = Arc::new(tokio::sync::Notify::new());
         let mut state = self.lock();
         state.next_session_id += 1;
         let session_id = state.next_session_id;
@@ -184,12 +187,26 @@ impl Fleet {
         if let Some(old) = worker.session.replace(Session {
             id: session_id,
             kick,
+            nudge: nudge.clone(),
         }) {
             let _ = old.kick.send(());
         } else {
             self.metrics.workers_connected.inc();
         }
-        (session_id, kicked)
+        (session_id, kicked, nudge)
+    }
+
+    /// Tells a connected worker's session that its runs changed; nothing if it is away (its
+    /// next session loads them anyway).
+    pub fn nudge(&self, worker_id: &str) {
+        let state = self.lock();
+        if let Some(session) = state
+            .workers
+            .get(worker_id)
+            .and_then(|w| w.session.as_ref())
+        {
+            session.nudge.notify_one();
+        }
     }
 
     /// Unbinds a session that ended, unless a newer one replaced it already.

@@ -42,6 +42,9 @@ pub async fn run(app: AppState, mut shutdown: watch::Receiver<bool>) {
         if let Err(error) = crate::rent::reconcile(&app).await {
             tracing::warn!(%error, "rent reconciler incomplete; retrying next tick");
         }
+        if let Err(error) = crate::clusters::reconcile(&app).await {
+            tracing::warn!(%error, "cluster reconciler incomplete; retrying next tick");
+        }
     }
 }
 

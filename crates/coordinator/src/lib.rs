@@ -11,6 +11,7 @@
 
 pub mod admission;
 pub mod api;
+pub mod clusters;
 pub mod config;
 pub mod device_state;
 pub mod error;
@@ -83,6 +84,8 @@ pub struct AppState {
     /// Price indexes kept for trends.
     pub prices: Arc<market::PriceHistory>,
     pub ledger: ledger::Ledger,
+    /// Asks the scheduling loop for a pass now (a deploy need not wait for the next tick).
+    pub schedule_now: Arc<tokio::sync::Notify>,
 }
 
 /// Errors starting the coordinator.
@@ -169,6 +172,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         shutdown: shutdown_rx.clone(),
         prices: Arc::new(market::PriceHistory::default()),
         ledger,
+        schedule_now: Arc::new(tokio::sync::Notify::new()),
     };
     let router = api::router(app.clone());
     let mut server_shutdown = shutdown_rx.clone();

@@ -194,6 +194,7 @@ pub async fn meter_all(app: &AppState) -> ApiResult<()> {
         if app.store.complete_request(&row.id, now_ms()).await? {
             crate::scheduling::release(app, &devices).await;
             refund(app, &row).await?;
+            crate::clusters::request_expired(app, &row.id).await?;
             tracing::info!(request_id = %row.id, "paid rental ended");
         }
     }

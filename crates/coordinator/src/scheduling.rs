@@ -176,6 +176,7 @@ pub async fn run(app: AppState, mut shutdown: watch::Receiver<bool>) {
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
+            _ = app.schedule_now.notified() => {}
             _ = shutdown.wait_for(|stop| *stop) => return,
         }
         if let Err(error) = pass(&app).await {
@@ -269,7 +270,9 @@ async fn commit(
     {
         Ok(true) => {
             tracing::info!(request_id = %row.id, devices = device_ids.len(), "request placed");
-            fund_or_cancel(app, row, &rows, device_ids).await;
+            if fund_or_cancel(app, row, &rows, device_ids).await {
+                crate::clusters::start_runs(app, &row.id, &rows).await;
+            }
         }
         outcome => {
             if let Err(error) = outcome {
@@ -287,19 +290,22 @@ async fn fund_or_cancel(
     row: &RequestRow,
     rows: &[PlacementRow],
     device_ids: Vec<String>,
-) {
+) -> bool {
     let Ok(spec) = serde_json::from_str::<RequestSpec>(&row.spec) else {
-        return;
+        return false;
     };
     match crate::rent::fund_placement(app, &row.id, &spec, rows).await {
         Ok(true) => {
             // Cancelled while being funded: the cancel's refund may have found nothing yet.
             if let Ok(Some(now)) = app.store.request_by_id(&row.id).await
                 && now.state != flotilla_store::REQUEST_PLACED
-                && let Err(error) = crate::rent::refund(app, &now).await
             {
-                tracing::warn!(request_id = %row.id, %error, "refund left to the reconciler");
+                if let Err(error) = crate::rent::refund(app, &now).await {
+                    tracing::warn!(request_id = %row.id, %error, "refund left to the reconciler");
+                }
+                return false;
             }
+            true
         }
         outcome => {
             tracing::warn!(request_id = %row.id, ?outcome, "a paid request's hold could not fund it; cancelled");
@@ -311,6 +317,7 @@ async fn fund_or_cancel(
                 tracing::warn!(request_id = %row.id, %error, "could not cancel an unfunded request");
             }
             release(app, &device_ids).await;
+            false
         }
     }
 }
@@ -399,6 +406,9 @@ async fn replace(
         .collect();
     release(app, &left_behind).await;
     tracing::info!(%request_id, attempt = replacement.attempt, nodes = lost_workers.len(), "lost nodes replaced");
+    if let Err(error) = crate::clusters::replace_runs(app, request_id, lost_workers, &rows).await {
+        tracing::warn!(%request_id, %error, "could not move a cluster's runs; the reconciler retries");
+    }
     Ok(true)
 }
 

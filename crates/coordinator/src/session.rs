@@ -23,6 +23,8 @@ use crate::fleet::FleetError;
 const DEVICE_ROWS_PER_WORKER_MAX: usize = 4 * DEVICES_PER_WORKER_MAX;
 /// How long a new connection may take to send its Hello.
 const HELLO_TIMEOUT_MS: u64 = 10_000;
+/// Most runs one heartbeat may list.
+const RUNS_REPORTED_MAX: usize = 256;
 
 /// A refusal sent to the worker: a stable code, a message, and whether the session ends.
 #[derive(Debug)]
@@ -65,6 +67,10 @@ struct Bound {
     pending_proofs: std::collections::HashMap<String, PendingProof>,
     /// Messages a handler wants sent; the session loop sends them after the handler returns.
     outbox: Vec<ServerMessage>,
+    /// Fires when this worker's runs change (`clusters::nudge`).
+    nudge: std::sync::Arc<tokio::sync::Notify>,
+    /// The worker's live runs as last loaded, and when each was last ordered.
+    runs: std::collections::HashMap<String, tokio::time::Instant>,
 }
 
 /// A proof-of-compute challenge in flight.
@@ -102,10 +108,12 @@ pub async fn run(mut socket: WebSocket, app: AppState, mut shutdown: watch::Rece
             return;
         }
     };
+    sync_runs(&app, &mut bound).await;
     if send(&mut socket, &welcome).await.is_err()
         || issue_challenges(&mut socket, &app, &mut bound)
             .await
             .is_err()
+        || send_outbox(&mut socket, &mut bound).await.is_err()
     {
         app.fleet.close_session(&bound.worker_id, bound.session_id);
         return;
@@ -122,12 +130,19 @@ pub async fn run(mut socket: WebSocket, app: AppState, mut shutdown: watch::Rece
     let first_recheck_ms = random_below(app.config.proof_recheck_interval_ms.max(1));
     let recheck = tokio::time::sleep(Duration::from_millis(first_recheck_ms));
     tokio::pin!(recheck);
+    let nudge = bound.nudge.clone();
     loop {
         let next_proof_deadline = bound.pending_proofs.values().map(|p| p.deadline).min();
         tokio::select! {
             _ = &mut kicked => break,
             _ = &mut stopping => break,
             _ = &mut silence => break,
+            _ = nudge.notified() => {
+                sync_runs(&app, &mut bound).await;
+                if send_outbox(&mut socket, &mut bound).await.is_err() {
+                    break;
+                }
+            }
             _ = &mut recheck => {
                 recheck.as_mut().reset(tokio::time::Instant::now() + recheck_delay(&app));
                 bound.to_prove = idle_devices(&app, &bound);
@@ -293,7 +308,7 @@ async fn hello_session(
                 .iter()
                 .any(|(_, hw, _)| hw.hardware_id == row.hardware.hardware_id)
         });
-    let (session_id, kicked) = app
+    let (session_id, kicked, nudge) = app
         .fleet
         .open_session(&worker.id, &current, &absent, now_ms);
     let to_prove = match settle_devices(app, &current, &absent, worker.paused).await {
@@ -340,6 +355,8 @@ async fn hello_session(
         devices: current.clone(),
         pending_proofs: std::collections::HashMap::new(),
         outbox: Vec::new(),
+        nudge,
+        runs: std::collections::HashMap::new(),
     };
     tracing::info!(worker_id = %worker.id, devices = current.len(), "worker session opened");
     Ok((bound, kicked, welcome))
@@ -739,11 +756,41 @@ async fn on_message(
             device_id,
             openings,
         } => take_memory_openings(app, bound, device_id, openings).await,
-        WorkerMessage::NodeStarted { .. }
-        | WorkerMessage::NodeLog { .. }
-        | WorkerMessage::NodeExited { .. } => Ok(()),
-        WorkerMessage::Heartbeat { devices, .. } => {
+        WorkerMessage::NodeStarted { run_id } => {
+            crate::clusters::on_started(app, &bound.worker_id, &run_id)
+                .await
+                .map_err(report_refused)
+        }
+        WorkerMessage::NodeLog {
+            run_id,
+            stream,
+            text,
+            ..
+        } => crate::clusters::on_log(app, &bound.worker_id, &run_id, stream, &text)
+            .await
+            .map_err(report_refused),
+        WorkerMessage::NodeExited {
+            run_id,
+            exit_code,
+            reason,
+            ..
+        } => {
+            bound.runs.remove(&run_id);
+            crate::clusters::on_exited(app, &bound.worker_id, &run_id, exit_code, &reason)
+                .await
+                .map_err(report_refused)
+        }
+        WorkerMessage::Heartbeat {
+            devices, running, ..
+        } => {
             check_telemetry(&devices)?;
+            if running.len() > RUNS_REPORTED_MAX {
+                return Err(Refusal::soft(
+                    "too_many_runs",
+                    format!("a heartbeat lists at most {RUNS_REPORTED_MAX} runs"),
+                ));
+            }
+            reconcile_running(app, bound, &running).await;
             let returning = app
                 .fleet
                 .heartbeat(&bound.worker_id, &devices, now_unix_ms())
@@ -755,6 +802,81 @@ async fn on_message(
                     .map_err(|e| Refusal::soft("internal", e.to_string()))?;
             }
             Ok(())
+        }
+    }
+}
+
+fn report_refused(refused: crate::clusters::ReportRefused) -> Refusal {
+    Refusal::soft(refused.code, refused.message)
+}
+
+/// Loads the worker's live runs: orders the new ones, stops the ones no longer live.
+async fn sync_runs(app: &AppState, bound: &mut Bound) {
+    let live = match app.store.live_runs_of_worker(&bound.worker_id).await {
+        Ok(live) => live,
+        Err(error) => {
+            tracing::warn!(worker_id = %bound.worker_id, %error, "could not load runs; next nudge or heartbeat retries");
+            return;
+        }
+    };
+    let gone: Vec<String> = bound
+        .runs
+        .keys()
+        .filter(|id| !live.iter().any(|run| &run.id == *id))
+        .cloned()
+        .collect();
+    for run_id in gone {
+        bound.runs.remove(&run_id);
+        bound.outbox.push(ServerMessage::StopNode {
+            run_id,
+            reason: "the run ended".to_owned(),
+        });
+    }
+    for run in &live {
+        if !bound.runs.contains_key(&run.id) {
+            order(app, bound, run).await;
+        }
+    }
+}
+
+async fn order(app: &AppState, bound: &mut Bound, run: &flotilla_store::RunRow) {
+    match crate::clusters::order_for(app, run).await {
+        Ok(Some(order)) => {
+            bound.outbox.push(ServerMessage::RunNode(order));
+            bound
+                .runs
+                .insert(run.id.clone(), tokio::time::Instant::now());
+        }
+        Ok(None) => {}
+        Err(error) => tracing::warn!(run_id = %run.id, %error, "could not build a run's order"),
+    }
+}
+
+/// Compares what the worker runs with what it should: runs it should not have are stopped, and
+/// live runs it lacks are ordered again (an order lost with a dropped connection).
+async fn reconcile_running(app: &AppState, bound: &mut Bound, running: &[String]) {
+    for run_id in running.iter().filter(|id| !bound.runs.contains_key(*id)) {
+        bound.outbox.push(ServerMessage::StopNode {
+            run_id: run_id.clone(),
+            reason: "not assigned to this worker".to_owned(),
+        });
+    }
+    let patience = Duration::from_millis(app.config.heartbeat_interval_ms.saturating_mul(2));
+    let missing: Vec<String> = bound
+        .runs
+        .iter()
+        .filter(|(id, ordered_at)| !running.contains(id) && ordered_at.elapsed() > patience)
+        .map(|(id, _)| id.clone())
+        .collect();
+    for run_id in missing {
+        match app.store.run(&run_id).await {
+            Ok(Some(run)) if run.is_live() && run.worker_id == bound.worker_id => {
+                order(app, bound, &run).await;
+            }
+            Ok(_) => {
+                bound.runs.remove(&run_id);
+            }
+            Err(error) => tracing::warn!(%run_id, %error, "could not re-check a run"),
         }
     }
 }

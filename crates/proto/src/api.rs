@@ -519,6 +519,173 @@ pub struct FeedbackRequest {
     pub stars: u8,
 }
 
+// --- Clusters ----------------------------------------------------------------------------
+
+/// What a renter deploys: a placement of `nodes` x `gpus_per_node`, paid for `hours`, and the
+/// command every node runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSpec {
+    /// Letters, digits, `-` and `_`, at most 64.
+    pub name: String,
+    /// `batch` (done when every node exits 0) or `service` (runs until terminated or expired).
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub nodes: u32,
+    /// 1 unless given.
+    #[serde(default = "one")]
+    pub gpus_per_node: u32,
+    /// Constraints in the offer search language: GPU model or class, memory, region, tier,
+    /// price, such as `gpu=h100 vram>=80 region=eu tier=datacenter price<2.5`.
+    #[serde(default)]
+    pub query: String,
+    /// The most the whole cluster may cost per hour, in IOSD base units. Without it, the
+    /// quote's price is held.
+    #[serde(default)]
+    pub budget_per_hour: Option<u64>,
+    pub hours: u32,
+    /// The token rent is paid in: IOSD.
+    #[serde(default = "default_token")]
+    pub token: String,
+    /// The program and its arguments.
+    pub command: Vec<String>,
+    #[serde(default)]
+    pub env: std::collections::BTreeMap<String, String>,
+    /// Given to the nodes only; never logged and never shown back (answers list the names).
+    #[serde(default)]
+    pub secret_env: std::collections::BTreeMap<String, String>,
+    /// Ports a service listens on.
+    #[serde(default)]
+    pub ports: Vec<u16>,
+    /// Memory limit per node, MiB.
+    #[serde(default)]
+    pub memory_mib: Option<u64>,
+    /// Restarts of a node whose command failed (not of one whose worker failed). Default 0.
+    #[serde(default)]
+    pub retries: u32,
+    /// A directory under the work directory kept across replacements.
+    #[serde(default)]
+    pub checkpoint_path: Option<String>,
+    /// A container image: the node runs on the container driver.
+    #[serde(default)]
+    pub image: Option<String>,
+    /// one_region (default) or spread.
+    #[serde(default)]
+    pub colocation: Option<String>,
+    #[serde(default)]
+    pub renter_region: Option<String>,
+}
+
+fn default_token() -> String {
+    "IOSD".to_owned()
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// What a cluster would cost now, or why nothing matches.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ClusterQuote {
+    /// Whether the market can place the cluster now.
+    pub placeable: bool,
+    /// The placement's rent per hour, IOSD base units.
+    pub rent_per_hour: u64,
+    pub hours: u32,
+    pub rent_micros: u64,
+    pub fee_micros: u64,
+    /// What deploy holds: rent plus fees.
+    pub total_micros: u64,
+    pub token: String,
+    /// Why nothing matches, in words, when not placeable.
+    pub waiting_because: Option<String>,
+    pub explanation: Option<NoMatchExplanation>,
+}
+
+/// One node of a cluster: its latest run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ClusterNodeInfo {
+    pub rank: u32,
+    /// 1 for the first run, one more per restart or replacement.
+    pub attempt: u32,
+    pub run_id: String,
+    pub worker_id: String,
+    pub device_ids: Vec<String>,
+    /// assigned, running, exited, failed, stopped or lost.
+    pub state: String,
+    pub exit_code: Option<i32>,
+    /// Why it ended: exited, stopped, memory, timed_out, start_failed, worker_lost.
+    pub reason: String,
+    pub started_at: Option<String>,
+    pub ended_at: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ClusterInfo {
+    pub id: String,
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// deploying, running, completed, failed, terminated or expired.
+    pub state: String,
+    /// The spec as deployed, secret values left out (their names are in `secret_env_names`).
+    pub spec: ClusterSpec,
+    pub secret_env_names: Vec<String>,
+    pub nodes: Vec<ClusterNodeInfo>,
+    /// Why a deploying cluster waits.
+    pub waiting_because: Option<String>,
+    pub rent_per_hour: u64,
+    /// Escrow left, and the node-minutes' minutes metered so far.
+    pub escrow_micros: i64,
+    pub metered_minutes: u64,
+    pub created_at: String,
+    pub running_at: Option<String>,
+    pub ended_at: Option<String>,
+    /// Why it ended, in words.
+    pub ended_because: Option<String>,
+}
+
+/// Adds hours to a cluster; their rent is held at once.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExtendRequest {
+    pub hours: u32,
+}
+
+/// One chunk of a node's output.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct LogLine {
+    /// Position in the cluster's log, for `?after=`.
+    pub seq: i64,
+    pub node_rank: u32,
+    pub attempt: u32,
+    /// stdout or stderr.
+    pub stream: String,
+    pub at: String,
+    pub text: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct LogPage {
+    pub lines: Vec<LogLine>,
+    /// Pass as `after` to read on.
+    pub next_after: i64,
+    /// Whether the cluster ended (a follower stops once it has read everything).
+    pub ended: bool,
+}
+
+/// `?after=&node=&limit=` on a cluster's logs.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct LogQuery {
+    #[serde(default)]
+    pub after: Option<i64>,
+    #[serde(default)]
+    pub node: Option<u32>,
+    #[serde(default)]
+    pub limit: Option<u32>,
+}
+
 // --- Ledger ------------------------------------------------------------------------------
 // Amounts are integers of base units (a millionth of a token) beside a `token` (IO or IOSD).
 

@@ -12,6 +12,7 @@
 
 mod accounts;
 mod audit;
+mod clusters;
 mod devices;
 mod governance;
 mod ledger;
@@ -23,6 +24,10 @@ mod workers;
 
 pub use accounts::{AccountRow, ApiKeyRow, AuthenticatedKey};
 pub use audit::{AuditEventRow, NewAuditEvent};
+pub use clusters::{
+    CLUSTER_DEPLOYING, CLUSTER_RUNNING, ClusterRow, LogRow, RUN_ASSIGNED, RUN_EXITED, RUN_FAILED,
+    RUN_LOST, RUN_RUNNING, RUN_STOPPED, RunRow,
+};
 pub use devices::{DeviceRow, DeviceStateChange};
 pub use governance::ProposalRow;
 pub use ledger::{
@@ -77,13 +82,20 @@ impl Backend {
     /// which on SQLite must be written `INTEGER PRIMARY KEY` to be the table's own row id and
     /// on PostgreSQL `BIGINT PRIMARY KEY` (`INTEGER` is 32 bits). `KEYED_TABLE` after a table
     /// with a text key stores its rows in the key's own B-tree on SQLite (`WITHOUT ROWID`),
-    /// PostgreSQL having no such option. Either way, one B-tree fewer per write.
+    /// PostgreSQL having no such option. Either way, one B-tree fewer per write. `AUTO_KEY` is a
+    /// 64-bit key the database numbers itself on insert.
     fn dialect(self, sql: &str) -> String {
-        let (key, keyed) = match self {
-            Backend::Sqlite => ("INTEGER PRIMARY KEY", "WITHOUT ROWID"),
-            Backend::Postgres => ("BIGINT PRIMARY KEY", ""),
+        let (key, keyed, auto) = match self {
+            Backend::Sqlite => (
+                "INTEGER PRIMARY KEY",
+                "WITHOUT ROWID",
+                "INTEGER PRIMARY KEY",
+            ),
+            Backend::Postgres => ("BIGINT PRIMARY KEY", "", "BIGSERIAL PRIMARY KEY"),
         };
-        sql.replace("ROWID_KEY", key).replace("KEYED_TABLE", keyed)
+        sql.replace("AUTO_KEY", auto)
+            .replace("ROWID_KEY", key)
+            .replace("KEYED_TABLE", keyed)
     }
 }
 
@@ -97,6 +109,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (7, include_str!("../migrations/0007_ledger.sql")),
     (8, include_str!("../migrations/0008_rent.sql")),
     (9, include_str!("../migrations/0009_requests_ended.sql")),
+    (10, include_str!("../migrations/0010_clusters.sql")),
 ];
 
 /// Connections held open to PostgreSQL. SQLite gets fewer: it has one writer anyway.

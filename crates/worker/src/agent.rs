@@ -1,4 +1,5 @@
-//! The agent's main loop: enroll if needed, then sessions with backoff until shutdown.
+//! The agent's main loop: enroll if needed, then sessions with backoff until shutdown. The
+//! runner is made once, before the first session, so nodes keep running across reconnects.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -20,6 +21,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use crate::WorkerError;
 use crate::hardware::Inventory;
 use crate::identity::{Enrollment, load_enrollment, load_or_create_key, save_enrollment};
+use crate::runs::Runner;
 
 /// First reconnect delay; doubles per failure up to [`RECONNECT_DELAY_MS_MAX`].
 const RECONNECT_DELAY_MS_MIN: u64 = 200;
@@ -86,21 +88,28 @@ pub async fn run(
         config.cpu_device,
         &key.verifying_key().to_bytes(),
     )?;
+    let mut runner = Runner::new(&config.data_dir)?;
     tracing::info!(worker_id = %enrollment.worker_id, devices = inventory.hardware().len(), "worker starting");
     let mut delay_ms = RECONNECT_DELAY_MS_MIN;
     loop {
-        let end = session(
-            &config,
-            &key,
-            &enrollment,
-            &hostname,
-            &mut inventory,
-            &mut shutdown,
-        )
-        .await;
+        let context = SessionContext {
+            config: &config,
+            key: &key,
+            enrollment: &enrollment,
+            hostname: &hostname,
+            inventory: &mut inventory,
+            runner: &mut runner,
+        };
+        let end = session(context, &mut shutdown).await;
         match end {
-            SessionEnd::Stopped => return Ok(()),
-            SessionEnd::Fatal(error) => return Err(error),
+            SessionEnd::Stopped => {
+                runner.shutdown().await;
+                return Ok(());
+            }
+            SessionEnd::Fatal(error) => {
+                runner.shutdown().await;
+                return Err(error);
+            }
             SessionEnd::Retry { healthy, reason } => {
                 if healthy {
                     delay_ms = RECONNECT_DELAY_MS_MIN;
@@ -109,7 +118,10 @@ pub async fn run(
                 tracing::warn!(%reason, retry_in_ms = jittered_ms, "control session ended");
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_millis(jittered_ms)) => {}
-                    _ = stopped(&mut shutdown) => return Ok(()),
+                    _ = stopped(&mut shutdown) => {
+                        runner.shutdown().await;
+                        return Ok(());
+                    }
                 }
                 delay_ms = (delay_ms * 2).min(RECONNECT_DELAY_MS_MAX);
             }
@@ -198,14 +210,25 @@ fn refusal_end(code: String, message: String) -> SessionEnd {
     }
 }
 
-async fn session(
-    config: &WorkerConfig,
-    key: &SigningKey,
-    enrollment: &Enrollment,
-    hostname: &str,
-    inventory: &mut Inventory,
-    shutdown: &mut watch::Receiver<bool>,
-) -> SessionEnd {
+/// What a session works with; all of it outlives the session.
+struct SessionContext<'a> {
+    config: &'a WorkerConfig,
+    key: &'a SigningKey,
+    enrollment: &'a Enrollment,
+    hostname: &'a str,
+    inventory: &'a mut Inventory,
+    runner: &'a mut Runner,
+}
+
+async fn session(context: SessionContext<'_>, shutdown: &mut watch::Receiver<bool>) -> SessionEnd {
+    let SessionContext {
+        config,
+        key,
+        enrollment,
+        hostname,
+        inventory,
+        runner,
+    } = context;
     let retry = |reason: String| SessionEnd::Retry {
         healthy: false,
         reason,
@@ -269,6 +292,7 @@ async fn session(
         Err(_) => return retry("handshake timed out".to_owned()),
     };
     tracing::info!(worker_id = %enrollment.worker_id, devices = device_ids.len(), "control session open");
+    runner.set_devices(inventory.gpu_indices(&device_ids));
     let opened = std::time::Instant::now();
     // Only a session that lasted resets the backoff: two workers fighting over one identity,
     // or a coordinator that drops every session at once, must not be retried at full speed.
@@ -289,13 +313,19 @@ async fn session(
                     return SessionEnd::Retry { healthy: healthy(), reason };
                 }
             }
+            message = runner.next_message() => {
+                seq += 1;
+                if let Err(reason) = send(&mut socket, &Envelope::seal(key, &nonce, &enrollment.worker_id, seq, &message)).await {
+                    return SessionEnd::Retry { healthy: healthy(), reason };
+                }
+            }
             _ = stopped(shutdown) => {
                 let _ = socket.close(None).await;
                 return SessionEnd::Stopped;
             }
             _ = ticker.tick() => {
                 seq += 1;
-                let beat = WorkerMessage::Heartbeat { sent_at_ms: now_unix_ms(), devices: inventory.sample(&device_ids, now_unix_ms()), running: vec![] };
+                let beat = WorkerMessage::Heartbeat { sent_at_ms: now_unix_ms(), devices: inventory.sample(&device_ids, now_unix_ms()), running: runner.running() };
                 if let Err(reason) = send(&mut socket, &Envelope::seal(key, &nonce, &enrollment.worker_id, seq, &beat)).await {
                     return SessionEnd::Retry { healthy: healthy(), reason };
                 }
@@ -321,7 +351,11 @@ async fn session(
                         return SessionEnd::Retry { healthy: healthy(), reason };
                     }
                 }
-                Ok(_) => {}
+                Ok(ServerMessage::RunNode(order)) => runner.start(order),
+                Ok(ServerMessage::StopNode { run_id, reason }) => runner.stop(&run_id, &reason),
+                Ok(ServerMessage::Challenge { .. } | ServerMessage::Welcome { .. }) => {
+                    tracing::warn!("unexpected handshake message in an open session");
+                }
                 Err(reason) => return SessionEnd::Retry { healthy: healthy(), reason },
             }
         }

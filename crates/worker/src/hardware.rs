@@ -107,6 +107,28 @@ impl Inventory {
             .collect()
     }
 
+    /// The GPU index (NVML's) of each device the coordinator gave an id to, by device id. CPU
+    /// and simulated devices are there with none: a node holding them sees no GPU.
+    pub fn gpu_indices(
+        &self,
+        device_ids: &[(String, String)],
+    ) -> std::collections::HashMap<String, Option<u32>> {
+        device_ids
+            .iter()
+            .filter_map(|(hardware_id, device_id)| {
+                let (_, source) = self
+                    .devices
+                    .iter()
+                    .find(|(hardware, _)| hardware.hardware_id == *hardware_id)?;
+                let index = match source {
+                    Source::Nvml { index } => Some(*index),
+                    Source::Cpu | Source::Simulated { .. } => None,
+                };
+                Some((device_id.clone(), index))
+            })
+            .collect()
+    }
+
     /// One telemetry sample per device, for the devices the coordinator gave ids to.
     pub fn sample(&mut self, device_ids: &[(String, String)], now_ms: i64) -> Vec<DeviceTelemetry> {
         let (rx_now, tx_now) = read_net_bytes();

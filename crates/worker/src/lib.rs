@@ -8,10 +8,14 @@
 //! - Every message sent is sealed by `flotilla_proto::wire::Envelope` with a sequence number
 //!   that grows by one per session.
 //! - The worker dials out; it never listens, so it works behind NAT.
+//! - Nodes outlive control sessions: the runner (`runs`) belongs to the agent, not a session,
+//!   and a node runs only inside the sandbox (`sandbox`), limited by a cgroup (`cgroup`).
 
 mod agent;
+pub mod cgroup;
 pub mod hardware;
 pub mod identity;
+pub mod runs;
 pub mod sandbox;
 
 use std::path::{Path, PathBuf};

@@ -1,26 +1,57 @@
 //! The exec driver's sandbox: a renter's command runs under bubblewrap as an unprivileged user,
 //! with a private view of the filesystem (the system read-only, one writable work directory,
 //! nothing of the worker's own data or key), its own PID, IPC and UTS namespaces, a clean
-//! environment holding only what the node is given, an address-space limit, and a wall-clock
-//! limit. Output is kept in a bounded tail.
+//! environment holding only what the node is given, a memory limit, and a wall-clock limit.
 //!
-//! `bwrap_args` is pure so the policy is testable without running anything; `run` needs
-//! `bwrap` (Debian package `bubblewrap`) and `prlimit` (util-linux) on the machine.
+//! The memory limit is a cgroup per run where the machine has a writable one (see
+//! [`crate::cgroup`]): the sandbox's first process joins it before `bwrap` starts, so every
+//! process of the node is inside. Without one, the fallback is an address-space limit
+//! (`prlimit --as`), which GPU programs (huge mappings) cannot live with.
+//!
+//! [`Sandbox::start`] streams the output as [`Chunk`]s and [`Running::wait`] ends the run: by
+//! itself, at its wall-clock limit, or when asked to stop. Killing `bwrap` ends the whole node:
+//! `--die-with-parent` kills the namespace's first process with it, and a PID namespace dies
+//! with its first process; the cgroup is killed too, as a second net. [`run`] runs a spec to its
+//! end and keeps the tail of its output.
+//!
+//! The node's user is `nobody` inside and, when the worker runs as root, outside too: `bwrap`
+//! is started through `setpriv` as `nobody`, since an unprivileged user namespace maps the
+//! node's user to whoever started `bwrap`. So the work directory, and every directory above
+//! it, must let others pass (`o+x`), and the kernel must allow unprivileged user namespaces.
+//!
+//! `bwrap_args` is pure so the policy is testable without running anything; running needs
+//! `bwrap` (Debian package `bubblewrap`), `sh`, `setpriv` when root and `prlimit` without
+//! cgroups (both util-linux).
 
 use std::ffi::OsString;
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use flotilla_proto::wire::LogStream;
 use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::cgroup::{Cgroups, RunCgroup, Version};
 
 /// The user and group a node runs as: `nobody`.
 pub const SANDBOX_UID: u32 = 65_534;
 pub const SANDBOX_GID: u32 = 65_534;
 /// Where the work directory appears inside the sandbox.
 pub const WORK_MOUNT: &str = "/work";
-/// Bytes of a node's output (stdout and stderr together) kept, the most recent.
+/// Bytes of a node's output (stdout and stderr together) kept by [`run`], the most recent.
 pub const LOG_TAIL_BYTES_MAX: usize = 1 << 20;
+/// Bytes of one [`Chunk`] at most (one read of a pipe).
+pub const CHUNK_BYTES_MAX: usize = 16 * 1024;
+/// Chunks [`run`] lets wait between the pipes and its tail.
+const RUN_CHUNKS_QUEUED_MAX: usize = 16;
+/// How long the output readers may take to finish once the node is dead.
+const READERS_DRAIN_MS_MAX: u64 = 5_000;
+/// The sandbox's first process joins the cgroup (`$0`), then becomes `bwrap` (`$@`). An exit
+/// status of 125 with a shell message on stderr means it could not join.
+const JOIN_CGROUP_SCRIPT: &str = "echo $$ > \"$0\" || exit 125; exec \"$@\"";
 /// Most arguments and environment variables a command may carry.
 pub const ARGS_MAX: usize = 4_096;
 
@@ -48,7 +79,7 @@ pub struct SandboxSpec {
     pub work_dir: PathBuf,
     /// GPUs the node may use (indices), as `CUDA_VISIBLE_DEVICES` and `NVIDIA_VISIBLE_DEVICES`.
     pub gpu_indices: Vec<u32>,
-    /// Address-space limit.
+    /// Memory limit: the cgroup's, or the address space's where there is no cgroup.
     pub memory_bytes_max: u64,
     /// Killed after this long.
     pub wall_limit: Duration,
@@ -64,6 +95,8 @@ pub enum SandboxError {
         program: &'static str,
         source: std::io::Error,
     },
+    #[error("cannot make the run's cgroup: {0}")]
+    Cgroup(std::io::Error),
     #[error("sandbox io: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -75,12 +108,45 @@ pub struct Exit {
     pub code: Option<i32>,
     /// Killed for running past its wall-clock limit.
     pub timed_out: bool,
+    /// The kernel killed a process of it for going over its memory limit.
+    pub out_of_memory: bool,
     /// The last [`LOG_TAIL_BYTES_MAX`] bytes of stdout and stderr.
     pub log_tail: Vec<u8>,
 }
 
+/// A piece of a node's output, as read from its pipe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chunk {
+    pub stream: LogStream,
+    /// At most [`CHUNK_BYTES_MAX`] bytes, not necessarily valid UTF-8 nor whole lines.
+    pub bytes: Vec<u8>,
+}
+
+/// Why a started node ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// By itself (its code says how).
+    Exited,
+    /// Killed at its wall-clock limit.
+    TimedOut,
+    /// Killed because it was asked to stop.
+    Stopped,
+    /// It failed after the kernel killed a process of it for going over its memory limit.
+    OutOfMemory,
+}
+
+/// How a started node ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ended {
+    /// The exit code of `bwrap` (the command's, or 128 + the signal that killed it); none when
+    /// `bwrap` itself was killed (stopped, timed out).
+    pub code: Option<i32>,
+    pub ending: Ending,
+}
+
 impl SandboxSpec {
-    fn check(&self) -> Result<(), SandboxError> {
+    /// Refuses what cannot be passed to `bwrap` safely.
+    pub fn check(&self) -> Result<(), SandboxError> {
         if self.argv.is_empty() || self.argv[0].is_empty() {
             return Err(SandboxError::Invalid("a command needs a program"));
         }
@@ -153,19 +219,25 @@ pub fn bwrap_args(spec: &SandboxSpec, exists: impl Fn(&Path) -> bool) -> Vec<OsS
         .map(u32::to_string)
         .collect::<Vec<_>>()
         .join(",");
-    let fixed = [
-        ("HOME", WORK_MOUNT.to_owned()),
-        ("PATH", "/usr/local/bin:/usr/bin:/bin".to_owned()),
-        ("CUDA_VISIBLE_DEVICES", gpus.clone()),
-        (
-            "NVIDIA_VISIBLE_DEVICES",
-            if gpus.is_empty() { "void".into() } else { gpus },
-        ),
+    // Defaults the node may change, its own environment, then what it may not: a later
+    // --setenv wins, and the GPUs it sees are the worker's choice alone.
+    let defaults = [
+        ("HOME", WORK_MOUNT),
+        ("PATH", "/usr/local/bin:/usr/bin:/bin"),
     ];
-    for (name, value) in fixed
-        .iter()
-        .map(|(n, v)| (*n, v.as_str()))
+    let nvidia = if gpus.is_empty() {
+        "void"
+    } else {
+        gpus.as_str()
+    };
+    let imposed = [
+        ("CUDA_VISIBLE_DEVICES", gpus.as_str()),
+        ("NVIDIA_VISIBLE_DEVICES", nvidia),
+    ];
+    for (name, value) in defaults
+        .into_iter()
         .chain(spec.env.iter().map(|(n, v)| (n.as_str(), v.as_str())))
+        .chain(imposed)
     {
         args.extend(["--setenv", name, value].iter().map(OsString::from));
     }
@@ -174,60 +246,266 @@ pub fn bwrap_args(spec: &SandboxSpec, exists: impl Fn(&Path) -> bool) -> Vec<OsS
     args
 }
 
-/// Runs the spec to its end (or its wall-clock limit) and returns how it ended.
-pub async fn run(spec: &SandboxSpec) -> Result<Exit, SandboxError> {
-    spec.check()?;
-    let mut command = tokio::process::Command::new("prlimit");
+/// How nodes are confined on this machine: found once, used for every run.
+#[derive(Debug, Clone)]
+pub struct Sandbox {
+    cgroups: Option<Cgroups>,
+}
+
+impl Sandbox {
+    /// Uses a writable memory cgroup hierarchy where there is one; says so when there is not.
+    pub fn detect() -> Sandbox {
+        match Cgroups::detect() {
+            Ok(cgroups) => {
+                tracing::info!(version = ?cgroups.version(), "node memory limits through cgroups");
+                Sandbox {
+                    cgroups: Some(cgroups),
+                }
+            }
+            Err(reason) => {
+                tracing::warn!(%reason, "no writable memory cgroup: nodes get an address-space limit only, which GPU programs cannot live with");
+                Sandbox::without_cgroups()
+            }
+        }
+    }
+
+    /// Address-space limits only.
+    pub fn without_cgroups() -> Sandbox {
+        Sandbox { cgroups: None }
+    }
+
+    /// The cgroup interface runs are limited through; none means the address-space fallback.
+    pub fn cgroup_version(&self) -> Option<Version> {
+        self.cgroups.as_ref().map(Cgroups::version)
+    }
+
+    /// Removes run cgroups a previous worker left behind.
+    pub fn sweep_leftovers(&self) {
+        if let Some(cgroups) = &self.cgroups {
+            cgroups.sweep_leftovers();
+        }
+    }
+
+    /// Starts the spec; `name` (a path component, unique among live runs) names its cgroup. Its
+    /// output goes to `output` as it comes; a full channel holds the node back, a closed one
+    /// discards the rest. Needs a Tokio runtime.
+    pub fn start(
+        &self,
+        name: &str,
+        spec: &SandboxSpec,
+        output: mpsc::Sender<Chunk>,
+    ) -> Result<Running, SandboxError> {
+        spec.check()?;
+        let cgroup = match &self.cgroups {
+            Some(cgroups) => Some(
+                cgroups
+                    .create(name, spec.memory_bytes_max)
+                    .map_err(SandboxError::Cgroup)?,
+            ),
+            None => None,
+        };
+        let deadline = tokio::time::Instant::now()
+            .checked_add(spec.wall_limit)
+            .unwrap_or_else(far_future);
+        let mut child = match command(spec, cgroup.as_ref()).spawn() {
+            Ok(child) => child,
+            Err(source) => {
+                if let Some(cgroup) = cgroup {
+                    tokio::spawn(cgroup.remove());
+                }
+                return Err(SandboxError::Spawn {
+                    program: "sh/prlimit/bwrap",
+                    source,
+                });
+            }
+        };
+        let mut readers = Vec::with_capacity(2);
+        if let Some(stdout) = child.stdout.take() {
+            readers.push(tokio::spawn(forward(
+                stdout,
+                LogStream::Stdout,
+                output.clone(),
+            )));
+        }
+        if let Some(stderr) = child.stderr.take() {
+            readers.push(tokio::spawn(forward(stderr, LogStream::Stderr, output)));
+        }
+        Ok(Running {
+            child,
+            cgroup,
+            readers,
+            deadline,
+        })
+    }
+}
+
+/// A started node. Dropping it kills the node (but leaves its cgroup: use [`Running::wait`]).
+#[derive(Debug)]
+pub struct Running {
+    child: tokio::process::Child,
+    cgroup: Option<RunCgroup>,
+    readers: Vec<JoinHandle<()>>,
+    deadline: tokio::time::Instant,
+}
+
+impl Running {
+    /// Waits for the node's end: by itself, at its wall-clock limit, or when `stop` resolves
+    /// (then it is killed). Returns once every process is gone, the output is all handed over
+    /// and the cgroup is removed.
+    pub async fn wait(mut self, stop: impl Future<Output = ()>) -> Result<Ended, SandboxError> {
+        let (status, ending) = tokio::select! {
+            status = self.child.wait() => (status, Ending::Exited),
+            () = tokio::time::sleep_until(self.deadline) => (self.kill().await, Ending::TimedOut),
+            () = stop => (self.kill().await, Ending::Stopped),
+        };
+        self.drain_readers().await;
+        let out_of_memory = match self.cgroup.take() {
+            Some(cgroup) => {
+                let killed = cgroup.oom_killed();
+                cgroup.remove().await;
+                killed
+            }
+            None => false,
+        };
+        let status = status?;
+        let ending = match ending {
+            Ending::Exited if out_of_memory && !status.success() => Ending::OutOfMemory,
+            other => other,
+        };
+        Ok(Ended {
+            code: status.code(),
+            ending,
+        })
+    }
+
+    /// Kills the node (bwrap, and so its namespace; and its cgroup) and reaps it.
+    async fn kill(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        let _ = self.child.start_kill();
+        if let Some(cgroup) = &self.cgroup {
+            cgroup.kill();
+        }
+        self.child.wait().await
+    }
+
+    /// Lets the readers hand over what the pipes still hold; gives up on a pipe some stray
+    /// process keeps open.
+    async fn drain_readers(&mut self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(READERS_DRAIN_MS_MAX);
+        for reader in &mut self.readers {
+            if tokio::time::timeout_at(deadline, &mut *reader)
+                .await
+                .is_err()
+            {
+                reader.abort();
+            }
+        }
+    }
+}
+
+/// Whether this process is root (it owns its own /proc entry).
+pub(crate) fn running_as_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").is_ok_and(|meta| meta.uid() == 0)
+}
+
+fn far_future() -> tokio::time::Instant {
+    // About 30 years: what Tokio itself uses for "never".
+    tokio::time::Instant::now() + Duration::from_secs(86_400 * 365 * 30)
+}
+
+/// The process to spawn: `bwrap` inside the run's cgroup, or under an address-space limit,
+/// and as `nobody` on the host too when the worker is root.
+fn command(spec: &SandboxSpec, cgroup: Option<&RunCgroup>) -> tokio::process::Command {
+    let mut command = match cgroup {
+        Some(cgroup) => {
+            let mut command = tokio::process::Command::new("sh");
+            command
+                .arg("-c")
+                .arg(JOIN_CGROUP_SCRIPT)
+                .arg(cgroup.procs_file());
+            command
+        }
+        None => {
+            let mut command = tokio::process::Command::new("prlimit");
+            command
+                .arg(format!("--as={}", spec.memory_bytes_max))
+                .arg("--");
+            command
+        }
+    };
+    if running_as_root() {
+        // bwrap maps the node's user to whoever runs it: run by root, the node would own
+        // every root file it can see (a 0600 key under a read-only /etc, say) and leave
+        // root-owned, possibly setuid, files in its work dir.
+        let (uid, gid) = (SANDBOX_UID.to_string(), SANDBOX_GID.to_string());
+        command.args([
+            "setpriv",
+            "--reuid",
+            &uid,
+            "--regid",
+            &gid,
+            "--clear-groups",
+            "--",
+        ]);
+    }
     command
-        .arg(format!("--as={}", spec.memory_bytes_max))
-        .arg("--")
         .arg("bwrap")
         .args(bwrap_args(spec, Path::exists))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    let mut child = command.spawn().map_err(|source| SandboxError::Spawn {
-        program: "prlimit/bwrap",
-        source,
-    })?;
-    let stdout = child.stdout.take().expect("stdout is piped");
-    let stderr = child.stderr.take().expect("stderr is piped");
-    let tail = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let readers = [
-        tokio::spawn(keep_tail(stdout, tail.clone())),
-        tokio::spawn(keep_tail(stderr, tail.clone())),
-    ];
-    let (status, timed_out) = match tokio::time::timeout(spec.wall_limit, child.wait()).await {
-        Ok(status) => (Some(status?), false),
-        Err(_) => {
-            child.kill().await?;
-            (None, true)
+    command
+}
+
+/// Hands what `stream` says to `output` in chunks; once nobody listens, reads on and discards
+/// so the node never blocks on a full pipe.
+async fn forward(
+    mut stream: impl AsyncRead + Unpin,
+    which: LogStream,
+    output: mpsc::Sender<Chunk>,
+) {
+    let mut buffer = vec![0u8; CHUNK_BYTES_MAX];
+    let mut listening = true;
+    while let Ok(read @ 1..) = stream.read(&mut buffer).await {
+        if listening {
+            let chunk = Chunk {
+                stream: which,
+                bytes: buffer[..read].to_vec(),
+            };
+            listening = output.send(chunk).await.is_ok();
         }
-    };
-    for reader in readers {
-        let _ = reader.await;
     }
-    let log_tail = std::mem::take(&mut *tail.lock().expect("the tail lock is never poisoned"));
+}
+
+/// Runs the spec to its end (or its wall-clock limit) and returns how it ended.
+pub async fn run(spec: &SandboxSpec) -> Result<Exit, SandboxError> {
+    let (output, mut chunks) = mpsc::channel(RUN_CHUNKS_QUEUED_MAX);
+    let running = Sandbox::detect().start(&unique_name(), spec, output)?;
+    let keep_tail = async {
+        let mut tail = Vec::new();
+        while let Some(chunk) = chunks.recv().await {
+            tail.extend_from_slice(&chunk.bytes);
+            let excess = tail.len().saturating_sub(LOG_TAIL_BYTES_MAX);
+            tail.drain(..excess);
+        }
+        tail
+    };
+    let (ended, log_tail) = tokio::join!(running.wait(std::future::pending()), keep_tail);
+    let ended = ended?;
     Ok(Exit {
-        code: status.and_then(|s| s.code()),
-        timed_out,
+        code: ended.code,
+        timed_out: ended.ending == Ending::TimedOut,
+        out_of_memory: ended.ending == Ending::OutOfMemory,
         log_tail,
     })
 }
 
-/// Appends what `stream` says to `tail`, keeping the last [`LOG_TAIL_BYTES_MAX`] bytes.
-async fn keep_tail(
-    mut stream: impl AsyncRead + Unpin,
-    tail: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
-) {
-    let mut buffer = [0u8; 8192];
-    while let Ok(read @ 1..) = stream.read(&mut buffer).await {
-        let mut tail = tail.lock().expect("the tail lock is never poisoned");
-        tail.extend_from_slice(&buffer[..read]);
-        let excess = tail.len().saturating_sub(LOG_TAIL_BYTES_MAX);
-        tail.drain(..excess);
-    }
+/// A fresh cgroup name for a run that has no id of its own.
+fn unique_name() -> String {
+    let mut bytes = [0u8; 8];
+    getrandom::fill(&mut bytes).expect("the operating system has a random source");
+    format!("sandbox-{}", hex::encode(bytes))
 }
 
 #[cfg(test)]

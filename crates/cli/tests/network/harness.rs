@@ -331,6 +331,16 @@ fn getrandom_seed(seed: &mut [u8; 32]) {
 }
 
 impl Proc {
+    /// Sends a signal by name (`STOP`, `CONT`) to the process.
+    pub fn signal(&self, name: &str) {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill")
+            .args([&format!("-{name}"), &pid])
+            .status()
+            .unwrap();
+        assert!(sent.success(), "kill -{name} {pid}");
+    }
+
     /// The exit status, if the process has exited.
     pub fn proc_status(&mut self) -> Option<std::process::ExitStatus> {
         self.child.try_wait().ok().flatten()

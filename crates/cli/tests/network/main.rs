@@ -4,6 +4,7 @@
 mod harness;
 
 mod api;
+mod clusters;
 mod dev;
 mod fleet;
 mod ledger;

@@ -95,8 +95,14 @@ fn check_reference(field: &str, text: &str, required: bool) -> ApiResult<()> {
 
 /// The transfer id: from the caller's `Idempotency-Key` when given, else fresh.
 fn transfer_id(caller_id: &str, headers: &HeaderMap) -> ApiResult<String> {
+    Ok(idempotency_key(caller_id, headers)?.unwrap_or_else(|| new_id(IdKind::Transfer)))
+}
+
+/// The caller's `Idempotency-Key`, hashed with the caller's id (so two callers' keys never
+/// meet), or none when the request carries none.
+pub(crate) fn idempotency_key(caller_id: &str, headers: &HeaderMap) -> ApiResult<Option<String>> {
     let Some(key) = headers.get("idempotency-key") else {
-        return Ok(new_id(IdKind::Transfer));
+        return Ok(None);
     };
     let key = key
         .to_str()
@@ -113,7 +119,7 @@ fn transfer_id(caller_id: &str, headers: &HeaderMap) -> ApiResult<String> {
         .chain_update([0])
         .chain_update(key.as_bytes())
         .finalize();
-    Ok(format!("idk_{}", &hex::encode(digest)[..40]))
+    Ok(Some(format!("idk_{}", &hex::encode(digest)[..40])))
 }
 
 fn user_account(field: &str, owner: &str, purpose: Purpose, token: Token) -> ApiResult<AccountId> {

@@ -2,6 +2,7 @@
 
 pub mod accounts;
 pub mod audit;
+pub mod clusters;
 mod convert;
 pub mod devices;
 pub mod enrollment;
@@ -53,6 +54,9 @@ use crate::error::{ApiError, ApiResult};
         ledger::export,
         proposals::create_proposal, proposals::list_proposals, proposals::show_proposal,
         proposals::vote,
+        clusters::quote_cluster, clusters::deploy_cluster, clusters::list_clusters,
+        clusters::show_cluster, clusters::terminate_cluster, clusters::extend_cluster,
+        clusters::cluster_logs,
     ),
     components(schemas(wire::ErrorBody, wire::ErrorDetail)),
     modifiers(&BearerAuth),
@@ -124,6 +128,18 @@ pub fn router(app: AppState) -> Router {
         .route("/requests/{id}", get(requests::show_request))
         .route("/requests/{id}/cancel", post(requests::cancel_request))
         .route("/requests/{id}/feedback", post(requests::give_feedback))
+        .route(
+            "/clusters",
+            get(clusters::list_clusters).post(clusters::deploy_cluster),
+        )
+        .route("/clusters/quote", post(clusters::quote_cluster))
+        .route("/clusters/{id}", get(clusters::show_cluster))
+        .route(
+            "/clusters/{id}/terminate",
+            post(clusters::terminate_cluster),
+        )
+        .route("/clusters/{id}/extend", post(clusters::extend_cluster))
+        .route("/clusters/{id}/logs", get(clusters::cluster_logs))
         .route("/wallet", get(ledger::wallet))
         .route("/wallet/history", get(ledger::history))
         .route("/wallet/transfers", post(ledger::transfer))

@@ -1,0 +1,372 @@
+//! `flotilla deploy` and `flotilla clusters ...`: a renter's clusters from a spec file (TOML or
+//! JSON) or from flags, with a quote shown before anything is held.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::Subcommand;
+use flotilla_ledger::{format_micros, parse_micros};
+use flotilla_proto::api::{ClusterInfo, ClusterQuote, ClusterSpec, ExtendRequest, LogPage, Page};
+
+use crate::client_commands::Connection;
+use crate::output::{Format, opt, print};
+
+/// How often `clusters logs --follow` asks for more.
+const FOLLOW_POLL_MS: u64 = 500;
+/// Largest spec file read.
+const SPEC_FILE_BYTES_MAX: u64 = 1 << 20;
+
+#[derive(Debug, clap::Args)]
+pub struct DeployArgs {
+    #[command(flatten)]
+    connection: Connection,
+    /// A spec file (`.toml` or `.json`); without one, the flags below make the spec.
+    #[arg(long, short)]
+    file: Option<PathBuf>,
+    /// Letters, digits, '-' and '_'.
+    #[arg(long)]
+    name: Option<String>,
+    /// batch (done when every node exits 0) or service.
+    #[arg(long = "type", default_value = "batch")]
+    kind: String,
+    #[arg(long, default_value_t = 1)]
+    nodes: u32,
+    #[arg(long, default_value_t = 1)]
+    gpus_per_node: u32,
+    /// Offer constraints, such as `gpu=h100 region=eu price<2.5`.
+    #[arg(long, default_value = "")]
+    query: String,
+    /// The most the whole cluster may cost per hour, IOSD (such as 3.5); default: the quote.
+    #[arg(long)]
+    budget_per_hour: Option<String>,
+    #[arg(long, default_value_t = 1)]
+    hours: u32,
+    /// NAME=VALUE, repeatable.
+    #[arg(long = "env")]
+    env: Vec<String>,
+    /// NAME=VALUE, repeatable; given to the nodes, never shown back.
+    #[arg(long = "secret-env")]
+    secret_env: Vec<String>,
+    /// A port a service listens on, repeatable.
+    #[arg(long = "port")]
+    ports: Vec<u16>,
+    /// Memory limit per node, MiB.
+    #[arg(long)]
+    memory_mib: Option<u64>,
+    /// Restarts of a node whose command fails.
+    #[arg(long, default_value_t = 0)]
+    retries: u32,
+    #[arg(long)]
+    checkpoint_path: Option<String>,
+    /// Run on the container driver with this image.
+    #[arg(long)]
+    image: Option<String>,
+    /// Deploy without asking.
+    #[arg(long, short)]
+    yes: bool,
+    /// A retried deploy with the same key makes no second cluster (fresh when absent).
+    #[arg(long)]
+    idempotency_key: Option<String>,
+    /// The command every node runs (after `--`).
+    #[arg(last = true)]
+    command: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClustersCommand {
+    /// The caller's clusters.
+    List(Connection),
+    /// One cluster: its nodes, money and state.
+    Show {
+        #[command(flatten)]
+        connection: Connection,
+        id: String,
+    },
+    /// The nodes' output; `--follow` keeps printing until the cluster ends.
+    Logs {
+        #[command(flatten)]
+        connection: Connection,
+        id: String,
+        /// Only this rank's output.
+        #[arg(long)]
+        node: Option<u32>,
+        #[arg(long)]
+        follow: bool,
+    },
+    /// Add hours (their rent is held at once).
+    Extend {
+        #[command(flatten)]
+        connection: Connection,
+        id: String,
+        #[arg(long)]
+        hours: u32,
+    },
+    /// Stop every node and return the unused escrow.
+    Terminate {
+        #[command(flatten)]
+        connection: Connection,
+        id: String,
+    },
+}
+
+fn pairs(flag: &str, items: &[String]) -> Result<BTreeMap<String, String>> {
+    items
+        .iter()
+        .map(|item| {
+            let (name, value) = item
+                .split_once('=')
+                .with_context(|| format!("--{flag} {item}: expected NAME=VALUE"))?;
+            Ok((name.to_owned(), value.to_owned()))
+        })
+        .collect()
+}
+
+/// Reads a spec file; its format follows its extension (`.json`, else TOML).
+pub fn read_spec(path: &Path) -> Result<ClusterSpec> {
+    let size = std::fs::metadata(path)
+        .with_context(|| format!("cannot read {}", path.display()))?
+        .len();
+    if size > SPEC_FILE_BYTES_MAX {
+        bail!("{} is larger than 1 MiB", path.display());
+    }
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    if path.extension().is_some_and(|e| e == "json") {
+        serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a cluster spec", path.display()))
+    } else {
+        toml::from_str(&text).with_context(|| format!("{} is not a cluster spec", path.display()))
+    }
+}
+
+fn spec_from_flags(args: &DeployArgs) -> Result<ClusterSpec> {
+    if args.command.is_empty() {
+        bail!("give the command after --, such as: flotilla deploy --nodes 2 -- echo hi");
+    }
+    let budget_per_hour = args
+        .budget_per_hour
+        .as_deref()
+        .map(|b| parse_micros(b).with_context(|| format!("--budget-per-hour {b}")))
+        .transpose()?;
+    let name = args.name.clone().unwrap_or_else(|| {
+        let id = flotilla_proto::id::new_id(flotilla_proto::id::IdKind::Cluster);
+        format!("cluster-{}", &id[4..12])
+    });
+    Ok(ClusterSpec {
+        name,
+        kind: args.kind.clone(),
+        nodes: args.nodes,
+        gpus_per_node: args.gpus_per_node,
+        query: args.query.clone(),
+        budget_per_hour,
+        hours: args.hours,
+        token: "IOSD".to_owned(),
+        command: args.command.clone(),
+        env: pairs("env", &args.env)?,
+        secret_env: pairs("secret-env", &args.secret_env)?,
+        ports: args.ports.clone(),
+        memory_mib: args.memory_mib,
+        retries: args.retries,
+        checkpoint_path: args.checkpoint_path.clone(),
+        image: args.image.clone(),
+        colocation: None,
+        renter_region: None,
+    })
+}
+
+fn confirm(quote: &ClusterQuote) -> Result<bool> {
+    if !std::io::stdin().is_terminal() {
+        bail!("not deployed: pass --yes to deploy without a terminal to confirm on");
+    }
+    eprint!(
+        "Deploy for {} IOSD? [y/N] ",
+        format_micros(i64::try_from(quote.total_micros).unwrap_or(i64::MAX))
+    );
+    std::io::stderr().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
+}
+
+fn print_quote(quote: &ClusterQuote) {
+    let amount = |micros: u64| format_micros(i64::try_from(micros).unwrap_or(i64::MAX));
+    if !quote.placeable {
+        return;
+    }
+    eprintln!(
+        "Quote: {} IOSD/hour x {} h = rent {} + fees {} = {} IOSD held in escrow; unused time is returned.",
+        amount(quote.rent_per_hour),
+        quote.hours,
+        amount(quote.rent_micros),
+        amount(quote.fee_micros),
+        amount(quote.total_micros),
+    );
+}
+
+fn no_match(quote: &ClusterQuote) -> anyhow::Error {
+    let mut text = format!(
+        "no devices match now: {}",
+        quote
+            .waiting_because
+            .as_deref()
+            .unwrap_or("nothing is offered")
+    );
+    for relax in quote
+        .explanation
+        .iter()
+        .flat_map(|e| &e.relaxations)
+        .take(3)
+    {
+        text.push_str(&format!("\n  {}", relax.summary));
+    }
+    anyhow::anyhow!(text)
+}
+
+pub async fn deploy(args: DeployArgs) -> Result<()> {
+    let spec = match &args.file {
+        Some(path) if args.command.is_empty() => read_spec(path)?,
+        Some(_) => bail!("give the command in the spec file or after --, not both"),
+        None => spec_from_flags(&args)?,
+    };
+    let client = args.connection.client()?;
+    let quote: ClusterQuote = client.post("clusters/quote", &spec).await?;
+    if !quote.placeable {
+        return Err(no_match(&quote));
+    }
+    print_quote(&quote);
+    if !args.yes && !confirm(&quote)? {
+        bail!("not deployed");
+    }
+    let key = args
+        .idempotency_key
+        .clone()
+        .unwrap_or_else(|| flotilla_proto::id::new_id(flotilla_proto::id::IdKind::Transfer));
+    let cluster: ClusterInfo = client.post_idempotent("clusters", &spec, &key).await?;
+    show(args.connection.output, &cluster);
+    Ok(())
+}
+
+fn summary_row(cluster: &ClusterInfo) -> Vec<String> {
+    vec![
+        cluster.id.clone(),
+        cluster.name.clone(),
+        cluster.kind.clone(),
+        cluster.state.clone(),
+        cluster.spec.nodes.to_string(),
+        cluster.spec.hours.to_string(),
+        format_micros(cluster.escrow_micros),
+    ]
+}
+
+const SUMMARY_HEADERS: &[&str] = &["ID", "NAME", "TYPE", "STATE", "NODES", "HOURS", "ESCROW"];
+
+fn show(format: Format, cluster: &ClusterInfo) {
+    if format == Format::Json {
+        print(format, cluster, &[], Vec::new());
+        return;
+    }
+    print(format, cluster, SUMMARY_HEADERS, vec![summary_row(cluster)]);
+    if let Some(why) = cluster
+        .waiting_because
+        .as_ref()
+        .or(cluster.ended_because.as_ref())
+    {
+        println!("{why}");
+    }
+    let rows = cluster
+        .nodes
+        .iter()
+        .map(|n| {
+            vec![
+                n.rank.to_string(),
+                n.attempt.to_string(),
+                n.state.clone(),
+                opt(n.exit_code),
+                n.worker_id.clone(),
+                n.device_ids.join(","),
+            ]
+        })
+        .collect();
+    print(
+        format,
+        cluster,
+        &["RANK", "ATTEMPT", "STATE", "EXIT", "WORKER", "DEVICES"],
+        rows,
+    );
+}
+
+pub async fn clusters(command: ClustersCommand) -> Result<()> {
+    match command {
+        ClustersCommand::List(connection) => {
+            let page: Page<ClusterInfo> = connection.client()?.get("clusters").await?;
+            let rows = page.items.iter().map(summary_row).collect();
+            print(connection.output, &page, SUMMARY_HEADERS, rows);
+        }
+        ClustersCommand::Show { connection, id } => {
+            let cluster: ClusterInfo = connection.client()?.get(&format!("clusters/{id}")).await?;
+            show(connection.output, &cluster);
+        }
+        ClustersCommand::Extend {
+            connection,
+            id,
+            hours,
+        } => {
+            let cluster: ClusterInfo = connection
+                .client()?
+                .post(&format!("clusters/{id}/extend"), &ExtendRequest { hours })
+                .await?;
+            show(connection.output, &cluster);
+        }
+        ClustersCommand::Terminate { connection, id } => {
+            let cluster: ClusterInfo = connection
+                .client()?
+                .post_empty(&format!("clusters/{id}/terminate"))
+                .await?;
+            show(connection.output, &cluster);
+        }
+        ClustersCommand::Logs {
+            connection,
+            id,
+            node,
+            follow,
+        } => logs(&connection, &id, node, follow).await?,
+    }
+    Ok(())
+}
+
+async fn logs(connection: &Connection, id: &str, node: Option<u32>, follow: bool) -> Result<()> {
+    let client = connection.client()?;
+    let mut after = 0;
+    loop {
+        let mut path = format!("clusters/{id}/logs?after={after}");
+        if let Some(node) = node {
+            path.push_str(&format!("&node={node}"));
+        }
+        let page: LogPage = client.get(&path).await?;
+        let mut out = std::io::stdout().lock();
+        for line in &page.lines {
+            if connection.output == Format::Json {
+                writeln!(out, "{}", serde_json::to_string(line)?)?;
+            } else {
+                // Chunks keep their own line breaks; each is prefixed by its rank.
+                for text in line.text.split_inclusive('\n') {
+                    write!(out, "[{}] {text}", line.node_rank)?;
+                }
+                if !line.text.ends_with('\n') {
+                    writeln!(out)?;
+                }
+            }
+        }
+        out.flush()?;
+        after = page.next_after;
+        if page.lines.is_empty() {
+            if !follow || page.ended {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(FOLLOW_POLL_MS)).await;
+        }
+    }
+}

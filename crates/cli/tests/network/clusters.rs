@@ -1,0 +1,499 @@
+//! Clusters through the real binaries: deploy from the CLI, nodes run sandboxed on workers, logs
+//! stream back, the ledger pays the minutes that ran and returns the rest, and one renter
+//! cannot touch another's cluster.
+
+use std::process::Command;
+use std::time::Duration;
+
+use flotilla_client::{Client, ClientError};
+use flotilla_proto::api::{ClusterInfo, ClusterSpec, FaucetRequest, LogPage, Role, WalletInfo};
+
+use crate::harness::{BIN, Coordinator, Db, Proc, eventually};
+use crate::on_both_databases;
+
+const TOKEN: u64 = 1_000_000;
+
+/// Whether bubblewrap runs here; without it (and unless the test command requires it) the
+/// tests that run nodes say so and stop.
+fn sandbox_ready() -> bool {
+    let present = Command::new("bwrap").arg("--version").output().is_ok();
+    assert!(
+        present || std::env::var("FLOTILLA_REQUIRE_SANDBOX").as_deref() != Ok("1"),
+        "FLOTILLA_REQUIRE_SANDBOX=1 but bwrap is missing"
+    );
+    if !present {
+        eprintln!("bwrap is not installed: the cluster test did not run");
+    }
+    present
+}
+
+struct Market {
+    coordinator: Coordinator,
+    renter_key: String,
+    renter: Client,
+    supplier: Client,
+    _workers: Vec<Proc>,
+    _dirs: Vec<tempfile::TempDir>,
+}
+
+/// A coordinator with `workers` one-GPU workers of one supplier at 6 IOSD an hour, and a
+/// renter holding 100 IOSD.
+async fn market(db: Db, workers: usize) -> Market {
+    let coordinator = Coordinator::start(
+        db,
+        &[
+            "--faucet",
+            "--allow-simulated-devices",
+            "--schedule-interval-ms",
+            "100",
+            "--rent-minute-ms",
+            "500",
+        ],
+    )
+    .await;
+    let supplier_key = coordinator.account("sup", &[Role::Supplier]).await;
+    let renter_key = coordinator.account("ren", &[Role::Renter]).await;
+    let mut procs = Vec::new();
+    let mut dirs = Vec::new();
+    for _ in 0..workers {
+        let dir = tempfile::tempdir().unwrap();
+        // The sandbox runs as nobody, which must pass through to the run directories.
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o711),
+        )
+        .unwrap();
+        let token = coordinator.token(&supplier_key).await;
+        procs.push(coordinator.worker(dir.path(), Some(&token), "H100x1"));
+        dirs.push(dir);
+    }
+    crate::market::price_idle_devices(&coordinator, &supplier_key, workers, 6 * TOKEN).await;
+    let renter = coordinator.client(Some(&renter_key));
+    let _: serde_json::Value = renter
+        .post_idempotent(
+            "wallet/faucet",
+            &FaucetRequest {
+                token: "IOSD".into(),
+                amount_micros: 100 * TOKEN,
+            },
+            "f",
+        )
+        .await
+        .unwrap();
+    Market {
+        supplier: coordinator.client(Some(&supplier_key)),
+        coordinator,
+        renter_key,
+        renter,
+        _workers: procs,
+        _dirs: dirs,
+    }
+}
+
+fn cli(coordinator: &Coordinator, key: &str, args: &[&str]) -> (bool, String, String) {
+    // The connection goes before `--`: what follows is the nodes' command.
+    let split = args.iter().position(|a| *a == "--").unwrap_or(args.len());
+    let output = Command::new(BIN)
+        .args(&args[..split])
+        .args(["--url", &coordinator.url, "--api-key", key])
+        .args(&args[split..])
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+async fn iosd_available(client: &Client) -> i64 {
+    let wallet: WalletInfo = client.get("wallet").await.unwrap();
+    wallet
+        .balances
+        .iter()
+        .find(|b| b.account.ends_with(":main:IOSD"))
+        .map_or(0, |b| b.available_micros)
+}
+
+async fn until_state(client: &Client, id: &str, state: &str, limit_s: u64) -> ClusterInfo {
+    eventually(Duration::from_secs(limit_s), || async {
+        let info: ClusterInfo = client.get(&format!("clusters/{id}")).await.ok()?;
+        (info.state == state).then_some(info)
+    })
+    .await
+    .unwrap_or_else(|| panic!("cluster {id} reaches {state}"))
+}
+
+async fn all_logs(client: &Client, id: &str) -> LogPage {
+    client.get(&format!("clusters/{id}/logs")).await.unwrap()
+}
+
+fn spec(nodes: u32, command: &[&str]) -> ClusterSpec {
+    ClusterSpec {
+        name: "job".into(),
+        kind: "batch".into(),
+        nodes,
+        gpus_per_node: 1,
+        query: String::new(),
+        budget_per_hour: None,
+        hours: 1,
+        token: "IOSD".into(),
+        command: command.iter().map(|s| s.to_string()).collect(),
+        env: Default::default(),
+        secret_env: Default::default(),
+        ports: vec![],
+        memory_mib: None,
+        retries: 0,
+        checkpoint_path: None,
+        image: None,
+        colocation: None,
+        renter_region: None,
+    }
+}
+
+async fn three_node_batch_cluster_runs_logs_and_pays(db: Db) {
+    if !sandbox_ready() {
+        return;
+    }
+    let market = market(db, 3).await;
+    let before = iosd_available(&market.renter).await;
+    let script = "echo rank $FLOTILLA_NODE_RANK of $FLOTILLA_NODE_COUNT attempt $FLOTILLA_ATTEMPT; \
+                  echo secret=$TOKEN_X >/dev/null; echo to-stderr >&2; sleep 1";
+    let (ok, stdout, stderr) = cli(
+        &market.coordinator,
+        &market.renter_key,
+        &[
+            "deploy",
+            "--nodes",
+            "3",
+            "--gpus-per-node",
+            "1",
+            "--hours",
+            "1",
+            "--yes",
+            "--secret-env",
+            "TOKEN_X=hunter2",
+            "--output",
+            "json",
+            "--",
+            "sh",
+            "-c",
+            script,
+        ],
+    );
+    assert!(ok, "deploy failed: {stderr}");
+    assert!(stderr.contains("Quote:"), "the quote is shown: {stderr}");
+    let deployed: ClusterInfo = serde_json::from_str(&stdout).expect("deploy prints the cluster");
+    assert!(!stdout.contains("hunter2"), "a secret is never shown back");
+    assert_eq!(deployed.secret_env_names, vec!["TOKEN_X".to_owned()]);
+    let done = until_state(&market.renter, &deployed.id, "completed", 60).await;
+    assert_eq!(done.nodes.len(), 3);
+    assert!(
+        done.nodes
+            .iter()
+            .all(|n| n.state == "exited" && n.exit_code == Some(0)),
+        "{:?}",
+        done.nodes
+    );
+    let workers: std::collections::BTreeSet<&str> =
+        done.nodes.iter().map(|n| n.worker_id.as_str()).collect();
+    assert_eq!(workers.len(), 3, "one node per worker");
+
+    let logs = all_logs(&market.renter, &deployed.id).await;
+    for rank in 0..3u32 {
+        let mine: String = logs
+            .lines
+            .iter()
+            .filter(|l| l.node_rank == rank)
+            .map(|l| l.text.as_str())
+            .collect();
+        assert!(
+            mine.contains(&format!("rank {rank} of 3 attempt 1")),
+            "{mine}"
+        );
+        assert!(mine.contains("to-stderr"), "{mine}");
+    }
+    assert!(logs.ended);
+    let (ok, text, stderr) = cli(
+        &market.coordinator,
+        &market.renter_key,
+        &["clusters", "logs", &deployed.id, "--node", "2"],
+    );
+    assert!(ok, "{stderr}");
+    assert!(text.contains("[2] rank 2 of 3"), "{text}");
+    assert!(!text.contains("rank 0 of 3"), "{text}");
+
+    // Money: the minutes that ran went to the supplier, the rest came back.
+    let settled = eventually(Duration::from_secs(10), || async {
+        let info: ClusterInfo = market
+            .renter
+            .get(&format!("clusters/{}", deployed.id))
+            .await
+            .ok()?;
+        (info.escrow_micros == 0).then_some(info)
+    })
+    .await
+    .expect("the escrow empties");
+    assert!(settled.metered_minutes >= 1);
+    let spent = before - iosd_available(&market.renter).await;
+    let earned = iosd_available(&market.supplier).await;
+    // 3 nodes at 6 IOSD an hour: 100,000 base units of rent per node-minute; the renter pays
+    // 2.25% on top in IOSD, the supplier gives 0.25%.
+    let minutes = i64::try_from(settled.metered_minutes).unwrap();
+    assert_eq!(
+        spent,
+        3 * minutes * 102_250,
+        "renter charged for {minutes} minutes"
+    );
+    assert_eq!(
+        earned,
+        3 * minutes * 99_750,
+        "supplier paid for {minutes} minutes"
+    );
+}
+on_both_databases!(three_node_batch_cluster_runs_logs_and_pays);
+
+fn api_error<T: std::fmt::Debug>(result: Result<T, ClientError>) -> (u16, String, Option<String>) {
+    match result.unwrap_err() {
+        ClientError::Api {
+            status,
+            code,
+            field,
+            ..
+        } => (status, code, field),
+        other => panic!("expected an API error, got {other}"),
+    }
+}
+
+async fn bad_specs_funds_and_other_renters_are_refused(db: Db) {
+    let market = market(db, 1).await;
+    let renter = &market.renter;
+    let cases: Vec<(&str, ClusterSpec)> = vec![
+        (
+            "nodes",
+            ClusterSpec {
+                nodes: 0,
+                ..spec(1, &["true"])
+            },
+        ),
+        (
+            "type",
+            ClusterSpec {
+                kind: "cron".into(),
+                ..spec(1, &["true"])
+            },
+        ),
+        ("command", spec(1, &[])),
+        (
+            "hours",
+            ClusterSpec {
+                hours: 0,
+                ..spec(1, &["true"])
+            },
+        ),
+        (
+            "token",
+            ClusterSpec {
+                token: "IO".into(),
+                ..spec(1, &["true"])
+            },
+        ),
+        (
+            "name",
+            ClusterSpec {
+                name: "a b".into(),
+                ..spec(1, &["true"])
+            },
+        ),
+        (
+            "memory_mib",
+            ClusterSpec {
+                memory_mib: Some(1),
+                ..spec(1, &["true"])
+            },
+        ),
+        (
+            "env",
+            ClusterSpec {
+                env: [("FLOTILLA_NODE_RANK".to_owned(), "9".to_owned())].into(),
+                ..spec(1, &["true"])
+            },
+        ),
+        (
+            "image",
+            ClusterSpec {
+                image: Some("pytorch".into()),
+                ..spec(1, &["true"])
+            },
+        ),
+    ];
+    for (field, bad) in cases {
+        let (status, _, named) = api_error(renter.post::<_, ClusterInfo>("clusters", &bad).await);
+        assert_eq!((status, named.as_deref()), (422, Some(field)), "{field}");
+    }
+    let (status, code, _) = api_error(
+        renter
+            .post::<_, ClusterInfo>(
+                "clusters",
+                &ClusterSpec {
+                    query: "gpu=a100".into(),
+                    ..spec(1, &["true"])
+                },
+            )
+            .await,
+    );
+    assert_eq!((status, code.as_str()), (409, "no_match"));
+    let (ok, _, stderr) = cli(
+        &market.coordinator,
+        &market.renter_key,
+        &["deploy", "--query", "gpu=a100", "--yes", "--", "true"],
+    );
+    assert!(!ok && stderr.contains("no devices match"), "{stderr}");
+
+    // A renter without funds is refused before anything is held.
+    let poor_key = market.coordinator.account("poor", &[Role::Renter]).await;
+    let poor = market.coordinator.client(Some(&poor_key));
+    let (status, code, _) = api_error(
+        poor.post::<_, ClusterInfo>("clusters", &spec(1, &["true"]))
+            .await,
+    );
+    assert_eq!((status, code.as_str()), (409, "insufficient_funds"));
+    let wallet: WalletInfo = poor.get("wallet").await.unwrap();
+    assert!(wallet.holds.is_empty());
+    let listed: flotilla_proto::api::Page<ClusterInfo> = poor.get("clusters").await.unwrap();
+    assert!(listed.items.is_empty());
+
+    if !sandbox_ready() {
+        return;
+    }
+    // One deploy per idempotency key.
+    let service = ClusterSpec {
+        kind: "service".into(),
+        ..spec(1, &["sleep", "600"])
+    };
+    let first: ClusterInfo = renter
+        .post_idempotent("clusters", &service, "once")
+        .await
+        .unwrap();
+    let again: ClusterInfo = renter
+        .post_idempotent("clusters", &service, "once")
+        .await
+        .unwrap();
+    assert_eq!(first.id, again.id);
+    let mine: flotilla_proto::api::Page<ClusterInfo> = renter.get("clusters").await.unwrap();
+    assert_eq!(mine.items.len(), 1);
+
+    // Another renter sees nothing of it.
+    let id = &first.id;
+    assert_eq!(
+        poor.get::<ClusterInfo>(&format!("clusters/{id}"))
+            .await
+            .unwrap_err()
+            .status(),
+        Some(404)
+    );
+    assert_eq!(
+        poor.get::<LogPage>(&format!("clusters/{id}/logs"))
+            .await
+            .unwrap_err()
+            .status(),
+        Some(404)
+    );
+    let extend = flotilla_proto::api::ExtendRequest { hours: 1 };
+    assert_eq!(
+        poor.post::<_, ClusterInfo>(&format!("clusters/{id}/extend"), &extend)
+            .await
+            .unwrap_err()
+            .status(),
+        Some(404)
+    );
+    assert_eq!(
+        poor.post_empty::<ClusterInfo>(&format!("clusters/{id}/terminate"))
+            .await
+            .unwrap_err()
+            .status(),
+        Some(404)
+    );
+
+    // Terminate stops it and returns the hold.
+    let before = iosd_available(renter).await;
+    let ended: ClusterInfo = renter
+        .post_empty(&format!("clusters/{id}/terminate"))
+        .await
+        .unwrap();
+    assert_eq!(ended.state, "terminated");
+    assert_eq!(ended.escrow_micros, 0);
+    assert!(iosd_available(renter).await > before);
+    let (status, code, _) = api_error(
+        renter
+            .post_empty::<ClusterInfo>(&format!("clusters/{id}/terminate"))
+            .await,
+    );
+    assert_eq!((status, code.as_str()), (409, "not_active"));
+}
+on_both_databases!(bad_specs_funds_and_other_renters_are_refused);
+
+/// The worker id a worker process enrolled as, from its data directory.
+fn worker_id_of(dir: &tempfile::TempDir) -> String {
+    let text = std::fs::read_to_string(dir.path().join("enrollment.json")).unwrap();
+    let record: serde_json::Value = serde_json::from_str(&text).unwrap();
+    record["worker_id"].as_str().unwrap().to_owned()
+}
+
+/// A worker that stops answering (SIGSTOP) past the heartbeat grace loses its node: the run is
+/// fenced, the rank runs again elsewhere with the next attempt, and the cluster completes. When
+/// the old worker wakes, its late report about the fenced run is refused.
+async fn a_lost_node_runs_again_elsewhere_and_its_late_report_is_refused(db: Db) {
+    if !sandbox_ready() {
+        return;
+    }
+    let market = market(db, 3).await;
+    let count = "i=0; while [ $i -lt 20 ]; do i=$((i+1)); echo tick $i; sleep 0.2; done; \
+                 echo done rank $FLOTILLA_NODE_RANK attempt $FLOTILLA_ATTEMPT";
+    let deployed: ClusterInfo = market
+        .renter
+        .post("clusters", &spec(2, &["sh", "-c", count]))
+        .await
+        .unwrap();
+    let running = until_state(&market.renter, &deployed.id, "running", 30).await;
+    let victim_worker = running.nodes[1].worker_id.clone();
+    let victim = market
+        ._dirs
+        .iter()
+        .position(|dir| worker_id_of(dir) == victim_worker)
+        .expect("the node's worker is one of ours");
+    market._workers[victim].signal("STOP");
+    let done = until_state(&market.renter, &deployed.id, "completed", 60).await;
+    let rank1 = &done.nodes[1];
+    assert_eq!(rank1.attempt, 2, "{:?}", done.nodes);
+    assert_ne!(rank1.worker_id, victim_worker);
+    assert_eq!(done.nodes[0].attempt, 1);
+    let logs = all_logs(&market.renter, &deployed.id).await;
+    let rank1_attempt2: String = logs
+        .lines
+        .iter()
+        .filter(|l| l.node_rank == 1 && l.attempt == 2)
+        .map(|l| l.text.as_str())
+        .collect();
+    assert!(
+        rank1_attempt2.contains("done rank 1 attempt 2"),
+        "{rank1_attempt2}"
+    );
+
+    market._workers[victim].signal("CONT");
+    let refused = eventually(Duration::from_secs(30), || async {
+        let metrics = reqwest::get(format!("{}/metrics", market.coordinator.url))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        metrics.contains("run_fenced").then_some(())
+    })
+    .await;
+    assert!(
+        refused.is_some(),
+        "the woken worker's report about its fenced run is refused"
+    );
+}
+on_both_databases!(a_lost_node_runs_again_elsewhere_and_its_late_report_is_refused);

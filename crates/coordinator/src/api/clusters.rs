@@ -1,0 +1,480 @@
+//! A renter's clusters: quote, deploy (idempotent), list, show, logs, extend, terminate.
+
+use std::collections::HashMap;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use flotilla_ledger::rent::quote;
+use flotilla_ledger::{AccountId, Kind, Outcome, Token, Transfer, TransferError};
+use flotilla_proto::api::{
+    ClusterInfo, ClusterNodeInfo, ClusterQuote, ClusterSpec, ErrorBody, ExtendRequest, LogLine,
+    LogPage, LogQuery, Page, PageQuery, RequestSpec, Role,
+};
+use flotilla_proto::id::{IdKind, new_id};
+use flotilla_proto::time::{rfc3339, rfc3339_opt};
+use flotilla_store::{
+    CLUSTER_DEPLOYING, CLUSTER_RUNNING, ClusterRow, PlacementRow, REQUEST_PLACED, REQUEST_QUEUED,
+    RequestRow, RunRow,
+};
+
+use super::{PageRequest, check_id};
+use crate::clusters::{CLUSTER_TERMINATED, check_spec, without_secrets};
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{Caller, JsonBody, PathId, QueryParams};
+use crate::scheduling::{describe, to_request};
+use crate::{AppState, now_ms};
+
+/// Log lines one answer carries at most, and by default.
+pub const LOG_LINES_MAX: u32 = 5_000;
+pub const LOG_LINES_DEFAULT: u32 = 1_000;
+
+fn guard(caller: &Caller, write: bool) -> ApiResult<()> {
+    caller.require_role(Role::Renter)?;
+    if write {
+        caller.require_write()?;
+    }
+    Ok(())
+}
+
+/// Each node's price per hour, in node order.
+fn node_prices(placements: &[PlacementRow]) -> Vec<u64> {
+    let mut prices: std::collections::BTreeMap<u32, u64> = std::collections::BTreeMap::new();
+    for placement in placements {
+        *prices.entry(placement.node_index).or_insert(0) += placement.price_per_hour;
+    }
+    prices.into_values().collect()
+}
+
+/// Plans the cluster alone over the market now: its price, or why nothing matches.
+async fn quote_now(
+    app: &AppState,
+    account_id: &str,
+    spec: &ClusterSpec,
+    request: &RequestSpec,
+) -> ApiResult<ClusterQuote> {
+    let now = now_ms();
+    let shape = crate::clusters::planned_shape(request);
+    let planned = to_request("clu_quote", account_id, &shape, now)
+        .map_err(|e| ApiError::invalid(e.field, e.message))?;
+    let market = crate::market::load(&app.store).await?;
+    let plan = flotilla_scheduler::plan(&market.snapshot, std::slice::from_ref(&planned), now);
+    let mut answer = ClusterQuote {
+        placeable: false,
+        rent_per_hour: 0,
+        hours: spec.hours,
+        rent_micros: 0,
+        fee_micros: 0,
+        total_micros: 0,
+        token: spec.token.clone(),
+        waiting_because: None,
+        explanation: None,
+    };
+    let Some(placement) = plan.placements.first() else {
+        answer.waiting_because = plan.waiting.first().map(|w| describe(&w.reason));
+        let found = flotilla_scheduler::explain::explain(
+            &market.snapshot,
+            &planned.filter,
+            planned.gpus_per_node,
+            planned.node_count,
+        );
+        answer.explanation = Some(super::market::explanation(found));
+        return Ok(answer);
+    };
+    let prices: Vec<u64> = placement
+        .nodes
+        .iter()
+        .map(|node| {
+            let offers = &market.snapshot.nodes[node.node].devices;
+            node.devices.iter().map(|d| offers[*d].price_per_hour).sum()
+        })
+        .collect();
+    let cost = quote(
+        &prices,
+        u64::from(spec.hours),
+        Token::Iosd,
+        &app.config.fees,
+    )
+    .ok_or_else(|| ApiError::invalid("hours", "the rent is too large"))?;
+    answer.placeable = true;
+    answer.rent_per_hour = prices.iter().sum();
+    answer.rent_micros = cost.rent_micros;
+    answer.fee_micros = cost.fee_micros;
+    answer.total_micros = cost.total_micros;
+    Ok(answer)
+}
+
+/// What deploying this spec would cost now, or why nothing matches.
+#[utoipa::path(post, path = "/api/v1/clusters/quote", request_body = ClusterSpec, security(("api_key" = [])),
+    responses((status = 200, body = ClusterQuote), (status = 422, body = ErrorBody)))]
+pub async fn quote_cluster(
+    State(app): State<AppState>,
+    caller: Caller,
+    JsonBody(spec): JsonBody<ClusterSpec>,
+) -> ApiResult<Json<ClusterQuote>> {
+    guard(&caller, false)?;
+    let request = check_spec(&spec)?;
+    quote_now(&app, caller.account_id(), &spec, &request)
+        .await
+        .map(Json)
+}
+
+/// Deploys a cluster: quotes it, holds the total in escrow, and queues it for placement. With
+/// an `Idempotency-Key`, a retry answers the cluster the first call made (200).
+#[utoipa::path(post, path = "/api/v1/clusters", request_body = ClusterSpec, security(("api_key" = [])),
+    responses((status = 201, body = ClusterInfo), (status = 200, body = ClusterInfo), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn deploy_cluster(
+    State(app): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    JsonBody(spec): JsonBody<ClusterSpec>,
+) -> ApiResult<(StatusCode, Json<ClusterInfo>)> {
+    guard(&caller, true)?;
+    let account_id = caller.account_id();
+    let idempotency_key = super::ledger::idempotency_key(account_id, &headers)?;
+    if let Some(key) = &idempotency_key
+        && let Some(row) = app
+            .store
+            .cluster_by_idempotency_key(account_id, key)
+            .await?
+    {
+        return Ok((StatusCode::OK, Json(info(&app, row).await?)));
+    }
+    let mut request = check_spec(&spec)?;
+    if app.store.queued_request_count(account_id).await? >= super::requests::QUEUED_PER_ACCOUNT_MAX
+    {
+        return Err(ApiError::conflict(
+            "too_many_queued",
+            "too many clusters and requests wait for placement",
+        ));
+    }
+    let priced = quote_now(&app, account_id, &spec, &request).await?;
+    if !priced.placeable {
+        return Err(no_match(&priced));
+    }
+    request.budget_per_hour = Some(request.budget_per_hour.unwrap_or(priced.rent_per_hour));
+    let id = new_id(IdKind::Cluster);
+    crate::rent::hold_budget(&app, &id, account_id, &request).await?;
+    let now = now_ms();
+    let request_row = RequestRow {
+        id: id.clone(),
+        account_id: account_id.to_owned(),
+        spec: serde_json::to_string(&request).expect("specs serialize"),
+        state: REQUEST_QUEUED.to_owned(),
+        reason: String::new(),
+        attempt: 0,
+        created_at_ms: now,
+        placed_at_ms: None,
+        ended_at_ms: None,
+        feedback_milli: None,
+        metered_minutes: 0,
+    };
+    let shown = ClusterSpec {
+        budget_per_hour: request.budget_per_hour,
+        ..without_secrets(&spec)
+    };
+    let cluster = ClusterRow {
+        id: id.clone(),
+        account_id: account_id.to_owned(),
+        name: spec.name.clone(),
+        kind: spec.kind.clone(),
+        spec: serde_json::to_string(&shown).expect("specs serialize"),
+        secret_env: serde_json::to_string(&spec.secret_env).expect("maps serialize"),
+        state: CLUSTER_DEPLOYING.to_owned(),
+        ended_because: String::new(),
+        idempotency_key: idempotency_key.clone(),
+        created_at_ms: now,
+        running_at_ms: None,
+        ended_at_ms: None,
+    };
+    if let Err(error) = app.store.insert_cluster(&request_row, &cluster).await {
+        crate::rent::release_hold(&app, &id).await?;
+        // Two deploys with one key raced: the other one's cluster is the answer.
+        if let Some(key) = &idempotency_key
+            && let Some(row) = app
+                .store
+                .cluster_by_idempotency_key(account_id, key)
+                .await?
+        {
+            return Ok((StatusCode::OK, Json(info(&app, row).await?)));
+        }
+        return Err(error.into());
+    }
+    tracing::info!(cluster_id = %id, nodes = spec.nodes, "cluster deployed");
+    app.schedule_now.notify_one();
+    Ok((StatusCode::CREATED, Json(info(&app, cluster).await?)))
+}
+
+fn no_match(priced: &ClusterQuote) -> ApiError {
+    let mut message = format!(
+        "no devices match now: {}",
+        priced
+            .waiting_because
+            .as_deref()
+            .unwrap_or("nothing is offered")
+    );
+    if let Some(relax) = priced
+        .explanation
+        .as_ref()
+        .and_then(|e| e.relaxations.first())
+    {
+        message.push_str(&format!("; {}", relax.summary));
+    }
+    ApiError::conflict("no_match", message)
+}
+
+/// The caller's clusters.
+#[utoipa::path(get, path = "/api/v1/clusters", params(PageQuery), security(("api_key" = [])), responses((status = 200, body = Page<ClusterInfo>)))]
+pub async fn list_clusters(
+    State(app): State<AppState>,
+    caller: Caller,
+    QueryParams(query): QueryParams<PageQuery>,
+) -> ApiResult<Json<Page<ClusterInfo>>> {
+    guard(&caller, false)?;
+    let page = PageRequest::from_query(&query)?;
+    let rows = app
+        .store
+        .list_clusters(caller.account_id(), page.after.as_deref(), page.fetch())
+        .await?;
+    let mut infos = Vec::with_capacity(rows.len());
+    for row in rows {
+        infos.push(info(&app, row).await?);
+    }
+    Ok(Json(page.finish(
+        infos,
+        |info| info.id.clone(),
+        |info| info,
+    )))
+}
+
+async fn own(app: &AppState, caller: &Caller, cluster_id: &str) -> ApiResult<ClusterRow> {
+    check_id(IdKind::Cluster, "cluster", cluster_id)?;
+    app.store
+        .cluster(caller.account_id(), cluster_id)
+        .await?
+        .ok_or(ApiError::NotFound("cluster"))
+}
+
+/// One cluster: its nodes' runs, its money, why it waits or ended.
+#[utoipa::path(get, path = "/api/v1/clusters/{id}", params(("id" = String, Path)), security(("api_key" = [])),
+    responses((status = 200, body = ClusterInfo), (status = 404, body = ErrorBody)))]
+pub async fn show_cluster(
+    State(app): State<AppState>,
+    caller: Caller,
+    PathId(cluster_id): PathId,
+) -> ApiResult<Json<ClusterInfo>> {
+    guard(&caller, false)?;
+    let row = own(&app, &caller, &cluster_id).await?;
+    info(&app, row).await.map(Json)
+}
+
+/// Stops every node and returns the unused escrow.
+#[utoipa::path(post, path = "/api/v1/clusters/{id}/terminate", params(("id" = String, Path)), security(("api_key" = [])),
+    responses((status = 200, body = ClusterInfo), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn terminate_cluster(
+    State(app): State<AppState>,
+    caller: Caller,
+    PathId(cluster_id): PathId,
+) -> ApiResult<Json<ClusterInfo>> {
+    guard(&caller, true)?;
+    let row = own(&app, &caller, &cluster_id).await?;
+    if row.state != CLUSTER_DEPLOYING && row.state != CLUSTER_RUNNING {
+        return Err(ApiError::conflict(
+            "not_active",
+            "the cluster already ended",
+        ));
+    }
+    crate::clusters::end(&app, &row, CLUSTER_TERMINATED, "terminated by its renter").await?;
+    let row = own(&app, &caller, &cluster_id).await?;
+    info(&app, row).await.map(Json)
+}
+
+/// Adds hours to a placed cluster; their rent is moved into its escrow at once.
+#[utoipa::path(post, path = "/api/v1/clusters/{id}/extend", params(("id" = String, Path)), request_body = ExtendRequest, security(("api_key" = [])),
+    responses((status = 200, body = ClusterInfo), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn extend_cluster(
+    State(app): State<AppState>,
+    caller: Caller,
+    PathId(cluster_id): PathId,
+    JsonBody(extension): JsonBody<ExtendRequest>,
+) -> ApiResult<Json<ClusterInfo>> {
+    guard(&caller, true)?;
+    let row = own(&app, &caller, &cluster_id).await?;
+    let request = app
+        .store
+        .request(caller.account_id(), &cluster_id)
+        .await?
+        .ok_or(ApiError::NotFound("cluster"))?;
+    if row.state != CLUSTER_RUNNING && row.state != CLUSTER_DEPLOYING {
+        return Err(ApiError::conflict(
+            "not_active",
+            "the cluster already ended",
+        ));
+    }
+    if request.state != REQUEST_PLACED {
+        return Err(ApiError::conflict(
+            "not_placed",
+            "a cluster can be extended once it is placed",
+        ));
+    }
+    let mut spec: ClusterSpec = serde_json::from_str(&row.spec)
+        .map_err(|e| ApiError::Internal(format!("stored cluster spec: {e}")))?;
+    let mut request_spec: RequestSpec = serde_json::from_str(&request.spec)
+        .map_err(|e| ApiError::Internal(format!("stored request spec: {e}")))?;
+    let total = spec
+        .hours
+        .checked_add(extension.hours)
+        .filter(|h| extension.hours > 0 && *h <= crate::rent::HOURS_MAX)
+        .ok_or_else(|| ApiError::invalid("hours", "must be at least 1, and 720 in all at most"))?;
+    let placements = app.store.placements(&cluster_id).await?;
+    let cost = quote(
+        &node_prices(&placements),
+        u64::from(extension.hours),
+        Token::Iosd,
+        &app.config.fees,
+    )
+    .ok_or_else(|| ApiError::invalid("hours", "the rent is too large"))?;
+    // Named by the new total: a retried extension pays once.
+    let pay = Transfer::moving(
+        format!("extend-{cluster_id}-{total}"),
+        Kind::Escrow,
+        AccountId::main(caller.account_id(), Token::Iosd),
+        AccountId::escrow(&cluster_id, Token::Iosd),
+        cost.total_micros,
+    )
+    .with_reference(cluster_id.clone());
+    match app.ledger.submit_one(pay).await? {
+        Outcome::Applied(_) | Outcome::Duplicate { .. } => {}
+        Outcome::Refused(TransferError::InsufficientFunds { .. }) => {
+            return Err(ApiError::conflict(
+                "insufficient_funds",
+                "the extension's rent and fees are more than the IOSD available",
+            ));
+        }
+        Outcome::Refused(error) => return Err(ApiError::Internal(error.to_string())),
+    }
+    spec.hours = total;
+    request_spec.hours = Some(total);
+    app.store
+        .set_cluster_specs(
+            &cluster_id,
+            &serde_json::to_string(&spec).expect("specs serialize"),
+            &serde_json::to_string(&request_spec).expect("specs serialize"),
+        )
+        .await?;
+    let row = own(&app, &caller, &cluster_id).await?;
+    info(&app, row).await.map(Json)
+}
+
+/// A cluster's output, in order; `after` continues from an earlier answer.
+#[utoipa::path(get, path = "/api/v1/clusters/{id}/logs", params(("id" = String, Path), LogQuery), security(("api_key" = [])),
+    responses((status = 200, body = LogPage), (status = 404, body = ErrorBody)))]
+pub async fn cluster_logs(
+    State(app): State<AppState>,
+    caller: Caller,
+    PathId(cluster_id): PathId,
+    QueryParams(query): QueryParams<LogQuery>,
+) -> ApiResult<Json<LogPage>> {
+    guard(&caller, false)?;
+    let row = own(&app, &caller, &cluster_id).await?;
+    let limit = query.limit.unwrap_or(LOG_LINES_DEFAULT);
+    if limit == 0 || limit > LOG_LINES_MAX {
+        return Err(ApiError::invalid(
+            "limit",
+            format!("must be between 1 and {LOG_LINES_MAX}"),
+        ));
+    }
+    let after = query.after.unwrap_or(0).max(0);
+    let ended = row.state != CLUSTER_DEPLOYING && row.state != CLUSTER_RUNNING;
+    let rows = app
+        .store
+        .logs(&cluster_id, after, query.node, limit)
+        .await?;
+    let next_after = rows.last().map_or(after, |r| r.seq);
+    let lines = rows
+        .into_iter()
+        .map(|r| LogLine {
+            seq: r.seq,
+            node_rank: r.node_rank,
+            attempt: r.attempt,
+            stream: r.stream,
+            at: rfc3339(r.at_ms),
+            text: r.text,
+        })
+        .collect();
+    Ok(Json(LogPage {
+        lines,
+        next_after,
+        ended,
+    }))
+}
+
+fn node_info(run: &RunRow, devices: &HashMap<u32, Vec<String>>) -> ClusterNodeInfo {
+    ClusterNodeInfo {
+        rank: run.node_rank,
+        attempt: run.attempt,
+        run_id: run.id.clone(),
+        worker_id: run.worker_id.clone(),
+        device_ids: devices.get(&run.node_index).cloned().unwrap_or_default(),
+        state: run.state.clone(),
+        exit_code: run.exit_code,
+        reason: run.reason.clone(),
+        started_at: rfc3339_opt(run.started_at_ms),
+        ended_at: rfc3339_opt(run.ended_at_ms),
+    }
+}
+
+async fn info(app: &AppState, row: ClusterRow) -> ApiResult<ClusterInfo> {
+    let spec: ClusterSpec = serde_json::from_str(&row.spec)
+        .map_err(|e| ApiError::Internal(format!("stored cluster spec: {e}")))?;
+    let secrets: std::collections::BTreeMap<String, String> =
+        serde_json::from_str(&row.secret_env).unwrap_or_default();
+    let request = app.store.request_by_id(&row.id).await?;
+    let runs = app
+        .store
+        .runs_of(std::slice::from_ref(&row.id))
+        .await?
+        .remove(&row.id)
+        .unwrap_or_default();
+    let mut devices: HashMap<u32, Vec<String>> = HashMap::new();
+    let mut rent_per_hour = 0;
+    for placement in app.store.placements(&row.id).await? {
+        rent_per_hour += placement.price_per_hour;
+        devices
+            .entry(placement.node_index)
+            .or_default()
+            .push(placement.device_id);
+    }
+    // The newest run of each rank.
+    let mut nodes: Vec<ClusterNodeInfo> = Vec::new();
+    for run in &runs {
+        match nodes.last_mut() {
+            Some(last) if last.rank == run.node_rank => *last = node_info(run, &devices),
+            _ => nodes.push(node_info(run, &devices)),
+        }
+    }
+    let escrow = crate::ledger::balance(&app.store, &AccountId::escrow(&row.id, Token::Iosd))
+        .await?
+        .available();
+    let waiting = request
+        .as_ref()
+        .filter(|r| r.state == REQUEST_QUEUED && !r.reason.is_empty())
+        .map(|r| r.reason.clone());
+    Ok(ClusterInfo {
+        id: row.id,
+        name: row.name,
+        kind: row.kind,
+        state: row.state,
+        spec,
+        secret_env_names: secrets.into_keys().collect(),
+        nodes,
+        waiting_because: waiting,
+        rent_per_hour,
+        escrow_micros: escrow,
+        metered_minutes: request.as_ref().map_or(0, |r| r.metered_minutes),
+        created_at: rfc3339(row.created_at_ms),
+        running_at: rfc3339_opt(row.running_at_ms),
+        ended_at: rfc3339_opt(row.ended_at_ms),
+        ended_because: (!row.ended_because.is_empty()).then_some(row.ended_because),
+    })
+}

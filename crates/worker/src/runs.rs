@@ -1,0 +1,660 @@
+//! The runner: the nodes this worker runs, from the coordinator's [`NodeOrder`] to the
+//! [`WorkerMessage::NodeExited`] report. It outlives control sessions: a session that drops
+//! and reconnects finds its nodes still running and their reports waiting.
+//!
+//! Each run is one task that owns its sandbox and turns what happens into messages in the
+//! [`Outbox`], which the agent drains and sends. Invariants:
+//! - Exactly one `NodeStarted` (unless the start failed) and then exactly one `NodeExited` per
+//!   started run, never dropped; log chunks come between, in order, and are the only thing
+//!   dropped when the outbox is full (the coordinator is away): the next chunk's `offset` shows
+//!   the gap.
+//! - A run is in [`Runner::running`] until its `NodeExited` has been handed to the agent.
+//! - A run id is run at most once per worker process (while it is among the last
+//!   `FINISHED_KEPT_MAX` ended runs). An order for a run that ended and was
+//!   reported is answered with its `NodeExited` again (the first report may have been lost with
+//!   its session; the coordinator re-sends orders whose runs a heartbeat lacks).
+//! - A run's work directory is `<data_dir>/runs/<run_id>`, made empty at start and removed as
+//!   soon as the node is dead; nothing is kept after a run. A worker that starts removes the
+//!   directories a previous process left.
+
+use std::collections::{HashMap, VecDeque};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use flotilla_proto::wire::{LOG_CHUNK_BYTES_MAX, LogStream, NodeOrder, WorkerMessage};
+use tokio::sync::{Notify, mpsc, oneshot};
+
+use crate::WorkerError;
+use crate::sandbox::{Chunk, Ending, Sandbox, SandboxSpec};
+
+/// Runs at once on one worker, counting runs whose end is not yet handed to the agent.
+pub const RUNS_MAX: usize = flotilla_proto::limits::DEVICES_PER_WORKER_MAX;
+/// Log chunks waiting in the outbox at most; more are dropped.
+pub const LOG_CHUNKS_QUEUED_MAX: usize = 256;
+/// Ended runs remembered, to answer a repeated order with the same report.
+const FINISHED_KEPT_MAX: usize = 1_024;
+/// Reports not tied to a live run (a refused order, a repeated end) waiting at most.
+const OPTIONAL_QUEUED_MAX: usize = 256;
+/// Output chunks waiting between a node's pipes and its run task.
+const CHUNKS_QUEUED_MAX: usize = 16;
+/// Characters in a run id at most (it names a directory and a cgroup).
+const RUN_ID_CHARS_MAX: usize = 64;
+/// Less memory than this cannot start a sandbox.
+pub const MEMORY_BYTES_MIN: u64 = 16 * 1024 * 1024;
+/// How long shutdown waits for the killed nodes to be cleaned up.
+const SHUTDOWN_MS_MAX: u64 = 8_000;
+/// Names of the environment variables the worker sets itself.
+const RESERVED_ENV_PREFIX: &str = "FLOTILLA_";
+
+/// What a queued message is, which decides whether it may be dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// NodeStarted and NodeExited of a tracked run: never dropped, at most two per run.
+    Lifecycle,
+    Log,
+    /// A report the coordinator gets again by asking again.
+    Optional,
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    messages: VecDeque<(Kind, WorkerMessage)>,
+    logs: usize,
+    optional: usize,
+}
+
+/// The bounded queue of messages from the runs to the agent, in the order they happened.
+#[derive(Debug, Default)]
+struct Outbox {
+    queue: Mutex<Queue>,
+    ready: Notify,
+}
+
+impl Outbox {
+    /// Queues a message; false when a log chunk or optional report did not fit.
+    fn push(&self, kind: Kind, message: WorkerMessage) -> bool {
+        let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        match kind {
+            Kind::Log if queue.logs >= LOG_CHUNKS_QUEUED_MAX => return false,
+            Kind::Optional if queue.optional >= OPTIONAL_QUEUED_MAX => return false,
+            Kind::Log => queue.logs += 1,
+            Kind::Optional => queue.optional += 1,
+            Kind::Lifecycle => {}
+        }
+        queue.messages.push_back((kind, message));
+        drop(queue);
+        self.ready.notify_one();
+        true
+    }
+
+    fn pop(&self) -> Option<WorkerMessage> {
+        let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        let (kind, message) = queue.messages.pop_front()?;
+        match kind {
+            Kind::Log => queue.logs -= 1,
+            Kind::Optional => queue.optional -= 1,
+            Kind::Lifecycle => {}
+        }
+        Some(message)
+    }
+
+    /// Whether a report of this run's end is waiting.
+    fn holds_exit_of(&self, run_id: &str) -> bool {
+        let queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        queue.messages.iter().any(|(_, message)| {
+            matches!(message, WorkerMessage::NodeExited { run_id: id, .. } if id == run_id)
+        })
+    }
+}
+
+/// A run whose end is not yet handed to the agent.
+#[derive(Debug)]
+struct Live {
+    /// Taken when a stop is sent; dropping it also stops the run.
+    stop: Option<oneshot::Sender<String>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// The nodes of this worker. Dropping it kills them all.
+#[derive(Debug)]
+pub struct Runner {
+    sandbox: Arc<Sandbox>,
+    runs_dir: PathBuf,
+    /// GPU index of each device of this worker, by device id (none: not a GPU).
+    devices: HashMap<String, Option<u32>>,
+    live: HashMap<String, Live>,
+    /// Reports of runs that ended and were handed over, oldest first.
+    finished: VecDeque<WorkerMessage>,
+    outbox: Arc<Outbox>,
+}
+
+impl Runner {
+    /// A runner keeping work directories under `<data_dir>/runs`, with the cgroups this
+    /// machine offers.
+    pub fn new(data_dir: &Path) -> Result<Runner, WorkerError> {
+        Runner::with_sandbox(data_dir, Sandbox::detect())
+    }
+
+    /// A runner with a given sandbox (tests choose the cgroup fallback with it).
+    pub fn with_sandbox(data_dir: &Path, sandbox: Sandbox) -> Result<Runner, WorkerError> {
+        let runs_dir = data_dir.join("runs");
+        // What a previous worker process left: its nodes died with it.
+        if runs_dir.exists() {
+            std::fs::remove_dir_all(&runs_dir).map_err(|e| WorkerError::io(&runs_dir, e))?;
+        }
+        std::fs::create_dir_all(&runs_dir).map_err(|e| WorkerError::io(&runs_dir, e))?;
+        // Others may pass through to a work dir (the sandbox user must) but not list runs.
+        std::fs::set_permissions(&runs_dir, std::fs::Permissions::from_mode(0o711))
+            .map_err(|e| WorkerError::io(&runs_dir, e))?;
+        if crate::sandbox::running_as_root()
+            && let Some(closed) = closed_to_others(&runs_dir)
+        {
+            tracing::warn!(dir = %closed.display(), "nodes run as nobody and cannot reach their work dirs through this directory; chmod o+x it");
+        }
+        sandbox.sweep_leftovers();
+        Ok(Runner {
+            sandbox: Arc::new(sandbox),
+            runs_dir,
+            devices: HashMap::new(),
+            live: HashMap::new(),
+            finished: VecDeque::new(),
+            outbox: Arc::default(),
+        })
+    }
+
+    /// Whether nodes get a cgroup memory limit (else only an address-space limit).
+    pub fn memory_limited_by_cgroup(&self) -> bool {
+        self.sandbox.cgroup_version().is_some()
+    }
+
+    /// The devices this worker holds, as the coordinator named them: device id to GPU index.
+    pub fn set_devices(&mut self, devices: HashMap<String, Option<u32>>) {
+        self.devices = devices;
+    }
+
+    /// Starts a run, unless this run id is already live or ended. A refused order is reported
+    /// as `start_failed`. Needs a Tokio runtime.
+    pub fn start(&mut self, order: NodeOrder) {
+        if self.live.contains_key(&order.run_id) {
+            return;
+        }
+        if let Some(report) = self.finished_report(&order.run_id) {
+            if !self.outbox.holds_exit_of(&order.run_id) {
+                self.outbox.push(Kind::Optional, report);
+            }
+            return;
+        }
+        let prepared = if self.live.len() >= RUNS_MAX {
+            Err(format!("this worker runs {RUNS_MAX} nodes already"))
+        } else {
+            self.prepare(&order)
+        };
+        let spec = match prepared {
+            Ok(spec) => spec,
+            Err(message) => {
+                tracing::warn!(run_id = %order.run_id, %message, "order refused");
+                let report = exited(&order.run_id, None, "start_failed", message);
+                self.outbox.push(Kind::Optional, report);
+                return;
+            }
+        };
+        tracing::info!(run_id = %order.run_id, cluster_id = %order.cluster_id, rank = order.node_rank, "starting a node");
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(drive(
+            self.sandbox.clone(),
+            order.run_id.clone(),
+            spec,
+            self.outbox.clone(),
+            stopped,
+        ));
+        let live = Live {
+            stop: Some(stop),
+            task,
+        };
+        self.live.insert(order.run_id, live);
+    }
+
+    /// Kills a live run; it is reported `stopped` with `reason` as the message. A run this
+    /// worker does not run is ignored.
+    pub fn stop(&mut self, run_id: &str, reason: &str) {
+        let Some(stop) = self.live.get_mut(run_id).and_then(|live| live.stop.take()) else {
+            tracing::debug!(%run_id, "stop for a run not live here");
+            return;
+        };
+        tracing::info!(%run_id, %reason, "stopping a node");
+        let _ = stop.send(reason.to_owned());
+    }
+
+    /// The runs whose end is not handed to the agent yet, sorted.
+    pub fn running(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.live.keys().cloned().collect();
+        ids.sort();
+        ids
+    }
+
+    /// The next message to send. Cancel-safe: a message is taken only when returned.
+    pub async fn next_message(&mut self) -> WorkerMessage {
+        loop {
+            if let Some(message) = self.outbox.pop() {
+                self.handed_over(&message);
+                return message;
+            }
+            self.outbox.ready.notified().await;
+        }
+    }
+
+    /// Kills every live run and waits (a bounded time) for their cleanup.
+    pub async fn shutdown(&mut self) {
+        let tasks: Vec<_> = self.live.drain().map(|(_, live)| live.task).collect();
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(SHUTDOWN_MS_MAX);
+        for task in tasks {
+            // Dropping the stop sender (with `live`) stopped it.
+            if tokio::time::timeout_at(deadline, task).await.is_err() {
+                tracing::warn!("a node's cleanup outlived the shutdown deadline");
+                break;
+            }
+        }
+    }
+
+    /// Moves a run whose end is handed over from the live runs to the finished ones.
+    fn handed_over(&mut self, message: &WorkerMessage) {
+        let WorkerMessage::NodeExited { run_id, .. } = message else {
+            return;
+        };
+        if self.live.remove(run_id).is_none() || self.finished_report(run_id).is_some() {
+            return;
+        }
+        if self.finished.len() >= FINISHED_KEPT_MAX {
+            self.finished.pop_front();
+        }
+        self.finished.push_back(message.clone());
+    }
+
+    fn finished_report(&self, run_id: &str) -> Option<WorkerMessage> {
+        self.finished
+            .iter()
+            .find(|report| {
+                matches!(report, WorkerMessage::NodeExited { run_id: id, .. } if id == run_id)
+            })
+            .cloned()
+    }
+
+    /// Checks an order and turns it into a sandbox spec (the work dir is made by the task).
+    fn prepare(&self, order: &NodeOrder) -> Result<SandboxSpec, String> {
+        check_run_id(&order.run_id)?;
+        if order.memory_bytes_max < MEMORY_BYTES_MIN {
+            return Err(format!(
+                "memory limit {} bytes is under the {MEMORY_BYTES_MIN} a node needs",
+                order.memory_bytes_max
+            ));
+        }
+        if order.wall_limit_ms == 0 {
+            return Err("the wall-clock limit is zero".to_owned());
+        }
+        if order.peers.iter().any(|peer| peer.contains(',')) {
+            return Err("a peer name has a comma".to_owned());
+        }
+        let mut gpu_indices = Vec::new();
+        for device_id in &order.device_ids {
+            match self.devices.get(device_id) {
+                Some(Some(index)) => gpu_indices.push(*index),
+                Some(None) => {}
+                None => return Err(format!("device {device_id} is not on this worker")),
+            }
+        }
+        let spec = SandboxSpec {
+            argv: order.argv.clone(),
+            env: node_env(order),
+            work_dir: self.runs_dir.join(&order.run_id),
+            gpu_indices,
+            memory_bytes_max: order.memory_bytes_max,
+            wall_limit: Duration::from_millis(order.wall_limit_ms),
+        };
+        spec.check().map_err(|e| e.to_string())?;
+        Ok(spec)
+    }
+}
+
+impl Drop for Runner {
+    fn drop(&mut self) {
+        // The stop senders go with `live`, which stops every run; the tasks then clean up.
+        if !self.live.is_empty() {
+            tracing::info!(runs = self.live.len(), "stopping every node");
+        }
+    }
+}
+
+/// The first directory from `dir` up that others may not pass through.
+fn closed_to_others(dir: &Path) -> Option<PathBuf> {
+    dir.ancestors()
+        .find(|d| std::fs::metadata(d).is_ok_and(|m| m.permissions().mode() & 0o001 == 0))
+        .map(Path::to_owned)
+}
+
+/// A run id names a directory and a cgroup: letters, digits, `_` and `-`, not too long.
+fn check_run_id(run_id: &str) -> Result<(), String> {
+    let safe = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+    if run_id.is_empty() || run_id.len() > RUN_ID_CHARS_MAX || !run_id.chars().all(safe) {
+        return Err(format!(
+            "run ids are 1 to {RUN_ID_CHARS_MAX} letters, digits, _ and -"
+        ));
+    }
+    Ok(())
+}
+
+/// The order's environment without the names the worker sets, then the worker's variables.
+fn node_env(order: &NodeOrder) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = order
+        .env
+        .iter()
+        .filter(|(name, _)| !name.starts_with(RESERVED_ENV_PREFIX))
+        .cloned()
+        .collect();
+    let own = [
+        ("FLOTILLA_RUN_ID", order.run_id.clone()),
+        ("FLOTILLA_CLUSTER_ID", order.cluster_id.clone()),
+        ("FLOTILLA_NODE_RANK", order.node_rank.to_string()),
+        ("FLOTILLA_NODE_COUNT", order.node_count.to_string()),
+        ("FLOTILLA_ATTEMPT", order.attempt.to_string()),
+        ("FLOTILLA_PEERS", order.peers.join(",")),
+    ];
+    env.extend(
+        own.into_iter()
+            .map(|(name, value)| (name.to_owned(), value)),
+    );
+    env
+}
+
+fn exited(run_id: &str, exit_code: Option<i32>, reason: &str, message: String) -> WorkerMessage {
+    WorkerMessage::NodeExited {
+        run_id: run_id.to_owned(),
+        exit_code,
+        reason: reason.to_owned(),
+        message,
+    }
+}
+
+/// One run from work dir to report. Always ends with exactly one `NodeExited`.
+async fn drive(
+    sandbox: Arc<Sandbox>,
+    run_id: String,
+    spec: SandboxSpec,
+    outbox: Arc<Outbox>,
+    stop: oneshot::Receiver<String>,
+) {
+    let report = match fresh_work_dir(&spec.work_dir).await {
+        Ok(()) => supervise(&sandbox, &run_id, &spec, &outbox, stop).await,
+        Err(error) => exited(
+            &run_id,
+            None,
+            "start_failed",
+            format!("cannot make the work directory: {error}"),
+        ),
+    };
+    if let Err(error) = tokio::fs::remove_dir_all(&spec.work_dir).await
+        && error.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(%run_id, %error, "cannot remove a run's work directory");
+    }
+    outbox.push(Kind::Lifecycle, report);
+}
+
+/// An empty work directory the sandbox user can write to.
+async fn fresh_work_dir(dir: &Path) -> std::io::Result<()> {
+    if let Err(error) = tokio::fs::remove_dir_all(dir).await
+        && error.kind() != std::io::ErrorKind::NotFound
+    {
+        return Err(error);
+    }
+    tokio::fs::create_dir(dir).await?;
+    // The node's user is not the worker's; the parent (0711) keeps others from finding it.
+    tokio::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777)).await
+}
+
+/// Starts the sandbox, forwards its output and returns the report of its end.
+async fn supervise(
+    sandbox: &Sandbox,
+    run_id: &str,
+    spec: &SandboxSpec,
+    outbox: &Outbox,
+    stop: oneshot::Receiver<String>,
+) -> WorkerMessage {
+    let (output, mut chunks) = mpsc::channel(CHUNKS_QUEUED_MAX);
+    let running = match sandbox.start(run_id, spec, output) {
+        Ok(running) => running,
+        Err(error) => return exited(run_id, None, "start_failed", error.to_string()),
+    };
+    outbox.push(
+        Kind::Lifecycle,
+        WorkerMessage::NodeStarted {
+            run_id: run_id.to_owned(),
+        },
+    );
+    let mut logs = LogForwarder::new(run_id);
+    let mut stop_reason = None;
+    let ended = {
+        let stop = async {
+            // A dropped sender (the runner is gone) stops the run too.
+            let reason = stop.await;
+            stop_reason = Some(reason.unwrap_or_else(|_| "the worker is shutting down".to_owned()));
+        };
+        let wait = running.wait(stop);
+        tokio::pin!(wait);
+        loop {
+            tokio::select! {
+                Some(chunk) = chunks.recv() => logs.forward(outbox, &chunk),
+                ended = &mut wait => break ended,
+            }
+        }
+    };
+    // The readers are done: what is left in the channel is the last of the output.
+    while let Some(chunk) = chunks.recv().await {
+        logs.forward(outbox, &chunk);
+    }
+    logs.finish(outbox);
+    match ended {
+        Ok(ended) => {
+            let (reason, message) = match ended.ending {
+                Ending::Exited => ("exited", String::new()),
+                Ending::Stopped => ("stopped", stop_reason.unwrap_or_default()),
+                Ending::TimedOut => ("timed_out", format!("ran past {:?}", spec.wall_limit)),
+                Ending::OutOfMemory => (
+                    "memory",
+                    format!("over its {} byte memory limit", spec.memory_bytes_max),
+                ),
+            };
+            tracing::info!(%run_id, code = ?ended.code, %reason, "node ended");
+            exited(run_id, ended.code, reason, message)
+        }
+        Err(error) => exited(
+            run_id,
+            None,
+            "exited",
+            format!("lost track of the node: {error}"),
+        ),
+    }
+}
+
+/// Turns a run's output into `NodeLog` messages and counts what did not fit.
+struct LogForwarder {
+    run_id: String,
+    stdout: LogDecoder,
+    stderr: LogDecoder,
+    dropped_bytes: u64,
+}
+
+impl LogForwarder {
+    fn new(run_id: &str) -> LogForwarder {
+        LogForwarder {
+            run_id: run_id.to_owned(),
+            stdout: LogDecoder::default(),
+            stderr: LogDecoder::default(),
+            dropped_bytes: 0,
+        }
+    }
+
+    fn forward(&mut self, outbox: &Outbox, chunk: &Chunk) {
+        let decoder = match chunk.stream {
+            LogStream::Stdout => &mut self.stdout,
+            LogStream::Stderr => &mut self.stderr,
+        };
+        let pieces = decoder.push(&chunk.bytes);
+        self.send(outbox, chunk.stream, pieces);
+    }
+
+    /// Sends what is left of incomplete characters, and says what was dropped.
+    fn finish(&mut self, outbox: &Outbox) {
+        let stdout = self.stdout.finish();
+        self.send(outbox, LogStream::Stdout, stdout);
+        let stderr = self.stderr.finish();
+        self.send(outbox, LogStream::Stderr, stderr);
+        if self.dropped_bytes > 0 {
+            tracing::warn!(run_id = %self.run_id, dropped_bytes = self.dropped_bytes, "log output dropped while the coordinator was away");
+        }
+    }
+
+    fn send(&mut self, outbox: &Outbox, stream: LogStream, pieces: Vec<Piece>) {
+        for piece in pieces {
+            let message = WorkerMessage::NodeLog {
+                run_id: self.run_id.clone(),
+                stream,
+                offset: piece.offset,
+                text: piece.text,
+            };
+            if !outbox.push(Kind::Log, message) {
+                self.dropped_bytes += piece.raw_bytes;
+            }
+        }
+    }
+}
+
+/// Some text of a stream: `raw_bytes` of it starting at byte `offset`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Piece {
+    offset: u64,
+    raw_bytes: u64,
+    text: String,
+}
+
+/// Cuts a byte stream into UTF-8 text pieces of at most [`LOG_CHUNK_BYTES_MAX`] bytes, keeping
+/// a character split across reads whole and replacing invalid bytes. Offsets count the
+/// stream's raw bytes.
+#[derive(Debug, Default)]
+struct LogDecoder {
+    /// The start of a character whose end has not been read yet (at most 3 bytes).
+    pending: Vec<u8>,
+    /// Raw bytes of the stream turned into pieces so far.
+    offset: u64,
+}
+
+impl LogDecoder {
+    fn push(&mut self, bytes: &[u8]) -> Vec<Piece> {
+        let mut data = std::mem::take(&mut self.pending);
+        data.extend_from_slice(bytes);
+        let mut builder = PieceBuilder::new(self.offset);
+        let mut rest = data.as_slice();
+        while !rest.is_empty() {
+            match std::str::from_utf8(rest) {
+                Ok(text) => {
+                    builder.add_text(text);
+                    rest = &[];
+                }
+                Err(error) => {
+                    let (valid, after) = rest.split_at(error.valid_up_to());
+                    builder.add_text(std::str::from_utf8(valid).unwrap_or_default());
+                    let Some(invalid) = error.error_len() else {
+                        // An incomplete character at the end: wait for the rest of it.
+                        self.pending = after.to_vec();
+                        break;
+                    };
+                    builder.add_replacement(invalid);
+                    rest = &after[invalid..];
+                }
+            }
+        }
+        let pieces = builder.finish();
+        self.offset += pieces.iter().map(|p| p.raw_bytes).sum::<u64>();
+        pieces
+    }
+
+    /// The stream ended: an incomplete character left is invalid.
+    fn finish(&mut self) -> Vec<Piece> {
+        if self.pending.is_empty() {
+            return Vec::new();
+        }
+        let mut builder = PieceBuilder::new(self.offset);
+        builder.add_replacement(self.pending.len());
+        self.pending.clear();
+        let pieces = builder.finish();
+        self.offset += pieces.iter().map(|p| p.raw_bytes).sum::<u64>();
+        pieces
+    }
+}
+
+/// Fills pieces up to [`LOG_CHUNK_BYTES_MAX`] bytes of text each.
+struct PieceBuilder {
+    pieces: Vec<Piece>,
+    current: Piece,
+}
+
+impl PieceBuilder {
+    fn new(offset: u64) -> PieceBuilder {
+        PieceBuilder {
+            pieces: Vec::new(),
+            current: Piece {
+                offset,
+                raw_bytes: 0,
+                text: String::new(),
+            },
+        }
+    }
+
+    /// Valid text: each byte of it is a raw byte.
+    fn add_text(&mut self, mut text: &str) {
+        while !text.is_empty() {
+            let room = LOG_CHUNK_BYTES_MAX - self.current.text.len();
+            let cut = text.floor_char_boundary(room.min(text.len()));
+            if cut == 0 {
+                self.next_piece();
+                continue;
+            }
+            self.current.text.push_str(&text[..cut]);
+            self.current.raw_bytes += cut as u64;
+            text = &text[cut..];
+        }
+    }
+
+    /// `raw_bytes` invalid bytes, shown as one replacement character.
+    fn add_replacement(&mut self, raw_bytes: usize) {
+        if self.current.text.len() + char::REPLACEMENT_CHARACTER.len_utf8() > LOG_CHUNK_BYTES_MAX {
+            self.next_piece();
+        }
+        self.current.text.push(char::REPLACEMENT_CHARACTER);
+        self.current.raw_bytes += raw_bytes as u64;
+    }
+
+    fn next_piece(&mut self) {
+        let offset = self.current.offset + self.current.raw_bytes;
+        let done = std::mem::replace(
+            &mut self.current,
+            Piece {
+                offset,
+                raw_bytes: 0,
+                text: String::new(),
+            },
+        );
+        if done.raw_bytes > 0 {
+            self.pieces.push(done);
+        }
+    }
+
+    fn finish(mut self) -> Vec<Piece> {
+        self.next_piece();
+        self.pieces
+    }
+}
+
+#[cfg(test)]
+mod tests;
