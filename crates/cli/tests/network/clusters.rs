@@ -39,6 +39,10 @@ struct Market {
 /// A coordinator with `workers` one-GPU workers of one supplier at 6 IOSD an hour, and a
 /// renter holding 100 IOSD.
 async fn market(db: Db, workers: usize) -> Market {
+    market_with_minute(db, workers, "500").await
+}
+
+async fn market_with_minute(db: Db, workers: usize, rent_minute_ms: &str) -> Market {
     let coordinator = Coordinator::start(
         db,
         &[
@@ -47,7 +51,7 @@ async fn market(db: Db, workers: usize) -> Market {
             "--schedule-interval-ms",
             "100",
             "--rent-minute-ms",
-            "500",
+            rent_minute_ms,
         ],
     )
     .await;
@@ -497,3 +501,83 @@ async fn a_lost_node_runs_again_elsewhere_and_its_late_report_is_refused(db: Db)
     );
 }
 on_both_databases!(a_lost_node_runs_again_elsewhere_and_its_late_report_is_refused);
+
+/// A failing node restarts while the spec's retries last, then fails the cluster; a node over
+/// its memory limit is killed and reported; a service runs until its hours (extended once) run
+/// out, then expires and stops.
+async fn retries_memory_limits_extension_and_expiry(db: Db) {
+    if !sandbox_ready() {
+        return;
+    }
+    // A rent minute of 100 ms: an hour is 6 s.
+    let market = market_with_minute(db, 2, "100").await;
+    let renter = &market.renter;
+    let second_try = ClusterSpec {
+        retries: 1,
+        ..spec(
+            1,
+            &[
+                "sh",
+                "-c",
+                "echo try $FLOTILLA_ATTEMPT; [ $FLOTILLA_ATTEMPT -ge 2 ]",
+            ],
+        )
+    };
+    let retried: ClusterInfo = renter.post("clusters", &second_try).await.unwrap();
+    let done = until_state(renter, &retried.id, "completed", 30).await;
+    assert_eq!(done.nodes[0].attempt, 2);
+
+    let no_retry = spec(1, &["sh", "-c", "exit 7"]);
+    let failing: ClusterInfo = renter.post("clusters", &no_retry).await.unwrap();
+    let failed = until_state(renter, &failing.id, "failed", 30).await;
+    assert_eq!(failed.nodes[0].exit_code, Some(7));
+    assert!(failed.ended_because.unwrap().contains("code 7"));
+    assert_eq!(failed.escrow_micros, 0);
+
+    // 200 MB held in a shell variable, under a 32 MiB limit.
+    let hungry = ClusterSpec {
+        memory_mib: Some(32),
+        ..spec(
+            1,
+            &[
+                "sh",
+                "-c",
+                "x=$(head -c 200000000 /dev/zero | tr '\\0' a); echo survived",
+            ],
+        )
+    };
+    let hungry: ClusterInfo = renter.post("clusters", &hungry).await.unwrap();
+    let killed = until_state(renter, &hungry.id, "failed", 30).await;
+    assert_ne!(killed.nodes[0].exit_code, Some(0), "{:?}", killed.nodes);
+    let logs = all_logs(renter, &hungry.id).await;
+    assert!(logs.lines.iter().all(|l| !l.text.contains("survived")));
+
+    // A service of one hour, extended by one.
+    let service = ClusterSpec {
+        kind: "service".into(),
+        ports: vec![8888],
+        ..spec(1, &["sleep", "3600"])
+    };
+    let service: ClusterInfo = renter.post("clusters", &service).await.unwrap();
+    until_state(renter, &service.id, "running", 30).await;
+    let escrow_before = until_state(renter, &service.id, "running", 1)
+        .await
+        .escrow_micros;
+    let extended: ClusterInfo = renter
+        .post(
+            &format!("clusters/{}/extend", service.id),
+            &flotilla_proto::api::ExtendRequest { hours: 1 },
+        )
+        .await
+        .unwrap();
+    assert_eq!(extended.spec.hours, 2);
+    assert!(
+        extended.escrow_micros > escrow_before + 5_000_000,
+        "an hour's rent is held"
+    );
+    let expired = until_state(renter, &service.id, "expired", 60).await;
+    assert_eq!(expired.metered_minutes, 120);
+    assert_eq!(expired.nodes[0].state, "stopped");
+    assert_eq!(expired.escrow_micros, 0);
+}
+on_both_databases!(retries_memory_limits_extension_and_expiry);
