@@ -9,7 +9,10 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 use flotilla_ledger::{format_micros, parse_micros};
-use flotilla_proto::api::{ClusterInfo, ClusterQuote, ClusterSpec, ExtendRequest, LogPage, Page};
+use flotilla_proto::api::{
+    ClusterInfo, ClusterQuote, ClusterSpec, ExtendRequest, LogPage, NodeRating, Page,
+    RateNodesRequest,
+};
 
 use crate::client_commands::Connection;
 use crate::output::{Format, opt, print};
@@ -103,6 +106,18 @@ pub enum ClustersCommand {
         id: String,
         #[arg(long)]
         hours: u32,
+    },
+    /// Rate one node's supplier after the cluster ended (1 to 5 stars).
+    Rate {
+        #[command(flatten)]
+        connection: Connection,
+        id: String,
+        #[arg(long)]
+        node: u32,
+        #[arg(long)]
+        stars: u8,
+        #[arg(long, default_value = "")]
+        comment: String,
     },
     /// Stop every node and return the unused escrow.
     Terminate {
@@ -317,6 +332,26 @@ pub async fn clusters(command: ClustersCommand) -> Result<()> {
             let cluster: ClusterInfo = connection
                 .client()?
                 .post(&format!("clusters/{id}/extend"), &ExtendRequest { hours })
+                .await?;
+            show(connection.output, &cluster);
+        }
+        ClustersCommand::Rate {
+            connection,
+            id,
+            node,
+            stars,
+            comment,
+        } => {
+            let ratings = RateNodesRequest {
+                ratings: vec![NodeRating {
+                    node_rank: node,
+                    stars,
+                    comment,
+                }],
+            };
+            let cluster: ClusterInfo = connection
+                .client()?
+                .post(&format!("clusters/{id}/ratings"), &ratings)
                 .await?;
             show(connection.output, &cluster);
         }

@@ -618,6 +618,8 @@ pub struct ClusterNodeInfo {
     pub reason: String,
     pub started_at: Option<String>,
     pub ended_at: Option<String>,
+    /// The renter's rating of this node's supplier, once given.
+    pub rating_stars: Option<u8>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -643,6 +645,24 @@ pub struct ClusterInfo {
     pub ended_at: Option<String>,
     /// Why it ended, in words.
     pub ended_because: Option<String>,
+}
+
+/// A renter's ratings of an ended cluster's nodes (each node's supplier).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RateNodesRequest {
+    pub ratings: Vec<NodeRating>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NodeRating {
+    pub node_rank: u32,
+    /// 1 to 5.
+    pub stars: u8,
+    /// At most 1,000 characters.
+    #[serde(default)]
+    pub comment: String,
 }
 
 /// Adds hours to a cluster; their rent is held at once.

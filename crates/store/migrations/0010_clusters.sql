@@ -56,3 +56,15 @@ CREATE TABLE node_logs (
 );
 CREATE INDEX node_logs_cluster ON node_logs (cluster_id, seq);
 CREATE INDEX node_logs_run ON node_logs (run_id, seq);
+
+-- A renter's rating of one node's supplier, after the cluster ended; one per rank.
+CREATE TABLE node_ratings (
+    cluster_id TEXT NOT NULL REFERENCES clusters (id),
+    node_rank BIGINT NOT NULL,
+    worker_id TEXT NOT NULL,
+    stars BIGINT NOT NULL,
+    comment TEXT NOT NULL,
+    at_ms BIGINT NOT NULL,
+    PRIMARY KEY (cluster_id, node_rank)
+);
+CREATE INDEX node_ratings_worker ON node_ratings (worker_id);

@@ -464,6 +464,53 @@ impl Store {
         Ok(lost)
     }
 
+    /// Rates one node's supplier (again replaces the rating).
+    pub async fn rate_node(
+        &self,
+        cluster_id: &str,
+        node_rank: u32,
+        worker_id: &str,
+        stars: u8,
+        comment: &str,
+        now_ms: i64,
+    ) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM node_ratings WHERE cluster_id = $1 AND node_rank = $2")
+            .bind(cluster_id)
+            .bind(i64::from(node_rank))
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO node_ratings (cluster_id, node_rank, worker_id, stars, comment, at_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(cluster_id)
+        .bind(i64::from(node_rank))
+        .bind(worker_id)
+        .bind(i64::from(stars))
+        .bind(comment)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// A cluster's ratings: rank -> (stars, comment).
+    pub async fn node_ratings(&self, cluster_id: &str) -> Result<HashMap<u32, (u8, String)>> {
+        let rows =
+            sqlx::query("SELECT node_rank, stars, comment FROM node_ratings WHERE cluster_id = $1")
+                .bind(cluster_id)
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter()
+            .map(|row| {
+                let stars = u8::try_from(col::<i64>(row, "stars")?).unwrap_or(0);
+                Ok((small(col(row, "node_rank")?), (stars, col(row, "comment")?)))
+            })
+            .collect()
+    }
+
     /// Host names of these workers, by id.
     pub async fn worker_hostnames(&self, worker_ids: &[String]) -> Result<HashMap<String, String>> {
         let mut hosts = HashMap::new();

@@ -194,6 +194,19 @@ impl Store {
                 entry.feedback_count += 1;
             }
         }
+        // Ratings of cluster nodes count like request feedback, one per node.
+        let rated = sqlx::query(
+            "SELECT worker_id, CAST(SUM(stars) AS BIGINT) AS stars, COUNT(*) AS ratings \
+             FROM node_ratings GROUP BY worker_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        for row in &rated {
+            if let Some(entry) = stats.get_mut(&col::<String>(row, "worker_id")?) {
+                entry.feedback_sum_milli += crate::to_u64(col::<i64>(row, "stars")?) * 1_000;
+                entry.feedback_count += u32::try_from(col::<i64>(row, "ratings")?).unwrap_or(0);
+            }
+        }
         Ok(stats)
     }
 

@@ -227,6 +227,53 @@ async fn three_node_batch_cluster_runs_logs_and_pays(db: Db) {
     assert!(text.contains("[2] rank 2 of 3"), "{text}");
     assert!(!text.contains("rank 0 of 3"), "{text}");
 
+    // The renter rates node 2's supplier; the offers of that worker carry the rating.
+    let (ok, _, stderr) = cli(
+        &market.coordinator,
+        &market.renter_key,
+        &[
+            "clusters",
+            "rate",
+            &deployed.id,
+            "--node",
+            "2",
+            "--stars",
+            "2",
+            "--comment",
+            "slow",
+        ],
+    );
+    assert!(ok, "{stderr}");
+    let bad = flotilla_proto::api::RateNodesRequest {
+        ratings: vec![flotilla_proto::api::NodeRating {
+            node_rank: 0,
+            stars: 9,
+            comment: String::new(),
+        }],
+    };
+    let (status, _, field) = api_error(
+        market
+            .renter
+            .post::<_, ClusterInfo>(&format!("clusters/{}/ratings", deployed.id), &bad)
+            .await,
+    );
+    assert_eq!((status, field.as_deref()), (422, Some("stars")));
+    let rated = &done.nodes[2].worker_id;
+    let offers: flotilla_proto::api::OffersResponse =
+        market.coordinator.client(None).get("offers").await.unwrap();
+    let offer = offers
+        .offers
+        .iter()
+        .find(|o| &o.worker_id == rated)
+        .unwrap();
+    assert_eq!(offer.feedback_milli, Some(2_000));
+    let shown: ClusterInfo = market
+        .renter
+        .get(&format!("clusters/{}", deployed.id))
+        .await
+        .unwrap();
+    assert_eq!(shown.nodes[2].rating_stars, Some(2));
+
     // Money: the minutes that ran went to the supplier, the rest came back.
     let settled = eventually(Duration::from_secs(10), || async {
         let info: ClusterInfo = market

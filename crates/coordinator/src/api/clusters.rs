@@ -9,7 +9,7 @@ use flotilla_ledger::rent::quote;
 use flotilla_ledger::{AccountId, Kind, Outcome, Token, Transfer, TransferError};
 use flotilla_proto::api::{
     ClusterInfo, ClusterNodeInfo, ClusterQuote, ClusterSpec, ErrorBody, ExtendRequest, LogLine,
-    LogPage, LogQuery, Page, PageQuery, RequestSpec, Role,
+    LogPage, LogQuery, Page, PageQuery, RateNodesRequest, RequestSpec, Role,
 };
 use flotilla_proto::id::{IdKind, new_id};
 use flotilla_proto::time::{rfc3339, rfc3339_opt};
@@ -409,6 +409,60 @@ pub async fn cluster_logs(
     }))
 }
 
+/// Most characters of a rating's comment.
+pub const RATING_COMMENT_CHARS_MAX: usize = 1_000;
+
+/// Rates the suppliers of an ended cluster's nodes, 1 to 5 stars each; the scheduler ranks
+/// their offers by it.
+#[utoipa::path(post, path = "/api/v1/clusters/{id}/ratings", params(("id" = String, Path)), request_body = RateNodesRequest, security(("api_key" = [])),
+    responses((status = 200, body = ClusterInfo), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn rate_nodes(
+    State(app): State<AppState>,
+    caller: Caller,
+    PathId(cluster_id): PathId,
+    JsonBody(request): JsonBody<RateNodesRequest>,
+) -> ApiResult<Json<ClusterInfo>> {
+    guard(&caller, true)?;
+    let row = own(&app, &caller, &cluster_id).await?;
+    if row.state == CLUSTER_DEPLOYING || row.state == CLUSTER_RUNNING {
+        return Err(ApiError::conflict(
+            "not_ended",
+            "a cluster's nodes are rated once it ended",
+        ));
+    }
+    let runs = app
+        .store
+        .runs_of(std::slice::from_ref(&cluster_id))
+        .await?
+        .remove(&cluster_id)
+        .unwrap_or_default();
+    for rating in &request.ratings {
+        if !(1..=5).contains(&rating.stars) {
+            return Err(ApiError::invalid("stars", "must be between 1 and 5"));
+        }
+        if rating.comment.chars().count() > RATING_COMMENT_CHARS_MAX {
+            return Err(ApiError::invalid("comment", "is at most 1,000 characters"));
+        }
+        // The rank's newest run that started is the supplier the renter saw.
+        let served = runs
+            .iter()
+            .filter(|r| r.node_rank == rating.node_rank && r.started_at_ms.is_some())
+            .max_by_key(|r| r.attempt)
+            .ok_or_else(|| ApiError::invalid("node_rank", "no node of that rank ran"))?;
+        app.store
+            .rate_node(
+                &cluster_id,
+                rating.node_rank,
+                &served.worker_id,
+                rating.stars,
+                &rating.comment,
+                now_ms(),
+            )
+            .await?;
+    }
+    info(&app, row).await.map(Json)
+}
+
 fn node_info(run: &RunRow, devices: &HashMap<u32, Vec<String>>) -> ClusterNodeInfo {
     ClusterNodeInfo {
         rank: run.node_rank,
@@ -421,6 +475,7 @@ fn node_info(run: &RunRow, devices: &HashMap<u32, Vec<String>>) -> ClusterNodeIn
         reason: run.reason.clone(),
         started_at: rfc3339_opt(run.started_at_ms),
         ended_at: rfc3339_opt(run.ended_at_ms),
+        rating_stars: None,
     }
 }
 
@@ -452,6 +507,10 @@ async fn info(app: &AppState, row: ClusterRow) -> ApiResult<ClusterInfo> {
             Some(last) if last.rank == run.node_rank => *last = node_info(run, &devices),
             _ => nodes.push(node_info(run, &devices)),
         }
+    }
+    let ratings = app.store.node_ratings(&row.id).await?;
+    for node in &mut nodes {
+        node.rating_stars = ratings.get(&node.rank).map(|(stars, _)| *stars);
     }
     let escrow = crate::ledger::balance(&app.store, &AccountId::escrow(&row.id, Token::Iosd))
         .await?

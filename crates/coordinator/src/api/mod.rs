@@ -56,7 +56,7 @@ use crate::error::{ApiError, ApiResult};
         proposals::vote,
         clusters::quote_cluster, clusters::deploy_cluster, clusters::list_clusters,
         clusters::show_cluster, clusters::terminate_cluster, clusters::extend_cluster,
-        clusters::cluster_logs,
+        clusters::cluster_logs, clusters::rate_nodes,
     ),
     components(schemas(wire::ErrorBody, wire::ErrorDetail)),
     modifiers(&BearerAuth),
@@ -140,6 +140,7 @@ pub fn router(app: AppState) -> Router {
         )
         .route("/clusters/{id}/extend", post(clusters::extend_cluster))
         .route("/clusters/{id}/logs", get(clusters::cluster_logs))
+        .route("/clusters/{id}/ratings", post(clusters::rate_nodes))
         .route("/wallet", get(ledger::wallet))
         .route("/wallet/history", get(ledger::history))
         .route("/wallet/transfers", post(ledger::transfer))
