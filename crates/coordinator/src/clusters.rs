@@ -305,6 +305,7 @@ pub async fn order_for(app: &AppState, run: &RunRow) -> ApiResult<Option<NodeOrd
         peers,
         memory_bytes_max: spec.memory_mib.unwrap_or(MEMORY_MIB_DEFAULT) << 20,
         wall_limit_ms: u64::from(crate::rent::HOURS_MAX) * 3_600_000,
+        image: spec.image.clone(),
     }))
 }
 

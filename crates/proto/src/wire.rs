@@ -93,6 +93,9 @@ pub struct NodeOrder {
     pub memory_bytes_max: u64,
     /// Killed after this long.
     pub wall_limit_ms: u64,
+    /// A container image: run on the container driver instead of the exec driver.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
 }
 
 /// Which output stream a log chunk came from.

@@ -19,6 +19,7 @@ fn order(run_id: &str, script: &str) -> NodeOrder {
         peers: vec!["a.example".into(), "b.example".into(), "c.example".into()],
         memory_bytes_max: 512 * 1024 * 1024,
         wall_limit_ms: 20_000,
+        image: None,
     }
 }
 
