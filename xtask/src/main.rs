@@ -14,6 +14,8 @@
 //!   PostgreSQL, and batched over one transaction per transfer on SQLite; one JSON line last.
 
 mod bench;
+mod deploy_bench;
+mod docker;
 mod ledger_bench;
 mod postgres;
 mod proof_bench;
@@ -32,6 +34,9 @@ fn main() -> Result<()> {
         }
         Some("bench") if args.get(1).map(String::as_str) == Some("ledger") => {
             ledger_bench::run(&args[2..])
+        }
+        Some("bench") if args.get(1).map(String::as_str) == Some("deploy") => {
+            deploy_bench::run(&args[2..])
         }
         Some("bench") if args.get(1).map(String::as_str) == Some("scheduler") => {
             scheduler_bench::run(&args[2..])
@@ -134,6 +139,8 @@ fn test(filters: &[String]) -> Result<()> {
         command.args(["test", "--workspace", "--no-fail-fast"]);
     }
     command.args(filters);
+    // Stopped when dropped, after the tests.
+    let _docker = docker::Engine::for_tests(&mut command);
     command
         .env("FLOTILLA_TEST_POSTGRES_URL", server.admin_url())
         .env("FLOTILLA_REQUIRE_POSTGRES", "1");

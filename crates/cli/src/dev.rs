@@ -271,6 +271,7 @@ async fn worker_config(
         simulate_gpus: vec![DEV_GPU_MIXES[index % DEV_GPU_MIXES.len()].to_owned()],
         cpu_device: index == 0,
         hostname: Some(format!("dev-worker-{index}")),
+        docker_socket: None,
     })
 }
 

@@ -136,6 +136,9 @@ struct CoordinatorArgs {
     /// Length of one metered rent minute (shorter only in tests).
     #[arg(long, default_value_t = 60_000)]
     rent_minute_ms: u64,
+    /// How often a cluster node's checkpoint directory is uploaded.
+    #[arg(long, default_value_t = 60_000)]
+    checkpoint_interval_ms: u64,
     /// Hand out demo funds (development only).
     #[arg(long)]
     faucet: bool,
@@ -161,6 +164,10 @@ struct WorkerArgs {
     /// Name for this worker (default: the host name).
     #[arg(long)]
     name: Option<String>,
+    /// The Docker engine's socket for nodes with a container image (default: DOCKER_HOST,
+    /// else /var/run/docker.sock when present).
+    #[arg(long)]
+    docker_socket: Option<PathBuf>,
 }
 
 fn init_logging(format: LogFormat) {
@@ -250,6 +257,7 @@ async fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
         slash_appeal_ms: args.slash_appeal_ms,
         faucet: args.faucet,
         rent_minute_ms: args.rent_minute_ms,
+        checkpoint_interval_ms: args.checkpoint_interval_ms,
         ..flotilla_coordinator::Config::default()
     };
     let running = flotilla_coordinator::start(config).await?;
@@ -270,6 +278,7 @@ async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
         simulate_gpus: args.simulate_gpu,
         cpu_device: !args.no_cpu,
         hostname: args.name,
+        docker_socket: args.docker_socket,
     };
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut worker = tokio::spawn(flotilla_worker::run(config, stopped));

@@ -19,11 +19,12 @@ use std::collections::BTreeMap;
 
 use flotilla_proto::api::{ClusterSpec, RequestSpec};
 use flotilla_proto::id::{IdKind, new_id};
-use flotilla_proto::wire::{LogStream, NodeOrder};
+use flotilla_proto::wire::{CheckpointOrder, LogStream, NodeOrder};
 use flotilla_store::{
     ClusterRow, PlacementRow, REQUEST_PLACED, RUN_ASSIGNED, RUN_EXITED, RUN_FAILED, RUN_LOST,
     RequestRow, RunRow,
 };
+use sha2::{Digest, Sha256};
 
 use crate::error::{ApiError, ApiResult};
 use crate::{AppState, now_ms};
@@ -33,6 +34,8 @@ pub const CLUSTER_FAILED: &str = "failed";
 pub const CLUSTER_TERMINATED: &str = "terminated";
 pub const CLUSTER_EXPIRED: &str = "expired";
 
+/// Largest checkpoint archive kept, bytes (one per node of a live cluster).
+pub const CHECKPOINT_BYTES_MAX: u64 = 32 << 20;
 /// Output kept per run, bytes; past it the oldest goes.
 pub const LOG_RUN_BYTES_MAX: u64 = 1 << 20;
 /// A node's memory limit when the spec names none, and the most it may name.
@@ -85,6 +88,47 @@ fn check_env(name: &'static str, env: &BTreeMap<String, String>) -> ApiResult<()
     Ok(())
 }
 
+/// An image reference: what an engine accepts, and nothing that could reach past its path.
+fn check_image(image: &str) -> ApiResult<()> {
+    let ok = !image.is_empty()
+        && image.len() <= 512
+        && !image.contains("..")
+        && !image.contains("//")
+        && image
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-/:@".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(field(
+            "image",
+            "must be an image reference such as pytorch/pytorch:2.4 (letters, digits, ._-/:@)",
+        ))
+    }
+}
+
+/// A checkpoint directory is a relative path under the work directory.
+fn check_checkpoint_path(path: &str) -> ApiResult<()> {
+    let path = path.strip_prefix("/work/").unwrap_or(path);
+    let ok = !path.is_empty()
+        && path.len() <= 256
+        && !path.starts_with('/')
+        && path
+            .split('/')
+            .all(|part| !part.is_empty() && part != "." && part != "..")
+        && path
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(field(
+            "checkpoint_path",
+            "must be a directory under /work: letters, digits, '-', '_', '.' and '/', no '..'",
+        ))
+    }
+}
+
 /// Checks a spec; the request the scheduler places for it comes back.
 pub fn check_spec(spec: &ClusterSpec) -> ApiResult<RequestSpec> {
     check_name(&spec.name)?;
@@ -132,17 +176,11 @@ pub fn check_spec(spec: &ClusterSpec) -> ApiResult<RequestSpec> {
     {
         return Err(field("memory_mib", "must be between 16 and 4194304"));
     }
-    if spec.image.is_some() {
-        return Err(field(
-            "image",
-            "the container driver is not available on this network yet; leave image out to run on the exec driver",
-        ));
+    if let Some(image) = &spec.image {
+        check_image(image)?;
     }
-    if spec.checkpoint_path.is_some() {
-        return Err(field(
-            "checkpoint_path",
-            "checkpoints are not kept by this coordinator yet",
-        ));
+    if let Some(path) = &spec.checkpoint_path {
+        check_checkpoint_path(path)?;
     }
     let request = RequestSpec {
         nodes: spec.nodes,
@@ -306,6 +344,12 @@ pub async fn order_for(app: &AppState, run: &RunRow) -> ApiResult<Option<NodeOrd
         memory_bytes_max: spec.memory_mib.unwrap_or(MEMORY_MIB_DEFAULT) << 20,
         wall_limit_ms: u64::from(crate::rent::HOURS_MAX) * 3_600_000,
         image: spec.image.clone(),
+        checkpoint: spec.checkpoint_path.as_ref().map(|path| CheckpointOrder {
+            path: path.strip_prefix("/work/").unwrap_or(path).to_owned(),
+            token: run_token(app, &run.id),
+            interval_ms: app.config.checkpoint_interval_ms,
+            bytes_max: CHECKPOINT_BYTES_MAX,
+        }),
     }))
 }
 
@@ -330,6 +374,18 @@ async fn peer_hosts(app: &AppState, latest: &BTreeMap<u32, &RunRow>) -> ApiResul
         .iter()
         .map(|id| hosts.get(id).cloned().unwrap_or_default())
         .collect())
+}
+
+/// The secret a run's worker shows to store and fetch its checkpoints: derived from the
+/// coordinator's key and the run id, so it needs no storage and dies with the run's liveness
+/// (the endpoints check that the run is live).
+pub fn run_token(app: &AppState, run_id: &str) -> String {
+    let digest = Sha256::new()
+        .chain_update(b"flotilla/run-token/v1\0")
+        .chain_update(app.ledger.signing_key().to_bytes())
+        .chain_update(run_id.as_bytes())
+        .finalize();
+    hex::encode(digest)
 }
 
 /// Why a worker's report about a run is refused.
@@ -516,6 +572,7 @@ pub async fn end(
     };
     tracing::info!(cluster_id = %cluster.id, %state, %because, "cluster ended");
     nudge(app, workers);
+    app.store.delete_checkpoints(&cluster.id).await?;
     let Some(request) = app.store.request_by_id(&cluster.id).await? else {
         return Ok(());
     };
@@ -528,8 +585,7 @@ async fn settle_request(app: &AppState, row: &RequestRow, completed: bool) -> Ap
         .map_err(|e| ApiError::Internal(format!("stored request spec: {e}")))?;
     let now = now_ms();
     if row.state == REQUEST_PLACED {
-        let minute_ms = i64::try_from(app.config.rent_minute_ms).unwrap_or(i64::MAX);
-        crate::rent::meter(app, row, &spec, now.saturating_add(minute_ms - 1)).await?;
+        crate::rent::meter(app, row, &spec, now, crate::rent::Rounding::StartedMinutes).await?;
     }
     let held: Vec<String> = app
         .store
@@ -570,6 +626,7 @@ pub async fn request_expired(app: &AppState, request_id: &str) -> ApiResult<()> 
         return Ok(());
     };
     nudge(app, workers);
+    app.store.delete_checkpoints(request_id).await?;
     Ok(())
 }
 

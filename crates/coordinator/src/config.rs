@@ -45,6 +45,8 @@ pub struct Config {
     pub slash_appeal_ms: u64,
     /// Length of one metered rent minute (shorter only in tests).
     pub rent_minute_ms: u64,
+    /// How often a node with a checkpoint directory uploads it.
+    pub checkpoint_interval_ms: u64,
     /// Reservation fees on rent.
     pub fees: flotilla_ledger::rent::FeePolicy,
     /// IO emitted per year for block rewards.
@@ -78,6 +80,7 @@ impl Default for Config {
             unstake_cooldown_ms: 14 * 24 * 3_600_000,
             slash_appeal_ms: 7 * 24 * 3_600_000,
             rent_minute_ms: 60_000,
+            checkpoint_interval_ms: 60_000,
             fees: flotilla_ledger::rent::FeePolicy::default(),
             emission: flotilla_ledger::emission::Schedule::default(),
         }
@@ -127,6 +130,9 @@ impl Config {
         }
         if self.rent_minute_ms < 10 {
             return fail("rent_minute_ms", "must be at least 10");
+        }
+        if self.checkpoint_interval_ms < 100 {
+            return fail("checkpoint_interval_ms", "must be at least 100");
         }
         if self.ledger_epoch_ms < 1_000 {
             return fail("ledger_epoch_ms", "must be at least 1000");

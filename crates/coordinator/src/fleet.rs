@@ -340,7 +340,8 @@ impl Fleet {
 
     /// One pass of failure detection over every device; also refreshes the per-state gauges
     /// (once a tick, not per change, so a burst of changes costs one count).
-    pub async fn sweep(&self, now_ms: i64) -> Result<(), FleetError> {
+    /// Returns how many devices changed state.
+    pub async fn sweep(&self, now_ms: i64) -> Result<usize, FleetError> {
         self.update_device_gauges();
         let _serial = self.transitions.lock().await;
         let changes: Vec<_> = {
@@ -388,7 +389,8 @@ impl Fleet {
             }
             changes
         };
-        self.commit(changes).await
+        let changed = changes.len();
+        self.commit(changes).await.map(|()| changed)
     }
 
     /// The live view of one device.

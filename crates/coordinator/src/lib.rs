@@ -213,8 +213,11 @@ async fn liveness_loop(app: AppState, mut shutdown: watch::Receiver<bool>) {
             _ = ticker.tick() => {}
             _ = shutdown.wait_for(|stop| *stop) => return,
         }
-        if let Err(error) = app.fleet.sweep(now_unix_ms()).await {
-            tracing::warn!(%error, "liveness sweep incomplete; retrying next tick");
+        match app.fleet.sweep(now_unix_ms()).await {
+            // A device that went down may hold a node: replace it now, not at the next pass.
+            Ok(1..) => app.schedule_now.notify_one(),
+            Ok(0) => {}
+            Err(error) => tracing::warn!(%error, "liveness sweep incomplete; retrying next tick"),
         }
     }
 }

@@ -181,7 +181,7 @@ pub async fn meter_all(app: &AppState) -> ApiResult<()> {
         if spec.hours.is_none() {
             continue;
         }
-        if !meter(app, &row, &spec, now_ms()).await? {
+        if !meter(app, &row, &spec, now_ms(), Rounding::EndedMinutes).await? {
             continue;
         }
         let devices: Vec<String> = app
@@ -201,21 +201,38 @@ pub async fn meter_all(app: &AppState) -> ApiResult<()> {
     Ok(())
 }
 
-/// Pays the request's minutes completed by `now_ms` and not metered yet. True when the rental
-/// is over: all its minutes metered, or its escrow could not pay one.
+/// Which minutes a metering pays: those ended (while the rental runs), or also the one under
+/// way (when it ends: a started minute counts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rounding {
+    EndedMinutes,
+    StartedMinutes,
+}
+
+/// Pays the request's minutes up to `now_ms` (see [`Rounding`]) not metered yet. A node's
+/// minute is paid only if its devices are hired now and its worker was heard within a
+/// heartbeat interval of the minute's end (or of now, for the minute under way): a supplier is
+/// not paid past its last heartbeat, nor the renter charged for it. True when the rental is
+/// over: all its minutes metered, or its escrow could not pay one.
 pub async fn meter(
     app: &AppState,
     row: &RequestRow,
     spec: &RequestSpec,
     now_ms: i64,
+    rounding: Rounding,
 ) -> ApiResult<bool> {
     let (Some(hours), Some(placed_at_ms)) = (spec.hours, row.placed_at_ms) else {
         return Ok(false);
     };
     let total = u64::from(hours) * 60;
     let minute_ms = i64::try_from(app.config.rent_minute_ms).unwrap_or(i64::MAX);
-    let elapsed = u64::try_from((now_ms - placed_at_ms) / minute_ms).unwrap_or(0);
-    let upto = elapsed.min(total);
+    let since_ms = now_ms.saturating_sub(placed_at_ms).max(0);
+    let elapsed = match rounding {
+        Rounding::EndedMinutes => since_ms / minute_ms,
+        Rounding::StartedMinutes => (since_ms + minute_ms - 1) / minute_ms,
+    };
+    let upto = u64::try_from(elapsed).unwrap_or(0).min(total);
+    let interval_ms = i64::try_from(app.config.heartbeat_interval_ms).unwrap_or(i64::MAX);
     if upto <= row.metered_minutes {
         return Ok(upto == total);
     }
@@ -238,7 +255,18 @@ pub async fn meter(
         if !up {
             continue;
         }
-        for minute in row.metered_minutes..upto {
+        let heard_ms = app
+            .fleet
+            .worker_view(&node[0].worker_id)
+            .1
+            .unwrap_or(i64::MIN);
+        let heard_through = |minute: u64| {
+            let end_ms = placed_at_ms.saturating_add(
+                minute_ms.saturating_mul(i64::try_from(minute + 1).unwrap_or(i64::MAX)),
+            );
+            end_ms.min(now_ms) <= heard_ms.saturating_add(interval_ms)
+        };
+        for minute in (row.metered_minutes..upto).filter(|m| heard_through(*m)) {
             let paid = NodeMinute {
                 escrow_owner: row.id.clone(),
                 supplier: supplier.clone(),

@@ -96,6 +96,23 @@ pub struct NodeOrder {
     /// A container image: run on the container driver instead of the exec driver.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
+    /// Keep the node's checkpoint directory across restarts and replacements.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<CheckpointOrder>,
+}
+
+/// Where a node's checkpoints go: the worker uploads the directory `path` (under the work
+/// directory) as a tar.gz every `interval_ms` and when the node ends, with `PUT`, and before
+/// the node starts restores the newest one with `GET`, both at `/api/v1/runs/{run_id}/checkpoint`
+/// of the coordinator with the header `X-Run-Token: token`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointOrder {
+    pub path: String,
+    pub token: String,
+    pub interval_ms: u64,
+    /// Largest archive the coordinator keeps.
+    pub bytes_max: u64,
 }
 
 /// Which output stream a log chunk came from.

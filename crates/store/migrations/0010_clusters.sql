@@ -68,3 +68,16 @@ CREATE TABLE node_ratings (
     PRIMARY KEY (cluster_id, node_rank)
 );
 CREATE INDEX node_ratings_worker ON node_ratings (worker_id);
+
+-- The latest checkpoint of each node of a cluster (a tar.gz of its checkpoint directory),
+-- kept while the cluster lives. BYTES_TYPE: see `Backend::dialect`.
+CREATE TABLE checkpoints (
+    cluster_id TEXT NOT NULL REFERENCES clusters (id),
+    node_rank BIGINT NOT NULL,
+    run_id TEXT NOT NULL,
+    attempt BIGINT NOT NULL,
+    bytes BIGINT NOT NULL,
+    data BYTES_TYPE NOT NULL,
+    at_ms BIGINT NOT NULL,
+    PRIMARY KEY (cluster_id, node_rank)
+);

@@ -511,6 +511,52 @@ impl Store {
             .collect()
     }
 
+    /// Keeps a node's newest checkpoint (replacing the one before).
+    pub async fn put_checkpoint(&self, run: &RunRow, data: &[u8], now_ms: i64) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM checkpoints WHERE cluster_id = $1 AND node_rank = $2")
+            .bind(&run.cluster_id)
+            .bind(i64::from(run.node_rank))
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO checkpoints (cluster_id, node_rank, run_id, attempt, bytes, data, at_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&run.cluster_id)
+        .bind(i64::from(run.node_rank))
+        .bind(&run.id)
+        .bind(i64::from(run.attempt))
+        .bind(to_i64(data.len() as u64))
+        .bind(data.to_vec())
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// A node's newest checkpoint, from any of its runs.
+    pub async fn checkpoint(&self, cluster_id: &str, node_rank: u32) -> Result<Option<Vec<u8>>> {
+        let data: Option<Vec<u8>> = sqlx::query_scalar(
+            "SELECT data FROM checkpoints WHERE cluster_id = $1 AND node_rank = $2",
+        )
+        .bind(cluster_id)
+        .bind(i64::from(node_rank))
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(data)
+    }
+
+    /// Drops an ended cluster's checkpoints.
+    pub async fn delete_checkpoints(&self, cluster_id: &str) -> Result<()> {
+        sqlx::query("DELETE FROM checkpoints WHERE cluster_id = $1")
+            .bind(cluster_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// Host names of these workers, by id.
     pub async fn worker_hostnames(&self, worker_ids: &[String]) -> Result<HashMap<String, String>> {
         let mut hosts = HashMap::new();

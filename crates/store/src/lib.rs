@@ -78,22 +78,24 @@ impl Backend {
         }
     }
 
-    /// Spells a migration's two dialect words. `ROWID_KEY` is a 64-bit integer primary key,
+    /// Spells a migration's dialect words. `ROWID_KEY` is a 64-bit integer primary key,
     /// which on SQLite must be written `INTEGER PRIMARY KEY` to be the table's own row id and
     /// on PostgreSQL `BIGINT PRIMARY KEY` (`INTEGER` is 32 bits). `KEYED_TABLE` after a table
     /// with a text key stores its rows in the key's own B-tree on SQLite (`WITHOUT ROWID`),
     /// PostgreSQL having no such option. Either way, one B-tree fewer per write. `AUTO_KEY` is a
-    /// 64-bit key the database numbers itself on insert.
+    /// 64-bit key the database numbers itself on insert; `BYTES_TYPE` a byte string.
     fn dialect(self, sql: &str) -> String {
-        let (key, keyed, auto) = match self {
+        let (key, keyed, auto, bytes) = match self {
             Backend::Sqlite => (
                 "INTEGER PRIMARY KEY",
                 "WITHOUT ROWID",
                 "INTEGER PRIMARY KEY",
+                "BLOB",
             ),
-            Backend::Postgres => ("BIGINT PRIMARY KEY", "", "BIGSERIAL PRIMARY KEY"),
+            Backend::Postgres => ("BIGINT PRIMARY KEY", "", "BIGSERIAL PRIMARY KEY", "BYTEA"),
         };
         sql.replace("AUTO_KEY", auto)
+            .replace("BYTES_TYPE", bytes)
             .replace("ROWID_KEY", key)
             .replace("KEYED_TABLE", keyed)
     }

@@ -61,6 +61,9 @@ pub struct WorkerConfig {
     pub cpu_device: bool,
     /// Name shown for this worker; defaults to the host name.
     pub hostname: Option<String>,
+    /// The Docker engine's socket for nodes with an image (`--docker-socket`); none: the
+    /// `DOCKER_HOST` unix socket, else `/var/run/docker.sock` when present.
+    pub docker_socket: Option<PathBuf>,
 }
 
 /// How a session ended.
@@ -88,7 +91,8 @@ pub async fn run(
         config.cpu_device,
         &key.verifying_key().to_bytes(),
     )?;
-    let mut runner = Runner::new(&config.data_dir)?;
+    let mut runner = Runner::new(&config.data_dir)?
+        .with_container_engine(crate::container::locate(config.docker_socket.as_deref()));
     tracing::info!(worker_id = %enrollment.worker_id, devices = inventory.hardware().len(), "worker starting");
     let mut delay_ms = RECONNECT_DELAY_MS_MIN;
     loop {

@@ -9,10 +9,13 @@
 //!   that grows by one per session.
 //! - The worker dials out; it never listens, so it works behind NAT.
 //! - Nodes outlive control sessions: the runner (`runs`) belongs to the agent, not a session,
-//!   and a node runs only inside the sandbox (`sandbox`), limited by a cgroup (`cgroup`).
+//!   and a node runs only inside the sandbox (`sandbox`), limited by a cgroup (`cgroup`), or,
+//!   when its order names an image, in a container of the machine's Docker engine
+//!   (`container`), confined as tightly.
 
 mod agent;
 pub mod cgroup;
+pub mod container;
 pub mod hardware;
 pub mod identity;
 pub mod runs;

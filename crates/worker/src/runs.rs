@@ -2,8 +2,10 @@
 //! [`WorkerMessage::NodeExited`] report. It outlives control sessions: a session that drops
 //! and reconnects finds its nodes still running and their reports waiting.
 //!
-//! Each run is one task that owns its sandbox and turns what happens into messages in the
-//! [`Outbox`], which the agent drains and sends. Invariants:
+//! Each run is one task that owns its node and turns what happens into messages in the
+//! [`Outbox`], which the agent drains and sends. A node runs on one of two drivers, chosen by
+//! its order: the exec driver ([`crate::sandbox`]) for a command, the container driver
+//! ([`crate::container`]) for an order with an image. Both report alike. Invariants:
 //! - Exactly one `NodeStarted` (unless the start failed) and then exactly one `NodeExited` per
 //!   started run, never dropped; log chunks come between, in order, and are the only thing
 //!   dropped when the outbox is full (the coordinator is away): the next chunk's `offset` shows
@@ -18,6 +20,7 @@
 //!   directories a previous process left.
 
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -27,7 +30,8 @@ use flotilla_proto::wire::{LOG_CHUNK_BYTES_MAX, LogStream, NodeOrder, WorkerMess
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::WorkerError;
-use crate::sandbox::{Chunk, Ending, Sandbox, SandboxSpec};
+use crate::container::{ContainerError, Engine};
+use crate::sandbox::{Chunk, Ended, Ending, Sandbox, SandboxSpec};
 
 /// Runs at once on one worker, counting runs whose end is not yet handed to the agent.
 pub const RUNS_MAX: usize = flotilla_proto::limits::DEVICES_PER_WORKER_MAX;
@@ -121,6 +125,8 @@ struct Live {
 #[derive(Debug)]
 pub struct Runner {
     sandbox: Arc<Sandbox>,
+    /// The container engine for orders with an image; none: such orders fail to start.
+    engine: Option<Arc<Engine>>,
     runs_dir: PathBuf,
     /// GPU index of each device of this worker, by device id (none: not a GPU).
     devices: HashMap<String, Option<u32>>,
@@ -156,12 +162,32 @@ impl Runner {
         sandbox.sweep_leftovers();
         Ok(Runner {
             sandbox: Arc::new(sandbox),
+            engine: None,
             runs_dir,
             devices: HashMap::new(),
             live: HashMap::new(),
             finished: VecDeque::new(),
             outbox: Arc::default(),
         })
+    }
+
+    /// Runs orders with an image on the container engine at `socket` (see
+    /// [`crate::container::locate`]), and removes in the background what a previous process
+    /// left there (when called inside a Tokio runtime).
+    pub fn with_container_engine(mut self, socket: Option<PathBuf>) -> Runner {
+        let Some(socket) = socket else {
+            tracing::info!("no container engine: orders with an image will not start");
+            self.engine = None;
+            return self;
+        };
+        tracing::info!(socket = %socket.display(), "nodes with an image run on the container engine");
+        let engine = Arc::new(Engine::new(socket, &self.runs_dir));
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let sweeper = engine.clone();
+            runtime.spawn(async move { sweeper.sweep_leftovers().await });
+        }
+        self.engine = Some(engine);
+        self
     }
 
     /// Whether nodes get a cgroup memory limit (else only an address-space limit).
@@ -191,8 +217,8 @@ impl Runner {
         } else {
             self.prepare(&order)
         };
-        let spec = match prepared {
-            Ok(spec) => spec,
+        let (spec, driver) = match prepared {
+            Ok(plan) => plan,
             Err(message) => {
                 tracing::warn!(run_id = %order.run_id, %message, "order refused");
                 let report = exited(&order.run_id, None, "start_failed", message);
@@ -203,7 +229,7 @@ impl Runner {
         tracing::info!(run_id = %order.run_id, cluster_id = %order.cluster_id, rank = order.node_rank, "starting a node");
         let (stop, stopped) = oneshot::channel();
         let task = tokio::spawn(drive(
-            self.sandbox.clone(),
+            driver,
             order.run_id.clone(),
             spec,
             self.outbox.clone(),
@@ -281,9 +307,18 @@ impl Runner {
             .cloned()
     }
 
-    /// Checks an order and turns it into a sandbox spec (the work dir is made by the task).
-    fn prepare(&self, order: &NodeOrder) -> Result<SandboxSpec, String> {
+    /// Checks an order and turns it into a spec and its driver (the work dir is made by the
+    /// task).
+    fn prepare(&self, order: &NodeOrder) -> Result<(SandboxSpec, Driver), String> {
         check_run_id(&order.run_id)?;
+        let driver = match (&order.image, &self.engine) {
+            (None, _) => Driver::Exec(self.sandbox.clone()),
+            (Some(image), Some(engine)) => Driver::Container {
+                engine: engine.clone(),
+                image: image.clone(),
+            },
+            (Some(_), None) => return Err(ContainerError::NoEngine.to_string()),
+        };
         if order.memory_bytes_max < MEMORY_BYTES_MIN {
             return Err(format!(
                 "memory limit {} bytes is under the {MEMORY_BYTES_MIN} a node needs",
@@ -313,7 +348,7 @@ impl Runner {
             wall_limit: Duration::from_millis(order.wall_limit_ms),
         };
         spec.check().map_err(|e| e.to_string())?;
-        Ok(spec)
+        Ok((spec, driver))
     }
 }
 
@@ -376,16 +411,73 @@ fn exited(run_id: &str, exit_code: Option<i32>, reason: &str, message: String) -
     }
 }
 
+/// What runs a node.
+#[derive(Debug, Clone)]
+enum Driver {
+    Exec(Arc<Sandbox>),
+    Container { engine: Arc<Engine>, image: String },
+}
+
+/// A started node, on either driver.
+enum Node {
+    Exec(crate::sandbox::Running),
+    Container(crate::container::Running),
+}
+
+impl Node {
+    /// Starts the node. A container's start (an image pull, even) ends early when `stop`
+    /// comes: then the stop's reason is the error.
+    async fn start(
+        driver: &Driver,
+        run_id: &str,
+        spec: &SandboxSpec,
+        output: mpsc::Sender<Chunk>,
+        stop: &mut oneshot::Receiver<String>,
+    ) -> Result<Node, StartFailed> {
+        match driver {
+            Driver::Exec(sandbox) => sandbox
+                .start(run_id, spec, output)
+                .map(Node::Exec)
+                .map_err(|e| StartFailed::Error(e.to_string())),
+            Driver::Container { engine, image } => tokio::select! {
+                started = engine.start(run_id, image, spec, output) => started
+                    .map(Node::Container)
+                    .map_err(|e| StartFailed::Error(e.to_string())),
+                reason = stop => Err(StartFailed::Stopped(stop_reason(reason))),
+            },
+        }
+    }
+
+    async fn wait(self, stop: impl Future<Output = ()>) -> Result<Ended, String> {
+        match self {
+            Node::Exec(running) => running.wait(stop).await.map_err(|e| e.to_string()),
+            Node::Container(running) => running.wait(stop).await.map_err(|e| e.to_string()),
+        }
+    }
+}
+
+/// Why a node did not start.
+enum StartFailed {
+    Error(String),
+    /// A stop came first; its reason.
+    Stopped(String),
+}
+
+/// A stop's reason; a dropped sender (the runner is gone) stops the run too.
+fn stop_reason(received: Result<String, oneshot::error::RecvError>) -> String {
+    received.unwrap_or_else(|_| "the worker is shutting down".to_owned())
+}
+
 /// One run from work dir to report. Always ends with exactly one `NodeExited`.
 async fn drive(
-    sandbox: Arc<Sandbox>,
+    driver: Driver,
     run_id: String,
     spec: SandboxSpec,
     outbox: Arc<Outbox>,
     stop: oneshot::Receiver<String>,
 ) {
     let report = match fresh_work_dir(&spec.work_dir).await {
-        Ok(()) => supervise(&sandbox, &run_id, &spec, &outbox, stop).await,
+        Ok(()) => supervise(&driver, &run_id, &spec, &outbox, stop).await,
         Err(error) => exited(
             &run_id,
             None,
@@ -413,18 +505,22 @@ async fn fresh_work_dir(dir: &Path) -> std::io::Result<()> {
     tokio::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777)).await
 }
 
-/// Starts the sandbox, forwards its output and returns the report of its end.
+/// Starts the node, forwards its output and returns the report of its end.
 async fn supervise(
-    sandbox: &Sandbox,
+    driver: &Driver,
     run_id: &str,
     spec: &SandboxSpec,
     outbox: &Outbox,
-    stop: oneshot::Receiver<String>,
+    mut stop: oneshot::Receiver<String>,
 ) -> WorkerMessage {
     let (output, mut chunks) = mpsc::channel(CHUNKS_QUEUED_MAX);
-    let running = match sandbox.start(run_id, spec, output) {
+    let running = match Node::start(driver, run_id, spec, output, &mut stop).await {
         Ok(running) => running,
-        Err(error) => return exited(run_id, None, "start_failed", error.to_string()),
+        Err(StartFailed::Error(message)) => {
+            tracing::warn!(%run_id, %message, "a node did not start");
+            return exited(run_id, None, "start_failed", message);
+        }
+        Err(StartFailed::Stopped(reason)) => return exited(run_id, None, "stopped", reason),
     };
     outbox.push(
         Kind::Lifecycle,
@@ -433,12 +529,10 @@ async fn supervise(
         },
     );
     let mut logs = LogForwarder::new(run_id);
-    let mut stop_reason = None;
+    let mut stopped_for = None;
     let ended = {
         let stop = async {
-            // A dropped sender (the runner is gone) stops the run too.
-            let reason = stop.await;
-            stop_reason = Some(reason.unwrap_or_else(|_| "the worker is shutting down".to_owned()));
+            stopped_for = Some(stop_reason(stop.await));
         };
         let wait = running.wait(stop);
         tokio::pin!(wait);
@@ -458,7 +552,7 @@ async fn supervise(
         Ok(ended) => {
             let (reason, message) = match ended.ending {
                 Ending::Exited => ("exited", String::new()),
-                Ending::Stopped => ("stopped", stop_reason.unwrap_or_default()),
+                Ending::Stopped => ("stopped", stopped_for.unwrap_or_default()),
                 Ending::TimedOut => ("timed_out", format!("ran past {:?}", spec.wall_limit)),
                 Ending::OutOfMemory => (
                     "memory",
@@ -656,5 +750,7 @@ impl PieceBuilder {
     }
 }
 
+#[cfg(test)]
+mod container_tests;
 #[cfg(test)]
 mod tests;

@@ -39,10 +39,19 @@ struct Market {
 /// A coordinator with `workers` one-GPU workers of one supplier at 6 IOSD an hour, and a
 /// renter holding 100 IOSD.
 async fn market(db: Db, workers: usize) -> Market {
-    market_with_minute(db, workers, "500").await
+    market_with(db, workers, "500", &[]).await
 }
 
 async fn market_with_minute(db: Db, workers: usize, rent_minute_ms: &str) -> Market {
+    market_with(db, workers, rent_minute_ms, &[]).await
+}
+
+async fn market_with(
+    db: Db,
+    workers: usize,
+    rent_minute_ms: &str,
+    worker_flags: &[&str],
+) -> Market {
     let coordinator = Coordinator::start(
         db,
         &[
@@ -68,7 +77,7 @@ async fn market_with_minute(db: Db, workers: usize, rent_minute_ms: &str) -> Mar
         )
         .unwrap();
         let token = coordinator.token(&supplier_key).await;
-        procs.push(coordinator.worker(dir.path(), Some(&token), "H100x1"));
+        procs.push(coordinator.worker_with(dir.path(), Some(&token), "H100x1", worker_flags));
         dirs.push(dir);
     }
     crate::market::price_idle_devices(&coordinator, &supplier_key, workers, 6 * TOKEN).await;
@@ -373,7 +382,7 @@ async fn bad_specs_funds_and_other_renters_are_refused(db: Db) {
         (
             "image",
             ClusterSpec {
-                image: Some("pytorch".into()),
+                image: Some("../../v1.45/containers".into()),
                 ..spec(1, &["true"])
             },
         ),
@@ -628,3 +637,84 @@ async fn retries_memory_limits_extension_and_expiry(db: Db) {
     assert_eq!(expired.escrow_micros, 0);
 }
 on_both_databases!(retries_memory_limits_extension_and_expiry);
+
+/// The Docker engine the test command started (`FLOTILLA_TEST_DOCKER_HOST`, a `unix://` URL)
+/// and the image it built there; without one (and unless the test command requires it) the
+/// container test says so and stops.
+fn container_engine() -> Option<(String, String)> {
+    let host = std::env::var("FLOTILLA_TEST_DOCKER_HOST")
+        .ok()
+        .filter(|h| !h.is_empty());
+    let image = std::env::var("FLOTILLA_TEST_IMAGE")
+        .ok()
+        .filter(|i| !i.is_empty());
+    match (host, image) {
+        (Some(host), Some(image)) => Some((host.trim_start_matches("unix://").to_owned(), image)),
+        _ => {
+            assert!(
+                std::env::var("FLOTILLA_REQUIRE_CONTAINERS").as_deref() != Ok("1"),
+                "FLOTILLA_REQUIRE_CONTAINERS=1 but no engine was given"
+            );
+            eprintln!("no container engine: the container cluster test did not run");
+            None
+        }
+    }
+}
+
+/// The same 3-node batch cluster with an image runs on the container driver: each node in its
+/// own container, ranks and logs as on the exec driver, the work directory at /work, the
+/// worker's key out of reach.
+async fn three_node_cluster_runs_on_the_container_driver(db: Db) {
+    let Some((socket, image)) = container_engine() else {
+        return;
+    };
+    let market = market_with(db, 3, "500", &["--docker-socket", &socket]).await;
+    let script = "echo rank $FLOTILLA_NODE_RANK of $FLOTILLA_NODE_COUNT uid $(id -u); \
+                  echo hi > /work/out && cat /work/out; \
+                  ls /var/run/docker.sock 2>/dev/null || echo no-socket; echo to-stderr >&2";
+    let (ok, stdout, stderr) = cli(
+        &market.coordinator,
+        &market.renter_key,
+        &[
+            "deploy", "--nodes", "3", "--hours", "1", "--yes", "--image", &image, "--output",
+            "json", "--", "sh", "-c", script,
+        ],
+    );
+    assert!(ok, "deploy failed: {stderr}");
+    let deployed: ClusterInfo = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(deployed.spec.image.as_deref(), Some(image.as_str()));
+    let done = until_state(&market.renter, &deployed.id, "completed", 60).await;
+    assert!(
+        done.nodes.iter().all(|n| n.exit_code == Some(0)),
+        "{:?}",
+        done.nodes
+    );
+    let logs = all_logs(&market.renter, &deployed.id).await;
+    for rank in 0..3u32 {
+        let mine: String = logs
+            .lines
+            .iter()
+            .filter(|l| l.node_rank == rank)
+            .map(|l| l.text.as_str())
+            .collect();
+        for expected in [
+            format!("rank {rank} of 3 uid 65534"),
+            "hi".to_owned(),
+            "no-socket".to_owned(),
+            "to-stderr".to_owned(),
+        ] {
+            assert!(mine.contains(&expected), "{expected} missing from {mine}");
+        }
+    }
+    let settled = eventually(Duration::from_secs(10), || async {
+        let info: ClusterInfo = market
+            .renter
+            .get(&format!("clusters/{}", deployed.id))
+            .await
+            .ok()?;
+        (info.escrow_micros == 0).then_some(info)
+    })
+    .await;
+    assert!(settled.is_some(), "the escrow's rest returns");
+}
+on_both_databases!(three_node_cluster_runs_on_the_container_driver);

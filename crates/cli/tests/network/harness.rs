@@ -251,6 +251,17 @@ impl Coordinator {
 
     /// Starts a worker process with simulated GPUs.
     pub fn worker(&self, data_dir: &Path, token: Option<&str>, gpus: &str) -> Proc {
+        self.worker_with(data_dir, token, gpus, &[])
+    }
+
+    /// Starts a worker process with simulated GPUs and extra arguments.
+    pub fn worker_with(
+        &self,
+        data_dir: &Path,
+        token: Option<&str>,
+        gpus: &str,
+        extra: &[&str],
+    ) -> Proc {
         let mut command = Command::new(BIN);
         command
             .args([
@@ -263,6 +274,7 @@ impl Coordinator {
                 "--data",
             ])
             .arg(data_dir)
+            .args(extra)
             .env(
                 "FLOTILLA_LOG",
                 std::env::var("FLOTILLA_LOG").unwrap_or("warn".into()),

@@ -11,6 +11,7 @@ pub mod market;
 pub mod proofs;
 pub mod proposals;
 pub mod requests;
+pub mod runs;
 pub mod workers;
 
 use std::time::Instant;
@@ -57,6 +58,7 @@ use crate::error::{ApiError, ApiResult};
         clusters::quote_cluster, clusters::deploy_cluster, clusters::list_clusters,
         clusters::show_cluster, clusters::terminate_cluster, clusters::extend_cluster,
         clusters::cluster_logs, clusters::rate_nodes,
+        runs::put_checkpoint, runs::get_checkpoint,
     ),
     components(schemas(wire::ErrorBody, wire::ErrorDetail)),
     modifiers(&BearerAuth),
@@ -141,6 +143,15 @@ pub fn router(app: AppState) -> Router {
         .route("/clusters/{id}/extend", post(clusters::extend_cluster))
         .route("/clusters/{id}/logs", get(clusters::cluster_logs))
         .route("/clusters/{id}/ratings", post(clusters::rate_nodes))
+        .route(
+            "/runs/{id}/checkpoint",
+            get(runs::get_checkpoint)
+                .put(runs::put_checkpoint)
+                // A checkpoint is the one large body; the default bound holds everywhere else.
+                .layer(axum::extract::DefaultBodyLimit::max(
+                    crate::clusters::CHECKPOINT_BYTES_MAX as usize,
+                )),
+        )
         .route("/wallet", get(ledger::wallet))
         .route("/wallet/history", get(ledger::history))
         .route("/wallet/transfers", post(ledger::transfer))

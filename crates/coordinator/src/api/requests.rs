@@ -230,7 +230,14 @@ pub async fn cancel_request(
         .map_err(|e| ApiError::Internal(format!("stored request spec: {e}")))?;
     if before.state == REQUEST_PLACED {
         // Pay the minutes that ran before the cancel; the rest of the escrow returns.
-        crate::rent::meter(&app, &before, &spec, now_ms()).await?;
+        crate::rent::meter(
+            &app,
+            &before,
+            &spec,
+            now_ms(),
+            crate::rent::Rounding::EndedMinutes,
+        )
+        .await?;
     }
     let held: Vec<String> = app
         .store

@@ -6,7 +6,7 @@ use super::*;
 /// How long a test waits for a node's reports.
 const REPORT_WAIT_MS_MAX: u64 = 30_000;
 
-fn order(run_id: &str, script: &str) -> NodeOrder {
+pub(super) fn order(run_id: &str, script: &str) -> NodeOrder {
     NodeOrder {
         run_id: run_id.to_owned(),
         cluster_id: "cls_test".to_owned(),
@@ -20,12 +20,13 @@ fn order(run_id: &str, script: &str) -> NodeOrder {
         memory_bytes_max: 512 * 1024 * 1024,
         wall_limit_ms: 20_000,
         image: None,
+        checkpoint: None,
     }
 }
 
 /// A data dir as a worker keeps it (outside /tmp, with its key), that the node's user can
 /// pass through to its work dir.
-fn data_dir() -> tempfile::TempDir {
+pub(super) fn data_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir_in("/var/tmp").unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
     crate::identity::load_or_create_key(dir.path()).unwrap();
@@ -50,7 +51,7 @@ fn sandbox_available() -> bool {
 }
 
 /// The runner's messages up to and including the `NodeExited` of `run_id`.
-async fn messages_until_exit(runner: &mut Runner, run_id: &str) -> Vec<WorkerMessage> {
+pub(super) async fn messages_until_exit(runner: &mut Runner, run_id: &str) -> Vec<WorkerMessage> {
     let mut messages = Vec::new();
     let collect = async {
         loop {
@@ -69,7 +70,7 @@ async fn messages_until_exit(runner: &mut Runner, run_id: &str) -> Vec<WorkerMes
 }
 
 /// The stream's text, checking that each chunk starts where the previous one ended.
-fn stream_text(messages: &[WorkerMessage], which: LogStream) -> String {
+pub(super) fn stream_text(messages: &[WorkerMessage], which: LogStream) -> String {
     let mut text = String::new();
     let mut expected_offset = 0;
     for message in messages {
@@ -89,7 +90,7 @@ fn stream_text(messages: &[WorkerMessage], which: LogStream) -> String {
     text
 }
 
-fn exit_of(messages: &[WorkerMessage]) -> (Option<i32>, String, String) {
+pub(super) fn exit_of(messages: &[WorkerMessage]) -> (Option<i32>, String, String) {
     match messages.last() {
         Some(WorkerMessage::NodeExited {
             exit_code,
