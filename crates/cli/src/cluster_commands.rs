@@ -211,6 +211,9 @@ fn print_quote(quote: &ClusterQuote) {
     if !quote.placeable {
         return;
     }
+    if quote.colocation == "spread" {
+        eprintln!("No one region has room for every node: the nodes spread over regions.");
+    }
     eprintln!(
         "Quote: {} IOSD/hour x {} h = rent {} + fees {} = {} IOSD held in escrow; unused time is returned.",
         amount(quote.rent_per_hour),

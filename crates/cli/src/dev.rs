@@ -17,7 +17,8 @@ use flotilla_proto::api::{
 /// GPU mixes handed to the dev workers in turn.
 /// Ledger epoch length in `flotilla dev`.
 const DEV_LEDGER_EPOCH_MS: u64 = 60_000;
-const DEV_GPU_MIXES: &[&str] = &["RTX 4090x2", "A100-80GBx1", "H100x4", "L40Sx2"];
+/// Two workers hold H100s, so a 2-node cluster has somewhere to go.
+const DEV_GPU_MIXES: &[&str] = &["RTX 4090x2", "H100x1", "H100x4", "L40Sx2"];
 /// Most workers `flotilla dev` starts.
 const DEV_WORKERS_MAX: usize = 64;
 /// Where the demo workers say they are, in turn: (region, country, tier).
@@ -68,9 +69,15 @@ pub async fn run(args: DevArgs) -> Result<()> {
         args.workers <= DEV_WORKERS_MAX,
         "--workers must be at most {DEV_WORKERS_MAX}"
     );
-    std::fs::create_dir_all(&args.data)
+    std::fs::create_dir_all(args.data.join("workers"))
         .with_context(|| format!("creating {}", args.data.display()))?;
     let data = std::fs::canonicalize(&args.data)?;
+    // Cluster nodes run as nobody, which must pass through to the workers' run directories;
+    // passing is all it may do (the files inside keep their own modes).
+    for dir in [data.clone(), data.join("workers")] {
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o711))
+            .with_context(|| format!("setting the mode of {}", dir.display()))?;
+    }
     let config = flotilla_coordinator::Config {
         listen: args.listen,
         database_url: format!("sqlite:{}", data.join("flotilla.db").display()),
@@ -124,7 +131,7 @@ async fn stock_market(supplier: Client, workers: usize) {
     let deadline = tokio::time::Instant::now() + Duration::from_millis(DEV_STOCKING_MS);
     while tokio::time::Instant::now() < deadline {
         match stock_once(&supplier).await {
-            Ok(devices) if devices >= workers => return,
+            Ok(stocked) if stocked >= workers => return,
             Ok(_) => {}
             Err(error) => tracing::warn!(%error, "demo supplier could not stock the market"),
         }
@@ -132,7 +139,8 @@ async fn stock_market(supplier: Client, workers: usize) {
     }
 }
 
-/// One round of pricing; returns how many devices have a price.
+/// One round of pricing; returns how many workers have every device priced (a worker whose
+/// devices are still being listed counts once they are all there and priced).
 async fn stock_once(supplier: &Client) -> Result<usize> {
     let workers: flotilla_proto::api::Page<flotilla_proto::api::Worker> =
         supplier.get("workers").await?;
@@ -151,14 +159,16 @@ async fn stock_once(supplier: &Client) -> Result<usize> {
     }
     let devices: flotilla_proto::api::Page<flotilla_proto::api::Device> =
         supplier.get("devices").await?;
-    let mut priced = 0;
+    let mut priced_workers = std::collections::BTreeSet::new();
+    let mut unpriced_workers = std::collections::BTreeSet::new();
     for device in &devices.items {
         if device.price_per_hour.is_some() {
-            priced += 1;
+            priced_workers.insert(device.worker_id.clone());
             continue;
         }
         let key = flotilla_proto::device::model_key(device.kind, &device.model);
         let Some(&(_, price)) = DEV_PRICES.iter().find(|(model, _)| *model == key) else {
+            unpriced_workers.insert(device.worker_id.clone());
             continue;
         };
         let request = flotilla_proto::api::SetPriceRequest {
@@ -167,9 +177,9 @@ async fn stock_once(supplier: &Client) -> Result<usize> {
         let _: flotilla_proto::api::Device = supplier
             .post(&format!("devices/{}/price", device.id), &request)
             .await?;
-        priced += 1;
+        priced_workers.insert(device.worker_id.clone());
     }
-    Ok(priced)
+    Ok(priced_workers.difference(&unpriced_workers).count())
 }
 
 /// Funds the demo accounts from the faucet, once (fixed idempotency keys), and stakes the

@@ -597,6 +597,9 @@ pub struct ClusterQuote {
     /// What deploy holds: rent plus fees.
     pub total_micros: u64,
     pub token: String,
+    /// one_region, or spread when the spec names no colocation and only nodes in several
+    /// regions are free (deploy then spreads too).
+    pub colocation: String,
     /// Why nothing matches, in words, when not placeable.
     pub waiting_because: Option<String>,
     pub explanation: Option<NoMatchExplanation>,

@@ -92,7 +92,8 @@ pub async fn run(
         &key.verifying_key().to_bytes(),
     )?;
     let mut runner = Runner::new(&config.data_dir)?
-        .with_container_engine(crate::container::locate(config.docker_socket.as_deref()));
+        .with_container_engine(crate::container::locate(config.docker_socket.as_deref()))
+        .with_coordinator(&config.coordinator_url);
     tracing::info!(worker_id = %enrollment.worker_id, devices = inventory.hardware().len(), "worker starting");
     let mut delay_ms = RECONNECT_DELAY_MS_MIN;
     loop {

@@ -11,10 +11,13 @@
 //! - Nodes outlive control sessions: the runner (`runs`) belongs to the agent, not a session,
 //!   and a node runs only inside the sandbox (`sandbox`), limited by a cgroup (`cgroup`), or,
 //!   when its order names an image, in a container of the machine's Docker engine
-//!   (`container`), confined as tightly.
+//!   (`container`), confined as tightly. A node ordered with a checkpoint has its checkpoint
+//!   directory restored before it starts and uploaded while it runs and when it ends
+//!   (`checkpoint`).
 
 mod agent;
 pub mod cgroup;
+pub mod checkpoint;
 pub mod container;
 pub mod hardware;
 pub mod identity;

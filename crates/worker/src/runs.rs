@@ -18,6 +18,9 @@
 //! - A run's work directory is `<data_dir>/runs/<run_id>`, made empty at start and removed as
 //!   soon as the node is dead; nothing is kept after a run. A worker that starts removes the
 //!   directories a previous process left.
+//! - A node ordered with a checkpoint ([`crate::checkpoint`]) starts after its checkpoint
+//!   directory is restored (or found missing), and its last upload is done (or given up)
+//!   before its `NodeExited` is queued; uploads in between never hold its output back.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -30,6 +33,7 @@ use flotilla_proto::wire::{LOG_CHUNK_BYTES_MAX, LogStream, NodeOrder, WorkerMess
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::WorkerError;
+use crate::checkpoint::{Checkpoint, CheckpointStore, Uploads};
 use crate::container::{ContainerError, Engine};
 use crate::sandbox::{Chunk, Ended, Ending, Sandbox, SandboxSpec};
 
@@ -128,6 +132,8 @@ pub struct Runner {
     /// The container engine for orders with an image; none: such orders fail to start.
     engine: Option<Arc<Engine>>,
     runs_dir: PathBuf,
+    /// Where checkpoints go; none: orders with a checkpoint run without one.
+    checkpoints: Option<Arc<CheckpointStore>>,
     /// GPU index of each device of this worker, by device id (none: not a GPU).
     devices: HashMap<String, Option<u32>>,
     live: HashMap<String, Live>,
@@ -163,6 +169,7 @@ impl Runner {
         Ok(Runner {
             sandbox: Arc::new(sandbox),
             engine: None,
+            checkpoints: None,
             runs_dir,
             devices: HashMap::new(),
             live: HashMap::new(),
@@ -187,6 +194,19 @@ impl Runner {
             runtime.spawn(async move { sweeper.sweep_leftovers().await });
         }
         self.engine = Some(engine);
+        self
+    }
+
+    /// Keeps the checkpoints of nodes ordered with one at the coordinator at `coordinator_url`
+    /// (its base URL, e.g. `http://127.0.0.1:7700`).
+    pub fn with_coordinator(mut self, coordinator_url: &str) -> Runner {
+        self.checkpoints = match CheckpointStore::new(coordinator_url) {
+            Ok(store) => Some(Arc::new(store)),
+            Err(error) => {
+                tracing::warn!(%error, "no checkpoint store: nodes run without checkpoints");
+                None
+            }
+        };
         self
     }
 
@@ -217,7 +237,7 @@ impl Runner {
         } else {
             self.prepare(&order)
         };
-        let (spec, driver) = match prepared {
+        let plan = match prepared {
             Ok(plan) => plan,
             Err(message) => {
                 tracing::warn!(run_id = %order.run_id, %message, "order refused");
@@ -229,9 +249,8 @@ impl Runner {
         tracing::info!(run_id = %order.run_id, cluster_id = %order.cluster_id, rank = order.node_rank, "starting a node");
         let (stop, stopped) = oneshot::channel();
         let task = tokio::spawn(drive(
-            driver,
+            plan,
             order.run_id.clone(),
-            spec,
             self.outbox.clone(),
             stopped,
         ));
@@ -307,9 +326,8 @@ impl Runner {
             .cloned()
     }
 
-    /// Checks an order and turns it into a spec and its driver (the work dir is made by the
-    /// task).
-    fn prepare(&self, order: &NodeOrder) -> Result<(SandboxSpec, Driver), String> {
+    /// Checks an order and turns it into a plan (the work dir is made by the task).
+    fn prepare(&self, order: &NodeOrder) -> Result<Plan, String> {
         check_run_id(&order.run_id)?;
         let driver = match (&order.image, &self.engine) {
             (None, _) => Driver::Exec(self.sandbox.clone()),
@@ -348,7 +366,30 @@ impl Runner {
             wall_limit: Duration::from_millis(order.wall_limit_ms),
         };
         spec.check().map_err(|e| e.to_string())?;
-        Ok((spec, driver))
+        let checkpoint = self.checkpoint(order, &spec.work_dir)?;
+        Ok(Plan {
+            spec,
+            driver,
+            checkpoint,
+        })
+    }
+
+    /// The order's checkpoint, if it has one and this runner knows where checkpoints go.
+    fn checkpoint(
+        &self,
+        order: &NodeOrder,
+        work_dir: &Path,
+    ) -> Result<Option<Arc<Checkpoint>>, String> {
+        let Some(ordered) = &order.checkpoint else {
+            return Ok(None);
+        };
+        let Some(store) = &self.checkpoints else {
+            tracing::warn!(run_id = %order.run_id, "no checkpoint store: this node runs without its checkpoint");
+            return Ok(None);
+        };
+        let checkpoint = Checkpoint::new(store.clone(), &order.run_id, work_dir, ordered)
+            .map_err(|e| e.to_string())?;
+        Ok(Some(Arc::new(checkpoint)))
     }
 }
 
@@ -411,6 +452,14 @@ fn exited(run_id: &str, exit_code: Option<i32>, reason: &str, message: String) -
     }
 }
 
+/// A checked order: what to run, on what, and where its checkpoints go.
+#[derive(Debug)]
+struct Plan {
+    spec: SandboxSpec,
+    driver: Driver,
+    checkpoint: Option<Arc<Checkpoint>>,
+}
+
 /// What runs a node.
 #[derive(Debug, Clone)]
 enum Driver {
@@ -469,15 +518,10 @@ fn stop_reason(received: Result<String, oneshot::error::RecvError>) -> String {
 }
 
 /// One run from work dir to report. Always ends with exactly one `NodeExited`.
-async fn drive(
-    driver: Driver,
-    run_id: String,
-    spec: SandboxSpec,
-    outbox: Arc<Outbox>,
-    stop: oneshot::Receiver<String>,
-) {
+async fn drive(plan: Plan, run_id: String, outbox: Arc<Outbox>, stop: oneshot::Receiver<String>) {
+    let spec = &plan.spec;
     let report = match fresh_work_dir(&spec.work_dir).await {
-        Ok(()) => supervise(&driver, &run_id, &spec, &outbox, stop).await,
+        Ok(()) => supervise(&plan, &run_id, &outbox, stop).await,
         Err(error) => exited(
             &run_id,
             None,
@@ -505,16 +549,23 @@ async fn fresh_work_dir(dir: &Path) -> std::io::Result<()> {
     tokio::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777)).await
 }
 
-/// Starts the node, forwards its output and returns the report of its end.
+/// Restores the node's checkpoint, starts the node, forwards its output and uploads its
+/// checkpoints, and returns the report of its end.
 async fn supervise(
-    driver: &Driver,
+    plan: &Plan,
     run_id: &str,
-    spec: &SandboxSpec,
     outbox: &Outbox,
     mut stop: oneshot::Receiver<String>,
 ) -> WorkerMessage {
+    let spec = &plan.spec;
+    if let Some(checkpoint) = &plan.checkpoint {
+        tokio::select! {
+            () = checkpoint.restore() => {}
+            reason = &mut stop => return exited(run_id, None, "stopped", stop_reason(reason)),
+        }
+    }
     let (output, mut chunks) = mpsc::channel(CHUNKS_QUEUED_MAX);
-    let running = match Node::start(driver, run_id, spec, output, &mut stop).await {
+    let running = match Node::start(&plan.driver, run_id, spec, output, &mut stop).await {
         Ok(running) => running,
         Err(StartFailed::Error(message)) => {
             tracing::warn!(%run_id, %message, "a node did not start");
@@ -528,6 +579,7 @@ async fn supervise(
             run_id: run_id.to_owned(),
         },
     );
+    let uploads = plan.checkpoint.clone().map(Uploads::start);
     let mut logs = LogForwarder::new(run_id);
     let mut stopped_for = None;
     let ended = {
@@ -548,6 +600,7 @@ async fn supervise(
         logs.forward(outbox, &chunk);
     }
     logs.finish(outbox);
+    final_upload(plan.checkpoint.as_deref(), uploads, &ended).await;
     match ended {
         Ok(ended) => {
             let (reason, message) = match ended.ending {
@@ -568,6 +621,30 @@ async fn supervise(
             "exited",
             format!("lost track of the node: {error}"),
         ),
+    }
+}
+
+/// Stops the periodic uploads, then uploads the checkpoint once more unless the node was
+/// stopped (the coordinator no longer wants it, or the worker is shutting down).
+async fn final_upload(
+    checkpoint: Option<&Checkpoint>,
+    uploads: Option<Uploads>,
+    ended: &Result<Ended, String>,
+) {
+    if let Some(uploads) = uploads {
+        uploads.stop().await;
+    }
+    let stopped = matches!(
+        ended,
+        Ok(Ended {
+            ending: Ending::Stopped,
+            ..
+        })
+    );
+    if let Some(checkpoint) = checkpoint
+        && !stopped
+    {
+        checkpoint.upload().await;
     }
 }
 
@@ -750,6 +827,8 @@ impl PieceBuilder {
     }
 }
 
+#[cfg(test)]
+mod checkpoint_tests;
 #[cfg(test)]
 mod container_tests;
 #[cfg(test)]

@@ -199,7 +199,30 @@ async fn three_node_batch_cluster_runs_logs_and_pays(db: Db) {
     let deployed: ClusterInfo = serde_json::from_str(&stdout).expect("deploy prints the cluster");
     assert!(!stdout.contains("hunter2"), "a secret is never shown back");
     assert_eq!(deployed.secret_env_names, vec!["TOKEN_X".to_owned()]);
+    // A follower started while the cluster runs prints everything and stops once it ended.
+    let follower = Command::new(BIN)
+        .args(["clusters", "logs", &deployed.id, "--follow"])
+        .args([
+            "--url",
+            &market.coordinator.url,
+            "--api-key",
+            &market.renter_key,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     let done = until_state(&market.renter, &deployed.id, "completed", 60).await;
+    let followed = tokio::task::spawn_blocking(move || follower.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let followed = String::from_utf8_lossy(&followed.stdout);
+    for rank in 0..3 {
+        assert!(
+            followed.contains(&format!("[{rank}] rank {rank} of 3")),
+            "{followed}"
+        );
+    }
     assert_eq!(done.nodes.len(), 3);
     assert!(
         done.nodes
@@ -718,3 +741,148 @@ async fn three_node_cluster_runs_on_the_container_driver(db: Db) {
     assert!(settled.is_some(), "the escrow's rest returns");
 }
 on_both_databases!(three_node_cluster_runs_on_the_container_driver);
+
+/// Chaos: a 4-node batch job counts to a target, keeping its count in a checkpoint directory.
+/// Two of its workers are killed (SIGKILL) while it runs. The cluster completes with the
+/// output of an uninterrupted run, the replaced ranks resume from their checkpoints, the
+/// renter pays exactly the node-minutes the suppliers were paid, and no supplier is paid past
+/// its worker's last heartbeat.
+async fn a_checkpointed_job_survives_two_killed_workers(db: Db) {
+    if !sandbox_ready() {
+        return;
+    }
+    let coordinator = Coordinator::start(
+        db,
+        &[
+            "--faucet",
+            "--allow-simulated-devices",
+            "--schedule-interval-ms",
+            "100",
+            "--rent-minute-ms",
+            "500",
+            "--checkpoint-interval-ms",
+            "200",
+        ],
+    )
+    .await;
+    // One supplier per worker, so each worker's pay is seen apart.
+    let mut suppliers = Vec::new();
+    let mut workers = Vec::new();
+    let mut dirs = Vec::new();
+    for index in 0..6 {
+        let key = coordinator
+            .account(&format!("sup{index}"), &[Role::Supplier])
+            .await;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o711),
+        )
+        .unwrap();
+        let token = coordinator.token(&key).await;
+        workers.push(coordinator.worker(dir.path(), Some(&token), "H100x1"));
+        crate::market::price_idle_devices(&coordinator, &key, 1, 6 * TOKEN).await;
+        suppliers.push(coordinator.client(Some(&key)));
+        dirs.push(dir);
+    }
+    let renter_key = coordinator.account("ren", &[Role::Renter]).await;
+    let renter = coordinator.client(Some(&renter_key));
+    let _: serde_json::Value = renter
+        .post_idempotent(
+            "wallet/faucet",
+            &FaucetRequest {
+                token: "IOSD".into(),
+                amount_micros: 100 * TOKEN,
+            },
+            "f",
+        )
+        .await
+        .unwrap();
+    let before = iosd_available(&renter).await;
+    let count = "mkdir -p /work/ckpt; n=$(cat /work/ckpt/n 2>/dev/null || echo 0); \
+                 echo resumed from $n; \
+                 while [ $n -lt 40 ]; do n=$((n+1)); echo $n > /work/ckpt/n; sleep 0.1; done; \
+                 echo rank $FLOTILLA_NODE_RANK counted to $n";
+    let job = ClusterSpec {
+        checkpoint_path: Some("ckpt".into()),
+        ..spec(4, &["sh", "-c", count])
+    };
+    let deployed_at_ms = flotilla_proto::time::now_unix_ms();
+    let deployed: ClusterInfo = renter.post("clusters", &job).await.unwrap();
+    let running = until_state(&renter, &deployed.id, "running", 30).await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let mut killed_at_ms = std::collections::HashMap::new();
+    for rank in [1usize, 2] {
+        let victim = &running.nodes[rank].worker_id;
+        let index = dirs
+            .iter()
+            .position(|d| &worker_id_of(d) == victim)
+            .unwrap();
+        workers[index].kill();
+        killed_at_ms.insert(index, flotilla_proto::time::now_unix_ms());
+    }
+    let done = until_state(&renter, &deployed.id, "completed", 90).await;
+    let logs = all_logs(&renter, &deployed.id).await;
+    let text_of = |rank: u32, attempt: u32| -> String {
+        logs.lines
+            .iter()
+            .filter(|l| l.node_rank == rank && l.attempt == attempt)
+            .map(|l| l.text.as_str())
+            .collect()
+    };
+    for node in &done.nodes {
+        let newest = text_of(node.rank, node.attempt);
+        assert!(
+            newest.contains(&format!("rank {} counted to 40", node.rank)),
+            "rank {}: {newest}",
+            node.rank
+        );
+    }
+    for rank in [1u32, 2] {
+        assert_eq!(done.nodes[rank as usize].attempt, 2, "{:?}", done.nodes);
+        let resumed = text_of(rank, 2);
+        let from: u32 = resumed
+            .split("resumed from ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("rank {rank} attempt 2: {resumed}"));
+        assert!(
+            from > 0,
+            "rank {rank} resumed from its checkpoint, not from 0"
+        );
+    }
+
+    // Money: what the renter paid is exactly the node-minutes the suppliers were paid.
+    let _settled = eventually(Duration::from_secs(10), || async {
+        let info: ClusterInfo = renter
+            .get(&format!("clusters/{}", deployed.id))
+            .await
+            .ok()?;
+        (info.escrow_micros == 0).then_some(info)
+    })
+    .await
+    .expect("the escrow empties");
+    let spent = before - iosd_available(&renter).await;
+    let mut earned_total = 0;
+    for (index, supplier) in suppliers.iter().enumerate() {
+        let earned = iosd_available(supplier).await;
+        assert_eq!(earned % 99_750, 0, "whole node-minutes");
+        earned_total += earned;
+        if let Some(killed_ms) = killed_at_ms.get(&index) {
+            // Placed after the deploy; paid at most for minutes ending within a heartbeat
+            // interval (200 ms) of its last heartbeat, which was before the kill.
+            let minutes_max = (killed_ms + 200 - deployed_at_ms) / 500 + 1;
+            assert!(
+                earned <= minutes_max * 99_750,
+                "worker {index} earned {earned} for at most {minutes_max} minutes up"
+            );
+        }
+    }
+    assert_eq!(
+        spent * 99_750,
+        earned_total * 102_250,
+        "spent {spent}, earned {earned_total}"
+    );
+}
+on_both_databases!(a_checkpointed_job_survives_two_killed_workers);

@@ -67,6 +67,10 @@ async fn quote_now(
         fee_micros: 0,
         total_micros: 0,
         token: spec.token.clone(),
+        colocation: request
+            .colocation
+            .clone()
+            .unwrap_or_else(|| "one_region".to_owned()),
         waiting_because: None,
         explanation: None,
     };
@@ -104,6 +108,30 @@ async fn quote_now(
     Ok(answer)
 }
 
+/// Quotes the spec; a multi-node spec that names no colocation and finds no one region with
+/// room is quoted again spread over regions, and `request` becomes that.
+async fn quote_any_region(
+    app: &AppState,
+    account_id: &str,
+    spec: &ClusterSpec,
+    request: &mut RequestSpec,
+) -> ApiResult<ClusterQuote> {
+    let together = quote_now(app, account_id, spec, request).await?;
+    if together.placeable || spec.colocation.is_some() || spec.nodes < 2 {
+        return Ok(together);
+    }
+    let spread = RequestSpec {
+        colocation: Some("spread".to_owned()),
+        ..request.clone()
+    };
+    let apart = quote_now(app, account_id, spec, &spread).await?;
+    if !apart.placeable {
+        return Ok(together);
+    }
+    *request = spread;
+    Ok(apart)
+}
+
 /// What deploying this spec would cost now, or why nothing matches.
 #[utoipa::path(post, path = "/api/v1/clusters/quote", request_body = ClusterSpec, security(("api_key" = [])),
     responses((status = 200, body = ClusterQuote), (status = 422, body = ErrorBody)))]
@@ -113,8 +141,8 @@ pub async fn quote_cluster(
     JsonBody(spec): JsonBody<ClusterSpec>,
 ) -> ApiResult<Json<ClusterQuote>> {
     guard(&caller, false)?;
-    let request = check_spec(&spec)?;
-    quote_now(&app, caller.account_id(), &spec, &request)
+    let mut request = check_spec(&spec)?;
+    quote_any_region(&app, caller.account_id(), &spec, &mut request)
         .await
         .map(Json)
 }
@@ -148,7 +176,7 @@ pub async fn deploy_cluster(
             "too many clusters and requests wait for placement",
         ));
     }
-    let priced = quote_now(&app, account_id, &spec, &request).await?;
+    let priced = quote_any_region(&app, account_id, &spec, &mut request).await?;
     if !priced.placeable {
         return Err(no_match(&priced));
     }

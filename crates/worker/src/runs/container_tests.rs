@@ -254,3 +254,24 @@ async fn a_new_runner_removes_what_a_previous_one_left() {
     other_data.close().unwrap();
     drop(old);
 }
+
+#[tokio::test]
+async fn a_container_node_resumes_from_its_checkpoint() {
+    use crate::checkpoint::tests::{FakeCoordinator, file_in};
+    let Some(engine) = test_engine() else { return };
+    let coordinator = FakeCoordinator::start().await;
+    let data = data_dir();
+    let mut runner = runner(&engine, data.path()).with_coordinator(&coordinator.url);
+    for (attempt, run_id) in ["run_ctr_ck1", "run_ctr_ck2"].into_iter().enumerate() {
+        let script = super::checkpoint_tests::COUNTER_SCRIPT;
+        let mut node = image_order(run_id, script, &engine.image);
+        node.checkpoint = Some(coordinator.add_run(run_id, 60_000));
+        runner.start(node);
+        let messages = messages_until_exit(&mut runner, run_id).await;
+        assert_eq!(exit_of(&messages).1, "exited", "{messages:?}");
+        let stdout = stream_text(&messages, LogStream::Stdout);
+        assert_eq!(stdout, format!("restored={attempt}\n"), "{messages:?}");
+        let newest = coordinator.newest().expect("an archive is kept");
+        assert_eq!(file_in(&newest, "ckpt/n"), format!("{}\n", attempt + 1));
+    }
+}

@@ -34,7 +34,7 @@ pub(super) fn data_dir() -> tempfile::TempDir {
 }
 
 /// Whether the real-sandbox tests can run here.
-fn sandbox_available() -> bool {
+pub(super) fn sandbox_available() -> bool {
     if std::process::Command::new("bwrap")
         .arg("--version")
         .output()
