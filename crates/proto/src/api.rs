@@ -522,8 +522,8 @@ pub struct FeedbackRequest {
 // --- Clusters ----------------------------------------------------------------------------
 
 /// What a renter deploys: a placement of `nodes` x `gpus_per_node`, paid for `hours`, and the
-/// command every node runs.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+/// command every node runs. Its `Debug` names the secret variables but not their values.
+#[derive(Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterSpec {
     /// Letters, digits, `-` and `_`, at most 64.
@@ -574,6 +574,32 @@ pub struct ClusterSpec {
     pub colocation: Option<String>,
     #[serde(default)]
     pub renter_region: Option<String>,
+}
+
+impl std::fmt::Debug for ClusterSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let secret_names: Vec<&String> = self.secret_env.keys().collect();
+        f.debug_struct("ClusterSpec")
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .field("nodes", &self.nodes)
+            .field("gpus_per_node", &self.gpus_per_node)
+            .field("query", &self.query)
+            .field("budget_per_hour", &self.budget_per_hour)
+            .field("hours", &self.hours)
+            .field("token", &self.token)
+            .field("command", &self.command)
+            .field("env", &self.env)
+            .field("secret_env_names", &secret_names)
+            .field("ports", &self.ports)
+            .field("memory_mib", &self.memory_mib)
+            .field("retries", &self.retries)
+            .field("checkpoint_path", &self.checkpoint_path)
+            .field("image", &self.image)
+            .field("colocation", &self.colocation)
+            .field("renter_region", &self.renter_region)
+            .finish()
+    }
 }
 
 fn default_token() -> String {

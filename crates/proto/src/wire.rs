@@ -69,8 +69,9 @@ pub enum ServerMessage {
     },
 }
 
-/// One node's work, as the coordinator orders it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// One node's work, as the coordinator orders it. Its `Debug` names the environment's
+/// variables but not their values, which may be the renter's secrets.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeOrder {
     /// Names this node's attempt (`run_...`), fresh per attempt.
@@ -104,8 +105,8 @@ pub struct NodeOrder {
 /// Where a node's checkpoints go: the worker uploads the directory `path` (under the work
 /// directory) as a tar.gz every `interval_ms` and when the node ends, with `PUT`, and before
 /// the node starts restores the newest one with `GET`, both at `/api/v1/runs/{run_id}/checkpoint`
-/// of the coordinator with the header `X-Run-Token: token`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// of the coordinator with the header `X-Run-Token: token`. Its `Debug` hides the token.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CheckpointOrder {
     pub path: String,
@@ -113,6 +114,38 @@ pub struct CheckpointOrder {
     pub interval_ms: u64,
     /// Largest archive the coordinator keeps.
     pub bytes_max: u64,
+}
+
+impl std::fmt::Debug for NodeOrder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let env_names: Vec<&str> = self.env.iter().map(|(name, _)| name.as_str()).collect();
+        f.debug_struct("NodeOrder")
+            .field("run_id", &self.run_id)
+            .field("cluster_id", &self.cluster_id)
+            .field("node_rank", &self.node_rank)
+            .field("node_count", &self.node_count)
+            .field("attempt", &self.attempt)
+            .field("argv", &self.argv)
+            .field("env_names", &env_names)
+            .field("device_ids", &self.device_ids)
+            .field("peers", &self.peers)
+            .field("memory_bytes_max", &self.memory_bytes_max)
+            .field("wall_limit_ms", &self.wall_limit_ms)
+            .field("image", &self.image)
+            .field("checkpoint", &self.checkpoint)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for CheckpointOrder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CheckpointOrder")
+            .field("path", &self.path)
+            .field("token", &"***")
+            .field("interval_ms", &self.interval_ms)
+            .field("bytes_max", &self.bytes_max)
+            .finish()
+    }
 }
 
 /// Which output stream a log chunk came from.
@@ -387,6 +420,39 @@ mod tests {
         assert_eq!(
             verify_enrollment("fle_token", "nothex", &signature).unwrap_err(),
             WireError::PublicKeyMalformed
+        );
+    }
+
+    #[test]
+    fn an_order_logged_shows_no_secret() {
+        let order = NodeOrder {
+            run_id: "run_a".into(),
+            cluster_id: "clu_a".into(),
+            node_rank: 0,
+            node_count: 1,
+            attempt: 1,
+            argv: vec!["true".into()],
+            env: vec![("HF_TOKEN".into(), "hf_secretvalue".into())],
+            device_ids: vec![],
+            peers: vec![],
+            memory_bytes_max: 1,
+            wall_limit_ms: 1,
+            image: None,
+            checkpoint: Some(CheckpointOrder {
+                path: "ckpt".into(),
+                token: "tokensecret".into(),
+                interval_ms: 1,
+                bytes_max: 1,
+            }),
+        };
+        let shown = format!("{order:?}");
+        assert!(
+            shown.contains("HF_TOKEN") && shown.contains("ckpt"),
+            "{shown}"
+        );
+        assert!(
+            !shown.contains("hf_secretvalue") && !shown.contains("tokensecret"),
+            "{shown}"
         );
     }
 

@@ -175,6 +175,26 @@ impl SandboxSpec {
 }
 
 /// The `bwrap` arguments for a spec: what the sandbox lets through, and nothing else.
+/// The NVIDIA device nodes a node with these GPUs needs: the driver's shared control nodes and
+/// `/dev/nvidiaN` of each of its GPUs (the device minor, which the driver numbers as NVML
+/// indexes the GPUs), nothing for a node without GPUs.
+pub fn gpu_device_paths(gpu_indices: &[u32]) -> Vec<String> {
+    if gpu_indices.is_empty() {
+        return Vec::new();
+    }
+    let shared = [
+        "/dev/nvidiactl",
+        "/dev/nvidia-uvm",
+        "/dev/nvidia-uvm-tools",
+        "/dev/nvidia-modeset",
+    ];
+    shared
+        .iter()
+        .map(|p| (*p).to_owned())
+        .chain(gpu_indices.iter().map(|i| format!("/dev/nvidia{i}")))
+        .collect()
+}
+
 pub fn bwrap_args(spec: &SandboxSpec, exists: impl Fn(&Path) -> bool) -> Vec<OsString> {
     let mut args: Vec<OsString> = Vec::new();
     let mut push = |items: &[&str]| args.extend(items.iter().map(OsString::from));
@@ -195,6 +215,12 @@ pub fn bwrap_args(spec: &SandboxSpec, exists: impl Fn(&Path) -> bool) -> Vec<OsS
         }
     }
     push(&["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]);
+    // A private /dev holds no GPU: the driver's control nodes and the node's own GPUs come in.
+    for path in gpu_device_paths(&spec.gpu_indices) {
+        if exists(Path::new(&path)) {
+            args.extend(["--dev-bind".into(), path.clone().into(), path.into()]);
+        }
+    }
     args.push("--bind".into());
     args.push(spec.work_dir.clone().into_os_string());
     args.push(WORK_MOUNT.into());
@@ -549,6 +575,41 @@ mod tests {
                 .iter()
                 .any(|a| a == "/root" || a == "/var" || a == "/home")
         );
+    }
+
+    #[test]
+    fn a_node_sees_its_own_gpus_and_the_driver_nodes_only() {
+        // The test spec holds GPUs 2 and 3; every path "exists".
+        let args = bwrap_args(&spec(&["true"], Path::new("/srv/n1")), |_| true);
+        let text: Vec<String> = args
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let bound: Vec<&String> = text
+            .windows(2)
+            .filter(|w| w[0] == "--dev-bind")
+            .map(|w| &w[1])
+            .collect();
+        assert_eq!(
+            bound,
+            vec![
+                "/dev/nvidiactl",
+                "/dev/nvidia-uvm",
+                "/dev/nvidia-uvm-tools",
+                "/dev/nvidia-modeset",
+                "/dev/nvidia2",
+                "/dev/nvidia3"
+            ]
+        );
+        let mut cpu_only = spec(&["true"], Path::new("/srv/n1"));
+        cpu_only.gpu_indices.clear();
+        let args = bwrap_args(&cpu_only, |_| true);
+        assert!(!args.iter().any(|a| a == "--dev-bind"));
+        // Paths the machine lacks are not bound.
+        let args = bwrap_args(&spec(&["true"], Path::new("/srv/n1")), |p| {
+            p != Path::new("/dev/nvidia-modeset")
+        });
+        assert!(!args.iter().any(|a| a == "/dev/nvidia-modeset"));
     }
 
     #[test]

@@ -591,18 +591,39 @@ async fn retries_memory_limits_extension_and_expiry(db: Db) {
     // A rent minute of 100 ms: an hour is 6 s.
     let market = market_with_minute(db, 2, "100").await;
     let renter = &market.renter;
-    let second_try = ClusterSpec {
-        retries: 1,
-        ..spec(
-            1,
-            &[
-                "sh",
-                "-c",
-                "echo try $FLOTILLA_ATTEMPT; [ $FLOTILLA_ATTEMPT -ge 2 ]",
-            ],
-        )
-    };
-    let retried: ClusterInfo = renter.post("clusters", &second_try).await.unwrap();
+    // A spec file in TOML, deployed from the CLI: the first attempt fails, the retry passes.
+    let files = tempfile::tempdir().unwrap();
+    let job = files.path().join("second-try.toml");
+    std::fs::write(
+        &job,
+        r#"
+name = "second-try"
+type = "batch"
+nodes = 1
+hours = 1
+retries = 1
+command = ["sh", "-c", "echo try $FLOTILLA_ATTEMPT; [ $FLOTILLA_ATTEMPT -ge 2 ]"]
+env = { GREETING = "hello" }
+"#,
+    )
+    .unwrap();
+    let file = job.to_str().unwrap();
+    let (ok, stdout, stderr) = cli(
+        &market.coordinator,
+        &market.renter_key,
+        &["deploy", "--file", file, "--yes", "--output", "json"],
+    );
+    assert!(ok, "{stderr}");
+    let retried: ClusterInfo = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(retried.spec.env["GREETING"], "hello");
+    let broken = files.path().join("broken.toml");
+    std::fs::write(&broken, "name = \"x\"\nnodes = \"two\"\n").unwrap();
+    let (ok, _, stderr) = cli(
+        &market.coordinator,
+        &market.renter_key,
+        &["deploy", "--file", broken.to_str().unwrap(), "--yes"],
+    );
+    assert!(!ok && stderr.contains("is not a cluster spec"), "{stderr}");
     let done = until_state(renter, &retried.id, "completed", 30).await;
     assert_eq!(done.nodes[0].attempt, 2);
 
