@@ -275,6 +275,7 @@ async fn simulated_worker(
         agent_version: "bench".into(),
         hostname: format!("bench-{index}"),
         devices: vec![hardware(index)],
+        containers: false,
     };
     let sealed = Envelope::seal(&worker.key, &nonce, &worker.worker_id, 1, &hello);
     socket

@@ -373,6 +373,7 @@ pub async fn requests(command: RequestsCommand) -> Result<()> {
                 colocation: Some(if spread { "spread" } else { "one_region" }.to_owned()),
                 renter_region,
                 hours,
+                containers: false,
             };
             let created: RequestInfo = connection.client()?.post("requests", &spec).await?;
             print_request(connection.output, &created);

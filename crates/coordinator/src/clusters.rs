@@ -190,6 +190,7 @@ pub fn check_spec(spec: &ClusterSpec) -> ApiResult<RequestSpec> {
         colocation: spec.colocation.clone(),
         renter_region: spec.renter_region.clone(),
         hours: Some(spec.hours),
+        containers: spec.image.is_some(),
         ..RequestSpec::default()
     };
     crate::scheduling::to_request("clu_check", "usr_check", &planned_shape(&request), 0)

@@ -69,6 +69,7 @@ pub fn snapshot(
                         failed,
                         feedback_milli,
                         supplier_hired: 0,
+                        containers: row.containers,
                         devices: Vec::new(),
                     },
                     Vec::new(),

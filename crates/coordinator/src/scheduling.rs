@@ -61,8 +61,9 @@ pub fn to_request(
             format!("must be between 1 and {GPUS_PER_NODE_MAX}"),
         ));
     }
-    let filter = flotilla_scheduler::query::parse(&spec.query)
+    let mut filter = flotilla_scheduler::query::parse(&spec.query)
         .map_err(|e| spec_error("query", e.to_string()))?;
+    filter.needs_containers = spec.containers;
     let priority = match (
         spec.priority.as_deref(),
         spec.target_price_per_hour,

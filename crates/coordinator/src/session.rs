@@ -259,6 +259,7 @@ async fn hello_session(
         agent_version,
         hostname,
         devices,
+        containers,
     } = message
     else {
         return Err(Refusal::fatal(
@@ -269,7 +270,7 @@ async fn hello_session(
     check_hello(app, &hostname, &agent_version, &devices)?;
     let now_ms = now_unix_ms();
     app.store
-        .update_worker_hello(&worker.id, &hostname, &agent_version, now_ms)
+        .update_worker_hello(&worker.id, &hostname, &agent_version, containers, now_ms)
         .await
         .map_err(|e| Refusal::fatal("internal", e.to_string()))?;
     // Rows per worker stay bounded even for a worker that invents new hardware ids at every

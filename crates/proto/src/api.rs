@@ -477,6 +477,9 @@ pub struct RequestSpec {
     /// escrow, each minute a node is up pays its supplier, and what is left returns at the end.
     #[serde(default)]
     pub hours: Option<u32>,
+    /// Only workers that run container images (a cluster with an image).
+    #[serde(default)]
+    pub containers: bool,
 }
 
 /// The devices one node of a placement holds.

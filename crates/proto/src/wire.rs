@@ -188,6 +188,9 @@ pub enum WorkerMessage {
         agent_version: String,
         hostname: String,
         devices: Vec<DeviceHardware>,
+        /// The worker runs container images (it found a container engine).
+        #[serde(default)]
+        containers: bool,
     },
     Heartbeat {
         sent_at_ms: i64,

@@ -24,9 +24,10 @@ enum Constraint {
     Reliability,
     Perf,
     Count,
+    Containers,
 }
 
-const CONSTRAINTS: [Constraint; 9] = [
+const CONSTRAINTS: [Constraint; 10] = [
     Constraint::Model,
     Constraint::Memory,
     Constraint::Price,
@@ -36,6 +37,7 @@ const CONSTRAINTS: [Constraint; 9] = [
     Constraint::Reliability,
     Constraint::Perf,
     Constraint::Count,
+    Constraint::Containers,
 ];
 
 /// The filter with one constraint removed.
@@ -54,6 +56,7 @@ fn without(filter: &Filter, constraint: Constraint) -> Filter {
         Constraint::Reliability => relaxed.reliability_ppm = Range::ANY,
         Constraint::Perf => relaxed.perf_ops_per_s = Range::ANY,
         Constraint::Count => relaxed.count = Range::ANY,
+        Constraint::Containers => relaxed.needs_containers = false,
     }
     relaxed
 }
@@ -106,6 +109,9 @@ fn describe(filter: &Filter, constraint: Constraint, gpus_per_node: u32) -> Opti
         }),
         Constraint::Perf => (!filter.perf_ops_per_s.is_any())
             .then(|| range_text("perf", &filter.perf_ops_per_s, |p| p.to_string())),
+        Constraint::Containers => filter
+            .needs_containers
+            .then(|| "a container engine (for the image)".to_owned()),
         Constraint::Count => {
             let mut count = filter.count;
             count.min = count.min.max(u64::from(gpus_per_node));
@@ -235,17 +241,20 @@ fn removed_by(
         Constraint::Reliability => !filter
             .reliability_ppm
             .contains(u64::from(node.reliability_ppm())),
+        Constraint::Containers => filter.needs_containers && !node.containers,
         _ => false,
     };
     match constraint {
-        Constraint::Region | Constraint::Country | Constraint::Tier | Constraint::Reliability => {
-            snapshot
-                .nodes
-                .iter()
-                .filter(|n| fails_node(n))
-                .map(placeable)
-                .sum()
-        }
+        Constraint::Region
+        | Constraint::Country
+        | Constraint::Tier
+        | Constraint::Reliability
+        | Constraint::Containers => snapshot
+            .nodes
+            .iter()
+            .filter(|n| fails_node(n))
+            .map(placeable)
+            .sum(),
         Constraint::Count => {
             let all_but_count = evaluate(snapshot, &without(filter, Constraint::Count), 1).0;
             all_but_count - evaluate(snapshot, filter, gpus_per_node).0

@@ -690,9 +690,10 @@ pub fn region_matches(allowed: &[String], region: &str) -> bool {
         })
 }
 
-/// The node-level constraints: country, tier, reliability.
+/// The node-level constraints: country, tier, reliability, a container engine.
 pub fn node_passes(filter: &Filter, node: &NodeOffer) -> bool {
-    (filter.countries.is_empty() || filter.countries.contains(&node.country))
+    (node.containers || !filter.needs_containers)
+        && (filter.countries.is_empty() || filter.countries.contains(&node.country))
         && node.tier >= filter.tier_min
         && node.tier <= filter.tier_max
         && filter
@@ -703,7 +704,8 @@ pub fn node_passes(filter: &Filter, node: &NodeOffer) -> bool {
 
 /// [`node_passes`] less the region, which a bucket already matches.
 fn node_passes_within_bucket(filter: &Filter, node: &NodeOffer) -> bool {
-    node.tier >= filter.tier_min
+    (node.containers || !filter.needs_containers)
+        && node.tier >= filter.tier_min
         && node.tier <= filter.tier_max
         && (filter.countries.is_empty() || filter.countries.contains(&node.country))
         && filter

@@ -122,6 +122,7 @@ pub fn nodes(rng: &mut Rng, devices: usize) -> Vec<NodeOffer> {
             failed: rng.below(4) as u32,
             feedback_milli: rng.chance(70).then(|| 3_000 + rng.below(2_001) as u32),
             supplier_hired: 0,
+            containers: rng.chance(50),
             devices,
         });
         total += gpus;

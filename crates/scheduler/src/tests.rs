@@ -42,6 +42,7 @@ fn node(worker: &str, region: &str, tier: Tier, devices: Vec<DeviceOffer>) -> No
         failed: 0,
         feedback_milli: None,
         supplier_hired: 0,
+        containers: false,
         devices,
     }
 }
@@ -159,6 +160,32 @@ fn gpus_per_node_come_from_one_worker() {
     let node = &plan.placements[0].nodes[0];
     assert_eq!((node.node, node.devices.len()), (1, 4));
     assert_eq!(node.price_per_hour, 10 * USD);
+}
+
+#[test]
+fn an_image_goes_only_to_workers_with_a_container_engine() {
+    let mut nodes = uniform(3, "eu-west", 50);
+    nodes[2].containers = true;
+    let snapshot = Snapshot { nodes };
+    let mut image = request("r", "x", 1, 1);
+    image.filter.needs_containers = true;
+    let planned = plan(&snapshot, std::slice::from_ref(&image), 0);
+    assert_eq!(planned.placements[0].nodes[0].node, 2);
+    let mut two = image.clone();
+    two.node_count = 2;
+    assert!(
+        plan(&snapshot, std::slice::from_ref(&two), 0)
+            .placements
+            .is_empty()
+    );
+    let found = crate::explain::explain(&snapshot, &two.filter, 1, 2);
+    assert!(
+        found
+            .removed
+            .iter()
+            .any(|r| r.constraint.contains("container") && r.offers == 2),
+        "{found:?}"
+    );
 }
 
 #[test]

@@ -95,6 +95,9 @@ pub struct NodeOffer {
     pub feedback_milli: Option<u32>,
     /// Devices of this supplier hired right now: spreads load across suppliers.
     pub supplier_hired: u32,
+    /// The worker runs container images (it has a container engine).
+    #[serde(default)]
+    pub containers: bool,
     pub devices: Vec<DeviceOffer>,
 }
 
@@ -164,6 +167,8 @@ pub struct Filter {
     pub reliability_ppm: Range,
     /// Proven throughput per GPU.
     pub perf_ops_per_s: Range,
+    /// Only workers that run container images.
+    pub needs_containers: bool,
 }
 
 impl Default for Filter {
@@ -179,6 +184,7 @@ impl Default for Filter {
             tier_max: Tier::Ultra,
             reliability_ppm: Range::ANY,
             perf_ops_per_s: Range::ANY,
+            needs_containers: false,
         }
     }
 }

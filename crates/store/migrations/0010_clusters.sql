@@ -81,3 +81,6 @@ CREATE TABLE checkpoints (
     at_ms BIGINT NOT NULL,
     PRIMARY KEY (cluster_id, node_rank)
 );
+
+-- Whether a worker said at its hello that it runs container images (1) or not (0).
+ALTER TABLE workers ADD COLUMN containers BIGINT NOT NULL DEFAULT 0;

@@ -15,6 +15,8 @@ pub struct MarketRow {
     pub region: String,
     pub country: String,
     pub tier: String,
+    /// The worker runs container images.
+    pub containers: bool,
 }
 
 /// Where a worker is and how well it is connected.
@@ -92,7 +94,8 @@ impl Store {
     async fn up_device_rows(&self, filter: &'static str) -> Result<Vec<MarketRow>> {
         let sql = format!(
             "SELECT {DEVICE_COLUMNS_QUALIFIED}, w.region AS region, \
-             w.country AS country, w.tier AS tier FROM devices d JOIN workers w ON w.id = d.worker_id \
+             w.country AS country, w.tier AS tier, w.containers AS containers \
+             FROM devices d JOIN workers w ON w.id = d.worker_id \
              WHERE d.removed_at_ms IS NULL AND w.removed_at_ms IS NULL {filter} \
              AND d.state IN ($1, $2) ORDER BY d.worker_id, d.id"
         );
@@ -110,6 +113,7 @@ impl Store {
                     region: col(row, "region")?,
                     country: col(row, "country")?,
                     tier: col(row, "tier")?,
+                    containers: col::<i64>(row, "containers")? != 0,
                 })
             })
             .collect()

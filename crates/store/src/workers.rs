@@ -267,12 +267,14 @@ impl Store {
         worker_id: &str,
         hostname: &str,
         agent_version: &str,
+        containers: bool,
         now_ms: i64,
     ) -> Result<()> {
-        sqlx::query("UPDATE workers SET hostname = $1, agent_version = $2, last_seen_at_ms = $3 WHERE id = $4")
+        sqlx::query("UPDATE workers SET hostname = $1, agent_version = $2, last_seen_at_ms = $3, containers = $4 WHERE id = $5")
             .bind(hostname)
             .bind(agent_version)
             .bind(now_ms)
+            .bind(i64::from(containers))
             .bind(worker_id)
             .execute(&self.pool)
             .await?;

@@ -242,6 +242,7 @@ async fn session(context: SessionContext<'_>, shutdown: &mut watch::Receiver<boo
     let ws_config = WebSocketConfig::default()
         .max_message_size(Some(FRAME_BYTES_MAX))
         .max_frame_size(Some(FRAME_BYTES_MAX));
+    let runs_containers = runner.runs_containers().await;
     let handshake = async {
         let (mut socket, _) =
             tokio_tungstenite::connect_async_with_config(&url, Some(ws_config), false)
@@ -267,6 +268,7 @@ async fn session(context: SessionContext<'_>, shutdown: &mut watch::Receiver<boo
             agent_version: AGENT_VERSION.to_owned(),
             hostname: hostname.to_owned(),
             devices: inventory.hardware(),
+            containers: runs_containers,
         };
         send(
             &mut socket,

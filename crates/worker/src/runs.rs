@@ -42,6 +42,8 @@ pub const RUNS_MAX: usize = flotilla_proto::limits::DEVICES_PER_WORKER_MAX;
 /// Log chunks waiting in the outbox at most; more are dropped.
 pub const LOG_CHUNKS_QUEUED_MAX: usize = 256;
 /// Ended runs remembered, to answer a repeated order with the same report.
+/// How long a hello waits for the container engine to answer.
+const CONTAINER_PING_MS_MAX: u64 = 3_000;
 const FINISHED_KEPT_MAX: usize = 1_024;
 /// Reports not tied to a live run (a refused order, a repeated end) waiting at most.
 const OPTIONAL_QUEUED_MAX: usize = 256;
@@ -176,6 +178,21 @@ impl Runner {
             finished: VecDeque::new(),
             outbox: Arc::default(),
         })
+    }
+
+    /// Whether orders with an image can run here: an engine is configured and answers (at
+    /// most a few seconds). Told to the coordinator at each hello, so images are placed only on
+    /// workers that run them.
+    pub async fn runs_containers(&self) -> bool {
+        let Some(engine) = &self.engine else {
+            return false;
+        };
+        let answered = tokio::time::timeout(
+            std::time::Duration::from_millis(CONTAINER_PING_MS_MAX),
+            engine.connect(),
+        )
+        .await;
+        matches!(answered, Ok(Ok(_)))
     }
 
     /// Runs orders with an image on the container engine at `socket` (see

@@ -433,6 +433,24 @@ async fn bad_specs_funds_and_other_renters_are_refused(db: Db) {
     );
     assert!(!ok && stderr.contains("no devices match"), "{stderr}");
 
+    // An image goes only to workers that run containers; this one does not.
+    let image = ClusterSpec {
+        image: Some("busybox:1".into()),
+        ..spec(1, &["true"])
+    };
+    match renter.post::<_, ClusterInfo>("clusters", &image).await {
+        Err(ClientError::Api {
+            status: 409,
+            code,
+            message,
+            ..
+        }) => {
+            assert_eq!(code, "no_match");
+            assert!(message.contains("container engine"), "{message}");
+        }
+        other => panic!("an image without a container worker: {other:?}"),
+    }
+
     // A renter without funds is refused before anything is held.
     let poor_key = market.coordinator.account("poor", &[Role::Renter]).await;
     let poor = market.coordinator.client(Some(&poor_key));

@@ -210,6 +210,7 @@ pub(crate) fn one_node(gpus_per_node: u32, query: &str) -> RequestSpec {
         colocation: None,
         renter_region: None,
         hours: None,
+        containers: false,
     }
 }
 

@@ -159,6 +159,7 @@ impl RawSession {
             agent_version: "test".into(),
             hostname: "raw".into(),
             devices: vec![device],
+            containers: false,
         };
         let mut session = RawSession {
             socket,
@@ -318,6 +319,7 @@ async fn replayed_reordered_and_foreign_messages_are_refused(db: Db) {
         agent_version: "x".into(),
         hostname: "x".into(),
         devices: vec![gpu("GPU-x")],
+        containers: false,
     };
     let forged = Envelope::seal(&key_a, &nonce, &worker_b, 1, &hello);
     socket
@@ -650,6 +652,7 @@ async fn hello_with(
         agent_version: "test".into(),
         hostname: "many".into(),
         devices,
+        containers: false,
     };
     let sealed = Envelope::seal(key, &nonce, worker_id, 1, &hello);
     socket
