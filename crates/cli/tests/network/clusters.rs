@@ -650,7 +650,12 @@ env = { GREETING = "hello" }
     let failed = until_state(renter, &failing.id, "failed", 30).await;
     assert_eq!(failed.nodes[0].exit_code, Some(7));
     assert!(failed.ended_because.unwrap().contains("code 7"));
-    assert_eq!(failed.escrow_micros, 0);
+    let refunded = eventually(Duration::from_secs(10), || async {
+        let info: ClusterInfo = renter.get(&format!("clusters/{}", failing.id)).await.ok()?;
+        (info.escrow_micros == 0).then_some(())
+    })
+    .await;
+    assert!(refunded.is_some(), "a failed cluster's escrow returns");
 
     // 200 MB held in a shell variable, under a 32 MiB limit.
     let hungry = ClusterSpec {
