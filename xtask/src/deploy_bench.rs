@@ -180,6 +180,7 @@ fn service() -> ClusterSpec {
         secret_env: Default::default(),
         ports: vec![],
         memory_mib: None,
+        cpus: None,
         retries: 0,
         checkpoint_path: None,
         image: None,

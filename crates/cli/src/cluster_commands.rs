@@ -59,6 +59,9 @@ pub struct DeployArgs {
     /// Memory limit per node, MiB.
     #[arg(long)]
     memory_mib: Option<u64>,
+    /// CPU cores per node (default 4 per GPU).
+    #[arg(long)]
+    cpus: Option<u32>,
     /// Restarts of a node whose command fails.
     #[arg(long, default_value_t = 0)]
     retries: u32,
@@ -184,6 +187,7 @@ fn spec_from_flags(args: &DeployArgs) -> Result<ClusterSpec> {
         secret_env: pairs("secret-env", &args.secret_env)?,
         ports: args.ports.clone(),
         memory_mib: args.memory_mib,
+        cpus: args.cpus,
         retries: args.retries,
         checkpoint_path: args.checkpoint_path.clone(),
         image: args.image.clone(),

@@ -41,6 +41,16 @@ pub const LOG_RUN_BYTES_MAX: u64 = 1 << 20;
 /// A node's memory limit when the spec names none, and the most it may name.
 pub const MEMORY_MIB_DEFAULT: u64 = 4_096;
 pub const MEMORY_MIB_MAX: u64 = 4 << 20;
+/// CPU cores a node gets per GPU when the spec names none, and the most a spec may name.
+pub const CPUS_PER_GPU_DEFAULT: u32 = 4;
+pub const CPUS_MAX: u32 = 512;
+
+/// A node's CPU cores: the spec's, else [`CPUS_PER_GPU_DEFAULT`] per GPU.
+pub fn cpus_of(spec: &ClusterSpec) -> u32 {
+    spec.cpus
+        .unwrap_or_else(|| (spec.gpus_per_node * CPUS_PER_GPU_DEFAULT).max(1))
+}
+
 /// Most restarts of a failed node.
 pub const RETRIES_MAX: u32 = 10;
 /// Bounds on a spec's command and environment.
@@ -170,6 +180,9 @@ pub fn check_spec(spec: &ClusterSpec) -> ApiResult<RequestSpec> {
     }
     if spec.retries > RETRIES_MAX {
         return Err(field("retries", "must be at most 10"));
+    }
+    if spec.cpus.is_some_and(|c| c == 0 || c > CPUS_MAX) {
+        return Err(field("cpus", "must be between 1 and 512"));
     }
     if let Some(mib) = spec.memory_mib
         && !(16..=MEMORY_MIB_MAX).contains(&mib)
@@ -343,6 +356,7 @@ pub async fn order_for(app: &AppState, run: &RunRow) -> ApiResult<Option<NodeOrd
         device_ids,
         peers,
         memory_bytes_max: spec.memory_mib.unwrap_or(MEMORY_MIB_DEFAULT) << 20,
+        cpu_millis_max: u64::from(cpus_of(&spec)) * 1_000,
         wall_limit_ms: u64::from(crate::rent::HOURS_MAX) * 3_600_000,
         image: spec.image.clone(),
         checkpoint: spec.checkpoint_path.as_ref().map(|path| CheckpointOrder {

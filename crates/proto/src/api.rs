@@ -563,6 +563,9 @@ pub struct ClusterSpec {
     /// Memory limit per node, MiB.
     #[serde(default)]
     pub memory_mib: Option<u64>,
+    /// CPU cores per node (their time, enforced by the worker); default 4 per GPU.
+    #[serde(default)]
+    pub cpus: Option<u32>,
     /// Restarts of a node whose command failed (not of one whose worker failed). Default 0.
     #[serde(default)]
     pub retries: u32,
@@ -596,6 +599,7 @@ impl std::fmt::Debug for ClusterSpec {
             .field("secret_env_names", &secret_names)
             .field("ports", &self.ports)
             .field("memory_mib", &self.memory_mib)
+            .field("cpus", &self.cpus)
             .field("retries", &self.retries)
             .field("checkpoint_path", &self.checkpoint_path)
             .field("image", &self.image)

@@ -92,6 +92,9 @@ pub struct NodeOrder {
     pub peers: Vec<String>,
     /// Memory limit for the node's processes.
     pub memory_bytes_max: u64,
+    /// CPU limit for the node's processes, thousandths of a core (2000: two cores' time).
+    #[serde(default)]
+    pub cpu_millis_max: u64,
     /// Killed after this long.
     pub wall_limit_ms: u64,
     /// A container image: run on the container driver instead of the exec driver.
@@ -130,6 +133,7 @@ impl std::fmt::Debug for NodeOrder {
             .field("device_ids", &self.device_ids)
             .field("peers", &self.peers)
             .field("memory_bytes_max", &self.memory_bytes_max)
+            .field("cpu_millis_max", &self.cpu_millis_max)
             .field("wall_limit_ms", &self.wall_limit_ms)
             .field("image", &self.image)
             .field("checkpoint", &self.checkpoint)
@@ -439,6 +443,7 @@ mod tests {
             device_ids: vec![],
             peers: vec![],
             memory_bytes_max: 1,
+            cpu_millis_max: 1,
             wall_limit_ms: 1,
             image: None,
             checkpoint: Some(CheckpointOrder {

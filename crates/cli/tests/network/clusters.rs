@@ -156,6 +156,7 @@ fn spec(nodes: u32, command: &[&str]) -> ClusterSpec {
         secret_env: Default::default(),
         ports: vec![],
         memory_mib: None,
+        cpus: None,
         retries: 0,
         checkpoint_path: None,
         image: None,

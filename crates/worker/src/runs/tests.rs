@@ -18,6 +18,7 @@ pub(super) fn order(run_id: &str, script: &str) -> NodeOrder {
         device_ids: vec![],
         peers: vec!["a.example".into(), "b.example".into(), "c.example".into()],
         memory_bytes_max: 512 * 1024 * 1024,
+        cpu_millis_max: 0,
         wall_limit_ms: 20_000,
         image: None,
         checkpoint: None,
