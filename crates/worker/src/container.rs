@@ -8,8 +8,9 @@
 //!   bound read-write at `/work`, which is its working directory and `HOME`. Never the engine's
 //!   socket, nor anything else of the worker's data dir;
 //! - user 65534:65534 (nobody), every capability dropped, `no-new-privileges`;
-//! - the order's memory limit with no swap, a pids limit, no log kept by the engine (output
-//!   is streamed over an attach, so nothing grows on the worker's disk);
+//! - the order's memory limit with no swap, its CPU limit (`NanoCpus`, the engine's cores at
+//!   most), a pids limit, no log kept by the engine (output is streamed over an attach, so
+//!   nothing grows on the worker's disk);
 //! - its GPUs through the engine's NVIDIA device request, only when it holds GPUs; an engine
 //!   without an `nvidia` runtime cannot start such a node;
 //! - the image's entrypoint, with the order's argv as its command, as `docker run IMAGE ARGV`
@@ -70,6 +71,11 @@ const SWEEP_CONTAINERS_MAX: usize = 1_024;
 const OUTPUT_DRAIN_MS_MAX: u64 = 5_000;
 /// How long a killed container may take to be reported dead.
 const KILL_WAIT_MS_MAX: u64 = 10_000;
+/// Billionths of a core (the engine's unit) in a thousandth of a core (the order's).
+const NANO_CPUS_PER_MILLI: u64 = 1_000_000;
+/// The smallest CPU limit, in thousandths of a core: a hundredth of a core, the smallest the
+/// engine (and the kernel's 1 ms quota per 100 ms) takes.
+const CPU_MILLIS_MIN: u64 = 10;
 /// Mount options of the private /tmp: executable, since compilers (Triton, nvcc) load what
 /// they build there. Its pages count against the memory limit, which bounds it.
 const TMP_OPTIONS: &str = "rw,exec,nosuid,nodev,mode=1777";
@@ -210,17 +216,21 @@ impl Engine {
         };
         let docker = self.connect().await?;
         ensure_image(&docker, run_id, image).await?;
-        let nvidia = !spec.gpu_indices.is_empty()
-            && has_nvidia_runtime(&docker)
+        // Asked only when the policy depends on it: GPUs or a CPU limit.
+        let facts = if spec.gpu_indices.is_empty() && spec.cpu_millis_max == 0 {
+            EngineFacts::default()
+        } else {
+            EngineFacts::ask(&docker)
                 .await
-                .map_err(engine_error("describe itself"))?;
-        if !spec.gpu_indices.is_empty() && !nvidia {
+                .map_err(engine_error("describe itself"))?
+        };
+        if !spec.gpu_indices.is_empty() && !facts.nvidia {
             return Err(ContainerError::NoGpuRuntime {
                 gpus: join_indices(&spec.gpu_indices),
             });
         }
         let labels = self.labels(run_id);
-        let body = create_body(image, spec, labels, nvidia);
+        let body = create_body(image, spec, labels, facts);
         let created = docker
             .create_container(None, body)
             .await
@@ -441,9 +451,38 @@ async fn ensure_image(docker: &Docker, run_id: &str, image: &str) -> Result<(), 
     }
 }
 
-async fn has_nvidia_runtime(docker: &Docker) -> Result<bool, DockerError> {
-    let info = docker.info().await?;
-    Ok(info.runtimes.is_some_and(|r| r.contains_key("nvidia")))
+/// What the engine says of itself that a container's policy depends on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EngineFacts {
+    /// It has an `nvidia` runtime: GPUs can be requested.
+    pub nvidia: bool,
+    /// The cores it has (unknown: none); it refuses a CPU limit above them.
+    pub cpus: Option<u64>,
+}
+
+impl EngineFacts {
+    async fn ask(docker: &Docker) -> Result<EngineFacts, DockerError> {
+        let info = docker.info().await?;
+        Ok(EngineFacts {
+            nvidia: info.runtimes.is_some_and(|r| r.contains_key("nvidia")),
+            cpus: info
+                .ncpu
+                .and_then(|n| u64::try_from(n).ok())
+                .filter(|&n| n > 0),
+        })
+    }
+}
+
+/// The engine's CPU limit (`NanoCpus`, billionths of a core) for `cpu_millis_max`
+/// thousandths of a core; none for none (0). Raised to [`CPU_MILLIS_MIN`], and lowered to the
+/// engine's cores, which it refuses to exceed (a limit that high binds nothing anyway).
+pub fn nano_cpus(cpu_millis_max: u64, engine_cpus: Option<u64>) -> Option<i64> {
+    if cpu_millis_max == 0 {
+        return None;
+    }
+    let cores_millis = engine_cpus.map_or(u64::MAX, |cores| cores.saturating_mul(1_000));
+    let millis = cpu_millis_max.min(cores_millis).max(CPU_MILLIS_MIN);
+    Some(i64::try_from(millis.saturating_mul(NANO_CPUS_PER_MILLI)).unwrap_or(i64::MAX))
 }
 
 /// Hands the attached output to `output` in chunks; once nobody listens, reads on and
@@ -533,7 +572,7 @@ pub fn create_body(
     image: &str,
     spec: &SandboxSpec,
     labels: HashMap<String, String>,
-    nvidia: bool,
+    facts: EngineFacts,
 ) -> ContainerCreateBody {
     let memory_bytes = i64::try_from(spec.memory_bytes_max).unwrap_or(i64::MAX);
     let work = Mount {
@@ -543,7 +582,7 @@ pub fn create_body(
         read_only: Some(false),
         ..Mount::default()
     };
-    let gpus = (nvidia && !spec.gpu_indices.is_empty()).then(|| {
+    let gpus = (facts.nvidia && !spec.gpu_indices.is_empty()).then(|| {
         vec![DeviceRequest {
             driver: Some("nvidia".to_owned()),
             device_ids: Some(spec.gpu_indices.iter().map(u32::to_string).collect()),
@@ -558,6 +597,7 @@ pub fn create_body(
         memory: Some(memory_bytes),
         // Equal to the memory limit: no swap at all.
         memory_swap: Some(memory_bytes),
+        nano_cpus: nano_cpus(spec.cpu_millis_max, facts.cpus),
         pids_limit: Some(PIDS_MAX),
         cap_drop: Some(vec!["ALL".to_owned()]),
         security_opt: Some(vec!["no-new-privileges".to_owned()]),

@@ -232,6 +232,11 @@ impl Runner {
         self.sandbox.cgroup_version().is_some()
     }
 
+    /// Whether exec nodes get their CPU limit (else they run without one).
+    pub fn cpu_limited_by_cgroup(&self) -> bool {
+        self.sandbox.limits_cpu()
+    }
+
     /// The devices this worker holds, as the coordinator named them: device id to GPU index.
     pub fn set_devices(&mut self, devices: HashMap<String, Option<u32>>) {
         self.devices = devices;
@@ -380,6 +385,7 @@ impl Runner {
             work_dir: self.runs_dir.join(&order.run_id),
             gpu_indices,
             memory_bytes_max: order.memory_bytes_max,
+            cpu_millis_max: order.cpu_millis_max,
             wall_limit: Duration::from_millis(order.wall_limit_ms),
         };
         spec.check().map_err(|e| e.to_string())?;

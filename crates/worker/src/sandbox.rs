@@ -1,12 +1,15 @@
 //! The exec driver's sandbox: a renter's command runs under bubblewrap as an unprivileged user,
 //! with a private view of the filesystem (the system read-only, one writable work directory,
 //! nothing of the worker's own data or key), its own PID, IPC and UTS namespaces, a clean
-//! environment holding only what the node is given, a memory limit, and a wall-clock limit.
+//! environment holding only what the node is given, a memory limit, a CPU limit, and a
+//! wall-clock limit.
 //!
-//! The memory limit is a cgroup per run where the machine has a writable one (see
-//! [`crate::cgroup`]): the sandbox's first process joins it before `bwrap` starts, so every
-//! process of the node is inside. Without one, the fallback is an address-space limit
-//! (`prlimit --as`), which GPU programs (huge mappings) cannot live with.
+//! The memory and CPU limits are a cgroup per run where the machine has a writable one (see
+//! [`crate::cgroup`]; on cgroup v1 two, one per hierarchy): the sandbox's first process joins
+//! them before `bwrap` starts, so every process of the node is inside. Without a memory cgroup,
+//! the fallback is an address-space limit (`prlimit --as`), which GPU programs (huge mappings)
+//! cannot live with; without a writable CPU controller, nodes run without a CPU limit (said
+//! once, at [`Sandbox::detect`]).
 //!
 //! [`Sandbox::start`] streams the output as [`Chunk`]s and [`Running::wait`] ends the run: by
 //! itself, at its wall-clock limit, or when asked to stop. Killing `bwrap` ends the whole node:
@@ -49,9 +52,13 @@ pub const CHUNK_BYTES_MAX: usize = 16 * 1024;
 const RUN_CHUNKS_QUEUED_MAX: usize = 16;
 /// How long the output readers may take to finish once the node is dead.
 const READERS_DRAIN_MS_MAX: u64 = 5_000;
-/// The sandbox's first process joins the cgroup (`$0`), then becomes `bwrap` (`$@`). An exit
-/// status of 125 with a shell message on stderr means it could not join.
-const JOIN_CGROUP_SCRIPT: &str = "echo $$ > \"$0\" || exit 125; exec \"$@\"";
+/// The sandbox's first process joins the cgroups (the `cgroup.procs` files before the first
+/// `--`), then becomes `bwrap` (what follows). An exit status of 125 with a shell message on
+/// stderr means it could not join. A missing `--` ends at the first failed join, not in a loop.
+const JOIN_CGROUPS_SCRIPT: &str =
+    "while [ \"$1\" != -- ]; do echo $$ > \"$1\" || exit 125; shift; done; shift; exec \"$@\"";
+/// The join script's `$0`, which names it in its error messages.
+const JOIN_CGROUPS_NAME: &str = "flotilla-join";
 /// Most arguments and environment variables a command may carry.
 pub const ARGS_MAX: usize = 4_096;
 
@@ -81,6 +88,9 @@ pub struct SandboxSpec {
     pub gpu_indices: Vec<u32>,
     /// Memory limit: the cgroup's, or the address space's where there is no cgroup.
     pub memory_bytes_max: u64,
+    /// CPU limit, thousandths of a core (2000: two cores' time); 0: none. Only where the
+    /// machine has a writable CPU cgroup (the exec driver) or through the container engine.
+    pub cpu_millis_max: u64,
     /// Killed after this long.
     pub wall_limit: Duration,
 }
@@ -279,17 +289,24 @@ pub struct Sandbox {
 }
 
 impl Sandbox {
-    /// Uses a writable memory cgroup hierarchy where there is one; says so when there is not.
+    /// Uses a writable memory cgroup hierarchy where there is one, and the CPU controller
+    /// beside it; says so when there is not.
     pub fn detect() -> Sandbox {
         match Cgroups::detect() {
             Ok(cgroups) => {
                 tracing::info!(version = ?cgroups.version(), "node memory limits through cgroups");
+                match cgroups.cpu_limits() {
+                    Ok(()) => tracing::info!("node CPU limits through cgroups"),
+                    Err(reason) => {
+                        tracing::warn!(%reason, "no writable cpu cgroup: nodes run without a CPU limit");
+                    }
+                }
                 Sandbox {
                     cgroups: Some(cgroups),
                 }
             }
             Err(reason) => {
-                tracing::warn!(%reason, "no writable memory cgroup: nodes get an address-space limit only, which GPU programs cannot live with");
+                tracing::warn!(%reason, "no writable memory cgroup: nodes get an address-space limit only, which GPU programs cannot live with, and no CPU limit");
                 Sandbox::without_cgroups()
             }
         }
@@ -303,6 +320,13 @@ impl Sandbox {
     /// The cgroup interface runs are limited through; none means the address-space fallback.
     pub fn cgroup_version(&self) -> Option<Version> {
         self.cgroups.as_ref().map(Cgroups::version)
+    }
+
+    /// Whether nodes get their CPU limit (a cgroup's).
+    pub fn limits_cpu(&self) -> bool {
+        self.cgroups
+            .as_ref()
+            .is_some_and(|cgroups| cgroups.cpu_limits().is_ok())
     }
 
     /// Removes run cgroups a previous worker left behind.
@@ -325,7 +349,7 @@ impl Sandbox {
         let cgroup = match &self.cgroups {
             Some(cgroups) => Some(
                 cgroups
-                    .create(name, spec.memory_bytes_max)
+                    .create(name, spec.memory_bytes_max, spec.cpu_millis_max)
                     .map_err(SandboxError::Cgroup)?,
             ),
             None => None,
@@ -439,7 +463,7 @@ fn far_future() -> tokio::time::Instant {
     tokio::time::Instant::now() + Duration::from_secs(86_400 * 365 * 30)
 }
 
-/// The process to spawn: `bwrap` inside the run's cgroup, or under an address-space limit,
+/// The process to spawn: `bwrap` inside the run's cgroups, or under an address-space limit,
 /// and as `nobody` on the host too when the worker is root.
 fn command(spec: &SandboxSpec, cgroup: Option<&RunCgroup>) -> tokio::process::Command {
     let mut command = match cgroup {
@@ -447,8 +471,10 @@ fn command(spec: &SandboxSpec, cgroup: Option<&RunCgroup>) -> tokio::process::Co
             let mut command = tokio::process::Command::new("sh");
             command
                 .arg("-c")
-                .arg(JOIN_CGROUP_SCRIPT)
-                .arg(cgroup.procs_file());
+                .arg(JOIN_CGROUPS_SCRIPT)
+                .arg(JOIN_CGROUPS_NAME)
+                .args(cgroup.procs_files())
+                .arg("--");
             command
         }
         None => {
@@ -545,6 +571,7 @@ mod tests {
             work_dir: work_dir.to_owned(),
             gpu_indices: vec![2, 3],
             memory_bytes_max: 1 << 30,
+            cpu_millis_max: 0,
             wall_limit: Duration::from_secs(20),
         }
     }

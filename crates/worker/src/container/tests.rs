@@ -13,13 +13,19 @@ fn spec(gpu_indices: Vec<u32>) -> SandboxSpec {
         work_dir: PathBuf::from("/srv/data/runs/run_a"),
         gpu_indices,
         memory_bytes_max: 64 << 20,
+        cpu_millis_max: 0,
         wall_limit: Duration::from_secs(5),
     }
 }
 
 #[test]
 fn the_policy_mounts_only_the_work_dir_and_drops_every_privilege() {
-    let body = create_body("busybox:1", &spec(vec![]), HashMap::new(), false);
+    let body = create_body(
+        "busybox:1",
+        &spec(vec![]),
+        HashMap::new(),
+        EngineFacts::default(),
+    );
     let host = body.host_config.clone().unwrap();
     let mounts = host.mounts.clone().unwrap();
     assert_eq!(mounts.len(), 1);
@@ -37,6 +43,7 @@ fn the_policy_mounts_only_the_work_dir_and_drops_every_privilege() {
     assert_eq!(host.memory, Some(64 << 20));
     assert_eq!(host.memory_swap, host.memory);
     assert_eq!(host.pids_limit, Some(PIDS_MAX));
+    assert!(host.nano_cpus.is_none(), "no CPU limit ordered: none set");
     assert!(host.device_requests.is_none());
     assert!(host.network_mode.is_none() && host.pid_mode.is_none() && host.ipc_mode.is_none());
     assert_eq!(body.user.as_deref(), Some("65534:65534"));
@@ -77,7 +84,11 @@ fn the_node_cannot_choose_its_gpus() {
         "CUDA_VISIBLE_DEVICES=0,1".to_owned(),
         "NVIDIA_VISIBLE_DEVICES=2,5".to_owned()
     ]));
-    let body = create_body("cuda:12", &gpus, HashMap::new(), true);
+    let nvidia = EngineFacts {
+        nvidia: true,
+        cpus: None,
+    };
+    let body = create_body("cuda:12", &gpus, HashMap::new(), nvidia);
     let requests = body.host_config.unwrap().device_requests.unwrap();
     assert_eq!(requests[0].driver.as_deref(), Some("nvidia"));
     assert_eq!(requests[0].device_ids, Some(vec!["2".into(), "5".into()]));
@@ -113,4 +124,24 @@ fn image_names_that_could_reach_other_endpoints_are_refused() {
 fn a_configured_socket_wins() {
     let configured = Path::new("/run/custom.sock");
     assert_eq!(locate(Some(configured)).as_deref(), Some(configured));
+}
+
+#[test]
+fn a_cpu_limit_becomes_nano_cpus_within_what_the_engine_takes() {
+    let mut limited = spec(vec![]);
+    limited.cpu_millis_max = 1_500;
+    let facts = EngineFacts {
+        nvidia: false,
+        cpus: Some(8),
+    };
+    let host = create_body("busybox:1", &limited, HashMap::new(), facts)
+        .host_config
+        .unwrap();
+    assert_eq!(host.nano_cpus, Some(1_500_000_000));
+    assert_eq!(nano_cpus(0, Some(8)), None);
+    assert_eq!(nano_cpus(200, None), Some(200_000_000));
+    // Over the engine's cores it would refuse the container; under a hundredth of a core too.
+    assert_eq!(nano_cpus(16_000, Some(8)), Some(8_000_000_000));
+    assert_eq!(nano_cpus(1, Some(8)), Some(10_000_000));
+    assert_eq!(nano_cpus(u64::MAX, None), Some(i64::MAX));
 }

@@ -7,7 +7,10 @@ use std::time::Instant;
 
 use bollard::query_parameters::ListContainersOptionsBuilder;
 
-use super::tests::{data_dir, exit_of, messages_until_exit, order, stream_text};
+use super::tests::{
+    BUSY_CPU_PER_WALL_MAX, BUSY_SECOND_SCRIPT, busy_seconds, data_dir, exit_of,
+    messages_until_exit, order, stream_text,
+};
 use super::*;
 
 /// An image no registry has, so it cannot be pulled either.
@@ -136,6 +139,26 @@ async fn a_container_over_its_memory_limit_ends_for_memory() {
     let (code, reason, message) = exit_of(&messages);
     assert_eq!(reason, "memory", "{code:?} {message} {messages:?}");
     assert!(!stream_text(&messages, LogStream::Stdout).contains("survived"));
+}
+
+#[tokio::test]
+async fn a_container_gets_no_more_cpu_than_its_limit() {
+    let Some(engine) = test_engine() else { return };
+    let data = data_dir();
+    let mut runner = runner(&engine, data.path());
+    let mut busy = image_order("run_ctr_cpu", BUSY_SECOND_SCRIPT, &engine.image);
+    busy.cpu_millis_max = 200;
+    runner.start(busy);
+    let messages = messages_until_exit(&mut runner, "run_ctr_cpu").await;
+    assert_eq!(exit_of(&messages).1, "exited", "{messages:?}");
+    let stdout = stream_text(&messages, LogStream::Stdout);
+    let (wall_s, cpu_s) = busy_seconds(&stdout).unwrap_or_else(|| panic!("{stdout}"));
+    assert!(wall_s >= 1.0, "{stdout}");
+    // An upper bound only, as for the exec driver: a loaded machine gives less, never more.
+    assert!(
+        cpu_s < BUSY_CPU_PER_WALL_MAX * wall_s,
+        "{cpu_s} s of CPU in {wall_s} s: {stdout}"
+    );
 }
 
 #[tokio::test]

@@ -103,6 +103,41 @@ pub(super) fn exit_of(messages: &[WorkerMessage]) -> (Option<i32>, String, Strin
     }
 }
 
+/// A busy loop for one second of wall time that forks nothing, so all its CPU time is the
+/// shell's own; then that wall time (`wall_cs=`, hundredths of a second, from /proc/uptime,
+/// which prints two decimals) and the shell's `times`. Plain `sh` builtins: dash and busybox.
+pub(super) const BUSY_SECOND_SCRIPT: &str = "read u _ < /proc/uptime; start=${u%.*}${u#*.}; \
+     now=$start; while [ $((now - start)) -lt 100 ]; do \
+     read u _ < /proc/uptime; now=${u%.*}${u#*.}; done; \
+     echo wall_cs=$((now - start)); times";
+
+/// Most CPU time a node limited to a fifth of a core may report per second of wall time:
+/// generous (an unlimited loop reports about 1), so a loaded machine cannot make it fail.
+pub(super) const BUSY_CPU_PER_WALL_MAX: f64 = 0.6;
+
+/// The wall and CPU seconds (user and system, the shell's and its children's) that
+/// [`BUSY_SECOND_SCRIPT`] printed: `times` prints lines of `<min>m<sec>s` pairs.
+pub(super) fn busy_seconds(stdout: &str) -> Option<(f64, f64)> {
+    let wall_cs: f64 = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("wall_cs="))?
+        .trim()
+        .parse()
+        .ok()?;
+    let mut cpu_s = 0.0;
+    let times_lines = stdout
+        .lines()
+        .filter(|line| line.starts_with(|c: char| c.is_ascii_digit()) && line.ends_with('s'));
+    for line in times_lines {
+        for piece in line.split('s').map(str::trim).filter(|p| !p.is_empty()) {
+            let (minutes, seconds) = piece.split_once('m')?;
+            cpu_s +=
+                minutes.trim().parse::<f64>().ok()? * 60.0 + seconds.trim().parse::<f64>().ok()?;
+        }
+    }
+    Some((wall_cs / 100.0, cpu_s))
+}
+
 #[test]
 fn the_decoder_keeps_characters_whole_and_offsets_raw() {
     let mut decoder = LogDecoder::default();
@@ -366,4 +401,42 @@ async fn the_same_run_twice_runs_once() {
     let again = messages_until_exit(&mut runner, "run_twice").await;
     assert_eq!(again.len(), 1, "{again:?}");
     assert_eq!(again.last().cloned(), first_exit);
+}
+
+#[test]
+fn the_busy_loop_report_parses() {
+    let dash = "wall_cs=101\n0m0.110000s 0m0.090000s\n0m1.000000s 1m0.000000s\n";
+    assert_eq!(busy_seconds(dash), Some((1.01, 61.2)));
+    let busybox = "wall_cs=100\n0m 0.11s 0m 0.09s\n0m 0.00s 0m 0.00s\n";
+    let (wall_s, cpu_s) = busy_seconds(busybox).unwrap();
+    assert_eq!(wall_s, 1.0);
+    assert!((cpu_s - 0.2).abs() < 1e-9);
+    assert_eq!(busy_seconds("0m0.1s 0m0.1s\n"), None);
+}
+
+#[tokio::test]
+async fn a_node_gets_no_more_cpu_than_its_limit() {
+    if !sandbox_available() {
+        return;
+    }
+    let data = data_dir();
+    let mut runner = Runner::new(data.path()).unwrap();
+    if !runner.cpu_limited_by_cgroup() {
+        eprintln!("no writable cpu cgroup: the CPU limit test did not run");
+        return;
+    }
+    let mut busy = order("run_busy", BUSY_SECOND_SCRIPT);
+    busy.cpu_millis_max = 200;
+    runner.start(busy);
+    let messages = messages_until_exit(&mut runner, "run_busy").await;
+    assert_eq!(exit_of(&messages).1, "exited", "{messages:?}");
+    let stdout = stream_text(&messages, LogStream::Stdout);
+    let (wall_s, cpu_s) = busy_seconds(&stdout).unwrap_or_else(|| panic!("{stdout}"));
+    assert!(wall_s >= 1.0, "{stdout}");
+    // A fifth of a core: about 0.2 s of CPU per second. Only an upper bound: a loaded machine
+    // gives less, never more.
+    assert!(
+        cpu_s < BUSY_CPU_PER_WALL_MAX * wall_s,
+        "{cpu_s} s of CPU in {wall_s} s: {stdout}"
+    );
 }
