@@ -412,3 +412,100 @@ async fn logs(connection: &Connection, id: &str, node: Option<u32>, follow: bool
         }
     }
 }
+
+/// The protocol `flotilla connect` asks the coordinator to switch to.
+const TUNNEL_PROTOCOL: &str = "flotilla-tunnel";
+
+#[derive(Debug, clap::Args)]
+pub struct ConnectArgs {
+    #[command(flatten)]
+    connection: Connection,
+    /// The cluster (clu_...).
+    cluster: String,
+    /// The node's rank.
+    #[arg(long, default_value_t = 0)]
+    node: u32,
+    /// A port the cluster declared.
+    #[arg(long)]
+    port: u16,
+    /// The local port to listen on (default: a free one, printed).
+    #[arg(long)]
+    local_port: Option<u16>,
+    /// Carry one connection over standard input and output (for ssh's ProxyCommand).
+    #[arg(long)]
+    stdio: bool,
+}
+
+fn connect_path(args: &ConnectArgs) -> String {
+    format!(
+        "clusters/{}/connect?node={}&port={}",
+        args.cluster, args.node, args.port
+    )
+}
+
+/// `flotilla connect`: a local listener (or standard input and output) whose connections reach
+/// a port of a node, through the coordinator and the node's worker's tunnel.
+pub async fn connect(args: ConnectArgs) -> Result<()> {
+    let client = args.connection.client()?;
+    let path = connect_path(&args);
+    if args.stdio {
+        let upgraded = client.upgrade(&path, TUNNEL_PROTOCOL).await?;
+        return carry_stdio(upgraded).await;
+    }
+    // One check before listening, so a wrong cluster, node or port fails at once; a node
+    // that does not answer on the port yet is only a warning.
+    match client.upgrade(&path, TUNNEL_PROTOCOL).await {
+        Ok(probe) => drop(probe),
+        Err(flotilla_client::ClientError::Api { code, message, .. })
+            if code == "node_refused" || code == "unavailable" =>
+        {
+            eprintln!("warning: {message}");
+        }
+        Err(error) => return Err(error.into()),
+    }
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", args.local_port.unwrap_or(0)))
+        .await
+        .context("cannot listen on the local port")?;
+    let local = listener.local_addr()?;
+    println!(
+        "listening on {local}: connections reach port {} of node {} of {}",
+        args.port, args.node, args.cluster
+    );
+    std::io::stdout().flush()?;
+    loop {
+        let (mut local_stream, _) = listener.accept().await?;
+        let client = client.clone();
+        let path = path.clone();
+        tokio::spawn(async move {
+            match client.upgrade(&path, TUNNEL_PROTOCOL).await {
+                Ok(upgraded) => {
+                    let mut remote = upgraded;
+                    let _ = tokio::io::copy_bidirectional(&mut local_stream, &mut remote).await;
+                }
+                Err(error) => eprintln!("error: {error}"),
+            }
+        });
+    }
+}
+
+/// Standard input to the node, the node to standard output, until both ends closed.
+async fn carry_stdio<S>(upgraded: S) -> Result<()>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send,
+{
+    use tokio::io::AsyncWriteExt;
+    let (mut from_node, mut to_node) = tokio::io::split(upgraded);
+    let sending = async {
+        tokio::io::copy(&mut tokio::io::stdin(), &mut to_node).await?;
+        to_node.shutdown().await
+    };
+    let receiving = async {
+        let mut stdout = tokio::io::stdout();
+        tokio::io::copy(&mut from_node, &mut stdout).await?;
+        stdout.flush().await
+    };
+    let (sent, received) = tokio::join!(sending, receiving);
+    sent.context("sending")?;
+    received.context("receiving")?;
+    Ok(())
+}

@@ -77,6 +77,10 @@ struct CoordinatorArgs {
     /// Address to listen on; port 0 picks a free port (printed on stdout).
     #[arg(long, default_value = "127.0.0.1:7700", env = "FLOTILLA_LISTEN")]
     listen: SocketAddr,
+    /// Address of the tunnel listener workers dial for renters' connections (default: the
+    /// listen host, next port; a free one when --listen picks its own).
+    #[arg(long)]
+    tunnel_listen: Option<SocketAddr>,
     /// `sqlite:PATH` or `postgres://...`.
     #[arg(
         long,
@@ -238,6 +242,7 @@ async fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
     }
     let config = flotilla_coordinator::Config {
         listen: args.listen,
+        tunnel_listen: args.tunnel_listen,
         database_url: args.database,
         allow_simulated_devices: args.allow_simulated_devices,
         heartbeat_interval_ms: args.heartbeat_interval_ms,

@@ -119,6 +119,38 @@ impl Client {
         }
     }
 
+    /// GET `path` asking to switch to `protocol` (`Connection: Upgrade`); the upgraded
+    /// connection's bytes are the caller's. An error answer comes back as [`ClientError::Api`].
+    /// The connection has no overall timeout, only one for connecting.
+    pub async fn upgrade(
+        &self,
+        path: &str,
+        protocol: &str,
+    ) -> Result<reqwest::Upgraded, ClientError> {
+        let transport = |e: reqwest::Error| ClientError::Transport {
+            url: self.base_url.clone(),
+            detail: e.to_string(),
+        };
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_millis(REQUEST_TIMEOUT_MS))
+            .build()
+            .map_err(transport)?;
+        let mut request = http
+            .get(self.url(path))
+            .header(reqwest::header::CONNECTION, "upgrade")
+            .header(reqwest::header::UPGRADE, protocol);
+        if let Some(key) = &self.api_key {
+            request = request.bearer_auth(key.expose());
+        }
+        let response = request.send().await.map_err(transport)?;
+        if response.status() != reqwest::StatusCode::SWITCHING_PROTOCOLS {
+            let status = response.status();
+            let bytes = response.bytes().await.map_err(transport)?;
+            return Err(api_error(status.as_u16(), &bytes));
+        }
+        response.upgrade().await.map_err(transport)
+    }
+
     async fn send<T: DeserializeOwned>(
         &self,
         request: reqwest::RequestBuilder,
@@ -141,22 +173,27 @@ impl Client {
             detail: e.to_string(),
         })?;
         if !status.is_success() {
-            return Err(match serde_json::from_slice::<ErrorBody>(&bytes) {
-                Ok(body) => ClientError::Api {
-                    status: status.as_u16(),
-                    code: body.error.code,
-                    message: body.error.message,
-                    field: body.error.field,
-                },
-                Err(_) => ClientError::Api {
-                    status: status.as_u16(),
-                    code: "http_error".to_owned(),
-                    message: String::from_utf8_lossy(&bytes).chars().take(200).collect(),
-                    field: None,
-                },
-            });
+            return Err(api_error(status.as_u16(), &bytes));
         }
         Ok(bytes.to_vec())
+    }
+}
+
+/// An error answer's body as a [`ClientError::Api`].
+fn api_error(status: u16, bytes: &[u8]) -> ClientError {
+    match serde_json::from_slice::<ErrorBody>(bytes) {
+        Ok(body) => ClientError::Api {
+            status,
+            code: body.error.code,
+            message: body.error.message,
+            field: body.error.field,
+        },
+        Err(_) => ClientError::Api {
+            status,
+            code: "http_error".to_owned(),
+            message: String::from_utf8_lossy(bytes).chars().take(200).collect(),
+            field: None,
+        },
     }
 }
 

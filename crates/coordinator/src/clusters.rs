@@ -355,6 +355,7 @@ pub async fn order_for(app: &AppState, run: &RunRow) -> ApiResult<Option<NodeOrd
         env,
         device_ids,
         peers,
+        ports: spec.ports.clone(),
         memory_bytes_max: spec.memory_mib.unwrap_or(MEMORY_MIB_DEFAULT) << 20,
         cpu_millis_max: u64::from(cpus_of(&spec)) * 1_000,
         wall_limit_ms: u64::from(crate::rent::HOURS_MAX) * 3_600_000,

@@ -7,6 +7,9 @@ use std::net::SocketAddr;
 pub struct Config {
     /// Address to serve HTTP and worker sessions on; port 0 picks a free one.
     pub listen: SocketAddr,
+    /// Address of the tunnel listener workers dial for renters' connections; none: the
+    /// listen address's host, on the next port (or a free one when `listen` picks its own).
+    pub tunnel_listen: Option<SocketAddr>,
     /// `sqlite:PATH` (or a bare path) or `postgres://...`.
     pub database_url: String,
     /// Accept devices made up by `--simulate-gpu`. Off in production; `flotilla dev` sets it.
@@ -60,6 +63,7 @@ impl Default for Config {
     fn default() -> Config {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 7700)),
+            tunnel_listen: None,
             database_url: "sqlite:flotilla.db".to_owned(),
             allow_simulated_devices: false,
             heartbeat_interval_ms: 10_000,

@@ -28,6 +28,7 @@ pub mod rent;
 pub mod scheduling;
 mod session;
 pub mod telemetry;
+pub mod tunnels;
 pub mod verifier;
 
 use std::net::SocketAddr;
@@ -86,6 +87,8 @@ pub struct AppState {
     pub ledger: ledger::Ledger,
     /// Asks the scheduling loop for a pass now (a deploy need not wait for the next tick).
     pub schedule_now: Arc<tokio::sync::Notify>,
+    /// Workers' tunnels, for renters' connections to their nodes.
+    pub tunnels: Arc<tunnels::Tunnels>,
 }
 
 /// Errors starting the coordinator.
@@ -162,6 +165,29 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     })?;
     let (verifier, _verifier_task) = verifier::Verifier::start();
     let (ledger, ledger_writer) = ledger::Ledger::start(store.clone()).await?;
+    let tunnel_addr = config.tunnel_listen.unwrap_or_else(|| {
+        let port = match local_addr.port() {
+            0 | u16::MAX => 0,
+            _ if config.listen.port() == 0 => 0,
+            port => port + 1,
+        };
+        SocketAddr::new(local_addr.ip(), port)
+    });
+    let tunnel_listener = tokio::net::TcpListener::bind(tunnel_addr)
+        .await
+        .map_err(|source| StartError::Listen {
+            addr: tunnel_addr,
+            source,
+        })?;
+    let tunnel_port = tunnel_listener
+        .local_addr()
+        .map_err(|source| StartError::Listen {
+            addr: tunnel_addr,
+            source,
+        })?
+        .port();
+    // The tunnel's Noise key is the ledger key's X25519 twin: stable, and nothing more to keep.
+    let tunnel_key = flotilla_tunnel::StaticKeypair::from_ed25519(ledger.signing_key());
     let app = AppState {
         store: store.clone(),
         config: Arc::new(config),
@@ -173,6 +199,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         prices: Arc::new(market::PriceHistory::default()),
         ledger,
         schedule_now: Arc::new(tokio::sync::Notify::new()),
+        tunnels: Arc::new(tunnels::Tunnels::new(tunnel_key, tunnel_port)),
     };
     let router = api::router(app.clone());
     let mut server_shutdown = shutdown_rx.clone();
@@ -187,6 +214,11 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             tracing::error!(%error, "http server failed");
         }
     });
+    let tunnel = tokio::spawn(tunnels::serve(
+        app.clone(),
+        tunnel_listener,
+        shutdown_rx.clone(),
+    ));
     let liveness = tokio::spawn(liveness_loop(app.clone(), shutdown_rx.clone()));
     let scheduling = tokio::spawn(scheduling::run(app.clone(), shutdown_rx.clone()));
     let upkeep = tokio::spawn(ledger_upkeep::run(app.clone(), shutdown_rx.clone()));
@@ -196,7 +228,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         local_addr,
         store,
         shutdown: shutdown_tx,
-        tasks: vec![server, liveness, scheduling, upkeep, housekeeping],
+        tasks: vec![server, tunnel, liveness, scheduling, upkeep, housekeeping],
         ledger_writer,
     })
 }

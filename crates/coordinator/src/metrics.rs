@@ -26,6 +26,9 @@ pub struct Metrics {
     pub device_transitions: Family<Labels, Counter>,
     pub telemetry_buckets_written: Counter,
     pub telemetry_buckets_dropped: Counter,
+    /// Bytes carried through worker tunnels, by direction (to_node, from_node).
+    pub tunnel_bytes: Family<Labels, Counter>,
+    pub tunnel_connections: Counter,
 }
 
 impl Metrics {
@@ -90,7 +93,21 @@ impl Metrics {
             "Telemetry history rows dropped because the write queue was full",
             telemetry_buckets_dropped.clone(),
         );
+        let tunnel_bytes = Family::<Labels, Counter>::default();
+        registry.register(
+            "flotilla_tunnel_bytes",
+            "Bytes carried between renters and their nodes, by direction",
+            tunnel_bytes.clone(),
+        );
+        let tunnel_connections = Counter::default();
+        registry.register(
+            "flotilla_tunnel_connections",
+            "Renters' connections to their nodes, ended",
+            tunnel_connections.clone(),
+        );
         Metrics {
+            tunnel_bytes,
+            tunnel_connections,
             registry,
             api_requests,
             api_request_duration,
@@ -102,6 +119,16 @@ impl Metrics {
             device_transitions,
             telemetry_buckets_written,
             telemetry_buckets_dropped,
+        }
+    }
+
+    /// Counts one ended tunnelled connection.
+    pub fn tunnel_bytes(&self, to_node: u64, from_node: u64) {
+        self.tunnel_connections.inc();
+        for (direction, bytes) in [("to_node", to_node), ("from_node", from_node)] {
+            self.tunnel_bytes
+                .get_or_create(&vec![("direction", direction.to_owned())])
+                .inc_by(bytes);
         }
     }
 

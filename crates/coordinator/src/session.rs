@@ -345,6 +345,7 @@ async fn hello_session(
         worker_id: worker.id.clone(),
         heartbeat_interval_ms: app.config.heartbeat_interval_ms,
         devices: assignments,
+        tunnel: Some(app.tunnels.offer()),
     };
     let bound = Bound {
         worker_id: worker.id.clone(),

@@ -730,6 +730,15 @@ pub struct LogPage {
     pub ended: bool,
 }
 
+/// `?node=&port=` on a connection to a node.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectQuery {
+    /// The node's rank.
+    pub node: u32,
+    pub port: u16,
+}
+
 /// `?after=&node=&limit=` on a cluster's logs.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]

@@ -38,6 +38,9 @@ pub enum ServerMessage {
         worker_id: String,
         heartbeat_interval_ms: u64,
         devices: Vec<DeviceAssignment>,
+        /// Where the worker opens its tunnel, for renters' connections to its nodes.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tunnel: Option<TunnelOffer>,
     },
     /// Prove the compute and memory of one device (see `flotilla_proof`); answer with
     /// [`WorkerMessage::ComputeProof`] before the challenge's commitment deadline.
@@ -90,6 +93,9 @@ pub struct NodeOrder {
     pub device_ids: Vec<String>,
     /// Host names of every node's worker, by rank.
     pub peers: Vec<String>,
+    /// Ports the node serves that its renter may reach through the tunnel.
+    #[serde(default)]
+    pub ports: Vec<u16>,
     /// Memory limit for the node's processes.
     pub memory_bytes_max: u64,
     /// CPU limit for the node's processes, thousandths of a core (2000: two cores' time).
@@ -132,6 +138,7 @@ impl std::fmt::Debug for NodeOrder {
             .field("env_names", &env_names)
             .field("device_ids", &self.device_ids)
             .field("peers", &self.peers)
+            .field("ports", &self.ports)
             .field("memory_bytes_max", &self.memory_bytes_max)
             .field("cpu_millis_max", &self.cpu_millis_max)
             .field("wall_limit_ms", &self.wall_limit_ms)
@@ -162,6 +169,37 @@ pub enum LogStream {
 
 /// Bytes of one [`WorkerMessage::NodeLog`] chunk at most.
 pub const LOG_CHUNK_BYTES_MAX: usize = 16 * 1024;
+
+/// The coordinator's tunnel listener: its port (on the host the worker reaches the
+/// coordinator at) and its Noise static public key (hex of 32 bytes, X25519), which the worker
+/// requires of the listener.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TunnelOffer {
+    pub port: u16,
+    pub public_key: String,
+}
+
+/// The first line on every tunnel stream the coordinator opens: which run's port to reach.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamOpen {
+    pub run_id: String,
+    pub port: u16,
+}
+
+/// The worker's one-line answer to a [`StreamOpen`]; after `ok`, the stream carries the
+/// connection's bytes both ways.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamOpened {
+    pub ok: bool,
+    #[serde(default)]
+    pub error: String,
+}
+
+/// Longest first line of a tunnel stream, either way.
+pub const STREAM_LINE_BYTES_MAX: usize = 1024;
 
 /// The id the coordinator gave one reported device.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -442,6 +480,7 @@ mod tests {
             env: vec![("HF_TOKEN".into(), "hf_secretvalue".into())],
             device_ids: vec![],
             peers: vec![],
+            ports: vec![],
             memory_bytes_max: 1,
             cpu_millis_max: 1,
             wall_limit_ms: 1,

@@ -95,6 +95,15 @@ pub async fn run(
         .with_container_engine(crate::container::locate(config.docker_socket.as_deref()))
         .with_coordinator(&config.coordinator_url);
     tracing::info!(worker_id = %enrollment.worker_id, devices = inventory.hardware().len(), "worker starting");
+    // The tunnel lives beside the sessions; each welcome tells it where to go.
+    let (tunnel_offers, offers) = watch::channel(None);
+    let tunnel = crate::tunnel::TunnelConfig {
+        coordinator_url: config.coordinator_url.clone(),
+        worker_id: enrollment.worker_id.clone(),
+        key: key.clone(),
+        ports: runner.port_table(),
+    };
+    tokio::spawn(crate::tunnel::run(tunnel, offers, shutdown.clone()));
     let mut delay_ms = RECONNECT_DELAY_MS_MIN;
     loop {
         let context = SessionContext {
@@ -104,6 +113,7 @@ pub async fn run(
             hostname: &hostname,
             inventory: &mut inventory,
             runner: &mut runner,
+            tunnel_offers: &tunnel_offers,
         };
         let end = session(context, &mut shutdown).await;
         match end {
@@ -223,6 +233,7 @@ struct SessionContext<'a> {
     hostname: &'a str,
     inventory: &'a mut Inventory,
     runner: &'a mut Runner,
+    tunnel_offers: &'a watch::Sender<Option<flotilla_proto::wire::TunnelOffer>>,
 }
 
 async fn session(context: SessionContext<'_>, shutdown: &mut watch::Receiver<bool>) -> SessionEnd {
@@ -233,6 +244,7 @@ async fn session(context: SessionContext<'_>, shutdown: &mut watch::Receiver<boo
         hostname,
         inventory,
         runner,
+        tunnel_offers,
     } = context;
     let retry = |reason: String| SessionEnd::Retry {
         healthy: false,
@@ -280,8 +292,14 @@ async fn session(context: SessionContext<'_>, shutdown: &mut watch::Receiver<boo
             ServerMessage::Welcome {
                 heartbeat_interval_ms,
                 devices,
+                tunnel,
                 ..
             } => {
+                tunnel_offers.send_if_modified(|current| {
+                    let changed = *current != tunnel;
+                    *current = tunnel;
+                    changed
+                });
                 let ids: Vec<(String, String)> = devices
                     .into_iter()
                     .map(|d| (d.hardware_id, d.device_id))

@@ -23,6 +23,7 @@ pub mod hardware;
 pub mod identity;
 pub mod runs;
 pub mod sandbox;
+pub mod tunnel;
 
 use std::path::{Path, PathBuf};
 

@@ -119,6 +119,38 @@ impl Outbox {
     }
 }
 
+/// The ports of live runs a renter may reach through the tunnel, by run id. Shared between
+/// the runner (which adds and removes runs) and the tunnel (which only reads).
+#[derive(Debug, Clone, Default)]
+pub struct PortTable {
+    runs: Arc<std::sync::RwLock<HashMap<String, Vec<u16>>>>,
+}
+
+impl PortTable {
+    fn insert(&self, run_id: &str, ports: Vec<u16>) {
+        let mut runs = self.runs.write().unwrap_or_else(PoisonError::into_inner);
+        runs.insert(run_id.to_owned(), ports);
+    }
+
+    fn remove(&self, run_id: &str) {
+        let mut runs = self.runs.write().unwrap_or_else(PoisonError::into_inner);
+        runs.remove(run_id);
+    }
+
+    /// Where a tunnelled connection to `port` of `run_id` goes, if this worker runs it live
+    /// and the port was declared.
+    pub fn target(&self, run_id: &str, port: u16) -> Result<std::net::SocketAddr, String> {
+        let runs = self.runs.read().unwrap_or_else(PoisonError::into_inner);
+        match runs.get(run_id) {
+            Some(ports) if ports.contains(&port) => {
+                Ok(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+            }
+            Some(_) => Err(format!("port {port} is not one its cluster declared")),
+            None => Err(format!("run {run_id} is not live on this worker")),
+        }
+    }
+}
+
 /// A run whose end is not yet handed to the agent.
 #[derive(Debug)]
 struct Live {
@@ -139,6 +171,8 @@ pub struct Runner {
     /// GPU index of each device of this worker, by device id (none: not a GPU).
     devices: HashMap<String, Option<u32>>,
     live: HashMap<String, Live>,
+    /// What the tunnel may reach: each live exec run's declared ports.
+    ports: PortTable,
     /// Reports of runs that ended and were handed over, oldest first.
     finished: VecDeque<WorkerMessage>,
     outbox: Arc<Outbox>,
@@ -175,6 +209,7 @@ impl Runner {
             runs_dir,
             devices: HashMap::new(),
             live: HashMap::new(),
+            ports: PortTable::default(),
             finished: VecDeque::new(),
             outbox: Arc::default(),
         })
@@ -280,7 +315,17 @@ impl Runner {
             stop: Some(stop),
             task,
         };
+        // Nodes on the exec driver share the worker's network: their ports are on loopback.
+        // A container's ports are not reachable through the tunnel yet.
+        if order.image.is_none() && !order.ports.is_empty() {
+            self.ports.insert(&order.run_id, order.ports.clone());
+        }
         self.live.insert(order.run_id, live);
+    }
+
+    /// The table the tunnel consults, shared with it.
+    pub fn port_table(&self) -> PortTable {
+        self.ports.clone()
     }
 
     /// Kills a live run; it is reported `stopped` with `reason` as the message. A run this
@@ -330,6 +375,7 @@ impl Runner {
         let WorkerMessage::NodeExited { run_id, .. } = message else {
             return;
         };
+        self.ports.remove(run_id);
         if self.live.remove(run_id).is_none() || self.finished_report(run_id).is_some() {
             return;
         }

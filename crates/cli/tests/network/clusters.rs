@@ -15,7 +15,7 @@ const TOKEN: u64 = 1_000_000;
 
 /// Whether bubblewrap runs here; without it (and unless the test command requires it) the
 /// tests that run nodes say so and stop.
-fn sandbox_ready() -> bool {
+pub(crate) fn sandbox_ready() -> bool {
     let present = Command::new("bwrap").arg("--version").output().is_ok();
     assert!(
         present || std::env::var("FLOTILLA_REQUIRE_SANDBOX").as_deref() != Ok("1"),
@@ -27,18 +27,18 @@ fn sandbox_ready() -> bool {
     present
 }
 
-struct Market {
-    coordinator: Coordinator,
-    renter_key: String,
-    renter: Client,
-    supplier: Client,
-    _workers: Vec<Proc>,
-    _dirs: Vec<tempfile::TempDir>,
+pub(crate) struct Market {
+    pub(crate) coordinator: Coordinator,
+    pub(crate) renter_key: String,
+    pub(crate) renter: Client,
+    pub(crate) supplier: Client,
+    pub(crate) _workers: Vec<Proc>,
+    pub(crate) _dirs: Vec<tempfile::TempDir>,
 }
 
 /// A coordinator with `workers` one-GPU workers of one supplier at 6 IOSD an hour, and a
 /// renter holding 100 IOSD.
-async fn market(db: Db, workers: usize) -> Market {
+pub(crate) async fn market(db: Db, workers: usize) -> Market {
     market_with(db, workers, "500", &[]).await
 }
 
@@ -46,7 +46,7 @@ async fn market_with_minute(db: Db, workers: usize, rent_minute_ms: &str) -> Mar
     market_with(db, workers, rent_minute_ms, &[]).await
 }
 
-async fn market_with(
+pub(crate) async fn market_with(
     db: Db,
     workers: usize,
     rent_minute_ms: &str,
@@ -103,7 +103,7 @@ async fn market_with(
     }
 }
 
-fn cli(coordinator: &Coordinator, key: &str, args: &[&str]) -> (bool, String, String) {
+pub(crate) fn cli(coordinator: &Coordinator, key: &str, args: &[&str]) -> (bool, String, String) {
     // The connection goes before `--`: what follows is the nodes' command.
     let split = args.iter().position(|a| *a == "--").unwrap_or(args.len());
     let output = Command::new(BIN)
@@ -128,7 +128,12 @@ async fn iosd_available(client: &Client) -> i64 {
         .map_or(0, |b| b.available_micros)
 }
 
-async fn until_state(client: &Client, id: &str, state: &str, limit_s: u64) -> ClusterInfo {
+pub(crate) async fn until_state(
+    client: &Client,
+    id: &str,
+    state: &str,
+    limit_s: u64,
+) -> ClusterInfo {
     eventually(Duration::from_secs(limit_s), || async {
         let info: ClusterInfo = client.get(&format!("clusters/{id}")).await.ok()?;
         (info.state == state).then_some(info)
@@ -137,11 +142,11 @@ async fn until_state(client: &Client, id: &str, state: &str, limit_s: u64) -> Cl
     .unwrap_or_else(|| panic!("cluster {id} reaches {state}"))
 }
 
-async fn all_logs(client: &Client, id: &str) -> LogPage {
+pub(crate) async fn all_logs(client: &Client, id: &str) -> LogPage {
     client.get(&format!("clusters/{id}/logs")).await.unwrap()
 }
 
-fn spec(nodes: u32, command: &[&str]) -> ClusterSpec {
+pub(crate) fn spec(nodes: u32, command: &[&str]) -> ClusterSpec {
     ClusterSpec {
         name: "job".into(),
         kind: "batch".into(),
@@ -536,7 +541,7 @@ async fn bad_specs_funds_and_other_renters_are_refused(db: Db) {
 on_both_databases!(bad_specs_funds_and_other_renters_are_refused);
 
 /// The worker id a worker process enrolled as, from its data directory.
-fn worker_id_of(dir: &tempfile::TempDir) -> String {
+pub(crate) fn worker_id_of(dir: &tempfile::TempDir) -> String {
     let text = std::fs::read_to_string(dir.path().join("enrollment.json")).unwrap();
     let record: serde_json::Value = serde_json::from_str(&text).unwrap();
     record["worker_id"].as_str().unwrap().to_owned()

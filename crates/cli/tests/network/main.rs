@@ -10,3 +10,4 @@ mod fleet;
 mod ledger;
 mod market;
 mod protocol;
+mod tunnels;

@@ -12,6 +12,7 @@ pub mod proofs;
 pub mod proposals;
 pub mod requests;
 pub mod runs;
+pub mod tunnel;
 pub mod workers;
 
 use std::time::Instant;
@@ -58,7 +59,7 @@ use crate::error::{ApiError, ApiResult};
         clusters::quote_cluster, clusters::deploy_cluster, clusters::list_clusters,
         clusters::show_cluster, clusters::terminate_cluster, clusters::extend_cluster,
         clusters::cluster_logs, clusters::rate_nodes,
-        runs::put_checkpoint, runs::get_checkpoint,
+        runs::put_checkpoint, runs::get_checkpoint, tunnel::connect,
     ),
     components(schemas(wire::ErrorBody, wire::ErrorDetail)),
     modifiers(&BearerAuth),
@@ -142,6 +143,7 @@ pub fn router(app: AppState) -> Router {
         )
         .route("/clusters/{id}/extend", post(clusters::extend_cluster))
         .route("/clusters/{id}/logs", get(clusters::cluster_logs))
+        .route("/clusters/{id}/connect", get(tunnel::connect))
         .route("/clusters/{id}/ratings", post(clusters::rate_nodes))
         .route(
             "/runs/{id}/checkpoint",

@@ -17,6 +17,7 @@ pub(super) fn order(run_id: &str, script: &str) -> NodeOrder {
         env: vec![("GREETING".to_owned(), "hello".to_owned())],
         device_ids: vec![],
         peers: vec!["a.example".into(), "b.example".into(), "c.example".into()],
+        ports: vec![],
         memory_bytes_max: 512 * 1024 * 1024,
         cpu_millis_max: 0,
         wall_limit_ms: 20_000,

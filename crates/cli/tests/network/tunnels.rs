@@ -1,0 +1,249 @@
+//! Reverse tunnels through the real binaries: a renter reaches a port of its running node
+//! with `flotilla connect` (a local listener, or standard input and output), many connections
+//! at once and 100 MiB with a checksum; another renter, an undeclared port or a stopped
+//! cluster are refused; after a coordinator restart new connections work again.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use flotilla_client::ClientError;
+use flotilla_proto::api::{ClusterInfo, ClusterSpec, Role};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::clusters::{Market, market, sandbox_ready, spec, until_state};
+use crate::harness::{BIN, Db, Proc, eventually};
+use crate::on_both_databases;
+
+/// An echo server on `port` of the node's loopback, threads per connection.
+fn echo_server(port: u16) -> String {
+    format!(
+        "import socket, threading\n\
+         s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+         s.bind(('127.0.0.1', {port})); s.listen(128)\n\
+         def echo(c):\n    \
+             while True:\n        \
+                 d = c.recv(262144)\n        \
+                 if not d: break\n        \
+                 c.sendall(d)\n    \
+             c.close()\n\
+         while True:\n    \
+             c, _ = s.accept(); threading.Thread(target=echo, args=(c,), daemon=True).start()\n"
+    )
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `flotilla connect` as a process; the local address it listens on.
+fn connect_process(url: &str, key: &str, cluster: &str, port: u16) -> (Proc, String) {
+    let mut child = Command::new(BIN)
+        .args([
+            "connect",
+            cluster,
+            "--node",
+            "0",
+            "--port",
+            &port.to_string(),
+        ])
+        .args(["--url", url, "--api-key", key])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let address = line
+        .strip_prefix("listening on ")
+        .and_then(|rest| rest.split(':').take(2).collect::<Vec<_>>().join(":").into())
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+    (Proc { child }, address)
+}
+
+/// Sends `bytes` through an echo connection while reading it back; the digests of both ends.
+async fn echo_through(address: &str, bytes: Vec<u8>) -> ([u8; 32], [u8; 32]) {
+    let stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    let sent_digest: [u8; 32] = Sha256::digest(&bytes).into();
+    let total = bytes.len();
+    let sender = tokio::spawn(async move {
+        for chunk in bytes.chunks(1 << 20) {
+            writer.write_all(chunk).await.unwrap();
+        }
+        writer.shutdown().await.unwrap();
+    });
+    let mut received = Sha256::new();
+    let mut buffer = vec![0u8; 1 << 16];
+    let mut count = 0;
+    while count < total {
+        let read = reader.read(&mut buffer).await.unwrap();
+        assert!(read > 0, "the echo ended after {count} of {total} bytes");
+        received.update(&buffer[..read]);
+        count += read;
+    }
+    sender.await.unwrap();
+    (sent_digest, received.finalize().into())
+}
+
+/// Whether a short message comes back through the tunnel (false on any error: the node may
+/// not listen yet).
+async fn try_echo(address: &str, message: &[u8]) -> bool {
+    let attempt = async {
+        let mut stream = tokio::net::TcpStream::connect(address).await?;
+        stream.write_all(message).await?;
+        let mut back = vec![0u8; message.len()];
+        stream.read_exact(&mut back).await?;
+        std::io::Result::Ok(back == message)
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(5), attempt).await,
+        Ok(Ok(true))
+    )
+}
+
+fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}
+
+async fn a_renter_reaches_its_nodes_port_and_no_one_else_does(db: Db) {
+    if !sandbox_ready() {
+        return;
+    }
+    let Market {
+        coordinator,
+        renter_key,
+        renter,
+        _workers,
+        _dirs,
+        ..
+    } = market(db, 1).await;
+    let port = free_port();
+    let service = ClusterSpec {
+        kind: "service".into(),
+        ports: vec![port],
+        ..spec(1, &["python3", "-c", &echo_server(port)])
+    };
+    let cluster: ClusterInfo = renter.post("clusters", &service).await.unwrap();
+    until_state(&renter, &cluster.id, "running", 30).await;
+    let (listener, address) = connect_process(&coordinator.url, &renter_key, &cluster.id, port);
+    // The node's server may take a moment to listen.
+    let ready = eventually(Duration::from_secs(20), || async {
+        try_echo(&address, b"ping").await.then_some(())
+    })
+    .await;
+    assert!(
+        ready.is_some(),
+        "the echo server answers through the tunnel"
+    );
+
+    // Many connections at once, each its own bytes.
+    let parallel: Vec<_> = (0..16u64)
+        .map(|seed| {
+            let address = address.clone();
+            tokio::spawn(
+                async move { echo_through(&address, pseudo_random(256 << 10, seed)).await },
+            )
+        })
+        .collect();
+    for connection in parallel {
+        let (sent, received) = connection.await.unwrap();
+        assert_eq!(sent, received);
+    }
+    // 100 MiB through one connection, compared by checksum at both ends.
+    let (sent, received) = echo_through(&address, pseudo_random(100 << 20, 7)).await;
+    assert_eq!(sent, received, "100 MiB arrive intact");
+
+    // --stdio carries one connection over standard input and output.
+    let mut stdio = Command::new(BIN)
+        .args([
+            "connect",
+            &cluster.id,
+            "--port",
+            &port.to_string(),
+            "--stdio",
+        ])
+        .args(["--url", &coordinator.url, "--api-key", &renter_key])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    stdio
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"hello through stdio\n")
+        .unwrap();
+    let output = tokio::task::spawn_blocking(move || stdio.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        "hello through stdio\n"
+    );
+
+    // Refusals: another renter, a port the cluster did not declare.
+    let other_key = coordinator.account("other", &[Role::Renter]).await;
+    let path = |port: u16| format!("clusters/{}/connect?node=0&port={port}", cluster.id);
+    let refused = coordinator
+        .client(Some(&other_key))
+        .upgrade(&path(port), "flotilla-tunnel")
+        .await
+        .unwrap_err();
+    assert_eq!(refused.status(), Some(404), "{refused}");
+    match renter.upgrade(&path(port + 1), "flotilla-tunnel").await {
+        Err(ClientError::Api {
+            status: 422, field, ..
+        }) => assert_eq!(field.as_deref(), Some("port")),
+        other => panic!("an undeclared port: {other:?}"),
+    }
+
+    // A coordinator restart: the worker's tunnel comes back and new connections work.
+    let coordinator = coordinator.restart(&[
+        "--tunnel-listen",
+        "127.0.0.1:0",
+        "--faucet",
+        "--allow-simulated-devices",
+        "--schedule-interval-ms",
+        "100",
+        "--rent-minute-ms",
+        "500",
+    ]);
+    let again = eventually(Duration::from_secs(30), || async {
+        try_echo(&address, b"after the restart").await.then_some(())
+    })
+    .await;
+    assert!(
+        again.is_some(),
+        "new connections work after a coordinator restart"
+    );
+
+    // A stopped cluster is not reachable.
+    let _: ClusterInfo = renter
+        .post_empty(&format!("clusters/{}/terminate", cluster.id))
+        .await
+        .unwrap();
+    let refused = renter
+        .upgrade(&path(port), "flotilla-tunnel")
+        .await
+        .unwrap_err();
+    assert_eq!(refused.status(), Some(409), "{refused}");
+    drop(listener);
+    drop(coordinator);
+}
+on_both_databases!(a_renter_reaches_its_nodes_port_and_no_one_else_does);

@@ -1,0 +1,220 @@
+//! The tunnel listener: each worker holds one encrypted, multiplexed connection here
+//! (`flotilla_tunnel`: Noise XX, then yamux), apart from its control session so bulk bytes
+//! never delay heartbeats. The worker proves it is the enrolled worker by its Noise static key,
+//! which is its ed25519 key's X25519 twin; the coordinator's own static key derives from its
+//! ledger key, so it survives restarts without storage and workers learn it from `Welcome`.
+//!
+//! A renter's connection to a node's port (`api/tunnel.rs`) becomes one stream on the node's
+//! worker's tunnel: the coordinator writes a [`StreamOpen`] line, the worker checks that the
+//! run is live there and the port declared, dials it, and answers [`StreamOpened`]; then bytes
+//! flow both ways.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use flotilla_proto::wire::{STREAM_LINE_BYTES_MAX, StreamOpen, StreamOpened, TunnelOffer};
+use flotilla_tunnel::{Hello, StaticKeypair, Stream, StreamOpener};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, oneshot, watch};
+
+use crate::AppState;
+
+/// Handshakes in progress at once; more wait (a flood of half-open connections costs little).
+const HANDSHAKES_IN_FLIGHT_MAX: usize = 64;
+/// How long a worker has to answer a stream's open line.
+const STREAM_OPEN_TIMEOUT_MS: u64 = 10_000;
+
+/// Why a stream to a node could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("the node's worker has no tunnel open")]
+    WorkerAway,
+    #[error("the node's worker refused: {0}")]
+    Refused(String),
+    #[error("tunnel: {0}")]
+    Tunnel(String),
+}
+
+struct Entry {
+    id: u64,
+    opener: StreamOpener,
+    /// Firing (or dropping) it ends the task that holds the session.
+    _replaced: oneshot::Sender<()>,
+}
+
+/// The workers' tunnels, by worker id.
+pub struct Tunnels {
+    key: StaticKeypair,
+    port: u16,
+    sessions: Mutex<HashMap<String, Entry>>,
+    next_id: AtomicU64,
+}
+
+impl std::fmt::Debug for Tunnels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tunnels")
+            .field("port", &self.port)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Tunnels {
+    pub fn new(key: StaticKeypair, port: u16) -> Tunnels {
+        Tunnels {
+            key,
+            port,
+            sessions: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    /// What `Welcome` tells a worker.
+    pub fn offer(&self) -> TunnelOffer {
+        TunnelOffer {
+            port: self.port,
+            public_key: hex::encode(self.key.public()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+        self.sessions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Opens a stream to port `port` of run `run_id` on `worker_id`.
+    pub async fn open(
+        &self,
+        worker_id: &str,
+        run_id: &str,
+        port: u16,
+    ) -> Result<Stream, OpenError> {
+        let opener = self
+            .lock()
+            .get(worker_id)
+            .map(|entry| entry.opener.clone())
+            .ok_or(OpenError::WorkerAway)?;
+        let mut stream = opener
+            .open_stream()
+            .await
+            .map_err(|e| OpenError::Tunnel(e.to_string()))?;
+        let open = StreamOpen {
+            run_id: run_id.to_owned(),
+            port,
+        };
+        let mut line = serde_json::to_vec(&open).expect("stream opens serialize");
+        line.push(b'\n');
+        let answer = async {
+            stream.write_all(&line).await?;
+            read_line(&mut stream).await
+        };
+        let answer = tokio::time::timeout(Duration::from_millis(STREAM_OPEN_TIMEOUT_MS), answer)
+            .await
+            .map_err(|_| OpenError::Tunnel("the worker did not answer".to_owned()))?
+            .map_err(|e| OpenError::Tunnel(e.to_string()))?;
+        let opened: StreamOpened = serde_json::from_str(&answer)
+            .map_err(|e| OpenError::Tunnel(format!("malformed answer: {e}")))?;
+        if !opened.ok {
+            return Err(OpenError::Refused(opened.error));
+        }
+        Ok(stream)
+    }
+
+    /// Whether a worker's tunnel is up.
+    pub fn is_open(&self, worker_id: &str) -> bool {
+        self.lock().contains_key(worker_id)
+    }
+}
+
+/// Reads one line, at most [`STREAM_LINE_BYTES_MAX`] bytes, byte by byte: nothing past the
+/// line may be consumed, since the connection's own bytes follow it.
+pub async fn read_line<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> std::io::Result<String> {
+    use tokio::io::AsyncReadExt;
+    let mut line = Vec::new();
+    loop {
+        let byte = stream.read_u8().await?;
+        if byte == b'\n' {
+            break;
+        }
+        if line.len() == STREAM_LINE_BYTES_MAX {
+            return Err(std::io::Error::other("the line is too long"));
+        }
+        line.push(byte);
+    }
+    String::from_utf8(line).map_err(std::io::Error::other)
+}
+
+/// Accepts workers' tunnels until shutdown.
+pub async fn serve(app: AppState, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
+    let handshakes = std::sync::Arc::new(Semaphore::new(HANDSHAKES_IN_FLIGHT_MAX));
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        };
+        let Ok((tcp, peer)) = accepted else {
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        let Ok(permit) = handshakes.clone().acquire_owned().await else {
+            return;
+        };
+        let app = app.clone();
+        tokio::spawn(async move {
+            if let Err(reason) = admit(&app, tcp).await {
+                tracing::info!(%peer, %reason, "tunnel refused");
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// One worker's handshake: its hello names an enrolled worker whose key is the Noise static
+/// key it showed, or it is refused.
+async fn admit(app: &AppState, tcp: tokio::net::TcpStream) -> Result<(), String> {
+    let tunnels = &app.tunnels;
+    let (hello, remote_static, pending) = flotilla_tunnel::accept(tcp, &tunnels.key)
+        .await
+        .map_err(|e| e.to_string())?;
+    let Hello { worker_id, .. } = hello;
+    let enrolled = app
+        .store
+        .worker_for_session(&worker_id)
+        .await
+        .map_err(|e| e.to_string())?;
+    let expected = enrolled
+        .as_ref()
+        .and_then(|w| flotilla_proto::wire::parse_public_key(&w.public_key).ok())
+        .map(|key| flotilla_tunnel::x25519_public_from_ed25519(&key));
+    if expected != Some(remote_static) {
+        let _ = pending.refuse("not an enrolled worker's key").await;
+        return Err(format!("worker {worker_id} did not show its enrolled key"));
+    }
+    let session = pending.finish().await.map_err(|e| e.to_string())?;
+    let id = tunnels.next_id.fetch_add(1, Ordering::Relaxed);
+    let (replaced_tx, replaced) = oneshot::channel();
+    tunnels.lock().insert(
+        worker_id.clone(),
+        Entry {
+            id,
+            opener: session.opener(),
+            _replaced: replaced_tx,
+        },
+    );
+    tracing::info!(%worker_id, "worker tunnel open");
+    // The session lives here until it ends or a newer one from the same worker replaces it.
+    tokio::select! {
+        _ = session.ended() => {}
+        _ = replaced => {}
+    }
+    let mut sessions = tunnels.lock();
+    if sessions.get(&worker_id).is_some_and(|entry| entry.id == id) {
+        sessions.remove(&worker_id);
+    }
+    drop(sessions);
+    tracing::info!(%worker_id, "worker tunnel closed");
+    Ok(())
+}
