@@ -739,6 +739,24 @@ pub struct ConnectQuery {
     pub port: u16,
 }
 
+/// A short-lived link to a port of a node, for a browser.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LinkRequest {
+    pub node: u32,
+    pub port: u16,
+    /// Seconds the link works; default an hour, at most a day.
+    #[serde(default)]
+    pub ttl_s: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct LinkInfo {
+    /// The path on the coordinator (`/t/...`), with its token.
+    pub path: String,
+    pub expires_at: String,
+}
+
 /// `?after=&node=&limit=` on a cluster's logs.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]

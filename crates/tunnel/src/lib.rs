@@ -71,8 +71,10 @@ pub const STREAM_RECEIVE_WINDOW_BYTES: usize = 256 * 1024;
 /// bandwidth-delay product; on a 50 ms path at 1 Gbit/s that is about 6 MiB).
 pub const WINDOW_GROWTH_POOL_BYTES: usize = 16 * 1024 * 1024;
 
-/// Streams opened by the peer that wait for [`Session::accept_stream`]; more are reset.
-pub const INBOUND_QUEUE_LEN: usize = 64;
+/// Streams opened by the peer that wait for [`Session::accept_stream`]. Waiting streams count
+/// as live, and the peer's streams past [`STREAMS_MAX`] live ones are reset, so a burst of
+/// opens waits here instead of being refused. (tokio allocates the queue as it fills.)
+pub const INBOUND_QUEUE_LEN: usize = STREAMS_MAX;
 
 /// Requests to open a stream that wait for the session's task.
 pub const OPEN_QUEUE_LEN: usize = 64;

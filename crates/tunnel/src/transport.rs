@@ -1,8 +1,8 @@
 //! The encrypted byte stream under the multiplexer: `[u16 length][Noise ciphertext]` frames.
 //!
 //! Writes collect plaintext until a frame is full or the multiplexer flushes (it flushes after
-//! every yamux frame, and yamux's data frames are sized to fill one Noise message exactly), then
-//! seal it in one piece. Reads pull large chunks from the socket and open every whole frame in
+//! every yamux frame, so each yamux frame usually travels as one Noise message), then seal it in
+//! one piece. Reads pull large chunks from the socket and open every whole frame in
 //! them. Both directions run in the session's one task, so nothing here is shared.
 //!
 //! Any frame that fails to open, and a connection that ends inside a frame, is an error that ends
@@ -123,6 +123,19 @@ fn idle_timeout() -> Duration {
     Duration::from_millis(IDLE_TIMEOUT_MS)
 }
 
+/// Ready once `due_at` has passed. `due_at` only moves later (it is the last activity plus a
+/// fixed delay), so the timer is re-armed only when it fires early, not on every frame: timer
+/// resets take a lock in tokio's driver, and frames come tens of thousands a second.
+fn poll_deadline(timer: &mut Pin<Box<Sleep>>, due_at: Instant, cx: &mut Context<'_>) -> Poll<()> {
+    loop {
+        if Instant::now() >= due_at {
+            return Poll::Ready(());
+        }
+        ready!(timer.as_mut().poll(cx));
+        timer.as_mut().reset(due_at);
+    }
+}
+
 fn invalid_data(message: &'static str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, message)
 }
@@ -163,15 +176,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> NoiseIo<S> {
     /// Whether nothing was sent for a keepalive interval; registers the wake-up otherwise.
     fn keepalive_due(&mut self, cx: &mut Context<'_>) -> bool {
         let due_at = self.write.last_sent_at + keepalive_interval();
-        if Instant::now() >= due_at {
-            return true;
-        }
-        if self.write.keepalive.deadline() != due_at {
-            self.write.keepalive.as_mut().reset(due_at);
-        }
-        // Polled only to register the wake-up; the clock check above decides.
-        let _ = self.write.keepalive.as_mut().poll(cx);
-        false
+        !poll_deadline(&mut self.write.keepalive, due_at, cx).is_pending()
     }
 
     fn poll_flush_frames(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -241,18 +246,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> NoiseIo<S> {
     /// Fails once nothing has arrived for [`IDLE_TIMEOUT_MS`]; registers the wake-up otherwise.
     fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let due_at = self.read.last_received_at + idle_timeout();
-        if Instant::now() >= due_at {
-            return Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "tunnel peer silent past the idle timeout",
-            )));
-        }
-        if self.read.idle.deadline() != due_at {
-            self.read.idle.as_mut().reset(due_at);
-        }
-        // Polled only to register the wake-up; the clock check above decides.
-        let _ = self.read.idle.as_mut().poll(cx);
-        Poll::Pending
+        ready!(poll_deadline(&mut self.read.idle, due_at, cx));
+        Poll::Ready(Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "tunnel peer silent past the idle timeout",
+        )))
     }
 
     fn poll_read_plain(&mut self, cx: &mut Context<'_>, out: &mut [u8]) -> Poll<io::Result<usize>> {

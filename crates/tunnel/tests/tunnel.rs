@@ -227,21 +227,26 @@ async fn a_silent_peer_times_out_the_handshake() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_parallel_streams_echo() {
-    let streams: usize = std::env::var("DBG_STREAMS")
-        .map(|v| v.parse().unwrap())
-        .unwrap_or(100);
+    const STREAMS: usize = 100;
     let keys = keys();
     let (server, client) = sessions(&keys).await;
     let _echo = spawn_echo(client);
     let mut transfers = Vec::new();
-    for index in 0..streams {
+    for index in 0..STREAMS {
         let opener = server.opener();
         transfers.push(tokio::spawn(async move {
             let stream = opener.open_stream().await.unwrap();
             // Sizes from empty to several frames, so small and split writes both occur.
             let data = pattern(index as u64, index * 3001);
             let echoed = round_trip(stream, data.clone()).await;
-            assert!(echoed == data, "stream {index} echoed other bytes");
+            if echoed != data {
+                let first = echoed.iter().zip(&data).position(|(a, b)| a != b);
+                panic!(
+                    "stream {index} echoed {} of {} bytes, first difference at {first:?}",
+                    echoed.len(),
+                    data.len()
+                );
+            }
         }));
     }
     tokio::time::timeout(TEST_TIMEOUT, async {
@@ -303,8 +308,8 @@ async fn a_100_mib_transfer_arrives_intact() {
 /// What a man in the middle does to the frames of one direction.
 #[derive(Clone, Default)]
 struct Tamper {
-    /// Flips a bit in the body of this frame (0 is the first handshake message).
-    corrupt_frame: Option<usize>,
+    /// When set, flips a bit in the body of the next frame (then clears itself).
+    corrupt_next: Arc<AtomicBool>,
     /// After this many frames, sends these bytes instead of the rest and hangs up.
     garbage_after: Option<(usize, Vec<u8>)>,
     /// When set, stops forwarding (keeps the connection open, silent).
@@ -334,7 +339,7 @@ where
         if from.read_exact(&mut body).await.is_err() {
             return;
         }
-        if tamper.corrupt_frame == Some(index) {
+        if tamper.corrupt_next.swap(false, Ordering::SeqCst) {
             body[0] ^= 1;
         }
         if tamper.frozen.load(Ordering::SeqCst) {
@@ -369,24 +374,30 @@ async fn sessions_through_tamper(
 #[tokio::test]
 async fn a_corrupted_frame_closes_the_session_with_an_error() {
     let keys = keys();
-    // Client to server: msg1, msg3, then transport frames. Frame 2 is the echo's first data.
-    let to_server = Tamper {
-        corrupt_frame: Some(2),
-        ..Tamper::default()
-    };
+    let to_server = Tamper::default();
+    let corrupt_next = Arc::clone(&to_server.corrupt_next);
     let (server, client) = sessions_through_tamper(&keys, to_server, Tamper::default()).await;
     let (server, client) = (server.unwrap(), client.unwrap());
     let _echo = spawn_echo(client);
     let mut stream = server.open_stream().await.unwrap();
-    stream.write_all(b"hello").await.unwrap();
     let mut buf = [0; 5];
-    let read = tokio::time::timeout(TEST_TIMEOUT, stream.read_exact(&mut buf))
-        .await
-        .unwrap();
-    assert_eq!(read.unwrap_err().kind(), ErrorKind::ConnectionAborted);
-    tokio::time::timeout(TEST_TIMEOUT, server.ended())
-        .await
-        .unwrap();
+    stream.write_all(b"hello").await.unwrap();
+    stream.read_exact(&mut buf).await.unwrap();
+
+    // The next frame from the worker (the echo, or a keepalive) arrives with a flipped bit.
+    corrupt_next.store(true, Ordering::SeqCst);
+    let outcome = tokio::time::timeout(TEST_TIMEOUT, async {
+        stream.write_all(b"again").await?;
+        stream.read_exact(&mut buf).await
+    })
+    .await
+    .unwrap();
+    assert_eq!(outcome.unwrap_err().kind(), ErrorKind::ConnectionAborted);
+    assert!(server.is_ended());
+    assert!(matches!(
+        server.open_stream().await,
+        Err(TunnelError::Closed)
+    ));
     let error = server.close().await.unwrap_err();
     assert!(error.to_string().contains("authentication"), "{error}");
 }

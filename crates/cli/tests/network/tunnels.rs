@@ -247,3 +247,165 @@ async fn a_renter_reaches_its_nodes_port_and_no_one_else_does(db: Db) {
     drop(coordinator);
 }
 on_both_databases!(a_renter_reaches_its_nodes_port_and_no_one_else_does);
+
+/// A small HTTP server on the node: plain requests answer their path; `Upgrade: websocket`
+/// gets the RFC 6455 handshake and an echo of each frame.
+fn web_server(port: u16) -> String {
+    let code = r#"
+import socket, threading, hashlib, base64
+GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+def handle(c):
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = c.recv(4096)
+        if not chunk:
+            return
+        data += chunk
+    lines = data.split(b"\r\n\r\n")[0].decode().split("\r\n")
+    path = lines[0].split(" ")[1]
+    headers = {l.split(":", 1)[0].strip().lower(): l.split(":", 1)[1].strip() for l in lines[1:] if ":" in l}
+    if headers.get("upgrade", "").lower() == "websocket":
+        accept = base64.b64encode(hashlib.sha1(headers["sec-websocket-key"].encode() + GUID).digest()).decode()
+        c.sendall(("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: " + accept + "\r\n\r\n").encode())
+        f = c.makefile("rb")
+        while True:
+            head = f.read(2)
+            if len(head) < 2:
+                break
+            op, n = head[0] & 15, head[1] & 127
+            if n == 126:
+                n = int.from_bytes(f.read(2), "big")
+            mask = f.read(4) if head[1] & 128 else b"\0\0\0\0"
+            payload = bytes(b ^ mask[i % 4] for i, b in enumerate(f.read(n)))
+            if op == 8:
+                break
+            size = bytes([n]) if n < 126 else bytes([126]) + n.to_bytes(2, "big")
+            c.sendall(bytes([128 | op]) + size + payload)
+        c.close()
+        return
+    body = ("hello from node, path " + path + ", host " + headers.get("host", "")).encode()
+    c.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: " + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body)
+    c.close()
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", PORT))
+s.listen(64)
+while True:
+    c, _ = s.accept()
+    threading.Thread(target=handle, args=(c,), daemon=True).start()
+"#;
+    code.replace("PORT", &port.to_string())
+}
+
+/// The coordinator proxies `/t/CLUSTER/NODE/PORT/...` to the node's port: a request, a
+/// WebSocket echo, and a signed link that works without a key until it expires.
+async fn a_browser_reaches_a_node_by_link(db: Db) {
+    if !sandbox_ready() {
+        return;
+    }
+    let Market {
+        coordinator,
+        renter_key,
+        renter,
+        _workers,
+        _dirs,
+        ..
+    } = market(db, 1).await;
+    let port = free_port();
+    let service = ClusterSpec {
+        kind: "service".into(),
+        ports: vec![port],
+        ..spec(1, &["python3", "-c", &web_server(port)])
+    };
+    let cluster: ClusterInfo = renter.post("clusters", &service).await.unwrap();
+    until_state(&renter, &cluster.id, "running", 30).await;
+    let base = format!("{}/t/{}/0/{port}", coordinator.url, cluster.id);
+    let http = reqwest::Client::new();
+    let page = eventually(Duration::from_secs(20), || async {
+        let response = http
+            .get(format!("{base}/hello?x=1"))
+            .bearer_auth(&renter_key)
+            .send()
+            .await
+            .ok()?;
+        response
+            .status()
+            .is_success()
+            .then_some(response.text().await.ok()?)
+    })
+    .await
+    .expect("the node's page answers through the coordinator");
+    assert_eq!(
+        page,
+        format!("hello from node, path /hello?x=1, host 127.0.0.1:{port}")
+    );
+    // Without a key or a link: refused.
+    let anonymous = http.get(format!("{base}/hello")).send().await.unwrap();
+    assert_eq!(anonymous.status(), 401);
+
+    // A WebSocket through the same path.
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let ws_url = format!("{}/ws", base.replacen("http://", "ws://", 1));
+    let mut ws_request = ws_url.into_client_request().unwrap();
+    ws_request.headers_mut().insert(
+        "authorization",
+        format!("Bearer {renter_key}").parse().unwrap(),
+    );
+    let (mut socket, _) = tokio_tungstenite::connect_async(ws_request).await.unwrap();
+    socket.send(Message::text("echo me")).await.unwrap();
+    let echoed = socket.next().await.unwrap().unwrap();
+    assert_eq!(echoed.into_text().unwrap().as_str(), "echo me");
+
+    // A signed link: no key needed; it sets a cookie for the port's other pages.
+    let link: flotilla_proto::api::LinkInfo = renter
+        .post(
+            &format!("clusters/{}/links", cluster.id),
+            &flotilla_proto::api::LinkRequest {
+                node: 0,
+                port,
+                ttl_s: Some(2),
+            },
+        )
+        .await
+        .unwrap();
+    let opened = http
+        .get(format!("{}{}", coordinator.url, link.path))
+        .send()
+        .await
+        .unwrap();
+    assert!(opened.status().is_success(), "{}", opened.status());
+    let cookie = opened.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(cookie.contains("HttpOnly"), "{cookie}");
+    let token_cookie = cookie.split(';').next().unwrap().to_owned();
+    let next_page = http
+        .get(format!("{base}/other"))
+        .header("cookie", &token_cookie)
+        .send()
+        .await
+        .unwrap();
+    assert!(next_page.text().await.unwrap().contains("path /other"));
+    // Another port of the same node is not covered by the link.
+    let other_port = http
+        .get(format!(
+            "{}/t/{}/0/{}/",
+            coordinator.url,
+            cluster.id,
+            port + 1
+        ))
+        .header("cookie", &token_cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other_port.status(), 401);
+    // Once it expires, it is refused.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let expired = http
+        .get(format!("{}{}", coordinator.url, link.path))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(expired.status(), 401);
+}
+on_both_databases!(a_browser_reaches_a_node_by_link);

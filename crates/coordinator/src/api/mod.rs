@@ -22,7 +22,7 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::{Method, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use flotilla_proto::api::{self as wire, PageQuery};
 use flotilla_proto::limits::{PAGE_LIMIT_DEFAULT, PAGE_LIMIT_MAX, REQUEST_BODY_BYTES_MAX};
 use utoipa::OpenApi;
@@ -59,7 +59,7 @@ use crate::error::{ApiError, ApiResult};
         clusters::quote_cluster, clusters::deploy_cluster, clusters::list_clusters,
         clusters::show_cluster, clusters::terminate_cluster, clusters::extend_cluster,
         clusters::cluster_logs, clusters::rate_nodes,
-        runs::put_checkpoint, runs::get_checkpoint, tunnel::connect,
+        runs::put_checkpoint, runs::get_checkpoint, tunnel::connect, tunnel::create_link,
     ),
     components(schemas(wire::ErrorBody, wire::ErrorDetail)),
     modifiers(&BearerAuth),
@@ -144,6 +144,7 @@ pub fn router(app: AppState) -> Router {
         .route("/clusters/{id}/extend", post(clusters::extend_cluster))
         .route("/clusters/{id}/logs", get(clusters::cluster_logs))
         .route("/clusters/{id}/connect", get(tunnel::connect))
+        .route("/clusters/{id}/links", post(tunnel::create_link))
         .route("/clusters/{id}/ratings", post(clusters::rate_nodes))
         .route(
             "/runs/{id}/checkpoint",
@@ -184,6 +185,9 @@ pub fn router(app: AppState) -> Router {
     Router::new()
         .nest("/api/v1", api)
         .route("/metrics", get(metrics_text))
+        .route("/t/{cluster}/{node}/{port}", any(tunnel::proxy))
+        .route("/t/{cluster}/{node}/{port}/", any(tunnel::proxy))
+        .route("/t/{cluster}/{node}/{port}/{*rest}", any(tunnel::proxy))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(app.clone(), record_request))
         .layer(axum::extract::DefaultBodyLimit::max(REQUEST_BODY_BYTES_MAX))

@@ -9,7 +9,7 @@ use std::time::Instant;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use flotilla_proto::api::{ClusterSpec, ConnectQuery, ErrorBody, Role};
+use flotilla_proto::api::{ClusterSpec, ConnectQuery, ErrorBody, LinkInfo, LinkRequest, Role};
 use flotilla_proto::id::IdKind;
 use flotilla_store::{CLUSTER_RUNNING, RunRow};
 use hyper_util::rt::TokioIo;
@@ -26,15 +26,14 @@ pub const UPGRADE_PROTOCOL: &str = "flotilla-tunnel";
 /// The node a connection goes to: its live run, once every check passed.
 async fn target(
     app: &AppState,
-    caller: &Caller,
+    account_id: &str,
     cluster_id: &str,
     query: &ConnectQuery,
 ) -> ApiResult<RunRow> {
-    caller.require_role(Role::Renter)?;
     check_id(IdKind::Cluster, "cluster", cluster_id)?;
     let cluster = app
         .store
-        .cluster(caller.account_id(), cluster_id)
+        .cluster(account_id, cluster_id)
         .await?
         .ok_or(ApiError::NotFound("cluster"))?;
     if cluster.state != CLUSTER_RUNNING {
@@ -87,7 +86,8 @@ pub async fn connect(
             "must be flotilla-tunnel (use flotilla connect)",
         ));
     }
-    let run = target(&app, &caller, &cluster_id, &query).await?;
+    caller.require_role(Role::Renter)?;
+    let run = target(&app, caller.account_id(), &cluster_id, &query).await?;
     let stream = app
         .tunnels
         .open(&run.worker_id, &run.id, query.port)
@@ -116,4 +116,240 @@ pub async fn connect(
     headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     headers.insert(header::UPGRADE, HeaderValue::from_static(UPGRADE_PROTOCOL));
     Ok(response)
+}
+
+// --- HTTP access -------------------------------------------------------------------------
+
+/// Longest a signed link lives, and how long one lives when the request names nothing.
+pub const LINK_TTL_S_MAX: u64 = 24 * 3_600;
+pub const LINK_TTL_S_DEFAULT: u64 = 3_600;
+/// The query parameter and cookie that carry a signed link's token.
+const LINK_PARAM: &str = "flotilla_link";
+
+/// A link's token: its expiry and a keyed hash binding it to the cluster, node and port.
+fn link_token(
+    app: &AppState,
+    cluster_id: &str,
+    node: u32,
+    port: u16,
+    expires_at_ms: i64,
+) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::new()
+        .chain_update(b"flotilla/link/v1\0")
+        .chain_update(app.ledger.signing_key().to_bytes())
+        .chain_update(cluster_id.as_bytes())
+        .chain_update(node.to_be_bytes())
+        .chain_update(port.to_be_bytes())
+        .chain_update(expires_at_ms.to_be_bytes())
+        .finalize();
+    format!("{expires_at_ms}.{}", hex::encode(digest))
+}
+
+/// Whether `token` is a live link to this node's port.
+fn link_valid(app: &AppState, token: &str, cluster_id: &str, node: u32, port: u16) -> bool {
+    let Some(expires_at_ms) = token
+        .split_once('.')
+        .and_then(|(expiry, _)| expiry.parse::<i64>().ok())
+    else {
+        return false;
+    };
+    let expected = link_token(app, cluster_id, node, port, expires_at_ms);
+    let same = expected.len() == token.len()
+        && expected
+            .bytes()
+            .zip(token.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0;
+    same && crate::now_ms() < expires_at_ms
+}
+
+/// Makes a short-lived link to a port of a node, which works without an API key (for a
+/// browser).
+#[utoipa::path(post, path = "/api/v1/clusters/{id}/links", params(("id" = String, Path)), request_body = LinkRequest, security(("api_key" = [])),
+    responses((status = 201, body = LinkInfo), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn create_link(
+    State(app): State<AppState>,
+    caller: Caller,
+    PathId(cluster_id): PathId,
+    crate::extract::JsonBody(request): crate::extract::JsonBody<LinkRequest>,
+) -> ApiResult<(StatusCode, axum::Json<LinkInfo>)> {
+    caller.require_role(Role::Renter)?;
+    caller.require_write()?;
+    let ttl_s = request.ttl_s.unwrap_or(LINK_TTL_S_DEFAULT);
+    if ttl_s == 0 || ttl_s > LINK_TTL_S_MAX {
+        return Err(ApiError::invalid("ttl_s", "must be between 1 and 86400"));
+    }
+    let query = ConnectQuery {
+        node: request.node,
+        port: request.port,
+    };
+    target(&app, caller.account_id(), &cluster_id, &query).await?;
+    let expires_at_ms = crate::now_ms() + i64::try_from(ttl_s * 1_000).unwrap_or(i64::MAX);
+    let token = link_token(&app, &cluster_id, request.node, request.port, expires_at_ms);
+    let path = format!(
+        "/t/{cluster_id}/{}/{}/?{LINK_PARAM}={token}",
+        request.node, request.port
+    );
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(LinkInfo {
+            path,
+            expires_at: flotilla_proto::time::rfc3339(expires_at_ms),
+        }),
+    ))
+}
+
+/// What `/t/...` was asked for.
+#[derive(Debug, serde::Deserialize)]
+pub struct ProxyPath {
+    cluster: String,
+    node: u32,
+    port: u16,
+    #[serde(default)]
+    rest: String,
+}
+
+/// The link token a request carries, in its query or its cookie.
+fn carried_link(request: &Request) -> Option<String> {
+    let from_query = request.uri().query().and_then(|query| {
+        query.split('&').find_map(|pair| {
+            pair.strip_prefix(LINK_PARAM)
+                .and_then(|rest| rest.strip_prefix('='))
+                .map(str::to_owned)
+        })
+    });
+    let from_cookie = || {
+        request
+            .headers()
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .find_map(|pair| {
+                pair.trim()
+                    .strip_prefix(LINK_PARAM)
+                    .and_then(|rest| rest.strip_prefix('='))
+                    .map(str::to_owned)
+            })
+    };
+    from_query.or_else(from_cookie)
+}
+
+/// The node a proxied request may reach: by the caller's API key, or by a live link.
+async fn proxy_target(
+    app: &AppState,
+    request: &mut Request,
+    path: &ProxyPath,
+) -> ApiResult<RunRow> {
+    let query = ConnectQuery {
+        node: path.node,
+        port: path.port,
+    };
+    if request.headers().contains_key(header::AUTHORIZATION) {
+        let (mut parts, body) = std::mem::take(request).into_parts();
+        let caller = <Caller as axum::extract::FromRequestParts<AppState>>::from_request_parts(
+            &mut parts, app,
+        )
+        .await;
+        *request = Request::from_parts(parts, body);
+        let caller = caller?;
+        caller.require_role(Role::Renter)?;
+        return target(app, caller.account_id(), &path.cluster, &query).await;
+    }
+    let link = carried_link(request).ok_or(ApiError::Unauthenticated)?;
+    if !link_valid(app, &link, &path.cluster, path.node, path.port) {
+        return Err(ApiError::Unauthenticated);
+    }
+    let owner = app
+        .store
+        .cluster_by_id(&path.cluster)
+        .await?
+        .ok_or(ApiError::NotFound("cluster"))?
+        .account_id;
+    target(app, &owner, &path.cluster, &query).await
+}
+
+/// The request as the node's server sees it: its own path, no credentials of ours.
+fn outgoing(request: Request, path: &ProxyPath) -> Request {
+    let (mut parts, body) = request.into_parts();
+    let query: Vec<&str> = parts
+        .uri
+        .query()
+        .unwrap_or_default()
+        .split('&')
+        .filter(|pair| !pair.is_empty() && !pair.starts_with(LINK_PARAM))
+        .collect();
+    let mut uri = format!("/{}", path.rest);
+    if !query.is_empty() {
+        uri.push('?');
+        uri.push_str(&query.join("&"));
+    }
+    parts.uri = uri
+        .parse()
+        .unwrap_or_else(|_| axum::http::Uri::from_static("/"));
+    parts.headers.remove(header::AUTHORIZATION);
+    parts.headers.remove(header::COOKIE);
+    if let Ok(host) = HeaderValue::from_str(&format!("127.0.0.1:{}", path.port)) {
+        parts.headers.insert(header::HOST, host);
+    }
+    Request::from_parts(parts, body)
+}
+
+/// `/t/CLUSTER/NODE/PORT/...`: an HTTP request (WebSockets included) to a port of a node.
+pub async fn proxy(
+    State(app): State<AppState>,
+    axum::extract::Path(path): axum::extract::Path<ProxyPath>,
+    mut request: Request,
+) -> ApiResult<Response> {
+    check_id(IdKind::Cluster, "cluster", &path.cluster)?;
+    let run = proxy_target(&app, &mut request, &path).await?;
+    let link = carried_link(&request);
+    let stream = app
+        .tunnels
+        .open(&run.worker_id, &run.id, path.port)
+        .await
+        .map_err(|error| match error {
+            OpenError::Refused(reason) => ApiError::conflict("node_refused", reason),
+            other => ApiError::Unavailable(other.to_string()),
+        })?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("the node's server: {e}")))?;
+    tokio::spawn(async move {
+        let _ = connection.with_upgrades().await;
+    });
+    let renter_upgrade = request
+        .headers()
+        .contains_key(header::UPGRADE)
+        .then(|| hyper::upgrade::on(&mut request));
+    let mut response = sender
+        .send_request(outgoing(request, &path))
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("the node's server: {e}")))?;
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS
+        && let Some(renter_upgrade) = renter_upgrade
+    {
+        let node_upgrade = hyper::upgrade::on(&mut response);
+        tokio::spawn(async move {
+            if let (Ok(renter), Ok(node)) = (renter_upgrade.await, node_upgrade.await) {
+                let _ = tokio::io::copy_bidirectional(
+                    &mut TokioIo::new(renter),
+                    &mut TokioIo::new(node),
+                )
+                .await;
+            }
+        });
+    }
+    let (mut parts, body) = response.into_parts();
+    // A link opened once keeps working for the page's own requests, for this port only.
+    if let Some(token) = link
+        && let Ok(cookie) = HeaderValue::from_str(&format!(
+            "{LINK_PARAM}={token}; Path=/t/{}/{}/{}/; HttpOnly; SameSite=Lax",
+            path.cluster, path.node, path.port
+        ))
+    {
+        parts.headers.append(header::SET_COOKIE, cookie);
+    }
+    Ok(Response::from_parts(parts, axum::body::Body::new(body)))
 }
