@@ -326,12 +326,7 @@ pub async fn order_for(app: &AppState, run: &RunRow) -> ApiResult<Option<NodeOrd
     let spec = parse_spec(&cluster)?;
     let secrets: BTreeMap<String, String> =
         serde_json::from_str(&cluster.secret_env).unwrap_or_default();
-    let runs = app
-        .store
-        .runs_of(std::slice::from_ref(&run.cluster_id))
-        .await?
-        .remove(&run.cluster_id)
-        .unwrap_or_default();
+    let runs = app.store.runs_of_cluster(&run.cluster_id).await?;
     let placements = app.store.placements(&run.cluster_id).await?;
     let nodes = nodes_of(&placements);
     let device_ids = nodes
@@ -449,12 +444,7 @@ pub async fn on_started(
 }
 
 async fn mark_running_when_all_started(app: &AppState, cluster_id: &str) -> ApiResult<()> {
-    let runs = app
-        .store
-        .runs_of(&[cluster_id.to_owned()])
-        .await?
-        .remove(cluster_id)
-        .unwrap_or_default();
+    let runs = app.store.runs_of_cluster(cluster_id).await?;
     let Some(cluster) = app.store.cluster_by_id(cluster_id).await? else {
         return Ok(());
     };
@@ -535,12 +525,7 @@ async fn after_run_ended(
         return Ok(());
     };
     let spec = parse_spec(&cluster)?;
-    let runs = app
-        .store
-        .runs_of(std::slice::from_ref(&run.cluster_id))
-        .await?
-        .remove(&run.cluster_id)
-        .unwrap_or_default();
+    let runs = app.store.runs_of_cluster(&run.cluster_id).await?;
     if succeeded {
         let latest = latest_runs(&runs);
         let all_done =

@@ -95,7 +95,7 @@ pub async fn hold_budget(
 }
 
 /// Each node's price per hour (its devices' sum), by node index.
-fn node_prices(placements: &[PlacementRow]) -> BTreeMap<u32, u64> {
+pub(crate) fn node_prices(placements: &[PlacementRow]) -> BTreeMap<u32, u64> {
     let mut prices = BTreeMap::new();
     for placement in placements {
         *prices.entry(placement.node_index).or_insert(0) += placement.price_per_hour;

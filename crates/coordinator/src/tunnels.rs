@@ -109,7 +109,7 @@ impl Tunnels {
         line.push(b'\n');
         let answer = async {
             stream.write_all(&line).await?;
-            read_line(&mut stream).await
+            flotilla_tunnel::read_line(&mut stream, STREAM_LINE_BYTES_MAX).await
         };
         let answer = tokio::time::timeout(Duration::from_millis(STREAM_OPEN_TIMEOUT_MS), answer)
             .await
@@ -127,24 +127,6 @@ impl Tunnels {
     pub fn is_open(&self, worker_id: &str) -> bool {
         self.lock().contains_key(worker_id)
     }
-}
-
-/// Reads one line, at most [`STREAM_LINE_BYTES_MAX`] bytes, byte by byte: nothing past the
-/// line may be consumed, since the connection's own bytes follow it.
-pub async fn read_line<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> std::io::Result<String> {
-    use tokio::io::AsyncReadExt;
-    let mut line = Vec::new();
-    loop {
-        let byte = stream.read_u8().await?;
-        if byte == b'\n' {
-            break;
-        }
-        if line.len() == STREAM_LINE_BYTES_MAX {
-            return Err(std::io::Error::other("the line is too long"));
-        }
-        line.push(byte);
-    }
-    String::from_utf8(line).map_err(std::io::Error::other)
 }
 
 /// Accepts workers' tunnels until shutdown.

@@ -359,6 +359,12 @@ impl Store {
         Ok(by_cluster)
     }
 
+    /// Every run of one cluster, in rank and attempt order.
+    pub async fn runs_of_cluster(&self, cluster_id: &str) -> Result<Vec<RunRow>> {
+        let mut by_cluster = self.runs_of(&[cluster_id.to_owned()]).await?;
+        Ok(by_cluster.remove(cluster_id).unwrap_or_default())
+    }
+
     /// The runs a worker should be running now.
     pub async fn live_runs_of_worker(&self, worker_id: &str) -> Result<Vec<RunRow>> {
         let sql = format!(

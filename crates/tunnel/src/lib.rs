@@ -84,3 +84,24 @@ pub const WORKER_ID_LEN_MAX: usize = 64;
 
 /// The longest refusal reason the coordinator sends, in bytes (longer ones are cut).
 pub const REFUSAL_REASON_LEN_MAX: usize = 256;
+
+/// Reads one line of at most `bytes_max` bytes (without its `\n`), a byte at a time: a stream's
+/// opening line is followed by the connection's own bytes, none of which may be consumed.
+pub async fn read_line<S>(stream: &mut S, bytes_max: usize) -> std::io::Result<String>
+where
+    S: tokio::io::AsyncRead + Unpin,
+{
+    use tokio::io::AsyncReadExt;
+    let mut line = Vec::new();
+    loop {
+        let byte = stream.read_u8().await?;
+        if byte == b'\n' {
+            break;
+        }
+        if line.len() == bytes_max {
+            return Err(std::io::Error::other("the line is too long"));
+        }
+        line.push(byte);
+    }
+    String::from_utf8(line).map_err(std::io::Error::other)
+}

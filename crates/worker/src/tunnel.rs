@@ -10,7 +10,7 @@ use std::time::Duration;
 use ed25519_dalek::SigningKey;
 use flotilla_proto::wire::{STREAM_LINE_BYTES_MAX, StreamOpen, StreamOpened, TunnelOffer};
 use flotilla_tunnel::{Hello, StaticKeypair, Stream};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 
 use crate::runs::PortTable;
@@ -114,22 +114,6 @@ async fn session(
     Ok(())
 }
 
-/// Reads the stream's first line, byte by byte (the connection's bytes follow it).
-async fn read_line(stream: &mut Stream) -> std::io::Result<String> {
-    let mut line = Vec::new();
-    loop {
-        let byte = stream.read_u8().await?;
-        if byte == b'\n' {
-            break;
-        }
-        if line.len() == STREAM_LINE_BYTES_MAX {
-            return Err(std::io::Error::other("the first line is too long"));
-        }
-        line.push(byte);
-    }
-    String::from_utf8(line).map_err(std::io::Error::other)
-}
-
 async fn answer(stream: &mut Stream, opened: &StreamOpened) -> std::io::Result<()> {
     let mut line = serde_json::to_vec(opened).expect("answers serialize");
     line.push(b'\n');
@@ -140,7 +124,7 @@ async fn answer(stream: &mut Stream, opened: &StreamOpened) -> std::io::Result<(
 async fn serve(mut stream: Stream, ports: PortTable) {
     let line = tokio::time::timeout(
         Duration::from_millis(OPEN_LINE_TIMEOUT_MS),
-        read_line(&mut stream),
+        flotilla_tunnel::read_line(&mut stream, STREAM_LINE_BYTES_MAX),
     )
     .await;
     let Ok(Ok(line)) = line else {

@@ -14,8 +14,8 @@ use flotilla_proto::api::{
 use flotilla_proto::id::{IdKind, new_id};
 use flotilla_proto::time::{rfc3339, rfc3339_opt};
 use flotilla_store::{
-    CLUSTER_DEPLOYING, CLUSTER_RUNNING, ClusterRow, PlacementRow, REQUEST_PLACED, REQUEST_QUEUED,
-    RequestRow, RunRow,
+    CLUSTER_DEPLOYING, CLUSTER_RUNNING, ClusterRow, REQUEST_PLACED, REQUEST_QUEUED, RequestRow,
+    RunRow,
 };
 
 use super::{PageRequest, check_id};
@@ -35,15 +35,6 @@ fn guard(caller: &Caller, write: bool) -> ApiResult<()> {
         caller.require_write()?;
     }
     Ok(())
-}
-
-/// Each node's price per hour, in node order.
-fn node_prices(placements: &[PlacementRow]) -> Vec<u64> {
-    let mut prices: std::collections::BTreeMap<u32, u64> = std::collections::BTreeMap::new();
-    for placement in placements {
-        *prices.entry(placement.node_index).or_insert(0) += placement.price_per_hour;
-    }
-    prices.into_values().collect()
 }
 
 /// Plans the cluster alone over the market now: its price, or why nothing matches.
@@ -356,7 +347,9 @@ pub async fn extend_cluster(
         .ok_or_else(|| ApiError::invalid("hours", "must be at least 1, and 720 in all at most"))?;
     let placements = app.store.placements(&cluster_id).await?;
     let cost = quote(
-        &node_prices(&placements),
+        &crate::rent::node_prices(&placements)
+            .into_values()
+            .collect::<Vec<_>>(),
         u64::from(extension.hours),
         Token::Iosd,
         &app.config.fees,
@@ -458,12 +451,7 @@ pub async fn rate_nodes(
             "a cluster's nodes are rated once it ended",
         ));
     }
-    let runs = app
-        .store
-        .runs_of(std::slice::from_ref(&cluster_id))
-        .await?
-        .remove(&cluster_id)
-        .unwrap_or_default();
+    let runs = app.store.runs_of_cluster(&cluster_id).await?;
     for rating in &request.ratings {
         if !(1..=5).contains(&rating.stars) {
             return Err(ApiError::invalid("stars", "must be between 1 and 5"));
@@ -513,12 +501,7 @@ async fn info(app: &AppState, row: ClusterRow) -> ApiResult<ClusterInfo> {
     let secrets: std::collections::BTreeMap<String, String> =
         serde_json::from_str(&row.secret_env).unwrap_or_default();
     let request = app.store.request_by_id(&row.id).await?;
-    let runs = app
-        .store
-        .runs_of(std::slice::from_ref(&row.id))
-        .await?
-        .remove(&row.id)
-        .unwrap_or_default();
+    let runs = app.store.runs_of_cluster(&row.id).await?;
     let mut devices: HashMap<u32, Vec<String>> = HashMap::new();
     let mut rent_per_hour = 0;
     for placement in app.store.placements(&row.id).await? {

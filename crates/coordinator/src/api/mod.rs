@@ -338,6 +338,17 @@ pub(crate) fn check_name(field: &str, name: &str) -> ApiResult<()> {
 }
 
 /// Checks that a path id has the expected kind; any other answers 404 like a missing object.
+/// Whether a secret shown equals the one expected, compared in constant time (the comparison
+/// must not tell an attacker how much of a guess was right).
+pub(crate) fn same_secret(shown: &str, expected: &str) -> bool {
+    shown.len() == expected.len()
+        && shown
+            .bytes()
+            .zip(expected.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
 pub(crate) fn check_id(
     kind: flotilla_proto::id::IdKind,
     what: &'static str,

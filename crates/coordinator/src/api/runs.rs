@@ -25,14 +25,7 @@ async fn live_run(app: &AppState, run_id: &str, headers: &HeaderMap) -> ApiResul
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
     let expected = run_token(app, run_id);
-    // Compared in constant time: the token is a secret.
-    let matches = shown.len() == expected.len()
-        && shown
-            .bytes()
-            .zip(expected.bytes())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0;
-    if !matches {
+    if !super::same_secret(shown, &expected) {
         return Err(ApiError::Unauthenticated);
     }
     let run = app

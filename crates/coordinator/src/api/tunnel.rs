@@ -53,12 +53,7 @@ async fn target(
             "is not one of the ports the cluster declared",
         ));
     }
-    let runs = app
-        .store
-        .runs_of(&[cluster_id.to_owned()])
-        .await?
-        .remove(cluster_id)
-        .unwrap_or_default();
+    let runs = app.store.runs_of_cluster(cluster_id).await?;
     runs.into_iter()
         .filter(|run| run.node_rank == query.node && run.is_live())
         .max_by_key(|run| run.attempt)
@@ -155,13 +150,7 @@ fn link_valid(app: &AppState, token: &str, cluster_id: &str, node: u32, port: u1
         return false;
     };
     let expected = link_token(app, cluster_id, node, port, expires_at_ms);
-    let same = expected.len() == token.len()
-        && expected
-            .bytes()
-            .zip(token.bytes())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0;
-    same && crate::now_ms() < expires_at_ms
+    super::same_secret(token, &expected) && crate::now_ms() < expires_at_ms
 }
 
 /// Makes a short-lived link to a port of a node, which works without an API key (for a
