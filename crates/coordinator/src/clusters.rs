@@ -15,14 +15,14 @@
 //! - Ended (completed, failed, terminated, expired): live runs are stopped, the minutes that
 //!   ran are metered (a started minute counts), devices go back, and the escrow's rest returns.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use flotilla_proto::api::{ClusterSpec, RequestSpec};
 use flotilla_proto::id::{IdKind, new_id};
 use flotilla_proto::wire::{CheckpointOrder, LogStream, NodeOrder};
 use flotilla_store::{
     ClusterRow, PlacementRow, REQUEST_PLACED, RUN_ASSIGNED, RUN_EXITED, RUN_FAILED, RUN_LOST,
-    RequestRow, RunRow,
+    RequestRow, RunRow, StoreError,
 };
 use sha2::{Digest, Sha256};
 
@@ -287,35 +287,58 @@ pub async fn start_runs(app: &AppState, cluster_id: &str, placements: &[Placemen
     nudge(app, runs.into_iter().map(|r| r.worker_id));
 }
 
-/// Nodes of a cluster moved off lost workers: their runs are fenced, and each lost rank runs
-/// again on a replacement node with the next attempt.
-pub async fn replace_runs(
+/// Each rank whose latest run sits on a node no longer placed (its worker was lost and the
+/// node replaced) runs again, with the next attempt, on a placed node that no rank uses; the
+/// old run is fenced in the same transaction. Replacement calls this right after moving the
+/// placement and the reconciler calls it again, so a move cut short still completes.
+pub async fn move_orphaned_runs(
     app: &AppState,
     cluster_id: &str,
-    lost_workers: &[String],
-    replacements: &[PlacementRow],
+    runs: &[RunRow],
 ) -> ApiResult<()> {
-    let lost = app
-        .store
-        .lose_runs(cluster_id, lost_workers, now_ms())
-        .await?;
-    let runs: Vec<RunRow> = lost
-        .iter()
-        .zip(nodes_of(replacements))
+    let placements = app.store.placements(cluster_id).await?;
+    let moves = orphan_moves(cluster_id, runs, &nodes_of(&placements));
+    if moves.is_empty() {
+        return Ok(());
+    }
+    match app.store.move_runs(&moves, now_ms()).await {
+        Ok(()) => {}
+        // Another pass moved these ranks first.
+        Err(StoreError::Conflict(_)) => return Ok(()),
+        Err(error) => return Err(error.into()),
+    }
+    tracing::info!(%cluster_id, ranks = moves.len(), "runs moved off lost workers");
+    nudge(app, moves.into_iter().map(|(_, run)| run.worker_id));
+    Ok(())
+}
+
+/// The moves (old run id, successor) that put each orphaned rank, in rank order, on a free
+/// placed node, in node order.
+fn orphan_moves(
+    cluster_id: &str,
+    runs: &[RunRow],
+    nodes: &BTreeMap<u32, (String, Vec<String>)>,
+) -> Vec<(String, RunRow)> {
+    let latest = latest_runs(runs);
+    let used: BTreeSet<u32> = latest.values().map(|run| run.node_index).collect();
+    let free = nodes.iter().filter(|(index, _)| !used.contains(index));
+    let orphans = latest.values().filter(|run| {
+        let movable = run.is_live() || run.state == RUN_LOST;
+        movable && !nodes.contains_key(&run.node_index)
+    });
+    orphans
+        .zip(free)
         .map(|(old, (node_index, (worker_id, _)))| {
-            new_run(
+            let successor = new_run(
                 cluster_id,
                 old.node_rank,
                 old.attempt + 1,
-                &worker_id,
-                node_index,
-            )
+                worker_id,
+                *node_index,
+            );
+            (old.id.clone(), successor)
         })
-        .collect();
-    app.store.insert_runs(&runs).await?;
-    tracing::info!(%cluster_id, ranks = runs.len(), "runs moved off lost workers");
-    nudge(app, runs.into_iter().map(|r| r.worker_id));
-    Ok(())
+        .collect()
 }
 
 /// The order a worker gets for one of its live runs.
@@ -656,13 +679,79 @@ pub async fn reconcile(app: &AppState) -> ApiResult<()> {
                 )
                 .await?;
             }
-            REQUEST_PLACED if !runs.contains_key(&cluster.id) => {
-                let placements = app.store.placements(&cluster.id).await?;
-                start_runs(app, &cluster.id, &placements).await;
-            }
+            REQUEST_PLACED => match runs.get(&cluster.id) {
+                None => {
+                    let placements = app.store.placements(&cluster.id).await?;
+                    start_runs(app, &cluster.id, &placements).await;
+                }
+                Some(cluster_runs) => move_orphaned_runs(app, &cluster.id, cluster_runs).await?,
+            },
             _ => {}
         }
         runs.remove(&cluster.id);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use flotilla_store::RUN_RUNNING;
+
+    use super::*;
+
+    fn run(rank: u32, attempt: u32, node_index: u32, state: &str) -> RunRow {
+        RunRow {
+            state: state.to_owned(),
+            ..new_run("clu_x", rank, attempt, "wrk_old", node_index)
+        }
+    }
+
+    fn placed(indices: &[(u32, &str)]) -> BTreeMap<u32, (String, Vec<String>)> {
+        indices
+            .iter()
+            .map(|(index, worker)| (*index, (worker.to_string(), vec![format!("dev_{index}")])))
+            .collect()
+    }
+
+    #[test]
+    fn orphaned_ranks_move_to_free_nodes_with_the_next_attempt() {
+        let runs = [
+            run(0, 1, 0, RUN_RUNNING),
+            run(1, 1, 1, RUN_FAILED),
+            run(1, 2, 1, RUN_RUNNING),
+            run(2, 1, 2, RUN_LOST),
+            run(3, 1, 3, RUN_EXITED),
+        ];
+        // Nodes 1 and 2 were lost and replaced by 4 and 5; node 3 finished before it was lost.
+        let nodes = placed(&[(0, "wrk_a"), (4, "wrk_d"), (5, "wrk_e")]);
+        let moves = orphan_moves("clu_x", &runs, &nodes);
+        let summary: Vec<(&str, u32, u32, u32, &str)> = moves
+            .iter()
+            .map(|(old, new)| {
+                (
+                    old.as_str(),
+                    new.node_rank,
+                    new.attempt,
+                    new.node_index,
+                    new.worker_id.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (runs[2].id.as_str(), 1, 3, 4, "wrk_d"),
+                (runs[3].id.as_str(), 2, 2, 5, "wrk_e"),
+            ]
+        );
+        assert!(moves.iter().all(|(_, new)| new.state == RUN_ASSIGNED));
+    }
+
+    #[test]
+    fn nothing_moves_while_every_live_rank_is_placed_or_no_node_is_free() {
+        let runs = [run(0, 1, 0, RUN_RUNNING), run(1, 1, 1, RUN_RUNNING)];
+        assert!(orphan_moves("clu_x", &runs, &placed(&[(0, "a"), (1, "b")])).is_empty());
+        // Rank 1's node is gone but no replacement is placed yet: it waits.
+        assert!(orphan_moves("clu_x", &runs, &placed(&[(0, "a")])).is_empty());
+    }
 }

@@ -407,10 +407,15 @@ async fn replace(
         .collect();
     release(app, &left_behind).await;
     tracing::info!(%request_id, attempt = replacement.attempt, nodes = lost_workers.len(), "lost nodes replaced");
-    if let Err(error) = crate::clusters::replace_runs(app, request_id, lost_workers, &rows).await {
-        tracing::warn!(%request_id, %error, "could not move a cluster's runs; the reconciler retries");
+    if let Err(error) = move_runs_of(app, request_id).await {
+        tracing::warn!(%request_id, error = ?error, "could not move a cluster's runs; the reconciler retries");
     }
     Ok(true)
+}
+
+async fn move_runs_of(app: &AppState, request_id: &str) -> crate::error::ApiResult<()> {
+    let runs = app.store.runs_of_cluster(request_id).await?;
+    crate::clusters::move_orphaned_runs(app, request_id, &runs).await
 }
 
 /// The device ids and placement rows of `nodes`, numbered from `first_index`.

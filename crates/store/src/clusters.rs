@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use sqlx::any::AnyRow;
 
-use crate::{RequestRow, Result, Store, col, to_i64, to_u64};
+use crate::{RequestRow, Result, Store, col, conflict_on_unique, to_i64, to_u64};
 
 pub const CLUSTER_DEPLOYING: &str = "deploying";
 pub const CLUSTER_RUNNING: &str = "running";
@@ -120,7 +120,7 @@ fn run_from(row: &AnyRow) -> Result<RunRow> {
 impl Store {
     /// Stores a new cluster and its request in one transaction.
     pub async fn insert_cluster(&self, request: &RequestRow, cluster: &ClusterRow) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query(
             "INSERT INTO requests (id, account_id, spec, state, reason, attempt, created_at_ms) \
              VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -249,7 +249,7 @@ impl Store {
         because: &str,
         now_ms: i64,
     ) -> Result<Option<Vec<String>>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let done = sqlx::query(
             "UPDATE clusters SET state = $1, ended_because = $2, ended_at_ms = $3 \
              WHERE id = $4 AND state IN ($5, $6)",
@@ -296,7 +296,7 @@ impl Store {
         cluster_spec: &str,
         request_spec: &str,
     ) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query("UPDATE clusters SET spec = $1 WHERE id = $2")
             .bind(cluster_spec)
             .bind(cluster_id)
@@ -312,23 +312,11 @@ impl Store {
     }
 
     pub async fn insert_runs(&self, runs: &[RunRow]) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         for run in runs {
-            sqlx::query(
-                "INSERT INTO node_runs (id, cluster_id, node_rank, attempt, worker_id, node_index, \
-                 state, reason, log_bytes, created_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, $9)",
-            )
-            .bind(&run.id)
-            .bind(&run.cluster_id)
-            .bind(i64::from(run.node_rank))
-            .bind(i64::from(run.attempt))
-            .bind(&run.worker_id)
-            .bind(i64::from(run.node_index))
-            .bind(&run.state)
-            .bind(&run.reason)
-            .bind(run.created_at_ms)
-            .execute(&mut *tx)
-            .await?;
+            insert_run(&mut tx, run)
+                .await
+                .map_err(|e| conflict_on_unique(e, "run attempt"))?;
         }
         tx.commit().await?;
         Ok(())
@@ -427,47 +415,30 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
-    /// Fences the live runs of a cluster on `worker_ids` (their workers were lost) and returns
-    /// them as they were.
-    pub async fn lose_runs(
-        &self,
-        cluster_id: &str,
-        worker_ids: &[String],
-        now_ms: i64,
-    ) -> Result<Vec<RunRow>> {
-        let mut lost = Vec::new();
-        let mut tx = self.pool.begin().await?;
-        for worker_id in worker_ids {
-            let sql = format!(
-                "SELECT {RUN_COLUMNS} FROM node_runs WHERE cluster_id = $1 AND worker_id = $2 \
-                 AND state IN ($3, $4) ORDER BY node_rank"
-            );
-            let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-                .bind(cluster_id)
-                .bind(worker_id)
-                .bind(RUN_ASSIGNED)
-                .bind(RUN_RUNNING)
-                .fetch_all(&mut *tx)
-                .await?;
-            for row in &rows {
-                lost.push(run_from(row)?);
-            }
+    /// Moves runs off nodes that are no longer placed, in one transaction: each old run still
+    /// live is fenced as lost (its worker's late reports are then refused) and its successor is
+    /// inserted. A second mover of the same rank and attempt gets [`crate::StoreError::Conflict`].
+    pub async fn move_runs(&self, moves: &[(String, RunRow)], now_ms: i64) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        for (old_run_id, successor) in moves {
             sqlx::query(
                 "UPDATE node_runs SET state = $1, reason = $2, ended_at_ms = $3 \
-                 WHERE cluster_id = $4 AND worker_id = $5 AND state IN ($6, $7)",
+                 WHERE id = $4 AND state IN ($5, $6)",
             )
             .bind(RUN_LOST)
             .bind("worker_lost")
             .bind(now_ms)
-            .bind(cluster_id)
-            .bind(worker_id)
+            .bind(old_run_id)
             .bind(RUN_ASSIGNED)
             .bind(RUN_RUNNING)
             .execute(&mut *tx)
             .await?;
+            insert_run(&mut tx, successor)
+                .await
+                .map_err(|e| conflict_on_unique(e, "run attempt"))?;
         }
         tx.commit().await?;
-        Ok(lost)
+        Ok(())
     }
 
     /// Rates one node's supplier (again replaces the rating).
@@ -480,7 +451,7 @@ impl Store {
         comment: &str,
         now_ms: i64,
     ) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query("DELETE FROM node_ratings WHERE cluster_id = $1 AND node_rank = $2")
             .bind(cluster_id)
             .bind(i64::from(node_rank))
@@ -519,7 +490,7 @@ impl Store {
 
     /// Keeps a node's newest checkpoint (replacing the one before).
     pub async fn put_checkpoint(&self, run: &RunRow, data: &[u8], now_ms: i64) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query("DELETE FROM checkpoints WHERE cluster_id = $1 AND node_rank = $2")
             .bind(&run.cluster_id)
             .bind(i64::from(run.node_rank))
@@ -590,7 +561,7 @@ impl Store {
         now_ms: i64,
         run_bytes_max: u64,
     ) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query(
             "INSERT INTO node_logs (cluster_id, run_id, node_rank, attempt, stream, at_ms, text) \
              VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -692,5 +663,27 @@ async fn trim_log(
         .bind(run_id)
         .execute(&mut **tx)
         .await?;
+    Ok(())
+}
+
+async fn insert_run(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    run: &RunRow,
+) -> std::result::Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO node_runs (id, cluster_id, node_rank, attempt, worker_id, node_index, \
+         state, reason, log_bytes, created_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, $9)",
+    )
+    .bind(&run.id)
+    .bind(&run.cluster_id)
+    .bind(i64::from(run.node_rank))
+    .bind(i64::from(run.attempt))
+    .bind(&run.worker_id)
+    .bind(i64::from(run.node_index))
+    .bind(&run.state)
+    .bind(&run.reason)
+    .bind(run.created_at_ms)
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }

@@ -80,7 +80,7 @@ impl Store {
         reported: &[(String, DeviceHardware, DeviceState)],
         now_ms: i64,
     ) -> Result<Vec<DeviceRow>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         for (new_id, hardware, initial_state) in reported {
             let hardware_json = serde_json::to_string(hardware).expect("hardware serializes");
             sqlx::query(
@@ -127,7 +127,7 @@ impl Store {
         if changes.is_empty() {
             return Ok(applied);
         }
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         for change in changes {
             let done = sqlx::query(
                 // A change that keeps the state (pausing a device while it is down) keeps the

@@ -39,7 +39,7 @@ fn proposal_from(row: &AnyRow) -> Result<ProposalRow> {
 impl Store {
     /// Opens a proposal and, in the same transaction, counts every stake as its weights.
     pub async fn insert_proposal(&self, proposal: &ProposalRow) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query(
             "INSERT INTO proposals (id, account_id, title, body, options, opened_at_ms, closes_at_ms) \
              VALUES ($1, $2, $3, $4, $5, $6, $7)",

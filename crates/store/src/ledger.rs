@@ -143,7 +143,7 @@ impl Store {
     /// Begins a ledger batch: takes the head row's write lock (a write first, so SQLite takes
     /// its writer lock at once and PostgreSQL locks the row), then reads the head.
     pub async fn ledger_begin(&self) -> Result<LedgerTx> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query("UPDATE ledger_head SET seq = seq WHERE id = 1")
             .execute(&mut *tx)
             .await?;
@@ -159,7 +159,7 @@ impl Store {
     /// A read-only view of the committed ledger, without the head's lock: for a writer that
     /// prepares its next batch while the previous one commits.
     pub async fn ledger_read(&self) -> Result<LedgerTx> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let head = read_head(&mut tx).await?;
         Ok(LedgerTx {
             tx,

@@ -177,6 +177,18 @@ impl Store {
         &self.pool
     }
 
+    /// Begins a transaction that may write. SQLite's default transaction takes the write lock
+    /// at its first write, and when another connection committed after its first read, that
+    /// upgrade fails at once with SQLITE_BUSY: busy_timeout never applies. `BEGIN IMMEDIATE`
+    /// takes the lock at the start, where busy_timeout waits for it.
+    pub(crate) async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
+        let tx = match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        };
+        Ok(tx)
+    }
+
     /// Closes every connection; used on shutdown so SQLite checkpoints its WAL.
     pub async fn close(&self) {
         self.pool.close().await;

@@ -138,7 +138,7 @@ impl Store {
     /// ones (chunked, like the last-seen stamps).
     pub async fn account_uptime(&self, connected: &[String], elapsed_ms: u64) -> Result<()> {
         let elapsed = crate::to_i64(elapsed_ms);
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query(
             "UPDATE workers SET observed_ms = observed_ms + $1 WHERE removed_at_ms IS NULL",
         )

@@ -208,7 +208,7 @@ impl Store {
     /// Ends a placed request that ran its hours and releases its devices; false when it was
     /// not placed any more.
     pub async fn complete_request(&self, request_id: &str, now_ms: i64) -> Result<bool> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let done = sqlx::query(
             "UPDATE requests SET state = $1, ended_at_ms = $2 WHERE id = $3 AND state = $4",
         )
@@ -228,7 +228,7 @@ impl Store {
 
     /// Records why queued requests wait.
     pub async fn set_request_reasons(&self, reasons: &[(String, String)]) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         for (request_id, reason) in reasons {
             sqlx::query("UPDATE requests SET reason = $1 WHERE id = $2 AND state = $3")
                 .bind(reason)
@@ -250,7 +250,7 @@ impl Store {
         placements: &[PlacementRow],
         now_ms: i64,
     ) -> Result<bool> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let done = sqlx::query(
             "UPDATE requests SET state = $1, attempt = $2, placed_at_ms = $3, reason = '' WHERE id = $4 AND state = $5",
         )
@@ -321,7 +321,7 @@ impl Store {
         request_id: &str,
         now_ms: i64,
     ) -> Result<Option<String>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let state: Option<String> = sqlx::query_scalar(
             "SELECT state FROM requests WHERE id = $1 AND account_id = $2 AND state IN ($3, $4)",
         )
@@ -401,7 +401,7 @@ impl Store {
         now_ms: i64,
     ) -> Result<bool> {
         let attempt = i64::from(previous_attempt + 1);
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let done = sqlx::query(
             "UPDATE requests SET attempt = $1 WHERE id = $2 AND state = $3 AND attempt = $4",
         )

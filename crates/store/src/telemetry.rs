@@ -50,7 +50,7 @@ impl Store {
         unique.sort_unstable();
         let buckets: Vec<&TelemetryBucketRow> =
             unique.into_iter().map(|index| &buckets[index]).collect();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         for chunk in buckets.chunks(ROWS_PER_INSERT_MAX) {
             let mut sql = String::from(
                 "INSERT INTO telemetry (device_id, bucket_start_ms, bucket_s, samples, utilization_pct, memory_used_bytes, \

@@ -171,7 +171,7 @@ impl Store {
         worker: &WorkerRow,
         now_ms: i64,
     ) -> Result<Option<WorkerRow>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         // A single conditional UPDATE takes the token, so two workers racing on one token
         // cannot both succeed on either database.
         let taken: Option<String> = sqlx::query_scalar(
@@ -319,7 +319,7 @@ impl Store {
         worker_id: &str,
         now_ms: i64,
     ) -> Result<bool> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let done = sqlx::query(
             "UPDATE workers SET removed_at_ms = $1 WHERE id = $2 AND account_id = $3 AND removed_at_ms IS NULL",
         )
@@ -344,7 +344,7 @@ impl Store {
 
     /// Stamps last-seen times for many workers at once (flushed periodically, not per beat).
     pub async fn touch_workers(&self, seen: &[(String, i64)]) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         // One statement per chunk rather than per worker: at 10,000 workers this write is the
         // coordinator's largest periodic cost.
         for chunk in seen.chunks(WORKERS_PER_TOUCH_MAX) {
