@@ -286,6 +286,19 @@ pub struct Running {
 }
 
 impl Running {
+    /// The container's network namespace, as its first process's: the tunnel dials its ports
+    /// inside it, on loopback, so a server bound to 127.0.0.1 there is reached too.
+    pub async fn namespace(&self) -> Option<PathBuf> {
+        let inspected = self
+            .guard
+            .docker
+            .inspect_container(&self.guard.id, None)
+            .await
+            .ok()?;
+        let pid = inspected.state?.pid.filter(|pid| *pid > 0)?;
+        Some(PathBuf::from(format!("/proc/{pid}/ns/net")))
+    }
+
     /// Waits for the node's end: by itself, at its wall-clock limit, or when `stop` resolves
     /// (then it is killed). Returns once the output is all handed over and the container is
     /// removed.

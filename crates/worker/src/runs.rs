@@ -35,6 +35,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use crate::WorkerError;
 use crate::checkpoint::{Checkpoint, CheckpointStore, Uploads};
 use crate::container::{ContainerError, Engine};
+use crate::netns::{NodeNetwork, NodeNetworks};
 use crate::sandbox::{Chunk, Ended, Ending, Sandbox, SandboxSpec};
 
 /// Runs at once on one worker, counting runs whose end is not yet handed to the agent.
@@ -119,17 +120,32 @@ impl Outbox {
     }
 }
 
-/// The ports of live runs a renter may reach through the tunnel, by run id. Shared between
+/// The ports of started runs a renter may reach through the tunnel, by run id. Shared between
 /// the runner (which adds and removes runs) and the tunnel (which only reads).
 #[derive(Debug, Clone, Default)]
 pub struct PortTable {
-    runs: Arc<std::sync::RwLock<HashMap<String, Vec<u16>>>>,
+    runs: Arc<std::sync::RwLock<HashMap<String, NodePorts>>>,
+}
+
+/// A started node's declared ports and the network they are in.
+#[derive(Debug, Clone)]
+struct NodePorts {
+    ports: Vec<u16>,
+    /// The node's network namespace (a path to `setns` into); none: the worker's own.
+    namespace: Option<PathBuf>,
+}
+
+/// Where a tunnelled connection goes: `port` on loopback, in `namespace` if there is one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortTarget {
+    pub port: u16,
+    pub namespace: Option<PathBuf>,
 }
 
 impl PortTable {
-    fn insert(&self, run_id: &str, ports: Vec<u16>) {
+    fn insert(&self, run_id: &str, ports: Vec<u16>, namespace: Option<PathBuf>) {
         let mut runs = self.runs.write().unwrap_or_else(PoisonError::into_inner);
-        runs.insert(run_id.to_owned(), ports);
+        runs.insert(run_id.to_owned(), NodePorts { ports, namespace });
     }
 
     fn remove(&self, run_id: &str) {
@@ -137,16 +153,17 @@ impl PortTable {
         runs.remove(run_id);
     }
 
-    /// Where a tunnelled connection to `port` of `run_id` goes, if this worker runs it live
-    /// and the port was declared.
-    pub fn target(&self, run_id: &str, port: u16) -> Result<std::net::SocketAddr, String> {
+    /// Where a tunnelled connection to `port` of `run_id` goes, if this worker runs it, it has
+    /// started, and the port was declared.
+    pub fn target(&self, run_id: &str, port: u16) -> Result<PortTarget, String> {
         let runs = self.runs.read().unwrap_or_else(PoisonError::into_inner);
         match runs.get(run_id) {
-            Some(ports) if ports.contains(&port) => {
-                Ok(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
-            }
+            Some(node) if node.ports.contains(&port) => Ok(PortTarget {
+                port,
+                namespace: node.namespace.clone(),
+            }),
             Some(_) => Err(format!("port {port} is not one its cluster declared")),
-            None => Err(format!("run {run_id} is not live on this worker")),
+            None => Err(format!("run {run_id} is not started on this worker")),
         }
     }
 }
@@ -171,8 +188,10 @@ pub struct Runner {
     /// GPU index of each device of this worker, by device id (none: not a GPU).
     devices: HashMap<String, Option<u32>>,
     live: HashMap<String, Live>,
-    /// What the tunnel may reach: each live exec run's declared ports.
+    /// What the tunnel may reach: each started run's declared ports.
     ports: PortTable,
+    /// Whether exec nodes get a network namespace each.
+    networks: Arc<NodeNetworks>,
     /// Reports of runs that ended and were handed over, oldest first.
     finished: VecDeque<WorkerMessage>,
     outbox: Arc<Outbox>,
@@ -182,7 +201,14 @@ impl Runner {
     /// A runner keeping work directories under `<data_dir>/runs`, with the cgroups this
     /// machine offers.
     pub fn new(data_dir: &Path) -> Result<Runner, WorkerError> {
-        Runner::with_sandbox(data_dir, Sandbox::detect())
+        let runner = Runner::with_sandbox(data_dir, Sandbox::detect())?;
+        Ok(runner.with_node_networks(NodeNetworks::detect(data_dir)))
+    }
+
+    /// Gives exec nodes their networks this way (tests choose shared or private).
+    pub fn with_node_networks(mut self, networks: NodeNetworks) -> Runner {
+        self.networks = Arc::new(networks);
+        self
     }
 
     /// A runner with a given sandbox (tests choose the cgroup fallback with it).
@@ -210,6 +236,7 @@ impl Runner {
             devices: HashMap::new(),
             live: HashMap::new(),
             ports: PortTable::default(),
+            networks: Arc::new(NodeNetworks::shared()),
             finished: VecDeque::new(),
             outbox: Arc::default(),
         })
@@ -315,11 +342,6 @@ impl Runner {
             stop: Some(stop),
             task,
         };
-        // Nodes on the exec driver share the worker's network: their ports are on loopback.
-        // A container's ports are not reachable through the tunnel yet.
-        if order.image.is_none() && !order.ports.is_empty() {
-            self.ports.insert(&order.run_id, order.ports.clone());
-        }
         self.live.insert(order.run_id, live);
     }
 
@@ -398,7 +420,10 @@ impl Runner {
     fn prepare(&self, order: &NodeOrder) -> Result<Plan, String> {
         check_run_id(&order.run_id)?;
         let driver = match (&order.image, &self.engine) {
-            (None, _) => Driver::Exec(self.sandbox.clone()),
+            (None, _) => Driver::Exec {
+                sandbox: self.sandbox.clone(),
+                networks: self.networks.clone(),
+            },
             (Some(image), Some(engine)) => Driver::Container {
                 engine: engine.clone(),
                 image: image.clone(),
@@ -433,6 +458,7 @@ impl Runner {
             memory_bytes_max: order.memory_bytes_max,
             cpu_millis_max: order.cpu_millis_max,
             wall_limit: Duration::from_millis(order.wall_limit_ms),
+            network_namespace: None,
         };
         spec.check().map_err(|e| e.to_string())?;
         let checkpoint = self.checkpoint(order, &spec.work_dir)?;
@@ -440,6 +466,8 @@ impl Runner {
             spec,
             driver,
             checkpoint,
+            ports: order.ports.clone(),
+            port_table: self.ports.clone(),
         })
     }
 
@@ -527,18 +555,27 @@ struct Plan {
     spec: SandboxSpec,
     driver: Driver,
     checkpoint: Option<Arc<Checkpoint>>,
+    /// The ports the cluster declared, entered in `port_table` once the node has started.
+    ports: Vec<u16>,
+    port_table: PortTable,
 }
 
 /// What runs a node.
 #[derive(Debug, Clone)]
 enum Driver {
-    Exec(Arc<Sandbox>),
-    Container { engine: Arc<Engine>, image: String },
+    Exec {
+        sandbox: Arc<Sandbox>,
+        networks: Arc<NodeNetworks>,
+    },
+    Container {
+        engine: Arc<Engine>,
+        image: String,
+    },
 }
 
 /// A started node, on either driver.
 enum Node {
-    Exec(crate::sandbox::Running),
+    Exec(crate::sandbox::Running, Option<NodeNetwork>),
     Container(crate::container::Running),
 }
 
@@ -553,10 +590,20 @@ impl Node {
         stop: &mut oneshot::Receiver<String>,
     ) -> Result<Node, StartFailed> {
         match driver {
-            Driver::Exec(sandbox) => sandbox
-                .start(run_id, spec, output)
-                .map(Node::Exec)
-                .map_err(|e| StartFailed::Error(e.to_string())),
+            Driver::Exec { sandbox, networks } => {
+                let network = make_network(networks, run_id).await?;
+                let spec = SandboxSpec {
+                    network_namespace: network.as_ref().map(|n| n.name().to_owned()),
+                    ..spec.clone()
+                };
+                match sandbox.start(run_id, &spec, output) {
+                    Ok(running) => Ok(Node::Exec(running, network)),
+                    Err(error) => {
+                        remove_network(network).await;
+                        Err(StartFailed::Error(error.to_string()))
+                    }
+                }
+            }
             Driver::Container { engine, image } => tokio::select! {
                 started = engine.start(run_id, image, spec, output) => started
                     .map(Node::Container)
@@ -566,11 +613,41 @@ impl Node {
         }
     }
 
+    /// The network namespace the node's ports are in; none: the worker's.
+    async fn namespace(&self) -> Option<PathBuf> {
+        match self {
+            Node::Exec(_, network) => network.as_ref().map(NodeNetwork::path),
+            Node::Container(running) => running.namespace().await,
+        }
+    }
+
     async fn wait(self, stop: impl Future<Output = ()>) -> Result<Ended, String> {
         match self {
-            Node::Exec(running) => running.wait(stop).await.map_err(|e| e.to_string()),
+            Node::Exec(running, network) => {
+                let ended = running.wait(stop).await.map_err(|e| e.to_string());
+                remove_network(network).await;
+                ended
+            }
             Node::Container(running) => running.wait(stop).await.map_err(|e| e.to_string()),
         }
+    }
+}
+
+/// The node's own network, where this worker makes them.
+async fn make_network(
+    networks: &Arc<NodeNetworks>,
+    run_id: &str,
+) -> Result<Option<NodeNetwork>, StartFailed> {
+    let (networks, id) = (networks.clone(), run_id.to_owned());
+    tokio::task::spawn_blocking(move || networks.create(&id))
+        .await
+        .map_err(|e| StartFailed::Error(e.to_string()))?
+        .map_err(|e| StartFailed::Error(format!("cannot make the node's network: {e}")))
+}
+
+async fn remove_network(network: Option<NodeNetwork>) {
+    if let Some(network) = network {
+        let _ = tokio::task::spawn_blocking(move || network.remove()).await;
     }
 }
 
@@ -642,6 +719,11 @@ async fn supervise(
         }
         Err(StartFailed::Stopped(reason)) => return exited(run_id, None, "stopped", reason),
     };
+    if !plan.ports.is_empty() {
+        let namespace = running.namespace().await;
+        plan.port_table
+            .insert(run_id, plan.ports.clone(), namespace);
+    }
     outbox.push(
         Kind::Lifecycle,
         WorkerMessage::NodeStarted {
@@ -664,6 +746,7 @@ async fn supervise(
             }
         }
     };
+    plan.port_table.remove(run_id);
     // The readers are done: what is left in the channel is the last of the output.
     while let Some(chunk) = chunks.recv().await {
         logs.forward(outbox, &chunk);

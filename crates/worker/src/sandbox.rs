@@ -93,6 +93,9 @@ pub struct SandboxSpec {
     pub cpu_millis_max: u64,
     /// Killed after this long.
     pub wall_limit: Duration,
+    /// The network namespace (a name under /run/netns) the node runs in; none: the worker's.
+    /// The exec driver's only; a container has a network of its engine's making.
+    pub network_namespace: Option<String>,
 }
 
 /// Why a command could not run (not why it failed: that is its exit status).
@@ -453,7 +456,7 @@ impl Running {
 }
 
 /// Whether this process is root (it owns its own /proc entry).
-pub(crate) fn running_as_root() -> bool {
+pub fn running_as_root() -> bool {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata("/proc/self").is_ok_and(|meta| meta.uid() == 0)
 }
@@ -485,6 +488,9 @@ fn command(spec: &SandboxSpec, cgroup: Option<&RunCgroup>) -> tokio::process::Co
             command
         }
     };
+    if let Some(namespace) = &spec.network_namespace {
+        command.args(["ip", "netns", "exec", namespace]);
+    }
     if running_as_root() {
         // bwrap maps the node's user to whoever runs it: run by root, the node would own
         // every root file it can see (a 0600 key under a read-only /etc, say) and leave
@@ -573,6 +579,7 @@ mod tests {
             memory_bytes_max: 1 << 30,
             cpu_millis_max: 0,
             wall_limit: Duration::from_secs(20),
+            network_namespace: None,
         }
     }
 

@@ -162,7 +162,12 @@ async fn serve(mut stream: Stream, ports: PortTable) {
 
 async fn dial(ports: &PortTable, open: &StreamOpen) -> Result<tokio::net::TcpStream, String> {
     let target = ports.target(&open.run_id, open.port)?;
-    let dial = tokio::net::TcpStream::connect(target);
+    let dial = async {
+        match &target.namespace {
+            Some(namespace) => crate::netns::dial(namespace, target.port).await,
+            None => tokio::net::TcpStream::connect(("127.0.0.1", target.port)).await,
+        }
+    };
     let node = tokio::time::timeout(Duration::from_millis(DIAL_TIMEOUT_MS), dial)
         .await
         .map_err(|_| format!("port {} did not answer", open.port))?

@@ -714,7 +714,7 @@ on_both_databases!(retries_memory_limits_extension_and_expiry);
 /// The Docker engine the test command started (`FLOTILLA_TEST_DOCKER_HOST`, a `unix://` URL)
 /// and the image it built there; without one (and unless the test command requires it) the
 /// container test says so and stops.
-fn container_engine() -> Option<(String, String)> {
+pub(crate) fn container_engine() -> Option<(String, String)> {
     let host = std::env::var("FLOTILLA_TEST_DOCKER_HOST")
         .ok()
         .filter(|h| !h.is_empty());

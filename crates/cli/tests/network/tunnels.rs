@@ -409,3 +409,101 @@ async fn a_browser_reaches_a_node_by_link(db: Db) {
     assert_eq!(expired.status(), 401);
 }
 on_both_databases!(a_browser_reaches_a_node_by_link);
+
+/// An HTTP server on 127.0.0.1:`port` of the node that answers with the node's rank.
+fn rank_server(port: u16) -> String {
+    format!(
+        "import os, socket\n\
+         s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+         s.bind(('127.0.0.1', {port})); s.listen(16)\n\
+         body = ('node ' + os.environ['FLOTILLA_NODE_RANK']).encode()\n\
+         while True:\n    \
+             c, _ = s.accept(); c.recv(65536)\n    \
+             c.sendall(b'HTTP/1.1 200 OK\\r\\nContent-Length: ' + str(len(body)).encode() + b'\\r\\nConnection: close\\r\\n\\r\\n' + body); c.close()\n"
+    )
+}
+
+/// What `/t/CLUSTER/NODE/PORT/` answers, once it answers with success.
+async fn page_of(coordinator: &str, key: &str, cluster: &str, node: u32, port: u16) -> String {
+    let url = format!("{coordinator}/t/{cluster}/{node}/{port}/");
+    let http = reqwest::Client::new();
+    eventually(Duration::from_secs(20), || async {
+        let response = http.get(&url).bearer_auth(key).send().await.ok()?;
+        response
+            .status()
+            .is_success()
+            .then_some(response.text().await.ok()?)
+    })
+    .await
+    .unwrap_or_else(|| panic!("{url} answers"))
+}
+
+/// Ports are per node: two nodes on one machine (two workers here) both serve one port on
+/// their loopback, and each node's link reaches its own; a container node's port is reached
+/// the same way.
+async fn nodes_on_one_machine_share_a_port_number_and_each_is_reached(db: Db) {
+    if !sandbox_ready() || !flotilla_worker::sandbox::running_as_root() {
+        return;
+    }
+    let engine = crate::clusters::container_engine();
+    let flags: Vec<&str> = match &engine {
+        Some((socket, _)) => vec!["--docker-socket", socket],
+        None => vec![],
+    };
+    let Market {
+        coordinator,
+        renter_key,
+        renter,
+        _workers,
+        _dirs,
+        ..
+    } = crate::clusters::market_with(db, 2, "500", &flags).await;
+    let port = free_port();
+    let service = ClusterSpec {
+        kind: "service".into(),
+        ports: vec![port],
+        ..spec(2, &["python3", "-c", &rank_server(port)])
+    };
+    let cluster: ClusterInfo = renter.post("clusters", &service).await.unwrap();
+    until_state(&renter, &cluster.id, "running", 30).await;
+    for node in [0, 1] {
+        let page = page_of(&coordinator.url, &renter_key, &cluster.id, node, port).await;
+        assert_eq!(page, format!("node {node}"));
+    }
+    // Nothing of the nodes' reached the host's own port.
+    assert!(std::net::TcpListener::bind(("127.0.0.1", port)).is_ok());
+    let _: ClusterInfo = renter
+        .post_empty(&format!("clusters/{}/terminate", cluster.id))
+        .await
+        .unwrap();
+
+    let Some((_, image)) = engine else {
+        return;
+    };
+    let script =
+        format!("echo container-node > /tmp/index.html; httpd -f -p 127.0.0.1:{port} -h /tmp");
+    let in_container = ClusterSpec {
+        kind: "service".into(),
+        ports: vec![port],
+        image: Some(image),
+        ..spec(1, &["sh", "-c", &script])
+    };
+    let cluster: ClusterInfo = renter.post("clusters", &in_container).await.unwrap();
+    until_state(&renter, &cluster.id, "running", 60).await;
+    let page = page_of(&coordinator.url, &renter_key, &cluster.id, 0, port).await;
+    assert_eq!(page, "container-node\n");
+    // The container goes before its engine does: a run's work dir is removed after its node.
+    let _: ClusterInfo = renter
+        .post_empty(&format!("clusters/{}/terminate", cluster.id))
+        .await
+        .unwrap();
+    let runs_dirs: Vec<_> = _dirs.iter().map(|d| d.path().join("runs")).collect();
+    let removed = eventually(Duration::from_secs(20), || async {
+        let empty =
+            |dir: &std::path::PathBuf| std::fs::read_dir(dir).is_ok_and(|mut e| e.next().is_none());
+        runs_dirs.iter().all(empty).then_some(())
+    })
+    .await;
+    assert!(removed.is_some(), "the container node is removed");
+}
+on_both_databases!(nodes_on_one_machine_share_a_port_number_and_each_is_reached);

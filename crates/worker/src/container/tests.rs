@@ -15,6 +15,7 @@ fn spec(gpu_indices: Vec<u32>) -> SandboxSpec {
         memory_bytes_max: 64 << 20,
         cpu_millis_max: 0,
         wall_limit: Duration::from_secs(5),
+        network_namespace: None,
     }
 }
 
