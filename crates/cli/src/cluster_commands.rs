@@ -267,8 +267,7 @@ pub async fn deploy(args: DeployArgs) -> Result<()> {
         .clone()
         .unwrap_or_else(|| flotilla_proto::id::new_id(flotilla_proto::id::IdKind::Transfer));
     let cluster: ClusterInfo = client.post_idempotent("clusters", &spec, &key).await?;
-    show(args.connection.output, &cluster);
-    Ok(())
+    show(&args.connection, &cluster)
 }
 
 fn summary_row(cluster: &ClusterInfo) -> Vec<String> {
@@ -285,10 +284,13 @@ fn summary_row(cluster: &ClusterInfo) -> Vec<String> {
 
 const SUMMARY_HEADERS: &[&str] = &["ID", "NAME", "TYPE", "STATE", "NODES", "HOURS", "ESCROW"];
 
-fn show(format: Format, cluster: &ClusterInfo) {
+/// The cluster, its nodes (with what renters' tunnelled connections carried) and, while it
+/// runs, a link for each declared port of each node.
+fn show(connection: &Connection, cluster: &ClusterInfo) -> Result<()> {
+    let format = connection.output;
     if format == Format::Json {
         print(format, cluster, &[], Vec::new());
-        return;
+        return Ok(());
     }
     print(format, cluster, SUMMARY_HEADERS, vec![summary_row(cluster)]);
     if let Some(why) = cluster
@@ -309,15 +311,42 @@ fn show(format: Format, cluster: &ClusterInfo) {
                 opt(n.exit_code),
                 n.worker_id.clone(),
                 n.device_ids.join(","),
+                format!(
+                    "{} conn, {} B in, {} B out",
+                    n.tunnel.connections, n.tunnel.bytes_to_node, n.tunnel.bytes_from_node
+                ),
             ]
         })
         .collect();
     print(
         format,
         cluster,
-        &["RANK", "ATTEMPT", "STATE", "EXIT", "WORKER", "DEVICES"],
+        &[
+            "RANK", "ATTEMPT", "STATE", "EXIT", "WORKER", "DEVICES", "TUNNEL",
+        ],
         rows,
     );
+    if cluster.port_links.is_empty() {
+        return Ok(());
+    }
+    let base_url = connection.client()?.base_url().to_owned();
+    let rows = cluster
+        .port_links
+        .iter()
+        .map(|link| {
+            vec![
+                link.node_rank.to_string(),
+                link.port.to_string(),
+                format!("{base_url}{}", link.path),
+                format!(
+                    "flotilla connect {} --node {} --port {}",
+                    cluster.id, link.node_rank, link.port
+                ),
+            ]
+        })
+        .collect();
+    print(format, cluster, &["NODE", "PORT", "LINK", "CONNECT"], rows);
+    Ok(())
 }
 
 pub async fn clusters(command: ClustersCommand) -> Result<()> {
@@ -329,7 +358,7 @@ pub async fn clusters(command: ClustersCommand) -> Result<()> {
         }
         ClustersCommand::Show { connection, id } => {
             let cluster: ClusterInfo = connection.client()?.get(&format!("clusters/{id}")).await?;
-            show(connection.output, &cluster);
+            show(&connection, &cluster)?;
         }
         ClustersCommand::Extend {
             connection,
@@ -340,7 +369,7 @@ pub async fn clusters(command: ClustersCommand) -> Result<()> {
                 .client()?
                 .post(&format!("clusters/{id}/extend"), &ExtendRequest { hours })
                 .await?;
-            show(connection.output, &cluster);
+            show(&connection, &cluster)?;
         }
         ClustersCommand::Rate {
             connection,
@@ -360,14 +389,14 @@ pub async fn clusters(command: ClustersCommand) -> Result<()> {
                 .client()?
                 .post(&format!("clusters/{id}/ratings"), &ratings)
                 .await?;
-            show(connection.output, &cluster);
+            show(&connection, &cluster)?;
         }
         ClustersCommand::Terminate { connection, id } => {
             let cluster: ClusterInfo = connection
                 .client()?
                 .post_empty(&format!("clusters/{id}/terminate"))
                 .await?;
-            show(connection.output, &cluster);
+            show(&connection, &cluster)?;
         }
         ClustersCommand::Logs {
             connection,

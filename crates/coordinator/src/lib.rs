@@ -28,6 +28,7 @@ pub mod rent;
 pub mod scheduling;
 mod session;
 pub mod telemetry;
+pub mod traffic;
 pub mod tunnels;
 pub mod verifier;
 
@@ -188,6 +189,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         .port();
     // The tunnel's Noise key is the ledger key's X25519 twin: stable, and nothing more to keep.
     let tunnel_key = flotilla_tunnel::StaticKeypair::from_ed25519(ledger.signing_key());
+    let (traffic_sink, traffic_records) = traffic::queue();
     let app = AppState {
         store: store.clone(),
         config: Arc::new(config),
@@ -199,7 +201,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         prices: Arc::new(market::PriceHistory::default()),
         ledger,
         schedule_now: Arc::new(tokio::sync::Notify::new()),
-        tunnels: Arc::new(tunnels::Tunnels::new(tunnel_key, tunnel_port)),
+        tunnels: Arc::new(tunnels::Tunnels::new(tunnel_key, tunnel_port, traffic_sink)),
     };
     let router = api::router(app.clone());
     let mut server_shutdown = shutdown_rx.clone();
@@ -219,6 +221,11 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         tunnel_listener,
         shutdown_rx.clone(),
     ));
+    let traffic = tokio::spawn(traffic::record(
+        app.clone(),
+        traffic_records,
+        shutdown_rx.clone(),
+    ));
     let liveness = tokio::spawn(liveness_loop(app.clone(), shutdown_rx.clone()));
     let scheduling = tokio::spawn(scheduling::run(app.clone(), shutdown_rx.clone()));
     let upkeep = tokio::spawn(ledger_upkeep::run(app.clone(), shutdown_rx.clone()));
@@ -228,7 +235,15 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         local_addr,
         store,
         shutdown: shutdown_tx,
-        tasks: vec![server, tunnel, liveness, scheduling, upkeep, housekeeping],
+        tasks: vec![
+            server,
+            tunnel,
+            traffic,
+            liveness,
+            scheduling,
+            upkeep,
+            housekeeping,
+        ],
         ledger_writer,
     })
 }

@@ -15,12 +15,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use flotilla_proto::wire::{STREAM_LINE_BYTES_MAX, StreamOpen, StreamOpened, TunnelOffer};
-use flotilla_tunnel::{Hello, StaticKeypair, Stream, StreamOpener};
+use flotilla_store::RunRow;
+use flotilla_tunnel::{Hello, StaticKeypair, StreamOpener};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, oneshot, watch};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 
 use crate::AppState;
+use crate::traffic::{Metered, TrafficRecord};
 
 /// Handshakes in progress at once; more wait (a flood of half-open connections costs little).
 const HANDSHAKES_IN_FLIGHT_MAX: usize = 64;
@@ -51,6 +53,8 @@ pub struct Tunnels {
     port: u16,
     sessions: Mutex<HashMap<String, Entry>>,
     next_id: AtomicU64,
+    /// Where ended connections' figures go.
+    traffic: mpsc::Sender<TrafficRecord>,
 }
 
 impl std::fmt::Debug for Tunnels {
@@ -62,12 +66,13 @@ impl std::fmt::Debug for Tunnels {
 }
 
 impl Tunnels {
-    pub fn new(key: StaticKeypair, port: u16) -> Tunnels {
+    pub fn new(key: StaticKeypair, port: u16, traffic: mpsc::Sender<TrafficRecord>) -> Tunnels {
         Tunnels {
             key,
             port,
             sessions: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
+            traffic,
         }
     }
 
@@ -85,16 +90,11 @@ impl Tunnels {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Opens a stream to port `port` of run `run_id` on `worker_id`.
-    pub async fn open(
-        &self,
-        worker_id: &str,
-        run_id: &str,
-        port: u16,
-    ) -> Result<Stream, OpenError> {
+    /// Opens a stream to port `port` of `run`'s node, counted for the node and its devices.
+    pub async fn open(&self, run: &RunRow, port: u16) -> Result<Metered, OpenError> {
         let opener = self
             .lock()
-            .get(worker_id)
+            .get(&run.worker_id)
             .map(|entry| entry.opener.clone())
             .ok_or(OpenError::WorkerAway)?;
         let mut stream = opener
@@ -102,7 +102,7 @@ impl Tunnels {
             .await
             .map_err(|e| OpenError::Tunnel(e.to_string()))?;
         let open = StreamOpen {
-            run_id: run_id.to_owned(),
+            run_id: run.id.clone(),
             port,
         };
         let mut line = serde_json::to_vec(&open).expect("stream opens serialize");
@@ -120,7 +120,7 @@ impl Tunnels {
         if !opened.ok {
             return Err(OpenError::Refused(opened.error));
         }
-        Ok(stream)
+        Ok(Metered::new(stream, run, self.traffic.clone()))
     }
 
     /// Whether a worker's tunnel is up.

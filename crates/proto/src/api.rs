@@ -275,6 +275,41 @@ pub struct Device {
     pub telemetry: Option<TelemetrySnapshot>,
     /// The asking price in IOSD base units per hour; absent when not offered.
     pub price_per_hour: Option<u64>,
+    /// Renters' tunnelled connections to the nodes this device has held, added up.
+    #[serde(default)]
+    pub tunnel: TunnelTraffic,
+}
+
+/// What renters' tunnelled connections carried, to one node or, added up, to one device.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TunnelTraffic {
+    pub connections: u64,
+    pub bytes_to_node: u64,
+    pub bytes_from_node: u64,
+    /// The connections' durations, added up.
+    pub connected_ms: u64,
+}
+
+impl TunnelTraffic {
+    /// Both added, each figure saturating.
+    pub fn plus(self, other: TunnelTraffic) -> TunnelTraffic {
+        TunnelTraffic {
+            connections: self.connections.saturating_add(other.connections),
+            bytes_to_node: self.bytes_to_node.saturating_add(other.bytes_to_node),
+            bytes_from_node: self.bytes_from_node.saturating_add(other.bytes_from_node),
+            connected_ms: self.connected_ms.saturating_add(other.connected_ms),
+        }
+    }
+}
+
+/// A declared port of a node, reached through the coordinator at `path` (HTTP and WebSockets)
+/// or with `flotilla connect CLUSTER --node NODE_RANK --port PORT`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PortLink {
+    pub node_rank: u32,
+    pub port: u16,
+    /// `/t/CLUSTER/NODE/PORT/`, on the coordinator's address.
+    pub path: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -656,6 +691,9 @@ pub struct ClusterNodeInfo {
     pub ended_at: Option<String>,
     /// The renter's rating of this node's supplier, once given.
     pub rating_stars: Option<u8>,
+    /// Renters' tunnelled connections to this run of the node.
+    #[serde(default)]
+    pub tunnel: TunnelTraffic,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -670,6 +708,9 @@ pub struct ClusterInfo {
     pub spec: ClusterSpec,
     pub secret_env_names: Vec<String>,
     pub nodes: Vec<ClusterNodeInfo>,
+    /// Each node's declared ports, while the cluster runs.
+    #[serde(default)]
+    pub port_links: Vec<PortLink>,
     /// Why a deploying cluster waits.
     pub waiting_because: Option<String>,
     pub rent_per_hour: u64,

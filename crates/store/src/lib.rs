@@ -20,6 +20,7 @@ mod market;
 mod proofs;
 mod requests;
 mod telemetry;
+mod traffic;
 mod workers;
 
 pub use accounts::{AccountRow, ApiKeyRow, AuthenticatedKey};
@@ -112,6 +113,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (8, include_str!("../migrations/0008_rent.sql")),
     (9, include_str!("../migrations/0009_requests_ended.sql")),
     (10, include_str!("../migrations/0010_clusters.sql")),
+    (11, include_str!("../migrations/0011_tunnel_traffic.sql")),
 ];
 
 /// Connections held open to PostgreSQL. SQLite gets fewer: it has one writer anyway.

@@ -128,9 +128,9 @@ async fn a_renter_reaches_its_nodes_port_and_no_one_else_does(db: Db) {
         coordinator,
         renter_key,
         renter,
+        supplier,
         _workers,
         _dirs,
-        ..
     } = market(db, 1).await;
     let port = free_port();
     let service = ClusterSpec {
@@ -195,6 +195,40 @@ async fn a_renter_reaches_its_nodes_port_and_no_one_else_does(db: Db) {
     assert_eq!(
         String::from_utf8_lossy(&output.stdout),
         "hello through stdio\n"
+    );
+
+    // Every connection is counted for the node and its device: the ping(s) before, 16
+    // parallel ones, 100 MiB and the stdio one, each way.
+    let moved = 16 * (256 << 10) + (100 << 20);
+    let counted = eventually(Duration::from_secs(10), || async {
+        let info: ClusterInfo = renter.get(&format!("clusters/{}", cluster.id)).await.ok()?;
+        let node = info.nodes[0].clone();
+        (node.tunnel.connections >= 19 && node.tunnel.bytes_from_node >= moved)
+            .then_some((info, node))
+    })
+    .await;
+    let (info, node) = counted.expect("the node's tunnel traffic is counted");
+    assert!(node.tunnel.bytes_to_node >= moved, "{:?}", node.tunnel);
+    let device: flotilla_proto::api::DeviceDetail = supplier
+        .get(&format!("devices/{}", node.device_ids[0]))
+        .await
+        .unwrap();
+    assert_eq!(
+        device.device.tunnel, node.tunnel,
+        "the device's figures are its node's"
+    );
+    // The running cluster lists its port's link, and `clusters show` prints it.
+    let link_path = format!("/t/{}/0/{port}/", cluster.id);
+    assert_eq!(info.port_links.len(), 1);
+    assert_eq!(info.port_links[0].path, link_path);
+    let (ok, shown, _) = crate::clusters::cli(
+        &coordinator,
+        &renter_key,
+        &["clusters", "show", &cluster.id],
+    );
+    assert!(
+        ok && shown.contains(&format!("{}{link_path}", coordinator.url)),
+        "{shown}"
     );
 
     // Refusals: another renter, a port the cluster did not declare.

@@ -9,7 +9,7 @@ use flotilla_ledger::rent::quote;
 use flotilla_ledger::{AccountId, Kind, Outcome, Token, Transfer, TransferError};
 use flotilla_proto::api::{
     ClusterInfo, ClusterNodeInfo, ClusterQuote, ClusterSpec, ErrorBody, ExtendRequest, LogLine,
-    LogPage, LogQuery, Page, PageQuery, RateNodesRequest, RequestSpec, Role,
+    LogPage, LogQuery, Page, PageQuery, PortLink, RateNodesRequest, RequestSpec, Role,
 };
 use flotilla_proto::id::{IdKind, new_id};
 use flotilla_proto::time::{rfc3339, rfc3339_opt};
@@ -492,7 +492,22 @@ fn node_info(run: &RunRow, devices: &HashMap<u32, Vec<String>>) -> ClusterNodeIn
         started_at: rfc3339_opt(run.started_at_ms),
         ended_at: rfc3339_opt(run.ended_at_ms),
         rating_stars: None,
+        tunnel: Default::default(),
     }
+}
+
+/// The `/t/` path of each declared port of each node.
+fn port_links(cluster_id: &str, nodes: &[ClusterNodeInfo], ports: &[u16]) -> Vec<PortLink> {
+    nodes
+        .iter()
+        .flat_map(|node| {
+            ports.iter().map(move |port| PortLink {
+                node_rank: node.rank,
+                port: *port,
+                path: format!("/t/{cluster_id}/{}/{port}/", node.rank),
+            })
+        })
+        .collect()
 }
 
 async fn info(app: &AppState, row: ClusterRow) -> ApiResult<ClusterInfo> {
@@ -520,9 +535,17 @@ async fn info(app: &AppState, row: ClusterRow) -> ApiResult<ClusterInfo> {
         }
     }
     let ratings = app.store.node_ratings(&row.id).await?;
+    let run_ids: Vec<String> = nodes.iter().map(|n| n.run_id.clone()).collect();
+    let mut traffic = app.store.tunnel_traffic(&run_ids).await?;
     for node in &mut nodes {
         node.rating_stars = ratings.get(&node.rank).map(|(stars, _)| *stars);
+        node.tunnel = traffic.remove(&node.run_id).unwrap_or_default();
     }
+    let port_links = if row.state == CLUSTER_RUNNING {
+        port_links(&row.id, &nodes, &spec.ports)
+    } else {
+        Vec::new()
+    };
     let escrow = crate::ledger::balance(&app.store, &AccountId::escrow(&row.id, Token::Iosd))
         .await?
         .available();
@@ -538,6 +561,7 @@ async fn info(app: &AppState, row: ClusterRow) -> ApiResult<ClusterInfo> {
         spec,
         secret_env_names: secrets.into_keys().collect(),
         nodes,
+        port_links,
         waiting_because: waiting,
         rent_per_hour,
         escrow_micros: escrow,

@@ -116,6 +116,8 @@ pub fn device(row: DeviceRow, fleet: &Fleet) -> Device {
         created_at: rfc3339(row.created_at_ms),
         last_seen_at: rfc3339_opt(last_seen_ms),
         telemetry,
+        // Filled from the store by the handlers that show it (`devices::with_traffic`).
+        tunnel: Default::default(),
     }
 }
 

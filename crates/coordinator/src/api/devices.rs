@@ -50,7 +50,20 @@ pub(super) async fn load(app: &AppState, caller: &Caller, device_id: &str) -> Ap
         .device(caller.account_id(), device_id)
         .await?
         .ok_or(ApiError::NotFound("device"))?;
-    Ok(convert::device(row, &app.fleet))
+    let mut devices = [convert::device(row, &app.fleet)];
+    with_traffic(app, &mut devices).await?;
+    let [device] = devices;
+    Ok(device)
+}
+
+/// Fills in each device's tunnel traffic.
+pub(super) async fn with_traffic(app: &AppState, devices: &mut [Device]) -> ApiResult<()> {
+    let ids: Vec<String> = devices.iter().map(|d| d.id.clone()).collect();
+    let mut figures = app.store.tunnel_traffic(&ids).await?;
+    for device in devices {
+        device.tunnel = figures.remove(&device.id).unwrap_or_default();
+    }
+    Ok(())
 }
 
 /// The supplier's devices.
@@ -74,11 +87,13 @@ pub async fn list_devices(
             page.fetch(),
         )
         .await?;
-    Ok(Json(page.finish(
+    let mut page = page.finish(
         rows,
         |row| row.id.clone(),
         |row| convert::device(row, &app.fleet),
-    )))
+    );
+    with_traffic(&app, &mut page.items).await?;
+    Ok(Json(page))
 }
 
 /// One device with its downsampled telemetry history.

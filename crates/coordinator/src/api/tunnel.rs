@@ -85,14 +85,13 @@ pub async fn connect(
     let run = target(&app, caller.account_id(), &cluster_id, &query).await?;
     let stream = app
         .tunnels
-        .open(&run.worker_id, &run.id, query.port)
+        .open(&run, query.port)
         .await
         .map_err(|error| match error {
             OpenError::Refused(reason) => ApiError::conflict("node_refused", reason),
             other => ApiError::Unavailable(other.to_string()),
         })?;
     let upgrade = hyper::upgrade::on(&mut request);
-    let metrics = app.metrics.clone();
     tokio::spawn(async move {
         let Ok(upgraded) = upgrade.await else {
             return;
@@ -103,7 +102,6 @@ pub async fn connect(
         let (up, down) = tokio::io::copy_bidirectional(&mut renter, &mut node)
             .await
             .unwrap_or((0, 0));
-        metrics.tunnel_bytes(up, down);
         tracing::info!(run_id = %run.id, rank = run.node_rank, port = query.port, bytes_to_node = up, bytes_from_node = down, duration_ms = started.elapsed().as_millis() as u64, "tunnelled connection ended");
     });
     let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
@@ -296,7 +294,7 @@ pub async fn proxy(
     let link = carried_link(&request);
     let stream = app
         .tunnels
-        .open(&run.worker_id, &run.id, path.port)
+        .open(&run, path.port)
         .await
         .map_err(|error| match error {
             OpenError::Refused(reason) => ApiError::conflict("node_refused", reason),

@@ -42,12 +42,14 @@ pub(super) async fn detail(
             DEVICES_PER_WORKER_MAX as u32,
         )
         .await?;
+    let mut devices: Vec<_> = devices
+        .into_iter()
+        .map(|row| convert::device(row, &app.fleet))
+        .collect();
+    super::devices::with_traffic(app, &mut devices).await?;
     Ok(WorkerDetail {
         worker: convert::worker(worker, &app.fleet),
-        devices: devices
-            .into_iter()
-            .map(|row| convert::device(row, &app.fleet))
-            .collect(),
+        devices,
     })
 }
 
