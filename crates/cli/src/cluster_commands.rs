@@ -47,6 +47,9 @@ pub struct DeployArgs {
     budget_per_hour: Option<String>,
     #[arg(long, default_value_t = 1)]
     hours: u32,
+    /// The token to pay with: IOSD, or IO where the coordinator names an IO price.
+    #[arg(long, default_value = "IOSD")]
+    token: String,
     /// NAME=VALUE, repeatable.
     #[arg(long = "env")]
     env: Vec<String>,
@@ -181,7 +184,7 @@ fn spec_from_flags(args: &DeployArgs) -> Result<ClusterSpec> {
         query: args.query.clone(),
         budget_per_hour,
         hours: args.hours,
-        token: "IOSD".to_owned(),
+        token: args.token.clone(),
         command: args.command.clone(),
         env: pairs("env", &args.env)?,
         secret_env: pairs("secret-env", &args.secret_env)?,
@@ -218,13 +221,20 @@ fn print_quote(quote: &ClusterQuote) {
     if quote.colocation == "spread" {
         eprintln!("No one region has room for every node: the nodes spread over regions.");
     }
+    if let Some(price) = quote.io_price_micros {
+        eprintln!(
+            "Paid in IO at {} IOSD per IO (fixed for the cluster's life).",
+            amount(price)
+        );
+    }
     eprintln!(
-        "Quote: {} IOSD/hour x {} h = rent {} + fees {} = {} IOSD held in escrow; unused time is returned.",
+        "Quote: {} IOSD/hour x {} h = rent {} + fees {} = {} {} held in escrow; unused time is returned.",
         amount(quote.rent_per_hour),
         quote.hours,
         amount(quote.rent_micros),
         amount(quote.fee_micros),
         amount(quote.total_micros),
+        quote.token,
     );
 }
 

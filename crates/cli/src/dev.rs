@@ -17,6 +17,8 @@ use flotilla_proto::api::{
 /// GPU mixes handed to the dev workers in turn.
 /// Ledger epoch length in `flotilla dev`.
 const DEV_LEDGER_EPOCH_MS: u64 = 60_000;
+/// What one IO costs in `flotilla dev`, IOSD base units: two dollars.
+const DEV_IO_PRICE_MICROS: u64 = 2_000_000;
 /// Two workers hold H100s, so a 2-node cluster has somewhere to go.
 const DEV_GPU_MIXES: &[&str] = &["RTX 4090x2", "H100x1", "H100x4", "L40Sx2"];
 /// Most workers `flotilla dev` starts.
@@ -90,6 +92,8 @@ pub async fn run(args: DevArgs) -> Result<()> {
         // A minute's epoch, so block rewards and sealed roots show up while you watch.
         ledger_epoch_ms: DEV_LEDGER_EPOCH_MS,
         faucet: true,
+        // A demo price, so clusters may be paid in IO too.
+        io_price_micros: Some(DEV_IO_PRICE_MICROS),
         ..flotilla_coordinator::Config::default()
     };
     let coordinator = flotilla_coordinator::start(config).await?;

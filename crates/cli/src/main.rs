@@ -146,6 +146,10 @@ struct CoordinatorArgs {
     /// Hand out demo funds (development only).
     #[arg(long)]
     faucet: bool,
+    /// Accept rent in IO at this price, IOSD base units per IO (1000000: one USD per IO);
+    /// without it, rent is paid in IOSD only.
+    #[arg(long)]
+    io_price_micros: Option<u64>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -263,6 +267,7 @@ async fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
         faucet: args.faucet,
         rent_minute_ms: args.rent_minute_ms,
         checkpoint_interval_ms: args.checkpoint_interval_ms,
+        io_price_micros: args.io_price_micros,
         ..flotilla_coordinator::Config::default()
     };
     let running = flotilla_coordinator::start(config).await?;

@@ -374,6 +374,7 @@ pub async fn requests(command: RequestsCommand) -> Result<()> {
                 renter_region,
                 hours,
                 containers: false,
+                io_price_micros: None,
             };
             let created: RequestInfo = connection.client()?.post("requests", &spec).await?;
             print_request(connection.output, &created);

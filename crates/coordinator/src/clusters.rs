@@ -145,12 +145,6 @@ pub fn check_spec(spec: &ClusterSpec) -> ApiResult<RequestSpec> {
     if spec.kind != "batch" && spec.kind != "service" {
         return Err(field("type", "must be batch or service"));
     }
-    if spec.token != "IOSD" {
-        return Err(field(
-            "token",
-            "rent is paid in IOSD; paying in IO is not offered yet",
-        ));
-    }
     if spec.hours == 0 || spec.hours > crate::rent::HOURS_MAX {
         return Err(field("hours", "must be between 1 and 720"));
     }

@@ -52,6 +52,9 @@ pub struct Config {
     pub checkpoint_interval_ms: u64,
     /// Reservation fees on rent.
     pub fees: flotilla_ledger::rent::FeePolicy,
+    /// The price clusters paid in IO convert at, IOSD base units per whole IO; none: rent is
+    /// paid in IOSD only. Fixed per cluster when it deploys.
+    pub io_price_micros: Option<u64>,
     /// IO emitted per year for block rewards.
     pub emission: flotilla_ledger::emission::Schedule,
     /// Where to write the first admin's API key when the database has no admin. The key is
@@ -86,6 +89,7 @@ impl Default for Config {
             rent_minute_ms: 60_000,
             checkpoint_interval_ms: 60_000,
             fees: flotilla_ledger::rent::FeePolicy::default(),
+            io_price_micros: None,
             emission: flotilla_ledger::emission::Schedule::default(),
         }
     }
@@ -131,6 +135,9 @@ impl Config {
         }
         if self.schedule_interval_ms < 10 {
             return fail("schedule_interval_ms", "must be at least 10");
+        }
+        if self.io_price_micros == Some(0) {
+            return fail("io_price_micros", "must be above zero");
         }
         if self.rent_minute_ms < 10 {
             return fail("rent_minute_ms", "must be at least 10");

@@ -1,8 +1,9 @@
 //! Paid rentals: a request with `hours` is paid from escrow, minute by minute, for the time its
 //! nodes are up only.
 //!
-//! - Submitted: `budget_per_hour x hours` plus the renter's fee is held on the renter's IOSD
-//!   (hold `escrow-REQ`, voided if the request never runs).
+//! - Submitted: `budget_per_hour x hours` plus the renter's fee is held on the renter's IOSD,
+//!   or IO for a cluster paid in IO ([`Payment`]) (hold `escrow-REQ`, voided if the request
+//!   never runs).
 //! - Placed: the actual cost (the placement's prices x hours, plus fee) is posted from the hold
 //!   into the request's escrow account; the rest of the hold returns.
 //! - Each rent minute (`--rent-minute-ms`, a minute by default) the upkeep pays every node whose
@@ -40,8 +41,60 @@ fn hold_id(request_id: &str) -> String {
     format!("escrow-{request_id}")
 }
 
-fn escrow(request_id: &str) -> AccountId {
-    AccountId::escrow(request_id, Token::Iosd)
+/// What a paid request pays with: IOSD, or IO at the price fixed when it was made. Offers are
+/// priced in IOSD; paid in IO, each node's hourly price converts (rounded up) and every amount
+/// derives from those prices, so the quote, the hold and the minutes agree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Payment {
+    pub token: Token,
+    io_price_micros: Option<u64>,
+}
+
+impl Payment {
+    pub fn of(spec: &RequestSpec) -> Payment {
+        Payment {
+            token: if spec.io_price_micros.is_some() {
+                Token::Io
+            } else {
+                Token::Iosd
+            },
+            io_price_micros: spec.io_price_micros,
+        }
+    }
+
+    /// An IOSD price or amount in the paying token; none past the ledger's largest amount.
+    pub fn amount(&self, iosd_micros: u64) -> Option<u64> {
+        match self.io_price_micros {
+            Some(io_price_micros) => {
+                flotilla_ledger::rent::iosd_in_io(iosd_micros, io_price_micros)
+            }
+            None => Some(iosd_micros),
+        }
+    }
+
+    /// Quotes IOSD node prices for `hours` in the paying token.
+    pub fn quote(
+        &self,
+        node_prices_iosd: &[u64],
+        hours: u32,
+        fees: &flotilla_ledger::rent::FeePolicy,
+    ) -> Option<flotilla_ledger::rent::Quote> {
+        let prices = node_prices_iosd
+            .iter()
+            .map(|price| self.amount(*price))
+            .collect::<Option<Vec<u64>>>()?;
+        quote(&prices, u64::from(hours), self.token, fees)
+    }
+
+    /// The request's escrow account.
+    pub fn escrow(&self, request_id: &str) -> AccountId {
+        AccountId::escrow(request_id, self.token)
+    }
+}
+
+fn payment_of(row: &RequestRow) -> Payment {
+    let spec = serde_json::from_str::<RequestSpec>(&row.spec).unwrap_or_default();
+    Payment::of(&spec)
 }
 
 fn refusal_to_api(outcome: Outcome) -> ApiResult<()> {
@@ -49,7 +102,7 @@ fn refusal_to_api(outcome: Outcome) -> ApiResult<()> {
         Outcome::Applied(_) | Outcome::Duplicate { .. } => Ok(()),
         Outcome::Refused(TransferError::InsufficientFunds { .. }) => Err(ApiError::conflict(
             "insufficient_funds",
-            "the rental's budget times its hours, plus fees, is more than the IOSD available",
+            "the rental's budget times its hours, plus fees, is more than the funds available",
         )),
         Outcome::Refused(TransferError::Invalid { problem, .. }) => {
             Err(ApiError::invalid("budget_per_hour", problem))
@@ -69,8 +122,10 @@ pub async fn hold_budget(
         return Ok(());
     };
     let too_large = || ApiError::invalid("budget_per_hour", "times hours is too large");
-    let most =
-        quote(&[budget], u64::from(hours), Token::Iosd, &app.config.fees).ok_or_else(too_large)?;
+    let payment = Payment::of(spec);
+    let most = payment
+        .quote(&[budget], hours, &app.config.fees)
+        .ok_or_else(too_large)?;
     // The fee is rounded up per node and minute, so a placement on several nodes may cost up
     // to one base unit more per node-minute than the budget's own quote.
     let rounding = u64::from(spec.nodes) * 60 * u64::from(hours);
@@ -83,8 +138,8 @@ pub async fn hold_budget(
         hold_id(request_id),
         Kind::Escrow,
         Op::Hold {
-            debit: AccountId::main(renter, Token::Iosd),
-            credit: escrow(request_id),
+            debit: AccountId::main(renter, payment.token),
+            credit: payment.escrow(request_id),
             amount,
             expires_at_ms: now_ms().saturating_add(QUEUED_HOLD_MS),
             on_expiry: flotilla_ledger::OnExpiry::Void,
@@ -115,7 +170,7 @@ pub async fn fund_placement(
         return Ok(true);
     };
     let prices: Vec<u64> = node_prices(placements).into_values().collect();
-    let Some(cost) = quote(&prices, u64::from(hours), Token::Iosd, &app.config.fees) else {
+    let Some(cost) = Payment::of(spec).quote(&prices, hours, &app.config.fees) else {
         return Ok(false);
     };
     let post = Transfer::new(
@@ -149,7 +204,8 @@ pub async fn release_hold(app: &AppState, request_id: &str) -> Result<(), Ledger
 
 /// Returns what is left in a request's escrow to its renter.
 pub async fn refund(app: &AppState, row: &RequestRow) -> ApiResult<()> {
-    let left = crate::ledger::balance(&app.store, &escrow(&row.id))
+    let payment = payment_of(row);
+    let left = crate::ledger::balance(&app.store, &payment.escrow(&row.id))
         .await?
         .available();
     let Ok(amount @ 1..) = u64::try_from(left) else {
@@ -160,8 +216,8 @@ pub async fn refund(app: &AppState, row: &RequestRow) -> ApiResult<()> {
     let back = Transfer::moving(
         format!("refund-{}-{amount}", row.id),
         Kind::Refund,
-        escrow(&row.id),
-        AccountId::main(&row.account_id, Token::Iosd),
+        payment.escrow(&row.id),
+        AccountId::main(&row.account_id, payment.token),
         amount,
     )
     .with_reference(row.id.clone());
@@ -238,6 +294,7 @@ pub async fn meter(
     }
     let placements = app.store.placements(&row.id).await?;
     let owners = suppliers(app, &placements).await?;
+    let payment = Payment::of(spec);
     let mut groups: Vec<Vec<Transfer>> = Vec::new();
     for (node_index, price) in node_prices(&placements) {
         let node: Vec<&PlacementRow> = placements
@@ -252,9 +309,9 @@ pub async fn meter(
         let Some(supplier) = owners.get(&node[0].worker_id) else {
             continue;
         };
-        if !up {
+        let Some(price) = payment.amount(price).filter(|_| up) else {
             continue;
-        }
+        };
         let heard_ms = app
             .fleet
             .worker_view(&node[0].worker_id)
@@ -273,7 +330,7 @@ pub async fn meter(
                 node_index,
                 minute,
                 price_per_hour: price,
-                token: Token::Iosd,
+                token: payment.token,
             };
             groups.push(minute_transfers(&paid, &app.config.fees));
         }
@@ -306,7 +363,7 @@ pub async fn reconcile(app: &AppState) -> ApiResult<()> {
         if !paid {
             continue;
         }
-        let left = crate::ledger::balance(&app.store, &escrow(&row.id))
+        let left = crate::ledger::balance(&app.store, &payment_of(&row).escrow(&row.id))
             .await?
             .available();
         if left > 0 {

@@ -62,6 +62,19 @@ pub fn minute_rent(price_per_hour: u64, minute: u64) -> u64 {
     u64::try_from(price * (minute + 1) / 60 - price * minute / 60).expect("a part of the price")
 }
 
+/// An IOSD amount (offers are priced in IOSD) in IO base units at `io_price_micros` (IOSD base
+/// units per whole IO), rounded up: paid in IO, rent is never worth less than its price. None
+/// for a zero price or an amount past [`crate::book::AMOUNT_MAX`].
+pub fn iosd_in_io(iosd_micros: u64, io_price_micros: u64) -> Option<u64> {
+    if io_price_micros == 0 {
+        return None;
+    }
+    let scaled = u128::from(iosd_micros) * u128::from(crate::account::MICROS_PER_TOKEN);
+    u64::try_from(scaled.div_ceil(u128::from(io_price_micros)))
+        .ok()
+        .filter(|amount| *amount <= crate::book::AMOUNT_MAX)
+}
+
 /// What a cluster costs up front: rent for every node for its hours, plus the renter's fee.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Quote {
@@ -156,6 +169,16 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    #[test]
+    fn iosd_converts_to_io_rounding_up() {
+        // At 2 IOSD per IO, 3 IOSD is 1.5 IO; at 3 IOSD per IO, 1 base unit is a third, so 1.
+        assert_eq!(iosd_in_io(3_000_000, 2_000_000), Some(1_500_000));
+        assert_eq!(iosd_in_io(1, 3_000_000), Some(1));
+        assert_eq!(iosd_in_io(0, 3_000_000), Some(0));
+        assert_eq!(iosd_in_io(10, 0), None);
+        assert_eq!(iosd_in_io(crate::book::AMOUNT_MAX, 1), None);
+    }
 
     proptest! {
         /// Fees round up per node and minute, so nodes sharing a budget may cost up to one base

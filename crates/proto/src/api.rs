@@ -515,6 +515,10 @@ pub struct RequestSpec {
     /// Only workers that run container images (a cluster with an image).
     #[serde(default)]
     pub containers: bool,
+    /// Paid in IO at this price, IOSD base units per whole IO, fixed when the cluster was
+    /// deployed; none: paid in IOSD. Set by the coordinator, never by the caller.
+    #[serde(default)]
+    pub io_price_micros: Option<u64>,
 }
 
 /// The devices one node of a placement holds.
@@ -657,14 +661,18 @@ fn one() -> u32 {
 pub struct ClusterQuote {
     /// Whether the market can place the cluster now.
     pub placeable: bool,
-    /// The placement's rent per hour, IOSD base units.
+    /// The placement's rent per hour, IOSD base units (offers are priced in IOSD).
     pub rent_per_hour: u64,
     pub hours: u32,
+    /// Rent, fees and their total in `token`'s base units.
     pub rent_micros: u64,
     pub fee_micros: u64,
     /// What deploy holds: rent plus fees.
     pub total_micros: u64,
     pub token: String,
+    /// Paying in IO: the price IOSD amounts convert at (IOSD base units per whole IO).
+    #[serde(default)]
+    pub io_price_micros: Option<u64>,
     /// one_region, or spread when the spec names no colocation and only nodes in several
     /// regions are free (deploy then spreads too).
     pub colocation: String,

@@ -6,7 +6,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use flotilla_client::{Client, ClientError};
-use flotilla_proto::api::{ClusterInfo, ClusterSpec, FaucetRequest, LogPage, Role, WalletInfo};
+use flotilla_proto::api::{
+    ClusterInfo, ClusterQuote, ClusterSpec, FaucetRequest, LogPage, Role, WalletInfo,
+};
 
 use crate::harness::{BIN, Coordinator, Db, Proc, eventually};
 use crate::on_both_databases;
@@ -61,6 +63,8 @@ pub(crate) async fn market_with(
             "100",
             "--rent-minute-ms",
             rent_minute_ms,
+            "--io-price-micros",
+            "2000000",
         ],
     )
     .await;
@@ -120,11 +124,16 @@ pub(crate) fn cli(coordinator: &Coordinator, key: &str, args: &[&str]) -> (bool,
 }
 
 async fn iosd_available(client: &Client) -> i64 {
+    available(client, "IOSD").await
+}
+
+async fn available(client: &Client, token: &str) -> i64 {
     let wallet: WalletInfo = client.get("wallet").await.unwrap();
+    let suffix = format!(":main:{token}");
     wallet
         .balances
         .iter()
-        .find(|b| b.account.ends_with(":main:IOSD"))
+        .find(|b| b.account.ends_with(&suffix))
         .map_or(0, |b| b.available_micros)
 }
 
@@ -342,6 +351,72 @@ async fn three_node_batch_cluster_runs_logs_and_pays(db: Db) {
 }
 on_both_databases!(three_node_batch_cluster_runs_logs_and_pays);
 
+/// Rent paid in IO: offers are priced in IOSD and convert at the coordinator's IO price (2
+/// IOSD per IO here), fixed at deploy; the supplier is paid in IO and the renter's IOSD is
+/// untouched. An unknown token is refused.
+async fn a_cluster_paid_in_io_pays_its_supplier_in_io(db: Db) {
+    if !sandbox_ready() {
+        return;
+    }
+    let market = market(db, 1).await;
+    let _: serde_json::Value = market
+        .renter
+        .post_idempotent(
+            "wallet/faucet",
+            &FaucetRequest {
+                token: "IO".into(),
+                amount_micros: 100 * TOKEN,
+            },
+            "f-io",
+        )
+        .await
+        .unwrap();
+    let (iosd_before, io_before) = (
+        iosd_available(&market.renter).await,
+        available(&market.renter, "IO").await,
+    );
+    let job = ClusterSpec {
+        token: "IO".into(),
+        ..spec(1, &["sh", "-c", "sleep 2"])
+    };
+    let quote: ClusterQuote = market.renter.post("clusters/quote", &job).await.unwrap();
+    assert_eq!(quote.io_price_micros, Some(2 * TOKEN));
+    // One node at 6 IOSD an hour for an hour: 3 IO of rent.
+    assert_eq!(quote.rent_micros, 3 * TOKEN);
+    assert!(quote.total_micros > quote.rent_micros);
+    let deployed: ClusterInfo = market.renter.post("clusters", &job).await.unwrap();
+    let done = until_state(&market.renter, &deployed.id, "completed", 30).await;
+    assert_eq!(done.escrow_micros, 0, "what was not used went back");
+    let spent = io_before - available(&market.renter, "IO").await;
+    let earned = available(&market.supplier, "IO").await;
+    assert!(earned > 0, "the supplier is paid in IO");
+    assert!(
+        spent > earned,
+        "the renter pays the rent and its fee: {spent} vs {earned}"
+    );
+    assert!(
+        spent < quote.total_micros as i64,
+        "only the minutes up are charged"
+    );
+    assert_eq!(iosd_available(&market.renter).await, iosd_before);
+    let refused = market
+        .renter
+        .post::<_, ClusterQuote>(
+            "clusters/quote",
+            &ClusterSpec {
+                token: "BTC".into(),
+                ..job
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&refused, ClientError::Api { status: 422, field: Some(f), .. } if f == "token"),
+        "{refused}"
+    );
+}
+on_both_databases!(a_cluster_paid_in_io_pays_its_supplier_in_io);
+
 fn api_error<T: std::fmt::Debug>(result: Result<T, ClientError>) -> (u16, String, Option<String>) {
     match result.unwrap_err() {
         ClientError::Api {
@@ -383,7 +458,7 @@ async fn bad_specs_funds_and_other_renters_are_refused(db: Db) {
         (
             "token",
             ClusterSpec {
-                token: "IO".into(),
+                token: "BTC".into(),
                 ..spec(1, &["true"])
             },
         ),

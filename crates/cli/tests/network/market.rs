@@ -211,6 +211,7 @@ pub(crate) fn one_node(gpus_per_node: u32, query: &str) -> RequestSpec {
         renter_region: None,
         hours: None,
         containers: false,
+        io_price_micros: None,
     }
 }
 

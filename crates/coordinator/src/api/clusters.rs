@@ -5,8 +5,9 @@ use std::collections::HashMap;
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use flotilla_ledger::rent::quote;
-use flotilla_ledger::{AccountId, Kind, Outcome, Token, Transfer, TransferError};
+use flotilla_ledger::{AccountId, Kind, Outcome, Transfer, TransferError};
+
+use crate::rent::Payment;
 use flotilla_proto::api::{
     ClusterInfo, ClusterNodeInfo, ClusterQuote, ClusterSpec, ErrorBody, ExtendRequest, LogLine,
     LogPage, LogQuery, Page, PageQuery, PortLink, RateNodesRequest, RequestSpec, Role,
@@ -58,6 +59,7 @@ async fn quote_now(
         fee_micros: 0,
         total_micros: 0,
         token: spec.token.clone(),
+        io_price_micros: request.io_price_micros,
         colocation: request
             .colocation
             .clone()
@@ -84,13 +86,9 @@ async fn quote_now(
             node.devices.iter().map(|d| offers[*d].price_per_hour).sum()
         })
         .collect();
-    let cost = quote(
-        &prices,
-        u64::from(spec.hours),
-        Token::Iosd,
-        &app.config.fees,
-    )
-    .ok_or_else(|| ApiError::invalid("hours", "the rent is too large"))?;
+    let cost = Payment::of(request)
+        .quote(&prices, spec.hours, &app.config.fees)
+        .ok_or_else(|| ApiError::invalid("hours", "the rent is too large"))?;
     answer.placeable = true;
     answer.rent_per_hour = prices.iter().sum();
     answer.rent_micros = cost.rent_micros;
@@ -133,6 +131,7 @@ pub async fn quote_cluster(
 ) -> ApiResult<Json<ClusterQuote>> {
     guard(&caller, false)?;
     let mut request = check_spec(&spec)?;
+    request.io_price_micros = io_price(&app, &spec.token)?;
     quote_any_region(&app, caller.account_id(), &spec, &mut request)
         .await
         .map(Json)
@@ -160,6 +159,7 @@ pub async fn deploy_cluster(
         return Ok((StatusCode::OK, Json(info(&app, row).await?)));
     }
     let mut request = check_spec(&spec)?;
+    request.io_price_micros = io_price(&app, &spec.token)?;
     if app.store.queued_request_count(account_id).await? >= super::requests::QUEUED_PER_ACCOUNT_MAX
     {
         return Err(ApiError::conflict(
@@ -222,6 +222,21 @@ pub async fn deploy_cluster(
     tracing::info!(cluster_id = %id, nodes = spec.nodes, "cluster deployed");
     app.schedule_now.notify_one();
     Ok((StatusCode::CREATED, Json(info(&app, cluster).await?)))
+}
+
+/// The price IO converts at for a cluster paid in `token`: none for IOSD; refused where the
+/// coordinator names no IO price.
+fn io_price(app: &AppState, token: &str) -> ApiResult<Option<u64>> {
+    match token {
+        "IOSD" => Ok(None),
+        "IO" => app.config.io_price_micros.map(Some).ok_or_else(|| {
+            ApiError::invalid(
+                "token",
+                "this coordinator takes rent in IOSD only (no IO price)",
+            )
+        }),
+        _ => Err(ApiError::invalid("token", "must be IOSD or IO")),
+    }
 }
 
 fn no_match(priced: &ClusterQuote) -> ApiError {
@@ -346,21 +361,19 @@ pub async fn extend_cluster(
         .filter(|h| extension.hours > 0 && *h <= crate::rent::HOURS_MAX)
         .ok_or_else(|| ApiError::invalid("hours", "must be at least 1, and 720 in all at most"))?;
     let placements = app.store.placements(&cluster_id).await?;
-    let cost = quote(
-        &crate::rent::node_prices(&placements)
-            .into_values()
-            .collect::<Vec<_>>(),
-        u64::from(extension.hours),
-        Token::Iosd,
-        &app.config.fees,
-    )
-    .ok_or_else(|| ApiError::invalid("hours", "the rent is too large"))?;
+    let payment = Payment::of(&request_spec);
+    let prices: Vec<u64> = crate::rent::node_prices(&placements)
+        .into_values()
+        .collect();
+    let cost = payment
+        .quote(&prices, extension.hours, &app.config.fees)
+        .ok_or_else(|| ApiError::invalid("hours", "the rent is too large"))?;
     // Named by the new total: a retried extension pays once.
     let pay = Transfer::moving(
         format!("extend-{cluster_id}-{total}"),
         Kind::Escrow,
-        AccountId::main(caller.account_id(), Token::Iosd),
-        AccountId::escrow(&cluster_id, Token::Iosd),
+        AccountId::main(caller.account_id(), payment.token),
+        payment.escrow(&cluster_id),
         cost.total_micros,
     )
     .with_reference(cluster_id.clone());
@@ -369,7 +382,7 @@ pub async fn extend_cluster(
         Outcome::Refused(TransferError::InsufficientFunds { .. }) => {
             return Err(ApiError::conflict(
                 "insufficient_funds",
-                "the extension's rent and fees are more than the IOSD available",
+                "the extension's rent and fees are more than the funds available",
             ));
         }
         Outcome::Refused(error) => return Err(ApiError::Internal(error.to_string())),
@@ -546,7 +559,13 @@ async fn info(app: &AppState, row: ClusterRow) -> ApiResult<ClusterInfo> {
     } else {
         Vec::new()
     };
-    let escrow = crate::ledger::balance(&app.store, &AccountId::escrow(&row.id, Token::Iosd))
+    let payment = request
+        .as_ref()
+        .and_then(|r| serde_json::from_str::<RequestSpec>(&r.spec).ok())
+        .map_or(Payment::of(&RequestSpec::default()), |spec| {
+            Payment::of(&spec)
+        });
+    let escrow = crate::ledger::balance(&app.store, &payment.escrow(&row.id))
         .await?
         .available();
     let waiting = request

@@ -136,6 +136,12 @@ pub async fn create_request(
     JsonBody(spec): JsonBody<RequestSpec>,
 ) -> ApiResult<(axum::http::StatusCode, Json<RequestInfo>)> {
     guard(&caller, true)?;
+    if spec.io_price_micros.is_some() {
+        return Err(ApiError::invalid(
+            "io_price_micros",
+            "is set by the coordinator; requests are paid in IOSD",
+        ));
+    }
     let id = new_id(IdKind::Request);
     let now = now_ms();
     to_request(&id, caller.account_id(), &spec, now)
