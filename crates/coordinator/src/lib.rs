@@ -31,6 +31,7 @@ pub mod telemetry;
 pub mod traffic;
 pub mod tunnels;
 pub mod verifier;
+pub mod web;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -21,6 +21,7 @@ mod proofs;
 mod requests;
 mod telemetry;
 mod traffic;
+mod web_sessions;
 mod workers;
 
 pub use accounts::{AccountRow, ApiKeyRow, AuthenticatedKey};
@@ -42,6 +43,7 @@ pub use requests::{
     REQUEST_QUEUED, RequestRow,
 };
 pub use telemetry::TelemetryBucketRow;
+pub use web_sessions::WebSessionRow;
 pub use workers::{EnrollmentTokenRow, WorkerRow};
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
@@ -114,6 +116,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (9, include_str!("../migrations/0009_requests_ended.sql")),
     (10, include_str!("../migrations/0010_clusters.sql")),
     (11, include_str!("../migrations/0011_tunnel_traffic.sql")),
+    (12, include_str!("../migrations/0012_web_sessions.sql")),
 ];
 
 /// Connections held open to PostgreSQL. SQLite gets fewer: it has one writer anyway.

@@ -4,7 +4,9 @@
 mod harness;
 
 mod api;
+mod browser;
 mod clusters;
+mod dashboard;
 mod dev;
 mod fleet;
 mod ledger;

@@ -188,6 +188,7 @@ pub fn router(app: AppState) -> Router {
         .route("/t/{cluster}/{node}/{port}", any(tunnel::proxy))
         .route("/t/{cluster}/{node}/{port}/", any(tunnel::proxy))
         .route("/t/{cluster}/{node}/{port}/{*rest}", any(tunnel::proxy))
+        .merge(crate::web::router())
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(app.clone(), record_request))
         .layer(axum::extract::DefaultBodyLimit::max(REQUEST_BODY_BYTES_MAX))

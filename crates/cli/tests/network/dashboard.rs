@@ -1,0 +1,180 @@
+//! The dashboard in real headless Chromium: the public Explorer shows the API's supply and
+//! prices and nothing private; a renter logs in with an API key, finds a running cluster,
+//! sees its nodes and port link, and terminates it, and the refund shows; a form without its
+//! CSRF token and another renter's look at the cluster are refused. Screenshots of each page
+//! at 1280 and 390 px go to `target/test-artifacts/dashboard`.
+
+use std::time::Duration;
+
+use flotilla_proto::api::{ClusterInfo, ClusterSpec, ModelPriceInfo};
+
+use crate::browser::Browser;
+use crate::clusters::{market, sandbox_ready, spec, until_state};
+use crate::harness::{Db, eventually};
+use crate::on_both_databases;
+
+/// Whether the page fits the window's width (tables scroll inside their sections).
+async fn fits_width(browser: &Browser) -> bool {
+    let fits = browser
+        .script("return document.documentElement.scrollWidth <= window.innerWidth;")
+        .await;
+    fits == true
+}
+
+/// Screenshots at both widths, checking the page fits each; back at 1280 after.
+async fn both_widths(browser: &Browser, name: &str) {
+    for (width, height) in [(390, 844), (1280, 900)] {
+        browser.resize(width, height).await;
+        assert!(fits_width(browser).await, "{name} fits {width} px");
+        browser.screenshot(&format!("{name}-{width}")).await;
+    }
+}
+
+/// Logs `key` in through the form with a plain HTTP client; the session cookie. (Keys and
+/// tokens are letters, digits and `_`: nothing to escape in the form body.)
+async fn session_cookie(url: &str, key: &str) -> String {
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let form = http.get(format!("{url}/login")).send().await.unwrap();
+    let set = form.headers()["set-cookie"].to_str().unwrap().to_owned();
+    let csrf_cookie = set.split(';').next().unwrap().to_owned();
+    let csrf = csrf_cookie.split_once('=').unwrap().1.to_owned();
+    let logged_in = http
+        .post(format!("{url}/login"))
+        .header("cookie", &csrf_cookie)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("api_key={key}&csrf={csrf}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(logged_in.status(), 303);
+    let session = logged_in.headers()["set-cookie"].to_str().unwrap();
+    session.split(';').next().unwrap().to_owned()
+}
+
+async fn iosd_available(client: &flotilla_client::Client) -> i64 {
+    let wallet: flotilla_proto::api::WalletInfo = client.get("wallet").await.unwrap();
+    wallet
+        .balances
+        .iter()
+        .find(|b| b.account.ends_with(":main:IOSD"))
+        .map_or(0, |b| b.available_micros)
+}
+
+async fn a_renter_finds_a_cluster_on_the_dashboard_and_terminates_it(db: Db) {
+    if !sandbox_ready() {
+        return;
+    }
+    let Some(browser) = Browser::start().await else {
+        return;
+    };
+    let market = market(db, 1).await;
+    let url = market.coordinator.url.clone();
+    let service = ClusterSpec {
+        kind: "service".into(),
+        ports: vec![8888],
+        ..spec(1, &["sleep", "600"])
+    };
+    let cluster: ClusterInfo = market.renter.post("clusters", &service).await.unwrap();
+    until_state(&market.renter, &cluster.id, "running", 30).await;
+
+    // The Explorer, without a login: the API's supply and prices, nothing private.
+    browser.goto(&format!("{url}/explorer")).await;
+    let source = browser.source().await;
+    let prices: Vec<ModelPriceInfo> = market
+        .coordinator
+        .client(None)
+        .get("market/prices")
+        .await
+        .unwrap();
+    assert!(!prices.is_empty());
+    for price in &prices {
+        let row = format!(
+            "<td>{}</td><td>{}</td><td>{}</td>",
+            price.model, price.devices, price.hired
+        );
+        assert!(source.contains(&row), "{row} in {source}");
+    }
+    for private in [
+        market.renter_key.as_str(),
+        cluster.id.as_str(),
+        "sleep",
+        "flotilla_session",
+    ] {
+        assert!(!source.contains(private), "the Explorer shows {private}");
+    }
+    both_widths(&browser, "explorer").await;
+
+    // Log in with the renter's key: Cloud lists the cluster; its page shows the node and link.
+    browser.goto(&format!("{url}/login")).await;
+    browser.type_into("#api_key", &market.renter_key).await;
+    browser.click("main button[type=submit]").await;
+    assert!(browser.url().await.ends_with("/cloud"));
+    assert!(browser.source().await.contains(&cluster.id));
+    both_widths(&browser, "cloud").await;
+    browser
+        .click(&format!("a[href='/cloud/clusters/{}']", cluster.id))
+        .await;
+    assert_eq!(browser.text("#summary .state").await, "running");
+    let page = browser.source().await;
+    assert!(
+        page.contains(&format!("/t/{}/0/8888/", cluster.id)),
+        "{page}"
+    );
+    both_widths(&browser, "cluster").await;
+
+    // A form without its CSRF token changes nothing; another renter's session sees a 404.
+    let raw = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let session = format!(
+        "flotilla_session={}",
+        browser.cookie("flotilla_session").await
+    );
+    let forged = raw
+        .post(format!("{url}/cloud/clusters/{}/terminate", cluster.id))
+        .header("cookie", &session)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("csrf=")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 403);
+    let still: ClusterInfo = market
+        .renter
+        .get(&format!("clusters/{}", cluster.id))
+        .await
+        .unwrap();
+    assert_eq!(still.state, "running");
+    let other_key = market
+        .coordinator
+        .account("other", &[flotilla_proto::api::Role::Renter])
+        .await;
+    let other = session_cookie(&url, &other_key).await;
+    let peek = raw
+        .get(format!("{url}/cloud/clusters/{}", cluster.id))
+        .header("cookie", &other)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(peek.status(), 404);
+
+    // Terminate on the page: the cluster ends and the unused escrow comes back.
+    let before = iosd_available(&market.renter).await;
+    browser.click("button.danger").await;
+    assert_eq!(browser.text("#summary .state").await, "terminated");
+    let refunded = eventually(Duration::from_secs(10), || async {
+        (iosd_available(&market.renter).await > before).then_some(())
+    })
+    .await;
+    assert!(refunded.is_some(), "the refund reaches the balance");
+    browser.goto(&format!("{url}/cloud")).await;
+    assert!(browser.source().await.contains("terminated"));
+    let errors = browser.console_errors().await;
+    assert!(errors.is_empty(), "console errors: {errors:?}");
+    browser.quit().await;
+}
+on_both_databases!(a_renter_finds_a_cluster_on_the_dashboard_and_terminates_it);

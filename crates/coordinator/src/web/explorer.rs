@@ -1,0 +1,96 @@
+//! The Explorer: what anyone may see without logging in. Supply and prices by GPU model, the
+//! ledger's supply and its sealed epochs with their signed roots. It shows only what the public
+//! API shows: no account names, keys, renters' commands or logs.
+
+use axum::extract::State;
+use axum::response::IntoResponse;
+use maud::html;
+
+use super::session::MaybeSigned;
+use super::{Face, PageResult, amount, page};
+use crate::AppState;
+use crate::api::ledger::EpochQuery;
+use crate::extract::{ClientIp, QueryParams};
+
+/// Sealed epochs listed, newest last.
+const EPOCHS_SHOWN: u32 = 20;
+
+pub async fn home(
+    State(app): State<AppState>,
+    ip: ClientIp,
+    MaybeSigned(signed): MaybeSigned,
+) -> PageResult {
+    let prices = crate::api::market::market_prices(State(app.clone()), ip.clone())
+        .await?
+        .0;
+    let ledger = crate::api::ledger::ledger_info(State(app.clone()), ip.clone())
+        .await?
+        .0;
+    let query = EpochQuery {
+        from: None,
+        limit: Some(EPOCHS_SHOWN),
+    };
+    let epochs = crate::api::ledger::epochs(State(app), ip, QueryParams(query))
+        .await?
+        .0;
+    let devices: u64 = prices.iter().map(|p| p.devices).sum();
+    let hired: u64 = prices.iter().map(|p| p.hired).sum();
+    let body = html! {
+        section id="supply" {
+            h2 { "Supply" }
+            p { strong { (devices) } " devices offered, " strong { (hired) } " hired, "
+                strong { (devices - hired.min(devices)) } " idle." }
+            table {
+                thead { tr { th { "Model" } th { "Devices" } th { "Hired" } th { "Median ask / h (IOSD)" } th { "Cheapest / h" } } }
+                tbody {
+                    @for price in &prices {
+                        tr {
+                            td { (price.model) }
+                            td { (price.devices) }
+                            td { (price.hired) }
+                            td { (price.median_ask_usd) }
+                            td { (amount(i64::try_from(price.cheapest_ask_per_hour).unwrap_or(i64::MAX))) }
+                        }
+                    }
+                }
+            }
+            @if prices.is_empty() { p class="muted" { "Nothing is offered yet." } }
+        }
+        section id="tokens" {
+            h2 { "Tokens" }
+            table {
+                thead { tr { th { "Token" } th { "Minted" } th { "Burned" } th { "Circulating" } } }
+                tbody {
+                    @for supply in &ledger.supply {
+                        tr {
+                            td { (supply.token) }
+                            td { (amount(supply.minted_micros)) }
+                            td { (amount(supply.burned_micros)) }
+                            td { (amount(supply.circulating_micros)) }
+                        }
+                    }
+                }
+            }
+            p class="muted" { "Ledger head " (ledger.head_seq) ", hash " code { (ledger.head_hash) }
+                "; epochs are signed with " code { (ledger.public_key) } "." }
+        }
+        section id="epochs" {
+            h2 { "Sealed epochs" }
+            table {
+                thead { tr { th { "Epoch" } th { "Part" } th { "Entries" } th { "Merkle root" } } }
+                tbody {
+                    @for epoch in &epochs {
+                        tr {
+                            td { (epoch.epoch) }
+                            td { (epoch.part) }
+                            td { (epoch.entry_count) }
+                            td { code { (epoch.root) } }
+                        }
+                    }
+                }
+            }
+            @if epochs.is_empty() { p class="muted" { "No epoch is sealed yet." } }
+        }
+    };
+    Ok(page("Explorer", Face::Explorer, signed.as_ref(), body).into_response())
+}

@@ -1,0 +1,149 @@
+//! The dashboard: server-rendered pages (maud) on the coordinator's address, with no script
+//! of their own yet and nothing to build. Three faces: `/explorer` (public, no login),
+//! `/cloud` (renters) and, later, `/worker` (suppliers).
+//!
+//! Pages read through the same handlers as the API, so a page shows what the API answers and
+//! every ownership check is the API's. A login opens a session that stands for the API key it
+//! was opened with ([`session`]): its cookie is HttpOnly and SameSite=Strict, it ends when the
+//! key is revoked, and every form carries the session's CSRF token, checked before anything
+//! changes.
+
+mod cloud;
+mod explorer;
+mod session;
+
+use axum::Router;
+use axum::http::{StatusCode, header};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use maud::{DOCTYPE, Markup, html};
+
+use crate::AppState;
+use crate::error::ApiError;
+
+pub use session::SESSION_TTL_MS;
+
+/// The dashboard's routes, merged beside the API.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/", get(|| async { Redirect::to("/explorer") }))
+        .route("/explorer", get(explorer::home))
+        .route("/login", get(session::login_form).post(session::login))
+        .route("/logout", post(session::logout))
+        .route("/cloud", get(cloud::home))
+        .route("/cloud/clusters/{id}", get(cloud::cluster))
+        .route("/cloud/clusters/{id}/terminate", post(cloud::terminate))
+}
+
+/// Which face a page belongs to, for the navigation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Face {
+    Explorer,
+    Cloud,
+}
+
+const STYLE: &str = "
+body{font-family:system-ui,sans-serif;margin:0;color:#1b1f24;background:#f6f7f9}
+header{display:flex;flex-wrap:wrap;gap:1rem;align-items:center;padding:.75rem 1rem;background:#10243e;color:#fff}
+header a{color:#cfe3ff;text-decoration:none}header a.here{color:#fff;font-weight:600}
+header .who{margin-left:auto}header form{display:inline}
+main{max-width:72rem;margin:0 auto;padding:1rem}
+section{background:#fff;border:1px solid #dde1e6;border-radius:6px;padding:1rem;margin-bottom:1rem;overflow-x:auto}
+table{border-collapse:collapse;width:100%}th,td{text-align:left;padding:.35rem .5rem;border-bottom:1px solid #eef0f3;white-space:nowrap}
+pre{background:#0d1117;color:#e6edf3;padding:.75rem;border-radius:6px;overflow-x:auto;max-height:24rem}
+.muted{color:#5b6470}.error{color:#a40e26}
+button{background:#10243e;color:#fff;border:0;border-radius:4px;padding:.45rem .9rem;cursor:pointer}
+button.danger{background:#a40e26}
+input{padding:.4rem;border:1px solid #c5cbd3;border-radius:4px;width:min(28rem,100%)}
+@media (max-width:600px){main{padding:.5rem}th,td{padding:.3rem}}
+";
+
+/// A whole page: the face's navigation, who is signed in (with a logout form), the body.
+fn page(
+    title: &str,
+    face: Face,
+    signed_in: Option<&session::Signed>,
+    body: Markup,
+) -> Html<String> {
+    let here = |this: Face| if this == face { "here" } else { "" };
+    let markup = html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) " · Flotilla" }
+                // No favicon request (and no console error for its 404).
+                link rel="icon" href="data:,";
+                style { (maud::PreEscaped(STYLE)) }
+            }
+            body {
+                header {
+                    strong { "Flotilla" }
+                    a class=(here(Face::Explorer)) href="/explorer" { "Explorer" }
+                    a class=(here(Face::Cloud)) href="/cloud" { "Cloud" }
+                    span class="who" {
+                        @if let Some(signed) = signed_in {
+                            (signed.caller.auth.account.name) " "
+                            form method="post" action="/logout" {
+                                input type="hidden" name="csrf" value=(signed.csrf);
+                                button type="submit" { "Log out" }
+                            }
+                        } @else {
+                            a href="/login" { "Log in" }
+                        }
+                    }
+                }
+                main {
+                    h1 { (title) }
+                    (body)
+                }
+            }
+        }
+    };
+    Html(markup.into_string())
+}
+
+/// An API refusal as a page: a missing login goes to the login form, the rest show their
+/// status and message (a stranger's cluster is a 404 here too).
+pub struct PageError(ApiError);
+
+impl From<ApiError> for PageError {
+    fn from(error: ApiError) -> PageError {
+        PageError(error)
+    }
+}
+
+impl IntoResponse for PageError {
+    fn into_response(self) -> Response {
+        if matches!(self.0, ApiError::Unauthenticated) {
+            return Redirect::to("/login").into_response();
+        }
+        if let ApiError::Internal(detail) = &self.0 {
+            tracing::error!(error = %detail, "internal error answering a page");
+        }
+        let status = self.0.status();
+        let body = html! { p class="error" { (self.0.to_string()) } };
+        let mut response = page(
+            status.canonical_reason().unwrap_or("Error"),
+            Face::Explorer,
+            None,
+            body,
+        )
+        .into_response();
+        *response.status_mut() = status;
+        response
+    }
+}
+
+pub type PageResult = Result<Response, PageError>;
+
+/// A POST that worked: back to `to`, as a GET.
+fn see_other(to: &str) -> Response {
+    (StatusCode::SEE_OTHER, [(header::LOCATION, to.to_owned())]).into_response()
+}
+
+/// Base units as a decimal amount of tokens.
+fn amount(micros: i64) -> String {
+    flotilla_ledger::format_micros(micros)
+}

@@ -1,0 +1,255 @@
+//! Logging in to the dashboard: an API key in, a session cookie out.
+//!
+//! The login form itself is guarded by a double-submit token (a cookie and a field that must
+//! match), so another site cannot log a browser into an account of its choosing. A session's
+//! cookie is 32 random bytes, stored only as its hash; it stands for the key it was opened with
+//! and is re-checked against that key on every request.
+
+use axum::Form;
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use flotilla_proto::id::secret_hash;
+use flotilla_store::WebSessionRow;
+use maud::html;
+use serde::Deserialize;
+
+use super::{Face, PageError, PageResult, page, see_other};
+use crate::error::ApiError;
+use crate::extract::{Caller, ClientIp};
+use crate::{AppState, now_ms};
+
+/// How long a session lasts.
+pub const SESSION_TTL_MS: i64 = 12 * 3_600_000;
+const SESSION_COOKIE: &str = "flotilla_session";
+const LOGIN_CSRF_COOKIE: &str = "flotilla_login_csrf";
+/// Longest API key a login form may carry, bytes.
+const API_KEY_BYTES_MAX: usize = 256;
+
+/// A signed-in caller: the key's caller, and the token its forms must carry.
+pub struct Signed {
+    pub caller: Caller,
+    pub csrf: String,
+    id_hash: String,
+}
+
+impl Signed {
+    /// Refuses a form whose token is not this session's.
+    pub fn check_csrf(&self, shown: &str) -> Result<(), PageError> {
+        if crate::api::same_secret(shown, &self.csrf) {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden(
+                "the form's CSRF token is missing or stale; reload the page".into(),
+            )
+            .into())
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Signed {
+    type Rejection = PageError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Signed, PageError> {
+        signed(parts, app)
+            .await?
+            .ok_or(PageError(ApiError::Unauthenticated))
+    }
+}
+
+/// The session, when there is a live one (public pages show who is signed in).
+pub struct MaybeSigned(pub Option<Signed>);
+
+impl FromRequestParts<AppState> for MaybeSigned {
+    type Rejection = PageError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        app: &AppState,
+    ) -> Result<MaybeSigned, PageError> {
+        Ok(MaybeSigned(signed(parts, app).await?))
+    }
+}
+
+async fn signed(parts: &Parts, app: &AppState) -> Result<Option<Signed>, PageError> {
+    let Some(token) = cookie(&parts.headers, SESSION_COOKIE) else {
+        return Ok(None);
+    };
+    let id_hash = secret_hash(token);
+    let now = now_ms();
+    let Some(session) = app
+        .store
+        .web_session(&id_hash, now)
+        .await
+        .map_err(ApiError::from)?
+    else {
+        return Ok(None);
+    };
+    let Some(auth) = app
+        .store
+        .authenticate_key(&session.key_hash, now)
+        .await
+        .map_err(ApiError::from)?
+    else {
+        return Ok(None);
+    };
+    let ip = parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map_or_else(|| "unknown".to_owned(), |info| info.0.ip().to_string());
+    Ok(Some(Signed {
+        caller: Caller { auth, ip },
+        csrf: session.csrf,
+        id_hash,
+    }))
+}
+
+/// The value of cookie `name`, if the request carries it.
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(key, _)| *key == name)
+        .map(|(_, value)| value)
+}
+
+fn random_hex() -> String {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).expect("the operating system has a random source");
+    hex::encode(bytes)
+}
+
+fn set_cookie(name: &str, value: &str, max_age_s: i64) -> HeaderValue {
+    let text = format!("{name}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age_s}");
+    HeaderValue::from_str(&text).expect("cookie values are hex")
+}
+
+fn login_page(csrf: &str, problem: Option<&str>) -> Response {
+    let body = html! {
+        section {
+            @if let Some(problem) = problem {
+                p class="error" { (problem) }
+            }
+            form method="post" action="/login" {
+                input type="hidden" name="csrf" value=(csrf);
+                p {
+                    label for="api_key" { "API key" } br;
+                    input id="api_key" name="api_key" type="password" autocomplete="off" placeholder="flt_...";
+                }
+                button type="submit" { "Log in" }
+            }
+            p class="muted" {
+                "Create a key with " code { "flotilla api-keys create" } "; "
+                code { "flotilla dev" } " writes demo keys to its data directory."
+            }
+        }
+    };
+    let mut response = page("Log in", Face::Cloud, None, body).into_response();
+    response.headers_mut().append(
+        header::SET_COOKIE,
+        set_cookie(LOGIN_CSRF_COOKIE, csrf, 3_600),
+    );
+    response
+}
+
+pub async fn login_form() -> Response {
+    login_page(&random_hex(), None)
+}
+
+#[derive(Debug, Deserialize)]
+pub struct LoginForm {
+    #[serde(default)]
+    api_key: String,
+    #[serde(default)]
+    csrf: String,
+}
+
+/// Checks the key; a good one opens a session and goes to the Cloud home.
+pub async fn login(
+    State(app): State<AppState>,
+    ClientIp(ip): ClientIp,
+    headers: HeaderMap,
+    Form(form): Form<LoginForm>,
+) -> PageResult {
+    let expected = cookie(&headers, LOGIN_CSRF_COOKIE).unwrap_or_default();
+    if expected.is_empty() || !crate::api::same_secret(&form.csrf, expected) {
+        return Err(ApiError::Forbidden("the login form is stale; reload it".into()).into());
+    }
+    let now = now_ms();
+    let key = form.api_key.trim();
+    let auth = if key.is_empty() || key.len() > API_KEY_BYTES_MAX {
+        None
+    } else {
+        app.store
+            .authenticate_key(&secret_hash(key), now)
+            .await
+            .map_err(ApiError::from)?
+    };
+    let Some(auth) = auth else {
+        app.limits
+            .auth_failures
+            .check(&ip, now)
+            .map_err(|retry_after_s| ApiError::RateLimited { retry_after_s })?;
+        let mut response = login_page(
+            &random_hex(),
+            Some("That key is unknown, revoked or expired."),
+        );
+        *response.status_mut() = StatusCode::UNAUTHORIZED;
+        return Ok(response);
+    };
+    let token = random_hex();
+    let session = WebSessionRow {
+        key_hash: secret_hash(key),
+        csrf: random_hex(),
+        expires_at_ms: now + SESSION_TTL_MS,
+    };
+    app.store
+        .open_web_session(&secret_hash(&token), &session, now)
+        .await
+        .map_err(ApiError::from)?;
+    let caller = Caller { auth, ip };
+    crate::api::audit::record(
+        &app,
+        Some(&caller),
+        &caller.ip,
+        "login",
+        Some(caller.key_id()),
+        serde_json::json!({"via": "dashboard"}),
+    )
+    .await?;
+    let mut response = see_other("/cloud");
+    let headers = response.headers_mut();
+    headers.append(
+        header::SET_COOKIE,
+        set_cookie(SESSION_COOKIE, &token, SESSION_TTL_MS / 1000),
+    );
+    headers.append(header::SET_COOKIE, set_cookie(LOGIN_CSRF_COOKIE, "", 0));
+    Ok(response)
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CsrfForm {
+    #[serde(default)]
+    pub csrf: String,
+}
+
+pub async fn logout(
+    State(app): State<AppState>,
+    signed: Signed,
+    Form(form): Form<CsrfForm>,
+) -> PageResult {
+    signed.check_csrf(&form.csrf)?;
+    app.store
+        .close_web_session(&signed.id_hash)
+        .await
+        .map_err(ApiError::from)?;
+    let mut response = see_other("/explorer");
+    response
+        .headers_mut()
+        .append(header::SET_COOKIE, set_cookie(SESSION_COOKIE, "", 0));
+    Ok(response)
+}
