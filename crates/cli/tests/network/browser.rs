@@ -72,6 +72,8 @@ impl Browser {
         assert!(ready.is_some(), "chromedriver starts");
         let capabilities = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
+            // Finding an element waits for it a while: a click's page may still be loading.
+            "timeouts": {"implicit": 5000, "pageLoad": 30000},
             "goog:loggingPrefs": {"browser": "ALL"},
             "goog:chromeOptions": {"binary": CHROMIUM, "args": [
                 "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
@@ -99,17 +101,28 @@ impl Browser {
         })
     }
 
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+    /// One command; the WebDriver error as `Err` (a stale element, say).
+    async fn try_call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, Value> {
         let mut request = self.http.request(method, format!("{}{path}", self.session));
         if let Some(body) = body {
             request = request.json(&body);
         }
         let answer: Value = request.send().await.unwrap().json().await.unwrap();
-        assert!(
-            answer["value"].get("error").is_none(),
-            "WebDriver {path}: {answer}"
-        );
-        answer["value"].clone()
+        match answer["value"].get("error") {
+            Some(_) => Err(answer),
+            None => Ok(answer["value"].clone()),
+        }
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        self.try_call(method, path, body)
+            .await
+            .unwrap_or_else(|error| panic!("WebDriver {path}: {error}"))
     }
 
     pub async fn goto(&self, url: &str) {
@@ -120,6 +133,47 @@ impl Browser {
     pub async fn url(&self) -> String {
         let url = self.call(reqwest::Method::GET, "/url", None).await;
         url.as_str().unwrap().to_owned()
+    }
+
+    /// Waits until the address ends with `suffix` (a click's navigation is done).
+    pub async fn wait_url(&self, suffix: &str) {
+        let reached = eventually(Duration::from_secs(10), || async {
+            self.url().await.ends_with(suffix).then_some(())
+        })
+        .await;
+        assert!(
+            reached.is_some(),
+            "the page reaches {suffix}: {}",
+            self.url().await
+        );
+    }
+
+    /// The element's text, if it is there and not replaced meanwhile.
+    async fn try_text(&self, css: &str) -> Option<String> {
+        let query = json!({"using": "css selector", "value": css});
+        let found = self
+            .try_call(reqwest::Method::POST, "/element", Some(query))
+            .await
+            .ok()?;
+        let id = found[ELEMENT_KEY].as_str()?.to_owned();
+        let text = self
+            .try_call(reqwest::Method::GET, &format!("/element/{id}/text"), None)
+            .await
+            .ok()?;
+        text.as_str().map(str::to_owned)
+    }
+
+    /// Waits until the element's text is `expected` (a form's page has reloaded).
+    pub async fn wait_text(&self, css: &str, expected: &str) {
+        let shown = eventually(Duration::from_secs(10), || async {
+            (self.try_text(css).await.as_deref() == Some(expected)).then_some(())
+        })
+        .await;
+        assert!(
+            shown.is_some(),
+            "{css} shows {expected}: {}",
+            self.text(css).await
+        );
     }
 
     pub async fn source(&self) -> String {

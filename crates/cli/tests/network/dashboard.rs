@@ -111,7 +111,7 @@ async fn a_renter_finds_a_cluster_on_the_dashboard_and_terminates_it(db: Db) {
     browser.goto(&format!("{url}/login")).await;
     browser.type_into("#api_key", &market.renter_key).await;
     browser.click("main button[type=submit]").await;
-    assert!(browser.url().await.ends_with("/cloud"));
+    browser.wait_url("/cloud").await;
     assert!(browser.source().await.contains(&cluster.id));
     both_widths(&browser, "cloud").await;
     browser
@@ -165,7 +165,7 @@ async fn a_renter_finds_a_cluster_on_the_dashboard_and_terminates_it(db: Db) {
     // Terminate on the page: the cluster ends and the unused escrow comes back.
     let before = iosd_available(&market.renter).await;
     browser.click("button.danger").await;
-    assert_eq!(browser.text("#summary .state").await, "terminated");
+    browser.wait_text("#summary .state", "terminated").await;
     let refunded = eventually(Duration::from_secs(10), || async {
         (iosd_available(&market.renter).await > before).then_some(())
     })
@@ -178,3 +178,109 @@ async fn a_renter_finds_a_cluster_on_the_dashboard_and_terminates_it(db: Db) {
     browser.quit().await;
 }
 on_both_databases!(a_renter_finds_a_cluster_on_the_dashboard_and_terminates_it);
+
+/// The supplier's face: the device is listed; rename and pause work through their forms; the
+/// device's page charts its telemetry; Add device shows a command that enrolls a machine.
+async fn a_supplier_renames_pauses_and_adds_a_device_on_the_dashboard(db: Db) {
+    if !sandbox_ready() {
+        return;
+    }
+    let Some(browser) = Browser::start().await else {
+        return;
+    };
+    let market = market(db, 1).await;
+    let url = market.coordinator.url.clone();
+    let supplier_key = market
+        .coordinator
+        .account("sup2", &[flotilla_proto::api::Role::Supplier])
+        .await;
+    let token = market.coordinator.token(&supplier_key).await;
+    let dir = tempfile::tempdir().unwrap();
+    let _first = market
+        .coordinator
+        .worker(dir.path(), Some(&token), "H100x1");
+    let supplier = market.coordinator.client(Some(&supplier_key));
+    let device = eventually(Duration::from_secs(20), || async {
+        let page: flotilla_proto::api::Page<flotilla_proto::api::Device> =
+            supplier.get("devices").await.ok()?;
+        page.items
+            .into_iter()
+            .find(|d| d.state == flotilla_proto::device::DeviceState::Idle)
+    })
+    .await
+    .expect("the device proves itself and goes idle");
+
+    browser.goto(&format!("{url}/login")).await;
+    browser.type_into("#api_key", &supplier_key).await;
+    browser.click("main button[type=submit]").await;
+    browser.wait_url("/worker").await;
+    assert!(browser.source().await.contains(&device.name));
+    both_widths(&browser, "worker").await;
+
+    // Rename on the device's page; its charts are there.
+    browser
+        .goto(&format!("{url}/worker/devices/{}", device.id))
+        .await;
+    browser
+        .script("document.querySelector('input[name=name]').value = '';")
+        .await;
+    browser.type_into("input[name=name]", "rack-7").await;
+    browser.click("#summary button[type=submit]").await;
+    let renamed = eventually(Duration::from_secs(10), || async {
+        let detail: flotilla_proto::api::DeviceDetail =
+            supplier.get(&format!("devices/{}", device.id)).await.ok()?;
+        (detail.device.name == "rack-7").then_some(())
+    })
+    .await;
+    assert!(renamed.is_some(), "the device is renamed");
+    // Once its telemetry history has points, the page charts them.
+    let recorded = eventually(Duration::from_secs(10), || async {
+        let detail: flotilla_proto::api::DeviceDetail =
+            supplier.get(&format!("devices/{}", device.id)).await.ok()?;
+        (!detail.history.is_empty()).then_some(())
+    })
+    .await;
+    assert!(recorded.is_some(), "telemetry is recorded");
+    browser
+        .goto(&format!("{url}/worker/devices/{}", device.id))
+        .await;
+    let charted = browser.source().await;
+    assert!(
+        charted.contains("rack-7") && charted.contains("<svg"),
+        "{charted}"
+    );
+    both_widths(&browser, "device").await;
+
+    // Pause from the list.
+    browser.goto(&format!("{url}/worker")).await;
+    browser.click("#devices button[type=submit]").await;
+    browser.wait_text("#devices .state", "paused").await;
+
+    // Add device: the command shown enrolls another machine.
+    browser.click("#add button[type=submit]").await;
+    let command = browser.text("#command").await;
+    let args: Vec<String> = command.split_whitespace().map(str::to_owned).collect();
+    assert_eq!(&args[..2], ["flotilla", "worker"], "{command}");
+    let data = tempfile::tempdir().unwrap();
+    let data_at = args.iter().position(|a| a == "--data").unwrap();
+    let mut shown: Vec<String> = args[1..data_at + 1].to_vec();
+    shown.push(data.path().display().to_string());
+    let child = std::process::Command::new(crate::harness::BIN)
+        .args(&shown)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let _second = crate::harness::Proc { child };
+    let enrolled = eventually(Duration::from_secs(30), || async {
+        let page: flotilla_proto::api::Page<flotilla_proto::api::Worker> =
+            supplier.get("workers").await.ok()?;
+        (page.items.len() == 2).then_some(())
+    })
+    .await;
+    assert!(enrolled.is_some(), "the shown command enrolls a worker");
+    let errors = browser.console_errors().await;
+    assert!(errors.is_empty(), "console errors: {errors:?}");
+    browser.quit().await;
+}
+on_both_databases!(a_supplier_renames_pauses_and_adds_a_device_on_the_dashboard);

@@ -1,6 +1,6 @@
 //! The dashboard: server-rendered pages (maud) on the coordinator's address, with no script
 //! of their own yet and nothing to build. Three faces: `/explorer` (public, no login),
-//! `/cloud` (renters) and, later, `/worker` (suppliers).
+//! `/cloud` (renters) and `/worker` (suppliers).
 //!
 //! Pages read through the same handlers as the API, so a page shows what the API answers and
 //! every ownership check is the API's. A login opens a session that stands for the API key it
@@ -11,6 +11,7 @@
 mod cloud;
 mod explorer;
 mod session;
+mod worker;
 
 use axum::Router;
 use axum::http::{StatusCode, header};
@@ -33,6 +34,12 @@ pub fn router() -> Router<AppState> {
         .route("/cloud", get(cloud::home))
         .route("/cloud/clusters/{id}", get(cloud::cluster))
         .route("/cloud/clusters/{id}/terminate", post(cloud::terminate))
+        .route("/worker", get(worker::home))
+        .route("/worker/devices/{id}", get(worker::device))
+        .route("/worker/devices/{id}/pause", post(worker::pause))
+        .route("/worker/devices/{id}/resume", post(worker::resume))
+        .route("/worker/devices/{id}/rename", post(worker::rename))
+        .route("/worker/enrollment-tokens", post(worker::enrollment_token))
 }
 
 /// Which face a page belongs to, for the navigation.
@@ -40,6 +47,7 @@ pub fn router() -> Router<AppState> {
 enum Face {
     Explorer,
     Cloud,
+    Worker,
 }
 
 const STYLE: &str = "
@@ -82,6 +90,7 @@ fn page(
                     strong { "Flotilla" }
                     a class=(here(Face::Explorer)) href="/explorer" { "Explorer" }
                     a class=(here(Face::Cloud)) href="/cloud" { "Cloud" }
+                    a class=(here(Face::Worker)) href="/worker" { "Worker" }
                     span class="who" {
                         @if let Some(signed) = signed_in {
                             (signed.caller.auth.account.name) " "

@@ -10,6 +10,7 @@ use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use flotilla_proto::api::Role;
 use flotilla_proto::id::secret_hash;
 use flotilla_store::WebSessionRow;
 use maud::html;
@@ -168,7 +169,7 @@ pub struct LoginForm {
     csrf: String,
 }
 
-/// Checks the key; a good one opens a session and goes to the Cloud home.
+/// Checks the key; a good one opens a session and goes to the face the account's roles use.
 pub async fn login(
     State(app): State<AppState>,
     ClientIp(ip): ClientIp,
@@ -221,7 +222,15 @@ pub async fn login(
         serde_json::json!({"via": "dashboard"}),
     )
     .await?;
-    let mut response = see_other("/cloud");
+    // Each account lands on the face its roles use.
+    let home = if caller.has_role(Role::Renter) {
+        "/cloud"
+    } else if caller.has_role(Role::Supplier) {
+        "/worker"
+    } else {
+        "/explorer"
+    };
+    let mut response = see_other(home);
     let headers = response.headers_mut();
     headers.append(
         header::SET_COOKIE,
