@@ -1,15 +1,16 @@
 //! The dashboard in real headless Chromium: the public Explorer shows the API's supply and
-//! prices and nothing private; a renter logs in with an API key, finds a running cluster,
-//! sees its nodes and port link, and terminates it, and the refund shows; a form without its
+//! prices and nothing private; a renter logs in with an API key, deploys through the wizard,
+//! sees the cluster running with its port link and logs, and terminates it, and the refund
+//! shows; a form without its
 //! CSRF token and another renter's look at the cluster are refused. Screenshots of each page
 //! at 1280 and 390 px go to `target/test-artifacts/dashboard`.
 
 use std::time::Duration;
 
-use flotilla_proto::api::{ClusterInfo, ClusterSpec, ModelPriceInfo};
+use flotilla_proto::api::{ClusterInfo, ModelPriceInfo};
 
 use crate::browser::Browser;
-use crate::clusters::{market, sandbox_ready, spec, until_state};
+use crate::clusters::{market, sandbox_ready, until_state};
 use crate::harness::{Db, eventually};
 use crate::on_both_databases;
 
@@ -63,7 +64,7 @@ async fn iosd_available(client: &flotilla_client::Client) -> i64 {
         .map_or(0, |b| b.available_micros)
 }
 
-async fn a_renter_finds_a_cluster_on_the_dashboard_and_terminates_it(db: Db) {
+async fn a_renter_deploys_through_the_wizard_and_terminates_on_the_dashboard(db: Db) {
     if !sandbox_ready() {
         return;
     }
@@ -72,15 +73,7 @@ async fn a_renter_finds_a_cluster_on_the_dashboard_and_terminates_it(db: Db) {
     };
     let market = market(db, 1).await;
     let url = market.coordinator.url.clone();
-    let service = ClusterSpec {
-        kind: "service".into(),
-        ports: vec![8888],
-        ..spec(1, &["sleep", "600"])
-    };
-    let cluster: ClusterInfo = market.renter.post("clusters", &service).await.unwrap();
-    until_state(&market.renter, &cluster.id, "running", 30).await;
-
-    // The Explorer, without a login: the API's supply and prices, nothing private.
+    // The Explorer, without a login: the API's supply and prices.
     browser.goto(&format!("{url}/explorer")).await;
     let source = browser.source().await;
     let prices: Vec<ModelPriceInfo> = market
@@ -97,32 +90,69 @@ async fn a_renter_finds_a_cluster_on_the_dashboard_and_terminates_it(db: Db) {
         );
         assert!(source.contains(&row), "{row} in {source}");
     }
-    for private in [
-        market.renter_key.as_str(),
-        cluster.id.as_str(),
-        "sleep",
-        "flotilla_session",
-    ] {
-        assert!(!source.contains(private), "the Explorer shows {private}");
-    }
     both_widths(&browser, "explorer").await;
 
-    // Log in with the renter's key: Cloud lists the cluster; its page shows the node and link.
+    // Log in with the renter's key and deploy through the wizard: type, nodes, GPUs, hours,
+    // token and command, then the quote, then Deploy.
     browser.goto(&format!("{url}/login")).await;
     browser.type_into("#api_key", &market.renter_key).await;
     browser.click("main button[type=submit]").await;
     browser.wait_url("/cloud").await;
-    assert!(browser.source().await.contains(&cluster.id));
     both_widths(&browser, "cloud").await;
+    browser.click("#deploy").await;
+    browser.type_into("#name", "web").await;
+    browser.click("#kind option[value=service]").await;
     browser
-        .click(&format!("a[href='/cloud/clusters/{}']", cluster.id))
+        .type_into("#command", "echo hello-from-the-wizard; sleep 600")
         .await;
+    browser.type_into("#ports", "8888").await;
+    browser.click("#wizard button[type=submit]").await;
+    let total = browser.text("#total").await;
+    assert!(total.ends_with("IOSD"), "{total}");
+    both_widths(&browser, "quote").await;
+    browser.click("#wizard button[type=submit]").await;
+    let shown = eventually(Duration::from_secs(10), || async {
+        let at = browser.url().await;
+        at.split("/cloud/clusters/").nth(1).map(str::to_owned)
+    })
+    .await
+    .expect("Deploy goes to the cluster's page");
+    let cluster = until_state(&market.renter, &shown, "running", 30).await;
+    assert_eq!(
+        cluster.spec.command[2],
+        "echo hello-from-the-wizard; sleep 600"
+    );
+    // Its page, reloaded, shows it running, its port's link and its logs.
+    let page = eventually(Duration::from_secs(20), || async {
+        browser
+            .goto(&format!("{url}/cloud/clusters/{}", cluster.id))
+            .await;
+        let page = browser.source().await;
+        page.contains("hello-from-the-wizard").then_some(page)
+    })
+    .await
+    .expect("the node's output shows in the logs");
     assert_eq!(browser.text("#summary .state").await, "running");
-    let page = browser.source().await;
     assert!(
         page.contains(&format!("/t/{}/0/8888/", cluster.id)),
         "{page}"
     );
+    // Fetched anonymously, the Explorer holds nothing private.
+    let public = reqwest::get(format!("{url}/explorer"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for private in [
+        market.renter_key.as_str(),
+        cluster.id.as_str(),
+        "hello-from-the-wizard",
+        "flotilla_session",
+        "Log out",
+    ] {
+        assert!(!public.contains(private), "the Explorer shows {private}");
+    }
     both_widths(&browser, "cluster").await;
 
     // A form without its CSRF token changes nothing; another renter's session sees a 404.
@@ -177,7 +207,7 @@ async fn a_renter_finds_a_cluster_on_the_dashboard_and_terminates_it(db: Db) {
     assert!(errors.is_empty(), "console errors: {errors:?}");
     browser.quit().await;
 }
-on_both_databases!(a_renter_finds_a_cluster_on_the_dashboard_and_terminates_it);
+on_both_databases!(a_renter_deploys_through_the_wizard_and_terminates_on_the_dashboard);
 
 /// The supplier's face: the device is listed; rename and pause work through their forms; the
 /// device's page charts its telemetry; Add device shows a command that enrolls a machine.

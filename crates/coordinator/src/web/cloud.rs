@@ -5,15 +5,18 @@
 
 use axum::Form;
 use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue};
 use axum::response::IntoResponse;
-use flotilla_proto::api::{LogQuery, PageQuery};
-use maud::html;
+use flotilla_proto::api::{ClusterSpec, LogQuery, PageQuery};
+use maud::{Markup, html};
+use serde::Deserialize;
 
 use super::session::{CsrfForm, Signed};
 use super::{Face, PageResult, amount, page, see_other};
 use crate::AppState;
 use crate::api::clusters;
-use crate::extract::{PathId, QueryParams};
+use crate::error::ApiError;
+use crate::extract::{JsonBody, PathId, QueryParams};
 
 /// Log lines shown on a cluster's page (the latest).
 const LOG_LINES_SHOWN: u32 = 200;
@@ -66,6 +69,7 @@ pub async fn home(State(app): State<AppState>, signed: Signed) -> PageResult {
             @if listed.items.is_empty() {
                 p class="muted" { "No clusters yet: " code { "flotilla deploy --nodes 1 -- nvidia-smi" } }
             }
+            p { a href="/cloud/deploy" id="deploy" { "Deploy a cluster" } }
         }
     };
     Ok(page("Cloud", Face::Cloud, Some(&signed), body).into_response())
@@ -170,4 +174,193 @@ pub async fn terminate(
     let _ended =
         clusters::terminate_cluster(State(app), signed.caller.clone(), PathId(id.clone())).await?;
     Ok(see_other(&format!("/cloud/clusters/{id}")))
+}
+
+/// The deploy wizard's fields. The command is one shell line, run as `sh -c LINE`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct DeployForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    kind: String,
+    #[serde(default)]
+    nodes: String,
+    #[serde(default)]
+    gpus_per_node: String,
+    #[serde(default)]
+    query: String,
+    #[serde(default)]
+    hours: String,
+    #[serde(default)]
+    token: String,
+    #[serde(default)]
+    command: String,
+    #[serde(default)]
+    ports: String,
+    /// Fixed when the quote is shown: deploying twice from one quote makes one cluster.
+    #[serde(default)]
+    nonce: String,
+}
+
+impl DeployForm {
+    fn spec(&self) -> Result<ClusterSpec, ApiError> {
+        let number = |field: &'static str, text: &str| -> Result<u32, ApiError> {
+            text.trim()
+                .parse()
+                .map_err(|_| ApiError::invalid(field, "must be a whole number"))
+        };
+        let ports = self
+            .ports
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(|p| {
+                p.parse().map_err(|_| {
+                    ApiError::invalid("ports", "must be port numbers, comma separated")
+                })
+            })
+            .collect::<Result<Vec<u16>, ApiError>>()?;
+        Ok(ClusterSpec {
+            name: self.name.trim().to_owned(),
+            kind: self.kind.clone(),
+            nodes: number("nodes", &self.nodes)?,
+            gpus_per_node: number("gpus_per_node", &self.gpus_per_node)?,
+            query: self.query.trim().to_owned(),
+            budget_per_hour: None,
+            hours: number("hours", &self.hours)?,
+            token: self.token.clone(),
+            command: vec!["sh".into(), "-c".into(), self.command.clone()],
+            env: Default::default(),
+            secret_env: Default::default(),
+            ports,
+            memory_mib: None,
+            cpus: None,
+            retries: 0,
+            checkpoint_path: None,
+            image: None,
+            colocation: None,
+            renter_region: None,
+        })
+    }
+}
+
+/// The wizard's fields, filled with `form`'s values; `fixed` makes them read-only (the quote
+/// step carries them to Deploy unchanged).
+fn deploy_fields(form: &DeployForm, fixed: bool) -> Markup {
+    let text = |label: &str, name: &str, value: &str, hint: &str| {
+        html! {
+            p {
+                label for=(name) { (label) } br;
+                input id=(name) name=(name) value=(value) placeholder=(hint) readonly[fixed];
+            }
+        }
+    };
+    let choice = |label: &str, name: &str, value: &str, options: &[&str]| {
+        html! {
+            p {
+                label for=(name) { (label) } br;
+                select id=(name) name=(name) disabled[fixed] {
+                    @for option in options {
+                        option value=(option) selected[*option == value] { (option) }
+                    }
+                }
+                @if fixed { input type="hidden" name=(name) value=(value); }
+            }
+        }
+    };
+    html! {
+        (text("Name", "name", &form.name, "train"))
+        (choice("Type", "kind", &form.kind, &["batch", "service"]))
+        (text("Nodes", "nodes", &form.nodes, "1"))
+        (text("GPUs per node", "gpus_per_node", &form.gpus_per_node, "1"))
+        (text("GPU model, regions, tier, price (search language)", "query", &form.query, "gpu=h100 region=eu"))
+        (text("Hours", "hours", &form.hours, "1"))
+        (choice("Pay with", "token", &form.token, &["IOSD", "IO"]))
+        (text("Command (run as sh -c)", "command", &form.command, "python train.py"))
+        (text("Ports (service)", "ports", &form.ports, "8888"))
+    }
+}
+
+pub async fn deploy_form(signed: Signed) -> PageResult {
+    let form = DeployForm {
+        kind: "batch".into(),
+        nodes: "1".into(),
+        gpus_per_node: "1".into(),
+        hours: "1".into(),
+        token: "IOSD".into(),
+        ..DeployForm::default()
+    };
+    let body = html! {
+        section id="wizard" {
+            form method="post" action="/cloud/deploy/quote" {
+                input type="hidden" name="csrf" value=(signed.csrf);
+                (deploy_fields(&form, false))
+                button type="submit" { "Quote" }
+            }
+        }
+    };
+    Ok(page("Deploy", Face::Cloud, Some(&signed), body).into_response())
+}
+
+/// The quote for the wizard's spec, and Deploy; or why nothing matches.
+pub async fn deploy_quote(
+    State(app): State<AppState>,
+    signed: Signed,
+    Form(form): Form<DeployForm>,
+) -> PageResult {
+    signed.check_csrf(&form.csrf)?;
+    let spec = form.spec()?;
+    let quote = clusters::quote_cluster(State(app), signed.caller.clone(), JsonBody(spec))
+        .await?
+        .0;
+    let fixed = DeployForm {
+        nonce: super::session::random_hex(),
+        ..form
+    };
+    let money = |micros: u64| amount(i64::try_from(micros).unwrap_or(i64::MAX));
+    let body = html! {
+        section id="quote" {
+            @if quote.placeable {
+                p { "Rent " (money(quote.rent_micros)) " + fees " (money(quote.fee_micros))
+                    " = " strong id="total" { (money(quote.total_micros)) " " (quote.token) }
+                    " held in escrow for " (quote.hours) " h; unused time is returned." }
+            } @else {
+                p class="error" id="no-match" { "Nothing matches now: "
+                    (quote.waiting_because.clone().unwrap_or_else(|| "nothing is offered".into())) }
+                @if let Some(relax) = quote.explanation.as_ref().and_then(|e| e.relaxations.first()) {
+                    p { "Try: " (relax.summary) }
+                }
+            }
+        }
+        section id="wizard" {
+            form method="post" action="/cloud/deploy" {
+                input type="hidden" name="csrf" value=(signed.csrf);
+                input type="hidden" name="nonce" value=(fixed.nonce);
+                (deploy_fields(&fixed, true))
+                @if quote.placeable { button type="submit" { "Deploy" } }
+            }
+            p { a href="/cloud/deploy" { "Start over" } }
+        }
+    };
+    Ok(page("Deploy: quote", Face::Cloud, Some(&signed), body).into_response())
+}
+
+/// Deploys the quoted spec (once per quote) and goes to the new cluster's page.
+pub async fn deploy(
+    State(app): State<AppState>,
+    signed: Signed,
+    Form(form): Form<DeployForm>,
+) -> PageResult {
+    signed.check_csrf(&form.csrf)?;
+    let spec = form.spec()?;
+    let mut headers = HeaderMap::new();
+    if let Ok(key) = HeaderValue::from_str(&format!("web-{}", form.nonce)) {
+        headers.insert("idempotency-key", key);
+    }
+    let (_, created) =
+        clusters::deploy_cluster(State(app), signed.caller.clone(), headers, JsonBody(spec))
+            .await?;
+    Ok(see_other(&format!("/cloud/clusters/{}", created.0.id)))
 }

@@ -32,6 +32,8 @@ pub fn router() -> Router<AppState> {
         .route("/login", get(session::login_form).post(session::login))
         .route("/logout", post(session::logout))
         .route("/cloud", get(cloud::home))
+        .route("/cloud/deploy", get(cloud::deploy_form).post(cloud::deploy))
+        .route("/cloud/deploy/quote", post(cloud::deploy_quote))
         .route("/cloud/clusters/{id}", get(cloud::cluster))
         .route("/cloud/clusters/{id}/terminate", post(cloud::terminate))
         .route("/worker", get(worker::home))
@@ -62,7 +64,7 @@ pre{background:#0d1117;color:#e6edf3;padding:.75rem;border-radius:6px;overflow-x
 .muted{color:#5b6470}.error{color:#a40e26}
 button{background:#10243e;color:#fff;border:0;border-radius:4px;padding:.45rem .9rem;cursor:pointer}
 button.danger{background:#a40e26}
-input{padding:.4rem;border:1px solid #c5cbd3;border-radius:4px;width:min(28rem,100%)}
+input,select{padding:.4rem;border:1px solid #c5cbd3;border-radius:4px;width:min(28rem,100%)}
 @media (max-width:600px){main{padding:.5rem}th,td{padding:.3rem}}
 ";
 
