@@ -99,6 +99,19 @@ async fn a_renter_deploys_through_the_wizard_and_terminates_on_the_dashboard(db:
     browser.click("main button[type=submit]").await;
     browser.wait_url("/cloud").await;
     both_widths(&browser, "cloud").await;
+    // The Marketplace: a filter that matches lists the offer; one that does not says why.
+    browser
+        .goto(&format!("{url}/cloud/market?q=gpu%3Dh100"))
+        .await;
+    let offers = browser.text("#offers table").await;
+    assert!(offers.to_lowercase().contains("h100"), "{offers}");
+    both_widths(&browser, "market").await;
+    browser
+        .goto(&format!("{url}/cloud/market?q=gpu%3Da100"))
+        .await;
+    assert_eq!(browser.text("#no-match").await, "Nothing matches.");
+    assert!(browser.text("#offers").await.contains("removes"));
+    browser.goto(&format!("{url}/cloud")).await;
     browser.click("#deploy").await;
     browser.type_into("#name", "web").await;
     browser.click("#kind option[value=service]").await;
@@ -122,17 +135,18 @@ async fn a_renter_deploys_through_the_wizard_and_terminates_on_the_dashboard(db:
         cluster.spec.command[2],
         "echo hello-from-the-wizard; sleep 600"
     );
-    // Its page, reloaded, shows it running, its port's link and its logs.
+    // The page updates itself, without a reload: running, its port's link and its logs.
+    browser.wait_text("#summary .state", "running").await;
     let page = eventually(Duration::from_secs(20), || async {
-        browser
-            .goto(&format!("{url}/cloud/clusters/{}", cluster.id))
-            .await;
         let page = browser.source().await;
         page.contains("hello-from-the-wizard").then_some(page)
     })
     .await
     .expect("the node's output shows in the logs");
-    assert_eq!(browser.text("#summary .state").await, "running");
+    assert!(
+        browser.url().await.ends_with(&cluster.id),
+        "never left the page"
+    );
     assert!(
         page.contains(&format!("/t/{}/0/8888/", cluster.id)),
         "{page}"

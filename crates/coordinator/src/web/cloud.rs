@@ -8,7 +8,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue};
 use axum::response::IntoResponse;
 use flotilla_proto::api::{ClusterSpec, LogQuery, PageQuery};
-use maud::{Markup, html};
+use maud::{Markup, PreEscaped, html};
 use serde::Deserialize;
 
 use super::session::{CsrfForm, Signed};
@@ -17,6 +17,36 @@ use crate::AppState;
 use crate::api::clusters;
 use crate::error::ApiError;
 use crate::extract::{JsonBody, PathId, QueryParams};
+
+/// Keeps a live cluster's page current without a reload: every couple of seconds while the
+/// tab is visible (never two requests at once, backing off to half a minute on errors), it
+/// fetches the page again and swaps in its sections; it stops once the cluster has ended. A
+/// page left open all day costs one small request per interval, and none while hidden.
+const LIVE_SCRIPT: &str = r##"(() => {
+  const ended = ["completed", "failed", "terminated", "expired"];
+  const delayMin = 2000, delayMax = 30000;
+  let delay = delayMin;
+  async function refresh() {
+    if (!document.hidden) {
+      try {
+        const response = await fetch(location.href, {credentials: "same-origin"});
+        if (!response.ok) throw new Error(String(response.status));
+        const fresh = new DOMParser().parseFromString(await response.text(), "text/html");
+        for (const id of ["summary", "nodes", "ports", "logs"]) {
+          const now = document.getElementById(id), next = fresh.getElementById(id);
+          if (now && next) now.replaceWith(next);
+        }
+        delay = delayMin;
+      } catch (error) {
+        delay = Math.min(delay * 2, delayMax);
+      }
+    }
+    const state = document.querySelector("#summary .state");
+    if (state && ended.includes(state.textContent)) return;
+    setTimeout(refresh, delay);
+  }
+  setTimeout(refresh, delay);
+})();"##;
 
 /// Log lines shown on a cluster's page (the latest).
 const LOG_LINES_SHOWN: u32 = 200;
@@ -69,7 +99,8 @@ pub async fn home(State(app): State<AppState>, signed: Signed) -> PageResult {
             @if listed.items.is_empty() {
                 p class="muted" { "No clusters yet: " code { "flotilla deploy --nodes 1 -- nvidia-smi" } }
             }
-            p { a href="/cloud/deploy" id="deploy" { "Deploy a cluster" } }
+            p { a href="/cloud/deploy" id="deploy" { "Deploy a cluster" } " · "
+                a href="/cloud/market" { "Marketplace" } }
         }
     };
     Ok(page("Cloud", Face::Cloud, Some(&signed), body).into_response())
@@ -135,14 +166,15 @@ pub async fn cluster(
                 }
             }
         }
-        @if !info.port_links.is_empty() {
-            section id="ports" {
-                h2 { "Ports" }
-                ul {
-                    @for link in &info.port_links {
-                        li { "node " (link.node_rank) ", port " (link.port) ": "
-                             a href=(link.path) { (link.path) } }
-                    }
+        section id="ports" {
+            h2 { "Ports" }
+            @if info.port_links.is_empty() {
+                p class="muted" { "A service's declared ports are linked here while it runs." }
+            }
+            ul {
+                @for link in &info.port_links {
+                    li { "node " (link.node_rank) ", port " (link.port) ": "
+                         a href=(link.path) { (link.path) } }
                 }
             }
         }
@@ -154,6 +186,7 @@ pub async fn cluster(
                 }
             }
         }
+        @if live { script { (PreEscaped(LIVE_SCRIPT)) } }
     };
     Ok(page(
         &format!("Cluster {}", info.name),

@@ -10,6 +10,7 @@
 
 mod cloud;
 mod explorer;
+mod market;
 mod session;
 mod worker;
 
@@ -32,6 +33,7 @@ pub fn router() -> Router<AppState> {
         .route("/login", get(session::login_form).post(session::login))
         .route("/logout", post(session::logout))
         .route("/cloud", get(cloud::home))
+        .route("/cloud/market", get(market::market))
         .route("/cloud/deploy", get(cloud::deploy_form).post(cloud::deploy))
         .route("/cloud/deploy/quote", post(cloud::deploy_quote))
         .route("/cloud/clusters/{id}", get(cloud::cluster))
