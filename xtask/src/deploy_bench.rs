@@ -167,25 +167,8 @@ async fn price_devices(supplier: &Client) -> Result<()> {
 
 fn service() -> ClusterSpec {
     ClusterSpec {
-        name: "bench".into(),
         kind: "service".into(),
-        nodes: NODES,
-        gpus_per_node: 1,
-        query: String::new(),
-        budget_per_hour: None,
-        hours: 1,
-        token: "IOSD".into(),
-        command: vec!["sleep".into(), "3600".into()],
-        env: Default::default(),
-        secret_env: Default::default(),
-        ports: vec![],
-        memory_mib: None,
-        cpus: None,
-        retries: 0,
-        checkpoint_path: None,
-        image: None,
-        colocation: None,
-        renter_region: None,
+        ..ClusterSpec::new("bench", NODES, vec!["sleep".into(), "3600".into()])
     }
 }
 

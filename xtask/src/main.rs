@@ -1,8 +1,9 @@
 //! Developer tasks, in Rust rather than shell:
 //!
-//! - `cargo xtask test`: format check, clippy, bubblewrap installed if missing (the worker's
-//!   sandbox), then every test on SQLite and on a throwaway PostgreSQL server started here (as
-//!   a non-root user, on a free port) and stopped after.
+//! - `cargo xtask test`: format check, clippy, bubblewrap (the worker's sandbox) and Chromium
+//!   with chromedriver (the dashboard's tests) installed if missing, then every test on SQLite
+//!   and on a throwaway PostgreSQL server started here (as a non-root user, on a free port) and
+//!   stopped after; node network namespaces that killed workers left are removed at the end.
 //! - `cargo xtask bench heartbeat [--workers N] [--measure-s S]`: N simulated workers
 //!   heartbeating against one coordinator; prints one JSON line of figures last.
 //! - `cargo xtask bench proof`: the CPU prover and the verifier on a CPU-class challenge, in a
@@ -12,6 +13,12 @@
 //!   last.
 //! - `cargo xtask bench ledger`: durable transfers per second in batches on SQLite and
 //!   PostgreSQL, and batched over one transaction per transfer on SQLite; one JSON line last.
+//! - `cargo xtask bench deploy [--deploys N]`: deploy to running and failover with a release
+//!   coordinator and workers; one JSON line last.
+//! - `cargo xtask bench tunnel [--transfer-mib N]`: throughput, round-trip latency and memory
+//!   per idle connection through `flotilla connect`, against raw TCP and rathole (Noise and
+//!   plain TCP, installed under `target/bench-tools/` on first use), in a release build; one
+//!   JSON line last.
 
 mod bench;
 mod deploy_bench;
@@ -20,6 +27,7 @@ mod ledger_bench;
 mod postgres;
 mod proof_bench;
 mod scheduler_bench;
+mod tunnel_bench;
 
 use std::process::Command;
 
@@ -40,6 +48,9 @@ fn main() -> Result<()> {
         }
         Some("bench") if args.get(1).map(String::as_str) == Some("scheduler") => {
             scheduler_bench::run(&args[2..])
+        }
+        Some("bench") if args.get(1).map(String::as_str) == Some("tunnel") => {
+            tunnel_bench::run(&args[2..])
         }
         Some("bench") => bench::run(&args[1..]),
         _ => bail!(
@@ -63,49 +74,96 @@ pub(crate) fn run(command: &mut Command) -> Result<()> {
 /// Runs `cargo xtask bench NAME --here` as a release build, so a benchmark's figures are the
 /// shipped code's.
 fn rerun_release_bench(name: &str) -> Result<()> {
-    run(cargo().args([
-        "run",
-        "--quiet",
-        "--release",
-        "-p",
-        "xtask",
-        "--",
-        "bench",
-        name,
-        "--here",
-    ]))
+    rerun_release_bench_with(name, &[])
+}
+
+/// [`rerun_release_bench`] passing `args` on after `--here`.
+fn rerun_release_bench_with(name: &str, args: &[String]) -> Result<()> {
+    run(cargo()
+        .args([
+            "run",
+            "--quiet",
+            "--release",
+            "-p",
+            "xtask",
+            "--",
+            "bench",
+            name,
+            "--here",
+        ])
+        .args(args))
 }
 
 fn cargo() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()))
 }
 
-/// The worker's sandbox runs commands under bubblewrap; its tests need it. Installs it when
-/// missing; where that is impossible (no root, no package mirror) the sandbox's test says it
-/// did not run instead of failing the whole command. True when bubblewrap is there.
-fn ensure_bubblewrap() -> bool {
-    let installed = || {
-        Command::new("bwrap")
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-    };
-    if installed() {
+/// Installs Debian `packages` when `present` says they are missing; where that is impossible
+/// (no root, no package mirror) the tests that need them say they did not run instead of
+/// failing the whole command. True when they are there.
+fn ensure_installed(what: &str, present: impl Fn() -> bool, packages: &[&str]) -> bool {
+    if present() {
         return true;
     }
-    eprintln!("xtask: bubblewrap not found; installing it with apt-get");
+    eprintln!(
+        "xtask: {what} not found; installing {} with apt-get",
+        packages.join(" ")
+    );
     let result = run(Command::new("apt-get").arg("update")).and_then(|()| {
-        run(Command::new("apt-get").args([
-            "install",
-            "-y",
-            "--no-install-recommends",
-            "bubblewrap",
-        ]))
+        run(Command::new("apt-get")
+            .args(["install", "-y", "-q"])
+            .args(packages))
     });
     if let Err(error) = result {
-        eprintln!("xtask: could not install bubblewrap ({error}); the sandbox test will not run");
+        eprintln!("xtask: could not install {what} ({error}); its tests will not run");
     }
-    installed()
+    present()
+}
+
+fn answers(program: &str, arg: &str) -> bool {
+    Command::new(program)
+        .arg(arg)
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// The worker's sandbox runs commands under bubblewrap.
+fn ensure_bubblewrap() -> bool {
+    ensure_installed(
+        "bubblewrap",
+        || answers("bwrap", "--version"),
+        &["bubblewrap"],
+    )
+}
+
+/// The dashboard's tests drive real headless Chromium through chromedriver.
+fn ensure_chromium() -> bool {
+    let present = || {
+        std::path::Path::new("/usr/bin/chromium").exists() && answers("chromedriver", "--version")
+    };
+    ensure_installed("chromium", present, &["chromium", "chromium-driver"])
+}
+
+/// Removes the network namespaces of nodes whose workers the tests killed (a killed worker
+/// cannot remove its nodes' namespaces; a restarted one sweeps its own, but a test's data
+/// directory is gone). Only namespaces no process is in are removed.
+fn sweep_node_networks() {
+    let Ok(listed) = Command::new("ip").args(["netns", "list"]).output() else {
+        return;
+    };
+    let names = String::from_utf8_lossy(&listed.stdout).into_owned();
+    for name in names.lines().filter_map(|l| l.split_whitespace().next()) {
+        if !name.starts_with("flotilla-run_") {
+            continue;
+        }
+        let empty = Command::new("ip")
+            .args(["netns", "pids", name])
+            .output()
+            .is_ok_and(|o| o.status.success() && o.stdout.is_empty());
+        if empty {
+            let _ = Command::new("ip").args(["netns", "delete", name]).status();
+        }
+    }
 }
 
 fn has_nextest() -> bool {
@@ -131,6 +189,7 @@ fn test(filters: &[String]) -> Result<()> {
         ]))?;
     }
     let sandbox = ensure_bubblewrap();
+    let browser = ensure_chromium();
     let server = postgres::Server::start()?;
     let mut command = cargo();
     if has_nextest() {
@@ -147,7 +206,11 @@ fn test(filters: &[String]) -> Result<()> {
     if sandbox {
         command.env("FLOTILLA_REQUIRE_SANDBOX", "1");
     }
+    if browser {
+        command.env("FLOTILLA_REQUIRE_BROWSER", "1");
+    }
     let result = run(&mut command);
     drop(server);
+    sweep_node_networks();
     result
 }

@@ -621,6 +621,34 @@ pub struct ClusterSpec {
     pub renter_region: Option<String>,
 }
 
+impl ClusterSpec {
+    /// A one-hour batch of `nodes` one-GPU nodes running `command`, paid in IOSD, with nothing
+    /// else set: the base that callers adjust with struct update syntax.
+    pub fn new(name: &str, nodes: u32, command: Vec<String>) -> ClusterSpec {
+        ClusterSpec {
+            name: name.to_owned(),
+            kind: "batch".to_owned(),
+            nodes,
+            gpus_per_node: 1,
+            query: String::new(),
+            budget_per_hour: None,
+            hours: 1,
+            token: "IOSD".to_owned(),
+            command,
+            env: Default::default(),
+            secret_env: Default::default(),
+            ports: Vec::new(),
+            memory_mib: None,
+            cpus: None,
+            retries: 0,
+            checkpoint_path: None,
+            image: None,
+            colocation: None,
+            renter_region: None,
+        }
+    }
+}
+
 impl std::fmt::Debug for ClusterSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let secret_names: Vec<&String> = self.secret_env.keys().collect();

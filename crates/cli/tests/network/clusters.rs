@@ -156,27 +156,11 @@ pub(crate) async fn all_logs(client: &Client, id: &str) -> LogPage {
 }
 
 pub(crate) fn spec(nodes: u32, command: &[&str]) -> ClusterSpec {
-    ClusterSpec {
-        name: "job".into(),
-        kind: "batch".into(),
+    ClusterSpec::new(
+        "job",
         nodes,
-        gpus_per_node: 1,
-        query: String::new(),
-        budget_per_hour: None,
-        hours: 1,
-        token: "IOSD".into(),
-        command: command.iter().map(|s| s.to_string()).collect(),
-        env: Default::default(),
-        secret_env: Default::default(),
-        ports: vec![],
-        memory_mib: None,
-        cpus: None,
-        retries: 0,
-        checkpoint_path: None,
-        image: None,
-        colocation: None,
-        renter_region: None,
-    }
+        command.iter().map(|s| s.to_string()).collect(),
+    )
 }
 
 async fn three_node_batch_cluster_runs_logs_and_pays(db: Db) {

@@ -255,26 +255,15 @@ impl DeployForm {
                 })
             })
             .collect::<Result<Vec<u16>, ApiError>>()?;
+        let command = vec!["sh".into(), "-c".into(), self.command.clone()];
         Ok(ClusterSpec {
-            name: self.name.trim().to_owned(),
             kind: self.kind.clone(),
-            nodes: number("nodes", &self.nodes)?,
             gpus_per_node: number("gpus_per_node", &self.gpus_per_node)?,
             query: self.query.trim().to_owned(),
-            budget_per_hour: None,
             hours: number("hours", &self.hours)?,
             token: self.token.clone(),
-            command: vec!["sh".into(), "-c".into(), self.command.clone()],
-            env: Default::default(),
-            secret_env: Default::default(),
             ports,
-            memory_mib: None,
-            cpus: None,
-            retries: 0,
-            checkpoint_path: None,
-            image: None,
-            colocation: None,
-            renter_region: None,
+            ..ClusterSpec::new(self.name.trim(), number("nodes", &self.nodes)?, command)
         })
     }
 }

@@ -1,0 +1,968 @@
+//! `cargo xtask bench tunnel [--transfer-mib N]`: the cost of reaching a node's port through
+//! Flotilla's tunnel, against the same traffic over raw TCP and through rathole, in one run on
+//! loopback.
+//!
+//! One service, this program's hidden `bench tunnel --serve ADDR`, answers every path: a
+//! connection's first byte picks a mode, either a sink (the client announces a byte count,
+//! sends that many bytes, and the sink acknowledges the count it read) or an echo. Over each
+//! path the bench measures:
+//!
+//! - throughput: `--transfer-mib` MiB (default 1,024) through one connection, and the same
+//!   total split over [`PARALLEL_STREAMS`] connections at once;
+//! - latency: the median round trip of a [`PING_BYTES`]-byte ping-pong over one connection,
+//!   [`PING_ROUNDS`] rounds after a warm-up;
+//! - idle cost (tunnels only): the growth of the proportional resident memory (`Pss`) of the
+//!   tunnel's processes while [`IDLE_CONNECTIONS`] more connections sit idle, per connection.
+//!   It is taken before the bulk transfers, whose freed buffers would otherwise absorb the
+//!   growth.
+//!
+//! The paths: raw TCP (client straight to the service); rathole 0.5.0 with its Noise
+//! transport (`Noise_NK_25519_ChaChaPoly_BLAKE2s`, the comparable protection) and, for
+//! context, with plain TCP, installed once by `cargo install` under `target/bench-tools/`
+//! (not `--locked`: its lock file pins a `time` release current compilers refuse); and
+//! Flotilla: a release coordinator and worker, a `service` cluster declaring a port, the
+//! service on that port inside the node (in the node's network namespace `flotilla-RUN` when
+//! the worker made one, else on the host's loopback, where nodes share the host's network),
+//! reached through `flotilla connect`, whose processes (coordinator, worker, connect) are the
+//! ones whose memory counts. Without rathole (no registry), its figures are null.
+//!
+//! Human-readable figures go to standard error; the last line on standard output is one JSON
+//! object.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use flotilla_client::Client;
+use flotilla_proto::api::{
+    ClusterInfo, ClusterSpec, CreateAccountRequest, CreateAccountResponse,
+    CreateEnrollmentTokenRequest, CreatedEnrollmentToken, Device, FaucetRequest, Page, Role,
+    SetPriceRequest,
+};
+use flotilla_proto::device::DeviceState;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::{cargo, run as run_command};
+
+const TRANSFER_MIB_DEFAULT: u64 = 1_024;
+/// One write of the bulk transfer, and the sink's read buffer.
+const CHUNK_BYTES: usize = 256 * 1024;
+const PARALLEL_STREAMS: u64 = 4;
+const PING_BYTES: usize = 64;
+const PING_ROUNDS: usize = 2_000;
+const PING_WARMUP_ROUNDS: usize = 200;
+/// Idle connections opened and kept before the measured ones, so one-time growth (tables,
+/// allocator arenas) is not charged to them. With the measured ones, below the tunnel's 256
+/// streams per worker.
+const IDLE_WARMUP_CONNECTIONS: usize = 32;
+const IDLE_CONNECTIONS: usize = 200;
+/// Pause before each memory reading, for the processes to finish their bookkeeping.
+const SETTLE_MS: u64 = 1_000;
+/// How long a path has to answer its first ping.
+const READY_TIMEOUT_S: u64 = 60;
+/// Bound on any one measurement (a transfer, the pings, the idle connections).
+const MEASURE_TIMEOUT_S: u64 = 600;
+/// How long the worker has to remove a stopped node's network namespace.
+const NAMESPACE_GONE_TIMEOUT_S: u64 = 10;
+/// The idle cost the issue allows, per connection.
+const IDLE_CONNECTION_BYTES_TARGET: u64 = 36_000;
+
+const MODE_SINK: u8 = b'S';
+const MODE_ECHO: u8 = b'E';
+
+const RATHOLE_VERSION: &str = "0.5.0";
+/// Server, client and the Noise transport; not TLS or WebSocket, which would need OpenSSL.
+const RATHOLE_FEATURES: &str = "server,client,noise";
+
+const HEARTBEAT_INTERVAL_MS: u64 = 1_000;
+const PRICE_PER_HOUR_MICROS: u64 = 2_000_000;
+const FAUCET_MICROS: u64 = 10_000_000_000;
+
+/// What the command line asked for.
+enum Mode {
+    /// Build the release binaries, then run the bench in a release build of this program.
+    Launch { transfer_mib: u64 },
+    /// Run the bench here (already a release build).
+    Here { transfer_mib: u64 },
+    /// Be the service at this address until killed.
+    Serve { address: String },
+}
+
+fn parse(args: &[String]) -> Result<Mode> {
+    const USAGE: &str = "usage: cargo xtask bench tunnel [--transfer-mib N]";
+    let mut transfer_mib = TRANSFER_MIB_DEFAULT;
+    let mut here = false;
+    let mut rest = args.iter();
+    while let Some(flag) = rest.next() {
+        match flag.as_str() {
+            "--here" => here = true,
+            "--transfer-mib" => {
+                let value = rest.next().context(USAGE)?;
+                transfer_mib = value.parse().context("--transfer-mib N")?;
+                if transfer_mib == 0 {
+                    bail!("--transfer-mib must be at least 1");
+                }
+            }
+            "--serve" => {
+                let address = rest.next().context("--serve ADDR")?.clone();
+                return Ok(Mode::Serve { address });
+            }
+            _ => bail!(USAGE),
+        }
+    }
+    Ok(if here {
+        Mode::Here { transfer_mib }
+    } else {
+        Mode::Launch { transfer_mib }
+    })
+}
+
+pub fn run(args: &[String]) -> Result<()> {
+    match parse(args)? {
+        Mode::Launch { transfer_mib } => {
+            run_command(cargo().args(["build", "--release", "--bin", "flotilla"]))?;
+            let forwarded = ["--transfer-mib".to_owned(), transfer_mib.to_string()];
+            crate::rerun_release_bench_with("tunnel", &forwarded)
+        }
+        Mode::Here { transfer_mib } => {
+            if Command::new("bwrap").arg("--version").output().is_err() {
+                bail!(
+                    "bubblewrap is not installed (apt-get install -y bubblewrap): nodes cannot run"
+                );
+            }
+            let _ = rlimit::increase_nofile_limit(u64::MAX);
+            runtime()?.block_on(bench(transfer_mib))
+        }
+        Mode::Serve { address } => runtime()?.block_on(serve(&address)),
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}
+
+fn workspace_root() -> &'static Path {
+    let xtask = Path::new(env!("CARGO_MANIFEST_DIR"));
+    xtask.parent().unwrap_or(xtask)
+}
+
+// --- The service --------------------------------------------------------------------------
+
+/// The sink and echo service; prints `listening on ADDR` first.
+async fn serve(address: &str) -> Result<()> {
+    let listener = TcpListener::bind(address)
+        .await
+        .with_context(|| format!("binding {address}"))?;
+    println!("listening on {}", listener.local_addr()?);
+    std::io::stdout().flush()?;
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(async move {
+            let _ = answer(stream).await;
+        });
+    }
+}
+
+async fn answer(mut stream: TcpStream) -> std::io::Result<()> {
+    match stream.read_u8().await? {
+        MODE_SINK => {
+            let expected_bytes = stream.read_u64_le().await?;
+            let received_bytes = discard(&mut stream, expected_bytes).await?;
+            stream.write_u64_le(received_bytes).await
+        }
+        _ => echo(&mut stream).await,
+    }
+}
+
+/// Reads and drops up to `expected_bytes`; the count read.
+async fn discard(stream: &mut TcpStream, expected_bytes: u64) -> std::io::Result<u64> {
+    let mut buffer = vec![0u8; CHUNK_BYTES];
+    let mut received_bytes = 0u64;
+    while received_bytes < expected_bytes {
+        let read = stream.read(&mut buffer).await?;
+        if read == 0 {
+            break;
+        }
+        received_bytes += read as u64;
+    }
+    Ok(received_bytes)
+}
+
+async fn echo(stream: &mut TcpStream) -> std::io::Result<()> {
+    let mut buffer = [0u8; PING_BYTES * 4];
+    loop {
+        let read = stream.read(&mut buffer).await?;
+        if read == 0 {
+            return Ok(());
+        }
+        stream.write_all(&buffer[..read]).await?;
+    }
+}
+
+// --- The client's measurements ------------------------------------------------------------
+
+/// What one path measured.
+#[derive(Debug, Clone, Copy)]
+struct Figures {
+    gbit_s: f64,
+    parallel_gbit_s: f64,
+    latency_p50_us: f64,
+    idle_connection_bytes: Option<i64>,
+}
+
+async fn open(address: SocketAddr, mode: u8) -> Result<TcpStream> {
+    let mut stream = TcpStream::connect(address)
+        .await
+        .with_context(|| format!("connecting to {address}"))?;
+    stream.set_nodelay(true)?;
+    stream.write_u8(mode).await?;
+    Ok(stream)
+}
+
+async fn ping_once(stream: &mut TcpStream) -> Result<()> {
+    let message = [0x5a_u8; PING_BYTES];
+    let mut back = [0u8; PING_BYTES];
+    stream.write_all(&message).await?;
+    stream.read_exact(&mut back).await?;
+    if back != message {
+        bail!("the echo came back altered");
+    }
+    Ok(())
+}
+
+/// Waits until a ping through `address` comes back.
+async fn until_ready(address: SocketAddr) -> Result<()> {
+    let started = Instant::now();
+    loop {
+        let attempt = async {
+            let mut stream = open(address, MODE_ECHO).await?;
+            ping_once(&mut stream).await
+        };
+        if let Ok(Ok(())) = tokio::time::timeout(Duration::from_secs(5), attempt).await {
+            return Ok(());
+        }
+        if started.elapsed() > Duration::from_secs(READY_TIMEOUT_S) {
+            bail!("{address} did not answer a ping within {READY_TIMEOUT_S} s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Bytes that do not compress, so no path gains from their shape.
+fn payload() -> Vec<u8> {
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    (0..CHUNK_BYTES)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}
+
+async fn transfer(address: SocketAddr, transfer_bytes: u64) -> Result<()> {
+    let mut stream = open(address, MODE_SINK).await?;
+    stream.write_u64_le(transfer_bytes).await?;
+    let chunk = payload();
+    let mut sent_bytes = 0u64;
+    while sent_bytes < transfer_bytes {
+        let len = (transfer_bytes - sent_bytes).min(CHUNK_BYTES as u64) as usize;
+        stream.write_all(&chunk[..len]).await?;
+        sent_bytes += len as u64;
+    }
+    let received_bytes = stream
+        .read_u64_le()
+        .await
+        .context("the sink's acknowledgement")?;
+    if received_bytes != transfer_bytes {
+        bail!("the sink read {received_bytes} of {transfer_bytes} bytes");
+    }
+    Ok(())
+}
+
+/// `transfer_bytes` in all over `streams` connections at once, in Gbit/s.
+async fn throughput_gbit_s(address: SocketAddr, transfer_bytes: u64, streams: u64) -> Result<f64> {
+    let per_stream_bytes = transfer_bytes / streams;
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..streams)
+        .map(|_| tokio::spawn(transfer(address, per_stream_bytes)))
+        .collect();
+    for task in tasks {
+        task.await??;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    Ok((per_stream_bytes * streams * 8) as f64 / seconds / 1e9)
+}
+
+async fn latency_p50_us(address: SocketAddr) -> Result<f64> {
+    let mut stream = open(address, MODE_ECHO).await?;
+    for _ in 0..PING_WARMUP_ROUNDS {
+        ping_once(&mut stream).await?;
+    }
+    let mut round_trips_us = Vec::with_capacity(PING_ROUNDS);
+    for _ in 0..PING_ROUNDS {
+        let started = Instant::now();
+        ping_once(&mut stream).await?;
+        round_trips_us.push(started.elapsed().as_secs_f64() * 1e6);
+    }
+    round_trips_us.sort_by(f64::total_cmp);
+    Ok(round_trips_us[round_trips_us.len() / 2])
+}
+
+/// Opens `count` connections, each pinged once so it reaches the service.
+async fn idle_connections(address: SocketAddr, count: usize) -> Result<Vec<TcpStream>> {
+    let mut connections = Vec::with_capacity(count);
+    for _ in 0..count {
+        let mut stream = open(address, MODE_ECHO).await?;
+        ping_once(&mut stream).await?;
+        connections.push(stream);
+    }
+    Ok(connections)
+}
+
+/// The growth of `pids`' memory per idle connection through `address`.
+async fn idle_connection_bytes(address: SocketAddr, pids: &[u32]) -> Result<i64> {
+    let _warm = idle_connections(address, IDLE_WARMUP_CONNECTIONS).await?;
+    tokio::time::sleep(Duration::from_millis(SETTLE_MS)).await;
+    let before_bytes = memory_bytes(pids)?;
+    let _measured = idle_connections(address, IDLE_CONNECTIONS).await?;
+    tokio::time::sleep(Duration::from_millis(SETTLE_MS)).await;
+    let after_bytes = memory_bytes(pids)?;
+    Ok((after_bytes - before_bytes) / IDLE_CONNECTIONS as i64)
+}
+
+/// The processes' proportional set size (`Pss`), or resident size where the kernel has no
+/// `smaps_rollup`, in bytes.
+fn memory_bytes(pids: &[u32]) -> Result<i64> {
+    let mut total_bytes = 0;
+    for pid in pids {
+        let (file, field) = match std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")) {
+            Ok(text) => (text, "Pss:"),
+            Err(_) => (
+                std::fs::read_to_string(format!("/proc/{pid}/status"))
+                    .with_context(|| format!("process {pid} is gone"))?,
+                "VmRSS:",
+            ),
+        };
+        total_bytes += kib_field(&file, field)
+            .with_context(|| format!("no {field} for process {pid}"))?
+            * 1024;
+    }
+    Ok(total_bytes)
+}
+
+fn kib_field(text: &str, field: &str) -> Option<i64> {
+    let line = text.lines().find(|line| line.starts_with(field))?;
+    line[field.len()..]
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Every figure for one path; the idle cost only where `memory_pids` names the processes.
+async fn measure(
+    address: SocketAddr,
+    transfer_bytes: u64,
+    memory_pids: Option<&[u32]>,
+) -> Result<Figures> {
+    let limit = Duration::from_secs(MEASURE_TIMEOUT_S);
+    let bounded = |what: &'static str| move |_| anyhow::anyhow!("{what} took over {limit:?}");
+    let idle_connection_bytes = match memory_pids {
+        Some(pids) => Some(
+            tokio::time::timeout(limit, idle_connection_bytes(address, pids))
+                .await
+                .map_err(bounded("idle connections"))??,
+        ),
+        None => None,
+    };
+    let gbit_s = tokio::time::timeout(limit, throughput_gbit_s(address, transfer_bytes, 1))
+        .await
+        .map_err(bounded("the transfer"))??;
+    let parallel = throughput_gbit_s(address, transfer_bytes, PARALLEL_STREAMS);
+    let parallel_gbit_s = tokio::time::timeout(limit, parallel)
+        .await
+        .map_err(bounded("the parallel transfer"))??;
+    let latency_p50_us = tokio::time::timeout(limit, latency_p50_us(address))
+        .await
+        .map_err(bounded("the pings"))??;
+    Ok(Figures {
+        gbit_s,
+        parallel_gbit_s,
+        latency_p50_us,
+        idle_connection_bytes,
+    })
+}
+
+fn report(path: &str, figures: &Figures) {
+    let idle = figures
+        .idle_connection_bytes
+        .map_or(String::new(), |bytes| {
+            format!(", {bytes} B per idle connection")
+        });
+    eprintln!(
+        "{path:<14} {:>6.2} Gbit/s one stream, {:>6.2} Gbit/s over {PARALLEL_STREAMS}, p50 round trip {:>5.0} µs{idle}",
+        figures.gbit_s, figures.parallel_gbit_s, figures.latency_p50_us
+    );
+}
+
+// --- Processes ------------------------------------------------------------------------------
+
+/// Every process the bench started, killed when dropped (also on error), and its scratch
+/// folder.
+struct Procs {
+    children: Vec<Child>,
+    dir: PathBuf,
+}
+
+impl Procs {
+    fn new() -> Result<Procs> {
+        let dir =
+            std::env::temp_dir().join(format!("flotilla-tunnel-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        Ok(Procs {
+            children: Vec::new(),
+            dir,
+        })
+    }
+
+    /// Starts `command`; its pid.
+    fn spawn(&mut self, command: &mut Command) -> Result<u32> {
+        let child = command
+            .spawn()
+            .with_context(|| format!("starting {command:?}"))?;
+        let pid = child.id();
+        self.children.push(child);
+        Ok(pid)
+    }
+
+    /// Starts `command` and reads the first line it prints; its pid and that line.
+    fn spawn_reading_line(&mut self, command: &mut Command) -> Result<(u32, String)> {
+        let pid = self.spawn(command.stdout(Stdio::piped()))?;
+        let child = self.children.last_mut().context("the child just started")?;
+        let stdout = child.stdout.take().context("its standard output")?;
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line)?;
+        if line.is_empty() {
+            bail!("{command:?} ended without a word");
+        }
+        Ok((pid, line.trim().to_owned()))
+    }
+
+    /// Kills the process `pid` now.
+    fn stop(&mut self, pid: u32) {
+        if let Some(index) = self.children.iter().position(|c| c.id() == pid) {
+            let mut child = self.children.remove(index);
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Procs {
+    /// Last started first: connections' ends before the tunnel, the worker before its
+    /// coordinator.
+    fn drop(&mut self) {
+        for child in self.children.iter_mut().rev() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// The address after `listening on ` in a first line (`listening on ADDR[: more]`).
+fn listening_address(line: &str) -> Result<SocketAddr> {
+    let rest = line
+        .strip_prefix("listening on ")
+        .with_context(|| format!("unexpected first line {line:?}"))?;
+    let address = rest.split_once(": ").map_or(rest, |(address, _)| address);
+    address
+        .parse()
+        .with_context(|| format!("no address in {line:?}"))
+}
+
+/// The service, started by `command` (this program, maybe through `ip netns exec`).
+fn start_sink(procs: &mut Procs, command: &mut Command) -> Result<SocketAddr> {
+    let (_, line) = procs.spawn_reading_line(command)?;
+    listening_address(&line)
+}
+
+fn sink_command(exe: &Path, address: &str) -> Command {
+    let mut command = Command::new(exe);
+    command.args(["bench", "tunnel", "--serve", address]);
+    command
+}
+
+// --- rathole --------------------------------------------------------------------------------
+
+/// rathole's binary, installed under `target/bench-tools/rathole` the first time.
+fn rathole_binary() -> Result<PathBuf> {
+    let root = workspace_root().join("target/bench-tools/rathole");
+    let binary = root.join("bin/rathole");
+    if binary.exists() {
+        return Ok(binary);
+    }
+    eprintln!(
+        "installing rathole {RATHOLE_VERSION} into {} (once; later runs reuse it)",
+        root.display()
+    );
+    run_command(
+        cargo()
+            .args(["install", "rathole", "--version", RATHOLE_VERSION])
+            .args(["--no-default-features", "--features", RATHOLE_FEATURES])
+            .arg("--root")
+            .arg(&root),
+    )?;
+    Ok(binary)
+}
+
+/// A fresh x25519 keypair from `rathole --genkey`: (private, public), base64.
+fn rathole_keypair(binary: &Path) -> Result<(String, String)> {
+    let output = Command::new(binary).arg("--genkey").output()?;
+    if !output.status.success() {
+        bail!("rathole --genkey failed with {}", output.status);
+    }
+    let text = String::from_utf8_lossy(&output.stdout);
+    let after = |label: &str| {
+        let mut lines = text.lines().skip_while(|line| line.trim() != label);
+        lines
+            .nth(1)
+            .map(|key| key.trim().to_owned())
+            .filter(|key| !key.is_empty())
+            .with_context(|| format!("no {label:?} in rathole --genkey's output"))
+    };
+    Ok((after("Private Key:")?, after("Public Key:")?))
+}
+
+/// The `[server]` and `[client]` configurations of one rathole service from `visitor_port`
+/// to `sink`; Noise with `keys` (private, public), plain TCP without.
+fn rathole_configs(
+    control_port: u16,
+    visitor_port: u16,
+    sink: SocketAddr,
+    keys: Option<&(String, String)>,
+) -> (String, String) {
+    let transport = if keys.is_some() { "noise" } else { "tcp" };
+    let (server_noise, client_noise) = match keys {
+        Some((private, public)) => (
+            format!("[server.transport.noise]\nlocal_private_key = \"{private}\"\n"),
+            format!("[client.transport.noise]\nremote_public_key = \"{public}\"\n"),
+        ),
+        None => (String::new(), String::new()),
+    };
+    let server = format!(
+        "[server]\nbind_addr = \"127.0.0.1:{control_port}\"\ndefault_token = \"bench\"\n\
+         [server.transport]\ntype = \"{transport}\"\n{server_noise}\
+         [server.services.sink]\nbind_addr = \"127.0.0.1:{visitor_port}\"\n"
+    );
+    let client = format!(
+        "[client]\nremote_addr = \"127.0.0.1:{control_port}\"\ndefault_token = \"bench\"\n\
+         [client.transport]\ntype = \"{transport}\"\n{client_noise}\
+         [client.services.sink]\nlocal_addr = \"{sink}\"\n"
+    );
+    (server, client)
+}
+
+/// Starts a rathole server and client for one transport; the visitor address and both pids.
+fn start_rathole(
+    procs: &mut Procs,
+    binary: &Path,
+    sink: SocketAddr,
+    keys: Option<&(String, String)>,
+) -> Result<(SocketAddr, [u32; 2])> {
+    let visitor_port = free_port()?;
+    let (server, client) = rathole_configs(free_port()?, visitor_port, sink, keys);
+    let name = if keys.is_some() { "noise" } else { "tcp" };
+    let mut pids = [0; 2];
+    for (index, (side, config)) in [("server", server), ("client", client)].iter().enumerate() {
+        let config_path = procs.dir.join(format!("rathole-{name}-{side}.toml"));
+        std::fs::write(&config_path, config)?;
+        let log = std::fs::File::create(procs.dir.join(format!("rathole-{name}-{side}.log")))?;
+        pids[index] = procs.spawn(
+            Command::new(binary)
+                .arg(format!("--{side}"))
+                .arg(&config_path)
+                .env("RUST_LOG", "warn")
+                .stdout(log.try_clone()?)
+                .stderr(log),
+        )?;
+    }
+    Ok((SocketAddr::from(([127, 0, 0, 1], visitor_port)), pids))
+}
+
+/// rathole's figures with one transport; its processes are stopped after.
+async fn measure_rathole(
+    procs: &mut Procs,
+    binary: &Path,
+    sink: SocketAddr,
+    transfer_bytes: u64,
+    keys: Option<&(String, String)>,
+) -> Result<Figures> {
+    let (visitor, pids) = start_rathole(procs, binary, sink, keys)?;
+    let figures = async {
+        until_ready(visitor).await?;
+        measure(visitor, transfer_bytes, Some(&pids)).await
+    }
+    .await;
+    for pid in pids {
+        procs.stop(pid);
+    }
+    figures
+}
+
+/// rathole with Noise, then with plain TCP; None (with the reason printed) where rathole
+/// cannot be installed.
+async fn measure_ratholes(
+    procs: &mut Procs,
+    sink: SocketAddr,
+    transfer_bytes: u64,
+) -> Result<Option<(Figures, Figures)>> {
+    let binary = match rathole_binary() {
+        Ok(binary) => binary,
+        Err(error) => {
+            eprintln!("rathole could not be installed ({error:#}); its figures are null");
+            return Ok(None);
+        }
+    };
+    let keys = rathole_keypair(&binary)?;
+    let noise = measure_rathole(procs, &binary, sink, transfer_bytes, Some(&keys)).await?;
+    report("rathole noise", &noise);
+    let tcp = measure_rathole(procs, &binary, sink, transfer_bytes, None).await?;
+    report("rathole tcp", &tcp);
+    Ok(Some((noise, tcp)))
+}
+
+// --- Flotilla -------------------------------------------------------------------------------
+
+fn flotilla_binary() -> PathBuf {
+    workspace_root().join("target/release/flotilla")
+}
+
+/// A coordinator and one worker with a priced simulated GPU, and a renter with funds.
+struct Market {
+    url: String,
+    renter: Client,
+    renter_key: String,
+    coordinator_pid: u32,
+    worker_pid: u32,
+}
+
+fn start_coordinator(procs: &mut Procs) -> Result<(u32, String)> {
+    let database = format!("sqlite:{}", procs.dir.join("bench.db").display());
+    let (pid, line) = procs.spawn_reading_line(
+        Command::new(flotilla_binary())
+            .args(["coordinator", "--listen", "127.0.0.1:0"])
+            .args(["--tunnel-listen", "127.0.0.1:0"])
+            .args(["--database", &database])
+            .args(["--allow-simulated-devices", "--faucet"])
+            .args([
+                "--heartbeat-interval-ms",
+                &HEARTBEAT_INTERVAL_MS.to_string(),
+            ])
+            .args(["--schedule-interval-ms", "100"])
+            .args(["--proof-target-ms", "20", "--proof-memory-pct", "1"])
+            .env("FLOTILLA_LOG", "warn"),
+    )?;
+    let url = line
+        .rsplit(' ')
+        .next()
+        .filter(|url| url.starts_with("http://"))
+        .with_context(|| format!("unexpected first line {line:?}"))?;
+    Ok((pid, url.to_owned()))
+}
+
+fn start_worker(procs: &mut Procs, url: &str, token: &str) -> Result<u32> {
+    let data = procs.dir.join("worker");
+    std::fs::create_dir_all(&data)?;
+    // The sandbox runs as nobody, which must pass through to the run directories.
+    std::fs::set_permissions(&data, std::os::unix::fs::PermissionsExt::from_mode(0o711))?;
+    procs.spawn(
+        Command::new(flotilla_binary())
+            .args(["worker", "--coordinator", url, "--no-cpu"])
+            .args(["--simulate-gpu", "H100x1", "--token", token])
+            .arg("--data")
+            .arg(&data)
+            .env("FLOTILLA_LOG", "warn")
+            .stdout(Stdio::null()),
+    )
+}
+
+/// A new account with `role`: its client and key.
+async fn account(anonymous: &Client, name: &str, role: Role) -> Result<(Client, String)> {
+    let request = CreateAccountRequest {
+        name: name.to_owned(),
+        roles: vec![role],
+    };
+    let created: CreateAccountResponse = anonymous.post("accounts", &request).await?;
+    let key = created.api_key.secret;
+    Ok((anonymous.with_key(&key), key))
+}
+
+/// Waits for the worker's device to prove itself, then prices it.
+async fn price_device(supplier: &Client) -> Result<()> {
+    let started = Instant::now();
+    loop {
+        let page: Page<Device> = supplier.get("devices").await?;
+        if let Some(device) = page.items.iter().find(|d| d.state == DeviceState::Idle) {
+            let price = SetPriceRequest {
+                price_per_hour: Some(PRICE_PER_HOUR_MICROS),
+            };
+            let _: Device = supplier
+                .post(&format!("devices/{}/price", device.id), &price)
+                .await?;
+            return Ok(());
+        }
+        if started.elapsed() > Duration::from_secs(READY_TIMEOUT_S) {
+            bail!("the worker's device did not prove itself within {READY_TIMEOUT_S} s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn start_market(procs: &mut Procs) -> Result<Market> {
+    let (coordinator_pid, url) = start_coordinator(procs)?;
+    let anonymous = Client::new(&url, None);
+    let (supplier, _) = account(&anonymous, "supplier", Role::Supplier).await?;
+    let (renter, renter_key) = account(&anonymous, "renter", Role::Renter).await?;
+    let token_request = CreateEnrollmentTokenRequest {
+        name: None,
+        expires_in_s: None,
+    };
+    let token: CreatedEnrollmentToken = supplier.post("enrollment-tokens", &token_request).await?;
+    let worker_pid = start_worker(procs, &url, &token.secret)?;
+    price_device(&supplier).await?;
+    let faucet = FaucetRequest {
+        token: "IOSD".into(),
+        amount_micros: FAUCET_MICROS,
+    };
+    let _: serde_json::Value = renter
+        .post_idempotent("wallet/faucet", &faucet, "bench")
+        .await?;
+    Ok(Market {
+        url,
+        renter,
+        renter_key,
+        coordinator_pid,
+        worker_pid,
+    })
+}
+
+fn service(port: u16) -> ClusterSpec {
+    ClusterSpec {
+        kind: "service".into(),
+        ports: vec![port],
+        ..ClusterSpec::new("tunnel-bench", 1, vec!["sleep".into(), "3600".into()])
+    }
+}
+
+/// Deploys the one-node service declaring `port`; the cluster once running.
+async fn deploy(renter: &Client, port: u16) -> Result<ClusterInfo> {
+    let cluster: ClusterInfo = renter.post("clusters", &service(port)).await?;
+    let started = Instant::now();
+    loop {
+        let info: ClusterInfo = renter.get(&format!("clusters/{}", cluster.id)).await?;
+        if info.state == "running" && info.nodes.first().is_some_and(|n| n.state == "running") {
+            return Ok(info);
+        }
+        if started.elapsed() > Duration::from_secs(READY_TIMEOUT_S) {
+            bail!(
+                "cluster {} stuck in {} ({:?})",
+                info.id,
+                info.state,
+                info.waiting_because
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The service on `port` inside the node: in the run's network namespace where the worker
+/// made one, else on the host's loopback. Which of the two it was.
+fn start_node_sink(procs: &mut Procs, exe: &Path, run_id: &str, port: u16) -> Result<&'static str> {
+    let namespace = format!("flotilla-{run_id}");
+    if Path::new("/run/netns").join(&namespace).exists() {
+        // Every address inside the namespace: the worker may dial its loopback or its link.
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", &namespace]).arg(exe).args([
+            "bench",
+            "tunnel",
+            "--serve",
+            &format!("0.0.0.0:{port}"),
+        ]);
+        start_sink(procs, &mut command)?;
+        Ok("namespace")
+    } else {
+        start_sink(procs, &mut sink_command(exe, &format!("127.0.0.1:{port}")))?;
+        Ok("host")
+    }
+}
+
+/// `flotilla connect` to the node's `port`; its pid and local address.
+fn start_connect(
+    procs: &mut Procs,
+    market: &Market,
+    cluster: &str,
+    port: u16,
+) -> Result<(u32, SocketAddr)> {
+    let (pid, line) = procs.spawn_reading_line(
+        Command::new(flotilla_binary())
+            .args([
+                "connect",
+                cluster,
+                "--node",
+                "0",
+                "--port",
+                &port.to_string(),
+            ])
+            .args(["--url", &market.url, "--api-key", &market.renter_key])
+            .env("FLOTILLA_LOG", "warn"),
+    )?;
+    Ok((pid, listening_address(&line)?))
+}
+
+/// Flotilla's figures, and where the node's service listened (`namespace` or `host`).
+async fn measure_flotilla(
+    procs: &mut Procs,
+    exe: &Path,
+    transfer_bytes: u64,
+) -> Result<(Figures, &'static str)> {
+    let market = start_market(procs).await?;
+    let port = free_port()?;
+    let cluster = deploy(&market.renter, port).await?;
+    let node = cluster
+        .nodes
+        .first()
+        .context("the running cluster has no node")?;
+    let node_network = start_node_sink(procs, exe, &node.run_id, port)?;
+    let (connect_pid, local) = start_connect(procs, &market, &cluster.id, port)?;
+    until_ready(local).await?;
+    let pids = [market.coordinator_pid, market.worker_pid, connect_pid];
+    let figures = measure(local, transfer_bytes, Some(&pids)).await;
+    let terminated: Result<ClusterInfo, _> = market
+        .renter
+        .post_empty(&format!("clusters/{}/terminate", cluster.id))
+        .await;
+    match terminated {
+        Ok(_) => until_namespace_gone(&node.run_id).await,
+        Err(error) => eprintln!("terminating cluster {}: {error}", cluster.id),
+    }
+    Ok((figures?, node_network))
+}
+
+/// Waits for the worker to remove the stopped node's namespace, so killing the worker after
+/// does not leave it (and its veth pair) behind; removes it past [`NAMESPACE_GONE_TIMEOUT_S`].
+async fn until_namespace_gone(run_id: &str) {
+    let namespace = format!("flotilla-{run_id}");
+    let path = Path::new("/run/netns").join(&namespace);
+    let started = Instant::now();
+    while path.exists() {
+        if started.elapsed() > Duration::from_secs(NAMESPACE_GONE_TIMEOUT_S) {
+            eprintln!("the worker left namespace {namespace} behind; removing it");
+            let _ = Command::new("ip")
+                .args(["netns", "delete", &namespace])
+                .status();
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+// --- The run --------------------------------------------------------------------------------
+
+fn rounded(value: f64, decimals: i32) -> f64 {
+    let scale = 10f64.powi(decimals);
+    (value * scale).round() / scale
+}
+
+async fn bench(transfer_mib: u64) -> Result<()> {
+    let transfer_bytes = transfer_mib << 20;
+    let exe = std::env::current_exe().context("this program's path")?;
+    let mut procs = Procs::new()?;
+    let sink = start_sink(&mut procs, &mut sink_command(&exe, "127.0.0.1:0"))?;
+    until_ready(sink).await?;
+    let raw = measure(sink, transfer_bytes, None).await?;
+    report("raw tcp", &raw);
+    let rathole = measure_ratholes(&mut procs, sink, transfer_bytes).await?;
+    let (flotilla, node_network) = measure_flotilla(&mut procs, &exe, transfer_bytes).await?;
+    report("flotilla", &flotilla);
+    println!(
+        "{}",
+        summary(
+            transfer_mib,
+            node_network,
+            &raw,
+            rathole.as_ref(),
+            &flotilla
+        )
+    );
+    Ok(())
+}
+
+fn summary(
+    transfer_mib: u64,
+    node_network: &str,
+    raw: &Figures,
+    rathole: Option<&(Figures, Figures)>,
+    flotilla: &Figures,
+) -> serde_json::Value {
+    let noise = rathole.map(|(noise, _)| noise);
+    let tcp = rathole.map(|(_, tcp)| tcp);
+    json!({
+        "bench": "tunnel",
+        "transfer_mib": transfer_mib,
+        "parallel_streams": PARALLEL_STREAMS,
+        "ping_bytes": PING_BYTES,
+        "ping_rounds": PING_ROUNDS,
+        "idle_connections": IDLE_CONNECTIONS,
+        "node_network": node_network,
+        "raw_tcp_gbit_s": rounded(raw.gbit_s, 2),
+        "raw_tcp_parallel_gbit_s": rounded(raw.parallel_gbit_s, 2),
+        "rathole_noise_gbit_s": noise.map(|f| rounded(f.gbit_s, 2)),
+        "rathole_noise_parallel_gbit_s": noise.map(|f| rounded(f.parallel_gbit_s, 2)),
+        "rathole_tcp_gbit_s": tcp.map(|f| rounded(f.gbit_s, 2)),
+        "rathole_tcp_parallel_gbit_s": tcp.map(|f| rounded(f.parallel_gbit_s, 2)),
+        "flotilla_gbit_s": rounded(flotilla.gbit_s, 2),
+        "flotilla_parallel_gbit_s": rounded(flotilla.parallel_gbit_s, 2),
+        "throughput_vs_rathole": noise.map(|f| rounded(flotilla.gbit_s / f.gbit_s, 3)),
+        "parallel_throughput_vs_rathole":
+            noise.map(|f| rounded(flotilla.parallel_gbit_s / f.parallel_gbit_s, 3)),
+        "throughput_vs_raw_tcp": rounded(flotilla.gbit_s / raw.gbit_s, 3),
+        "raw_tcp_latency_p50_us": rounded(raw.latency_p50_us, 1),
+        "rathole_noise_latency_p50_us": noise.map(|f| rounded(f.latency_p50_us, 1)),
+        "rathole_tcp_latency_p50_us": tcp.map(|f| rounded(f.latency_p50_us, 1)),
+        "flotilla_latency_p50_us": rounded(flotilla.latency_p50_us, 1),
+        "added_latency_p50_us": rounded(flotilla.latency_p50_us - raw.latency_p50_us, 1),
+        "rathole_added_latency_p50_us":
+            noise.map(|f| rounded(f.latency_p50_us - raw.latency_p50_us, 1)),
+        "rathole_tcp_added_latency_p50_us":
+            tcp.map(|f| rounded(f.latency_p50_us - raw.latency_p50_us, 1)),
+        "idle_connection_bytes": flotilla.idle_connection_bytes,
+        "rathole_idle_connection_bytes": noise.and_then(|f| f.idle_connection_bytes),
+        "rathole_tcp_idle_connection_bytes": tcp.and_then(|f| f.idle_connection_bytes),
+        "targets": {
+            "throughput_vs_rathole": 1.0,
+            "throughput_vs_raw_tcp": 0.15,
+            "throughput_vs_raw_tcp_stretch": 0.3,
+            "added_latency_p50_us": "at most rathole_added_latency_p50_us",
+            "idle_connection_bytes": IDLE_CONNECTION_BYTES_TARGET,
+        },
+    })
+}
