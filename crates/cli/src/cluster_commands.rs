@@ -519,7 +519,7 @@ pub async fn connect(args: ConnectArgs) -> Result<()> {
             match client.upgrade(&path, TUNNEL_PROTOCOL).await {
                 Ok(upgraded) => {
                     let mut remote = upgraded;
-                    let _ = tokio::io::copy_bidirectional(&mut local_stream, &mut remote).await;
+                    let _ = flotilla_tunnel::carry(&mut local_stream, &mut remote).await;
                 }
                 Err(error) => eprintln!("error: {error}"),
             }

@@ -26,12 +26,14 @@
 //! Once a session ends, every one of its streams fails (reads and writes return
 //! `ConnectionAborted`) instead of hanging.
 
+mod carry;
 mod error;
 mod handshake;
 mod keys;
 mod session;
 mod transport;
 
+pub use carry::{CARRY_BUFFER_BYTES, carry};
 pub use error::TunnelError;
 pub use handshake::{Hello, PendingSession, accept, connect};
 pub use keys::{StaticKeypair, x25519_public_from_ed25519};

@@ -157,7 +157,7 @@ async fn serve(mut stream: Stream, ports: PortTable) {
         return;
     }
     let mut node = node;
-    let _ = tokio::io::copy_bidirectional(&mut stream, &mut node).await;
+    let _ = flotilla_tunnel::carry(&mut stream, &mut node).await;
 }
 
 async fn dial(ports: &PortTable, open: &StreamOpen) -> Result<tokio::net::TcpStream, String> {

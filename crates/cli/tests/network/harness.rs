@@ -116,6 +116,9 @@ pub struct Coordinator {
     _dir: tempfile::TempDir,
 }
 
+/// Starts a restarted coordinator tries on its old port.
+const RESTART_TRIES_MAX: u32 = 25;
+
 impl Coordinator {
     pub async fn start(db: Db, extra: &[&str]) -> Coordinator {
         let dir = tempfile::tempdir().unwrap();
@@ -130,14 +133,17 @@ impl Coordinator {
         extra: &[&str],
     ) -> Coordinator {
         Coordinator::spawn(dir, database_url, "127.0.0.1:0", extra)
+            .unwrap_or_else(|(_, line)| panic!("unexpected first line {line:?}"))
     }
 
+    /// Starts a coordinator; on failure (its first line is no address) the directory back,
+    /// with what it printed.
     fn spawn(
         dir: tempfile::TempDir,
         database_url: String,
         listen: &str,
         extra: &[&str],
-    ) -> Coordinator {
+    ) -> Result<Coordinator, (tempfile::TempDir, String)> {
         let admin_key_file = dir.path().join("admin.key");
         let mut child = Command::new(BIN)
             .args([
@@ -174,21 +180,22 @@ impl Coordinator {
             .next()
             .expect("the coordinator prints its address")
             .to_owned();
-        assert!(
-            url.starts_with("http://127.0.0.1:"),
-            "unexpected first line {line:?}"
-        );
+        if !url.starts_with("http://127.0.0.1:") {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err((dir, line));
+        }
         let admin_key = std::fs::read_to_string(&admin_key_file)
             .unwrap()
             .trim()
             .to_owned();
-        Coordinator {
+        Ok(Coordinator {
             _proc: Proc { child },
             url,
             database_url,
             admin_key,
             _dir: dir,
-        }
+        })
     }
 
     /// Kills the coordinator (SIGKILL) and starts it again on the same port and database.
@@ -202,7 +209,19 @@ impl Coordinator {
         } = self;
         _proc.kill();
         let listen = url.trim_start_matches("http://").to_owned();
-        Coordinator::spawn(_dir, database_url, &listen, extra)
+        // Another test's process may have taken the freed port for a moment: try again.
+        let mut dir = _dir;
+        for _ in 0..RESTART_TRIES_MAX {
+            match Coordinator::spawn(dir, database_url.clone(), &listen, extra) {
+                Ok(coordinator) => return coordinator,
+                Err((back, line)) => {
+                    eprintln!("coordinator restart on {listen} failed ({line:?}); retrying");
+                    dir = back;
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                }
+            }
+        }
+        panic!("the coordinator could not listen on {listen} again");
     }
 
     pub fn client(&self, key: Option<&str>) -> Client {

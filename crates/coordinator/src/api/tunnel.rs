@@ -99,7 +99,7 @@ pub async fn connect(
         let started = Instant::now();
         let mut renter = TokioIo::new(upgraded);
         let mut node = stream;
-        let (up, down) = tokio::io::copy_bidirectional(&mut renter, &mut node)
+        let (up, down) = flotilla_tunnel::carry(&mut renter, &mut node)
             .await
             .unwrap_or((0, 0));
         tracing::info!(run_id = %run.id, rank = run.node_rank, port = query.port, bytes_to_node = up, bytes_from_node = down, duration_ms = started.elapsed().as_millis() as u64, "tunnelled connection ended");
@@ -320,11 +320,8 @@ pub async fn proxy(
         let node_upgrade = hyper::upgrade::on(&mut response);
         tokio::spawn(async move {
             if let (Ok(renter), Ok(node)) = (renter_upgrade.await, node_upgrade.await) {
-                let _ = tokio::io::copy_bidirectional(
-                    &mut TokioIo::new(renter),
-                    &mut TokioIo::new(node),
-                )
-                .await;
+                let _ = flotilla_tunnel::carry(&mut TokioIo::new(renter), &mut TokioIo::new(node))
+                    .await;
             }
         });
     }
