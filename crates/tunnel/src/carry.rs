@@ -4,8 +4,8 @@
 //! Unlike `tokio::io::copy_bidirectional`, whose two 8 KiB buffers live as long as the
 //! connection, each direction here holds a [`CARRY_BUFFER_BYTES`] buffer only while bytes flow:
 //! it is taken when a read can proceed and given back as soon as the reader has nothing more
-//! (and what was written is flushed). An idle connection then costs no buffer at all, and a
-//! busy one moves large chunks per system call.
+//! (and what was written is flushed), to a small per-thread spare list. An idle connection
+//! then costs no buffer at all, and a busy one moves large chunks per system call.
 
 use std::future::poll_fn;
 use std::io;
@@ -16,6 +16,30 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// One direction's buffer while bytes flow.
 pub const CARRY_BUFFER_BYTES: usize = 64 * 1024;
+/// Buffers given back and kept for the next taker, per thread: a ping-pong connection takes
+/// and gives one back per message, which then costs neither an allocation nor zeroing.
+const SPARE_BUFFERS_PER_THREAD_MAX: usize = 16;
+
+thread_local! {
+    static SPARE_BUFFERS: std::cell::RefCell<Vec<Box<[u8]>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn take_buffer() -> Box<[u8]> {
+    SPARE_BUFFERS
+        .with_borrow_mut(Vec::pop)
+        .unwrap_or_else(|| vec![0u8; CARRY_BUFFER_BYTES].into_boxed_slice())
+}
+
+fn give_buffer(buffer: Option<Box<[u8]>>) {
+    let Some(buffer) = buffer else {
+        return;
+    };
+    SPARE_BUFFERS.with_borrow_mut(|spare| {
+        if spare.len() < SPARE_BUFFERS_PER_THREAD_MAX {
+            spare.push(buffer);
+        }
+    });
+}
 
 /// One direction: from a reader to a writer.
 #[derive(Debug, Default)]
@@ -43,9 +67,7 @@ impl Direction {
     {
         loop {
             if self.start == self.end && !self.read_done {
-                let buffer = self
-                    .buffer
-                    .get_or_insert_with(|| vec![0u8; CARRY_BUFFER_BYTES].into_boxed_slice());
+                let buffer = self.buffer.get_or_insert_with(take_buffer);
                 let mut read = ReadBuf::new(buffer);
                 match reader.as_mut().poll_read(cx, &mut read) {
                     Poll::Ready(Ok(())) => {
@@ -60,7 +82,7 @@ impl Direction {
                             ready!(writer.as_mut().poll_flush(cx))?;
                             self.unflushed = false;
                         }
-                        self.buffer = None;
+                        give_buffer(self.buffer.take());
                         return Poll::Pending;
                     }
                 }
@@ -80,7 +102,7 @@ impl Direction {
                 self.unflushed = true;
             }
             if self.read_done {
-                self.buffer = None;
+                give_buffer(self.buffer.take());
                 ready!(writer.as_mut().poll_flush(cx))?;
                 ready!(writer.as_mut().poll_shutdown(cx))?;
                 return Poll::Ready(Ok(self.carried));
