@@ -312,6 +312,7 @@ fn print_usage(url: &str, data: &Path, workers: usize) {
     let admin_key = data.join("admin.key");
     let text = format!(
         "flotilla dev network running at {url} with {workers} workers\n\
+         \x20 dashboard: {url}/explorer (public), {url}/cloud and {url}/worker (log in with a key from the environment file)\n\
          \x20 environment: {env} (renter key in FLOTILLA_API_KEY, supplier key in FLOTILLA_SUPPLIER_API_KEY)\n\
          \x20 try:\n\
          \x20   set -a; . {env}; set +a\n\
