@@ -158,6 +158,25 @@ async fn a_renter_deploys_through_the_wizard_and_terminates_on_the_dashboard(db:
         .text()
         .await
         .unwrap();
+    // The sealed epochs export as CSV, one line each, as the API lists them.
+    let epochs: Vec<flotilla_proto::api::EpochInfo> = market
+        .coordinator
+        .client(None)
+        .get("ledger/epochs?limit=500")
+        .await
+        .unwrap();
+    let csv = reqwest::get(format!("{url}/explorer/epochs.csv"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let mut lines = csv.lines();
+    assert_eq!(
+        lines.next(),
+        Some("epoch,part,entries,rewards_paid_micros,root")
+    );
+    assert_eq!(lines.count(), epochs.len());
     for private in [
         market.renter_key.as_str(),
         cluster.id.as_str(),

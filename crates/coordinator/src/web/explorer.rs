@@ -14,6 +14,38 @@ use crate::extract::{ClientIp, QueryParams};
 
 /// Sealed epochs listed, newest last.
 const EPOCHS_SHOWN: u32 = 20;
+/// Sealed epochs in the CSV export, at most (the API's own page limit).
+const EPOCHS_EXPORTED_MAX: u32 = 500;
+
+/// The sealed epochs as CSV: number, part, entries, block rewards paid (IO base units), root.
+pub async fn epochs_csv(State(app): State<AppState>, ip: ClientIp) -> PageResult {
+    let query = EpochQuery {
+        from: None,
+        limit: Some(EPOCHS_EXPORTED_MAX),
+    };
+    let epochs = crate::api::ledger::epochs(State(app), ip, QueryParams(query))
+        .await?
+        .0;
+    let mut csv = String::from("epoch,part,entries,rewards_paid_micros,root\n");
+    for epoch in &epochs {
+        let rewards = epoch
+            .rewards_paid_micros
+            .map(|r| r.to_string())
+            .unwrap_or_default();
+        csv.push_str(&format!(
+            "{},{},{},{},{}\n",
+            epoch.epoch, epoch.part, epoch.entry_count, rewards, epoch.root
+        ));
+    }
+    let headers = [
+        (axum::http::header::CONTENT_TYPE, "text/csv; charset=utf-8"),
+        (
+            axum::http::header::CONTENT_DISPOSITION,
+            "attachment; filename=\"flotilla-epochs.csv\"",
+        ),
+    ];
+    Ok((headers, csv).into_response())
+}
 
 pub async fn home(
     State(app): State<AppState>,
@@ -77,19 +109,21 @@ pub async fn home(
         section id="epochs" {
             h2 { "Sealed epochs" }
             table {
-                thead { tr { th { "Epoch" } th { "Part" } th { "Entries" } th { "Merkle root" } } }
+                thead { tr { th { "Epoch" } th { "Part" } th { "Entries" } th { "Block rewards (IO)" } th { "Merkle root" } } }
                 tbody {
                     @for epoch in &epochs {
                         tr {
                             td { (epoch.epoch) }
                             td { (epoch.part) }
                             td { (epoch.entry_count) }
+                            td { (epoch.rewards_paid_micros.map(|r| amount(i64::try_from(r).unwrap_or(i64::MAX))).unwrap_or_default()) }
                             td { code { (epoch.root) } }
                         }
                     }
                 }
             }
             @if epochs.is_empty() { p class="muted" { "No epoch is sealed yet." } }
+            p { a href="/explorer/epochs.csv" id="epochs-csv" { "Every sealed epoch and its block rewards, as CSV" } }
         }
     };
     Ok(page("Explorer", Face::Explorer, signed.as_ref(), body).into_response())

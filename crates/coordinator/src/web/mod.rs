@@ -30,6 +30,7 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/", get(|| async { Redirect::to("/explorer") }))
         .route("/explorer", get(explorer::home))
+        .route("/explorer/epochs.csv", get(explorer::epochs_csv))
         .route("/login", get(session::login_form).post(session::login))
         .route("/logout", post(session::logout))
         .route("/cloud", get(cloud::home))
