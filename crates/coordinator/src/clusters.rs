@@ -306,6 +306,15 @@ pub async fn move_orphaned_runs(
     Ok(())
 }
 
+/// Whether a rank's latest run may sit on a node no longer placed: it was fenced, or its
+/// worker has no session. Only then does the reconciler read the cluster's placements, so a
+/// healthy cluster costs no query per tick.
+fn may_be_orphaned(app: &AppState, runs: &[RunRow]) -> bool {
+    latest_runs(runs).values().any(|run| {
+        run.state == RUN_LOST || (run.is_live() && !app.fleet.worker_view(&run.worker_id).0)
+    })
+}
+
 /// The moves (old run id, successor) that put each orphaned rank, in rank order, on a free
 /// placed node, in node order.
 fn orphan_moves(
@@ -678,7 +687,10 @@ pub async fn reconcile(app: &AppState) -> ApiResult<()> {
                     let placements = app.store.placements(&cluster.id).await?;
                     start_runs(app, &cluster.id, &placements).await;
                 }
-                Some(cluster_runs) => move_orphaned_runs(app, &cluster.id, cluster_runs).await?,
+                Some(cluster_runs) if may_be_orphaned(app, cluster_runs) => {
+                    move_orphaned_runs(app, &cluster.id, cluster_runs).await?;
+                }
+                Some(_) => {}
             },
             _ => {}
         }
