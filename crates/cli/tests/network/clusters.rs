@@ -34,6 +34,7 @@ pub(crate) struct Market {
     pub(crate) renter_key: String,
     pub(crate) renter: Client,
     pub(crate) supplier: Client,
+    pub(crate) supplier_key: String,
     pub(crate) _workers: Vec<Proc>,
     pub(crate) _dirs: Vec<tempfile::TempDir>,
 }
@@ -99,6 +100,7 @@ pub(crate) async fn market_with(
         .unwrap();
     Market {
         supplier: coordinator.client(Some(&supplier_key)),
+        supplier_key,
         coordinator,
         renter_key,
         renter,

@@ -236,6 +236,33 @@ async fn a_renter_deploys_through_the_wizard_and_terminates_on_the_dashboard(db:
     assert!(refunded.is_some(), "the refund reaches the balance");
     browser.goto(&format!("{url}/cloud")).await;
     assert!(browser.source().await.contains("terminated"));
+
+    // The supplier, logged in after the renter logs out, sees the rent among its earnings,
+    // each line linking to its ledger entry's inclusion proof.
+    browser.click("header form button[type=submit]").await;
+    browser.wait_url("/explorer").await;
+    browser.goto(&format!("{url}/login")).await;
+    browser.type_into("#api_key", &market.supplier_key).await;
+    browser.click("main button[type=submit]").await;
+    browser.wait_url("/worker").await;
+    browser.click("#earnings-link").await;
+    let earnings = browser.text("#earnings tbody").await;
+    assert!(earnings.contains("rent"), "{earnings}");
+    both_widths(&browser, "earnings").await;
+    let proof_path = browser
+        .script("return document.querySelector('#earnings a.proof').getAttribute('href');")
+        .await;
+    let proof = reqwest::get(format!("{url}{}", proof_path.as_str().unwrap()))
+        .await
+        .unwrap();
+    // The link names a real entry: its proof, or, until its hour's epoch is sealed, a 409
+    // saying so (an unknown entry would be a 404).
+    let status = proof.status();
+    let answer: serde_json::Value = proof.json().await.unwrap();
+    assert!(
+        status.is_success() || (status == 409 && answer["error"]["code"] == "not_sealed"),
+        "{status} {answer}"
+    );
     let errors = browser.console_errors().await;
     assert!(errors.is_empty(), "console errors: {errors:?}");
     browser.quit().await;

@@ -131,6 +131,7 @@ async fn a_renter_reaches_its_nodes_port_and_no_one_else_does(db: Db) {
         supplier,
         _workers,
         _dirs,
+        ..
     } = market(db, 1).await;
     let port = free_port();
     let service = ClusterSpec {

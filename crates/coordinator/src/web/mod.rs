@@ -40,6 +40,7 @@ pub fn router() -> Router<AppState> {
         .route("/cloud/clusters/{id}", get(cloud::cluster))
         .route("/cloud/clusters/{id}/terminate", post(cloud::terminate))
         .route("/worker", get(worker::home))
+        .route("/worker/earnings", get(worker::earnings))
         .route("/worker/devices/{id}", get(worker::device))
         .route("/worker/devices/{id}/pause", post(worker::pause))
         .route("/worker/devices/{id}/resume", post(worker::resume))

@@ -63,6 +63,7 @@ pub async fn home(State(app): State<AppState>, signed: Signed) -> PageResult {
             }
             @if listed.items.is_empty() { p class="muted" { "No devices yet: add one below." } }
         }
+        p { a href="/worker/earnings" id="earnings-link" { "Earnings: rent and block rewards" } }
         section id="add" {
             h2 { "Add a device" }
             form method="post" action="/worker/enrollment-tokens" {
@@ -231,4 +232,55 @@ pub async fn enrollment_token(
         }
     };
     Ok(page("Add a device", Face::Worker, Some(&signed), body).into_response())
+}
+
+/// Ledger entries listed on the earnings page (the newest).
+const EARNINGS_SHOWN: u32 = 200;
+
+/// Rent and block rewards paid to the supplier, newest first, each with its ledger entry and a
+/// link to its inclusion proof; totals per token over the entries shown.
+pub async fn earnings(State(app): State<AppState>, signed: Signed) -> PageResult {
+    let query = crate::api::ledger::HistoryQuery {
+        before: None,
+        limit: Some(EARNINGS_SHOWN),
+    };
+    let entries =
+        crate::api::ledger::history(State(app), signed.caller.clone(), QueryParams(query))
+            .await?
+            .0;
+    let own = format!("{}:", signed.caller.account_id());
+    let earned: Vec<_> = entries
+        .iter()
+        .filter(|e| e.kind == "rent" || e.kind == "reward")
+        .filter(|e| e.credit.as_deref().is_some_and(|c| c.starts_with(&own)))
+        .collect();
+    let mut totals: std::collections::BTreeMap<&str, u64> = std::collections::BTreeMap::new();
+    for entry in &earned {
+        let token = entry.token.as_deref().unwrap_or("");
+        *totals.entry(token).or_default() += entry.amount_micros;
+    }
+    let money = |micros: u64| amount(i64::try_from(micros).unwrap_or(i64::MAX));
+    let body = html! {
+        section id="totals" {
+            @for (token, total) in &totals { p { strong { (money(*total)) " " (token) } " earned in the entries below" } }
+            @if totals.is_empty() { p class="muted" { "No rent or block rewards yet." } }
+        }
+        section id="earnings" {
+            table {
+                thead { tr { th { "When" } th { "Kind" } th { "Amount" } th { "For" } th { "Ledger entry" } } }
+                tbody {
+                    @for entry in &earned {
+                        tr {
+                            td { (entry.at) }
+                            td { (entry.kind) }
+                            td { (money(entry.amount_micros)) " " (entry.token.as_deref().unwrap_or("")) }
+                            td { (entry.reference) }
+                            td { a class="proof" href={ "/api/v1/ledger/entries/" (entry.id) "/proof" } { "#" (entry.seq) " proof" } }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    Ok(page("Earnings", Face::Worker, Some(&signed), body).into_response())
 }
