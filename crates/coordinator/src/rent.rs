@@ -90,11 +90,12 @@ impl Payment {
     pub fn escrow(&self, request_id: &str) -> AccountId {
         AccountId::escrow(request_id, self.token)
     }
-}
 
-fn payment_of(row: &RequestRow) -> Payment {
-    let spec = serde_json::from_str::<RequestSpec>(&row.spec).unwrap_or_default();
-    Payment::of(&spec)
+    /// A stored request's payment (IOSD when its spec does not parse).
+    pub fn of_row(row: &RequestRow) -> Payment {
+        let spec = serde_json::from_str::<RequestSpec>(&row.spec).unwrap_or_default();
+        Payment::of(&spec)
+    }
 }
 
 fn refusal_to_api(outcome: Outcome) -> ApiResult<()> {
@@ -204,7 +205,7 @@ pub async fn release_hold(app: &AppState, request_id: &str) -> Result<(), Ledger
 
 /// Returns what is left in a request's escrow to its renter.
 pub async fn refund(app: &AppState, row: &RequestRow) -> ApiResult<()> {
-    let payment = payment_of(row);
+    let payment = Payment::of_row(row);
     let left = crate::ledger::balance(&app.store, &payment.escrow(&row.id))
         .await?
         .available();
@@ -363,7 +364,7 @@ pub async fn reconcile(app: &AppState) -> ApiResult<()> {
         if !paid {
             continue;
         }
-        let left = crate::ledger::balance(&app.store, &payment_of(&row).escrow(&row.id))
+        let left = crate::ledger::balance(&app.store, &Payment::of_row(&row).escrow(&row.id))
             .await?
             .available();
         if left > 0 {

@@ -88,14 +88,12 @@ impl NodeNetworks {
             return Ok(None);
         };
         let name = format!("{NAMESPACE_PREFIX}{run_id}");
-        std::fs::write(markers_dir.join(&name), b"")?;
+        let marker = markers_dir.join(&name);
+        std::fs::write(&marker, b"")?;
         // A namespace of the same name is a leftover of this very run: start afresh.
         let _ = ip(&["netns", "delete", &name]);
         ip(&["netns", "add", &name])?;
-        let network = NodeNetwork {
-            name,
-            marker: markers_dir.join(format!("{NAMESPACE_PREFIX}{run_id}")),
-        };
+        let network = NodeNetwork { name, marker };
         match network.wire() {
             Ok(()) => Ok(Some(network)),
             Err(error) => {

@@ -49,26 +49,27 @@ async fn market_with_minute(db: Db, workers: usize, rent_minute_ms: &str) -> Mar
     market_with(db, workers, rent_minute_ms, &[]).await
 }
 
+/// The market coordinator's flags (a restart passes them again).
+pub(crate) fn market_flags(rent_minute_ms: &str) -> Vec<&str> {
+    vec![
+        "--faucet",
+        "--allow-simulated-devices",
+        "--schedule-interval-ms",
+        "100",
+        "--rent-minute-ms",
+        rent_minute_ms,
+        "--io-price-micros",
+        "2000000",
+    ]
+}
+
 pub(crate) async fn market_with(
     db: Db,
     workers: usize,
     rent_minute_ms: &str,
     worker_flags: &[&str],
 ) -> Market {
-    let coordinator = Coordinator::start(
-        db,
-        &[
-            "--faucet",
-            "--allow-simulated-devices",
-            "--schedule-interval-ms",
-            "100",
-            "--rent-minute-ms",
-            rent_minute_ms,
-            "--io-price-micros",
-            "2000000",
-        ],
-    )
-    .await;
+    let coordinator = Coordinator::start(db, &market_flags(rent_minute_ms)).await;
     let supplier_key = coordinator.account("sup", &[Role::Supplier]).await;
     let renter_key = coordinator.account("ren", &[Role::Renter]).await;
     let mut procs = Vec::new();
@@ -125,7 +126,7 @@ pub(crate) fn cli(coordinator: &Coordinator, key: &str, args: &[&str]) -> (bool,
     )
 }
 
-async fn iosd_available(client: &Client) -> i64 {
+pub(crate) async fn iosd_available(client: &Client) -> i64 {
     available(client, "IOSD").await
 }
 

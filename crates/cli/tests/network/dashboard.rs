@@ -10,7 +10,7 @@ use std::time::Duration;
 use flotilla_proto::api::{ClusterInfo, ModelPriceInfo};
 
 use crate::browser::Browser;
-use crate::clusters::{market, sandbox_ready, until_state};
+use crate::clusters::{Market, iosd_available, market, sandbox_ready, until_state};
 use crate::harness::{Db, eventually};
 use crate::on_both_databases;
 
@@ -29,6 +29,15 @@ async fn both_widths(browser: &Browser, name: &str) {
         assert!(fits_width(browser).await, "{name} fits {width} px");
         browser.screenshot(&format!("{name}-{width}")).await;
     }
+}
+
+/// A browser and a one-worker market; none where the sandbox or the browser is missing.
+async fn browser_and_market(db: Db) -> Option<(Browser, Market)> {
+    if !sandbox_ready() {
+        return None;
+    }
+    let browser = Browser::start().await?;
+    Some((browser, market(db, 1).await))
 }
 
 /// Logs `key` in through the form with a plain HTTP client; the session cookie. (Keys and
@@ -55,23 +64,18 @@ async fn session_cookie(url: &str, key: &str) -> String {
     session.split(';').next().unwrap().to_owned()
 }
 
-async fn iosd_available(client: &flotilla_client::Client) -> i64 {
-    let wallet: flotilla_proto::api::WalletInfo = client.get("wallet").await.unwrap();
-    wallet
-        .balances
-        .iter()
-        .find(|b| b.account.ends_with(":main:IOSD"))
-        .map_or(0, |b| b.available_micros)
+/// Logs `key` in through the form and waits for the face it lands on.
+async fn log_in(browser: &Browser, url: &str, key: &str, lands_on: &str) {
+    browser.goto(&format!("{url}/login")).await;
+    browser.type_into("#api_key", key).await;
+    browser.click("main button[type=submit]").await;
+    browser.wait_url(lands_on).await;
 }
 
 async fn a_renter_deploys_through_the_wizard_and_terminates_on_the_dashboard(db: Db) {
-    if !sandbox_ready() {
-        return;
-    }
-    let Some(browser) = Browser::start().await else {
+    let Some((browser, market)) = browser_and_market(db).await else {
         return;
     };
-    let market = market(db, 1).await;
     let url = market.coordinator.url.clone();
     // The Explorer, without a login: the API's supply and prices.
     browser.goto(&format!("{url}/explorer")).await;
@@ -94,10 +98,7 @@ async fn a_renter_deploys_through_the_wizard_and_terminates_on_the_dashboard(db:
 
     // Log in with the renter's key and deploy through the wizard: type, nodes, GPUs, hours,
     // token and command, then the quote, then Deploy.
-    browser.goto(&format!("{url}/login")).await;
-    browser.type_into("#api_key", &market.renter_key).await;
-    browser.click("main button[type=submit]").await;
-    browser.wait_url("/cloud").await;
+    log_in(&browser, &url, &market.renter_key, "/cloud").await;
     both_widths(&browser, "cloud").await;
     // The Marketplace: a filter that matches lists the offer; one that does not says why.
     browser
@@ -241,10 +242,7 @@ async fn a_renter_deploys_through_the_wizard_and_terminates_on_the_dashboard(db:
     // each line linking to its ledger entry's inclusion proof.
     browser.click("header form button[type=submit]").await;
     browser.wait_url("/explorer").await;
-    browser.goto(&format!("{url}/login")).await;
-    browser.type_into("#api_key", &market.supplier_key).await;
-    browser.click("main button[type=submit]").await;
-    browser.wait_url("/worker").await;
+    log_in(&browser, &url, &market.supplier_key, "/worker").await;
     browser.click("#earnings-link").await;
     let earnings = browser.text("#earnings tbody").await;
     assert!(earnings.contains("rent"), "{earnings}");
@@ -272,13 +270,9 @@ on_both_databases!(a_renter_deploys_through_the_wizard_and_terminates_on_the_das
 /// The supplier's face: the device is listed; rename and pause work through their forms; the
 /// device's page charts its telemetry; Add device shows a command that enrolls a machine.
 async fn a_supplier_renames_pauses_and_adds_a_device_on_the_dashboard(db: Db) {
-    if !sandbox_ready() {
-        return;
-    }
-    let Some(browser) = Browser::start().await else {
+    let Some((browser, market)) = browser_and_market(db).await else {
         return;
     };
-    let market = market(db, 1).await;
     let url = market.coordinator.url.clone();
     let supplier_key = market
         .coordinator
@@ -300,10 +294,7 @@ async fn a_supplier_renames_pauses_and_adds_a_device_on_the_dashboard(db: Db) {
     .await
     .expect("the device proves itself and goes idle");
 
-    browser.goto(&format!("{url}/login")).await;
-    browser.type_into("#api_key", &supplier_key).await;
-    browser.click("main button[type=submit]").await;
-    browser.wait_url("/worker").await;
+    log_in(&browser, &url, &supplier_key, "/worker").await;
     assert!(browser.source().await.contains(&device.name));
     both_widths(&browser, "worker").await;
 

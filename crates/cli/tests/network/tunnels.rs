@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use flotilla_client::ClientError;
+use flotilla_client::{Client, ClientError};
 use flotilla_proto::api::{ClusterInfo, ClusterSpec, Role};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -31,6 +31,18 @@ fn echo_server(port: u16) -> String {
          while True:\n    \
              c, _ = s.accept(); threading.Thread(target=echo, args=(c,), daemon=True).start()\n"
     )
+}
+
+/// A running service cluster of `nodes` nodes, each running the Python `program` and
+/// declaring `port`.
+async fn python_service(renter: &Client, nodes: u32, port: u16, program: &str) -> ClusterInfo {
+    let service = ClusterSpec {
+        kind: "service".into(),
+        ports: vec![port],
+        ..spec(nodes, &["python3", "-c", program])
+    };
+    let cluster: ClusterInfo = renter.post("clusters", &service).await.unwrap();
+    until_state(renter, &cluster.id, "running", 30).await
 }
 
 fn free_port() -> u16 {
@@ -134,13 +146,7 @@ async fn a_renter_reaches_its_nodes_port_and_no_one_else_does(db: Db) {
         ..
     } = market(db, 1).await;
     let port = free_port();
-    let service = ClusterSpec {
-        kind: "service".into(),
-        ports: vec![port],
-        ..spec(1, &["python3", "-c", &echo_server(port)])
-    };
-    let cluster: ClusterInfo = renter.post("clusters", &service).await.unwrap();
-    until_state(&renter, &cluster.id, "running", 30).await;
+    let cluster = python_service(&renter, 1, port, &echo_server(port)).await;
     let (listener, address) = connect_process(&coordinator.url, &renter_key, &cluster.id, port);
     // The node's server may take a moment to listen.
     let ready = eventually(Duration::from_secs(20), || async {
@@ -249,16 +255,10 @@ async fn a_renter_reaches_its_nodes_port_and_no_one_else_does(db: Db) {
     }
 
     // A coordinator restart: the worker's tunnel comes back and new connections work.
-    let coordinator = coordinator.restart(&[
-        "--tunnel-listen",
-        "127.0.0.1:0",
-        "--faucet",
-        "--allow-simulated-devices",
-        "--schedule-interval-ms",
-        "100",
-        "--rent-minute-ms",
-        "500",
-    ]);
+    // The tunnel's old port (the next one) may be taken by now: any free one will do.
+    let mut flags = crate::clusters::market_flags("500");
+    flags.extend(["--tunnel-listen", "127.0.0.1:0"]);
+    let coordinator = coordinator.restart(&flags);
     let again = eventually(Duration::from_secs(30), || async {
         try_echo(&address, b"after the restart").await.then_some(())
     })
@@ -347,13 +347,7 @@ async fn a_browser_reaches_a_node_by_link(db: Db) {
         ..
     } = market(db, 1).await;
     let port = free_port();
-    let service = ClusterSpec {
-        kind: "service".into(),
-        ports: vec![port],
-        ..spec(1, &["python3", "-c", &web_server(port)])
-    };
-    let cluster: ClusterInfo = renter.post("clusters", &service).await.unwrap();
-    until_state(&renter, &cluster.id, "running", 30).await;
+    let cluster = python_service(&renter, 1, port, &web_server(port)).await;
     let base = format!("{}/t/{}/0/{port}", coordinator.url, cluster.id);
     let http = reqwest::Client::new();
     let page = eventually(Duration::from_secs(20), || async {
@@ -494,13 +488,7 @@ async fn nodes_on_one_machine_share_a_port_number_and_each_is_reached(db: Db) {
         ..
     } = crate::clusters::market_with(db, 2, "500", &flags).await;
     let port = free_port();
-    let service = ClusterSpec {
-        kind: "service".into(),
-        ports: vec![port],
-        ..spec(2, &["python3", "-c", &rank_server(port)])
-    };
-    let cluster: ClusterInfo = renter.post("clusters", &service).await.unwrap();
-    until_state(&renter, &cluster.id, "running", 30).await;
+    let cluster = python_service(&renter, 2, port, &rank_server(port)).await;
     for node in [0, 1] {
         let page = page_of(&coordinator.url, &renter_key, &cluster.id, node, port).await;
         assert_eq!(page, format!("node {node}"));

@@ -561,10 +561,7 @@ async fn info(app: &AppState, row: ClusterRow) -> ApiResult<ClusterInfo> {
     };
     let payment = request
         .as_ref()
-        .and_then(|r| serde_json::from_str::<RequestSpec>(&r.spec).ok())
-        .map_or(Payment::of(&RequestSpec::default()), |spec| {
-            Payment::of(&spec)
-        });
+        .map_or(Payment::of(&RequestSpec::default()), Payment::of_row);
     let escrow = crate::ledger::balance(&app.store, &payment.escrow(&row.id))
         .await?
         .available();

@@ -341,12 +341,11 @@ pub async fn deploy_quote(
         nonce: super::session::random_hex(),
         ..form
     };
-    let money = |micros: u64| amount(i64::try_from(micros).unwrap_or(i64::MAX));
     let body = html! {
         section id="quote" {
             @if quote.placeable {
-                p { "Rent " (money(quote.rent_micros)) " + fees " (money(quote.fee_micros))
-                    " = " strong id="total" { (money(quote.total_micros)) " " (quote.token) }
+                p { "Rent " (amount(quote.rent_micros)) " + fees " (amount(quote.fee_micros))
+                    " = " strong id="total" { (amount(quote.total_micros)) " " (quote.token) }
                     " held in escrow for " (quote.hours) " h; unused time is returned." }
             } @else {
                 p class="error" id="no-match" { "Nothing matches now: "

@@ -81,7 +81,7 @@ pub async fn home(
                             td { (price.devices) }
                             td { (price.hired) }
                             td { (price.median_ask_usd) }
-                            td { (amount(i64::try_from(price.cheapest_ask_per_hour).unwrap_or(i64::MAX))) }
+                            td { (amount(price.cheapest_ask_per_hour)) }
                         }
                     }
                 }
@@ -116,7 +116,7 @@ pub async fn home(
                             td { (epoch.epoch) }
                             td { (epoch.part) }
                             td { (epoch.entry_count) }
-                            td { (epoch.rewards_paid_micros.map(|r| amount(i64::try_from(r).unwrap_or(i64::MAX))).unwrap_or_default()) }
+                            td { (epoch.rewards_paid_micros.map(amount).unwrap_or_default()) }
                             td { code { (epoch.root) } }
                         }
                     }

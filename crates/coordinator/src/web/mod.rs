@@ -158,7 +158,7 @@ fn see_other(to: &str) -> Response {
     (StatusCode::SEE_OTHER, [(header::LOCATION, to.to_owned())]).into_response()
 }
 
-/// Base units as a decimal amount of tokens.
-fn amount(micros: i64) -> String {
-    flotilla_ledger::format_micros(micros)
+/// Base units (signed or not) as a decimal amount of tokens; past `i64::MAX`, that.
+fn amount(micros: impl TryInto<i64>) -> String {
+    flotilla_ledger::format_micros(micros.try_into().unwrap_or(i64::MAX))
 }

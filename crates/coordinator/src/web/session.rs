@@ -73,7 +73,7 @@ impl FromRequestParts<AppState> for MaybeSigned {
     }
 }
 
-async fn signed(parts: &Parts, app: &AppState) -> Result<Option<Signed>, PageError> {
+async fn signed(parts: &mut Parts, app: &AppState) -> Result<Option<Signed>, PageError> {
     let Some(token) = cookie(&parts.headers, SESSION_COOKIE) else {
         return Ok(None);
     };
@@ -95,10 +95,7 @@ async fn signed(parts: &Parts, app: &AppState) -> Result<Option<Signed>, PageErr
     else {
         return Ok(None);
     };
-    let ip = parts
-        .extensions
-        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map_or_else(|| "unknown".to_owned(), |info| info.0.ip().to_string());
+    let ClientIp(ip) = ClientIp::from_request_parts(parts, app).await?;
     Ok(Some(Signed {
         caller: Caller { auth, ip },
         csrf: session.csrf,
@@ -182,11 +179,12 @@ pub async fn login(
     }
     let now = now_ms();
     let key = form.api_key.trim();
+    let key_hash = secret_hash(key);
     let auth = if key.is_empty() || key.len() > API_KEY_BYTES_MAX {
         None
     } else {
         app.store
-            .authenticate_key(&secret_hash(key), now)
+            .authenticate_key(&key_hash, now)
             .await
             .map_err(ApiError::from)?
     };
@@ -204,7 +202,7 @@ pub async fn login(
     };
     let token = random_hex();
     let session = WebSessionRow {
-        key_hash: secret_hash(key),
+        key_hash,
         csrf: random_hex(),
         expires_at_ms: now + SESSION_TTL_MS,
     };

@@ -33,7 +33,7 @@ fn device_row(device: &Device, csrf: &str) -> Markup {
             td { a href={ "/worker/devices/" (device.id) } { (device.name) } }
             td { (device.model) }
             td class="state" { (device.state) }
-            td { (device.price_per_hour.map(|p| amount(i64::try_from(p).unwrap_or(i64::MAX))).unwrap_or_else(|| "-".into())) }
+            td { (device.price_per_hour.map(amount).unwrap_or_else(|| "-".into())) }
             td { (device.telemetry.as_ref().map(|t| format!("{}%", t.utilization_pct)).unwrap_or_default()) }
             td {
                 form method="post" action=(action(if paused { "resume" } else { "pause" })) {
@@ -259,10 +259,9 @@ pub async fn earnings(State(app): State<AppState>, signed: Signed) -> PageResult
         let token = entry.token.as_deref().unwrap_or("");
         *totals.entry(token).or_default() += entry.amount_micros;
     }
-    let money = |micros: u64| amount(i64::try_from(micros).unwrap_or(i64::MAX));
     let body = html! {
         section id="totals" {
-            @for (token, total) in &totals { p { strong { (money(*total)) " " (token) } " earned in the entries below" } }
+            @for (token, total) in &totals { p { strong { (amount(*total)) " " (token) } " earned in the entries below" } }
             @if totals.is_empty() { p class="muted" { "No rent or block rewards yet." } }
         }
         section id="earnings" {
@@ -273,7 +272,7 @@ pub async fn earnings(State(app): State<AppState>, signed: Signed) -> PageResult
                         tr {
                             td { (entry.at) }
                             td { (entry.kind) }
-                            td { (money(entry.amount_micros)) " " (entry.token.as_deref().unwrap_or("")) }
+                            td { (amount(entry.amount_micros)) " " (entry.token.as_deref().unwrap_or("")) }
                             td { (entry.reference) }
                             td { a class="proof" href={ "/api/v1/ledger/entries/" (entry.id) "/proof" } { "#" (entry.seq) " proof" } }
                         }
