@@ -119,6 +119,17 @@ pub struct Coordinator {
 /// Starts a restarted coordinator tries on its old port.
 const RESTART_TRIES_MAX: u32 = 25;
 
+/// Without `--tunnel-listen`, a coordinator restarted on a fixed port would take the next port
+/// for its tunnels, which any other process may hold; workers learn the tunnel port with each
+/// tunnel, so an ephemeral one serves.
+fn ephemeral_tunnel_port(extra: &[&str]) -> &'static [&'static str] {
+    if extra.contains(&"--tunnel-listen") {
+        &[]
+    } else {
+        &["--tunnel-listen", "127.0.0.1:0"]
+    }
+}
+
 impl Coordinator {
     pub async fn start(db: Db, extra: &[&str]) -> Coordinator {
         let dir = tempfile::tempdir().unwrap();
@@ -162,6 +173,7 @@ impl Coordinator {
             .args(["--heartbeat-grace-ms", &HEARTBEAT_GRACE_MS.to_string()])
             .args(["--telemetry-bucket-s", "1"])
             .args(["--proof-target-ms", "20", "--proof-memory-pct", "1"])
+            .args(ephemeral_tunnel_port(extra))
             .args(extra)
             .env(
                 "FLOTILLA_LOG",
