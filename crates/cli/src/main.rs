@@ -150,6 +150,10 @@ struct CoordinatorArgs {
     /// without it, rent is paid in IOSD only.
     #[arg(long)]
     io_price_micros: Option<u64>,
+    /// Carry all cluster mesh traffic through this coordinator's relay (UDP on the tunnel
+    /// port) instead of directly between nodes.
+    #[arg(long)]
+    mesh_relay_only: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -268,6 +272,7 @@ async fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
         rent_minute_ms: args.rent_minute_ms,
         checkpoint_interval_ms: args.checkpoint_interval_ms,
         io_price_micros: args.io_price_micros,
+        mesh_relay_only: args.mesh_relay_only,
         ..flotilla_coordinator::Config::default()
     };
     let running = flotilla_coordinator::start(config).await?;

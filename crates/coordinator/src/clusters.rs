@@ -19,6 +19,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use flotilla_proto::api::{ClusterSpec, RequestSpec};
 use flotilla_proto::id::{IdKind, new_id};
+use flotilla_proto::mesh::MeshOrder;
 use flotilla_proto::wire::{CheckpointOrder, LogStream, NodeOrder};
 use flotilla_store::{
     ClusterRow, PlacementRow, REQUEST_PLACED, RUN_ASSIGNED, RUN_EXITED, RUN_FAILED, RUN_LOST,
@@ -29,6 +30,11 @@ use sha2::{Digest, Sha256};
 use crate::error::{ApiError, ApiResult};
 use crate::{AppState, now_ms};
 
+/// Cluster types: `batch` is done when every node exits 0; `service` runs until terminated
+/// or expired; `ray` runs a Ray cluster over the cluster's mesh until terminated or expired.
+pub const KIND_BATCH: &str = "batch";
+pub const KIND_SERVICE: &str = "service";
+pub const KIND_RAY: &str = "ray";
 pub const CLUSTER_COMPLETED: &str = "completed";
 pub const CLUSTER_FAILED: &str = "failed";
 pub const CLUSTER_TERMINATED: &str = "terminated";
@@ -142,8 +148,8 @@ fn check_checkpoint_path(path: &str) -> ApiResult<()> {
 /// Checks a spec; the request the scheduler places for it comes back.
 pub fn check_spec(spec: &ClusterSpec) -> ApiResult<RequestSpec> {
     check_name(&spec.name)?;
-    if spec.kind != "batch" && spec.kind != "service" {
-        return Err(field("type", "must be batch or service"));
+    if ![KIND_BATCH, KIND_SERVICE, KIND_RAY].contains(&spec.kind.as_str()) {
+        return Err(field("type", "must be batch, service or ray"));
     }
     if spec.hours == 0 || spec.hours > crate::rent::HOURS_MAX {
         return Err(field("hours", "must be between 1 and 720"));
@@ -387,7 +393,18 @@ pub async fn order_for(app: &AppState, run: &RunRow) -> ApiResult<Option<NodeOrd
             interval_ms: app.config.checkpoint_interval_ms,
             bytes_max: CHECKPOINT_BYTES_MAX,
         }),
+        mesh: has_mesh(&spec).then(|| MeshOrder {
+            address: flotilla_proto::mesh::node_address(&run.cluster_id, run.node_rank),
+            relay_port: app.tunnels.offer().port,
+            relay_token: hex::encode(crate::mesh::relay_token(app, &run.id)),
+        }),
     }))
+}
+
+/// Whether a cluster's nodes get a mesh network: Ray clusters, and any cluster of several
+/// exec nodes (containers keep the engine's network).
+pub fn has_mesh(spec: &ClusterSpec) -> bool {
+    spec.image.is_none() && (spec.nodes >= 2 || spec.kind == KIND_RAY)
 }
 
 /// Each rank's newest run, by rank.
@@ -450,6 +467,22 @@ async fn reported_run(
             message: format!("run {run_id} is not this worker's"),
         }),
     }
+}
+
+/// The run a mesh report is about: this worker's, and live (an ended run has no mesh).
+pub async fn live_run_of(
+    app: &AppState,
+    worker_id: &str,
+    run_id: &str,
+) -> Result<RunRow, ReportRefused> {
+    let run = reported_run(app, worker_id, run_id).await?;
+    if !run.is_live() {
+        return Err(ReportRefused {
+            code: "run_ended",
+            message: format!("run {run_id} has ended"),
+        });
+    }
+    Ok(run)
 }
 
 /// A run started on its worker.

@@ -55,6 +55,9 @@ pub struct Config {
     /// The price clusters paid in IO convert at, IOSD base units per whole IO; none: rent is
     /// paid in IOSD only. Fixed per cluster when it deploys.
     pub io_price_micros: Option<u64>,
+    /// Cluster meshes carry all traffic through the relay (nodes are given no direct
+    /// endpoints): for networks where direct UDP between suppliers is known to fail, and tests.
+    pub mesh_relay_only: bool,
     /// IO emitted per year for block rewards.
     pub emission: flotilla_ledger::emission::Schedule,
     /// Where to write the first admin's API key when the database has no admin. The key is
@@ -90,6 +93,7 @@ impl Default for Config {
             checkpoint_interval_ms: 60_000,
             fees: flotilla_ledger::rent::FeePolicy::default(),
             io_price_micros: None,
+            mesh_relay_only: false,
             emission: flotilla_ledger::emission::Schedule::default(),
         }
     }

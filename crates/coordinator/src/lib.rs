@@ -22,6 +22,7 @@ pub mod ledger;
 pub mod ledger_upkeep;
 pub mod liveness;
 pub mod market;
+pub mod mesh;
 pub mod metrics;
 pub mod ratelimit;
 pub mod rent;
@@ -91,6 +92,8 @@ pub struct AppState {
     pub schedule_now: Arc<tokio::sync::Notify>,
     /// Workers' tunnels, for renters' connections to their nodes.
     pub tunnels: Arc<tunnels::Tunnels>,
+    /// Clusters' mesh networks: members, keys, and where the relay sees them.
+    pub meshes: Arc<mesh::Meshes>,
 }
 
 /// Errors starting the coordinator.
@@ -188,9 +191,18 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             source,
         })?
         .port();
+    // The mesh relay shares the tunnel's port number, over UDP.
+    let relay_addr = SocketAddr::new(tunnel_addr.ip(), tunnel_port);
+    let relay_socket = tokio::net::UdpSocket::bind(relay_addr)
+        .await
+        .map_err(|source| StartError::Listen {
+            addr: relay_addr,
+            source,
+        })?;
     // The tunnel's Noise key is the ledger key's X25519 twin: stable, and nothing more to keep.
     let tunnel_key = flotilla_tunnel::StaticKeypair::from_ed25519(ledger.signing_key());
     let (traffic_sink, traffic_records) = traffic::queue();
+    let config_relay_only = config.mesh_relay_only;
     let app = AppState {
         store: store.clone(),
         config: Arc::new(config),
@@ -203,6 +215,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         ledger,
         schedule_now: Arc::new(tokio::sync::Notify::new()),
         tunnels: Arc::new(tunnels::Tunnels::new(tunnel_key, tunnel_port, traffic_sink)),
+        meshes: Arc::new(mesh::Meshes::new(config_relay_only)),
     };
     let router = api::router(app.clone());
     let mut server_shutdown = shutdown_rx.clone();
@@ -222,6 +235,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         tunnel_listener,
         shutdown_rx.clone(),
     ));
+    let relay = tokio::spawn(mesh::relay(app.clone(), relay_socket, shutdown_rx.clone()));
     let traffic = tokio::spawn(traffic::record(
         app.clone(),
         traffic_records,
@@ -239,6 +253,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         tasks: vec![
             server,
             tunnel,
+            relay,
             traffic,
             liveness,
             scheduling,

@@ -71,6 +71,8 @@ struct Bound {
     nudge: std::sync::Arc<tokio::sync::Notify>,
     /// The worker's live runs as last loaded, and when each was last ordered.
     runs: std::collections::HashMap<String, tokio::time::Instant>,
+    /// The mesh version each of the worker's mesh nodes was last sent peers of.
+    mesh_seen: std::collections::HashMap<String, u64>,
 }
 
 /// A proof-of-compute challenge in flight.
@@ -139,6 +141,7 @@ pub async fn run(mut socket: WebSocket, app: AppState, mut shutdown: watch::Rece
             _ = &mut silence => break,
             _ = nudge.notified() => {
                 sync_runs(&app, &mut bound).await;
+                send_mesh_peers(&app, &mut bound);
                 if send_outbox(&mut socket, &mut bound).await.is_err() {
                     break;
                 }
@@ -359,6 +362,7 @@ async fn hello_session(
         outbox: Vec::new(),
         nudge,
         runs: std::collections::HashMap::new(),
+        mesh_seen: std::collections::HashMap::new(),
     };
     tracing::info!(worker_id = %worker.id, devices = current.len(), "worker session opened");
     Ok((bound, kicked, welcome))
@@ -758,6 +762,9 @@ async fn on_message(
             device_id,
             openings,
         } => take_memory_openings(app, bound, device_id, openings).await,
+        WorkerMessage::MeshJoined { run_id, public_key } => {
+            mesh_joined(app, bound, &run_id, public_key).await
+        }
         WorkerMessage::NodeStarted { run_id } => {
             crate::clusters::on_started(app, &bound.worker_id, &run_id)
                 .await
@@ -778,6 +785,10 @@ async fn on_message(
             ..
         } => {
             bound.runs.remove(&run_id);
+            bound.mesh_seen.remove(&run_id);
+            for worker_id in app.meshes.leave(&run_id) {
+                app.fleet.nudge(&worker_id);
+            }
             crate::clusters::on_exited(app, &bound.worker_id, &run_id, exit_code, &reason)
                 .await
                 .map_err(report_refused)
@@ -804,6 +815,58 @@ async fn on_message(
                     .map_err(|e| Refusal::soft("internal", e.to_string()))?;
             }
             Ok(())
+        }
+    }
+}
+
+/// Takes a node's key into its cluster's mesh; the cluster's workers (this one among them)
+/// are nudged to send the new peer lists.
+async fn mesh_joined(
+    app: &AppState,
+    bound: &mut Bound,
+    run_id: &str,
+    public_key: String,
+) -> Result<(), Refusal> {
+    let mut key = [0u8; 32];
+    if hex::decode_to_slice(&public_key, &mut key).is_err() {
+        return Err(Refusal::soft(
+            "bad_mesh_key",
+            "public_key must be 32 hex-encoded bytes",
+        ));
+    }
+    let run = crate::clusters::live_run_of(app, &bound.worker_id, run_id)
+        .await
+        .map_err(report_refused)?;
+    let token = crate::mesh::relay_token(app, run_id);
+    let joined = app.meshes.join(
+        &run.cluster_id,
+        run.node_rank,
+        run_id,
+        &bound.worker_id,
+        public_key,
+        token,
+    );
+    let Some(affected) = joined else {
+        return Err(Refusal::soft(
+            "mesh_full",
+            "the coordinator's meshes are full",
+        ));
+    };
+    bound.mesh_seen.insert(run_id.to_owned(), 0);
+    for worker_id in affected {
+        app.fleet.nudge(&worker_id);
+    }
+    Ok(())
+}
+
+/// Queues new peer lists for this worker's mesh nodes whose meshes changed.
+fn send_mesh_peers(app: &AppState, bound: &mut Bound) {
+    for (run_id, seen) in &mut bound.mesh_seen {
+        if let Some(peers) = app.meshes.peers_if_changed(run_id, seen) {
+            bound.outbox.push(ServerMessage::MeshPeers {
+                run_id: run_id.clone(),
+                peers,
+            });
         }
     }
 }

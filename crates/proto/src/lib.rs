@@ -9,6 +9,7 @@ pub mod api;
 pub mod device;
 pub mod id;
 pub mod limits;
+pub mod mesh;
 pub mod secret;
 pub mod time;
 pub mod wire;

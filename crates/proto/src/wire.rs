@@ -62,6 +62,12 @@ pub enum ServerMessage {
     /// Stop a run (terminated, failed elsewhere, expired, reassigned, or unknown to the
     /// coordinator). The worker kills it and reports [`WorkerMessage::NodeExited`].
     StopNode { run_id: String, reason: String },
+    /// The other nodes of a run's cluster mesh, whole, whenever they change. A node sends
+    /// WireGuard traffic to these and accepts it from these alone.
+    MeshPeers {
+        run_id: String,
+        peers: Vec<crate::mesh::MeshPeer>,
+    },
     /// A message was refused. `fatal` means the coordinator closes the session.
     Rejected {
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -109,6 +115,9 @@ pub struct NodeOrder {
     /// Keep the node's checkpoint directory across restarts and replacements.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint: Option<CheckpointOrder>,
+    /// The node's place in its cluster's mesh network, if the cluster has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mesh: Option<crate::mesh::MeshOrder>,
 }
 
 /// Where a node's checkpoints go: the worker uploads the directory `path` (under the work
@@ -144,6 +153,7 @@ impl std::fmt::Debug for NodeOrder {
             .field("wall_limit_ms", &self.wall_limit_ms)
             .field("image", &self.image)
             .field("checkpoint", &self.checkpoint)
+            .field("mesh", &self.mesh)
             .finish()
     }
 }
@@ -243,6 +253,9 @@ pub enum WorkerMessage {
     },
     /// A run's command started in its sandbox.
     NodeStarted { run_id: String },
+    /// A run's mesh interface is up: its WireGuard public key (hex of 32 bytes, X25519), for
+    /// the cluster's other nodes. The private key never leaves the worker.
+    MeshJoined { run_id: String, public_key: String },
     /// Output of a run, in order: `offset` is the stream's byte count before this chunk, and
     /// `text` at most [`LOG_CHUNK_BYTES_MAX`] bytes (invalid UTF-8 replaced).
     NodeLog {

@@ -378,6 +378,7 @@ async fn session(context: SessionContext<'_>, shutdown: &mut watch::Receiver<boo
                 }
                 Ok(ServerMessage::RunNode(order)) => runner.start(order),
                 Ok(ServerMessage::StopNode { run_id, reason }) => runner.stop(&run_id, &reason),
+                Ok(ServerMessage::MeshPeers { run_id, peers }) => runner.mesh_peers(&run_id, &peers),
                 Ok(ServerMessage::Challenge { .. } | ServerMessage::Welcome { .. }) => {
                     tracing::warn!("unexpected handshake message in an open session");
                 }

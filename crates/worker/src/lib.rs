@@ -21,6 +21,7 @@ pub mod checkpoint;
 pub mod container;
 pub mod hardware;
 pub mod identity;
+pub mod mesh;
 pub mod netns;
 pub mod runs;
 pub mod sandbox;

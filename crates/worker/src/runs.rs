@@ -35,6 +35,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use crate::WorkerError;
 use crate::checkpoint::{Checkpoint, CheckpointStore, Uploads};
 use crate::container::{ContainerError, Engine};
+use crate::mesh::MeshNode;
 use crate::netns::{NodeNetwork, NodeNetworks};
 use crate::sandbox::{Chunk, Ended, Ending, Sandbox, SandboxSpec};
 
@@ -62,7 +63,8 @@ const RESERVED_ENV_PREFIX: &str = "FLOTILLA_";
 /// What a queued message is, which decides whether it may be dropped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
-    /// NodeStarted and NodeExited of a tracked run: never dropped, at most two per run.
+    /// NodeStarted, MeshJoined and NodeExited of a tracked run: never dropped, at most three
+    /// per run.
     Lifecycle,
     Log,
     /// A report the coordinator gets again by asking again.
@@ -168,6 +170,38 @@ impl PortTable {
     }
 }
 
+/// The mesh endpoints of started runs, by run id, for the peer lists the coordinator sends.
+#[derive(Debug, Clone, Default)]
+pub struct MeshTable {
+    runs: Arc<std::sync::RwLock<HashMap<String, Arc<MeshNode>>>>,
+}
+
+impl MeshTable {
+    fn insert(&self, run_id: &str, mesh: Arc<MeshNode>) {
+        let mut runs = self.runs.write().unwrap_or_else(PoisonError::into_inner);
+        runs.insert(run_id.to_owned(), mesh);
+    }
+
+    fn remove(&self, run_id: &str) {
+        let mut runs = self.runs.write().unwrap_or_else(PoisonError::into_inner);
+        runs.remove(run_id);
+    }
+
+    fn get(&self, run_id: &str) -> Option<Arc<MeshNode>> {
+        let runs = self.runs.read().unwrap_or_else(PoisonError::into_inner);
+        runs.get(run_id).cloned()
+    }
+}
+
+/// An order's mesh, as the runner will make it.
+#[derive(Debug, Clone)]
+struct MeshPlan {
+    order: flotilla_proto::mesh::MeshOrder,
+    /// The coordinator's host, where the relay is.
+    relay_host: String,
+    table: MeshTable,
+}
+
 /// A run whose end is not yet handed to the agent.
 #[derive(Debug)]
 struct Live {
@@ -192,6 +226,10 @@ pub struct Runner {
     ports: PortTable,
     /// Whether exec nodes get a network namespace each.
     networks: Arc<NodeNetworks>,
+    /// Started runs' mesh endpoints.
+    meshes: MeshTable,
+    /// The coordinator's host name or address (its relay's host).
+    coordinator_host: String,
     /// Reports of runs that ended and were handed over, oldest first.
     finished: VecDeque<WorkerMessage>,
     outbox: Arc<Outbox>,
@@ -237,6 +275,8 @@ impl Runner {
             live: HashMap::new(),
             ports: PortTable::default(),
             networks: Arc::new(NodeNetworks::shared()),
+            meshes: MeshTable::default(),
+            coordinator_host: "127.0.0.1".to_owned(),
             finished: VecDeque::new(),
             outbox: Arc::default(),
         })
@@ -279,6 +319,12 @@ impl Runner {
     /// Keeps the checkpoints of nodes ordered with one at the coordinator at `coordinator_url`
     /// (its base URL, e.g. `http://127.0.0.1:7700`).
     pub fn with_coordinator(mut self, coordinator_url: &str) -> Runner {
+        if let Some(host) = reqwest::Url::parse(coordinator_url)
+            .ok()
+            .and_then(|url| url.host_str().map(str::to_owned))
+        {
+            self.coordinator_host = host.trim_matches(['[', ']']).to_owned();
+        }
         self.checkpoints = match CheckpointStore::new(coordinator_url) {
             Ok(store) => Some(Arc::new(store)),
             Err(error) => {
@@ -348,6 +394,14 @@ impl Runner {
     /// The table the tunnel consults, shared with it.
     pub fn port_table(&self) -> PortTable {
         self.ports.clone()
+    }
+
+    /// Gives a run's mesh endpoint its cluster's current peers; nothing for a run without one.
+    pub fn mesh_peers(&self, run_id: &str, peers: &[flotilla_proto::mesh::MeshPeer]) {
+        match self.meshes.get(run_id) {
+            Some(mesh) => mesh.set_peers(peers),
+            None => tracing::debug!(%run_id, "mesh peers for a run without a mesh here"),
+        }
     }
 
     /// Kills a live run; it is reported `stopped` with `reason` as the message. A run this
@@ -450,9 +504,10 @@ impl Runner {
                 None => return Err(format!("device {device_id} is not on this worker")),
             }
         }
+        let mesh = self.mesh_plan(order);
         let spec = SandboxSpec {
             argv: order.argv.clone(),
-            env: node_env(order),
+            env: node_env(order, mesh.is_some()),
             work_dir: self.runs_dir.join(&order.run_id),
             gpu_indices,
             memory_bytes_max: order.memory_bytes_max,
@@ -468,6 +523,21 @@ impl Runner {
             checkpoint,
             ports: order.ports.clone(),
             port_table: self.ports.clone(),
+            mesh,
+        })
+    }
+
+    /// The order's mesh, where this worker makes one: exec nodes in networks of their own.
+    fn mesh_plan(&self, order: &NodeOrder) -> Option<MeshPlan> {
+        let ordered = order.mesh.as_ref()?;
+        if order.image.is_some() || !self.networks.private() {
+            tracing::warn!(run_id = %order.run_id, "this node has no mesh: it needs an exec node in a network of its own (a root worker)");
+            return None;
+        }
+        Some(MeshPlan {
+            order: ordered.clone(),
+            relay_host: self.coordinator_host.clone(),
+            table: self.meshes.clone(),
         })
     }
 
@@ -518,7 +588,7 @@ fn check_run_id(run_id: &str) -> Result<(), String> {
 }
 
 /// The order's environment without the names the worker sets, then the worker's variables.
-fn node_env(order: &NodeOrder) -> Vec<(String, String)> {
+fn node_env(order: &NodeOrder, meshed: bool) -> Vec<(String, String)> {
     let mut env: Vec<(String, String)> = order
         .env
         .iter()
@@ -537,6 +607,13 @@ fn node_env(order: &NodeOrder) -> Vec<(String, String)> {
         own.into_iter()
             .map(|(name, value)| (name.to_owned(), value)),
     );
+    if let Some(mesh) = order.mesh.as_ref().filter(|_| meshed) {
+        let addresses: Vec<String> = (0..order.node_count)
+            .map(|rank| flotilla_proto::mesh::node_address(&order.cluster_id, rank).to_string())
+            .collect();
+        env.push(("FLOTILLA_MESH_ADDRESS".to_owned(), mesh.address.to_string()));
+        env.push(("FLOTILLA_MESH_ADDRESSES".to_owned(), addresses.join(",")));
+    }
     env
 }
 
@@ -558,6 +635,7 @@ struct Plan {
     /// The ports the cluster declared, entered in `port_table` once the node has started.
     ports: Vec<u16>,
     port_table: PortTable,
+    mesh: Option<MeshPlan>,
 }
 
 /// What runs a node.
@@ -575,7 +653,11 @@ enum Driver {
 
 /// A started node, on either driver.
 enum Node {
-    Exec(crate::sandbox::Running, Option<NodeNetwork>),
+    Exec(
+        crate::sandbox::Running,
+        Option<NodeNetwork>,
+        Option<Arc<MeshNode>>,
+    ),
     Container(crate::container::Running),
 }
 
@@ -588,17 +670,30 @@ impl Node {
         spec: &SandboxSpec,
         output: mpsc::Sender<Chunk>,
         stop: &mut oneshot::Receiver<String>,
+        mesh: Option<&MeshPlan>,
     ) -> Result<Node, StartFailed> {
         match driver {
             Driver::Exec { sandbox, networks } => {
                 let network = make_network(networks, run_id).await?;
+                let made = match (mesh, &network) {
+                    (Some(plan), Some(network)) => make_mesh(plan, network).await.map(Some),
+                    _ => Ok(None),
+                };
+                let mesh = match made {
+                    Ok(mesh) => mesh,
+                    Err(message) => {
+                        remove_network(network).await;
+                        return Err(StartFailed::Error(message));
+                    }
+                };
                 let spec = SandboxSpec {
                     network_namespace: network.as_ref().map(|n| n.name().to_owned()),
                     ..spec.clone()
                 };
                 match sandbox.start(run_id, &spec, output) {
-                    Ok(running) => Ok(Node::Exec(running, network)),
+                    Ok(running) => Ok(Node::Exec(running, network, mesh)),
                     Err(error) => {
+                        stop_mesh(mesh).await;
                         remove_network(network).await;
                         Err(StartFailed::Error(error.to_string()))
                     }
@@ -613,18 +708,27 @@ impl Node {
         }
     }
 
+    fn mesh(&self) -> Option<&Arc<MeshNode>> {
+        match self {
+            Node::Exec(_, _, mesh) => mesh.as_ref(),
+            Node::Container(_) => None,
+        }
+    }
+
     /// The network namespace the node's ports are in; none: the worker's.
     async fn namespace(&self) -> Option<PathBuf> {
         match self {
-            Node::Exec(_, network) => network.as_ref().map(NodeNetwork::path),
+            Node::Exec(_, network, _) => network.as_ref().map(NodeNetwork::path),
             Node::Container(running) => running.namespace().await,
         }
     }
 
     async fn wait(self, stop: impl Future<Output = ()>) -> Result<Ended, String> {
         match self {
-            Node::Exec(running, network) => {
+            Node::Exec(running, network, mesh) => {
                 let ended = running.wait(stop).await.map_err(|e| e.to_string());
+                // The interface's file closes before its namespace goes.
+                stop_mesh(mesh).await;
                 remove_network(network).await;
                 ended
             }
@@ -643,6 +747,27 @@ async fn make_network(
         .await
         .map_err(|e| StartFailed::Error(e.to_string()))?
         .map_err(|e| StartFailed::Error(format!("cannot make the node's network: {e}")))
+}
+
+/// The node's mesh endpoint, in its network; entered in the plan's table.
+async fn make_mesh(plan: &MeshPlan, network: &NodeNetwork) -> Result<Arc<MeshNode>, String> {
+    let (plan, path, name) = (plan.clone(), network.path(), network.name().to_owned());
+    let started = tokio::task::spawn_blocking(move || {
+        let relay = crate::mesh::relay_address(&plan.relay_host, plan.order.relay_port)
+            .ok_or_else(|| format!("cannot resolve the coordinator's host {}", plan.relay_host))?;
+        MeshNode::start(&path, &name, &plan.order, relay).map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    started
+        .map(Arc::new)
+        .map_err(|e| format!("cannot make the node's mesh: {e}"))
+}
+
+async fn stop_mesh(mesh: Option<Arc<MeshNode>>) {
+    if let Some(mesh) = mesh {
+        let _ = tokio::task::spawn_blocking(move || mesh.stop()).await;
+    }
 }
 
 async fn remove_network(network: Option<NodeNetwork>) {
@@ -711,7 +836,15 @@ async fn supervise(
         }
     }
     let (output, mut chunks) = mpsc::channel(CHUNKS_QUEUED_MAX);
-    let running = match Node::start(&plan.driver, run_id, spec, output, &mut stop).await {
+    let started = Node::start(
+        &plan.driver,
+        run_id,
+        spec,
+        output,
+        &mut stop,
+        plan.mesh.as_ref(),
+    );
+    let running = match started.await {
         Ok(running) => running,
         Err(StartFailed::Error(message)) => {
             tracing::warn!(%run_id, %message, "a node did not start");
@@ -723,6 +856,17 @@ async fn supervise(
         let namespace = running.namespace().await;
         plan.port_table
             .insert(run_id, plan.ports.clone(), namespace);
+    }
+    if let (Some(mesh_plan), Some(mesh)) = (&plan.mesh, running.mesh()) {
+        mesh_plan.table.insert(run_id, mesh.clone());
+        let public_key = mesh.public_key();
+        outbox.push(
+            Kind::Lifecycle,
+            WorkerMessage::MeshJoined {
+                run_id: run_id.to_owned(),
+                public_key,
+            },
+        );
     }
     outbox.push(
         Kind::Lifecycle,
@@ -747,6 +891,9 @@ async fn supervise(
         }
     };
     plan.port_table.remove(run_id);
+    if let Some(mesh_plan) = &plan.mesh {
+        mesh_plan.table.remove(run_id);
+    }
     // The readers are done: what is left in the channel is the last of the output.
     while let Some(chunk) = chunks.recv().await {
         logs.forward(outbox, &chunk);

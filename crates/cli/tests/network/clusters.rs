@@ -70,11 +70,24 @@ pub(crate) async fn market_with(
     worker_flags: &[&str],
 ) -> Market {
     let coordinator = Coordinator::start(db, &market_flags(rent_minute_ms)).await;
+    market_from(coordinator, workers, |coordinator, dir, token, _| {
+        coordinator.worker_with(dir, Some(token), "H100x1", worker_flags)
+    })
+    .await
+}
+
+/// A market on `coordinator` with `workers` one-GPU workers, each started by `start` (given
+/// its data directory, enrollment token and index).
+pub(crate) async fn market_from(
+    coordinator: Coordinator,
+    workers: usize,
+    start: impl Fn(&Coordinator, &std::path::Path, &str, usize) -> Proc,
+) -> Market {
     let supplier_key = coordinator.account("sup", &[Role::Supplier]).await;
     let renter_key = coordinator.account("ren", &[Role::Renter]).await;
     let mut procs = Vec::new();
     let mut dirs = Vec::new();
-    for _ in 0..workers {
+    for index in 0..workers {
         let dir = tempfile::tempdir().unwrap();
         // The sandbox runs as nobody, which must pass through to the run directories.
         std::fs::set_permissions(
@@ -83,7 +96,7 @@ pub(crate) async fn market_with(
         )
         .unwrap();
         let token = coordinator.token(&supplier_key).await;
-        procs.push(coordinator.worker_with(dir.path(), Some(&token), "H100x1", worker_flags));
+        procs.push(start(&coordinator, dir.path(), &token, index));
         dirs.push(dir);
     }
     crate::market::price_idle_devices(&coordinator, &supplier_key, workers, 6 * TOKEN).await;

@@ -147,6 +147,15 @@ impl Coordinator {
             .unwrap_or_else(|(_, line)| panic!("unexpected first line {line:?}"))
     }
 
+    /// Starts a coordinator listening on every address (workers in other network namespaces
+    /// reach it); its `url` is still the loopback one.
+    pub async fn start_on_every_address(db: Db, extra: &[&str]) -> Coordinator {
+        let dir = tempfile::tempdir().unwrap();
+        let database_url = fresh_database(db, dir.path()).await;
+        Coordinator::spawn(dir, database_url, "0.0.0.0:0", extra)
+            .unwrap_or_else(|(_, line)| panic!("unexpected first line {line:?}"))
+    }
+
     /// Starts a coordinator; on failure (its first line is no address) the directory back,
     /// with what it printed.
     fn spawn(
@@ -191,7 +200,7 @@ impl Coordinator {
             .rsplit(' ')
             .next()
             .expect("the coordinator prints its address")
-            .to_owned();
+            .replace("http://0.0.0.0:", "http://127.0.0.1:");
         if !url.starts_with("http://127.0.0.1:") {
             let _ = child.kill();
             let _ = child.wait();
@@ -221,6 +230,7 @@ impl Coordinator {
         } = self;
         _proc.kill();
         let listen = url.trim_start_matches("http://").to_owned();
+        debug_assert!(listen.starts_with("127.0.0.1:"), "restarts are on loopback");
         // Another test's process may have taken the freed port for a moment: try again.
         let mut dir = _dir;
         for _ in 0..RESTART_TRIES_MAX {
@@ -293,12 +303,27 @@ impl Coordinator {
         gpus: &str,
         extra: &[&str],
     ) -> Proc {
-        let mut command = Command::new(BIN);
+        self.worker_through(&[BIN], &self.url, data_dir, token, gpus, extra)
+    }
+
+    /// Starts a worker as `program` (the binary, or a command that runs it, such as
+    /// `ip netns exec NAME BIN`) dialling the coordinator at `url`.
+    pub fn worker_through(
+        &self,
+        program: &[&str],
+        url: &str,
+        data_dir: &Path,
+        token: Option<&str>,
+        gpus: &str,
+        extra: &[&str],
+    ) -> Proc {
+        let mut command = Command::new(program[0]);
         command
+            .args(&program[1..])
             .args([
                 "worker",
                 "--coordinator",
-                &self.url,
+                url,
                 "--no-cpu",
                 "--simulate-gpu",
                 gpus,

@@ -11,5 +11,6 @@ mod dev;
 mod fleet;
 mod ledger;
 mod market;
+mod mesh;
 mod protocol;
 mod tunnels;

@@ -23,6 +23,7 @@ pub(super) fn order(run_id: &str, script: &str) -> NodeOrder {
         wall_limit_ms: 20_000,
         image: None,
         checkpoint: None,
+        mesh: None,
     }
 }
 
@@ -227,7 +228,7 @@ async fn bad_orders_are_reported_start_failed() {
 fn the_node_env_has_the_order_and_the_worker_variables() {
     let mut order = order("run_env", "true");
     order.env.push(("FLOTILLA_NODE_RANK".into(), "99".into()));
-    let env = node_env(&order);
+    let env = node_env(&order, false);
     let get = |name: &str| {
         env.iter()
             .filter(|(n, _)| n == name)

@@ -1,0 +1,279 @@
+//! Cluster meshes through the real binaries, with each worker in a network namespace of its
+//! own (a veth pair to this machine's namespace, where the coordinator listens): a cluster's
+//! nodes reach each other at their overlay addresses, directly or through the coordinator's
+//! relay; another cluster's node does not reach them; and a replaced node rejoins the mesh.
+
+use std::process::Command;
+use std::time::Duration;
+
+use flotilla_proto::api::{ClusterInfo, ClusterSpec};
+
+use crate::clusters::{
+    Market, all_logs, market_flags, market_from, sandbox_ready, spec, until_state, worker_id_of,
+};
+use crate::harness::{BIN, Coordinator, Db, eventually};
+use crate::on_both_databases;
+
+/// A network namespace for one worker, joined to this machine's by a veth pair on a /30 of
+/// 10.66.0.0/16. Deleted when dropped, which must come after its worker process ended.
+struct WorkerNamespace {
+    name: String,
+    host_address: String,
+}
+
+/// Prefix of the host ends of the workers' veth pairs.
+const HOST_VETH_PREFIX: &str = "flwh";
+
+impl WorkerNamespace {
+    fn new(index: u32) -> WorkerNamespace {
+        // Distinct per test process (tests of both databases run at once) and per worker.
+        assert!(index < 16);
+        let slot = (std::process::id() * 16 + index) % (1 << 14);
+        let base = u32::from_be_bytes([10, 66, 0, 0]) + slot * 4;
+        let host = std::net::Ipv4Addr::from(base + 1).to_string();
+        let worker = std::net::Ipv4Addr::from(base + 2).to_string();
+        let name = format!("flw-{}-{index}", std::process::id());
+        let (host_if, worker_if) = (format!("{HOST_VETH_PREFIX}{slot}"), format!("flwn{slot}"));
+        let _ = run("ip", &["netns", "delete", &name]);
+        run("ip", &["netns", "add", &name]).unwrap();
+        let n = name.as_str();
+        let steps: [&[&str]; 7] = [
+            &[
+                "link", "add", &host_if, "type", "veth", "peer", "name", &worker_if, "netns", n,
+            ],
+            &["addr", "add", &format!("{host}/30"), "dev", &host_if],
+            &["link", "set", &host_if, "up"],
+            &["-n", n, "link", "set", "lo", "up"],
+            &[
+                "-n",
+                n,
+                "addr",
+                "add",
+                &format!("{worker}/30"),
+                "dev",
+                &worker_if,
+            ],
+            &["-n", n, "link", "set", &worker_if, "up"],
+            &["-n", n, "route", "add", "default", "via", &host],
+        ];
+        for step in steps {
+            run("ip", step).unwrap();
+        }
+        WorkerNamespace {
+            name,
+            host_address: host,
+        }
+    }
+
+    /// The coordinator's URL as seen from inside this namespace.
+    fn coordinator_url(&self, coordinator: &Coordinator) -> String {
+        coordinator.url.replace("127.0.0.1", &self.host_address)
+    }
+}
+
+impl Drop for WorkerNamespace {
+    fn drop(&mut self) {
+        let _ = run("ip", &["netns", "delete", &self.name]);
+    }
+}
+
+fn run(program: &str, args: &[&str]) -> Result<(), String> {
+    let output = Command::new(program)
+        .args(args)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{program} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr)
+        ))
+    }
+}
+
+/// Lets this machine forward between the workers' namespaces (a FORWARD chain that drops by
+/// default, as Docker leaves it, would keep them apart).
+fn forward_between_workers() {
+    std::fs::write("/proc/sys/net/ipv4/ip_forward", b"1").unwrap();
+    let rule = ["FORWARD", "-i", "flwh+", "-o", "flwh+", "-j", "ACCEPT"];
+    let check: Vec<&str> = ["-w", "-C"].iter().chain(&rule).copied().collect();
+    if run("iptables", &check).is_err() {
+        let insert: Vec<&str> = ["-w", "-I"].iter().chain(&rule).copied().collect();
+        run("iptables", &insert).unwrap();
+    }
+}
+
+/// Rank 1 serves port 7000 on its overlay address, answering with its attempt and the
+/// address the connection came from; rank 0 connects to rank 1's overlay address every half
+/// second and prints each new answer.
+const MESH_PROGRAM: &str = "\
+import os, socket, time
+rank = int(os.environ['FLOTILLA_NODE_RANK'])
+me = os.environ['FLOTILLA_MESH_ADDRESS']
+peers = os.environ['FLOTILLA_MESH_ADDRESSES'].split(',')
+print('address', me, flush=True)
+if rank == 1:
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((me, 7000)); s.listen(16)
+    while True:
+        c, peer = s.accept()
+        c.sendall(('rank 1 attempt ' + os.environ['FLOTILLA_ATTEMPT'] + ' saw ' + peer[0]).encode())
+        c.close()
+last = None
+while True:
+    try:
+        c = socket.create_connection((peers[1], 7000), timeout=2)
+        reply = c.recv(200).decode(); c.close()
+    except OSError:
+        reply = None
+    if reply and reply != last:
+        print('reached', reply, flush=True); last = reply
+    time.sleep(0.5)
+";
+
+/// Rank 0 tries each address of `TARGETS` and says whether it got through.
+const STRANGER_PROGRAM: &str = "\
+import os, socket, time
+if os.environ['FLOTILLA_NODE_RANK'] == '0':
+    for target in os.environ['TARGETS'].split(','):
+        try:
+            socket.create_connection((target, 7000), timeout=3).close()
+            print('reached', target, flush=True)
+        except OSError as e:
+            print('isolated from', target, type(e).__name__, flush=True)
+time.sleep(3600)
+";
+
+/// The text of a cluster's log lines of `rank` and `attempt`.
+async fn output_of(market: &Market, cluster: &str, rank: u32, attempt: u32) -> String {
+    let logs = all_logs(&market.renter, cluster).await;
+    logs.lines
+        .iter()
+        .filter(|l| l.node_rank == rank && l.attempt == attempt)
+        .map(|l| l.text.as_str())
+        .collect()
+}
+
+/// Waits until `rank`'s output of `attempt` holds `needle`.
+async fn until_output(
+    market: &Market,
+    cluster: &str,
+    rank: u32,
+    attempt: u32,
+    needle: &str,
+) -> String {
+    let found = eventually(Duration::from_secs(40), || async {
+        let text = output_of(market, cluster, rank, attempt).await;
+        text.contains(needle).then_some(text)
+    })
+    .await;
+    match found {
+        Some(text) => text,
+        None => panic!(
+            "rank {rank} attempt {attempt} never printed {needle:?}: {}",
+            output_of(market, cluster, rank, attempt).await
+        ),
+    }
+}
+
+fn service(nodes: u32, program: &str) -> ClusterSpec {
+    ClusterSpec {
+        kind: "service".into(),
+        ..spec(nodes, &["python3", "-c", program])
+    }
+}
+
+async fn meshed_market(db: Db, spaces: &[WorkerNamespace], relay_only: bool) -> Market {
+    forward_between_workers();
+    let mut flags = market_flags("500");
+    flags.extend(["--tunnel-listen", "0.0.0.0:0"]);
+    if relay_only {
+        flags.push("--mesh-relay-only");
+    }
+    let coordinator = Coordinator::start_on_every_address(db, &flags).await;
+    market_from(
+        coordinator,
+        spaces.len(),
+        |coordinator, dir, token, index| {
+            let space = &spaces[index];
+            let url = space.coordinator_url(coordinator);
+            let program = ["ip", "netns", "exec", space.name.as_str(), BIN];
+            coordinator.worker_through(&program, &url, dir, Some(token), "H100x1", &[])
+        },
+    )
+    .await
+}
+
+/// Two nodes on workers in separate namespaces talk over their overlay addresses; a node of
+/// another cluster cannot reach those addresses; when rank 1's worker dies, its replacement
+/// on another worker joins the mesh and rank 0 reaches it at the same address.
+async fn a_clusters_nodes_reach_each_other_over_the_mesh_and_no_one_else_does(db: Db) {
+    if !sandbox_ready() || !flotilla_worker::sandbox::running_as_root() {
+        return;
+    }
+    let spaces: Vec<WorkerNamespace> = (0..5).map(WorkerNamespace::new).collect();
+    let mut market = meshed_market(db, &spaces, false).await;
+    let deployed: ClusterInfo = market
+        .renter
+        .post("clusters", &service(2, MESH_PROGRAM))
+        .await
+        .unwrap();
+    let running = until_state(&market.renter, &deployed.id, "running", 30).await;
+    let addresses: Vec<String> = (0..2)
+        .map(|rank| flotilla_proto::mesh::node_address(&deployed.id, rank).to_string())
+        .collect();
+    let reached = until_output(&market, &deployed.id, 0, 1, "reached rank 1 attempt 1").await;
+    assert!(
+        reached.contains(&format!("saw {}", addresses[0])),
+        "{reached}"
+    );
+
+    let mut stranger = service(2, STRANGER_PROGRAM);
+    stranger.env.insert("TARGETS".into(), addresses.join(","));
+    let other: ClusterInfo = market.renter.post("clusters", &stranger).await.unwrap();
+    for address in &addresses {
+        let said = until_output(&market, &other.id, 0, 1, &format!("from {address}")).await;
+        assert!(!said.contains("reached"), "{said}");
+    }
+
+    let victim_worker = running.nodes[1].worker_id.clone();
+    let victim = market
+        ._dirs
+        .iter()
+        .position(|dir| worker_id_of(dir) == victim_worker)
+        .expect("the node's worker is one of ours");
+    market._workers[victim].kill();
+    let replaced = until_output(&market, &deployed.id, 0, 1, "reached rank 1 attempt 2").await;
+    assert!(
+        replaced.contains(&format!("attempt 2 saw {}", addresses[0])),
+        "{replaced}"
+    );
+    let info: ClusterInfo = market
+        .renter
+        .get(&format!("clusters/{}", deployed.id))
+        .await
+        .unwrap();
+    assert_ne!(info.nodes[1].worker_id, victim_worker);
+}
+on_both_databases!(a_clusters_nodes_reach_each_other_over_the_mesh_and_no_one_else_does);
+
+/// With the coordinator relaying everything, nodes still reach each other.
+async fn the_relay_carries_a_mesh_when_nodes_are_given_no_direct_path(db: Db) {
+    if !sandbox_ready() || !flotilla_worker::sandbox::running_as_root() {
+        return;
+    }
+    let spaces: Vec<WorkerNamespace> = (10..12).map(WorkerNamespace::new).collect();
+    let market = meshed_market(db, &spaces, true).await;
+    let deployed: ClusterInfo = market
+        .renter
+        .post("clusters", &service(2, MESH_PROGRAM))
+        .await
+        .unwrap();
+    until_state(&market.renter, &deployed.id, "running", 30).await;
+    let rank0 = flotilla_proto::mesh::node_address(&deployed.id, 0);
+    let reached = until_output(&market, &deployed.id, 0, 1, "reached rank 1 attempt 1").await;
+    assert!(reached.contains(&format!("saw {rank0}")), "{reached}");
+}
+on_both_databases!(the_relay_carries_a_mesh_when_nodes_are_given_no_direct_path);
