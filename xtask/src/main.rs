@@ -19,11 +19,15 @@
 //!   per idle connection through `flotilla connect`, against raw TCP and rathole (Noise and
 //!   plain TCP, installed under `target/bench-tools/` on first use), in a release build; one
 //!   JSON line last.
+//! - `cargo xtask bench mesh`: TCP throughput between two network namespaces over the bare
+//!   veth, Flotilla's cluster mesh and wireguard-go (installed with apt-get when missing), as
+//!   root, in a release build; one JSON line last.
 
 mod bench;
 mod deploy_bench;
 mod docker;
 mod ledger_bench;
+mod mesh_bench;
 mod postgres;
 mod proof_bench;
 mod scheduler_bench;
@@ -51,6 +55,9 @@ fn main() -> Result<()> {
         }
         Some("bench") if args.get(1).map(String::as_str) == Some("tunnel") => {
             tunnel_bench::run(&args[2..])
+        }
+        Some("bench") if args.get(1).map(String::as_str) == Some("mesh") => {
+            mesh_bench::run(&args[2..])
         }
         Some("bench") => bench::run(&args[1..]),
         _ => bail!(

@@ -31,10 +31,9 @@ use crate::error::{ApiError, ApiResult};
 use crate::{AppState, now_ms};
 
 /// Cluster types: `batch` is done when every node exits 0; `service` runs until terminated
-/// or expired; `ray` runs a Ray cluster over the cluster's mesh until terminated or expired.
+/// or expired.
 pub const KIND_BATCH: &str = "batch";
 pub const KIND_SERVICE: &str = "service";
-pub const KIND_RAY: &str = "ray";
 pub const CLUSTER_COMPLETED: &str = "completed";
 pub const CLUSTER_FAILED: &str = "failed";
 pub const CLUSTER_TERMINATED: &str = "terminated";
@@ -148,8 +147,8 @@ fn check_checkpoint_path(path: &str) -> ApiResult<()> {
 /// Checks a spec; the request the scheduler places for it comes back.
 pub fn check_spec(spec: &ClusterSpec) -> ApiResult<RequestSpec> {
     check_name(&spec.name)?;
-    if ![KIND_BATCH, KIND_SERVICE, KIND_RAY].contains(&spec.kind.as_str()) {
-        return Err(field("type", "must be batch, service or ray"));
+    if ![KIND_BATCH, KIND_SERVICE].contains(&spec.kind.as_str()) {
+        return Err(field("type", "must be batch or service"));
     }
     if spec.hours == 0 || spec.hours > crate::rent::HOURS_MAX {
         return Err(field("hours", "must be between 1 and 720"));
@@ -401,10 +400,10 @@ pub async fn order_for(app: &AppState, run: &RunRow) -> ApiResult<Option<NodeOrd
     }))
 }
 
-/// Whether a cluster's nodes get a mesh network: Ray clusters, and any cluster of several
-/// exec nodes (containers keep the engine's network).
+/// Whether a cluster's nodes get a mesh network: any cluster of several exec nodes
+/// (containers keep the engine's network; one node has no one to talk to).
 pub fn has_mesh(spec: &ClusterSpec) -> bool {
-    spec.image.is_none() && (spec.nodes >= 2 || spec.kind == KIND_RAY)
+    spec.image.is_none() && spec.nodes >= 2
 }
 
 /// Each rank's newest run, by rank.
