@@ -19,6 +19,7 @@
 //! or none.
 
 pub mod explain;
+mod hash;
 pub mod market;
 pub mod offers;
 pub mod plan;

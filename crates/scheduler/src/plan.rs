@@ -6,6 +6,7 @@
 //! every renter's second oldest, and so on, so one renter's thousand requests do not lock out
 //! another's one. Ties go to the older request, then the id.
 
+use crate::hash::FxMap;
 use crate::market::Market;
 use crate::types::{
     NodeAssignment, Placement, Plan, Priority, Replacement, Request, Snapshot, WaitReason, Waiting,
@@ -13,6 +14,9 @@ use crate::types::{
 
 /// A normal request that has waited this long is placed with the urgent ones.
 pub const AGING_PROMOTE_MS: i64 = 10 * 60 * 1000;
+
+/// Classes of [`effective_class`].
+const CLASSES: usize = 3;
 
 /// The class a request is placed in at `now_ms`: 0 urgent, 1 normal, 2 deferrable.
 fn effective_class(request: &Request, now_ms: i64) -> u8 {
@@ -27,28 +31,33 @@ fn effective_class(request: &Request, now_ms: i64) -> u8 {
 
 /// The order requests are placed in: indices into `queue`.
 pub fn queue_order(queue: &[Request], now_ms: i64) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..queue.len()).collect();
-    order.sort_by(|&a, &b| {
-        let (ra, rb) = (&queue[a], &queue[b]);
-        (
-            effective_class(ra, now_ms),
-            ra.submitted_at_ms,
-            &ra.request_id,
-        )
-            .cmp(&(
-                effective_class(rb, now_ms),
-                rb.submitted_at_ms,
-                &rb.request_id,
-            ))
+    // The sort keys are copied out of the requests so the sort does not chase every request;
+    // the id (read only on a tie) and then the index make the order total, as a stable sort
+    // by (class, submission, id) would.
+    let mut order: Vec<(u8, i64, usize)> = queue
+        .iter()
+        .enumerate()
+        .map(|(index, r)| (effective_class(r, now_ms), r.submitted_at_ms, index))
+        .collect();
+    order.sort_unstable_by(|a, b| {
+        (a.0, a.1)
+            .cmp(&(b.0, b.1))
+            .then_with(|| queue[a.2].request_id.cmp(&queue[b.2].request_id))
+            .then(a.2.cmp(&b.2))
     });
     // Each request's turn: how many older requests of its renter's are in the same class.
-    let mut turns: std::collections::HashMap<(u8, &str), u32> = std::collections::HashMap::new();
+    let mut renters: FxMap<&str, usize> = FxMap::default();
+    let mut turns: Vec<[u32; CLASSES]> = Vec::new();
     let mut keyed: Vec<(u8, u32, usize)> = order
         .iter()
         .enumerate()
-        .map(|(position, &index)| {
-            let class = effective_class(&queue[index], now_ms);
-            let turn = turns.entry((class, &queue[index].renter_id)).or_default();
+        .map(|(position, &(class, _, index))| {
+            let next = renters.len();
+            let renter = *renters.entry(&queue[index].renter_id).or_insert(next);
+            if renter == turns.len() {
+                turns.push([0; CLASSES]);
+            }
+            let turn = &mut turns[renter][usize::from(class)];
             let key = (class, *turn, position);
             *turn += 1;
             key
@@ -57,7 +66,7 @@ pub fn queue_order(queue: &[Request], now_ms: i64) -> Vec<usize> {
     keyed.sort_unstable();
     keyed
         .into_iter()
-        .map(|(_, _, position)| order[position])
+        .map(|(_, _, position)| order[position].2)
         .collect()
 }
 

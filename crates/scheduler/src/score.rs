@@ -37,18 +37,44 @@ fn feedback_permille(node: &NodeOffer) -> u64 {
     }
 }
 
-fn latency_permille(renter_region: Option<&str>, region: &str) -> u64 {
-    let Some(renter) = renter_region else {
-        return 0;
-    };
-    let continent = |r: &str| r.split('-').next().unwrap_or("").to_owned();
-    if renter == region {
-        0
-    } else if continent(renter) == continent(region) {
-        10
-    } else {
-        30
+/// How far a node is from the renter's region, for the latency penalty.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Distance {
+    /// The request names no renter region: latency does not matter.
+    Irrelevant,
+    SameRegion,
+    SameContinent,
+    Elsewhere,
+}
+
+impl Distance {
+    /// The distance from `renter_region` to `region`; a continent is the part of a region key
+    /// before its first `-`.
+    pub fn between(renter_region: Option<&str>, region: &str) -> Distance {
+        let Some(renter) = renter_region else {
+            return Distance::Irrelevant;
+        };
+        if renter == region {
+            Distance::SameRegion
+        } else if continent(renter) == continent(region) {
+            Distance::SameContinent
+        } else {
+            Distance::Elsewhere
+        }
     }
+
+    fn permille(self) -> u64 {
+        match self {
+            Distance::Irrelevant | Distance::SameRegion => 0,
+            Distance::SameContinent => 10,
+            Distance::Elsewhere => 30,
+        }
+    }
+}
+
+/// The continent of a region key: the part before the first `-`.
+pub fn continent(region: &str) -> &str {
+    region.split('-').next().unwrap_or("")
 }
 
 fn tier_permille(tier: Tier) -> u64 {
@@ -71,14 +97,25 @@ fn scaled(price: u64, perf_ops_per_s: u64, permille: u64) -> u64 {
     u64::try_from(value).unwrap_or(u64::MAX)
 }
 
+/// The penalties that do not depend on the request (reliability, feedback), in ‰.
+pub fn static_permille(node: &NodeOffer) -> u64 {
+    reliability_permille(node) + feedback_permille(node)
+}
+
 /// What the index sorts slots by: price per reference throughput, with the penalties that do
 /// not depend on the request.
 pub fn static_cost(node: &NodeOffer, cheapest: &crate::types::DeviceOffer) -> u64 {
     scaled(
         cheapest.price_per_hour,
         cheapest.perf_ops_per_s,
-        reliability_permille(node) + feedback_permille(node),
+        static_permille(node),
     )
+}
+
+/// `price` (of devices with `perf_ops_per_s` each) scaled to the reference throughput and
+/// raised by `permille`: what every cost here comes down to.
+pub fn cost_with_penalty(price: u64, perf_ops_per_s: u64, permille: u64) -> u64 {
+    scaled(price, perf_ops_per_s, permille)
 }
 
 /// A price scaled to the reference throughput, with no penalty: the objective when every other
@@ -97,6 +134,34 @@ pub fn static_cost_bound(price: u64, perf_ops_per_s: u64) -> u64 {
     )
 }
 
+/// Where a node stands relative to one request: what the request-dependent penalties read.
+#[derive(Debug, Clone, Copy)]
+pub struct Standing {
+    pub distance: Distance,
+    pub tier: Tier,
+    /// Devices the node's supplier has hired, counting what this plan placed.
+    pub supplier_load: u32,
+    /// Whether the node is in a replacement's preferred region (read only for replacements).
+    pub in_preferred_region: bool,
+}
+
+/// The penalties that depend on the request, in ‰: latency, connectivity tier, supplier load,
+/// and for a replacement (`preferred_tier` set) the distance from the failed node.
+pub fn request_permille(standing: &Standing, node_count: u32, preferred_tier: Option<Tier>) -> u64 {
+    let mut permille = standing.distance.permille() + load_permille(standing.supplier_load);
+    // Cluster traffic crosses the links of multi-node requests and of replacements.
+    if node_count > 1 || preferred_tier.is_some() {
+        permille += tier_permille(standing.tier);
+    }
+    if let Some(tier) = preferred_tier {
+        if !standing.in_preferred_region {
+            permille += 50;
+        }
+        permille += 20 * (tier as u64).saturating_sub(standing.tier as u64);
+    }
+    permille
+}
+
 /// The full cost of `price_per_hour` worth of devices on `node` for `request`.
 pub fn full_cost(
     node: &NodeOffer,
@@ -106,20 +171,18 @@ pub fn full_cost(
     request: &Request,
     preferred: Option<&(String, Tier)>,
 ) -> u64 {
-    let mut permille = reliability_permille(node)
-        + feedback_permille(node)
-        + latency_permille(request.renter_region.as_deref(), &node.region)
-        + load_permille(supplier_load);
-    // Cluster traffic crosses the links of multi-node requests and of replacements.
-    if request.node_count > 1 || preferred.is_some() {
-        permille += tier_permille(node.tier);
-    }
-    if let Some((region, tier)) = preferred {
-        if *region != node.region {
-            permille += 50;
-        }
-        permille += 20 * (*tier as u64).saturating_sub(node.tier as u64);
-    }
+    let standing = Standing {
+        distance: Distance::between(request.renter_region.as_deref(), &node.region),
+        tier: node.tier,
+        supplier_load,
+        in_preferred_region: preferred.is_some_and(|(region, _)| *region == node.region),
+    };
+    let permille = static_permille(node)
+        + request_permille(
+            &standing,
+            request.node_count,
+            preferred.map(|(_, tier)| *tier),
+        );
     scaled(price_per_hour, perf_ops_per_s, permille)
 }
 
