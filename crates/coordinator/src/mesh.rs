@@ -92,6 +92,15 @@ impl Meshes {
         if state.runs.len() >= MESH_MEMBERS_MAX && !state.runs.contains_key(run_id) {
             return None;
         }
+        let rejoined = state
+            .clusters
+            .get(cluster_id)
+            .and_then(|mesh| mesh.members.get(&rank))
+            .is_some_and(|m| m.run_id == run_id && m.public_key == public_key);
+        if rejoined {
+            // A worker's new session reports its nodes again: nothing changed.
+            return Some(Vec::new());
+        }
         let member = Member {
             run_id: run_id.to_owned(),
             worker_id: worker_id.to_owned(),
@@ -302,6 +311,11 @@ mod tests {
         assert_eq!(peers[0].endpoint.as_deref(), Some("10.0.0.2:5000"));
         assert_eq!(meshes.route(&[0; 16], 1), Some((0, from)));
         assert_eq!(meshes.route(&[1; 16], 0), None, "rank 0 has not registered");
+        // The same node reported again (a worker's new session) changes nothing.
+        let again = meshes.join("cls_a", 1, "run_a1", "wrk_2", "k1".into(), [1; 16]);
+        assert_eq!(again, Some(Vec::new()));
+        assert_eq!(meshes.peers_if_changed("run_a0", &mut seen), None);
+        assert_eq!(meshes.route(&[0; 16], 1), Some((0, from)));
     }
 
     #[test]

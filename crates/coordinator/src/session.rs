@@ -853,6 +853,7 @@ async fn mesh_joined(
         ));
     };
     bound.mesh_seen.insert(run_id.to_owned(), 0);
+    send_mesh_peers(app, bound);
     for worker_id in affected {
         app.fleet.nudge(&worker_id);
     }

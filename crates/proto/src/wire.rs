@@ -504,14 +504,21 @@ mod tests {
                 interval_ms: 1,
                 bytes_max: 1,
             }),
+            mesh: Some(crate::mesh::MeshOrder {
+                address: std::net::Ipv4Addr::new(100, 64, 0, 1),
+                relay_port: 1,
+                relay_token: "relaysecret".into(),
+            }),
         };
         let shown = format!("{order:?}");
         assert!(
-            shown.contains("HF_TOKEN") && shown.contains("ckpt"),
+            shown.contains("HF_TOKEN") && shown.contains("ckpt") && shown.contains("100.64.0.1"),
             "{shown}"
         );
         assert!(
-            !shown.contains("hf_secretvalue") && !shown.contains("tokensecret"),
+            !shown.contains("hf_secretvalue")
+                && !shown.contains("tokensecret")
+                && !shown.contains("relaysecret"),
             "{shown}"
         );
     }

@@ -318,6 +318,8 @@ async fn session(context: SessionContext<'_>, shutdown: &mut watch::Receiver<boo
     };
     tracing::info!(worker_id = %enrollment.worker_id, devices = device_ids.len(), "control session open");
     runner.set_devices(inventory.gpu_indices(&device_ids));
+    // A restarted coordinator holds no meshes: each live node's key goes again.
+    runner.rejoin_meshes();
     let opened = std::time::Instant::now();
     // Only a session that lasted resets the backoff: two workers fighting over one identity,
     // or a coordinator that drops every session at once, must not be retried at full speed.

@@ -191,6 +191,20 @@ impl MeshTable {
         let runs = self.runs.read().unwrap_or_else(PoisonError::into_inner);
         runs.get(run_id).cloned()
     }
+
+    /// Each started node's `MeshJoined`, sorted by run id.
+    fn joined(&self) -> Vec<WorkerMessage> {
+        let runs = self.runs.read().unwrap_or_else(PoisonError::into_inner);
+        let mut run_ids: Vec<&String> = runs.keys().collect();
+        run_ids.sort();
+        run_ids
+            .into_iter()
+            .map(|run_id| WorkerMessage::MeshJoined {
+                run_id: run_id.clone(),
+                public_key: runs[run_id].public_key(),
+            })
+            .collect()
+    }
 }
 
 /// An order's mesh, as the runner will make it.
@@ -394,6 +408,14 @@ impl Runner {
     /// The table the tunnel consults, shared with it.
     pub fn port_table(&self) -> PortTable {
         self.ports.clone()
+    }
+
+    /// Reports every started node's mesh key again, for a coordinator that may have restarted
+    /// (a session's first messages; joining again changes nothing at one that did not).
+    pub fn rejoin_meshes(&self) {
+        for joined in self.meshes.joined() {
+            self.outbox.push(Kind::Lifecycle, joined);
+        }
     }
 
     /// Gives a run's mesh endpoint its cluster's current peers; nothing for a run without one.
