@@ -12,7 +12,7 @@ use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 
 use ed25519_dalek::SigningKey;
-use flotilla_ledger::log::decode_hash;
+use flotilla_ledger::log::{decode_hash, encode_hash};
 use flotilla_ledger::{AccountId, Balance, Book, Entry, Head, Hold, Op, Outcome, Seen, Transfer};
 use flotilla_store::{
     LedgerAccountRow, LedgerEntryRow, LedgerHeadRow, LedgerHoldRow, LedgerTx, Store,
@@ -47,7 +47,10 @@ pub enum LedgerError {
 }
 
 struct Submission {
+    /// Taken by the writer when it gathers the submission into a batch.
     transfers: Vec<Transfer>,
+    /// How many transfers it carried: how many outcomes its reply takes.
+    count: usize,
     reply: oneshot::Sender<Result<Vec<Outcome>, String>>,
 }
 
@@ -99,8 +102,13 @@ impl Ledger {
             return Err(LedgerError::BadSubmission);
         }
         let (reply, answer) = oneshot::channel();
+        let count = transfers.len();
         self.sender
-            .try_send(Submission { transfers, reply })
+            .try_send(Submission {
+                transfers,
+                count,
+                reply,
+            })
             .map_err(|error| match error {
                 mpsc::error::TrySendError::Full(_) => LedgerError::Busy,
                 mpsc::error::TrySendError::Closed(_) => LedgerError::Stopped,
@@ -161,9 +169,10 @@ async fn write_loop(store: Store, mut receiver: mpsc::Receiver<Submission>) {
             finish(&store, &mut book, inflight.take()).await;
             book = None;
         }
+        let mut submissions = submissions;
         let transfers: Vec<Transfer> = submissions
-            .iter()
-            .flat_map(|s| s.transfers.iter().cloned())
+            .iter_mut()
+            .flat_map(|s| std::mem::take(&mut s.transfers))
             .collect();
         let now_ms = flotilla_proto::time::now_unix_ms();
         let prepared = prepare(&store, &mut book, &transfers, now_ms).await;
@@ -184,11 +193,11 @@ async fn write_loop(store: Store, mut receiver: mpsc::Receiver<Submission>) {
 /// The first submission (or, without one, whatever is waiting) and more, up to a batch.
 fn gather(first: Option<Submission>, receiver: &mut mpsc::Receiver<Submission>) -> Vec<Submission> {
     let mut submissions: Vec<Submission> = first.into_iter().collect();
-    let mut count: usize = submissions.iter().map(|s| s.transfers.len()).sum();
+    let mut count: usize = submissions.iter().map(|s| s.count).sum();
     while count < BATCH_TRANSFERS_MAX {
         match receiver.try_recv() {
             Ok(next) => {
-                count += next.transfers.len();
+                count += next.count;
                 submissions.push(next);
             }
             Err(_) => break,
@@ -206,8 +215,7 @@ fn reply(submissions: Vec<Submission>, result: Result<Vec<Outcome>, LedgerError>
         Ok(outcomes) => {
             let mut outcomes = outcomes.into_iter();
             for submission in submissions {
-                let mine: Vec<Outcome> =
-                    outcomes.by_ref().take(submission.transfers.len()).collect();
+                let mine: Vec<Outcome> = outcomes.by_ref().take(submission.count).collect();
                 let _ = submission.reply.send(Ok(mine));
             }
         }
@@ -289,7 +297,7 @@ fn start(
                 "ledger head",
             )));
         }
-        tx.commit(&rows.entries, &rows.accounts, &rows.holds, &head_row(head))
+        tx.commit(rows.entries, rows.accounts, rows.holds, &head_row(head))
             .await?;
         Ok(())
     });
@@ -382,9 +390,9 @@ async fn try_commit(
     }
     let rows = BatchRows::collect(&book, &outcomes);
     tx.commit(
-        &rows.entries,
-        &rows.accounts,
-        &rows.holds,
+        rows.entries,
+        rows.accounts,
+        rows.holds,
         &head_row(book.head()),
     )
     .await?;
@@ -430,7 +438,7 @@ pub async fn balance(
 fn head_row(head: Head) -> LedgerHeadRow {
     LedgerHeadRow {
         seq: head.seq,
-        hash: hex::encode(head.hash),
+        hash: encode_hash(&head.hash),
         at_ms: head.at_ms,
     }
 }
@@ -484,27 +492,30 @@ async fn load_for(
             serde_json::from_str(&row.body).map_err(|e| LedgerError::Corrupt(e.to_string()))?;
         book.load_hold(hold);
     }
-    let mut accounts = BTreeSet::new();
+    // Borrowed, sorted and deduplicated: a batch names two accounts per transfer, and the
+    // cached book knows most of them, so nothing is copied for those.
+    let mut accounts: Vec<&AccountId> = Vec::with_capacity(2 * transfers.len());
     for transfer in transfers {
-        match &transfer.op {
+        let pair = match &transfer.op {
             Op::Move { debit, credit, .. } | Op::Hold { debit, credit, .. } => {
-                accounts.insert(debit.clone());
-                accounts.insert(credit.clone());
+                Some((debit, credit))
             }
             Op::Post { hold, .. } | Op::Void { hold } | Op::Expire { hold } => {
-                if let Some(hold) = book.hold(hold) {
-                    accounts.insert(hold.debit.clone());
-                    accounts.insert(hold.credit.clone());
-                }
+                book.hold(hold).map(|hold| (&hold.debit, &hold.credit))
             }
-            Op::Record { .. } => {}
+            Op::Record { .. } => None,
+        };
+        if let Some((debit, credit)) = pair {
+            accounts.extend(
+                [debit, credit]
+                    .into_iter()
+                    .filter(|a| !book.knows_account(a)),
+            );
         }
     }
-    let missing: Vec<String> = accounts
-        .iter()
-        .filter(|a| !book.knows_account(a))
-        .map(ToString::to_string)
-        .collect();
+    accounts.sort_unstable();
+    accounts.dedup();
+    let missing: Vec<String> = accounts.into_iter().map(ToString::to_string).collect();
     for row in tx.accounts(&missing).await? {
         let account: AccountId = row
             .id
@@ -542,22 +553,24 @@ impl BatchRows {
             })
             .collect();
         let mut entries = Vec::with_capacity(applied.len());
-        let mut touched_accounts: HashSet<&AccountId> = HashSet::new();
+        // Sorted and deduplicated once at the end (cheaper than hashing each account name),
+        // which also hands the store its balance rows in key order.
+        let mut touched_accounts: Vec<&AccountId> = Vec::with_capacity(2 * applied.len());
         let mut touched_holds: HashSet<&str> = HashSet::new();
         for (index, entry) in applied.iter().enumerate() {
             // Applied entries form one chain: each one's hash is the next one's prev_hash, and
             // the last one's is the head's, so none is hashed twice.
             let hash = applied.get(index + 1).map_or_else(
-                || hex::encode(book.head().hash),
+                || encode_hash(&book.head().hash),
                 |next| next.prev_hash.clone(),
             );
             let digest = book
                 .seen(&entry.id)
-                .map(|seen| hex::encode(seen.digest))
+                .map(|seen| encode_hash(&seen.digest))
                 .expect("an applied id is seen until the book is trimmed");
             if let Some((debit, credit)) = entry.effect.accounts() {
-                touched_accounts.insert(debit);
-                touched_accounts.insert(credit);
+                touched_accounts.push(debit);
+                touched_accounts.push(credit);
             }
             match &entry.effect {
                 flotilla_ledger::Effect::Hold { .. } => {
@@ -570,6 +583,8 @@ impl BatchRows {
             }
             entries.push(entry_row(entry, digest, hash));
         }
+        touched_accounts.sort_unstable();
+        touched_accounts.dedup();
         let accounts = touched_accounts
             .into_iter()
             .map(|account| {

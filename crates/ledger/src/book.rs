@@ -477,7 +477,7 @@ impl Book {
             kind: transfer.kind,
             reference: transfer.reference.clone(),
             effect,
-            prev_hash: hex::encode(self.head.hash),
+            prev_hash: crate::log::encode_hash(&self.head.hash),
         };
         if let Err(error) = self.apply_effect(&entry, undo) {
             return Outcome::Refused(error);

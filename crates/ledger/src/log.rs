@@ -216,6 +216,18 @@ fn merkle_root(hashes: &[Hash]) -> Hash {
 }
 
 /// Parses a hash from its canonical lowercase hex.
+/// A hash in lowercase hex, the one spelling [`decode_hash`] accepts. The same text as
+/// `hex::encode`, which goes a char at a time; this runs for every entry of a batch, twice.
+pub fn encode_hash(hash: &Hash) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut text = Vec::with_capacity(2 * hash.len());
+    for byte in hash {
+        text.push(DIGITS[usize::from(byte >> 4)]);
+        text.push(DIGITS[usize::from(byte & 0x0f)]);
+    }
+    String::from_utf8(text).expect("hex digits are ASCII")
+}
+
 pub fn decode_hash(text: &str) -> Option<Hash> {
     let bytes = hex::decode(text).ok()?;
     let hash: Hash = bytes.try_into().ok()?;

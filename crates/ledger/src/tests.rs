@@ -930,3 +930,23 @@ fn derived_ids_are_always_valid_and_stable() {
     assert_eq!(id, crate::book::derived_id("expire", &long));
     assert_ne!(id, crate::book::derived_id("expire", &"è".repeat(40)));
 }
+
+proptest! {
+    /// The fast hash spelling is `hex::encode`'s, which `decode_hash` reads back.
+    #[test]
+    fn encode_hash_spells_hashes_as_hex_does(hash in any::<[u8; 32]>()) {
+        let text = crate::log::encode_hash(&hash);
+        prop_assert_eq!(&text, &hex::encode(hash));
+        prop_assert_eq!(crate::log::decode_hash(&text), Some(hash));
+    }
+
+    /// Account names print as `OWNER:PURPOSE:TOKEN` and parse back to the same account.
+    #[test]
+    fn account_names_round_trip(owner in "usr_[a-z0-9_]{1,20}", iosd in any::<bool>()) {
+        let token = if iosd { Token::Iosd } else { Token::Io };
+        let account = AccountId::main(&owner, token);
+        let name = account.to_string();
+        prop_assert_eq!(&name, &format!("{owner}:main:{}", token.as_str()));
+        prop_assert_eq!(name.parse::<AccountId>().unwrap(), account);
+    }
+}

@@ -114,12 +114,28 @@ fn placeholders(backend: Backend, first: usize, count: usize) -> String {
     text
 }
 
-/// `($1, $2), ($3, $4), ...` for `rows` rows of `columns` parameters.
+/// `($1, $2), ($3, $4), ...` for `rows` rows of `columns` parameters, written into one
+/// string (a batch's statements hold tens of thousands of parameters).
 fn value_rows(backend: Backend, rows: usize, columns: usize) -> String {
-    (0..rows)
-        .map(|row| format!("({})", placeholders(backend, row * columns + 1, columns)))
-        .collect::<Vec<_>>()
-        .join(", ")
+    let mut text = String::with_capacity(rows * (columns * 8 + 4));
+    for row in 0..rows {
+        if row > 0 {
+            text.push_str(", ");
+        }
+        text.push('(');
+        text.push_str(&placeholders(backend, row * columns + 1, columns));
+        text.push(')');
+    }
+    text
+}
+
+/// `rows` in consecutive chunks of at most `size` (at least one), each owned.
+fn chunks<T>(rows: Vec<T>, size: usize) -> impl Iterator<Item = Vec<T>> {
+    let mut rows = rows.into_iter().peekable();
+    std::iter::from_fn(move || {
+        rows.peek()?;
+        Some(rows.by_ref().take(size.max(1)).collect())
+    })
 }
 
 /// One open ledger transaction, holding the head's lock until commit or drop.
@@ -157,9 +173,12 @@ impl Store {
     }
 
     /// A read-only view of the committed ledger, without the head's lock: for a writer that
-    /// prepares its next batch while the previous one commits.
+    /// prepares its next batch while the previous one commits. A plain (deferred) transaction,
+    /// not [`Store::begin_write`]: on SQLite `BEGIN IMMEDIATE` would wait for the commit in
+    /// flight to release the writer lock, so the next batch could not be prepared beside it.
+    /// In WAL mode it reads a snapshot of the committed state beside the writer instead.
     pub async fn ledger_read(&self) -> Result<LedgerTx> {
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.pool.begin().await?;
         let head = read_head(&mut tx).await?;
         Ok(LedgerTx {
             tx,
@@ -500,40 +519,50 @@ impl LedgerTx {
     }
 
     /// Writes a batch's entries, changed balances and holds, moves the head, and commits. An
-    /// entry id already stored (a racing writer) fails the whole batch with a conflict.
+    /// entry id already stored (a racing writer) fails the whole batch with a conflict. The
+    /// rows are taken by value: each string is moved into its bind parameter, not copied.
     pub async fn commit(
         mut self,
-        entries: &[LedgerEntryRow],
-        accounts: &[LedgerAccountRow],
-        holds: &[LedgerHoldRow],
+        entries: Vec<LedgerEntryRow>,
+        accounts: Vec<LedgerAccountRow>,
+        holds: Vec<LedgerHoldRow>,
         head: &LedgerHeadRow,
     ) -> Result<()> {
         if !self.locked {
             return Err(StoreError::Conflict("ledger head (read-only view)"));
         }
-        for chunk in entries.chunks(PARAMS_PER_STATEMENT_MAX / 8) {
+        // On SQLite `OR FAIL`: a statement that may abort halfway must first copy every page
+        // it changes into a statement journal (spilled to a temporary file past 64 KiB), to
+        // undo just that statement; a quarter of the batch's insert time. A failed statement
+        // here fails the whole transaction, which is dropped and rolled back, so no statement
+        // journal is needed. PostgreSQL has no such clause, nor such a journal.
+        let insert = match self.backend {
+            Backend::Sqlite => "INSERT OR FAIL",
+            Backend::Postgres => "INSERT",
+        };
+        for chunk in chunks(entries, PARAMS_PER_STATEMENT_MAX / 8) {
             let sql = format!(
-                "INSERT INTO ledger_entries ({ENTRY_COLUMNS}) VALUES {}",
+                "{insert} INTO ledger_entries ({ENTRY_COLUMNS}) VALUES {}",
                 value_rows(self.backend, chunk.len(), 8)
             );
             let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
             for e in chunk {
                 query = query
                     .bind(to_i64(e.seq))
-                    .bind(&e.id)
-                    .bind(&e.digest)
+                    .bind(e.id)
+                    .bind(e.digest)
                     .bind(e.at_ms)
-                    .bind(&e.debit_owner)
-                    .bind(&e.credit_owner)
-                    .bind(&e.body)
-                    .bind(&e.hash);
+                    .bind(e.debit_owner)
+                    .bind(e.credit_owner)
+                    .bind(e.body)
+                    .bind(e.hash);
             }
             query
                 .execute(&mut *self.tx)
                 .await
                 .map_err(|e| crate::conflict_on_unique(e, "ledger entry"))?;
         }
-        for chunk in accounts.chunks(PARAMS_PER_STATEMENT_MAX / 5) {
+        for chunk in chunks(accounts, PARAMS_PER_STATEMENT_MAX / 5) {
             let sql = format!(
                 "INSERT INTO ledger_accounts (id, owner, token, posted, held) VALUES {} \
                  ON CONFLICT (id) DO UPDATE SET posted = excluded.posted, held = excluded.held",
@@ -542,15 +571,15 @@ impl LedgerTx {
             let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
             for a in chunk {
                 query = query
-                    .bind(&a.id)
-                    .bind(&a.owner)
-                    .bind(&a.token)
+                    .bind(a.id)
+                    .bind(a.owner)
+                    .bind(a.token)
                     .bind(a.posted)
                     .bind(a.held);
             }
             query.execute(&mut *self.tx).await?;
         }
-        for chunk in holds.chunks(PARAMS_PER_STATEMENT_MAX / 5) {
+        for chunk in chunks(holds, PARAMS_PER_STATEMENT_MAX / 5) {
             let sql = format!(
                 "INSERT INTO ledger_holds (id, debit_owner, body, is_open, expires_at_ms) VALUES {} \
                  ON CONFLICT (id) DO UPDATE SET body = excluded.body, is_open = excluded.is_open",
@@ -559,9 +588,9 @@ impl LedgerTx {
             let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
             for h in chunk {
                 query = query
-                    .bind(&h.id)
-                    .bind(&h.debit_owner)
-                    .bind(&h.body)
+                    .bind(h.id)
+                    .bind(h.debit_owner)
+                    .bind(h.body)
                     .bind(i64::from(h.is_open))
                     .bind(h.expires_at_ms);
             }
