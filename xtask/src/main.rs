@@ -151,6 +151,25 @@ fn ensure_chromium() -> bool {
     ensure_installed("chromium", present, &["chromium", "chromium-driver"])
 }
 
+/// Ray clusters' tests need Ray's environment: made once under `target/test-tools` (the
+/// worker's own code installs it, from PyPI); none where that fails (no network, no Python),
+/// and those tests say they did not run.
+fn ensure_ray() -> Option<std::path::PathBuf> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-tools");
+    let environments = flotilla_worker::ray::RayEnvironments::new(dir.clone());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .ok()?;
+    match runtime.block_on(environments.ready()) {
+        Ok(_) => Some(dir),
+        Err(error) => {
+            eprintln!("xtask: no Ray environment ({error}); the Ray tests will not run");
+            None
+        }
+    }
+}
+
 /// Removes the network namespaces of nodes whose workers the tests killed (a killed worker
 /// cannot remove its nodes' namespaces; a restarted one sweeps its own, but a test's data
 /// directory is gone). Only namespaces no process is in are removed.
@@ -215,6 +234,11 @@ fn test(filters: &[String]) -> Result<()> {
     }
     if browser {
         command.env("FLOTILLA_REQUIRE_BROWSER", "1");
+    }
+    if let Some(dir) = ensure_ray() {
+        command
+            .env("FLOTILLA_TEST_RAY_DIR", dir)
+            .env("FLOTILLA_REQUIRE_RAY", "1");
     }
     let result = run(&mut command);
     drop(server);

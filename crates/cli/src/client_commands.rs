@@ -77,6 +77,9 @@ pub enum ClientCommand {
     /// Deploy a cluster: quote, confirm, hold the total in escrow, run the command on every
     /// node. `flotilla deploy --nodes 2 --hours 1 --yes -- sh -c 'echo $FLOTILLA_NODE_RANK'`
     Deploy(crate::cluster_commands::DeployArgs),
+    /// Ray clusters: submit a job to one and follow it to its end.
+    #[command(subcommand)]
+    Ray(crate::ray_commands::RayCommand),
     /// Reach a port of a node of a running cluster: a local listener, or `--stdio` (for
     /// `ssh -o ProxyCommand='flotilla connect CLUSTER --node 0 --port 22 --stdio' user@node`).
     Connect(crate::cluster_commands::ConnectArgs),
@@ -252,6 +255,7 @@ pub async fn run(command: ClientCommand) -> Result<()> {
         ClientCommand::Market(command) => crate::market_commands::market(command).await,
         ClientCommand::Requests(command) => crate::market_commands::requests(command).await,
         ClientCommand::Deploy(args) => crate::cluster_commands::deploy(args).await,
+        ClientCommand::Ray(command) => crate::ray_commands::run(command).await,
         ClientCommand::Connect(args) => crate::cluster_commands::connect(args).await,
         ClientCommand::Clusters(command) => crate::cluster_commands::clusters(command).await,
         ClientCommand::Wallet(command) => crate::ledger_commands::wallet(command).await,

@@ -32,7 +32,8 @@ pub struct DeployArgs {
     /// Letters, digits, '-' and '_'.
     #[arg(long)]
     name: Option<String>,
-    /// batch (done when every node exits 0) or service.
+    /// batch (done when every node exits 0), service, or ray (a Ray cluster, no command; submit
+    /// jobs with `flotilla ray submit`).
     #[arg(long = "type", default_value = "batch")]
     kind: String,
     #[arg(long, default_value_t = 1)]
@@ -164,7 +165,7 @@ pub fn read_spec(path: &Path) -> Result<ClusterSpec> {
 }
 
 fn spec_from_flags(args: &DeployArgs) -> Result<ClusterSpec> {
-    if args.command.is_empty() {
+    if args.command.is_empty() && args.kind != "ray" {
         bail!("give the command after --, such as: flotilla deploy --nodes 2 -- echo hi");
     }
     let budget_per_hour = args

@@ -286,6 +286,7 @@ async fn worker_config(
         cpu_device: index == 0,
         hostname: Some(format!("dev-worker-{index}")),
         docker_socket: None,
+        ray_dir: None,
     })
 }
 

@@ -8,6 +8,7 @@ mod ledger_commands;
 mod market_commands;
 mod output;
 mod profile;
+mod ray_commands;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -180,6 +181,10 @@ struct WorkerArgs {
     /// else /var/run/docker.sock when present).
     #[arg(long)]
     docker_socket: Option<PathBuf>,
+    /// Where the Python environment with Ray for `ray` clusters is made and kept (default:
+    /// DATA/ray).
+    #[arg(long, env = "FLOTILLA_RAY_DIR")]
+    ray_dir: Option<PathBuf>,
 }
 
 fn init_logging(format: LogFormat) {
@@ -294,6 +299,7 @@ async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
         cpu_device: !args.no_cpu,
         hostname: args.name,
         docker_socket: args.docker_socket,
+        ray_dir: args.ray_dir,
     };
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut worker = tokio::spawn(flotilla_worker::run(config, stopped));

@@ -71,7 +71,8 @@ impl Client {
         }
     }
 
-    /// GET `path` (relative to `/api/v1`, or absolute from `/`).
+    /// GET `path` (relative to `/api/v1`, or absolute from `/` for `/api/`, `/t/` and
+    /// `/metrics`).
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
         self.send(self.http.get(self.url(path))).await
     }
@@ -106,13 +107,20 @@ impl Client {
         String::from_utf8(bytes).map_err(|e| ClientError::Decode(e.to_string()))
     }
 
+    /// PUT raw bytes; the answer's bytes come back.
+    pub async fn put_bytes(&self, path: &str, body: Vec<u8>) -> Result<Vec<u8>, ClientError> {
+        self.send_raw(self.http.put(self.url(path)).body(body))
+            .await
+    }
+
     /// POST with an empty JSON object.
     pub async fn post_empty<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
         self.post(path, &serde_json::json!({})).await
     }
 
     fn url(&self, path: &str) -> String {
-        if path.starts_with("/api/") || path == "/metrics" {
+        // `/t/...` reaches a node's port through the tunnel.
+        if path.starts_with("/api/") || path.starts_with("/t/") || path == "/metrics" {
             format!("{}{path}", self.base_url)
         } else {
             format!("{}/api/v1/{}", self.base_url, path.trim_start_matches('/'))

@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use flotilla_proto::api::{ClusterSpec, RequestSpec};
 use flotilla_proto::id::{IdKind, new_id};
-use flotilla_proto::mesh::MeshOrder;
+use flotilla_proto::mesh::{MeshOrder, RAY_DASHBOARD_PORT, RayOrder, node_address};
 use flotilla_proto::wire::{CheckpointOrder, LogStream, NodeOrder};
 use flotilla_store::{
     ClusterRow, PlacementRow, REQUEST_PLACED, RUN_ASSIGNED, RUN_EXITED, RUN_FAILED, RUN_LOST,
@@ -31,9 +31,10 @@ use crate::error::{ApiError, ApiResult};
 use crate::{AppState, now_ms};
 
 /// Cluster types: `batch` is done when every node exits 0; `service` runs until terminated
-/// or expired.
+/// or expired; `ray` runs a Ray cluster over the cluster's mesh until terminated or expired.
 pub const KIND_BATCH: &str = "batch";
 pub const KIND_SERVICE: &str = "service";
+pub const KIND_RAY: &str = "ray";
 pub const CLUSTER_COMPLETED: &str = "completed";
 pub const CLUSTER_FAILED: &str = "failed";
 pub const CLUSTER_TERMINATED: &str = "terminated";
@@ -147,24 +148,16 @@ fn check_checkpoint_path(path: &str) -> ApiResult<()> {
 /// Checks a spec; the request the scheduler places for it comes back.
 pub fn check_spec(spec: &ClusterSpec) -> ApiResult<RequestSpec> {
     check_name(&spec.name)?;
-    if ![KIND_BATCH, KIND_SERVICE].contains(&spec.kind.as_str()) {
-        return Err(field("type", "must be batch or service"));
+    if ![KIND_BATCH, KIND_SERVICE, KIND_RAY].contains(&spec.kind.as_str()) {
+        return Err(field("type", "must be batch, service or ray"));
     }
     if spec.hours == 0 || spec.hours > crate::rent::HOURS_MAX {
         return Err(field("hours", "must be between 1 and 720"));
     }
-    let command_ok = !spec.command.is_empty()
-        && !spec.command[0].is_empty()
-        && spec.command.len() <= COMMAND_ARGS_MAX
-        && spec
-            .command
-            .iter()
-            .all(|a| a.len() <= SPEC_STRING_BYTES_MAX && !a.contains('\0'));
-    if !command_ok {
-        return Err(field(
-            "command",
-            "must name a program, with at most 256 arguments and no NUL bytes",
-        ));
+    if spec.kind == KIND_RAY {
+        check_ray(spec)?;
+    } else {
+        check_command(&spec.command)?;
     }
     check_env("env", &spec.env)?;
     check_env("secret_env", &spec.secret_env)?;
@@ -208,6 +201,49 @@ pub fn check_spec(spec: &ClusterSpec) -> ApiResult<RequestSpec> {
     crate::scheduling::to_request("clu_check", "usr_check", &planned_shape(&request), 0)
         .map_err(|e| ApiError::invalid(e.field, e.message))?;
     Ok(request)
+}
+
+/// A command names a program, with bounded arguments and no NUL bytes.
+fn check_command(command: &[String]) -> ApiResult<()> {
+    let command_ok = !command.is_empty()
+        && !command[0].is_empty()
+        && command.len() <= COMMAND_ARGS_MAX
+        && command
+            .iter()
+            .all(|a| a.len() <= SPEC_STRING_BYTES_MAX && !a.contains('\0'));
+    if !command_ok {
+        return Err(field(
+            "command",
+            "must name a program, with at most 256 arguments and no NUL bytes",
+        ));
+    }
+    Ok(())
+}
+
+/// A Ray cluster runs Ray on exec nodes joined by the mesh; jobs come through its job API.
+fn check_ray(spec: &ClusterSpec) -> ApiResult<()> {
+    if !spec.command.is_empty() {
+        return Err(field(
+            "command",
+            "a ray cluster runs Ray itself: leave the command out and submit jobs with `flotilla ray submit`",
+        ));
+    }
+    if spec.image.is_some() {
+        return Err(field(
+            "image",
+            "ray clusters run on exec nodes, without an image",
+        ));
+    }
+    Ok(())
+}
+
+/// The ports a cluster's nodes serve: the declared ones, and Ray's dashboard on a Ray cluster.
+pub fn declared_ports(spec: &ClusterSpec) -> Vec<u16> {
+    let mut ports = spec.ports.clone();
+    if spec.kind == KIND_RAY && !ports.contains(&RAY_DASHBOARD_PORT) {
+        ports.push(RAY_DASHBOARD_PORT);
+    }
+    ports
 }
 
 /// What the scheduler plans for a quote: without a budget, a cluster takes the market's price
@@ -381,7 +417,7 @@ pub async fn order_for(app: &AppState, run: &RunRow) -> ApiResult<Option<NodeOrd
         env,
         device_ids,
         peers,
-        ports: spec.ports.clone(),
+        ports: declared_ports(&spec),
         memory_bytes_max: spec.memory_mib.unwrap_or(MEMORY_MIB_DEFAULT) << 20,
         cpu_millis_max: u64::from(cpus_of(&spec)) * 1_000,
         wall_limit_ms: u64::from(crate::rent::HOURS_MAX) * 3_600_000,
@@ -393,17 +429,20 @@ pub async fn order_for(app: &AppState, run: &RunRow) -> ApiResult<Option<NodeOrd
             bytes_max: CHECKPOINT_BYTES_MAX,
         }),
         mesh: has_mesh(&spec).then(|| MeshOrder {
-            address: flotilla_proto::mesh::node_address(&run.cluster_id, run.node_rank),
+            address: node_address(&run.cluster_id, run.node_rank),
             relay_port: app.tunnels.offer().port,
             relay_token: hex::encode(crate::mesh::relay_token(app, &run.id)),
+        }),
+        ray: (spec.kind == KIND_RAY).then(|| RayOrder {
+            head_address: node_address(&run.cluster_id, 0),
         }),
     }))
 }
 
-/// Whether a cluster's nodes get a mesh network: any cluster of several exec nodes
-/// (containers keep the engine's network; one node has no one to talk to).
+/// Whether a cluster's nodes get a mesh network: Ray clusters, and any cluster of several
+/// exec nodes (containers keep the engine's network; one node has no one to talk to).
 pub fn has_mesh(spec: &ClusterSpec) -> bool {
-    spec.image.is_none() && spec.nodes >= 2
+    spec.image.is_none() && (spec.nodes >= 2 || spec.kind == KIND_RAY)
 }
 
 /// Each rank's newest run, by rank.

@@ -570,7 +570,9 @@ pub struct FeedbackRequest {
 pub struct ClusterSpec {
     /// Letters, digits, `-` and `_`, at most 64.
     pub name: String,
-    /// `batch` (done when every node exits 0) or `service` (runs until terminated or expired).
+    /// `batch` (done when every node exits 0), `service` (runs until terminated or expired),
+    /// or `ray` (a Ray cluster over the cluster's mesh, until terminated or expired; jobs go
+    /// through `flotilla ray submit`).
     #[serde(rename = "type")]
     pub kind: String,
     pub nodes: u32,
@@ -589,7 +591,8 @@ pub struct ClusterSpec {
     /// The token rent is paid in: IOSD.
     #[serde(default = "default_token")]
     pub token: String,
-    /// The program and its arguments.
+    /// The program and its arguments; none for a `ray` cluster.
+    #[serde(default)]
     pub command: Vec<String>,
     #[serde(default)]
     pub env: std::collections::BTreeMap<String, String>,

@@ -78,6 +78,20 @@ pub struct MeshPeer {
     pub endpoint: Option<String>,
 }
 
+/// The Ray release `ray` clusters run, installed from PyPI as `ray[default]`.
+pub const RAY_VERSION: &str = "2.60.0";
+/// Ray's ports on the head node: the cluster's GCS, and the dashboard (with the job API).
+pub const RAY_GCS_PORT: u16 = 6379;
+pub const RAY_DASHBOARD_PORT: u16 = 8265;
+
+/// A node's part in a Ray cluster: the worker starts Ray itself, the head on rank 0 and a
+/// Ray worker joining the head's overlay address on the others.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RayOrder {
+    pub head_address: Ipv4Addr,
+}
+
 /// Bytes of a relay token.
 pub const RELAY_TOKEN_BYTES: usize = 16;
 /// The first bytes of every relay datagram.

@@ -118,6 +118,9 @@ pub struct NodeOrder {
     /// The node's place in its cluster's mesh network, if the cluster has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mesh: Option<crate::mesh::MeshOrder>,
+    /// Run Ray on this node instead of `argv` (a `ray` cluster).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ray: Option<crate::mesh::RayOrder>,
 }
 
 /// Where a node's checkpoints go: the worker uploads the directory `path` (under the work
@@ -154,6 +157,7 @@ impl std::fmt::Debug for NodeOrder {
             .field("image", &self.image)
             .field("checkpoint", &self.checkpoint)
             .field("mesh", &self.mesh)
+            .field("ray", &self.ray)
             .finish()
     }
 }
@@ -509,6 +513,7 @@ mod tests {
                 relay_port: 1,
                 relay_token: "relaysecret".into(),
             }),
+            ray: None,
         };
         let shown = format!("{order:?}");
         assert!(

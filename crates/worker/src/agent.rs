@@ -64,6 +64,9 @@ pub struct WorkerConfig {
     /// The Docker engine's socket for nodes with an image (`--docker-socket`); none: the
     /// `DOCKER_HOST` unix socket, else `/var/run/docker.sock` when present.
     pub docker_socket: Option<PathBuf>,
+    /// Where Ray's Python environment is made and kept (`--ray-dir`); none:
+    /// `<data_dir>/ray`.
+    pub ray_dir: Option<PathBuf>,
 }
 
 /// How a session ended.
@@ -93,7 +96,8 @@ pub async fn run(
     )?;
     let mut runner = Runner::new(&config.data_dir)?
         .with_container_engine(crate::container::locate(config.docker_socket.as_deref()))
-        .with_coordinator(&config.coordinator_url);
+        .with_coordinator(&config.coordinator_url)
+        .with_ray_dir(config.ray_dir.clone());
     tracing::info!(worker_id = %enrollment.worker_id, devices = inventory.hardware().len(), "worker starting");
     // The tunnel lives beside the sessions; each welcome tells it where to go.
     let (tunnel_offers, offers) = watch::channel(None);

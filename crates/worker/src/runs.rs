@@ -37,6 +37,7 @@ use crate::checkpoint::{Checkpoint, CheckpointStore, Uploads};
 use crate::container::{ContainerError, Engine};
 use crate::mesh::MeshNode;
 use crate::netns::{NodeNetwork, NodeNetworks};
+use crate::ray::RayEnvironments;
 use crate::sandbox::{Chunk, Ended, Ending, Sandbox, SandboxSpec};
 
 /// Runs at once on one worker, counting runs whose end is not yet handed to the agent.
@@ -244,6 +245,8 @@ pub struct Runner {
     meshes: MeshTable,
     /// The coordinator's host name or address (its relay's host).
     coordinator_host: String,
+    /// Where Ray's environment is, for nodes of `ray` clusters.
+    ray: RayEnvironments,
     /// Reports of runs that ended and were handed over, oldest first.
     finished: VecDeque<WorkerMessage>,
     outbox: Arc<Outbox>,
@@ -291,6 +294,7 @@ impl Runner {
             networks: Arc::new(NodeNetworks::shared()),
             meshes: MeshTable::default(),
             coordinator_host: "127.0.0.1".to_owned(),
+            ray: RayEnvironments::new(data_dir.join("ray")),
             finished: VecDeque::new(),
             outbox: Arc::default(),
         })
@@ -327,6 +331,14 @@ impl Runner {
             runtime.spawn(async move { sweeper.sweep_leftovers().await });
         }
         self.engine = Some(engine);
+        self
+    }
+
+    /// Makes and keeps Ray's environment in `dir` (none: `<data_dir>/ray`).
+    pub fn with_ray_dir(mut self, dir: Option<PathBuf>) -> Runner {
+        if let Some(dir) = dir {
+            self.ray = RayEnvironments::new(dir);
+        }
         self
     }
 
@@ -527,15 +539,35 @@ impl Runner {
             }
         }
         let mesh = self.mesh_plan(order);
+        let mut argv = order.argv.clone();
+        let mut env = node_env(order, mesh.is_some());
+        let mut read_only_binds = vec![];
+        if let Some(ray) = &order.ray {
+            if mesh.is_none() {
+                return Err("a ray node needs the cluster mesh: run the worker as root".to_owned());
+            }
+            let cpus = (order.cpu_millis_max / 1_000).max(1);
+            let (ray_argv, ray_env) = crate::ray::node_command(
+                ray.head_address,
+                cpus,
+                gpu_indices.len(),
+                order.memory_bytes_max,
+            );
+            argv = ray_argv;
+            env.retain(|(name, _)| !ray_env.iter().any(|(own, _)| own == name));
+            env.extend(ray_env);
+            read_only_binds.push((self.ray.path(), PathBuf::from(crate::ray::RAY_MOUNT)));
+        }
         let spec = SandboxSpec {
-            argv: order.argv.clone(),
-            env: node_env(order, mesh.is_some()),
+            argv,
+            env,
             work_dir: self.runs_dir.join(&order.run_id),
             gpu_indices,
             memory_bytes_max: order.memory_bytes_max,
             cpu_millis_max: order.cpu_millis_max,
             wall_limit: Duration::from_millis(order.wall_limit_ms),
             network_namespace: None,
+            read_only_binds,
         };
         spec.check().map_err(|e| e.to_string())?;
         let checkpoint = self.checkpoint(order, &spec.work_dir)?;
@@ -546,6 +578,7 @@ impl Runner {
             ports: order.ports.clone(),
             port_table: self.ports.clone(),
             mesh,
+            ray: order.ray.as_ref().map(|_| self.ray.clone()),
         })
     }
 
@@ -658,6 +691,8 @@ struct Plan {
     ports: Vec<u16>,
     port_table: PortTable,
     mesh: Option<MeshPlan>,
+    /// Ray's environment, made before the node starts, for a node of a `ray` cluster.
+    ray: Option<RayEnvironments>,
 }
 
 /// What runs a node.
@@ -854,6 +889,15 @@ async fn supervise(
     if let Some(checkpoint) = &plan.checkpoint {
         tokio::select! {
             () = checkpoint.restore() => {}
+            reason = &mut stop => return exited(run_id, None, "stopped", stop_reason(reason)),
+        }
+    }
+    if let Some(ray) = &plan.ray {
+        tokio::select! {
+            ready = ray.ready() => if let Err(message) = ready {
+                tracing::warn!(%run_id, %message, "no Ray environment");
+                return exited(run_id, None, "start_failed", format!("cannot install Ray: {message}"));
+            },
             reason = &mut stop => return exited(run_id, None, "stopped", stop_reason(reason)),
         }
     }

@@ -96,6 +96,9 @@ pub struct SandboxSpec {
     /// The network namespace (a name under /run/netns) the node runs in; none: the worker's.
     /// The exec driver's only; a container has a network of its engine's making.
     pub network_namespace: Option<String>,
+    /// Directories the node may read besides the system's: (on the host, in the sandbox).
+    /// Never under the work directory's mount.
+    pub read_only_binds: Vec<(PathBuf, PathBuf)>,
 }
 
 /// Why a command could not run (not why it failed: that is its exit status).
@@ -228,6 +231,13 @@ pub fn bwrap_args(spec: &SandboxSpec, exists: impl Fn(&Path) -> bool) -> Vec<OsS
         }
     }
     push(&["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]);
+    for (host, inside) in &spec.read_only_binds {
+        args.extend([
+            "--ro-bind".into(),
+            host.clone().into(),
+            inside.clone().into(),
+        ]);
+    }
     // A private /dev holds no GPU: the driver's control nodes and the node's own GPUs come in.
     for path in gpu_device_paths(&spec.gpu_indices) {
         if exists(Path::new(&path)) {
@@ -580,6 +590,7 @@ mod tests {
             cpu_millis_max: 0,
             wall_limit: Duration::from_secs(20),
             network_namespace: None,
+            read_only_binds: vec![],
         }
     }
 

@@ -164,17 +164,36 @@ async fn until_output(
     attempt: u32,
     needle: &str,
 ) -> String {
-    let found = eventually(Duration::from_secs(40), || async {
+    until_output_within(market, cluster, rank, attempt, needle, 40).await
+}
+
+async fn until_output_within(
+    market: &Market,
+    cluster: &str,
+    rank: u32,
+    attempt: u32,
+    needle: &str,
+    limit_s: u64,
+) -> String {
+    let found = eventually(Duration::from_secs(limit_s), || async {
         let text = output_of(market, cluster, rank, attempt).await;
         text.contains(needle).then_some(text)
     })
     .await;
     match found {
         Some(text) => text,
-        None => panic!(
-            "rank {rank} attempt {attempt} never printed {needle:?}: {}",
-            output_of(market, cluster, rank, attempt).await
-        ),
+        None => {
+            let logs = all_logs(&market.renter, cluster).await;
+            let everything: Vec<String> = logs
+                .lines
+                .iter()
+                .map(|l| format!("[{} {}] {}", l.node_rank, l.attempt, l.text))
+                .collect();
+            panic!(
+                "rank {rank} attempt {attempt} never printed {needle:?}; the cluster's log:\n{}",
+                everything.concat()
+            )
+        }
     }
 }
 
@@ -186,6 +205,15 @@ fn service(nodes: u32, program: &str) -> ClusterSpec {
 }
 
 async fn meshed_market(db: Db, spaces: &[WorkerNamespace], relay_only: bool) -> Market {
+    meshed_market_with(db, spaces, relay_only, &[]).await
+}
+
+async fn meshed_market_with(
+    db: Db,
+    spaces: &[WorkerNamespace],
+    relay_only: bool,
+    worker_flags: &[&str],
+) -> Market {
     forward_between_workers();
     let mut flags = market_flags("500");
     flags.extend(["--tunnel-listen", "0.0.0.0:0"]);
@@ -199,8 +227,11 @@ async fn meshed_market(db: Db, spaces: &[WorkerNamespace], relay_only: bool) -> 
         |coordinator, dir, token, index| {
             let space = &spaces[index];
             let url = space.coordinator_url(coordinator);
-            let program = ["ip", "netns", "exec", space.name.as_str(), BIN];
-            coordinator.worker_through(&program, &url, dir, Some(token), "H100x1", &[])
+            // nsenter changes the network namespace only: `ip netns exec` would also mount a fresh
+            // /sys, hiding the cgroups the worker limits its nodes with.
+            let network = format!("--net=/run/netns/{}", space.name);
+            let program = ["nsenter", network.as_str(), BIN];
+            coordinator.worker_through(&program, &url, dir, Some(token), "H100x1", worker_flags)
         },
     )
     .await
@@ -277,3 +308,103 @@ async fn the_relay_carries_a_mesh_when_nodes_are_given_no_direct_path(db: Db) {
     assert!(reached.contains(&format!("saw {rank0}")), "{reached}");
 }
 on_both_databases!(the_relay_carries_a_mesh_when_nodes_are_given_no_direct_path);
+
+/// Where the test command put Ray's environment (`FLOTILLA_TEST_RAY_DIR`); without one (and
+/// unless `FLOTILLA_REQUIRE_RAY=1`), the Ray test says so and stops.
+fn ray_dir() -> Option<String> {
+    let dir = std::env::var("FLOTILLA_TEST_RAY_DIR").ok();
+    assert!(
+        dir.is_some() || std::env::var("FLOTILLA_REQUIRE_RAY").as_deref() != Ok("1"),
+        "FLOTILLA_REQUIRE_RAY=1 but FLOTILLA_TEST_RAY_DIR is not set"
+    );
+    if dir.is_none() {
+        eprintln!("no Ray environment: the Ray test did not run");
+    }
+    dir
+}
+
+/// A Ray job that runs tasks spread over the cluster and prints on how many nodes they ran.
+const RAY_JOB: &str = "\
+import ray, time
+ray.init()
+
+@ray.remote(num_cpus=1)
+def where():
+    time.sleep(1)
+    return ray.get_runtime_context().get_node_id()
+
+@ray.remote
+def square(x):
+    return x * x
+
+ids = set(ray.get([where.options(scheduling_strategy='SPREAD').remote() for _ in range(8)]))
+print('nodes:', len(ids))
+print('sum of squares:', sum(ray.get([square.remote(i) for i in range(10)])))
+";
+
+/// Submits the job with the CLI; its output.
+fn submit_job(market: &Market, cluster: &str, dir: &std::path::Path) -> String {
+    let dir = dir.to_string_lossy();
+    let args = [
+        "ray",
+        "submit",
+        cluster,
+        "--working-dir",
+        &dir,
+        "--",
+        "python",
+        "job.py",
+    ];
+    let (ok, stdout, stderr) = crate::clusters::cli(&market.coordinator, &market.renter_key, &args);
+    assert!(ok, "ray submit failed: {stdout}\n{stderr}");
+    stdout
+}
+
+/// A one-node Ray cluster starts its head with the dashboard reachable through the tunnel,
+/// and a job submitted with `flotilla ray submit` runs in the uploaded working directory and
+/// reports its result. Ray does not touch the database, so this runs on SQLite only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ray_cluster_starts_and_runs_a_submitted_job() {
+    if !sandbox_ready() || !flotilla_worker::sandbox::running_as_root() {
+        return;
+    }
+    let Some(ray_dir) = ray_dir() else { return };
+    let worker_flags = ["--ray-dir", ray_dir.as_str()];
+    let market = crate::clusters::market_with(Db::Sqlite, 1, "500", &worker_flags).await;
+    let ray = ClusterSpec {
+        kind: "ray".into(),
+        cpus: Some(2),
+        ..spec(1, &[])
+    };
+    let deployed: ClusterInfo = market.renter.post("clusters", &ray).await.unwrap();
+    let running = until_state(&market.renter, &deployed.id, "running", 60).await;
+    assert!(
+        running
+            .port_links
+            .iter()
+            .any(|l| l.port == flotilla_proto::mesh::RAY_DASHBOARD_PORT),
+        "{:?}",
+        running.port_links
+    );
+    until_output_within(&market, &deployed.id, 0, 1, "cluster ready: 1 of 1", 300).await;
+    let job_dir = tempfile::tempdir().unwrap();
+    std::fs::write(job_dir.path().join("job.py"), RAY_JOB).unwrap();
+    let output = submit_job(&market, &deployed.id, job_dir.path());
+    assert!(output.contains("nodes: 1"), "{output}");
+    assert!(output.contains("sum of squares: 285"), "{output}");
+    // A job that fails says so, and the command exits non-zero.
+    std::fs::write(job_dir.path().join("job.py"), "raise SystemExit(3)\n").unwrap();
+    let dir = job_dir.path().to_string_lossy();
+    let args = [
+        "ray",
+        "submit",
+        &deployed.id,
+        "--working-dir",
+        &dir,
+        "--",
+        "python",
+        "job.py",
+    ];
+    let (ok, _, stderr) = crate::clusters::cli(&market.coordinator, &market.renter_key, &args);
+    assert!(!ok && stderr.contains("failed"), "{stderr}");
+}

@@ -555,7 +555,7 @@ async fn info(app: &AppState, row: ClusterRow) -> ApiResult<ClusterInfo> {
         node.tunnel = traffic.remove(&node.run_id).unwrap_or_default();
     }
     let port_links = if row.state == CLUSTER_RUNNING {
-        port_links(&row.id, &nodes, &spec.ports)
+        port_links(&row.id, &nodes, &crate::clusters::declared_ports(&spec))
     } else {
         Vec::new()
     };

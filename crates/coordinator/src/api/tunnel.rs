@@ -47,7 +47,7 @@ async fn target(
     }
     let spec: ClusterSpec = serde_json::from_str(&cluster.spec)
         .map_err(|e| ApiError::Internal(format!("stored cluster spec: {e}")))?;
-    if !spec.ports.contains(&query.port) {
+    if !crate::clusters::declared_ports(&spec).contains(&query.port) {
         return Err(ApiError::invalid(
             "port",
             "is not one of the ports the cluster declared",

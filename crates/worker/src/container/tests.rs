@@ -16,6 +16,7 @@ fn spec(gpu_indices: Vec<u32>) -> SandboxSpec {
         cpu_millis_max: 0,
         wall_limit: Duration::from_secs(5),
         network_namespace: None,
+        read_only_binds: vec![],
     }
 }
 

@@ -24,6 +24,7 @@ pub(super) fn order(run_id: &str, script: &str) -> NodeOrder {
         image: None,
         checkpoint: None,
         mesh: None,
+        ray: None,
     }
 }
 

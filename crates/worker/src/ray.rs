@@ -1,0 +1,196 @@
+//! Ray on a node of a `ray` cluster: the worker keeps one Python environment with the pinned
+//! Ray release (`ray[default]`, from PyPI, made once under the Ray directory and reused), and
+//! runs a small supervisor in the node's sandbox instead of a renter's command. The supervisor
+//! starts the Ray head on rank 0 at the node's mesh address and prints when every node has
+//! joined; on other ranks it waits for the head's port on the mesh, joins with `ray start
+//! --block`, and joins again whenever the head comes back (a replaced head restarts the Ray
+//! cluster). CPUs and GPUs are declared from the node's assignment.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use flotilla_proto::mesh::{RAY_DASHBOARD_PORT, RAY_GCS_PORT, RAY_VERSION};
+use tokio::sync::Mutex;
+
+/// The Python the environment is made with: the system's, which nodes' sandboxes see too.
+const SYSTEM_PYTHON: &str = "/usr/bin/python3";
+/// Ray's object store on a node: this share of the node's memory limit, at least Ray's
+/// minimum.
+const OBJECT_STORE_SHARE_PCT: u64 = 25;
+const OBJECT_STORE_BYTES_MIN: u64 = 80 << 20;
+/// How long installing Ray may take.
+const INSTALL_TIMEOUT_MS: u64 = 15 * 60 * 1000;
+
+/// Where Ray environments live, and the lock that makes one at a time.
+#[derive(Debug, Clone)]
+pub struct RayEnvironments {
+    dir: PathBuf,
+    making: Arc<Mutex<()>>,
+}
+
+impl RayEnvironments {
+    pub fn new(dir: PathBuf) -> RayEnvironments {
+        RayEnvironments {
+            dir,
+            making: Arc::default(),
+        }
+    }
+
+    /// The pinned release's environment directory.
+    pub fn path(&self) -> PathBuf {
+        self.dir.join(format!("ray-{RAY_VERSION}"))
+    }
+
+    /// The environment, made first if it is not there (minutes, once per worker).
+    pub async fn ready(&self) -> Result<PathBuf, String> {
+        let path = self.path();
+        if installed(&path) {
+            return Ok(path);
+        }
+        let _making = self.making.lock().await;
+        if installed(&path) {
+            return Ok(path);
+        }
+        tracing::info!(path = %path.display(), "installing Ray {RAY_VERSION}");
+        // A venv's scripts name its path, so it is made in place; the marker says it is whole.
+        let _ = tokio::fs::remove_dir_all(&path).await;
+        tokio::fs::create_dir_all(&self.dir)
+            .await
+            .map_err(|e| format!("cannot make {}: {e}", self.dir.display()))?;
+        let install = async {
+            run(SYSTEM_PYTHON, &["-m", "venv", &path.to_string_lossy()]).await?;
+            let pip = path.join("bin/pip");
+            let package = format!("ray[default]=={RAY_VERSION}");
+            run(&pip.to_string_lossy(), &["install", "-q", &package]).await
+        };
+        let limit = std::time::Duration::from_millis(INSTALL_TIMEOUT_MS);
+        tokio::time::timeout(limit, install)
+            .await
+            .map_err(|_| "installing Ray timed out".to_owned())??;
+        tokio::fs::write(path.join(READY_MARKER), b"")
+            .await
+            .map_err(|e| format!("cannot mark Ray's environment ready: {e}"))?;
+        Ok(path)
+    }
+}
+
+/// Written last into a whole environment.
+pub const READY_MARKER: &str = ".flotilla-ready";
+
+fn installed(path: &Path) -> bool {
+    path.join(READY_MARKER).exists()
+}
+
+async fn run(program: &str, args: &[&str]) -> Result<(), String> {
+    let output = tokio::process::Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(|e| format!("cannot run {program}: {e}"))?;
+    if output.status.success() {
+        return Ok(());
+    }
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let tail: String = stderr
+        .chars()
+        .rev()
+        .take(2_000)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    Err(format!("{program} {} failed: {tail}", args.join(" ")))
+}
+
+/// Where a node sees Ray's environment (read-only). Its scripts name the host's path, so they
+/// run through the environment's Python, never by their `#!` line.
+pub const RAY_MOUNT: &str = "/opt/flotilla-ray";
+
+/// The supervisor's program and variables for a node of `cpus` cores' time, `gpus` GPUs
+/// and `memory_bytes` of memory, with the environment at [`RAY_MOUNT`].
+pub fn node_command(
+    head_address: std::net::Ipv4Addr,
+    cpus: u64,
+    gpus: usize,
+    memory_bytes: u64,
+) -> (Vec<String>, Vec<(String, String)>) {
+    let python = format!("{RAY_MOUNT}/bin/python");
+    let ray = format!("{RAY_MOUNT}/bin/ray");
+    // Jobs run `python ...` through a shell: the environment's Python comes first.
+    let path = format!("{RAY_MOUNT}/bin:/usr/local/bin:/usr/bin:/bin");
+    let object_store = (memory_bytes * OBJECT_STORE_SHARE_PCT / 100).max(OBJECT_STORE_BYTES_MIN);
+    let env = [
+        ("FLOTILLA_RAY_BIN", ray),
+        ("FLOTILLA_RAY_HEAD", head_address.to_string()),
+        ("FLOTILLA_RAY_GCS_PORT", RAY_GCS_PORT.to_string()),
+        (
+            "FLOTILLA_RAY_DASHBOARD_PORT",
+            RAY_DASHBOARD_PORT.to_string(),
+        ),
+        ("FLOTILLA_RAY_CPUS", cpus.max(1).to_string()),
+        ("FLOTILLA_RAY_GPUS", gpus.to_string()),
+        ("FLOTILLA_RAY_OBJECT_STORE_BYTES", object_store.to_string()),
+        ("RAY_USAGE_STATS_ENABLED", "0".to_owned()),
+        // Ray's own output reaches the node's log as it happens, not when a pipe's buffer fills.
+        ("PYTHONUNBUFFERED", "1".to_owned()),
+        ("PATH", path),
+    ];
+    let env = env.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+    (vec![python, "-c".to_owned(), SUPERVISOR.to_owned()], env)
+}
+
+/// Runs in the node's sandbox (see the module's comment).
+const SUPERVISOR: &str = r#"
+import os, socket, subprocess, sys, time
+env = os.environ
+ray_cli, head = [sys.executable, env['FLOTILLA_RAY_BIN']], env['FLOTILLA_RAY_HEAD']
+gcs_port, count = int(env['FLOTILLA_RAY_GCS_PORT']), int(env['FLOTILLA_NODE_COUNT'])
+rank, attempt = int(env['FLOTILLA_NODE_RANK']), int(env['FLOTILLA_ATTEMPT'])
+common = ['--node-ip-address=' + env['FLOTILLA_MESH_ADDRESS'],
+          '--num-cpus=' + env['FLOTILLA_RAY_CPUS'], '--num-gpus=' + env['FLOTILLA_RAY_GPUS'],
+          '--object-store-memory=' + env['FLOTILLA_RAY_OBJECT_STORE_BYTES'], '--disable-usage-stats']
+
+def say(*words):
+    print('ray:', *words, flush=True)
+
+def head_up():
+    # The dashboard comes up after the GCS has its cluster id: a node that joins a GCS still
+    # starting keeps an id the GCS then refuses (WrongClusterID) and never joins.
+    try:
+        for port in (gcs_port, int(env['FLOTILLA_RAY_DASHBOARD_PORT'])):
+            socket.create_connection((head, port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+if rank != 0:
+    while True:
+        while not head_up():
+            time.sleep(0.5)
+        say('joining the head at', head)
+        subprocess.run(ray_cli + ['start', '--address=%s:%d' % (head, gcs_port), '--block'] + common)
+        say('lost the head; joining again when it is back')
+        subprocess.run(ray_cli + ['stop', '--force'], capture_output=True)
+        time.sleep(1)
+
+if attempt > 1:
+    say('the head was replaced: the Ray cluster restarted, and jobs of the old head are gone')
+subprocess.run(ray_cli + ['start', '--head', '--port=%d' % gcs_port, '--dashboard-host=0.0.0.0',
+                '--dashboard-port=' + env['FLOTILLA_RAY_DASHBOARD_PORT'], '--include-dashboard=true'] + common,
+               check=True)
+import ray
+ray.init(address='auto', logging_level='ERROR')
+seen, ready = -1, False
+while True:
+    alive = sum(1 for n in ray.nodes() if n['Alive'])
+    if alive != seen:
+        seen = alive
+        if alive >= count and not ready:
+            ready = True
+            say('cluster ready:', alive, 'of', count, 'nodes joined')
+        else:
+            say(alive, 'of', count, 'nodes joined')
+    time.sleep(1)
+"#;
