@@ -472,12 +472,18 @@ async fn peer_hosts(app: &AppState, latest: &BTreeMap<u32, &RunRow>) -> ApiResul
 /// coordinator's key and the run id, so it needs no storage and dies with the run's liveness
 /// (the endpoints check that the run is live).
 pub fn run_token(app: &AppState, run_id: &str) -> String {
-    let digest = Sha256::new()
-        .chain_update(b"flotilla/run-token/v1\0")
+    hex::encode(run_secret(app, b"flotilla/run-token/v1\0", run_id))
+}
+
+/// A secret of one run for one purpose (`domain`): derived from the coordinator's key and the
+/// run id, so it needs no storage.
+pub fn run_secret(app: &AppState, domain: &[u8], run_id: &str) -> [u8; 32] {
+    Sha256::new()
+        .chain_update(domain)
         .chain_update(app.ledger.signing_key().to_bytes())
         .chain_update(run_id.as_bytes())
-        .finalize();
-    hex::encode(digest)
+        .finalize()
+        .into()
 }
 
 /// Why a worker's report about a run is refused.

@@ -18,7 +18,6 @@ use std::sync::{Mutex, MutexGuard};
 use flotilla_proto::mesh::{
     MeshPeer, RELAY_DATAGRAM_BYTES_MAX, RELAY_TOKEN_BYTES, RelayPacket, node_address,
 };
-use sha2::{Digest, Sha256};
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
 
@@ -211,12 +210,8 @@ fn workers_of(mesh: &ClusterMesh) -> Affected {
 /// The relay token of a run: derived from the coordinator's key and the run id, so the order
 /// can be sent again without storing it.
 pub fn relay_token(app: &AppState, run_id: &str) -> Token {
-    let digest = Sha256::new()
-        .chain_update(b"flotilla/mesh-relay-token/v1\0")
-        .chain_update(app.ledger.signing_key().to_bytes())
-        .chain_update(run_id.as_bytes())
-        .finalize();
-    digest[..RELAY_TOKEN_BYTES]
+    let secret = crate::clusters::run_secret(app, b"flotilla/mesh-relay-token/v1\0", run_id);
+    secret[..RELAY_TOKEN_BYTES]
         .try_into()
         .expect("a SHA-256 digest is longer than a token")
 }

@@ -143,8 +143,9 @@ pub fn node_command(
 
 /// Runs in the node's sandbox (see the module's comment).
 const SUPERVISOR: &str = r#"
-import os, socket, subprocess, sys, time
+import glob, os, socket, subprocess, sys, threading, time
 env = os.environ
+JOIN_PATIENCE_S, LOG_FILES_SHOWN, LOG_TAIL_CHARS = 90, 40, 1500
 ray_cli, head = [sys.executable, env['FLOTILLA_RAY_BIN']], env['FLOTILLA_RAY_HEAD']
 gcs_port, count = int(env['FLOTILLA_RAY_GCS_PORT']), int(env['FLOTILLA_NODE_COUNT'])
 rank, attempt = int(env['FLOTILLA_NODE_RANK']), int(env['FLOTILLA_ATTEMPT'])
@@ -165,12 +166,35 @@ def head_up():
     except OSError:
         return False
 
+def tell_if_stuck(joined):
+    # A node that has not joined by then says why, as far as Ray's own logs know.
+    if joined.wait(JOIN_PATIENCE_S):
+        return
+    say('not joined after', JOIN_PATIENCE_S, 's; the ends of Ray\'s logs follow')
+    for path in sorted(glob.glob('/tmp/ray/session_latest/logs/*'))[:LOG_FILES_SHOWN]:
+        try:
+            with open(path, errors='replace') as f:
+                tail = f.read()[-LOG_TAIL_CHARS:]
+        except OSError:
+            continue
+        print('==', path, '==', flush=True)
+        print(tail, flush=True)
+
 if rank != 0:
     while True:
         while not head_up():
             time.sleep(0.5)
         say('joining the head at', head)
-        subprocess.run(ray_cli + ['start', '--address=%s:%d' % (head, gcs_port), '--block'] + common)
+        joined = threading.Event()
+        threading.Thread(target=tell_if_stuck, args=(joined,), daemon=True).start()
+        start = subprocess.Popen(ray_cli + ['start', '--address=%s:%d' % (head, gcs_port), '--block'] + common,
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for line in start.stdout:
+            print(line, end='', flush=True)
+            if 'Ray runtime started' in line:
+                joined.set()
+        start.wait()
+        joined.set()
         say('lost the head; joining again when it is back')
         subprocess.run(ray_cli + ['stop', '--force'], capture_output=True)
         time.sleep(1)

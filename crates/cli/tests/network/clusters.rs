@@ -626,6 +626,15 @@ async fn bad_specs_funds_and_other_renters_are_refused(db: Db) {
 on_both_databases!(bad_specs_funds_and_other_renters_are_refused);
 
 /// The worker id a worker process enrolled as, from its data directory.
+/// The position among the market's workers of the worker with `worker_id`.
+pub(crate) fn worker_index(market: &Market, worker_id: &str) -> usize {
+    market
+        ._dirs
+        .iter()
+        .position(|dir| worker_id_of(dir) == worker_id)
+        .expect("the node's worker is one of ours")
+}
+
 pub(crate) fn worker_id_of(dir: &tempfile::TempDir) -> String {
     let text = std::fs::read_to_string(dir.path().join("enrollment.json")).unwrap();
     let record: serde_json::Value = serde_json::from_str(&text).unwrap();
@@ -649,11 +658,7 @@ async fn a_lost_node_runs_again_elsewhere_and_its_late_report_is_refused(db: Db)
         .unwrap();
     let running = until_state(&market.renter, &deployed.id, "running", 30).await;
     let victim_worker = running.nodes[1].worker_id.clone();
-    let victim = market
-        ._dirs
-        .iter()
-        .position(|dir| worker_id_of(dir) == victim_worker)
-        .expect("the node's worker is one of ours");
+    let victim = worker_index(&market, &victim_worker);
     market._workers[victim].signal("STOP");
     let done = until_state(&market.renter, &deployed.id, "completed", 60).await;
     let rank1 = &done.nodes[1];

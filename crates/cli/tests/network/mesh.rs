@@ -9,7 +9,7 @@ use std::time::Duration;
 use flotilla_proto::api::{ClusterInfo, ClusterSpec};
 
 use crate::clusters::{
-    Market, all_logs, market_flags, market_from, sandbox_ready, spec, until_state, worker_id_of,
+    Market, all_logs, market_flags, market_from, sandbox_ready, spec, until_state, worker_index,
 };
 use crate::harness::{BIN, Coordinator, Db, eventually};
 use crate::on_both_databases;
@@ -205,15 +205,6 @@ fn service(nodes: u32, program: &str) -> ClusterSpec {
 }
 
 async fn meshed_market(db: Db, spaces: &[WorkerNamespace], relay_only: bool) -> Market {
-    meshed_market_with(db, spaces, relay_only, &[]).await
-}
-
-async fn meshed_market_with(
-    db: Db,
-    spaces: &[WorkerNamespace],
-    relay_only: bool,
-    worker_flags: &[&str],
-) -> Market {
     forward_between_workers();
     let mut flags = market_flags("500");
     flags.extend(["--tunnel-listen", "0.0.0.0:0"]);
@@ -231,7 +222,7 @@ async fn meshed_market_with(
             // /sys, hiding the cgroups the worker limits its nodes with.
             let network = format!("--net=/run/netns/{}", space.name);
             let program = ["nsenter", network.as_str(), BIN];
-            coordinator.worker_through(&program, &url, dir, Some(token), "H100x1", worker_flags)
+            coordinator.worker_through(&program, &url, dir, Some(token), "H100x1", &[])
         },
     )
     .await
@@ -270,11 +261,7 @@ async fn a_clusters_nodes_reach_each_other_over_the_mesh_and_no_one_else_does(db
     }
 
     let victim_worker = running.nodes[1].worker_id.clone();
-    let victim = market
-        ._dirs
-        .iter()
-        .position(|dir| worker_id_of(dir) == victim_worker)
-        .expect("the node's worker is one of ours");
+    let victim = worker_index(&market, &victim_worker);
     market._workers[victim].kill();
     let replaced = until_output(&market, &deployed.id, 0, 1, "reached rank 1 attempt 2").await;
     assert!(
