@@ -79,6 +79,11 @@ const CPU_MILLIS_MIN: u64 = 10;
 /// Mount options of the private /tmp: executable, since compilers (Triton, nvcc) load what
 /// they build there. Its pages count against the memory limit, which bounds it.
 const TMP_OPTIONS: &str = "rw,exec,nosuid,nodev,mode=1777";
+/// The exit code of a process killed by SIGKILL (128 + 9), as the engine reports it.
+const SIGKILL_EXIT_CODE: i64 = 137;
+/// Further looks at a killed container's OOM flag, this far apart.
+const OOM_FLAG_RECHECKS_MAX: u32 = 3;
+const OOM_FLAG_RECHECK_MS: u64 = 100;
 
 /// Why a container node could not start or be followed (not why it failed: its exit code).
 #[derive(Debug, thiserror::Error)]
@@ -326,12 +331,24 @@ impl Running {
             kill(&docker, &id).await;
         }
         self.drain_output().await;
-        let state = docker
-            .inspect_container(&id, None)
-            .await
-            .map_err(engine_error("inspect the container"))?
-            .state
-            .unwrap_or_default();
+        let mut state = bollard::models::ContainerState::default();
+        for attempt in 0..=OOM_FLAG_RECHECKS_MAX {
+            state = docker
+                .inspect_container(&id, None)
+                .await
+                .map_err(engine_error("inspect the container"))?
+                .state
+                .unwrap_or_default();
+            // The engine may record the OOM kill a moment after the exit (cgroup v1 events
+            // race the wait): a SIGKILL we did not send is asked about again, briefly.
+            let unexplained_kill = ending == Ending::Exited
+                && state.exit_code == Some(SIGKILL_EXIT_CODE)
+                && state.oom_killed != Some(true);
+            if !unexplained_kill || attempt == OOM_FLAG_RECHECKS_MAX {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(OOM_FLAG_RECHECK_MS)).await;
+        }
         self.guard.remove_now().await;
         let code = state.exit_code.and_then(|c| i32::try_from(c).ok());
         let ending = match ending {

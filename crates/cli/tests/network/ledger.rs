@@ -635,8 +635,18 @@ async fn the_reconciler_returns_escrow_left_behind(db: Db) {
         ..crate::market::one_node(1, "")
     };
     let created: flotilla_proto::api::RequestInfo = renter.post("requests", &spec).await.unwrap();
-    let placed = crate::market::until_placed(renter, &created.id).await;
-    assert!(placed.escrow_micros.unwrap() > 12 * TOKEN as i64);
+    crate::market::until_placed(renter, &created.id).await;
+    // The escrow is funded by the ledger writer's next batch after the placement is recorded.
+    let funded = eventually(Duration::from_secs(10), || async {
+        let info: flotilla_proto::api::RequestInfo =
+            renter.get(&format!("requests/{}", created.id)).await.ok()?;
+        (info.escrow_micros? > 12 * TOKEN as i64).then_some(())
+    })
+    .await;
+    assert!(
+        funded.is_some(),
+        "the placed request's escrow holds its cost"
+    );
     let store = flotilla_store::Store::open(&coordinator.database_url)
         .await
         .unwrap();
