@@ -14,8 +14,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use crate::run;
-
 /// The image the worker's container tests run.
 pub const TEST_IMAGE: &str = "flotilla-test/busybox:1";
 /// Where Debian's busybox-static puts its binary.
@@ -208,12 +206,7 @@ fn install_missing() -> Result<()> {
     }
     let started = Instant::now();
     eprintln!("xtask: installing {} with apt-get", packages.join(" "));
-    run(Command::new("apt-get").args(["update", "-qq"]))?;
-    run(Command::new("apt-get")
-        .args(["install", "-y", "-qq", "--no-install-recommends"])
-        .args(&packages)
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .stdout(Stdio::null()))?;
+    crate::apt_install_without_recommends(&packages)?;
     eprintln!("xtask: installed in {} ms", started.elapsed().as_millis());
     Ok(())
 }

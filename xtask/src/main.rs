@@ -105,6 +105,17 @@ fn cargo() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()))
 }
 
+/// Installs Debian `packages` quietly, without their recommended packages (wireguard-tools,
+/// for one, recommends a kernel image these machines never boot).
+pub(crate) fn apt_install_without_recommends(packages: &[&str]) -> Result<()> {
+    run(Command::new("apt-get").args(["update", "-qq"]))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(packages)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .stdout(std::process::Stdio::null()))
+}
+
 /// Installs Debian `packages` when `present` says they are missing; where that is impossible
 /// (no root, no package mirror) the tests that need them say they did not run instead of
 /// failing the whole command. True when they are there.

@@ -51,13 +51,7 @@ pub fn run(args: &[String]) -> Result<()> {
         .map(|(_, package)| *package)
         .collect();
     if !missing.is_empty() {
-        // wireguard-tools recommends a kernel image, which these machines neither need nor use.
-        crate::run(Command::new("apt-get").args(["update", "-qq"]))?;
-        crate::run(
-            Command::new("apt-get")
-                .args(["install", "-y", "-q", "--no-install-recommends"])
-                .args(&missing),
-        )?;
+        crate::apt_install_without_recommends(&missing)?;
     }
     let _namespaces = Namespaces::make()?;
     let veth = iperf(VETH[1])?;

@@ -343,23 +343,18 @@ fn inbound(shared: &Shared) {
             (received, None, false)
         };
         let peers = shared.peers();
-        let candidates = peers.iter().filter(|p| match rank {
+        let expected = |p: &Peer| match rank {
             Some(rank) => p.rank == rank,
-            None => p.endpoint.lock().is_ok_and(|e| *e == Some(from)),
-        });
-        let mut handled = false;
-        for peer in candidates {
-            handled = receive(shared, peer, packet, from, relayed, &mut out, &mut scratch);
-            if handled {
+            None => *p.endpoint.lock().unwrap_or_else(PoisonError::into_inner) == Some(from),
+        };
+        // The peer it should be from first; then, for a direct packet, every other peer (one
+        // whose address changed, such as a NAT's new mapping).
+        let (first, others): (Vec<&Arc<Peer>>, Vec<&Arc<Peer>>) =
+            peers.iter().partition(|p| expected(p));
+        let others = if relayed { Vec::new() } else { others };
+        for peer in first.into_iter().chain(others) {
+            if receive(shared, peer, packet, from, relayed, &mut out, &mut scratch) {
                 break;
-            }
-        }
-        // A peer whose address changed (a NAT's new mapping): find it by trying each.
-        if !handled && !relayed {
-            for peer in &peers {
-                if receive(shared, peer, packet, from, relayed, &mut out, &mut scratch) {
-                    break;
-                }
             }
         }
     }
@@ -533,10 +528,9 @@ fn open_tun(name: &str) -> std::io::Result<File> {
 /// Where the relay is: the coordinator's host, resolved, at `port`.
 pub fn relay_address(coordinator_host: &str, port: u16) -> Option<SocketAddr> {
     use std::net::ToSocketAddrs;
-    let mut addresses = (coordinator_host, port).to_socket_addrs().ok()?;
-    addresses
-        .find(|a| a.is_ipv4())
-        .or_else(|| (coordinator_host, port).to_socket_addrs().ok()?.next())
+    let addresses: Vec<SocketAddr> = (coordinator_host, port).to_socket_addrs().ok()?.collect();
+    let ipv4 = addresses.iter().find(|a| a.is_ipv4());
+    ipv4.or(addresses.first()).copied()
 }
 
 #[cfg(test)]
