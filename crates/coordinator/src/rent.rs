@@ -8,7 +8,8 @@
 //!   into the request's escrow account; the rest of the hold returns.
 //! - Each rent minute (`--rent-minute-ms`, a minute by default) the upkeep pays every node whose
 //!   devices are all hired (up and verified) at that moment: the minute's rent less the
-//!   supplier's fee to the supplier, both fees to the treasury. A node down is not charged.
+//!   supplier's fee to the supplier, both fees to the treasury. A node down is not charged;
+//!   a minute its live worker was not heard through yet waits for the next heartbeat.
 //! - After `hours`, or on cancel, or when the escrow cannot pay a minute (a costlier
 //!   replacement), the request ends and what is left in escrow returns to the renter.
 //!
@@ -269,8 +270,12 @@ pub enum Rounding {
 /// Pays the request's minutes up to `now_ms` (see [`Rounding`]) not metered yet. A node's
 /// minute is paid only if its devices are hired now and its worker was heard within a
 /// heartbeat interval of the minute's end (or of now, for the minute under way): a supplier is
-/// not paid past its last heartbeat, nor the renter charged for it. True when the rental is
-/// over: all its minutes metered, or its escrow could not pay one.
+/// not paid past its last heartbeat, nor the renter charged for it. A minute that a live worker
+/// (session open, heard within the heartbeat grace) has not been heard through yet waits for
+/// the next metering rather than going unpaid: a heartbeat late under load loses no money. At
+/// settlement ([`Rounding::StartedMinutes`]) nothing can wait, so a live worker's node is paid
+/// to the end. True when the rental is over: all its minutes metered, or its escrow could not
+/// pay one.
 pub async fn meter(
     app: &AppState,
     row: &RequestRow,
@@ -282,21 +287,19 @@ pub async fn meter(
         return Ok(false);
     };
     let total = u64::from(hours) * 60;
-    let minute_ms = i64::try_from(app.config.rent_minute_ms).unwrap_or(i64::MAX);
-    let since_ms = now_ms.saturating_sub(placed_at_ms).max(0);
-    let elapsed = match rounding {
-        Rounding::EndedMinutes => since_ms / minute_ms,
-        Rounding::StartedMinutes => (since_ms + minute_ms - 1) / minute_ms,
+    let clock = MinuteClock {
+        placed_at_ms,
+        minute_ms: i64::try_from(app.config.rent_minute_ms).unwrap_or(i64::MAX),
+        now_ms,
     };
-    let upto = u64::try_from(elapsed).unwrap_or(0).min(total);
-    let interval_ms = i64::try_from(app.config.heartbeat_interval_ms).unwrap_or(i64::MAX);
+    let upto = clock.minutes(rounding).min(total);
     if upto <= row.metered_minutes {
         return Ok(upto == total);
     }
     let placements = app.store.placements(&row.id).await?;
     let owners = suppliers(app, &placements).await?;
     let payment = Payment::of(spec);
-    let mut groups: Vec<Vec<Transfer>> = Vec::new();
+    let mut nodes = Vec::new();
     for (node_index, price) in node_prices(&placements) {
         let node: Vec<&PlacementRow> = placements
             .iter()
@@ -307,30 +310,40 @@ pub async fn meter(
                 .lifecycle(&p.device_id)
                 .is_some_and(|l| l.state == DeviceState::Hired)
         });
-        let Some(supplier) = owners.get(&node[0].worker_id) else {
+        let (Some(supplier), Some(price)) = (
+            owners.get(&node[0].worker_id),
+            payment.amount(price).filter(|_| up),
+        ) else {
             continue;
         };
-        let Some(price) = payment.amount(price).filter(|_| up) else {
-            continue;
+        let (session_open, heard_ms) = app.fleet.worker_view(&node[0].worker_id);
+        let heard_ms = heard_ms.unwrap_or(i64::MIN);
+        let grace_ms = i64::try_from(app.config.heartbeat_grace_ms).unwrap_or(i64::MAX);
+        let interval_ms = i64::try_from(app.config.heartbeat_interval_ms).unwrap_or(i64::MAX);
+        nodes.push(NodeMeter {
+            node_index,
+            supplier: supplier.clone(),
+            price_per_hour: price,
+            live: session_open && now_ms < heard_ms.saturating_add(grace_ms),
+            heard_upto: clock.heard_upto(heard_ms.saturating_add(interval_ms), upto),
+        });
+    }
+    let settling = rounding == Rounding::StartedMinutes;
+    let ready = ready_upto(&nodes, row.metered_minutes, upto, settling);
+    let mut groups: Vec<Vec<Transfer>> = Vec::new();
+    for node in &nodes {
+        let paid_upto = if settling && node.live {
+            ready
+        } else {
+            node.heard_upto.min(ready)
         };
-        let heard_ms = app
-            .fleet
-            .worker_view(&node[0].worker_id)
-            .1
-            .unwrap_or(i64::MIN);
-        let heard_through = |minute: u64| {
-            let end_ms = placed_at_ms.saturating_add(
-                minute_ms.saturating_mul(i64::try_from(minute + 1).unwrap_or(i64::MAX)),
-            );
-            end_ms.min(now_ms) <= heard_ms.saturating_add(interval_ms)
-        };
-        for minute in (row.metered_minutes..upto).filter(|m| heard_through(*m)) {
+        for minute in row.metered_minutes..paid_upto {
             let paid = NodeMinute {
                 escrow_owner: row.id.clone(),
-                supplier: supplier.clone(),
-                node_index,
+                supplier: node.supplier.clone(),
+                node_index: node.node_index,
                 minute,
-                price_per_hour: price,
+                price_per_hour: node.price_per_hour,
                 token: payment.token,
             };
             groups.push(minute_transfers(&paid, &app.config.fees));
@@ -345,8 +358,71 @@ pub async fn meter(
             );
         }
     }
-    app.store.set_metered_minutes(&row.id, upto).await?;
-    Ok(upto == total || out_of_escrow)
+    if ready > row.metered_minutes {
+        app.store.set_metered_minutes(&row.id, ready).await?;
+    }
+    Ok(ready == total || out_of_escrow)
+}
+
+/// A rental's rent minutes on the wall clock.
+#[derive(Debug, Clone, Copy)]
+struct MinuteClock {
+    placed_at_ms: i64,
+    minute_ms: i64,
+    now_ms: i64,
+}
+
+impl MinuteClock {
+    /// Minutes since placement: those ended, or also the one under way.
+    fn minutes(&self, rounding: Rounding) -> u64 {
+        let since_ms = self.now_ms.saturating_sub(self.placed_at_ms).max(0);
+        let minutes = match rounding {
+            Rounding::EndedMinutes => since_ms / self.minute_ms,
+            Rounding::StartedMinutes => {
+                since_ms.saturating_add(self.minute_ms - 1) / self.minute_ms
+            }
+        };
+        u64::try_from(minutes).unwrap_or(0)
+    }
+
+    /// How many of the first `upto` minutes a worker heard until `heard_until_ms` (its last
+    /// heartbeat plus an interval) covers: all of them when that reaches now (the minute under
+    /// way included), else those ended by then.
+    fn heard_upto(&self, heard_until_ms: i64, upto: u64) -> u64 {
+        if heard_until_ms >= self.now_ms {
+            return upto;
+        }
+        let covered_ms = heard_until_ms.saturating_sub(self.placed_at_ms).max(0);
+        u64::try_from(covered_ms / self.minute_ms)
+            .unwrap_or(0)
+            .min(upto)
+    }
+}
+
+/// One node of a rental as a metering sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct NodeMeter {
+    node_index: u32,
+    supplier: String,
+    price_per_hour: u64,
+    /// Its worker's session is open and was heard within the heartbeat grace.
+    live: bool,
+    /// Minutes before this one are heard through.
+    heard_upto: u64,
+}
+
+/// How far a metering may settle: to `upto`, except that a live node not heard through a minute
+/// holds it back (unless settling, when nothing can wait). Never below `metered`.
+fn ready_upto(nodes: &[NodeMeter], metered: u64, upto: u64, settling: bool) -> u64 {
+    if settling {
+        return upto;
+    }
+    nodes
+        .iter()
+        .filter(|n| n.live)
+        .map(|n| n.heard_upto)
+        .fold(upto, u64::min)
+        .max(metered)
 }
 
 /// The reconciler: money of paid requests that ended must not stay behind. For requests that
@@ -415,4 +491,59 @@ async fn suppliers(
         }
     }
     Ok(owners)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CLOCK: MinuteClock = MinuteClock {
+        placed_at_ms: 1_000,
+        minute_ms: 500,
+        now_ms: 3_200,
+    };
+
+    fn node(live: bool, heard_upto: u64) -> NodeMeter {
+        NodeMeter {
+            node_index: 0,
+            supplier: "s".into(),
+            price_per_hour: 1,
+            live,
+            heard_upto,
+        }
+    }
+
+    #[test]
+    fn minutes_count_ended_or_started_ones() {
+        assert_eq!(CLOCK.minutes(Rounding::EndedMinutes), 4);
+        assert_eq!(CLOCK.minutes(Rounding::StartedMinutes), 5);
+        let before = MinuteClock {
+            now_ms: 500,
+            ..CLOCK
+        };
+        assert_eq!(before.minutes(Rounding::StartedMinutes), 0);
+    }
+
+    #[test]
+    fn a_worker_covers_the_minutes_ended_before_it_was_last_heard() {
+        // Heard until 2,600: minutes 0..3 (ending 1,500, 2,000, 2,500) are covered.
+        assert_eq!(CLOCK.heard_upto(2_600, 4), 3);
+        assert_eq!(CLOCK.heard_upto(2_499, 4), 2);
+        assert_eq!(CLOCK.heard_upto(0, 4), 0);
+        // Heard until now: every minute, the one under way too.
+        assert_eq!(CLOCK.heard_upto(3_200, 5), 5);
+        assert_eq!(CLOCK.heard_upto(3_000, 5), 4);
+        assert_eq!(CLOCK.heard_upto(2_999, 5), 3);
+    }
+
+    #[test]
+    fn a_live_worker_not_heard_yet_holds_the_minute_back() {
+        let nodes = [node(true, 4), node(true, 2), node(false, 0)];
+        // The lost node (not live) holds nothing back; the late one holds minute 2.
+        assert_eq!(ready_upto(&nodes, 1, 4, false), 2);
+        // Never behind what was metered, and settling waits for no one.
+        assert_eq!(ready_upto(&nodes, 3, 4, false), 3);
+        assert_eq!(ready_upto(&nodes, 1, 5, true), 5);
+        assert_eq!(ready_upto(&[], 0, 4, false), 4);
+    }
 }
