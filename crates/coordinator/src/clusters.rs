@@ -343,7 +343,18 @@ pub async fn move_orphaned_runs(
         Err(error) => return Err(error.into()),
     }
     tracing::info!(%cluster_id, ranks = moves.len(), "runs moved off lost workers");
-    nudge(app, moves.into_iter().map(|(_, run)| run.worker_id));
+    // The old workers too: one that comes back must stop the run it lost, not keep running it.
+    let old_workers: Vec<String> = moves
+        .iter()
+        .filter_map(|(old, _)| runs.iter().find(|r| &r.id == old))
+        .map(|r| r.worker_id.clone())
+        .collect();
+    nudge(
+        app,
+        old_workers
+            .into_iter()
+            .chain(moves.into_iter().map(|(_, run)| run.worker_id)),
+    );
     Ok(())
 }
 

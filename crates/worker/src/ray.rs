@@ -193,6 +193,7 @@ if rank != 0:
             print(line, end='', flush=True)
             if 'Ray runtime started' in line:
                 joined.set()
+                say('joined the Ray cluster at', head)
         start.wait()
         joined.set()
         say('lost the head; joining again when it is back')

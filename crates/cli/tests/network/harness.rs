@@ -119,14 +119,12 @@ pub struct Coordinator {
 /// Starts a restarted coordinator tries on its old port.
 const RESTART_TRIES_MAX: u32 = 25;
 
-/// Without `--tunnel-listen`, a coordinator restarted on a fixed port would take the next port
-/// for its tunnels, which any other process may hold; workers learn the tunnel port with each
-/// tunnel, so an ephemeral one serves.
-fn ephemeral_tunnel_port(extra: &[&str]) -> &'static [&'static str] {
-    if extra.contains(&"--tunnel-listen") {
-        &[]
+/// `flag` with its value, unless the test gave that flag itself.
+fn unless_given<'a>(extra: &[&str], flag: [&'a str; 2]) -> Vec<&'a str> {
+    if extra.contains(&flag[0]) {
+        Vec::new()
     } else {
-        &["--tunnel-listen", "127.0.0.1:0"]
+        flag.to_vec()
     }
 }
 
@@ -179,10 +177,16 @@ impl Coordinator {
                 "--heartbeat-interval-ms",
                 &HEARTBEAT_INTERVAL_MS.to_string(),
             ])
-            .args(["--heartbeat-grace-ms", &HEARTBEAT_GRACE_MS.to_string()])
+            .args(unless_given(
+                extra,
+                ["--heartbeat-grace-ms", &HEARTBEAT_GRACE_MS.to_string()],
+            ))
             .args(["--telemetry-bucket-s", "1"])
             .args(["--proof-target-ms", "20", "--proof-memory-pct", "1"])
-            .args(ephemeral_tunnel_port(extra))
+            // Without `--tunnel-listen`, a coordinator restarted on a fixed port would take the
+            // next port for its tunnels, which any other process may hold; workers learn the
+            // tunnel port with each tunnel, so an ephemeral one serves.
+            .args(unless_given(extra, ["--tunnel-listen", "127.0.0.1:0"]))
             .args(extra)
             .env(
                 "FLOTILLA_LOG",

@@ -189,8 +189,19 @@ async fn until_output_within(
                 .iter()
                 .map(|l| format!("[{} {}] {}", l.node_rank, l.attempt, l.text))
                 .collect();
+            let info: Option<ClusterInfo> =
+                market.renter.get(&format!("clusters/{cluster}")).await.ok();
+            let state = info.map(|i| {
+                let nodes: Vec<String> = i
+                    .nodes
+                    .iter()
+                    .map(|n| format!("{}/{} {} {}", n.rank, n.attempt, n.state, n.reason))
+                    .collect();
+                format!("{} ({:?}); nodes {nodes:?}", i.state, i.ended_because)
+            });
             panic!(
-                "rank {rank} attempt {attempt} never printed {needle:?}; the cluster's log:\n{}",
+                "rank {rank} attempt {attempt} never printed {needle:?}; the cluster: {state:?}; \
+                 its log:\n{}",
                 everything.concat()
             )
         }
@@ -205,12 +216,26 @@ fn service(nodes: u32, program: &str) -> ClusterSpec {
 }
 
 async fn meshed_market(db: Db, spaces: &[WorkerNamespace], relay_only: bool) -> Market {
+    let extra: &[&str] = if relay_only {
+        &["--mesh-relay-only"]
+    } else {
+        &[]
+    };
+    meshed_market_with(db, spaces, "500", extra, &[]).await
+}
+
+/// A market whose workers live in `spaces`, with `extra` coordinator flags.
+async fn meshed_market_with(
+    db: Db,
+    spaces: &[WorkerNamespace],
+    rent_minute_ms: &str,
+    extra: &[&str],
+    worker_flags: &[&str],
+) -> Market {
     forward_between_workers();
-    let mut flags = market_flags("500");
+    let mut flags = market_flags(rent_minute_ms);
     flags.extend(["--tunnel-listen", "0.0.0.0:0"]);
-    if relay_only {
-        flags.push("--mesh-relay-only");
-    }
+    flags.extend(extra);
     let coordinator = Coordinator::start_on_every_address(db, &flags).await;
     market_from(
         coordinator,
@@ -222,7 +247,7 @@ async fn meshed_market(db: Db, spaces: &[WorkerNamespace], relay_only: bool) -> 
             // /sys, hiding the cgroups the worker limits its nodes with.
             let network = format!("--net=/run/netns/{}", space.name);
             let program = ["nsenter", network.as_str(), BIN];
-            coordinator.worker_through(&program, &url, dir, Some(token), "H100x1", &[])
+            coordinator.worker_through(&program, &url, dir, Some(token), "H100x1", worker_flags)
         },
     )
     .await
@@ -310,6 +335,10 @@ fn ray_dir() -> Option<String> {
     dir
 }
 
+/// A rent minute of the Ray tests: real ones, since an hour of the usual half-second minutes
+/// would run out while Ray starts.
+const RAY_RENT_MINUTE_MS: &str = "60000";
+
 /// A Ray job that runs tasks spread over the cluster and prints on how many nodes they ran.
 const RAY_JOB: &str = "\
 import ray, time
@@ -325,6 +354,7 @@ def square(x):
     return x * x
 
 ids = set(ray.get([where.options(scheduling_strategy='SPREAD').remote() for _ in range(8)]))
+print('node ids:', sorted(ids))
 print('nodes:', len(ids))
 print('sum of squares:', sum(ray.get([square.remote(i) for i in range(10)])))
 ";
@@ -357,7 +387,8 @@ async fn a_ray_cluster_starts_and_runs_a_submitted_job() {
     }
     let Some(ray_dir) = ray_dir() else { return };
     let worker_flags = ["--ray-dir", ray_dir.as_str()];
-    let market = crate::clusters::market_with(Db::Sqlite, 1, "500", &worker_flags).await;
+    let market =
+        crate::clusters::market_with(Db::Sqlite, 1, RAY_RENT_MINUTE_MS, &worker_flags).await;
     let ray = ClusterSpec {
         kind: "ray".into(),
         cpus: Some(2),
@@ -394,4 +425,49 @@ async fn a_ray_cluster_starts_and_runs_a_submitted_job() {
     ];
     let (ok, _, stderr) = crate::clusters::cli(&market.coordinator, &market.renter_key, &args);
     assert!(!ok && stderr.contains("failed"), "{stderr}");
+}
+
+/// Two workers in separate namespaces form a 2-node Ray cluster over the mesh, and a submitted
+/// job runs tasks on both nodes; when the Ray worker node's machine dies, its replacement joins
+/// the same Ray cluster and a new job runs on two nodes again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_two_node_ray_cluster_forms_over_the_mesh_and_survives_a_lost_worker() {
+    if !sandbox_ready() || !flotilla_worker::sandbox::running_as_root() {
+        return;
+    }
+    let Some(ray_dir) = ray_dir() else { return };
+    let spaces: Vec<WorkerNamespace> = (12..15).map(WorkerNamespace::new).collect();
+    // Starting Ray saturates this machine's cores for seconds: a grace of 1.5 s would take
+    // busy workers for lost ones.
+    let coordinator_flags = ["--heartbeat-grace-ms", "10000"];
+    let worker_flags = ["--ray-dir", ray_dir.as_str()];
+    let mut market = meshed_market_with(
+        Db::Sqlite,
+        &spaces,
+        RAY_RENT_MINUTE_MS,
+        &coordinator_flags,
+        &worker_flags,
+    )
+    .await;
+    // One core each, so that the nodes leave the agents room.
+    let ray = ClusterSpec {
+        kind: "ray".into(),
+        cpus: Some(1),
+        ..spec(2, &[])
+    };
+    let deployed: ClusterInfo = market.renter.post("clusters", &ray).await.unwrap();
+    let running = until_state(&market.renter, &deployed.id, "running", 60).await;
+    until_output_within(&market, &deployed.id, 0, 1, "cluster ready: 2 of 2", 300).await;
+    let job_dir = tempfile::tempdir().unwrap();
+    std::fs::write(job_dir.path().join("job.py"), RAY_JOB).unwrap();
+    let output = submit_job(&market, &deployed.id, job_dir.path());
+    assert!(output.contains("nodes: 2"), "{output}");
+    assert!(output.contains("sum of squares: 285"), "{output}");
+
+    let victim_worker = running.nodes[1].worker_id.clone();
+    let victim = worker_index(&market, &victim_worker);
+    market._workers[victim].kill();
+    until_output_within(&market, &deployed.id, 1, 2, "joined the Ray cluster", 300).await;
+    let output = submit_job(&market, &deployed.id, job_dir.path());
+    assert!(output.contains("nodes: 2"), "{output}");
 }
