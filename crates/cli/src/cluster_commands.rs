@@ -74,6 +74,9 @@ pub struct DeployArgs {
     /// Run on the container driver with this image.
     #[arg(long)]
     image: Option<String>,
+    /// With `--type ray`: JupyterLab on the head node.
+    #[arg(long)]
+    jupyter: bool,
     /// Deploy without asking.
     #[arg(long, short)]
     yes: bool,
@@ -197,6 +200,7 @@ fn spec_from_flags(args: &DeployArgs) -> Result<ClusterSpec> {
         image: args.image.clone(),
         colocation: None,
         renter_region: None,
+        jupyter: args.jupyter,
     })
 }
 
@@ -348,6 +352,7 @@ fn show(connection: &Connection, cluster: &ClusterInfo) -> Result<()> {
             vec![
                 link.node_rank.to_string(),
                 link.port.to_string(),
+                link.name.clone().unwrap_or_default(),
                 format!("{base_url}{}", link.path),
                 format!(
                     "flotilla connect {} --node {} --port {}",
@@ -356,7 +361,12 @@ fn show(connection: &Connection, cluster: &ClusterInfo) -> Result<()> {
             ]
         })
         .collect();
-    print(format, cluster, &["NODE", "PORT", "LINK", "CONNECT"], rows);
+    print(
+        format,
+        cluster,
+        &["NODE", "PORT", "SERVES", "LINK", "CONNECT"],
+        rows,
+    );
     Ok(())
 }
 

@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use flotilla_proto::api::{ClusterSpec, RequestSpec};
 use flotilla_proto::id::{IdKind, new_id};
-use flotilla_proto::mesh::{MeshOrder, RAY_DASHBOARD_PORT, RayOrder, node_address};
+use flotilla_proto::mesh::{JUPYTER_PORT, MeshOrder, RAY_DASHBOARD_PORT, RayOrder, node_address};
 use flotilla_proto::wire::{CheckpointOrder, LogStream, NodeOrder};
 use flotilla_store::{
     ClusterRow, PlacementRow, REQUEST_PLACED, RUN_ASSIGNED, RUN_EXITED, RUN_FAILED, RUN_LOST,
@@ -158,6 +158,12 @@ pub fn check_spec(spec: &ClusterSpec) -> ApiResult<RequestSpec> {
         check_ray(spec)?;
     } else {
         check_command(&spec.command)?;
+        if spec.jupyter {
+            return Err(field(
+                "jupyter",
+                "Jupyter runs on the head of a ray cluster",
+            ));
+        }
     }
     check_env("env", &spec.env)?;
     check_env("secret_env", &spec.secret_env)?;
@@ -237,13 +243,39 @@ fn check_ray(spec: &ClusterSpec) -> ApiResult<()> {
     Ok(())
 }
 
-/// The ports a cluster's nodes serve: the declared ones, and Ray's dashboard on a Ray cluster.
+/// The ports a cluster's nodes serve: the declared ones, and on a Ray cluster Ray's dashboard
+/// and Jupyter where asked for.
 pub fn declared_ports(spec: &ClusterSpec) -> Vec<u16> {
     let mut ports = spec.ports.clone();
-    if spec.kind == KIND_RAY && !ports.contains(&RAY_DASHBOARD_PORT) {
-        ports.push(RAY_DASHBOARD_PORT);
+    for (port, _) in started_services(spec) {
+        if !ports.contains(&port) {
+            ports.push(port);
+        }
     }
     ports
+}
+
+/// The servers Flotilla itself starts on a cluster's head node (rank 0): port and name.
+pub fn started_services(spec: &ClusterSpec) -> Vec<(u16, &'static str)> {
+    let mut services = Vec::new();
+    if spec.kind == KIND_RAY {
+        services.push((RAY_DASHBOARD_PORT, "Ray dashboard"));
+        if spec.jupyter {
+            services.push((JUPYTER_PORT, "Jupyter"));
+        }
+    }
+    services
+}
+
+/// Whether the server behind `/t/CLUSTER/NODE/PORT/` is handed its requests' paths whole (it
+/// serves under that prefix, as Jupyter does) rather than without the prefix.
+pub fn serves_under_prefix(spec: &ClusterSpec, node: u32, port: u16) -> bool {
+    spec.kind == KIND_RAY && spec.jupyter && node == 0 && port == JUPYTER_PORT
+}
+
+/// The public path of a port of a node.
+pub fn port_path(cluster_id: &str, node: u32, port: u16) -> String {
+    format!("/t/{cluster_id}/{node}/{port}/")
 }
 
 /// What the scheduler plans for a quote: without a budget, a cluster takes the market's price
@@ -446,6 +478,8 @@ pub async fn order_for(app: &AppState, run: &RunRow) -> ApiResult<Option<NodeOrd
         }),
         ray: (spec.kind == KIND_RAY).then(|| RayOrder {
             head_address: node_address(&run.cluster_id, 0),
+            jupyter_base_url: (spec.jupyter && run.node_rank == 0)
+                .then(|| port_path(&run.cluster_id, 0, JUPYTER_PORT)),
         }),
     }))
 }

@@ -308,6 +308,9 @@ impl TunnelTraffic {
 pub struct PortLink {
     pub node_rank: u32,
     pub port: u16,
+    /// What serves there, where Flotilla started it: `Ray dashboard`, `Jupyter`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     /// `/t/CLUSTER/NODE/PORT/`, on the coordinator's address.
     pub path: String,
 }
@@ -622,6 +625,9 @@ pub struct ClusterSpec {
     pub colocation: Option<String>,
     #[serde(default)]
     pub renter_region: Option<String>,
+    /// `ray` clusters only: JupyterLab on the head node (rank 0), on port 8888.
+    #[serde(default)]
+    pub jupyter: bool,
 }
 
 impl ClusterSpec {
@@ -648,6 +654,7 @@ impl ClusterSpec {
             image: None,
             colocation: None,
             renter_region: None,
+            jupyter: false,
         }
     }
 }
@@ -675,6 +682,7 @@ impl std::fmt::Debug for ClusterSpec {
             .field("image", &self.image)
             .field("colocation", &self.colocation)
             .field("renter_region", &self.renter_region)
+            .field("jupyter", &self.jupyter)
             .finish()
     }
 }

@@ -83,6 +83,10 @@ pub const RAY_VERSION: &str = "2.60.0";
 /// Ray's ports on the head node: the cluster's GCS, and the dashboard (with the job API).
 pub const RAY_GCS_PORT: u16 = 6379;
 pub const RAY_DASHBOARD_PORT: u16 = 8265;
+/// The JupyterLab release a `ray` cluster's head may serve, from PyPI, in Ray's environment.
+pub const JUPYTERLAB_VERSION: &str = "4.6.6";
+/// JupyterLab's port on the head node.
+pub const JUPYTER_PORT: u16 = 8888;
 
 /// A node's part in a Ray cluster: the worker starts Ray itself, the head on rank 0 and a
 /// Ray worker joining the head's overlay address on the others.
@@ -90,6 +94,10 @@ pub const RAY_DASHBOARD_PORT: u16 = 8265;
 #[serde(deny_unknown_fields)]
 pub struct RayOrder {
     pub head_address: Ipv4Addr,
+    /// On the head of a cluster with Jupyter: the path JupyterLab serves under, its public
+    /// `/t/CLUSTER/0/8888/` (the coordinator hands it requests with that path whole).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jupyter_base_url: Option<String>,
 }
 
 /// Bytes of a relay token.

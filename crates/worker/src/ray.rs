@@ -9,7 +9,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use flotilla_proto::mesh::{RAY_DASHBOARD_PORT, RAY_GCS_PORT, RAY_VERSION};
+use flotilla_proto::mesh::{
+    JUPYTER_PORT, JUPYTERLAB_VERSION, RAY_DASHBOARD_PORT, RAY_GCS_PORT, RAY_VERSION, RayOrder,
+};
 use tokio::sync::Mutex;
 
 /// The Python the environment is made with: the system's, which nodes' sandboxes see too.
@@ -38,7 +40,8 @@ impl RayEnvironments {
 
     /// The pinned release's environment directory.
     pub fn path(&self) -> PathBuf {
-        self.dir.join(format!("ray-{RAY_VERSION}"))
+        self.dir
+            .join(format!("ray-{RAY_VERSION}-jupyterlab-{JUPYTERLAB_VERSION}"))
     }
 
     /// The environment, made first if it is not there (minutes, once per worker).
@@ -60,8 +63,13 @@ impl RayEnvironments {
         let install = async {
             run(SYSTEM_PYTHON, &["-m", "venv", &path.to_string_lossy()]).await?;
             let pip = path.join("bin/pip");
-            let package = format!("ray[default]=={RAY_VERSION}");
-            run(&pip.to_string_lossy(), &["install", "-q", &package]).await
+            let ray = format!("ray[default]=={RAY_VERSION}");
+            let jupyterlab = format!("jupyterlab=={JUPYTERLAB_VERSION}");
+            run(
+                &pip.to_string_lossy(),
+                &["install", "-q", &ray, &jupyterlab],
+            )
+            .await
         };
         let limit = std::time::Duration::from_millis(INSTALL_TIMEOUT_MS);
         tokio::time::timeout(limit, install)
@@ -111,7 +119,7 @@ pub const RAY_MOUNT: &str = "/opt/flotilla-ray";
 /// The supervisor's program and variables for a node of `cpus` cores' time, `gpus` GPUs
 /// and `memory_bytes` of memory, with the environment at [`RAY_MOUNT`].
 pub fn node_command(
-    head_address: std::net::Ipv4Addr,
+    order: &RayOrder,
     cpus: u64,
     gpus: usize,
     memory_bytes: u64,
@@ -123,7 +131,7 @@ pub fn node_command(
     let object_store = (memory_bytes * OBJECT_STORE_SHARE_PCT / 100).max(OBJECT_STORE_BYTES_MIN);
     let env = [
         ("FLOTILLA_RAY_BIN", ray),
-        ("FLOTILLA_RAY_HEAD", head_address.to_string()),
+        ("FLOTILLA_RAY_HEAD", order.head_address.to_string()),
         ("FLOTILLA_RAY_GCS_PORT", RAY_GCS_PORT.to_string()),
         (
             "FLOTILLA_RAY_DASHBOARD_PORT",
@@ -136,6 +144,11 @@ pub fn node_command(
         // Ray's own output reaches the node's log as it happens, not when a pipe's buffer fills.
         ("PYTHONUNBUFFERED", "1".to_owned()),
         ("PATH", path),
+        (
+            "FLOTILLA_JUPYTER_BASE_URL",
+            order.jupyter_base_url.clone().unwrap_or_default(),
+        ),
+        ("FLOTILLA_JUPYTER_PORT", JUPYTER_PORT.to_string()),
     ];
     let env = env.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
     (vec![python, "-c".to_owned(), SUPERVISOR.to_owned()], env)
@@ -205,6 +218,29 @@ if attempt > 1:
 subprocess.run(ray_cli + ['start', '--head', '--port=%d' % gcs_port, '--dashboard-host=0.0.0.0',
                 '--dashboard-port=' + env['FLOTILLA_RAY_DASHBOARD_PORT'], '--include-dashboard=true'] + common,
                check=True)
+if env['FLOTILLA_JUPYTER_BASE_URL']:
+    # Behind the coordinator, which checks who may come in: no token of Jupyter's own, and any
+    # origin (the renter's browser is on the coordinator's). Notebooks live in the work directory.
+    os.makedirs('/tmp/jupyter', exist_ok=True)
+    jupyter_env = dict(env, JUPYTER_RUNTIME_DIR='/tmp/jupyter', JUPYTER_DATA_DIR='/tmp/jupyter/data',
+                       JUPYTER_CONFIG_DIR='/tmp/jupyter/config', IPYTHONDIR='/tmp/jupyter/ipython')
+    jupyter_log = open('/tmp/jupyter/log', 'w')
+    jupyter = subprocess.Popen([sys.executable, '-m', 'jupyterlab', '--no-browser', '--allow-root',
+                      '--ip=0.0.0.0', '--port=' + env['FLOTILLA_JUPYTER_PORT'],
+                      '--ServerApp.base_url=' + env['FLOTILLA_JUPYTER_BASE_URL'],
+                      '--IdentityProvider.token=', '--ServerApp.password=',
+                      '--ServerApp.allow_origin=*', '--ServerApp.root_dir=' + os.getcwd()],
+                     env=jupyter_env, stdout=jupyter_log, stderr=subprocess.STDOUT)
+    while jupyter.poll() is None:
+        try:
+            socket.create_connection(('127.0.0.1', int(env['FLOTILLA_JUPYTER_PORT'])), timeout=1).close()
+            say('jupyter ready at', env['FLOTILLA_JUPYTER_BASE_URL'])
+            break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        with open('/tmp/jupyter/log', errors='replace') as f:
+            say('jupyter did not start (exit', jupyter.returncode, '):', f.read()[-LOG_TAIL_CHARS:])
 import ray
 ray.init(address='auto', logging_level='ERROR')
 seen, ready = -1, False

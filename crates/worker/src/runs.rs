@@ -547,12 +547,8 @@ impl Runner {
                 return Err("a ray node needs the cluster mesh: run the worker as root".to_owned());
             }
             let cpus = (order.cpu_millis_max / 1_000).max(1);
-            let (ray_argv, ray_env) = crate::ray::node_command(
-                ray.head_address,
-                cpus,
-                gpu_indices.len(),
-                order.memory_bytes_max,
-            );
+            let (ray_argv, ray_env) =
+                crate::ray::node_command(ray, cpus, gpu_indices.len(), order.memory_bytes_max);
             argv = ray_argv;
             env.retain(|(name, _)| !ray_env.iter().any(|(own, _)| own == name));
             env.extend(ray_env);

@@ -359,6 +359,28 @@ print('nodes:', len(ids))
 print('sum of squares:', sum(ray.get([square.remote(i) for i in range(10)])))
 ";
 
+/// JupyterLab on the head answers through the coordinator under its public path, the
+/// renter's key let in; `clusters show` names it.
+async fn assert_jupyter_serves(market: &Market, cluster: &str) {
+    until_output_within(market, cluster, 0, 1, "jupyter ready at", 120).await;
+    let base = format!("/t/{cluster}/0/8888/");
+    let status: serde_json::Value = market
+        .renter
+        .get(&format!("{base}api/status"))
+        .await
+        .expect("Jupyter's status through the tunnel");
+    assert!(status.get("started").is_some(), "{status}");
+    let page = market.renter.get_text(&format!("{base}lab")).await.unwrap();
+    assert!(page.contains(&base), "the page's links carry the prefix");
+    let args = ["clusters", "show", cluster];
+    let (ok, stdout, stderr) = crate::clusters::cli(&market.coordinator, &market.renter_key, &args);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("Jupyter") && stdout.contains(&base),
+        "{stdout}"
+    );
+}
+
 /// Submits the job with the CLI; its output.
 fn submit_job(market: &Market, cluster: &str, dir: &std::path::Path) -> String {
     let dir = dir.to_string_lossy();
@@ -377,9 +399,10 @@ fn submit_job(market: &Market, cluster: &str, dir: &std::path::Path) -> String {
     stdout
 }
 
-/// A one-node Ray cluster starts its head with the dashboard reachable through the tunnel,
-/// and a job submitted with `flotilla ray submit` runs in the uploaded working directory and
-/// reports its result. Ray does not touch the database, so this runs on SQLite only.
+/// A one-node Ray cluster starts its head with the dashboard and JupyterLab reachable through
+/// the tunnel, and a job submitted with `flotilla ray submit` runs in the uploaded working
+/// directory and reports its result. Ray does not touch the database, so this runs on SQLite
+/// only.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ray_cluster_starts_and_runs_a_submitted_job() {
     if !sandbox_ready() || !flotilla_worker::sandbox::running_as_root() {
@@ -392,19 +415,22 @@ async fn a_ray_cluster_starts_and_runs_a_submitted_job() {
     let ray = ClusterSpec {
         kind: "ray".into(),
         cpus: Some(2),
+        jupyter: true,
         ..spec(1, &[])
     };
     let deployed: ClusterInfo = market.renter.post("clusters", &ray).await.unwrap();
     let running = until_state(&market.renter, &deployed.id, "running", 60).await;
-    assert!(
-        running
-            .port_links
-            .iter()
-            .any(|l| l.port == flotilla_proto::mesh::RAY_DASHBOARD_PORT),
-        "{:?}",
-        running.port_links
+    let named: Vec<(u16, Option<&str>)> = running
+        .port_links
+        .iter()
+        .map(|l| (l.port, l.name.as_deref()))
+        .collect();
+    assert_eq!(
+        named,
+        [(8265, Some("Ray dashboard")), (8888, Some("Jupyter"))]
     );
     until_output_within(&market, &deployed.id, 0, 1, "cluster ready: 1 of 1", 300).await;
+    assert_jupyter_serves(&market, &deployed.id).await;
     let job_dir = tempfile::tempdir().unwrap();
     std::fs::write(job_dir.path().join("job.py"), RAY_JOB).unwrap();
     let output = submit_job(&market, &deployed.id, job_dir.path());

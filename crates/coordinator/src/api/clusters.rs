@@ -509,18 +509,28 @@ fn node_info(run: &RunRow, devices: &HashMap<u32, Vec<String>>) -> ClusterNodeIn
     }
 }
 
-/// The `/t/` path of each declared port of each node.
-fn port_links(cluster_id: &str, nodes: &[ClusterNodeInfo], ports: &[u16]) -> Vec<PortLink> {
-    nodes
+/// The `/t/` path of each port the renter declared on each node, and of each server Flotilla
+/// started on the head, named.
+fn port_links(cluster_id: &str, nodes: &[ClusterNodeInfo], spec: &ClusterSpec) -> Vec<PortLink> {
+    let started = crate::clusters::started_services(spec);
+    let link = |node_rank: u32, port: u16, name: Option<&str>| PortLink {
+        node_rank,
+        port,
+        name: name.map(str::to_owned),
+        path: crate::clusters::port_path(cluster_id, node_rank, port),
+    };
+    let declared = nodes.iter().flat_map(|node| {
+        spec.ports
+            .iter()
+            .filter(|port| !started.iter().any(|(p, _)| p == *port))
+            .map(move |port| link(node.rank, *port, None))
+    });
+    let head = nodes.iter().any(|node| node.rank == 0);
+    let services = started
         .iter()
-        .flat_map(|node| {
-            ports.iter().map(move |port| PortLink {
-                node_rank: node.rank,
-                port: *port,
-                path: format!("/t/{cluster_id}/{}/{port}/", node.rank),
-            })
-        })
-        .collect()
+        .filter(|_| head)
+        .map(|(port, name)| link(0, *port, Some(name)));
+    declared.chain(services).collect()
 }
 
 async fn info(app: &AppState, row: ClusterRow) -> ApiResult<ClusterInfo> {
@@ -555,7 +565,7 @@ async fn info(app: &AppState, row: ClusterRow) -> ApiResult<ClusterInfo> {
         node.tunnel = traffic.remove(&node.run_id).unwrap_or_default();
     }
     let port_links = if row.state == CLUSTER_RUNNING {
-        port_links(&row.id, &nodes, &crate::clusters::declared_ports(&spec))
+        port_links(&row.id, &nodes, &spec)
     } else {
         Vec::new()
     };

@@ -23,13 +23,14 @@ use crate::tunnels::OpenError;
 /// The protocol name in the `Upgrade` header.
 pub const UPGRADE_PROTOCOL: &str = "flotilla-tunnel";
 
-/// The node a connection goes to: its live run, once every check passed.
+/// The node a connection goes to (its live run, once every check passed), and its cluster's
+/// spec.
 async fn target(
     app: &AppState,
     account_id: &str,
     cluster_id: &str,
     query: &ConnectQuery,
-) -> ApiResult<RunRow> {
+) -> ApiResult<(RunRow, ClusterSpec)> {
     check_id(IdKind::Cluster, "cluster", cluster_id)?;
     let cluster = app
         .store
@@ -54,10 +55,12 @@ async fn target(
         ));
     }
     let runs = app.store.runs_of_cluster(cluster_id).await?;
-    runs.into_iter()
+    let run = runs
+        .into_iter()
         .filter(|run| run.node_rank == query.node && run.is_live())
         .max_by_key(|run| run.attempt)
-        .ok_or_else(|| ApiError::invalid("node", "no node of that rank is running"))
+        .ok_or_else(|| ApiError::invalid("node", "no node of that rank is running"))?;
+    Ok((run, spec))
 }
 
 /// Connects the caller to a port of one of its running nodes.
@@ -82,7 +85,7 @@ pub async fn connect(
         ));
     }
     caller.require_role(Role::Renter)?;
-    let run = target(&app, caller.account_id(), &cluster_id, &query).await?;
+    let (run, _) = target(&app, caller.account_id(), &cluster_id, &query).await?;
     let stream = app
         .tunnels
         .open(&run, query.port)
@@ -197,6 +200,12 @@ pub struct ProxyPath {
     rest: String,
 }
 
+/// Whether a cookie pair (`name=value`) is our link's.
+fn is_link_cookie(pair: &str) -> bool {
+    pair.strip_prefix(LINK_PARAM)
+        .is_some_and(|rest| rest.starts_with('='))
+}
+
 /// The link token a request carries, in its query or its cookie.
 fn carried_link(request: &Request) -> Option<String> {
     let from_query = request.uri().query().and_then(|query| {
@@ -223,12 +232,13 @@ fn carried_link(request: &Request) -> Option<String> {
     from_query.or_else(from_cookie)
 }
 
-/// The node a proxied request may reach: by the caller's API key, or by a live link.
+/// The node a proxied request may reach (by the caller's API key, or by a live link), and its
+/// cluster's spec.
 async fn proxy_target(
     app: &AppState,
     request: &mut Request,
     path: &ProxyPath,
-) -> ApiResult<RunRow> {
+) -> ApiResult<(RunRow, ClusterSpec)> {
     let query = ConnectQuery {
         node: path.node,
         port: path.port,
@@ -257,8 +267,10 @@ async fn proxy_target(
     target(app, &owner, &path.cluster, &query).await
 }
 
-/// The request as the node's server sees it: its own path, no credentials of ours.
-fn outgoing(request: Request, path: &ProxyPath) -> Request {
+/// The request as the node's server sees it: its own path (or the whole path, for a server
+/// that serves under its public prefix), no credentials of ours. The server's own cookies go
+/// through; ours do not.
+fn outgoing(request: Request, path: &ProxyPath, whole_path: bool) -> Request {
     let (mut parts, body) = request.into_parts();
     let query: Vec<&str> = parts
         .uri
@@ -267,7 +279,15 @@ fn outgoing(request: Request, path: &ProxyPath) -> Request {
         .split('&')
         .filter(|pair| !pair.is_empty() && !pair.starts_with(LINK_PARAM))
         .collect();
-    let mut uri = format!("/{}", path.rest);
+    let mut uri = if whole_path {
+        format!(
+            "{}{}",
+            crate::clusters::port_path(&path.cluster, path.node, path.port),
+            path.rest
+        )
+    } else {
+        format!("/{}", path.rest)
+    };
     if !query.is_empty() {
         uri.push('?');
         uri.push_str(&query.join("&"));
@@ -276,7 +296,22 @@ fn outgoing(request: Request, path: &ProxyPath) -> Request {
         .parse()
         .unwrap_or_else(|_| axum::http::Uri::from_static("/"));
     parts.headers.remove(header::AUTHORIZATION);
+    let theirs: Vec<String> = parts
+        .headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .map(str::trim)
+        .filter(|pair| !pair.is_empty() && !is_link_cookie(pair))
+        .map(str::to_owned)
+        .collect();
     parts.headers.remove(header::COOKIE);
+    if let Ok(cookies) = HeaderValue::from_str(&theirs.join("; "))
+        && !theirs.is_empty()
+    {
+        parts.headers.insert(header::COOKIE, cookies);
+    }
     if let Ok(host) = HeaderValue::from_str(&format!("127.0.0.1:{}", path.port)) {
         parts.headers.insert(header::HOST, host);
     }
@@ -290,7 +325,8 @@ pub async fn proxy(
     mut request: Request,
 ) -> ApiResult<Response> {
     check_id(IdKind::Cluster, "cluster", &path.cluster)?;
-    let run = proxy_target(&app, &mut request, &path).await?;
+    let (run, spec) = proxy_target(&app, &mut request, &path).await?;
+    let whole_path = crate::clusters::serves_under_prefix(&spec, path.node, path.port);
     let link = carried_link(&request);
     let stream = app
         .tunnels
@@ -311,7 +347,7 @@ pub async fn proxy(
         .contains_key(header::UPGRADE)
         .then(|| hyper::upgrade::on(&mut request));
     let mut response = sender
-        .send_request(outgoing(request, &path))
+        .send_request(outgoing(request, &path, whole_path))
         .await
         .map_err(|e| ApiError::Unavailable(format!("the node's server: {e}")))?;
     if response.status() == StatusCode::SWITCHING_PROTOCOLS
@@ -336,4 +372,46 @@ pub async fn proxy(
         parts.headers.append(header::SET_COOKIE, cookie);
     }
     Ok(Response::from_parts(parts, axum::body::Body::new(body)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn proxied(whole_path: bool) -> Request {
+        let request = Request::builder()
+            .uri("/t/clu_x/0/8888/lab/tree?flotilla_link=secret&a=1")
+            .header(header::AUTHORIZATION, "Bearer key")
+            .header(header::COOKIE, "_xsrf=abc; flotilla_link=secret")
+            .header(header::COOKIE, "theme=dark")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let path = ProxyPath {
+            cluster: "clu_x".into(),
+            node: 0,
+            port: 8888,
+            rest: "lab/tree".into(),
+        };
+        outgoing(request, &path, whole_path)
+    }
+
+    #[test]
+    fn the_node_sees_its_own_path_and_cookies_but_none_of_our_credentials() {
+        let request = proxied(false);
+        assert_eq!(request.uri(), "/lab/tree?a=1");
+        assert!(!request.headers().contains_key(header::AUTHORIZATION));
+        let cookies: Vec<&str> = request
+            .headers()
+            .get_all(header::COOKIE)
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect();
+        assert_eq!(cookies, ["_xsrf=abc; theme=dark"]);
+        assert_eq!(request.headers()[header::HOST], "127.0.0.1:8888");
+    }
+
+    #[test]
+    fn a_server_under_its_prefix_gets_the_path_whole() {
+        assert_eq!(proxied(true).uri(), "/t/clu_x/0/8888/lab/tree?a=1");
+    }
 }

@@ -173,8 +173,9 @@ pub async fn cluster(
             }
             ul {
                 @for link in &info.port_links {
-                    li { "node " (link.node_rank) ", port " (link.port) ": "
-                         a href=(link.path) { (link.path) } }
+                    li { "node " (link.node_rank) ", port " (link.port)
+                         @if let Some(name) = &link.name { " (" (name) ")" }
+                         ": " a href=(link.path) { (link.path) } }
                 }
             }
         }
@@ -232,6 +233,9 @@ pub struct DeployForm {
     command: String,
     #[serde(default)]
     ports: String,
+    /// `yes`: JupyterLab on a Ray cluster's head.
+    #[serde(default)]
+    jupyter: String,
     /// Fixed when the quote is shown: deploying twice from one quote makes one cluster.
     #[serde(default)]
     nonce: String,
@@ -255,7 +259,12 @@ impl DeployForm {
                 })
             })
             .collect::<Result<Vec<u16>, ApiError>>()?;
-        let command = vec!["sh".into(), "-c".into(), self.command.clone()];
+        // A Ray cluster runs no command of its own: an empty line is no command.
+        let command = if self.command.trim().is_empty() {
+            Vec::new()
+        } else {
+            vec!["sh".into(), "-c".into(), self.command.clone()]
+        };
         Ok(ClusterSpec {
             kind: self.kind.clone(),
             gpus_per_node: number("gpus_per_node", &self.gpus_per_node)?,
@@ -263,6 +272,7 @@ impl DeployForm {
             hours: number("hours", &self.hours)?,
             token: self.token.clone(),
             ports,
+            jupyter: self.jupyter == "yes",
             ..ClusterSpec::new(self.name.trim(), number("nodes", &self.nodes)?, command)
         })
     }
@@ -294,14 +304,15 @@ fn deploy_fields(form: &DeployForm, fixed: bool) -> Markup {
     };
     html! {
         (text("Name", "name", &form.name, "train"))
-        (choice("Type", "kind", &form.kind, &["batch", "service"]))
+        (choice("Type", "kind", &form.kind, &["batch", "service", "ray"]))
         (text("Nodes", "nodes", &form.nodes, "1"))
         (text("GPUs per node", "gpus_per_node", &form.gpus_per_node, "1"))
         (text("GPU model, regions, tier, price (search language)", "query", &form.query, "gpu=h100 region=eu"))
         (text("Hours", "hours", &form.hours, "1"))
         (choice("Pay with", "token", &form.token, &["IOSD", "IO"]))
-        (text("Command (run as sh -c)", "command", &form.command, "python train.py"))
+        (text("Command (run as sh -c; none for ray)", "command", &form.command, "python train.py"))
         (text("Ports (service)", "ports", &form.ports, "8888"))
+        (choice("Jupyter on the head (ray)", "jupyter", &form.jupyter, &["no", "yes"]))
     }
 }
 
@@ -312,6 +323,7 @@ pub async fn deploy_form(signed: Signed) -> PageResult {
         gpus_per_node: "1".into(),
         hours: "1".into(),
         token: "IOSD".into(),
+        jupyter: "no".into(),
         ..DeployForm::default()
     };
     let body = html! {
@@ -384,4 +396,44 @@ pub async fn deploy(
         clusters::deploy_cluster(State(app), signed.caller.clone(), headers, JsonBody(spec))
             .await?;
     Ok(see_other(&format!("/cloud/clusters/{}", created.0.id)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn form(kind: &str, command: &str, jupyter: &str) -> DeployForm {
+        DeployForm {
+            name: "train".into(),
+            kind: kind.into(),
+            nodes: "2".into(),
+            gpus_per_node: "1".into(),
+            hours: "3".into(),
+            token: "IOSD".into(),
+            command: command.into(),
+            jupyter: jupyter.into(),
+            ..DeployForm::default()
+        }
+    }
+
+    #[test]
+    fn the_wizard_makes_a_ray_cluster_with_jupyter_and_no_command() {
+        let spec = form("ray", "  ", "yes").spec().unwrap();
+        assert_eq!((spec.kind.as_str(), spec.nodes, spec.hours), ("ray", 2, 3));
+        assert!(spec.command.is_empty() && spec.jupyter);
+        crate::clusters::check_spec(&spec).unwrap();
+    }
+
+    #[test]
+    fn the_wizard_runs_a_batch_line_through_the_shell_and_needs_one() {
+        let spec = form("batch", "python train.py", "no").spec().unwrap();
+        assert_eq!(spec.command, ["sh", "-c", "python train.py"]);
+        assert!(!spec.jupyter);
+        let empty = form("batch", "", "no").spec().unwrap();
+        let error = crate::clusters::check_spec(&empty).unwrap_err();
+        assert!(format!("{error:?}").contains("command"), "{error:?}");
+        let jupyter = form("batch", "true", "yes").spec().unwrap();
+        let error = crate::clusters::check_spec(&jupyter).unwrap_err();
+        assert!(format!("{error:?}").contains("jupyter"), "{error:?}");
+    }
 }
