@@ -30,6 +30,7 @@ mod ledger_bench;
 mod mesh_bench;
 mod postgres;
 mod proof_bench;
+mod ray_bench;
 mod scheduler_bench;
 mod tunnel_bench;
 

@@ -64,6 +64,9 @@ pub struct DevArgs {
     /// start: every simulated GPU proves as a CPU).
     #[arg(long, default_value_t = 5)]
     proof_memory_pct: u32,
+    /// Where the workers keep Ray's environment, shared by all (default: DATA/ray).
+    #[arg(long, env = "FLOTILLA_RAY_DIR")]
+    ray_dir: Option<PathBuf>,
 }
 
 pub async fn run(args: DevArgs) -> Result<()> {
@@ -104,8 +107,11 @@ pub async fn run(args: DevArgs) -> Result<()> {
     write_env(&data, &url, &keys)?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut workers = Vec::new();
+    let ray_dir = args.ray_dir.clone().unwrap_or_else(|| data.join("ray"));
     for index in 0..args.workers {
-        let config = worker_config(&client.with_key(&keys.supplier), &url, &data, index).await?;
+        let mut config =
+            worker_config(&client.with_key(&keys.supplier), &url, &data, index).await?;
+        config.ray_dir = Some(ray_dir.clone());
         let stopped = stopped.clone();
         workers.push(tokio::spawn(async move {
             if let Err(error) = flotilla_worker::run(config, stopped).await {

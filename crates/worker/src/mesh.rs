@@ -47,6 +47,12 @@ const REGISTER_INTERVAL_MS: u64 = 15_000;
 const PERSISTENT_KEEPALIVE_S: u16 = 15;
 /// Largest packet read from the interface or the socket.
 const PACKET_BYTES_MAX: usize = 65_536;
+/// The interface's transmit queue: room for a burst while the outbound thread is preempted
+/// (TUN's default of 500 drops packets that TCP then backs off for).
+const TUN_QUEUE_PACKETS: u32 = 1_000;
+/// The UDP socket's buffers, each way: a preempted inbound thread must not drop a window's
+/// worth of datagrams (the default holds about 60).
+const SOCKET_BUFFER_BYTES: libc::c_int = 8 << 20;
 /// WireGuard's overhead on a data packet, and its smallest buffer for handshakes.
 const WIREGUARD_OVERHEAD_BYTES: usize = 32;
 /// Peers one node has (a cluster's nodes less itself).
@@ -115,12 +121,23 @@ impl MeshNode {
         let address = format!("{}/{MESH_PREFIX_LEN}", order.address);
         let mtu = MESH_MTU_BYTES.to_string();
         ip(namespace_name, &["addr", "add", &address, "dev", INTERFACE])?;
+        let queue = TUN_QUEUE_PACKETS.to_string();
         ip(
             namespace_name,
-            &["link", "set", INTERFACE, "mtu", &mtu, "up"],
+            &[
+                "link",
+                "set",
+                INTERFACE,
+                "mtu",
+                &mtu,
+                "txqueuelen",
+                &queue,
+                "up",
+            ],
         )?;
         let socket =
             UdpSocket::bind(SocketAddr::from(([0, 0, 0, 0], 0))).map_err(MeshError::Socket)?;
+        enlarge_buffers(&socket);
         socket
             .set_read_timeout(Some(Duration::from_millis(POLL_MS)))
             .map_err(MeshError::Socket)?;
@@ -293,11 +310,14 @@ fn outbound(shared: &Shared) {
     let mut scratch = Vec::with_capacity(PACKET_BYTES_MAX);
     let mut tun = &shared.tun;
     while !shared.stopping() {
-        if !readable(&shared.tun) {
-            continue;
-        }
+        // The interface is non-blocking: read first, and wait only when it is empty (one
+        // system call per packet under load, not two).
         let length = match tun.read(&mut packet) {
             Ok(length) => length,
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+                readable(&shared.tun);
+                continue;
+            }
             Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(error) => {
                 tracing::warn!(%error, "mesh interface read failed; the node's mesh stops");
@@ -312,8 +332,14 @@ fn outbound(shared: &Shared) {
             continue;
         };
         drop(peers);
-        let mut tunn = peer.tunn.lock().unwrap_or_else(PoisonError::into_inner);
-        if let TunnResult::WriteToNetwork(bytes) = tunn.encapsulate(&packet[..length], &mut out) {
+        // The session's lock is held to encrypt only, not while sending, which on loopback
+        // runs the receiver's whole path.
+        let encrypted = peer
+            .tunn
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .encapsulate(&packet[..length], &mut out);
+        if let TunnResult::WriteToNetwork(bytes) = encrypted {
             shared.send(&peer, bytes, &mut scratch);
         }
     }
@@ -342,17 +368,32 @@ fn inbound(shared: &Shared) {
         } else {
             (received, None, false)
         };
-        let peers = shared.peers();
         let expected = |p: &Peer| match rank {
             Some(rank) => p.rank == rank,
             None => *p.endpoint.lock().unwrap_or_else(PoisonError::into_inner) == Some(from),
         };
         // The peer it should be from first; then, for a direct packet, every other peer (one
         // whose address changed, such as a NAT's new mapping).
-        let (first, others): (Vec<&Arc<Peer>>, Vec<&Arc<Peer>>) =
-            peers.iter().partition(|p| expected(p));
-        let others = if relayed { Vec::new() } else { others };
-        for peer in first.into_iter().chain(others) {
+        let first = shared
+            .peers
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .find(|p| expected(p))
+            .cloned();
+        if let Some(peer) = &first
+            && receive(shared, peer, packet, from, relayed, &mut out, &mut scratch)
+        {
+            continue;
+        }
+        if relayed {
+            continue;
+        }
+        let others = shared.peers();
+        let others = others
+            .iter()
+            .filter(|p| first.as_ref().is_none_or(|f| !Arc::ptr_eq(f, p)));
+        for peer in others {
             if receive(shared, peer, packet, from, relayed, &mut out, &mut scratch) {
                 break;
             }
@@ -370,7 +411,6 @@ fn receive(
     out: &mut [u8],
     scratch: &mut Vec<u8>,
 ) -> bool {
-    let mut tunn = peer.tunn.lock().unwrap_or_else(PoisonError::into_inner);
     let reply = |shared: &Shared, bytes: &[u8], scratch: &mut Vec<u8>| {
         let sent = if relayed {
             shared.relay_to(peer.rank, bytes, scratch)
@@ -381,12 +421,20 @@ fn receive(
             tracing::trace!(%error, "mesh reply failed");
         }
     };
-    match tunn.decapsulate(Some(from.ip()), packet, out) {
+    // The session's lock is held to decrypt only, not while writing to the interface, which
+    // runs the node's TCP receive path inline.
+    let decrypted = peer
+        .tunn
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .decapsulate(Some(from.ip()), packet, out);
+    match decrypted {
         TunnResult::Err(_) => return false,
         TunnResult::Done => {}
         TunnResult::WriteToNetwork(bytes) => {
             reply(shared, bytes, scratch);
             // Packets queued while the handshake was under way go now.
+            let mut tunn = peer.tunn.lock().unwrap_or_else(PoisonError::into_inner);
             while let TunnResult::WriteToNetwork(bytes) = tunn.decapsulate(None, &[], out) {
                 reply(shared, bytes, scratch);
             }
@@ -522,7 +570,45 @@ fn open_tun(name: &str) -> std::io::Result<File> {
     if result < 0 {
         return Err(std::io::Error::last_os_error());
     }
+    // SAFETY: F_GETFL and F_SETFL take and return an `int` of flags; the descriptor is open.
+    let nonblocking = unsafe {
+        let flags = libc::fcntl(file.as_raw_fd(), libc::F_GETFL);
+        flags >= 0 && libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) == 0
+    };
+    if !nonblocking {
+        return Err(std::io::Error::last_os_error());
+    }
     Ok(file)
+}
+
+/// Sets the socket's buffers to [`SOCKET_BUFFER_BYTES`]: past the system's cap where the
+/// worker may (as root), else up to it.
+#[allow(unsafe_code)]
+fn enlarge_buffers(socket: &UdpSocket) {
+    let options = [
+        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
+        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
+    ];
+    let set = |option: libc::c_int| {
+        let size: libc::c_int = SOCKET_BUFFER_BYTES;
+        // SAFETY: the option's value is one `int`, passed with its size; the descriptor is
+        // open for the call's whole length.
+        let result = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                option,
+                std::ptr::from_ref(&size).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        result == 0
+    };
+    for (forced, capped) in options {
+        if !set(forced) {
+            set(capped);
+        }
+    }
 }
 
 /// Where the relay is: the coordinator's host, resolved, at `port`.

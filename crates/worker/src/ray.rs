@@ -7,7 +7,6 @@
 //! cluster). CPUs and GPUs are declared from the node's assignment.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use flotilla_proto::mesh::{
     JUPYTER_PORT, JUPYTERLAB_VERSION, RAY_DASHBOARD_PORT, RAY_GCS_PORT, RAY_VERSION, RayOrder,
@@ -23,19 +22,19 @@ const OBJECT_STORE_BYTES_MIN: u64 = 80 << 20;
 /// How long installing Ray may take.
 const INSTALL_TIMEOUT_MS: u64 = 15 * 60 * 1000;
 
-/// Where Ray environments live, and the lock that makes one at a time.
+/// Makes one environment at a time in this process: workers of one process (`flotilla dev`)
+/// may share a Ray directory.
+static MAKING: Mutex<()> = Mutex::const_new(());
+
+/// Where Ray environments live.
 #[derive(Debug, Clone)]
 pub struct RayEnvironments {
     dir: PathBuf,
-    making: Arc<Mutex<()>>,
 }
 
 impl RayEnvironments {
     pub fn new(dir: PathBuf) -> RayEnvironments {
-        RayEnvironments {
-            dir,
-            making: Arc::default(),
-        }
+        RayEnvironments { dir }
     }
 
     /// The pinned release's environment directory.
@@ -50,7 +49,7 @@ impl RayEnvironments {
         if installed(&path) {
             return Ok(path);
         }
-        let _making = self.making.lock().await;
+        let _making = MAKING.lock().await;
         if installed(&path) {
             return Ok(path);
         }
@@ -159,6 +158,9 @@ const SUPERVISOR: &str = r#"
 import glob, os, socket, subprocess, sys, threading, time
 env = os.environ
 JOIN_PATIENCE_S, LOG_FILES_SHOWN, LOG_TAIL_CHARS = 90, 40, 1500
+# A head unreachable this long is taken for gone: Ray's own raylet would wait a minute before
+# giving up on it, and a replaced head is a new Ray cluster to join.
+HEAD_LOST_S = 10
 ray_cli, head = [sys.executable, env['FLOTILLA_RAY_BIN']], env['FLOTILLA_RAY_HEAD']
 gcs_port, count = int(env['FLOTILLA_RAY_GCS_PORT']), int(env['FLOTILLA_NODE_COUNT'])
 rank, attempt = int(env['FLOTILLA_NODE_RANK']), int(env['FLOTILLA_ATTEMPT'])
@@ -167,7 +169,8 @@ common = ['--node-ip-address=' + env['FLOTILLA_MESH_ADDRESS'],
           '--object-store-memory=' + env['FLOTILLA_RAY_OBJECT_STORE_BYTES'], '--disable-usage-stats']
 
 def say(*words):
-    print('ray:', *words, flush=True)
+    # One write per line, so that a line reaches the node's log whole.
+    print(' '.join(['ray:'] + [str(w) for w in words]), flush=True)
 
 def head_up():
     # The dashboard comes up after the GCS has its cluster id: a node that joins a GCS still
@@ -178,6 +181,20 @@ def head_up():
         return True
     except OSError:
         return False
+
+def leave_when_head_lost(start):
+    unreachable_since = None
+    while start.poll() is None:
+        try:
+            socket.create_connection((head, gcs_port), timeout=1).close()
+            unreachable_since = None
+        except OSError:
+            unreachable_since = unreachable_since or time.monotonic()
+            if time.monotonic() - unreachable_since >= HEAD_LOST_S:
+                say('the head is unreachable; leaving, to join again when it is back')
+                start.terminate()
+                return
+        time.sleep(1)
 
 def tell_if_stuck(joined):
     # A node that has not joined by then says why, as far as Ray's own logs know.
@@ -202,6 +219,7 @@ if rank != 0:
         threading.Thread(target=tell_if_stuck, args=(joined,), daemon=True).start()
         start = subprocess.Popen(ray_cli + ['start', '--address=%s:%d' % (head, gcs_port), '--block'] + common,
                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        threading.Thread(target=leave_when_head_lost, args=(start,), daemon=True).start()
         for line in start.stdout:
             print(line, end='', flush=True)
             if 'Ray runtime started' in line:

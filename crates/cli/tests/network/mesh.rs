@@ -455,14 +455,15 @@ async fn a_ray_cluster_starts_and_runs_a_submitted_job() {
 
 /// Two workers in separate namespaces form a 2-node Ray cluster over the mesh, and a submitted
 /// job runs tasks on both nodes; when the Ray worker node's machine dies, its replacement joins
-/// the same Ray cluster and a new job runs on two nodes again.
+/// the same Ray cluster and a new job runs on two nodes again; when the head's machine dies,
+/// the replaced head says the Ray cluster restarted and the worker node joins it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_two_node_ray_cluster_forms_over_the_mesh_and_survives_a_lost_worker() {
     if !sandbox_ready() || !flotilla_worker::sandbox::running_as_root() {
         return;
     }
     let Some(ray_dir) = ray_dir() else { return };
-    let spaces: Vec<WorkerNamespace> = (12..15).map(WorkerNamespace::new).collect();
+    let spaces: Vec<WorkerNamespace> = (12..16).map(WorkerNamespace::new).collect();
     // Starting Ray saturates this machine's cores for seconds: a grace of 1.5 s would take
     // busy workers for lost ones.
     let coordinator_flags = ["--heartbeat-grace-ms", "10000"];
@@ -481,19 +482,36 @@ async fn a_two_node_ray_cluster_forms_over_the_mesh_and_survives_a_lost_worker()
         cpus: Some(1),
         ..spec(2, &[])
     };
+    let started = std::time::Instant::now();
+    let phase = |what: &str| eprintln!("{:>6} ms: {what}", started.elapsed().as_millis());
     let deployed: ClusterInfo = market.renter.post("clusters", &ray).await.unwrap();
     let running = until_state(&market.renter, &deployed.id, "running", 60).await;
     until_output_within(&market, &deployed.id, 0, 1, "cluster ready: 2 of 2", 300).await;
+    phase("2 of 2 joined");
     let job_dir = tempfile::tempdir().unwrap();
     std::fs::write(job_dir.path().join("job.py"), RAY_JOB).unwrap();
     let output = submit_job(&market, &deployed.id, job_dir.path());
     assert!(output.contains("nodes: 2"), "{output}");
     assert!(output.contains("sum of squares: 285"), "{output}");
 
+    phase("a job ran on both nodes");
     let victim_worker = running.nodes[1].worker_id.clone();
     let victim = worker_index(&market, &victim_worker);
     market._workers[victim].kill();
     until_output_within(&market, &deployed.id, 1, 2, "joined the Ray cluster", 300).await;
+    phase("the replaced worker node joined");
     let output = submit_job(&market, &deployed.id, job_dir.path());
     assert!(output.contains("nodes: 2"), "{output}");
+
+    phase("a job ran on both nodes again");
+    let head = worker_index(&market, &running.nodes[0].worker_id);
+    market._workers[head].kill();
+    let restarted = "the head was replaced: the Ray cluster restarted";
+    until_output_within(&market, &deployed.id, 0, 2, restarted, 300).await;
+    phase("the head was replaced");
+    until_output_within(&market, &deployed.id, 0, 2, "cluster ready: 2 of 2", 300).await;
+    phase("the restarted cluster is whole");
+    let output = submit_job(&market, &deployed.id, job_dir.path());
+    assert!(output.contains("nodes: 2"), "{output}");
+    phase("a job ran on both nodes of the restarted cluster");
 }
