@@ -491,7 +491,7 @@ pub fn has_mesh(spec: &ClusterSpec) -> bool {
 }
 
 /// Each rank's newest run, by rank.
-fn latest_runs(runs: &[RunRow]) -> BTreeMap<u32, &RunRow> {
+pub(crate) fn latest_runs(runs: &[RunRow]) -> BTreeMap<u32, &RunRow> {
     let mut latest: BTreeMap<u32, &RunRow> = BTreeMap::new();
     for run in runs {
         let newer = latest

@@ -353,6 +353,63 @@ impl Store {
         Ok(by_cluster.remove(cluster_id).unwrap_or_default())
     }
 
+    /// The node runs that held one of the account's devices (through their node's
+    /// placement), newest first, at most `limit`.
+    pub async fn device_runs(
+        &self,
+        account_id: &str,
+        device_id: &str,
+        limit: u32,
+    ) -> Result<Vec<RunRow>> {
+        let columns: Vec<String> = RUN_COLUMNS
+            .split(", ")
+            .map(|c| format!("r.{c} AS {c}"))
+            .collect();
+        let sql = format!(
+            "SELECT DISTINCT {} FROM node_runs r JOIN placements p ON p.request_id = r.cluster_id \
+             AND p.node_index = r.node_index AND p.worker_id = r.worker_id \
+             JOIN devices d ON d.id = p.device_id \
+             WHERE p.device_id = $1 AND d.account_id = $2 ORDER BY created_at_ms DESC, id DESC LIMIT $3",
+            columns.join(", ")
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(device_id)
+            .bind(account_id)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(run_from).collect()
+    }
+
+    /// The GPU models each of these clusters holds now, by cluster (public facts, for the
+    /// Explorer).
+    pub async fn cluster_models(
+        &self,
+        cluster_ids: &[String],
+    ) -> Result<HashMap<String, Vec<String>>> {
+        let mut by_cluster: HashMap<String, Vec<String>> = HashMap::new();
+        for chunk in cluster_ids.chunks(500) {
+            let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "SELECT DISTINCT p.request_id AS request_id, d.model AS model FROM placements p \
+                 JOIN devices d ON d.id = p.device_id WHERE p.request_id IN ({}) \
+                 AND p.released_at_ms IS NULL ORDER BY request_id, model",
+                marks.join(", ")
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for id in chunk {
+                query = query.bind(id);
+            }
+            for row in query.fetch_all(&self.pool).await? {
+                by_cluster
+                    .entry(col(&row, "request_id")?)
+                    .or_default()
+                    .push(col(&row, "model")?);
+            }
+        }
+        Ok(by_cluster)
+    }
+
     /// The runs a worker should be running now.
     pub async fn live_runs_of_worker(&self, worker_id: &str) -> Result<Vec<RunRow>> {
         let sql = format!(

@@ -195,6 +195,20 @@ impl Store {
         rows.iter().map(device_from).collect()
     }
 
+    /// Devices of every supplier in id order after `after_id`, at most `limit`: for the
+    /// Explorer, which shows only their public facts (never names, owners or workers).
+    pub async fn public_devices(&self, after_id: &str, limit: u32) -> Result<Vec<DeviceRow>> {
+        let sql = format!(
+            "SELECT {DEVICE_COLUMNS} FROM devices WHERE removed_at_ms IS NULL AND id > $1 ORDER BY id LIMIT $2"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(after_id)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(device_from).collect()
+    }
+
     /// Live, real (not simulated) GPUs with this hardware id on any other worker, whoever owns
     /// them: for the coordinator's duplicate check, never for an API answer.
     pub async fn gpus_with_hardware_id_elsewhere(

@@ -187,6 +187,26 @@ async fn a_renter_deploys_through_the_wizard_and_terminates_on_the_dashboard(db:
     ] {
         assert!(!public.contains(private), "the Explorer shows {private}");
     }
+    // The Explorer's other pages, anonymous too: the live cluster by its public facts only.
+    let mut pages = Vec::new();
+    for path in ["clusters", "devices", "proposals", "verify"] {
+        let answer = reqwest::get(format!("{url}/explorer/{path}"))
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 200, "/explorer/{path}");
+        pages.push(answer.text().await.unwrap());
+    }
+    assert!(pages[0].contains(&cluster.id), "{}", pages[0]);
+    for page in &pages {
+        for private in [
+            market.renter_key.as_str(),
+            "hello-from-the-wizard",
+            "flotilla_session",
+            "Log out",
+        ] {
+            assert!(!page.contains(private), "the Explorer shows {private}");
+        }
+    }
     both_widths(&browser, "cluster").await;
 
     // A form without its CSRF token changes nothing; another renter's session sees a 404.
@@ -226,6 +246,21 @@ async fn a_renter_deploys_through_the_wizard_and_terminates_on_the_dashboard(db:
         .unwrap();
     assert_eq!(peek.status(), 404);
 
+    // Extend on the page: an hour more is paid for.
+    browser.type_into("#extend input[name=hours]", "1").await;
+    browser.click("#extend button[type=submit]").await;
+    let extended = eventually(Duration::from_secs(10), || async {
+        let now: ClusterInfo = market
+            .renter
+            .get(&format!("clusters/{}", cluster.id))
+            .await
+            .ok()?;
+        (now.spec.hours == cluster.spec.hours + 1).then_some(())
+    })
+    .await;
+    assert!(extended.is_some(), "Extend adds an hour");
+    browser.wait_text("#summary .state", "running").await;
+
     // Terminate on the page: the cluster ends and the unused escrow comes back.
     let before = iosd_available(&market.renter).await;
     browser.click("button.danger").await;
@@ -261,6 +296,40 @@ async fn a_renter_deploys_through_the_wizard_and_terminates_on_the_dashboard(db:
         status.is_success() || (status == 409 && answer["error"]["code"] == "not_sealed"),
         "{status} {answer}"
     );
+    // The line's ledger entry page checks the same proof; a sealed proof pasted into the
+    // Explorer's form verifies there.
+    let entry_path = browser
+        .script("return document.querySelector('#earnings a.entry').getAttribute('href');")
+        .await;
+    browser
+        .goto(&format!("{url}{}", entry_path.as_str().unwrap()))
+        .await;
+    let verdict = browser.text("#verdict").await;
+    assert!(
+        verdict.starts_with("verified") || verdict.contains("not sealed"),
+        "{verdict}"
+    );
+    if status.is_success() {
+        browser.goto(&format!("{url}/explorer/verify")).await;
+        let pasted = serde_json::to_string(&answer.to_string()).unwrap();
+        browser
+            .script(&format!(
+                "document.querySelector('#proof').value = {pasted};"
+            ))
+            .await;
+        browser.click("#verify button[type=submit]").await;
+        let checked = eventually(Duration::from_secs(10), || async {
+            let text = browser
+                .script(
+                    "const v = document.querySelector('#verdict'); return v ? v.textContent : '';",
+                )
+                .await;
+            text.as_str().filter(|t| !t.is_empty()).map(str::to_owned)
+        })
+        .await
+        .expect("the form answers");
+        assert!(checked.starts_with("Verified: entry"), "{checked}");
+    }
     let errors = browser.console_errors().await;
     assert!(errors.is_empty(), "console errors: {errors:?}");
     browser.quit().await;
@@ -331,6 +400,36 @@ async fn a_supplier_renames_pauses_and_adds_a_device_on_the_dashboard(db: Db) {
         "{charted}"
     );
     both_widths(&browser, "device").await;
+    // Its proof of compute is listed, linking to the public transcript; its work history too.
+    assert!(browser.text("#proofs tbody").await.contains("passed"));
+    let transcript = browser
+        .script("return document.querySelector('#proofs a.transcript').getAttribute('href');")
+        .await;
+    let fetched = reqwest::get(format!("{url}{}", transcript.as_str().unwrap()))
+        .await
+        .unwrap();
+    assert_eq!(fetched.status(), 200);
+    assert_eq!(browser.text("#work h2").await, "Work history");
+
+    // Staking: IO from the faucet, staked through the form.
+    let _: serde_json::Value = supplier
+        .post_idempotent(
+            "wallet/faucet",
+            &flotilla_proto::api::FaucetRequest {
+                token: "IO".into(),
+                amount_micros: 10_000_000,
+            },
+            "stake-io",
+        )
+        .await
+        .unwrap();
+    browser.goto(&format!("{url}/worker/staking")).await;
+    browser
+        .type_into("#stake-form input[name=amount]", "2.5")
+        .await;
+    browser.click("#stake-form button[type=submit]").await;
+    browser.wait_text("#staked", "2.5 IO").await;
+    both_widths(&browser, "staking").await;
 
     // Pause from the list.
     browser.goto(&format!("{url}/worker")).await;
@@ -360,6 +459,15 @@ async fn a_supplier_renames_pauses_and_adds_a_device_on_the_dashboard(db: Db) {
     })
     .await;
     assert!(enrolled.is_some(), "the shown command enrolls a worker");
+    // Remove on the device's page: the device leaves the list.
+    browser
+        .goto(&format!("{url}/worker/devices/{}", device.id))
+        .await;
+    browser.click("#remove button[type=submit]").await;
+    browser.wait_url("/worker").await;
+    let listed: flotilla_proto::api::Page<flotilla_proto::api::Device> =
+        supplier.get("devices").await.unwrap();
+    assert!(listed.items.iter().all(|d| d.id != device.id), "removed");
     let errors = browser.console_errors().await;
     assert!(errors.is_empty(), "console errors: {errors:?}");
     browser.quit().await;

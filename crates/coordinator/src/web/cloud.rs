@@ -1,13 +1,13 @@
-//! Cloud, the renters' face: balances and clusters, and a cluster's page with its nodes, their
-//! port links, the latest logs and Terminate. Every read and change goes through the API's
-//! handlers with the session's caller, so ownership is checked the API's way (another renter's
-//! cluster is a 404).
+//! Cloud, the renters' face: balances and clusters, the clusters list (state, paid time left,
+//! rent so far), and a cluster's page with its nodes, their port links, the latest logs,
+//! Extend and Terminate. Every read and change goes through the API's handlers with the
+//! session's caller, so ownership is checked the API's way (another renter's cluster is a 404).
 
 use axum::Form;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue};
 use axum::response::IntoResponse;
-use flotilla_proto::api::{ClusterSpec, LogQuery, PageQuery};
+use flotilla_proto::api::{ClusterSpec, ExtendRequest, LogQuery, PageQuery};
 use maud::{Markup, PreEscaped, html};
 use serde::Deserialize;
 
@@ -100,10 +100,67 @@ pub async fn home(State(app): State<AppState>, signed: Signed) -> PageResult {
                 p class="muted" { "No clusters yet: " code { "flotilla deploy --nodes 1 -- nvidia-smi" } }
             }
             p { a href="/cloud/deploy" id="deploy" { "Deploy a cluster" } " · "
-                a href="/cloud/market" { "Marketplace" } }
+                a href="/cloud/market" { "Marketplace" } " · "
+                a href="/cloud/clusters" id="all-clusters" { "All clusters" } }
         }
     };
     Ok(page("Cloud", Face::Cloud, Some(&signed), body).into_response())
+}
+
+/// Clusters listed on the clusters page (the first, in id order).
+const CLUSTERS_LISTED_MAX: u32 = 200;
+
+/// Paid minutes left: the hours bought less the minutes metered so far.
+fn minutes_left(hours: u32, metered_minutes: u64) -> u64 {
+    (u64::from(hours) * 60).saturating_sub(metered_minutes)
+}
+
+/// The rent metered so far, IOSD base units: the nodes' hourly prices for each metered minute
+/// (a minute a node was down was not charged, so this is the most it can be).
+fn rent_so_far_micros(rent_per_hour: u64, metered_minutes: u64) -> u64 {
+    let micros = u128::from(rent_per_hour) * u128::from(metered_minutes) / 60;
+    u64::try_from(micros).unwrap_or(u64::MAX)
+}
+
+fn duration_words(minutes: u64) -> String {
+    format!("{} h {:02} min", minutes / 60, minutes % 60)
+}
+
+/// Every cluster of the renter's with its state, paid time left and rent so far.
+pub async fn clusters_list(State(app): State<AppState>, signed: Signed) -> PageResult {
+    let query = PageQuery {
+        limit: Some(CLUSTERS_LISTED_MAX),
+        cursor: None,
+    };
+    let listed = clusters::list_clusters(State(app), signed.caller.clone(), QueryParams(query))
+        .await?
+        .0;
+    let body = html! {
+        section id="clusters" {
+            table {
+                thead { tr { th { "Cluster" } th { "Name" } th { "Type" } th { "State" } th { "Nodes" }
+                    th { "Time left" } th { "Rent so far (IOSD, at most)" } th { "Escrow" } } }
+                tbody {
+                    @for cluster in &listed.items {
+                        @let live = cluster.state == "running" || cluster.state == "deploying";
+                        tr {
+                            td { a href={ "/cloud/clusters/" (cluster.id) } { (cluster.id) } }
+                            td { (cluster.name) }
+                            td { (cluster.kind) }
+                            td class="state" { (cluster.state) }
+                            td { (cluster.spec.nodes) }
+                            td { @if live { (duration_words(minutes_left(cluster.spec.hours, cluster.metered_minutes))) } @else { "-" } }
+                            td { (amount(rent_so_far_micros(cluster.rent_per_hour, cluster.metered_minutes))) }
+                            td { (amount(cluster.escrow_micros)) " " (cluster.spec.token) }
+                        }
+                    }
+                }
+            }
+            @if listed.items.is_empty() { p class="muted" { "No clusters yet." } }
+            @if listed.next_cursor.is_some() { p class="muted" { "The first " (CLUSTERS_LISTED_MAX) " are shown." } }
+        }
+    };
+    Ok(page("Clusters", Face::Cloud, Some(&signed), body).into_response())
 }
 
 pub async fn cluster(
@@ -145,6 +202,19 @@ pub async fn cluster(
                     input type="hidden" name="csrf" value=(signed.csrf);
                     button class="danger" type="submit" { "Terminate" }
                 }
+            }
+        }
+        @if live {
+            // Outside #summary, which the live script swaps, so a typed value stays.
+            section id="extend" {
+                form method="post" action={ "/cloud/clusters/" (info.id) "/extend" } {
+                    input type="hidden" name="csrf" value=(signed.csrf);
+                    input name="hours" inputmode="numeric" placeholder="hours" aria-label="hours to add";
+                    " " button type="submit" { "Extend" }
+                }
+                p class="muted" { (duration_words(minutes_left(info.spec.hours, info.metered_minutes)))
+                    " of paid time left; rent so far at most "
+                    (amount(rent_so_far_micros(info.rent_per_hour, info.metered_minutes))) " IOSD." }
             }
         }
         section id="nodes" {
@@ -207,6 +277,38 @@ pub async fn terminate(
     signed.check_csrf(&form.csrf)?;
     let _ended =
         clusters::terminate_cluster(State(app), signed.caller.clone(), PathId(id.clone())).await?;
+    Ok(see_other(&format!("/cloud/clusters/{id}")))
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct ExtendForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    hours: String,
+}
+
+/// Adds hours to a live cluster: the API quotes and holds them, or says why not.
+pub async fn extend(
+    State(app): State<AppState>,
+    signed: Signed,
+    PathId(id): PathId,
+    Form(form): Form<ExtendForm>,
+) -> PageResult {
+    signed.check_csrf(&form.csrf)?;
+    let hours = form
+        .hours
+        .trim()
+        .parse()
+        .map_err(|_| ApiError::invalid("hours", "must be a whole number"))?;
+    let request = ExtendRequest { hours };
+    let _extended = clusters::extend_cluster(
+        State(app),
+        signed.caller.clone(),
+        PathId(id.clone()),
+        JsonBody(request),
+    )
+    .await?;
     Ok(see_other(&format!("/cloud/clusters/{id}")))
 }
 
@@ -414,6 +516,15 @@ mod tests {
             jupyter: jupyter.into(),
             ..DeployForm::default()
         }
+    }
+
+    #[test]
+    fn time_left_and_rent_so_far_follow_the_metered_minutes() {
+        assert_eq!(minutes_left(2, 30), 90);
+        assert_eq!(minutes_left(1, 75), 0);
+        assert_eq!(duration_words(90), "1 h 30 min");
+        assert_eq!(rent_so_far_micros(1_200_000, 30), 600_000);
+        assert_eq!(rent_so_far_micros(u64::MAX, u64::MAX), u64::MAX);
     }
 
     #[test]

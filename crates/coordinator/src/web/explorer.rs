@@ -1,6 +1,8 @@
 //! The Explorer: what anyone may see without logging in. Supply and prices by GPU model, the
-//! ledger's supply and its sealed epochs with their signed roots. It shows only what the public
-//! API shows: no account names, keys, renters' commands or logs.
+//! ledger's supply and its sealed epochs with their signed roots and block rewards (also as
+//! CSV), with links to the live clusters and the devices (`fleet.rs`), governance and the
+//! inclusion-proof check (`ledger.rs`). It shows only what the public API shows: no account
+//! names, keys, renters' commands or logs.
 
 use axum::extract::State;
 use axum::response::IntoResponse;
@@ -68,6 +70,9 @@ pub async fn home(
     let devices: u64 = prices.iter().map(|p| p.devices).sum();
     let hired: u64 = prices.iter().map(|p| p.hired).sum();
     let body = html! {
+        p id="explore" { a href="/explorer/clusters" { "Clusters" } " · " a href="/explorer/devices" { "Devices" }
+            " · " a href="/explorer/proposals" { "Governance" } " · "
+            a href="/explorer/verify" { "Check an inclusion proof" } }
         section id="supply" {
             h2 { "Supply" }
             p { strong { (devices) } " devices offered, " strong { (hired) } " hired, "

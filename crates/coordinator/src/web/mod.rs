@@ -1,6 +1,7 @@
-//! The dashboard: server-rendered pages (maud) on the coordinator's address, with no script
-//! of their own yet and nothing to build. Three faces: `/explorer` (public, no login),
-//! `/cloud` (renters) and `/worker` (suppliers).
+//! The dashboard: server-rendered pages (maud) on the coordinator's address, with one small
+//! script (a live cluster's page) and nothing to build. Three faces: `/explorer` (public, no
+//! login: `explorer`, `fleet`, `ledger`), `/cloud` (renters: `cloud`, `market`) and `/worker`
+//! (suppliers: `worker`, `earnings`).
 //!
 //! Pages read through the same handlers as the API, so a page shows what the API answers and
 //! every ownership check is the API's. A login opens a session that stands for the API key it
@@ -8,8 +9,12 @@
 //! key is revoked, and every form carries the session's CSRF token, checked before anything
 //! changes.
 
+mod chart;
 mod cloud;
+mod earnings;
 mod explorer;
+mod fleet;
+mod ledger;
 mod market;
 mod session;
 mod worker;
@@ -31,17 +36,32 @@ pub fn router() -> Router<AppState> {
         .route("/", get(|| async { Redirect::to("/explorer") }))
         .route("/explorer", get(explorer::home))
         .route("/explorer/epochs.csv", get(explorer::epochs_csv))
+        .route("/explorer/clusters", get(fleet::clusters))
+        .route("/explorer/devices", get(fleet::devices))
+        .route("/explorer/proposals", get(ledger::proposals))
+        .route(
+            "/explorer/verify",
+            get(ledger::verify_page).post(ledger::verify),
+        )
         .route("/login", get(session::login_form).post(session::login))
         .route("/logout", post(session::logout))
         .route("/cloud", get(cloud::home))
         .route("/cloud/market", get(market::market))
         .route("/cloud/deploy", get(cloud::deploy_form).post(cloud::deploy))
         .route("/cloud/deploy/quote", post(cloud::deploy_quote))
+        .route("/cloud/clusters", get(cloud::clusters_list))
         .route("/cloud/clusters/{id}", get(cloud::cluster))
+        .route("/cloud/clusters/{id}/extend", post(cloud::extend))
         .route("/cloud/clusters/{id}/terminate", post(cloud::terminate))
         .route("/worker", get(worker::home))
-        .route("/worker/earnings", get(worker::earnings))
+        .route("/worker/earnings", get(earnings::earnings))
+        .route("/worker/entries/{id}", get(earnings::entry))
+        .route(
+            "/worker/staking",
+            get(earnings::staking).post(earnings::change_stake),
+        )
         .route("/worker/devices/{id}", get(worker::device))
+        .route("/worker/devices/{id}/remove", post(worker::remove))
         .route("/worker/devices/{id}/pause", post(worker::pause))
         .route("/worker/devices/{id}/resume", post(worker::resume))
         .route("/worker/devices/{id}/rename", post(worker::rename))

@@ -1,29 +1,38 @@
 //! Worker, the suppliers' face: devices with their state, price, latest telemetry and tunnel
 //! traffic, with Rename, Pause and Resume; a device's page with charts of its telemetry
-//! history; and Add device, which makes an enrollment token and shows the exact command to run.
+//! history, its work history (the cluster node runs it served), its proof-of-compute attempts
+//! with their transcripts, and Remove; and Add device, which makes an enrollment token and
+//! shows the exact command to run. Earnings and staking are in `earnings.rs`.
 //! Reads and changes go through the API's handlers with the session's caller.
 
 use axum::Form;
 use axum::extract::State;
 use axum::http::{HeaderMap, header};
 use axum::response::IntoResponse;
-use flotilla_proto::api::{CreateEnrollmentTokenRequest, Device, RenameRequest, TelemetryPoint};
+use flotilla_proto::api::{
+    CreateEnrollmentTokenRequest, Device, ProofInfo, RenameRequest, TelemetryPoint,
+};
+use flotilla_proto::time::rfc3339_opt;
+use flotilla_store::RunRow;
 use maud::{Markup, html};
 use serde::Deserialize;
 
 use super::session::{CsrfForm, Signed};
-use super::{Face, PageResult, amount, page, see_other};
+use super::{Face, PageResult, amount, chart, page, see_other};
 use crate::AppState;
 use crate::api::devices::{self, DeviceListQuery, DeviceShowQuery};
+use crate::api::proofs::{self, ProofListQuery};
+use crate::error::ApiError;
 use crate::extract::{JsonBody, PathId, QueryParams};
 
 /// Devices listed (the first page).
 const DEVICES_SHOWN: u32 = 200;
 /// Telemetry points charted on a device's page.
 const HISTORY_POINTS_SHOWN: u32 = 120;
-/// A chart's drawing size, in SVG units.
-const CHART_WIDTH: f64 = 600.0;
-const CHART_HEIGHT: f64 = 120.0;
+/// A device's node runs listed on its page (the newest).
+const DEVICE_RUNS_SHOWN_MAX: u32 = 50;
+/// A device's proof-of-compute attempts listed on its page.
+const DEVICE_PROOFS_SHOWN_MAX: u32 = 50;
 
 fn device_row(device: &Device, csrf: &str) -> Markup {
     let action = |verb: &str| format!("/worker/devices/{}/{verb}", device.id);
@@ -63,7 +72,8 @@ pub async fn home(State(app): State<AppState>, signed: Signed) -> PageResult {
             }
             @if listed.items.is_empty() { p class="muted" { "No devices yet: add one below." } }
         }
-        p { a href="/worker/earnings" id="earnings-link" { "Earnings: rent and block rewards" } }
+        p { a href="/worker/earnings" id="earnings-link" { "Earnings: rent and block rewards" } " · "
+            a href="/worker/staking" id="staking-link" { "Staking" } }
         section id="add" {
             h2 { "Add a device" }
             form method="post" action="/worker/enrollment-tokens" {
@@ -75,28 +85,6 @@ pub async fn home(State(app): State<AppState>, signed: Signed) -> PageResult {
     Ok(page("Worker", Face::Worker, Some(&signed), body).into_response())
 }
 
-/// A line chart of `values` (oldest first) scaled to `max`.
-fn chart(label: &str, values: &[f64], max: f64) -> Markup {
-    let step = CHART_WIDTH / (values.len().max(2) - 1) as f64;
-    let points: Vec<String> = values
-        .iter()
-        .enumerate()
-        .map(|(i, v)| {
-            let y = CHART_HEIGHT - (v / max.max(1.0)).clamp(0.0, 1.0) * CHART_HEIGHT;
-            format!("{:.1},{:.1}", i as f64 * step, y)
-        })
-        .collect();
-    html! {
-        figure {
-            figcaption { (label) }
-            svg viewBox={ "0 0 " (CHART_WIDTH) " " (CHART_HEIGHT) } width="100%" height="120"
-                preserveAspectRatio="none" role="img" aria-label=(label) {
-                polyline fill="none" stroke="#10243e" stroke-width="2" points=(points.join(" ")) {}
-            }
-        }
-    }
-}
-
 fn charts(history: &[TelemetryPoint]) -> Markup {
     let series =
         |f: &dyn Fn(&TelemetryPoint) -> f64| -> Vec<f64> { history.iter().map(f).collect() };
@@ -105,11 +93,61 @@ fn charts(history: &[TelemetryPoint]) -> Markup {
     let traffic = series(&|p| (p.net_rx_bytes + p.net_tx_bytes) as f64);
     let traffic_max = traffic.iter().copied().fold(1.0, f64::max);
     html! {
-        (chart("Utilization, %", &series(&|p| f64::from(p.utilization_pct_avg)), 100.0))
-        (chart("Temperature, °C (max)", &series(&|p| f64::from(p.temperature_c_max.unwrap_or(0))), 100.0))
-        (chart("Power, W", &series(&|p| f64::from(p.power_w_avg.unwrap_or(0))), 1000.0))
-        (chart("Memory used, bytes", &memory, memory_max))
-        (chart("Network traffic, bytes", &traffic, traffic_max))
+        (chart::evenly("Utilization, %", &series(&|p| f64::from(p.utilization_pct_avg)), 100.0))
+        (chart::evenly("Temperature, °C (max)", &series(&|p| f64::from(p.temperature_c_max.unwrap_or(0))), 100.0))
+        (chart::evenly("Power, W", &series(&|p| f64::from(p.power_w_avg.unwrap_or(0))), 1000.0))
+        (chart::evenly("Memory used, bytes", &memory, memory_max))
+        (chart::evenly("Network traffic, bytes", &traffic, traffic_max))
+    }
+}
+
+/// The node runs a device served, newest first: the cluster, rank, attempt, how it ended.
+fn runs_section(runs: &[RunRow]) -> Markup {
+    html! {
+        section id="work" {
+            h2 { "Work history" }
+            table {
+                thead { tr { th { "Cluster" } th { "Rank" } th { "Attempt" } th { "State" } th { "Exit" } th { "Started" } th { "Ended" } } }
+                tbody {
+                    @for run in runs {
+                        tr {
+                            td { code { (run.cluster_id) } }
+                            td { (run.node_rank) }
+                            td { (run.attempt) }
+                            td { (run.state) @if !run.reason.is_empty() && run.reason != run.state { " (" (run.reason) ")" } }
+                            td { (run.exit_code.map(|c| c.to_string()).unwrap_or_default()) }
+                            td { (rfc3339_opt(run.started_at_ms).unwrap_or_default()) }
+                            td { (rfc3339_opt(run.ended_at_ms).unwrap_or_default()) }
+                        }
+                    }
+                }
+            }
+            @if runs.is_empty() { p class="muted" { "No cluster node has run here yet." } }
+        }
+    }
+}
+
+/// A device's proof-of-compute attempts, each linking to its public transcript.
+fn proofs_section(proofs: &[ProofInfo]) -> Markup {
+    html! {
+        section id="proofs" {
+            h2 { "Proof of compute" }
+            table {
+                thead { tr { th { "When" } th { "Class" } th { "Result" } th { "Took" } th { "Transcript" } } }
+                tbody {
+                    @for proof in proofs {
+                        tr {
+                            td { (proof.created_at) }
+                            td { (proof.class) }
+                            td { @if proof.passed { "passed" } @else { "failed: " (proof.reason) } }
+                            td { (proof.elapsed_ms) " ms" }
+                            td { a class="transcript" href={ "/api/v1/proofs/" (proof.id) "/transcript" } { (proof.id) } }
+                        }
+                    }
+                }
+            }
+            @if proofs.is_empty() { p class="muted" { "No proof attempted yet." } }
+        }
     }
 }
 
@@ -118,18 +156,31 @@ pub async fn device(State(app): State<AppState>, signed: Signed, PathId(id): Pat
         history_points: Some(HISTORY_POINTS_SHOWN),
     };
     let detail = devices::show_device(
-        State(app),
+        State(app.clone()),
         signed.caller.clone(),
-        PathId(id),
+        PathId(id.clone()),
         QueryParams(query),
     )
     .await?
     .0;
+    // The device is the caller's (the API answered); the query filters by account again.
+    let runs = app
+        .store
+        .device_runs(signed.caller.account_id(), &id, DEVICE_RUNS_SHOWN_MAX)
+        .await
+        .map_err(ApiError::from)?;
+    let query = ProofListQuery {
+        limit: Some(DEVICE_PROOFS_SHOWN_MAX),
+        cursor: None,
+        device_id: Some(id),
+    };
+    let proofs = proofs::list_proofs(State(app), QueryParams(query)).await?.0;
     let device = &detail.device;
     let body = html! {
         section id="summary" {
             p { (device.model) " · state " strong class="state" { (device.state) } " · worker "
-                code { (device.worker_id) } }
+                code { (device.worker_id) } " · last seen "
+                (device.last_seen_at.as_deref().unwrap_or("never")) }
             p { "Tunnelled connections to its nodes: " (device.tunnel.connections) ", "
                 (device.tunnel.bytes_to_node) " B in, " (device.tunnel.bytes_from_node) " B out." }
             form method="post" action={ "/worker/devices/" (device.id) "/rename" } {
@@ -143,6 +194,15 @@ pub async fn device(State(app): State<AppState>, signed: Signed, PathId(id): Pat
             @if detail.history.is_empty() { p class="muted" { "No telemetry recorded yet." } }
             @else { (charts(&detail.history)) }
         }
+        (runs_section(&runs))
+        (proofs_section(&proofs.items))
+        section id="remove" {
+            form method="post" action={ "/worker/devices/" (device.id) "/remove" } {
+                input type="hidden" name="csrf" value=(signed.csrf);
+                button class="danger" type="submit" { "Remove this device" }
+            }
+            p class="muted" { "Its worker's reports of it are ignored from then on." }
+        }
     };
     Ok(page(
         &format!("Device {}", device.name),
@@ -151,6 +211,17 @@ pub async fn device(State(app): State<AppState>, signed: Signed, PathId(id): Pat
         body,
     )
     .into_response())
+}
+
+pub async fn remove(
+    State(app): State<AppState>,
+    signed: Signed,
+    PathId(id): PathId,
+    Form(form): Form<CsrfForm>,
+) -> PageResult {
+    signed.check_csrf(&form.csrf)?;
+    let _removed = devices::remove_device(State(app), signed.caller.clone(), PathId(id)).await?;
+    Ok(see_other("/worker"))
 }
 
 pub async fn pause(
@@ -232,54 +303,4 @@ pub async fn enrollment_token(
         }
     };
     Ok(page("Add a device", Face::Worker, Some(&signed), body).into_response())
-}
-
-/// Ledger entries listed on the earnings page (the newest).
-const EARNINGS_SHOWN: u32 = 200;
-
-/// Rent and block rewards paid to the supplier, newest first, each with its ledger entry and a
-/// link to its inclusion proof; totals per token over the entries shown.
-pub async fn earnings(State(app): State<AppState>, signed: Signed) -> PageResult {
-    let query = crate::api::ledger::HistoryQuery {
-        before: None,
-        limit: Some(EARNINGS_SHOWN),
-    };
-    let entries =
-        crate::api::ledger::history(State(app), signed.caller.clone(), QueryParams(query))
-            .await?
-            .0;
-    let own = format!("{}:", signed.caller.account_id());
-    let earned: Vec<_> = entries
-        .iter()
-        .filter(|e| e.kind == "rent" || e.kind == "reward")
-        .filter(|e| e.credit.as_deref().is_some_and(|c| c.starts_with(&own)))
-        .collect();
-    let mut totals: std::collections::BTreeMap<&str, u64> = std::collections::BTreeMap::new();
-    for entry in &earned {
-        let token = entry.token.as_deref().unwrap_or("");
-        *totals.entry(token).or_default() += entry.amount_micros;
-    }
-    let body = html! {
-        section id="totals" {
-            @for (token, total) in &totals { p { strong { (amount(*total)) " " (token) } " earned in the entries below" } }
-            @if totals.is_empty() { p class="muted" { "No rent or block rewards yet." } }
-        }
-        section id="earnings" {
-            table {
-                thead { tr { th { "When" } th { "Kind" } th { "Amount" } th { "For" } th { "Ledger entry" } } }
-                tbody {
-                    @for entry in &earned {
-                        tr {
-                            td { (entry.at) }
-                            td { (entry.kind) }
-                            td { (amount(entry.amount_micros)) " " (entry.token.as_deref().unwrap_or("")) }
-                            td { (entry.reference) }
-                            td { a class="proof" href={ "/api/v1/ledger/entries/" (entry.id) "/proof" } { "#" (entry.seq) " proof" } }
-                        }
-                    }
-                }
-            }
-        }
-    };
-    Ok(page("Earnings", Face::Worker, Some(&signed), body).into_response())
 }
