@@ -21,7 +21,7 @@ const SUPPLY_LIMIT_S: u64 = 120;
 const POLL_MS: u64 = 100;
 /// The model the cluster asks for, as the search language and as offers name it.
 const MODEL_QUERY: &str = "gpu=h100";
-const MODEL_NAMED: &str = "H100";
+const MODEL_NAMED: &str = "h100";
 /// How long `flotilla dev` gets to stop its workers (and their nodes) after Ctrl-C.
 const STOP_LIMIT_MS: u64 = 15_000;
 
@@ -110,7 +110,7 @@ async fn renter_when_supplied(data: &Path) -> Result<Client> {
             let workers: std::collections::BTreeSet<String> = offers
                 .into_iter()
                 .flat_map(|o| o.offers)
-                .filter(|offer| offer.model.contains(MODEL_NAMED))
+                .filter(|offer| offer.model.eq_ignore_ascii_case(MODEL_NAMED))
                 .map(|offer| offer.worker_id)
                 .collect();
             if workers.len() >= 2 {

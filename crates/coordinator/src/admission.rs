@@ -34,6 +34,12 @@ pub fn admit(hardware: &DeviceHardware) -> Admission {
     }
 }
 
+/// Whether a device's proof runs on its worker's CPU (a CPU, or a simulated GPU, which proves
+/// as one) rather than on a GPU of its own.
+pub fn proves_on_host_cpu(hardware: &DeviceHardware) -> bool {
+    hardware.kind == DeviceKind::Cpu || hardware.simulated
+}
+
 /// The challenge for a device, sized to the class its hardware claims.
 pub fn challenge(
     hardware: &DeviceHardware,
@@ -132,8 +138,15 @@ mod tests {
         let mut gpu = hardware(DeviceKind::Gpu, 80 << 30, None);
         gpu.model = "NVIDIA H100 80GB HBM3".into();
         assert_eq!(challenge(&gpu, [1; 32], 2_000, 90).class, "h100");
+        assert!(!proves_on_host_cpu(&gpu));
         gpu.simulated = true;
         assert_eq!(challenge(&gpu, [1; 32], 2_000, 90).class, "cpu");
+        assert!(proves_on_host_cpu(&gpu));
+        assert!(proves_on_host_cpu(&hardware(
+            DeviceKind::Cpu,
+            1 << 30,
+            Some(8)
+        )));
         assert_eq!(verdict_event(true), DeviceEvent::Admitted);
         assert_eq!(verdict_event(false), DeviceEvent::Blocked);
     }

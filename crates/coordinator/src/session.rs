@@ -83,6 +83,8 @@ struct PendingProof {
     deadline: tokio::time::Instant,
     /// Once the commitments are in: the transcript so far, and when the nonce went out.
     opening: Option<(flotilla_proof::Transcript, tokio::time::Instant)>,
+    /// Proven on the worker's own CPU (see [`admission::proves_on_host_cpu`]).
+    on_host_cpu: bool,
 }
 
 /// Runs one session to its end.
@@ -148,13 +150,20 @@ pub async fn run(mut socket: WebSocket, app: AppState, mut shutdown: watch::Rece
             }
             _ = &mut recheck => {
                 recheck.as_mut().reset(tokio::time::Instant::now() + recheck_delay(&app));
-                bound.to_prove = idle_devices(&app, &bound);
+                for row in idle_devices(&app, &bound) {
+                    if !bound.to_prove.iter().any(|waiting| waiting.id == row.id) {
+                        bound.to_prove.push(row);
+                    }
+                }
                 if issue_challenges(&mut socket, &app, &mut bound).await.is_err() {
                     break;
                 }
             }
             _ = sleep_until_some(next_proof_deadline), if next_proof_deadline.is_some() => {
                 expire_proofs(&app, &mut bound).await;
+                if issue_challenges(&mut socket, &app, &mut bound).await.is_err() {
+                    break;
+                }
             }
             next = next_text(&mut socket) => {
                 let Some(text) = next else { break };
@@ -167,6 +176,12 @@ pub async fn run(mut socket: WebSocket, app: AppState, mut shutdown: watch::Rece
                     }
                 }
                 if send_outbox(&mut socket, &mut bound).await.is_err() {
+                    break;
+                }
+                // A verdict may free the worker's CPU for a challenge that waits.
+                if !bound.to_prove.is_empty()
+                    && issue_challenges(&mut socket, &app, &mut bound).await.is_err()
+                {
                     break;
                 }
             }
@@ -414,13 +429,30 @@ async fn settle_devices(
     Ok(to_prove)
 }
 
-/// Sends a proof-of-compute challenge for every device that needs one.
+/// Sends a proof-of-compute challenge for every device that needs one, except that devices
+/// proven on the worker's own CPU go one at a time: proven together they would share its
+/// cores and all miss their deadlines. The others wait in `to_prove` for the next call.
 async fn issue_challenges(
     socket: &mut WebSocket,
     app: &AppState,
     bound: &mut Bound,
 ) -> Result<(), axum::Error> {
+    let mut host_cpu_busy = bound.pending_proofs.values().any(|p| p.on_host_cpu);
+    let mut waiting = Vec::new();
     for row in std::mem::take(&mut bound.to_prove) {
+        let still_due = app
+            .fleet
+            .lifecycle(&row.id)
+            .is_some_and(|l| matches!(l.state, DeviceState::Pending | DeviceState::Idle));
+        if !still_due || bound.pending_proofs.contains_key(&row.id) {
+            continue;
+        }
+        let on_host_cpu = admission::proves_on_host_cpu(&row.hardware);
+        if on_host_cpu && host_cpu_busy {
+            waiting.push(row);
+            continue;
+        }
+        host_cpu_busy |= on_host_cpu;
         let mut seed = [0u8; 32];
         getrandom::fill(&mut seed).expect("the operating system has a random source");
         let challenge = admission::challenge(
@@ -447,9 +479,11 @@ async fn issue_challenges(
                 sent_at,
                 deadline,
                 opening: None,
+                on_host_cpu,
             },
         );
     }
+    bound.to_prove = waiting;
     Ok(())
 }
 
