@@ -161,6 +161,8 @@ JOIN_PATIENCE_S, LOG_FILES_SHOWN, LOG_TAIL_CHARS = 90, 40, 1500
 # A head unreachable this long is taken for gone: Ray's own raylet would wait a minute before
 # giving up on it, and a replaced head is a new Ray cluster to join.
 HEAD_LOST_S = 10
+# Ray's own startup deadlines can pass on a machine busy enough; the head tries again.
+HEAD_START_ATTEMPTS = 3
 ray_cli, head = [sys.executable, env['FLOTILLA_RAY_BIN']], env['FLOTILLA_RAY_HEAD']
 gcs_port, count = int(env['FLOTILLA_RAY_GCS_PORT']), int(env['FLOTILLA_NODE_COUNT'])
 rank, attempt = int(env['FLOTILLA_NODE_RANK']), int(env['FLOTILLA_ATTEMPT'])
@@ -233,9 +235,16 @@ if rank != 0:
 
 if attempt > 1:
     say('the head was replaced: the Ray cluster restarted, and jobs of the old head are gone')
-subprocess.run(ray_cli + ['start', '--head', '--port=%d' % gcs_port, '--dashboard-host=0.0.0.0',
-                '--dashboard-port=' + env['FLOTILLA_RAY_DASHBOARD_PORT'], '--include-dashboard=true'] + common,
-               check=True)
+for head_try in range(1, HEAD_START_ATTEMPTS + 1):
+    head_start = ray_cli + ['start', '--head', '--port=%d' % gcs_port, '--dashboard-host=0.0.0.0',
+                            '--dashboard-port=' + env['FLOTILLA_RAY_DASHBOARD_PORT'],
+                            '--include-dashboard=true'] + common
+    if subprocess.run(head_start).returncode == 0:
+        break
+    say('the head did not start (try', head_try, 'of', HEAD_START_ATTEMPTS, ')')
+    subprocess.run(ray_cli + ['stop', '--force'], capture_output=True)
+else:
+    sys.exit('ray: the head did not start')
 if env['FLOTILLA_JUPYTER_BASE_URL']:
     # Behind the coordinator, which checks who may come in: no token of Jupyter's own, and any
     # origin (the renter's browser is on the coordinator's). Notebooks live in the work directory.
@@ -259,11 +268,25 @@ if env['FLOTILLA_JUPYTER_BASE_URL']:
     else:
         with open('/tmp/jupyter/log', errors='replace') as f:
             say('jupyter did not start (exit', jupyter.returncode, '):', f.read()[-LOG_TAIL_CHARS:])
-import ray
-ray.init(address='auto', logging_level='ERROR')
+# Nodes are counted through the dashboard's state API rather than by a driver of our own:
+# attaching one (`import ray; ray.init()`) costs seconds of CPU while the other nodes join.
+NODES_URL = 'http://127.0.0.1:%s/api/v0/nodes?limit=1000' % env['FLOTILLA_RAY_DASHBOARD_PORT']
+import json, urllib.request
+
+def alive_nodes():
+    try:
+        with urllib.request.urlopen(NODES_URL, timeout=5) as answer:
+            nodes = json.load(answer)['data']['result']['result']
+        return sum(1 for n in nodes if n.get('state') == 'ALIVE')
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
 seen, ready = -1, False
 while True:
-    alive = sum(1 for n in ray.nodes() if n['Alive'])
+    alive = alive_nodes()
+    if alive is None:
+        time.sleep(0.5)
+        continue
     if alive != seen:
         seen = alive
         if alive >= count and not ready:
@@ -271,5 +294,5 @@ while True:
             say('cluster ready:', alive, 'of', count, 'nodes joined')
         else:
             say(alive, 'of', count, 'nodes joined')
-    time.sleep(1)
+    time.sleep(0.5)
 "#;

@@ -476,10 +476,9 @@ async fn a_two_node_ray_cluster_forms_over_the_mesh_and_survives_a_lost_worker()
         &worker_flags,
     )
     .await;
-    // One core each, so that the nodes leave the agents room.
     let ray = ClusterSpec {
         kind: "ray".into(),
-        cpus: Some(1),
+        cpus: Some(2),
         ..spec(2, &[])
     };
     let started = std::time::Instant::now();
