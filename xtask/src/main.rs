@@ -22,12 +22,16 @@
 //! - `cargo xtask bench mesh`: TCP throughput between two network namespaces over the bare
 //!   veth, Flotilla's cluster mesh and wireguard-go (installed with apt-get when missing), as
 //!   root, in a release build; one JSON line last.
+//! - `cargo xtask bench pages`: p50 and p99 of the dashboard's main pages served by a release
+//!   coordinator with 10,000 devices and 1,000 clusters in its SQLite database; one JSON line
+//!   last.
 
 mod bench;
 mod deploy_bench;
 mod docker;
 mod ledger_bench;
 mod mesh_bench;
+mod pages_bench;
 mod postgres;
 mod proof_bench;
 mod ray_bench;
@@ -59,6 +63,9 @@ fn main() -> Result<()> {
         }
         Some("bench") if args.get(1).map(String::as_str) == Some("mesh") => {
             mesh_bench::run(&args[2..])
+        }
+        Some("bench") if args.get(1).map(String::as_str) == Some("pages") => {
+            pages_bench::run(&args[2..])
         }
         Some("bench") => bench::run(&args[1..]),
         _ => bail!(

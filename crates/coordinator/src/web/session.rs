@@ -121,12 +121,36 @@ pub(super) fn random_hex() -> String {
     hex::encode(bytes)
 }
 
-fn set_cookie(name: &str, value: &str, max_age_s: i64) -> HeaderValue {
-    let text = format!("{name}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age_s}");
+/// A cookie of ours: HttpOnly, SameSite=Strict, and Secure when the page came over TLS.
+fn set_cookie(name: &str, value: &str, max_age_s: i64, secure: bool) -> HeaderValue {
+    let secure = if secure { "; Secure" } else { "" };
+    let text =
+        format!("{name}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age_s}{secure}");
     HeaderValue::from_str(&text).expect("cookie values are hex")
 }
 
-fn login_page(csrf: &str, problem: Option<&str>) -> Response {
+/// Whether the browser reached us over TLS: the coordinator speaks plain HTTP, so TLS ends at
+/// a proxy in front, which says so in `X-Forwarded-Proto` or `Forwarded`. A client that lies
+/// only makes its own cookies Secure.
+fn over_tls(headers: &HeaderMap) -> bool {
+    let forwarded_proto = headers
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .is_some_and(|proto| proto.trim().eq_ignore_ascii_case("https"));
+    let forwarded = headers
+        .get(header::FORWARDED)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .is_some_and(|first| {
+            first
+                .split(';')
+                .any(|pair| pair.trim().eq_ignore_ascii_case("proto=https"))
+        });
+    forwarded_proto || forwarded
+}
+
+fn login_page(csrf: &str, problem: Option<&str>, secure: bool) -> Response {
     let body = html! {
         section {
             @if let Some(problem) = problem {
@@ -149,13 +173,13 @@ fn login_page(csrf: &str, problem: Option<&str>) -> Response {
     let mut response = page("Log in", Face::Cloud, None, body).into_response();
     response.headers_mut().append(
         header::SET_COOKIE,
-        set_cookie(LOGIN_CSRF_COOKIE, csrf, 3_600),
+        set_cookie(LOGIN_CSRF_COOKIE, csrf, 3_600, secure),
     );
     response
 }
 
-pub async fn login_form() -> Response {
-    login_page(&random_hex(), None)
+pub async fn login_form(headers: HeaderMap) -> Response {
+    login_page(&random_hex(), None, over_tls(&headers))
 }
 
 #[derive(Debug, Deserialize)]
@@ -173,6 +197,7 @@ pub async fn login(
     headers: HeaderMap,
     Form(form): Form<LoginForm>,
 ) -> PageResult {
+    let secure = over_tls(&headers);
     let expected = cookie(&headers, LOGIN_CSRF_COOKIE).unwrap_or_default();
     if expected.is_empty() || !crate::api::same_secret(&form.csrf, expected) {
         return Err(ApiError::Forbidden("the login form is stale; reload it".into()).into());
@@ -196,6 +221,7 @@ pub async fn login(
         let mut response = login_page(
             &random_hex(),
             Some("That key is unknown, revoked or expired."),
+            secure,
         );
         *response.status_mut() = StatusCode::UNAUTHORIZED;
         return Ok(response);
@@ -232,9 +258,12 @@ pub async fn login(
     let headers = response.headers_mut();
     headers.append(
         header::SET_COOKIE,
-        set_cookie(SESSION_COOKIE, &token, SESSION_TTL_MS / 1000),
+        set_cookie(SESSION_COOKIE, &token, SESSION_TTL_MS / 1000, secure),
     );
-    headers.append(header::SET_COOKIE, set_cookie(LOGIN_CSRF_COOKIE, "", 0));
+    headers.append(
+        header::SET_COOKIE,
+        set_cookie(LOGIN_CSRF_COOKIE, "", 0, secure),
+    );
     Ok(response)
 }
 
@@ -247,6 +276,7 @@ pub struct CsrfForm {
 pub async fn logout(
     State(app): State<AppState>,
     signed: Signed,
+    headers: HeaderMap,
     Form(form): Form<CsrfForm>,
 ) -> PageResult {
     signed.check_csrf(&form.csrf)?;
@@ -255,8 +285,48 @@ pub async fn logout(
         .await
         .map_err(ApiError::from)?;
     let mut response = see_other("/explorer");
-    response
-        .headers_mut()
-        .append(header::SET_COOKIE, set_cookie(SESSION_COOKIE, "", 0));
+    response.headers_mut().append(
+        header::SET_COOKIE,
+        set_cookie(SESSION_COOKIE, "", 0, over_tls(&headers)),
+    );
     Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in pairs {
+            headers.append(*name, HeaderValue::from_static(value));
+        }
+        headers
+    }
+
+    #[test]
+    fn cookies_are_secure_only_behind_tls() {
+        assert!(!over_tls(&headers(&[])));
+        assert!(over_tls(&headers(&[("x-forwarded-proto", "https")])));
+        assert!(over_tls(&headers(&[("x-forwarded-proto", "HTTPS, http")])));
+        assert!(!over_tls(&headers(&[("x-forwarded-proto", "http")])));
+        assert!(over_tls(&headers(&[(
+            "forwarded",
+            "for=192.0.2.1;proto=https;by=203.0.113.9"
+        )])));
+        assert!(!over_tls(&headers(&[(
+            "forwarded",
+            "for=192.0.2.1;proto=http"
+        )])));
+        let secure = set_cookie("flotilla_session", "ab", 60, true);
+        assert!(secure.to_str().unwrap().ends_with("; Secure"));
+        let plain = set_cookie("flotilla_session", "ab", 60, false);
+        assert!(!plain.to_str().unwrap().contains("Secure"));
+        assert!(
+            plain
+                .to_str()
+                .unwrap()
+                .contains("HttpOnly; SameSite=Strict")
+        );
+    }
 }
