@@ -64,15 +64,23 @@ impl Store {
         after_id: Option<&str>,
         limit: u32,
     ) -> Result<Vec<ProofRow>> {
+        // Two statements rather than `($2 = '' OR device_id = $2)`, which keeps the planner
+        // off `proofs_device` and walks every proof.
+        let filter = if device_id.is_some() {
+            "AND device_id = $3"
+        } else {
+            ""
+        };
         let sql = format!(
-            "SELECT {PROOF_COLUMNS} FROM proofs WHERE id > $1 AND ($2 = '' OR device_id = $2) ORDER BY id LIMIT $3"
+            "SELECT {PROOF_COLUMNS} FROM proofs WHERE id > $1 {filter} ORDER BY id LIMIT $2"
         );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(after_id.unwrap_or(""))
-            .bind(device_id.unwrap_or(""))
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await?;
+            .bind(i64::from(limit));
+        if let Some(device) = device_id {
+            query = query.bind(device);
+        }
+        let rows = query.fetch_all(&self.pool).await?;
         rows.iter().map(proof_from).collect()
     }
 
