@@ -4,7 +4,7 @@
 //! printed is one JSON object.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -13,8 +13,7 @@ use anyhow::{Context, Result, bail};
 use ed25519_dalek::SigningKey;
 use flotilla_client::{Client, control_channel_url};
 use flotilla_proto::api::{
-    CreateAccountRequest, CreateAccountResponse, CreateEnrollmentTokenRequest,
-    CreatedEnrollmentToken, EnrollRequest, EnrollResponse, Role,
+    CreateEnrollmentTokenRequest, CreatedEnrollmentToken, EnrollRequest, EnrollResponse, Role,
 };
 use flotilla_proto::device::{DeviceHardware, DeviceKind, DeviceTelemetry};
 use flotilla_proto::wire::{Envelope, ServerMessage, WorkerMessage, sign_enrollment};
@@ -91,10 +90,10 @@ impl Drop for Coordinator {
 }
 
 fn start_coordinator() -> Result<Coordinator> {
-    use std::io::{BufRead, BufReader};
     let dir = std::env::temp_dir().join(format!("flotilla-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let mut child = Command::new(Path::new("target/release/flotilla"))
+    let mut command = Command::new(Path::new("target/release/flotilla"));
+    command
         .args([
             "coordinator",
             "--listen",
@@ -118,18 +117,8 @@ fn start_coordinator() -> Result<Coordinator> {
         // The simulated workers do not answer proof-of-compute challenges: the smallest target
         // lets those deadlines pass (devices blocked) before the measurement starts.
         .args(["--proof-target-ms", "10"])
-        .env("FLOTILLA_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("starting target/release/flotilla")?;
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
-    let url = line
-        .trim()
-        .rsplit(' ')
-        .next()
-        .context("the coordinator prints its address")?
-        .to_owned();
+        .env("FLOTILLA_LOG", "warn");
+    let (child, url) = crate::spawn_coordinator(&mut command)?;
     Ok(Coordinator {
         child,
         url,
@@ -328,15 +317,7 @@ async fn heartbeat(options: Options) -> Result<()> {
     let coordinator = start_coordinator()?;
     let pid = coordinator.child.id();
     let client = Client::new(&coordinator.url, None);
-    let account: CreateAccountResponse = client
-        .post(
-            "accounts",
-            &CreateAccountRequest {
-                name: "bench".into(),
-                roles: vec![Role::Supplier],
-            },
-        )
-        .await?;
+    let account = crate::create_account(&client, "bench", Role::Supplier).await?;
     let supplier = client.with_key(&account.api_key.secret);
     let started = Instant::now();
     let enrolled = enroll_all(&client, &supplier, options.workers).await?;

@@ -11,9 +11,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use flotilla_client::Client;
 use flotilla_proto::api::{
-    ClusterInfo, ClusterSpec, CreateAccountRequest, CreateAccountResponse,
-    CreateEnrollmentTokenRequest, CreatedEnrollmentToken, Device, FaucetRequest, Page, Role,
-    SetPriceRequest,
+    ClusterInfo, ClusterSpec, CreateEnrollmentTokenRequest, CreatedEnrollmentToken, Device,
+    FaucetRequest, Page, Role, SetPriceRequest,
 };
 use flotilla_proto::device::DeviceState;
 
@@ -65,8 +64,8 @@ fn binary() -> &'static Path {
 }
 
 fn start_coordinator(procs: &mut Procs) -> Result<String> {
-    use std::io::{BufRead, BufReader};
-    let mut child = Command::new(binary())
+    let mut command = Command::new(binary());
+    command
         .args([
             "coordinator",
             "--listen",
@@ -82,19 +81,10 @@ fn start_coordinator(procs: &mut Procs) -> Result<String> {
         ])
         .args(["--heartbeat-grace-ms", &HEARTBEAT_GRACE_MS.to_string()])
         .args(["--proof-target-ms", "20", "--proof-memory-pct", "1"])
-        .env("FLOTILLA_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("starting target/release/flotilla")?;
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
+        .env("FLOTILLA_LOG", "warn");
+    let (child, url) = crate::spawn_coordinator(&mut command)?;
     procs.children.push(child);
-    Ok(line
-        .trim()
-        .rsplit(' ')
-        .next()
-        .context("the coordinator prints its address")?
-        .to_owned())
+    Ok(url)
 }
 
 fn start_worker(procs: &mut Procs, url: &str, token: &str, index: usize) -> Result<()> {
@@ -123,15 +113,7 @@ fn start_worker(procs: &mut Procs, url: &str, token: &str, index: usize) -> Resu
 }
 
 async fn account(client: &Client, name: &str, role: Role) -> Result<Client> {
-    let created: CreateAccountResponse = client
-        .post(
-            "accounts",
-            &CreateAccountRequest {
-                name: name.to_owned(),
-                roles: vec![role],
-            },
-        )
-        .await?;
+    let created = crate::create_account(client, name, role).await?;
     Ok(client.with_key(&created.api_key.secret))
 }
 

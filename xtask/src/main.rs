@@ -109,6 +109,38 @@ fn rerun_release_bench_with(name: &str, args: &[String]) -> Result<()> {
         .args(args))
 }
 
+/// Starts a coordinator (`command`, its stdout not yet set) and reads the address it prints
+/// first: the process, and its URL.
+pub(crate) fn spawn_coordinator(command: &mut Command) -> Result<(std::process::Child, String)> {
+    use std::io::{BufRead, BufReader};
+    let mut child = command
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("starting target/release/flotilla")?;
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
+    let url = line
+        .trim()
+        .rsplit(' ')
+        .next()
+        .context("the coordinator prints its address")?
+        .to_owned();
+    Ok((child, url))
+}
+
+/// A new account with `role`, made through the API.
+pub(crate) async fn create_account(
+    anonymous: &flotilla_client::Client,
+    name: &str,
+    role: flotilla_proto::api::Role,
+) -> Result<flotilla_proto::api::CreateAccountResponse> {
+    let request = flotilla_proto::api::CreateAccountRequest {
+        name: name.to_owned(),
+        roles: vec![role],
+    };
+    Ok(anonymous.post("accounts", &request).await?)
+}
+
 fn cargo() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()))
 }

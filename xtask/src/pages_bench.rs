@@ -11,14 +11,14 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use flotilla_client::Client;
 use flotilla_coordinator::ledger::commit_batch;
 use flotilla_ledger::{AccountId, Kind, Op, Outcome, Purpose, Token, Transfer};
-use flotilla_proto::api::{ClusterSpec, CreateAccountRequest, CreateAccountResponse, Role};
+use flotilla_proto::api::{ClusterSpec, Role};
 use flotilla_proto::device::{DeviceHardware, DeviceKind, DeviceState};
 use flotilla_proto::id::{IdKind, new_id, new_secret, secret_hash};
 use flotilla_store::{Store, WebSessionRow};
@@ -128,24 +128,14 @@ fn database_url(dir: &Path) -> String {
 }
 
 fn start_coordinator(dir: &Path) -> Result<Coordinator> {
-    use std::io::{BufRead, BufReader};
-    let mut child = Command::new("target/release/flotilla")
-        .args(["coordinator", "--listen", "127.0.0.1:0"])
-        .args(["--database", &database_url(dir)])
-        .args(["--heartbeat-grace-ms", &HEARTBEAT_GRACE_MS.to_string()])
-        .args(["--rent-minute-ms", &RENT_MINUTE_MS.to_string()])
-        .env("FLOTILLA_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("starting target/release/flotilla")?;
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
-    let url = line
-        .trim()
-        .rsplit(' ')
-        .next()
-        .context("the coordinator prints its address")?
-        .to_owned();
+    let (child, url) = crate::spawn_coordinator(
+        Command::new("target/release/flotilla")
+            .args(["coordinator", "--listen", "127.0.0.1:0"])
+            .args(["--database", &database_url(dir)])
+            .args(["--heartbeat-grace-ms", &HEARTBEAT_GRACE_MS.to_string()])
+            .args(["--rent-minute-ms", &RENT_MINUTE_MS.to_string()])
+            .env("FLOTILLA_LOG", "warn"),
+    )?;
     Ok(Coordinator { child, url })
 }
 
@@ -156,15 +146,7 @@ struct Account {
 }
 
 async fn create_account(client: &Client, name: &str, role: Role) -> Result<Account> {
-    let created: CreateAccountResponse = client
-        .post(
-            "accounts",
-            &CreateAccountRequest {
-                name: name.to_owned(),
-                roles: vec![role],
-            },
-        )
-        .await?;
+    let created = crate::create_account(client, name, role).await?;
     Ok(Account {
         id: created.account.id,
         key: created.api_key.secret,

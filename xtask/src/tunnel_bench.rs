@@ -38,9 +38,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use flotilla_client::Client;
 use flotilla_proto::api::{
-    ClusterInfo, ClusterSpec, CreateAccountRequest, CreateAccountResponse,
-    CreateEnrollmentTokenRequest, CreatedEnrollmentToken, Device, FaucetRequest, Page, Role,
-    SetPriceRequest,
+    ClusterInfo, ClusterSpec, CreateEnrollmentTokenRequest, CreatedEnrollmentToken, Device,
+    FaucetRequest, Page, Role, SetPriceRequest,
 };
 use flotilla_proto::device::DeviceState;
 use serde_json::json;
@@ -707,12 +706,10 @@ fn start_worker(procs: &mut Procs, url: &str, token: &str) -> Result<u32> {
 
 /// A new account with `role`: its client and key.
 async fn account(anonymous: &Client, name: &str, role: Role) -> Result<(Client, String)> {
-    let request = CreateAccountRequest {
-        name: name.to_owned(),
-        roles: vec![role],
-    };
-    let created: CreateAccountResponse = anonymous.post("accounts", &request).await?;
-    let key = created.api_key.secret;
+    let key = crate::create_account(anonymous, name, role)
+        .await?
+        .api_key
+        .secret;
     Ok((anonymous.with_key(&key), key))
 }
 
