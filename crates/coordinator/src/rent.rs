@@ -296,6 +296,8 @@ pub async fn meter(
     if upto <= row.metered_minutes {
         return Ok(upto == total);
     }
+    let grace_ms = i64::try_from(app.config.heartbeat_grace_ms).unwrap_or(i64::MAX);
+    let interval_ms = i64::try_from(app.config.heartbeat_interval_ms).unwrap_or(i64::MAX);
     let placements = app.store.placements(&row.id).await?;
     let owners = suppliers(app, &placements).await?;
     let payment = Payment::of(spec);
@@ -318,8 +320,6 @@ pub async fn meter(
         };
         let (session_open, heard_ms) = app.fleet.worker_view(&node[0].worker_id);
         let heard_ms = heard_ms.unwrap_or(i64::MIN);
-        let grace_ms = i64::try_from(app.config.heartbeat_grace_ms).unwrap_or(i64::MAX);
-        let interval_ms = i64::try_from(app.config.heartbeat_interval_ms).unwrap_or(i64::MAX);
         nodes.push(NodeMeter {
             node_index,
             supplier: supplier.clone(),

@@ -178,8 +178,8 @@ pub async fn create_link(
     let expires_at_ms = crate::now_ms() + i64::try_from(ttl_s * 1_000).unwrap_or(i64::MAX);
     let token = link_token(&app, &cluster_id, request.node, request.port, expires_at_ms);
     let path = format!(
-        "/t/{cluster_id}/{}/{}/?{LINK_PARAM}={token}",
-        request.node, request.port
+        "{}?{LINK_PARAM}={token}",
+        crate::clusters::port_path(&cluster_id, request.node, request.port)
     );
     Ok((
         StatusCode::CREATED,
@@ -365,8 +365,8 @@ pub async fn proxy(
     // A link opened once keeps working for the page's own requests, for this port only.
     if let Some(token) = link
         && let Ok(cookie) = HeaderValue::from_str(&format!(
-            "{LINK_PARAM}={token}; Path=/t/{}/{}/{}/; HttpOnly; SameSite=Lax",
-            path.cluster, path.node, path.port
+            "{LINK_PARAM}={token}; Path={}; HttpOnly; SameSite=Lax",
+            crate::clusters::port_path(&path.cluster, path.node, path.port)
         ))
     {
         parts.headers.append(header::SET_COOKIE, cookie);
