@@ -49,7 +49,7 @@ const HOUR_MS: i64 = 3_600_000;
 const SAMPLES_PER_PAGE: usize = 200;
 const WARMUP_PER_PAGE: usize = 20;
 /// Loopback source addresses per page, so the public pages' read limit (600 per address per
-/// minute, up to three reads a page) never refuses a sample.
+/// minute, up to four reads a page) never refuses a sample.
 const ADDRESSES_PER_PAGE: usize = 4;
 const TARGET_MS: f64 = 50.0;
 /// Left to the restarted coordinator's first passes (ledger upkeep, rent, liveness) before

@@ -428,11 +428,28 @@ pub async fn balance(
     store: &Store,
     account: &AccountId,
 ) -> Result<Balance, flotilla_store::StoreError> {
-    let rows = store.ledger_balances(&[account.to_string()]).await?;
-    Ok(rows.first().map_or_else(Balance::default, |row| Balance {
-        posted: row.posted,
-        held: row.held,
-    }))
+    let mut found = balances(store, std::slice::from_ref(account)).await?;
+    Ok(found.remove(&account.to_string()).unwrap_or_default())
+}
+
+/// Several accounts' stored balances at once, by account id; an account that never moved is
+/// left out (its balance is zero).
+pub async fn balances(
+    store: &Store,
+    accounts: &[AccountId],
+) -> Result<std::collections::HashMap<String, Balance>, flotilla_store::StoreError> {
+    let ids: Vec<String> = accounts.iter().map(AccountId::to_string).collect();
+    let rows = store.ledger_balances(&ids).await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| {
+            let balance = Balance {
+                posted: row.posted,
+                held: row.held,
+            };
+            (row.id, balance)
+        })
+        .collect())
 }
 
 fn head_row(head: Head) -> LedgerHeadRow {

@@ -28,6 +28,7 @@ pub mod ratelimit;
 pub mod rent;
 pub mod scheduling;
 mod session;
+pub mod spending;
 pub mod telemetry;
 pub mod traffic;
 pub mod tunnels;
@@ -87,6 +88,10 @@ pub struct AppState {
     pub shutdown: watch::Receiver<bool>,
     /// Price indexes kept for trends.
     pub prices: Arc<market::PriceHistory>,
+    /// The market view public reads share.
+    pub market: Arc<market::MarketCache>,
+    /// Renters' spending this month, summed as the ledger grows.
+    pub spending: Arc<spending::Spending>,
     pub ledger: ledger::Ledger,
     /// Asks the scheduling loop for a pass now (a deploy need not wait for the next tick).
     pub schedule_now: Arc<tokio::sync::Notify>,
@@ -212,6 +217,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         verifier,
         shutdown: shutdown_rx.clone(),
         prices: Arc::new(market::PriceHistory::default()),
+        market: Arc::default(),
+        spending: Arc::default(),
         ledger,
         schedule_now: Arc::new(tokio::sync::Notify::new()),
         tunnels: Arc::new(tunnels::Tunnels::new(tunnel_key, tunnel_port, traffic_sink)),

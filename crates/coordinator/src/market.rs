@@ -1,8 +1,10 @@
 //! The market as the scheduler sees it: a snapshot built from the database's priced, idle or
-//! hired devices and their workers' locations, and the price index kept for trends.
+//! hired devices and their workers' locations, the cached view that public reads share, and
+//! the price index kept for trends.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use flotilla_proto::device::{DeviceKind, DeviceState, model_key};
 use flotilla_scheduler::prices::ModelPrice;
@@ -13,6 +15,7 @@ use flotilla_store::{MarketRow, WorkerStats};
 pub const PRICE_TREND_INTERVAL_MS: i64 = 3_600_000;
 
 /// A snapshot and which (node, model) offers are simulated devices.
+#[derive(Debug)]
 pub struct MarketView {
     pub snapshot: Snapshot,
     pub simulated: std::collections::HashSet<(usize, String)>,
@@ -123,6 +126,115 @@ pub fn snapshot(
     }
 }
 
+/// After this long a cached view is rebuilt in the background while readers keep using it.
+pub const MARKET_VIEW_REFRESH_MS: u64 = 2_000;
+/// A cached view older than this is never served: the reader waits for a new one. Only
+/// reliability inputs (uptime, feedback) and other coordinators' writes can be this stale;
+/// a write through this coordinator's store that changes what is offered (a device's state
+/// or price, a worker's location) makes the next read build a new view.
+pub const MARKET_VIEW_AGE_MS_MAX: u64 = 30_000;
+
+/// The market view that public reads (offers, prices, the Explorer) share, so a page does not
+/// rebuild the whole snapshot from the database on every request. The scheduler reads its own,
+/// fresh view.
+#[derive(Debug, Default)]
+pub struct MarketCache {
+    current: Mutex<Option<CachedView>>,
+    /// Held while a view is built, so readers that find none wait for one build.
+    building: tokio::sync::Mutex<()>,
+}
+
+#[derive(Debug, Clone)]
+struct CachedView {
+    view: Arc<MarketView>,
+    /// The store's market version read before the view was loaded.
+    version: u64,
+    built_at: Instant,
+}
+
+/// What a reader may do with the cached view.
+#[derive(Debug, PartialEq, Eq)]
+enum Freshness {
+    Fresh,
+    /// Serve it, and rebuild in the background.
+    Aging,
+    /// Do not serve it.
+    Outdated,
+}
+
+fn freshness(cached_version: u64, version: u64, age: Duration) -> Freshness {
+    if cached_version != version || age >= Duration::from_millis(MARKET_VIEW_AGE_MS_MAX) {
+        Freshness::Outdated
+    } else if age >= Duration::from_millis(MARKET_VIEW_REFRESH_MS) {
+        Freshness::Aging
+    } else {
+        Freshness::Fresh
+    }
+}
+
+impl MarketCache {
+    /// The market now, as of the last change this store wrote.
+    pub async fn view(
+        self: &Arc<Self>,
+        store: &flotilla_store::Store,
+    ) -> Result<Arc<MarketView>, flotilla_store::StoreError> {
+        if let Some(view) = self.servable(store) {
+            return Ok(view);
+        }
+        let _building = self.building.lock().await;
+        // Another reader may have built it while this one waited.
+        if let Some(view) = self.servable(store) {
+            return Ok(view);
+        }
+        self.rebuild(store).await
+    }
+
+    /// The cached view if it may be served, starting a background rebuild when it ages.
+    fn servable(self: &Arc<Self>, store: &flotilla_store::Store) -> Option<Arc<MarketView>> {
+        let cached = self.current.lock().expect("market cache lock").clone()?;
+        match freshness(
+            cached.version,
+            store.market_version(),
+            cached.built_at.elapsed(),
+        ) {
+            Freshness::Fresh => Some(cached.view),
+            Freshness::Aging => {
+                self.refresh_in_background(store.clone());
+                Some(cached.view)
+            }
+            Freshness::Outdated => None,
+        }
+    }
+
+    fn refresh_in_background(self: &Arc<Self>, store: flotilla_store::Store) {
+        let cache = Arc::clone(self);
+        tokio::spawn(async move {
+            // Someone is already building one.
+            let Ok(_building) = cache.building.try_lock() else {
+                return;
+            };
+            if let Err(error) = cache.rebuild(&store).await {
+                tracing::warn!(%error, "market view refresh failed; readers keep the last one");
+            }
+        });
+    }
+
+    async fn rebuild(
+        &self,
+        store: &flotilla_store::Store,
+    ) -> Result<Arc<MarketView>, flotilla_store::StoreError> {
+        // Read before loading: a change written during the load makes the next read rebuild.
+        let version = store.market_version();
+        let view = Arc::new(load(store).await?);
+        *self.current.lock().expect("market cache lock") = Some(CachedView {
+            view: Arc::clone(&view),
+            version,
+            built_at: Instant::now(),
+        });
+        Ok(view)
+    }
+}
+
 /// A price index and when it was taken.
 type DatedIndex = (i64, Vec<ModelPrice>);
 
@@ -156,6 +268,29 @@ impl PriceHistory {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cached_view_is_served_until_the_market_changes_or_it_grows_old() {
+        let ms = Duration::from_millis;
+        assert_eq!(freshness(3, 3, ms(0)), Freshness::Fresh);
+        assert_eq!(
+            freshness(3, 3, ms(MARKET_VIEW_REFRESH_MS - 1)),
+            Freshness::Fresh
+        );
+        assert_eq!(
+            freshness(3, 3, ms(MARKET_VIEW_REFRESH_MS)),
+            Freshness::Aging
+        );
+        assert_eq!(
+            freshness(3, 3, ms(MARKET_VIEW_AGE_MS_MAX)),
+            Freshness::Outdated
+        );
+        assert_eq!(
+            freshness(3, 4, ms(0)),
+            Freshness::Outdated,
+            "a device's state or price changed"
+        );
+    }
 
     #[test]
     fn reliability_comes_from_uptime_and_feedback() {

@@ -463,6 +463,35 @@ pub struct ModelPriceInfo {
     pub trend_ppm: Option<i64>,
 }
 
+/// Offered devices of one group of the supply and their suppliers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SupplyCountInfo {
+    /// Suppliers with at least one verified device offered in the group (each once).
+    pub suppliers: u64,
+    /// Verified devices offered: idle plus hired.
+    pub devices: u64,
+    pub hired: u64,
+    pub idle: u64,
+}
+
+/// One model's supply within a country.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ModelSupplyInfo {
+    pub model: String,
+    #[serde(flatten)]
+    pub count: SupplyCountInfo,
+}
+
+/// One country's supply, in total and by model.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct CountrySupplyInfo {
+    /// ISO 3166 alpha-2, lower case.
+    pub country: String,
+    #[serde(flatten)]
+    pub total: SupplyCountInfo,
+    pub models: Vec<ModelSupplyInfo>,
+}
+
 /// Sets a device's asking price; `null` withdraws it from the market.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -893,6 +922,25 @@ pub struct WalletInfo {
     pub account_id: String,
     pub balances: Vec<BalanceInfo>,
     pub holds: Vec<HoldInfo>,
+}
+
+/// What the caller spent on rentals since a time: what went from its accounts into escrows
+/// less what came back as refunds, per token (negative when refunds of earlier escrows were
+/// larger).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SpendingInfo {
+    /// RFC 3339; the start of the current calendar month (UTC).
+    pub since: String,
+    pub tokens: Vec<TokenSpending>,
+    /// False while the sums have not caught up with the ledger (an account with more entries
+    /// this month than one answer reads); a later answer goes on from where this one stopped.
+    pub complete: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TokenSpending {
+    pub token: String,
+    pub spent_micros: i64,
 }
 
 /// One entry of the ledger log.

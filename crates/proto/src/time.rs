@@ -22,6 +22,13 @@ pub fn parse_rfc3339(text: &str) -> Option<i64> {
     i64::try_from(since.as_millis()).ok()
 }
 
+/// The start of the UTC calendar month that `unix_ms` falls in, in milliseconds since the epoch.
+pub fn month_start_ms(unix_ms: i64) -> i64 {
+    // "YYYY-MM-" of the RFC 3339 form, then the first day at midnight.
+    let text = rfc3339(unix_ms);
+    parse_rfc3339(&format!("{}01T00:00:00Z", &text[..8])).unwrap_or(0)
+}
+
 /// The wall clock, in milliseconds since the epoch.
 pub fn now_unix_ms() -> i64 {
     let since = SystemTime::now()
@@ -40,5 +47,18 @@ mod tests {
         let text = rfc3339(ms);
         assert!(text.ends_with('Z'), "{text}");
         assert_eq!(parse_rfc3339(&text), Some(ms));
+    }
+
+    #[test]
+    fn a_month_starts_on_its_first_day_at_midnight_utc() {
+        let start = parse_rfc3339("2026-11-01T00:00:00Z").unwrap();
+        assert_eq!(month_start_ms(start), start);
+        assert_eq!(
+            month_start_ms(start - 1),
+            parse_rfc3339("2026-10-01T00:00:00Z").unwrap()
+        );
+        let late = parse_rfc3339("2026-11-30T23:59:59.999Z").unwrap();
+        assert_eq!(month_start_ms(late), start);
+        assert_eq!(month_start_ms(0), 0);
     }
 }

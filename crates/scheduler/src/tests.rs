@@ -2,7 +2,7 @@ use proptest::prelude::*;
 
 use crate::explain::explain;
 use crate::offers::search;
-use crate::prices::price_index;
+use crate::prices::{SupplyCount, price_index, supply_by_country};
 use crate::query::{SortKey, parse};
 use crate::*;
 
@@ -657,6 +657,37 @@ fn offers_are_searched_per_worker_and_sorted() {
     let all = search(&snapshot, &Filter::default(), SortKey::Price, 2);
     assert_eq!(all.len(), 2);
     assert!(all.iter().all(|r| r.price_per_hour == 45 * USD / 100));
+}
+
+#[test]
+fn supply_is_counted_by_country_and_model_with_each_supplier_once() {
+    let mut nodes = uniform(2, "eu-west", 40);
+    nodes[0].devices[0].status = DeviceStatus::Hired;
+    nodes[1].supplier_id = nodes[0].supplier_id.clone();
+    let mut us = node("x", "us-east", Tier::High, vec![device("h100", 200)]);
+    us.country = "us".into();
+    us.devices.push(device("rtx4090", 50));
+    us.devices[1].paused = true;
+    nodes.push(us);
+    let supply = supply_by_country(&Snapshot { nodes });
+    let countries: Vec<&str> = supply.iter().map(|c| c.country.as_str()).collect();
+    assert_eq!(countries, ["de", "us"]);
+    let count = |suppliers, devices, hired| SupplyCount {
+        suppliers,
+        devices,
+        hired,
+    };
+    assert_eq!(
+        supply[0].total,
+        count(1, 2, 1),
+        "one supplier's two workers"
+    );
+    assert_eq!(supply[0].models, [("rtx4090".to_owned(), count(1, 2, 1))]);
+    assert_eq!(
+        supply[1].models,
+        [("h100".to_owned(), count(1, 1, 0))],
+        "a paused device is not offered"
+    );
 }
 
 #[test]

@@ -325,12 +325,11 @@ impl Store {
     /// Every run of these clusters, by cluster, in rank and attempt order.
     pub async fn runs_of(&self, cluster_ids: &[String]) -> Result<HashMap<String, Vec<RunRow>>> {
         let mut by_cluster: HashMap<String, Vec<RunRow>> = HashMap::new();
-        for chunk in cluster_ids.chunks(500) {
-            let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+        for chunk in cluster_ids.chunks(crate::IDS_PER_QUERY_MAX) {
             let sql = format!(
                 "SELECT {RUN_COLUMNS} FROM node_runs WHERE cluster_id IN ({}) \
                  ORDER BY cluster_id, node_rank, attempt",
-                marks.join(", ")
+                crate::numbered_marks(chunk.len())
             );
             let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
             for id in chunk {
@@ -388,13 +387,12 @@ impl Store {
         cluster_ids: &[String],
     ) -> Result<HashMap<String, Vec<String>>> {
         let mut by_cluster: HashMap<String, Vec<String>> = HashMap::new();
-        for chunk in cluster_ids.chunks(500) {
-            let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+        for chunk in cluster_ids.chunks(crate::IDS_PER_QUERY_MAX) {
             let sql = format!(
                 "SELECT DISTINCT p.request_id AS request_id, d.model AS model FROM placements p \
                  JOIN devices d ON d.id = p.device_id WHERE p.request_id IN ({}) \
                  AND p.released_at_ms IS NULL ORDER BY request_id, model",
-                marks.join(", ")
+                crate::numbered_marks(chunk.len())
             );
             let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
             for id in chunk {
@@ -532,17 +530,37 @@ impl Store {
 
     /// A cluster's ratings: rank -> (stars, comment).
     pub async fn node_ratings(&self, cluster_id: &str) -> Result<HashMap<u32, (u8, String)>> {
-        let rows =
-            sqlx::query("SELECT node_rank, stars, comment FROM node_ratings WHERE cluster_id = $1")
-                .bind(cluster_id)
-                .fetch_all(&self.pool)
-                .await?;
-        rows.iter()
-            .map(|row| {
-                let stars = u8::try_from(col::<i64>(row, "stars")?).unwrap_or(0);
-                Ok((small(col(row, "node_rank")?), (stars, col(row, "comment")?)))
-            })
-            .collect()
+        let mut by_cluster = self.node_ratings_of(&[cluster_id.to_owned()]).await?;
+        Ok(by_cluster.remove(cluster_id).unwrap_or_default())
+    }
+
+    /// Several clusters' ratings at once: cluster -> rank -> (stars, comment).
+    pub async fn node_ratings_of(
+        &self,
+        cluster_ids: &[String],
+    ) -> Result<HashMap<String, HashMap<u32, (u8, String)>>> {
+        let mut by_cluster: HashMap<String, HashMap<u32, (u8, String)>> = HashMap::new();
+        for chunk in cluster_ids.chunks(crate::IDS_PER_QUERY_MAX) {
+            let sql = format!(
+                "SELECT cluster_id, node_rank, stars, comment FROM node_ratings WHERE cluster_id IN ({})",
+                crate::numbered_marks(chunk.len())
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for id in chunk {
+                query = query.bind(id);
+            }
+            for row in query.fetch_all(&self.pool).await? {
+                let stars = u8::try_from(col::<i64>(&row, "stars")?).unwrap_or(0);
+                by_cluster
+                    .entry(col(&row, "cluster_id")?)
+                    .or_default()
+                    .insert(
+                        small(col(&row, "node_rank")?),
+                        (stars, col(&row, "comment")?),
+                    );
+            }
+        }
+        Ok(by_cluster)
     }
 
     /// Keeps a node's newest checkpoint (replacing the one before).

@@ -107,6 +107,7 @@ impl Store {
             .await?;
         }
         tx.commit().await?;
+        self.market_changed();
         let sql = format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE worker_id = $1 ORDER BY id");
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(worker_id)
@@ -148,6 +149,9 @@ impl Store {
             }
         }
         tx.commit().await?;
+        if !applied.is_empty() {
+            self.market_changed();
+        }
         Ok(applied)
     }
 
@@ -257,6 +261,7 @@ impl Store {
         .bind(account_id)
         .execute(&self.pool)
         .await?;
+        self.market_changed();
         Ok(done.rows_affected() == 1)
     }
 }

@@ -255,6 +255,33 @@ impl Store {
         rows.iter().map(entry_from).collect()
     }
 
+    /// Entries touching `owner`'s accounts after `after_seq` and dated `since_ms` or later,
+    /// oldest first, at most `limit`.
+    pub async fn ledger_owner_entries_after(
+        &self,
+        owner: &str,
+        after_seq: u64,
+        since_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<LedgerEntryRow>> {
+        // Two filters rather than one OR, so each uses its owner index; the second leaves out
+        // what the first found (both sides the owner's).
+        let sql = format!(
+            "SELECT {ENTRY_COLUMNS} FROM ledger_entries WHERE debit_owner = $1 AND seq > $2 AND at_ms >= $3 \
+             UNION ALL SELECT {ENTRY_COLUMNS} FROM ledger_entries \
+             WHERE credit_owner = $1 AND debit_owner <> $1 AND seq > $2 AND at_ms >= $3 \
+             ORDER BY seq LIMIT $4"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(owner)
+            .bind(to_i64(after_seq))
+            .bind(since_ms)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(entry_from).collect()
+    }
+
     /// Entries from `first_seq` on, in order, at most `limit`.
     pub async fn ledger_entries(&self, first_seq: u64, limit: u32) -> Result<Vec<LedgerEntryRow>> {
         let sql = format!(

@@ -128,9 +128,25 @@ const SQLITE_CONNECTIONS_MAX: u32 = 8;
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// Goes up with every write through this store that changes what the market offers
+    /// (devices' states, prices, hardware and removal; workers' locations, pauses and
+    /// removal), so a cached market view knows when it is out of date.
+    market_version: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Store {
+    /// The market's version: different after any write that changes what is offered.
+    pub fn market_version(&self) -> u64 {
+        self.market_version
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Marks the market changed; called after such a write commits.
+    pub(crate) fn market_changed(&self) {
+        self.market_version
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
     /// Opens (creating an SQLite file if needed) and migrates the database at `url`.
     pub async fn open(url: &str) -> Result<Store> {
         sqlx::any::install_default_drivers();
@@ -169,7 +185,11 @@ impl Store {
             })
             .connect(&url)
             .await?;
-        let store = Store { pool, backend };
+        let store = Store {
+            pool,
+            backend,
+            market_version: std::sync::Arc::default(),
+        };
         store.migrate().await?;
         Ok(store)
     }
@@ -316,6 +336,15 @@ where
 {
     row.try_get(name)
         .map_err(|e| StoreError::Corrupt(format!("column {name}: {e}")))
+}
+
+/// Ids bound into one `IN (...)` list at most; longer lists are read in chunks.
+pub(crate) const IDS_PER_QUERY_MAX: usize = 500;
+
+/// `$1, $2, ... $count`: the placeholders of an `IN (...)` list.
+pub(crate) fn numbered_marks(count: usize) -> String {
+    let marks: Vec<String> = (1..=count).map(|i| format!("${i}")).collect();
+    marks.join(", ")
 }
 
 pub(crate) fn to_i64(value: u64) -> i64 {

@@ -45,6 +45,7 @@ impl Store {
         .bind(account_id)
         .execute(&self.pool)
         .await?;
+        self.market_changed();
         Ok(done.rows_affected() == 1)
     }
 
@@ -75,6 +76,7 @@ impl Store {
         .bind(account_id)
         .execute(&self.pool)
         .await?;
+        self.market_changed();
         Ok(done.rows_affected() == 1)
     }
 

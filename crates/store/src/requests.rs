@@ -282,33 +282,29 @@ impl Store {
     ) -> Result<std::collections::HashMap<String, Vec<PlacementRow>>> {
         let mut by_request: std::collections::HashMap<String, Vec<PlacementRow>> =
             std::collections::HashMap::new();
-        if request_ids.is_empty() {
-            return Ok(by_request);
-        }
-        let list = (1..=request_ids.len())
-            .map(|i| format!("${i}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let sql = format!(
-            "SELECT request_id, device_id, worker_id, node_index, attempt, price_per_hour FROM placements \
-             WHERE request_id IN ({list}) AND released_at_ms IS NULL ORDER BY request_id, node_index, device_id"
-        );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for id in request_ids {
-            query = query.bind(id);
-        }
-        for row in query.fetch_all(&self.pool).await? {
-            let placement = PlacementRow {
-                device_id: col(&row, "device_id")?,
-                worker_id: col(&row, "worker_id")?,
-                node_index: u32::try_from(col::<i64>(&row, "node_index")?).unwrap_or(0),
-                attempt: u32::try_from(col::<i64>(&row, "attempt")?).unwrap_or(0),
-                price_per_hour: to_u64(col::<i64>(&row, "price_per_hour")?),
-            };
-            by_request
-                .entry(col(&row, "request_id")?)
-                .or_default()
-                .push(placement);
+        for chunk in request_ids.chunks(crate::IDS_PER_QUERY_MAX) {
+            let sql = format!(
+                "SELECT request_id, device_id, worker_id, node_index, attempt, price_per_hour FROM placements \
+             WHERE request_id IN ({}) AND released_at_ms IS NULL ORDER BY request_id, node_index, device_id",
+                crate::numbered_marks(chunk.len())
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for id in chunk {
+                query = query.bind(id);
+            }
+            for row in query.fetch_all(&self.pool).await? {
+                let placement = PlacementRow {
+                    device_id: col(&row, "device_id")?,
+                    worker_id: col(&row, "worker_id")?,
+                    node_index: u32::try_from(col::<i64>(&row, "node_index")?).unwrap_or(0),
+                    attempt: u32::try_from(col::<i64>(&row, "attempt")?).unwrap_or(0),
+                    price_per_hour: to_u64(col::<i64>(&row, "price_per_hour")?),
+                };
+                by_request
+                    .entry(col(&row, "request_id")?)
+                    .or_default()
+                    .push(placement);
+            }
         }
         Ok(by_request)
     }
@@ -380,12 +376,32 @@ impl Store {
 
     /// A request by id, whoever owns it: for the scheduler, never for an API answer.
     pub async fn request_by_id(&self, request_id: &str) -> Result<Option<RequestRow>> {
-        let sql = format!("SELECT {REQUEST_COLUMNS} FROM requests WHERE id = $1");
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(request_id)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(request_from).transpose()
+        let mut by_id = self.requests_by_ids(&[request_id.to_owned()]).await?;
+        Ok(by_id.remove(request_id))
+    }
+
+    /// Several requests by id at once (a page of clusters), whoever owns them; ids not found
+    /// are left out.
+    pub async fn requests_by_ids(
+        &self,
+        request_ids: &[String],
+    ) -> Result<std::collections::HashMap<String, RequestRow>> {
+        let mut by_id = std::collections::HashMap::with_capacity(request_ids.len());
+        for chunk in request_ids.chunks(crate::IDS_PER_QUERY_MAX) {
+            let sql = format!(
+                "SELECT {REQUEST_COLUMNS} FROM requests WHERE id IN ({})",
+                crate::numbered_marks(chunk.len())
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for id in chunk {
+                query = query.bind(id);
+            }
+            for row in query.fetch_all(&self.pool).await? {
+                let request = request_from(&row)?;
+                by_id.insert(request.id.clone(), request);
+            }
+        }
+        Ok(by_id)
     }
 
     /// Moves a placed request off `lost_workers` onto `replacements`, as attempt

@@ -41,12 +41,11 @@ impl Store {
         subjects: &[String],
     ) -> Result<HashMap<String, TunnelTraffic>> {
         let mut figures = HashMap::new();
-        for chunk in subjects.chunks(500) {
-            let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+        for chunk in subjects.chunks(crate::IDS_PER_QUERY_MAX) {
             let sql = format!(
                 "SELECT subject, connections, bytes_to_node, bytes_from_node, connected_ms \
                  FROM tunnel_traffic WHERE subject IN ({})",
-                marks.join(", ")
+                crate::numbered_marks(chunk.len())
             );
             let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
             for subject in chunk {

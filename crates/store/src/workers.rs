@@ -278,6 +278,7 @@ impl Store {
             .bind(worker_id)
             .execute(&self.pool)
             .await?;
+        self.market_changed();
         Ok(())
     }
 
@@ -309,6 +310,7 @@ impl Store {
             .bind(account_id)
             .execute(&self.pool)
             .await?;
+        self.market_changed();
         Ok(done.rows_affected() == 1)
     }
 
@@ -339,6 +341,7 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
+        self.market_changed();
         Ok(true)
     }
 

@@ -1,13 +1,14 @@
-//! The dashboard in real headless Chromium: the public Explorer shows the API's supply and
-//! prices and nothing private; a renter logs in with an API key, deploys through the wizard,
-//! sees the cluster running with its port link and logs, and terminates it, and the refund
-//! shows; a form without its
+//! The dashboard in real headless Chromium: the public Explorer shows the API's supply (by
+//! model and by country) and prices and nothing private; a renter logs in with an API key,
+//! sees the market prices, deploys through the wizard, sees the cluster running with its port
+//! link and logs, and terminates it, and the refund and the month's spending show; a form
+//! without its
 //! CSRF token and another renter's look at the cluster are refused. Screenshots of each page
 //! at 1280 and 390 px go to `target/test-artifacts/dashboard`.
 
 use std::time::Duration;
 
-use flotilla_proto::api::{ClusterInfo, ModelPriceInfo};
+use flotilla_proto::api::{ClusterInfo, CountrySupplyInfo, ModelPriceInfo, SpendingInfo};
 
 use crate::browser::Browser;
 use crate::clusters::{Market, iosd_available, market, sandbox_ready, until_state};
@@ -94,16 +95,42 @@ async fn a_renter_deploys_through_the_wizard_and_terminates_on_the_dashboard(db:
         );
         assert!(source.contains(&row), "{row} in {source}");
     }
+    let supply: Vec<CountrySupplyInfo> = market
+        .coordinator
+        .client(None)
+        .get("market/supply")
+        .await
+        .unwrap();
+    let offered: u64 = prices.iter().map(|p| p.devices).sum();
+    assert_eq!(supply.iter().map(|c| c.total.devices).sum::<u64>(), offered);
+    for country in &supply {
+        assert!(country.total.suppliers >= 1, "{country:?}");
+        let row = format!(
+            "<td class=\"suppliers\">{}</td><td class=\"devices\">{}</td><td class=\"hired\">{}</td><td class=\"idle\">{}</td>",
+            country.total.suppliers, country.total.devices, country.total.hired, country.total.idle
+        );
+        assert!(source.contains(&row), "{row} in {source}");
+    }
     both_widths(&browser, "explorer").await;
 
     // Log in with the renter's key and deploy through the wizard: type, nodes, GPUs, hours,
     // token and command, then the quote, then Deploy.
     log_in(&browser, &url, &market.renter_key, "/cloud").await;
     both_widths(&browser, "cloud").await;
+    let iosd_at_start = iosd_available(&market.renter).await;
     // The Marketplace: a filter that matches lists the offer; one that does not says why.
     browser
         .goto(&format!("{url}/cloud/market?q=gpu%3Dh100"))
         .await;
+    for price in &prices {
+        let median = browser
+            .text(&format!(
+                "#prices tr[data-model=\"{}\"] .median",
+                price.model
+            ))
+            .await;
+        assert_eq!(median, price.median_ask_usd, "{}", price.model);
+    }
     let offers = browser.text("#offers table").await;
     assert!(offers.to_lowercase().contains("h100"), "{offers}");
     both_widths(&browser, "market").await;
@@ -270,8 +297,28 @@ async fn a_renter_deploys_through_the_wizard_and_terminates_on_the_dashboard(db:
     })
     .await;
     assert!(refunded.is_some(), "the refund reaches the balance");
+    // The month's spending is what left the balance: the escrow and the extension, less the
+    // refund (every last refund in, so the two agree).
+    let spent = eventually(Duration::from_secs(10), || async {
+        let spending: SpendingInfo = market.renter.get("wallet/spending").await.ok()?;
+        let iosd = spending
+            .tokens
+            .iter()
+            .find(|t| t.token == "IOSD")?
+            .spent_micros;
+        (iosd == iosd_at_start - iosd_available(&market.renter).await).then_some(iosd)
+    })
+    .await
+    .expect("the month's spending matches the balance's change");
+    assert!(spent > 0, "{spent}");
     browser.goto(&format!("{url}/cloud")).await;
     assert!(browser.source().await.contains("terminated"));
+    assert_eq!(
+        browser
+            .text("#spending strong.spent[data-token=IOSD]")
+            .await,
+        flotilla_ledger::format_micros(spent)
+    );
 
     // The supplier, logged in after the renter logs out, sees the rent among its earnings,
     // each line linking to its ledger entry's inclusion proof.

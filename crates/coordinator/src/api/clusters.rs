@@ -270,10 +270,7 @@ pub async fn list_clusters(
         .store
         .list_clusters(caller.account_id(), page.after.as_deref(), page.fetch())
         .await?;
-    let mut infos = Vec::with_capacity(rows.len());
-    for row in rows {
-        infos.push(info(&app, row).await?);
-    }
+    let infos = infos(&app, rows).await?;
     Ok(Json(page.finish(
         infos,
         |info| info.id.clone(),
@@ -534,15 +531,68 @@ fn port_links(cluster_id: &str, nodes: &[ClusterNodeInfo], spec: &ClusterSpec) -
 }
 
 async fn info(app: &AppState, row: ClusterRow) -> ApiResult<ClusterInfo> {
+    let mut infos = infos(app, vec![row]).await?;
+    Ok(infos.pop().expect("one info per row"))
+}
+
+/// What `infos` shows beside the cluster rows, read for all of them at once.
+struct ClusterFacts {
+    requests: HashMap<String, RequestRow>,
+    runs: HashMap<String, Vec<RunRow>>,
+    placements: HashMap<String, Vec<flotilla_store::PlacementRow>>,
+    ratings: HashMap<String, HashMap<u32, (u8, String)>>,
+}
+
+/// The clusters' answers, in the rows' order, with a fixed number of reads however many there
+/// are (a page of a list would otherwise cost six reads per cluster).
+async fn infos(app: &AppState, rows: Vec<ClusterRow>) -> ApiResult<Vec<ClusterInfo>> {
+    let ids: Vec<String> = rows.iter().map(|row| row.id.clone()).collect();
+    let mut facts = ClusterFacts {
+        requests: app.store.requests_by_ids(&ids).await?,
+        runs: app.store.runs_of(&ids).await?,
+        placements: app.store.placements_of(&ids).await?,
+        ratings: app.store.node_ratings_of(&ids).await?,
+    };
+    let mut infos = Vec::with_capacity(rows.len());
+    for row in rows {
+        infos.push(info_from(&mut facts, row)?);
+    }
+    let run_ids: Vec<String> = infos
+        .iter()
+        .flat_map(|info| info.nodes.iter().map(|node| node.run_id.clone()))
+        .collect();
+    let mut traffic = app.store.tunnel_traffic(&run_ids).await?;
+    let escrows: Vec<AccountId> = infos
+        .iter()
+        .map(|info| payment_of(facts.requests.get(&info.id)).escrow(&info.id))
+        .collect();
+    let balances = crate::ledger::balances(&app.store, &escrows).await?;
+    for (info, escrow) in infos.iter_mut().zip(&escrows) {
+        for node in &mut info.nodes {
+            node.tunnel = traffic.remove(&node.run_id).unwrap_or_default();
+        }
+        info.escrow_micros = balances
+            .get(&escrow.to_string())
+            .map_or(0, |balance| balance.available());
+    }
+    Ok(infos)
+}
+
+fn payment_of(request: Option<&RequestRow>) -> Payment {
+    request.map_or(Payment::of(&RequestSpec::default()), Payment::of_row)
+}
+
+/// One cluster's answer from its row and facts, before its tunnel traffic and escrow.
+fn info_from(facts: &mut ClusterFacts, row: ClusterRow) -> ApiResult<ClusterInfo> {
     let spec: ClusterSpec = serde_json::from_str(&row.spec)
         .map_err(|e| ApiError::Internal(format!("stored cluster spec: {e}")))?;
     let secrets: std::collections::BTreeMap<String, String> =
         serde_json::from_str(&row.secret_env).unwrap_or_default();
-    let request = app.store.request_by_id(&row.id).await?;
-    let runs = app.store.runs_of_cluster(&row.id).await?;
+    let request = facts.requests.get(&row.id);
+    let runs = facts.runs.remove(&row.id).unwrap_or_default();
     let mut devices: HashMap<u32, Vec<String>> = HashMap::new();
     let mut rent_per_hour = 0;
-    for placement in app.store.placements(&row.id).await? {
+    for placement in facts.placements.remove(&row.id).unwrap_or_default() {
         rent_per_hour += placement.price_per_hour;
         devices
             .entry(placement.node_index)
@@ -557,26 +607,16 @@ async fn info(app: &AppState, row: ClusterRow) -> ApiResult<ClusterInfo> {
             _ => nodes.push(node_info(run, &devices)),
         }
     }
-    let ratings = app.store.node_ratings(&row.id).await?;
-    let run_ids: Vec<String> = nodes.iter().map(|n| n.run_id.clone()).collect();
-    let mut traffic = app.store.tunnel_traffic(&run_ids).await?;
+    let ratings = facts.ratings.remove(&row.id).unwrap_or_default();
     for node in &mut nodes {
         node.rating_stars = ratings.get(&node.rank).map(|(stars, _)| *stars);
-        node.tunnel = traffic.remove(&node.run_id).unwrap_or_default();
     }
     let port_links = if row.state == CLUSTER_RUNNING {
         port_links(&row.id, &nodes, &spec)
     } else {
         Vec::new()
     };
-    let payment = request
-        .as_ref()
-        .map_or(Payment::of(&RequestSpec::default()), Payment::of_row);
-    let escrow = crate::ledger::balance(&app.store, &payment.escrow(&row.id))
-        .await?
-        .available();
     let waiting = request
-        .as_ref()
         .filter(|r| r.state == REQUEST_QUEUED && !r.reason.is_empty())
         .map(|r| r.reason.clone());
     Ok(ClusterInfo {
@@ -590,8 +630,8 @@ async fn info(app: &AppState, row: ClusterRow) -> ApiResult<ClusterInfo> {
         port_links,
         waiting_because: waiting,
         rent_per_hour,
-        escrow_micros: escrow,
-        metered_minutes: request.as_ref().map_or(0, |r| r.metered_minutes),
+        escrow_micros: 0,
+        metered_minutes: request.map_or(0, |r| r.metered_minutes),
         created_at: rfc3339(row.created_at_ms),
         running_at: rfc3339_opt(row.running_at_ms),
         ended_at: rfc3339_opt(row.ended_at_ms),

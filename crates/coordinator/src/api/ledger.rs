@@ -15,8 +15,8 @@ use flotilla_ledger::{
 };
 use flotilla_proto::api::{
     BalanceInfo, DepositRequest, EntryInfo, EpochInfo, ErrorBody, FaucetRequest, HoldInfo,
-    LedgerInfo, Role, SlashRequest, StakeInfo, StakeRequest, SupplyInfo, TransferRequest,
-    TransferResult, WalletInfo, WithdrawalRequest,
+    LedgerInfo, Role, SlashRequest, SpendingInfo, StakeInfo, StakeRequest, SupplyInfo,
+    TokenSpending, TransferRequest, TransferResult, WalletInfo, WithdrawalRequest,
 };
 use flotilla_proto::id::{IdKind, new_id};
 use flotilla_proto::time::rfc3339;
@@ -252,6 +252,29 @@ pub async fn wallet(State(app): State<AppState>, caller: Caller) -> ApiResult<Js
         account_id: owner.to_owned(),
         balances,
         holds,
+    }))
+}
+
+/// What the caller spent on rentals this calendar month (UTC): paid into escrows less refunds.
+#[utoipa::path(get, path = "/api/v1/wallet/spending", security(("api_key" = [])), responses((status = 200, body = SpendingInfo)))]
+pub async fn spending(
+    State(app): State<AppState>,
+    caller: Caller,
+) -> ApiResult<Json<SpendingInfo>> {
+    let month = app
+        .spending
+        .this_month(&app.store, caller.account_id(), now_ms())
+        .await?;
+    Ok(Json(SpendingInfo {
+        since: rfc3339(month.month_start_ms),
+        tokens: Token::ALL
+            .into_iter()
+            .map(|token| TokenSpending {
+                token: token.as_str().into(),
+                spent_micros: month.spent.get(&token).copied().unwrap_or(0),
+            })
+            .collect(),
+        complete: month.complete,
     }))
 }
 

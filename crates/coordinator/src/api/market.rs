@@ -4,14 +4,15 @@
 use axum::Json;
 use axum::extract::State;
 use flotilla_proto::api::{
-    Device, ErrorBody, ModelPriceInfo, NoMatchExplanation, OfferInfo, OfferRelaxation,
-    OfferRemoval, OffersResponse, Role, SetLocationRequest, SetPriceRequest, WorkerDetail,
+    CountrySupplyInfo, Device, ErrorBody, ModelPriceInfo, ModelSupplyInfo, NoMatchExplanation,
+    OfferInfo, OfferRelaxation, OfferRemoval, OffersResponse, Role, SetLocationRequest,
+    SetPriceRequest, SupplyCountInfo, WorkerDetail,
 };
 use flotilla_proto::id::IdKind;
 use flotilla_scheduler::Tier;
 use flotilla_scheduler::explain::{Explanation, explain, format_price};
 use flotilla_scheduler::offers::search;
-use flotilla_scheduler::prices::price_index;
+use flotilla_scheduler::prices::{price_index, supply_by_country};
 use flotilla_scheduler::query::{SortKey, parse};
 use serde::Deserialize;
 
@@ -51,8 +52,9 @@ pub(crate) fn limit_reads(limiter: &crate::ratelimit::RateLimiter, ip: &str) -> 
         .map_err(|retry_after_s| ApiError::RateLimited { retry_after_s })
 }
 
-async fn view(app: &AppState) -> ApiResult<MarketView> {
-    Ok(crate::market::load(&app.store).await?)
+/// The shared market view: public reads need not rebuild it each time.
+async fn view(app: &AppState) -> ApiResult<std::sync::Arc<MarketView>> {
+    Ok(app.market.view(&app.store).await?)
 }
 
 fn bounded(field: &str, value: Option<u32>, default: u32, max: u32) -> ApiResult<u32> {
@@ -167,6 +169,43 @@ pub async fn market_prices(
                 cheapest_ask_per_hour: p.cheapest_ask_per_hour,
                 hired_ppm: p.hired_ppm,
                 trend_ppm: p.trend_ppm,
+            })
+            .collect(),
+    ))
+}
+
+fn supply_count(count: &flotilla_scheduler::prices::SupplyCount) -> SupplyCountInfo {
+    SupplyCountInfo {
+        suppliers: count.suppliers,
+        devices: count.devices,
+        hired: count.hired,
+        idle: count.devices - count.hired,
+    }
+}
+
+/// The supply by country and model: verified suppliers, devices offered, hired and idle.
+#[utoipa::path(get, path = "/api/v1/market/supply", responses((status = 200, body = Vec<CountrySupplyInfo>)))]
+pub async fn market_supply(
+    State(app): State<AppState>,
+    ClientIp(ip): ClientIp,
+) -> ApiResult<Json<Vec<CountrySupplyInfo>>> {
+    limit_reads(&app.limits.market_reads, &ip)?;
+    let market = view(&app).await?;
+    let supply = supply_by_country(&market.snapshot);
+    Ok(Json(
+        supply
+            .iter()
+            .map(|country| CountrySupplyInfo {
+                country: country.country.clone(),
+                total: supply_count(&country.total),
+                models: country
+                    .models
+                    .iter()
+                    .map(|(model, count)| ModelSupplyInfo {
+                        model: model.clone(),
+                        count: supply_count(count),
+                    })
+                    .collect(),
             })
             .collect(),
     ))

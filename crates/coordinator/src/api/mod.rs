@@ -46,11 +46,11 @@ use crate::error::{ApiError, ApiResult};
         audit::list_audit_events,
         proofs::list_proofs, proofs::show_proof, proofs::proof_transcript,
         proofs::proof_signature,
-        market::list_offers, market::market_prices, market::set_device_price,
+        market::list_offers, market::market_prices, market::market_supply, market::set_device_price,
         market::set_worker_location,
         requests::create_request, requests::list_requests, requests::show_request,
         requests::cancel_request, requests::give_feedback,
-        ledger::wallet, ledger::history, ledger::transfer, ledger::withdraw, ledger::faucet,
+        ledger::wallet, ledger::spending, ledger::history, ledger::transfer, ledger::withdraw, ledger::faucet,
         ledger::deposit, ledger::stake_info, ledger::stake, ledger::unstake, ledger::slash,
         ledger::return_slash, ledger::ledger_info, ledger::epochs, ledger::entry_proof,
         ledger::export,
@@ -124,6 +124,7 @@ pub fn router(app: AppState) -> Router {
         .route("/workers/{id}/location", post(market::set_worker_location))
         .route("/offers", get(market::list_offers))
         .route("/market/prices", get(market::market_prices))
+        .route("/market/supply", get(market::market_supply))
         .route(
             "/requests",
             post(requests::create_request).get(requests::list_requests),
@@ -157,6 +158,7 @@ pub fn router(app: AppState) -> Router {
         )
         .route("/wallet", get(ledger::wallet))
         .route("/wallet/history", get(ledger::history))
+        .route("/wallet/spending", get(ledger::spending))
         .route("/wallet/transfers", post(ledger::transfer))
         .route("/wallet/withdrawals", post(ledger::withdraw))
         .route("/wallet/faucet", post(ledger::faucet))

@@ -8,45 +8,19 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue};
 use axum::response::IntoResponse;
 use flotilla_proto::api::{ClusterSpec, ExtendRequest, LogQuery, PageQuery};
-use maud::{Markup, PreEscaped, html};
+use maud::{Markup, html};
 use serde::Deserialize;
 
 use super::session::{CsrfForm, Signed};
-use super::{Face, PageResult, amount, page, see_other};
+use super::{Face, PageResult, amount, live_sections, page, see_other};
 use crate::AppState;
 use crate::api::clusters;
 use crate::error::ApiError;
 use crate::extract::{JsonBody, PathId, QueryParams};
 
-/// Keeps a live cluster's page current without a reload: every couple of seconds while the
-/// tab is visible (never two requests at once, backing off to half a minute on errors), it
-/// fetches the page again and swaps in its sections; it stops once the cluster has ended. A
-/// page left open all day costs one small request per interval, and none while hidden.
-const LIVE_SCRIPT: &str = r##"(() => {
-  const ended = ["completed", "failed", "terminated", "expired"];
-  const delayMin = 2000, delayMax = 30000;
-  let delay = delayMin;
-  async function refresh() {
-    if (!document.hidden) {
-      try {
-        const response = await fetch(location.href, {credentials: "same-origin"});
-        if (!response.ok) throw new Error(String(response.status));
-        const fresh = new DOMParser().parseFromString(await response.text(), "text/html");
-        for (const id of ["summary", "nodes", "ports", "logs"]) {
-          const now = document.getElementById(id), next = fresh.getElementById(id);
-          if (now && next) now.replaceWith(next);
-        }
-        delay = delayMin;
-      } catch (error) {
-        delay = Math.min(delay * 2, delayMax);
-      }
-    }
-    const state = document.querySelector("#summary .state");
-    if (state && ended.includes(state.textContent)) return;
-    setTimeout(refresh, delay);
-  }
-  setTimeout(refresh, delay);
-})();"##;
+/// How often a live cluster's page refreshes itself; the home page, less often.
+const CLUSTER_REFRESH_MS: u32 = 2_000;
+const HOME_REFRESH_MS: u32 = 10_000;
 
 /// Log lines shown on a cluster's page (the latest).
 const LOG_LINES_SHOWN: u32 = 200;
@@ -61,6 +35,9 @@ pub async fn home(State(app): State<AppState>, signed: Signed) -> PageResult {
         limit: Some(CLUSTERS_SHOWN),
         cursor: None,
     };
+    let spending = crate::api::ledger::spending(State(app.clone()), signed.caller.clone())
+        .await?
+        .0;
     let listed = clusters::list_clusters(State(app), signed.caller.clone(), QueryParams(query))
         .await?
         .0;
@@ -79,6 +56,17 @@ pub async fn home(State(app): State<AppState>, signed: Signed) -> PageResult {
                     }
                 }
             }
+        }
+        section id="spending" {
+            h2 { "Spent this month" }
+            p {
+                @for (i, token) in spending.tokens.iter().enumerate() {
+                    @if i > 0 { " · " }
+                    strong class="spent" data-token=(token.token) { (amount(token.spent_micros)) } " " (token.token)
+                }
+            }
+            p class="muted" { "Paid into clusters' escrows since " (spending.since.get(..10).unwrap_or_default()) " (UTC)"
+                ", less what came back" @if !spending.complete { " (still adding up: reload for the rest)" } "." }
         }
         section id="clusters" {
             h2 { "Clusters" }
@@ -103,6 +91,7 @@ pub async fn home(State(app): State<AppState>, signed: Signed) -> PageResult {
                 a href="/cloud/market" { "Marketplace" } " · "
                 a href="/cloud/clusters" id="all-clusters" { "All clusters" } }
         }
+        (live_sections(&["balances", "spending", "clusters"], HOME_REFRESH_MS))
     };
     Ok(page("Cloud", Face::Cloud, Some(&signed), body).into_response())
 }
@@ -190,7 +179,7 @@ pub async fn cluster(
     .0;
     let live = info.state == "running" || info.state == "deploying";
     let body = html! {
-        section id="summary" {
+        section id="summary" data-live-stop[!live] {
             p { "State: " strong class="state" { (info.state) } " · " (info.kind) " · "
                 (info.spec.nodes) " node(s) · " (info.spec.hours) " h · escrow "
                 (amount(info.escrow_micros)) " " (info.spec.token) }
@@ -257,7 +246,7 @@ pub async fn cluster(
                 }
             }
         }
-        @if live { script { (PreEscaped(LIVE_SCRIPT)) } }
+        (live_sections(&["summary", "nodes", "ports", "logs"], CLUSTER_REFRESH_MS))
     };
     Ok(page(
         &format!("Cluster {}", info.name),

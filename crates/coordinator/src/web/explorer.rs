@@ -1,4 +1,5 @@
-//! The Explorer: what anyone may see without logging in. Supply and prices by GPU model, the
+//! The Explorer: what anyone may see without logging in. Supply and prices by GPU model and
+//! supply by country (verified suppliers, devices hired and idle), the
 //! ledger's supply and its sealed epochs with their signed roots and block rewards (also as
 //! CSV), with links to the live clusters and the devices (`fleet.rs`), governance and the
 //! inclusion-proof check (`ledger.rs`). It shows only what the public API shows: no account
@@ -9,11 +10,13 @@ use axum::response::IntoResponse;
 use maud::html;
 
 use super::session::MaybeSigned;
-use super::{Face, PageResult, amount, page};
+use super::{Face, PageResult, amount, live_sections, page};
 use crate::AppState;
 use crate::api::ledger::EpochQuery;
 use crate::extract::{ClientIp, QueryParams};
 
+/// How often the Explorer's supply, tokens and epochs refresh themselves.
+const EXPLORER_REFRESH_MS: u32 = 15_000;
 /// Sealed epochs listed, newest last.
 const EPOCHS_SHOWN: u32 = 20;
 /// Sealed epochs in the CSV export, at most (the API's own page limit).
@@ -57,6 +60,9 @@ pub async fn home(
     let prices = crate::api::market::market_prices(State(app.clone()), ip.clone())
         .await?
         .0;
+    let supply = crate::api::market::market_supply(State(app.clone()), ip.clone())
+        .await?
+        .0;
     let ledger = crate::api::ledger::ledger_info(State(app.clone()), ip.clone())
         .await?
         .0;
@@ -92,6 +98,27 @@ pub async fn home(
                 }
             }
             @if prices.is_empty() { p class="muted" { "Nothing is offered yet." } }
+            h3 { "By country" }
+            table id="supply-by-country" {
+                thead { tr { th { "Country" } th { "Verified suppliers" } th { "Devices" } th { "Hired" } th { "Idle" } th { "By model: devices (hired)" } } }
+                tbody {
+                    @for country in &supply {
+                        tr data-country=(country.country) {
+                            td { @if country.country.is_empty() { "not given" } @else { (country.country.to_uppercase()) } }
+                            td class="suppliers" { (country.total.suppliers) }
+                            td class="devices" { (country.total.devices) }
+                            td class="hired" { (country.total.hired) }
+                            td class="idle" { (country.total.idle) }
+                            td {
+                                @for (i, model) in country.models.iter().enumerate() {
+                                    @if i > 0 { " · " }
+                                    (model.model) " " (model.count.devices) " (" (model.count.hired) ")"
+                                }
+                            }
+                        }
+                    }
+                }
+            }
         }
         section id="tokens" {
             h2 { "Tokens" }
@@ -130,6 +157,7 @@ pub async fn home(
             @if epochs.is_empty() { p class="muted" { "No epoch is sealed yet." } }
             p { a href="/explorer/epochs.csv" id="epochs-csv" { "Every sealed epoch and its block rewards, as CSV" } }
         }
+        (live_sections(&["supply", "tokens", "epochs"], EXPLORER_REFRESH_MS))
     };
     Ok(page("Explorer", Face::Explorer, signed.as_ref(), body).into_response())
 }

@@ -1,5 +1,5 @@
-//! The Marketplace (Cloud): offers filtered by the search language and sorted, the market
-//! price per model, and, when a filter finds nothing, why and what to relax. Public data, the
+//! The Marketplace (Cloud): the market price per model, offers filtered by the search language
+//! and sorted, and, when a filter finds nothing, why and what to relax. Public data, the
 //! same as `GET /offers` and `GET /market/prices`.
 
 use axum::extract::State;
@@ -8,10 +8,17 @@ use maud::html;
 use serde::Deserialize;
 
 use super::session::MaybeSigned;
-use super::{Face, PageResult, page};
+use super::{Face, PageResult, amount, page};
 use crate::AppState;
 use crate::api::market::OfferQuery;
 use crate::extract::{ClientIp, QueryParams};
+
+/// A price change in ppm as a signed percentage with one decimal.
+fn trend_words(ppm: i64) -> String {
+    let sign = if ppm < 0 { "-" } else { "+" };
+    let tenths = ppm.unsigned_abs() / 1_000;
+    format!("{sign}{}.{}%", tenths / 10, tenths % 10)
+}
 
 /// Offers listed at most.
 const OFFERS_SHOWN: u32 = 100;
@@ -43,6 +50,9 @@ pub async fn market(
         gpus_per_node: None,
         nodes: None,
     };
+    let prices = crate::api::market::market_prices(State(app.clone()), ip.clone())
+        .await?
+        .0;
     let found = crate::api::market::list_offers(State(app), ip, QueryParams(query))
         .await?
         .0;
@@ -60,6 +70,24 @@ pub async fn market(
                     }
                 }
                 button type="submit" { "Search" }
+            }
+        }
+        section id="prices" {
+            h2 { "Market price per model" }
+            table {
+                thead { tr { th { "Model" } th { "Median ask / h (IOSD)" } th { "Cheapest / h" } th { "Offered" } th { "Hired" } th { "Trend (1 h)" } } }
+                tbody {
+                    @for price in &prices {
+                        tr data-model=(price.model) {
+                            td { (price.model) }
+                            td class="median" { (price.median_ask_usd) }
+                            td { (amount(price.cheapest_ask_per_hour)) }
+                            td { (price.devices) }
+                            td { (price.hired) }
+                            td { (price.trend_ppm.map(trend_words).unwrap_or_else(|| "-".to_owned())) }
+                        }
+                    }
+                }
             }
         }
         section id="offers" {
@@ -94,4 +122,17 @@ pub async fn market(
         }
     };
     Ok(page("Marketplace", Face::Cloud, signed.as_ref(), body).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::trend_words;
+
+    #[test]
+    fn trends_read_as_signed_percentages() {
+        assert_eq!(trend_words(100_000), "+10.0%");
+        assert_eq!(trend_words(-25_000), "-2.5%");
+        assert_eq!(trend_words(0), "+0.0%");
+        assert_eq!(trend_words(999), "+0.0%");
+    }
 }

@@ -1,5 +1,5 @@
 //! The dashboard: server-rendered pages (maud) on the coordinator's address, with one small
-//! script (a live cluster's page) and nothing to build. Three faces: `/explorer` (public, no
+//! script (pages that keep themselves current, [`live_sections`]) and nothing to build. Three faces: `/explorer` (public, no
 //! login: `explorer`, `fleet`, `ledger`), `/cloud` (renters: `cloud`, `market`) and `/worker`
 //! (suppliers: `worker`, `earnings`).
 //!
@@ -179,6 +179,63 @@ fn see_other(to: &str) -> Response {
 }
 
 /// Base units (signed or not) as a decimal amount of tokens; past `i64::MAX`, that.
+/// The script that keeps a page's sections current without a reload: every `interval_ms`
+/// while the tab is visible it fetches the page again and swaps in the sections named (never
+/// one the user is typing in), never two requests at once, backing off to
+/// [`LIVE_BACKOFF_MS_MAX`] on errors. It stops for good once a section carries
+/// `data-live-stop` (a cluster that ended). A page left open all day costs one request per
+/// interval while visible and none while hidden.
+fn live_sections(section_ids: &[&str], interval_ms: u32) -> Markup {
+    let ids = serde_json::to_string(section_ids).expect("strings serialize");
+    let script = format!(
+        r##"(() => {{
+  const ids = {ids}, delayMin = {interval_ms}, delayMax = {LIVE_BACKOFF_MS_MAX};
+  let delay = delayMin;
+  async function refresh() {{
+    if (!document.hidden) {{
+      try {{
+        const response = await fetch(location.href, {{credentials: "same-origin"}});
+        if (!response.ok) throw new Error(String(response.status));
+        const fresh = new DOMParser().parseFromString(await response.text(), "text/html");
+        for (const id of ids) {{
+          const now = document.getElementById(id), next = fresh.getElementById(id);
+          if (now && next && !now.contains(document.activeElement)) now.replaceWith(next);
+        }}
+        delay = delayMin;
+      }} catch (error) {{
+        delay = Math.min(delay * 2, delayMax);
+      }}
+    }}
+    if (document.querySelector("[data-live-stop]")) return;
+    setTimeout(refresh, delay);
+  }}
+  if (!document.querySelector("[data-live-stop]")) setTimeout(refresh, delay);
+}})();"##
+    );
+    html! { script { (maud::PreEscaped(script)) } }
+}
+
+/// Longest wait between a live page's refreshes after errors.
+const LIVE_BACKOFF_MS_MAX: u32 = 60_000;
+
 fn amount(micros: impl TryInto<i64>) -> String {
     flotilla_ledger::format_micros(micros.try_into().unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_live_page_refreshes_the_sections_it_names_at_its_interval() {
+        let script = live_sections(&["summary", "logs"], 2_000).into_string();
+        assert!(script.starts_with("<script>"), "{script}");
+        assert!(
+            script
+                .contains(r#"const ids = ["summary","logs"], delayMin = 2000, delayMax = 60000;"#),
+            "{script}"
+        );
+        assert!(script.contains("data-live-stop"), "it can stop");
+        assert!(script.contains("document.hidden"), "it rests while hidden");
+    }
 }

@@ -18,7 +18,7 @@ use maud::{Markup, html};
 use serde::Deserialize;
 
 use super::session::{CsrfForm, Signed};
-use super::{Face, PageResult, amount, chart, page, see_other};
+use super::{Face, PageResult, amount, chart, live_sections, page, see_other};
 use crate::AppState;
 use crate::api::devices::{self, DeviceListQuery, DeviceShowQuery};
 use crate::api::proofs::{self, ProofListQuery};
@@ -54,6 +54,10 @@ fn device_row(device: &Device, csrf: &str) -> Markup {
     }
 }
 
+/// How often the devices list and a device's page (state, charts) refresh themselves.
+const DEVICES_REFRESH_MS: u32 = 10_000;
+const DEVICE_REFRESH_MS: u32 = 15_000;
+
 pub async fn home(State(app): State<AppState>, signed: Signed) -> PageResult {
     let query = DeviceListQuery {
         limit: Some(DEVICES_SHOWN),
@@ -72,6 +76,7 @@ pub async fn home(State(app): State<AppState>, signed: Signed) -> PageResult {
             }
             @if listed.items.is_empty() { p class="muted" { "No devices yet: add one below." } }
         }
+        (live_sections(&["devices"], DEVICES_REFRESH_MS))
         p { a href="/worker/earnings" id="earnings-link" { "Earnings: rent and block rewards" } " · "
             a href="/worker/staking" id="staking-link" { "Staking" } }
         section id="add" {
@@ -194,6 +199,7 @@ pub async fn device(State(app): State<AppState>, signed: Signed, PathId(id): Pat
             @if detail.history.is_empty() { p class="muted" { "No telemetry recorded yet." } }
             @else { (charts(&detail.history)) }
         }
+        (live_sections(&["summary", "charts"], DEVICE_REFRESH_MS))
         (runs_section(&runs))
         (proofs_section(&proofs.items))
         section id="remove" {
