@@ -314,6 +314,16 @@ pub struct DeployForm {
     nodes: String,
     #[serde(default)]
     gpus_per_node: String,
+    /// A model key from the market, or empty for any.
+    #[serde(default)]
+    gpu: String,
+    /// Regions or continents, comma separated; empty for anywhere.
+    #[serde(default)]
+    regions: String,
+    /// The lowest connectivity tier, or empty for any.
+    #[serde(default)]
+    tier: String,
+    /// More of the search language (price, memory, reliability...).
     #[serde(default)]
     query: String,
     #[serde(default)]
@@ -332,7 +342,53 @@ pub struct DeployForm {
     nonce: String,
 }
 
+/// Connectivity tiers the wizard offers, lowest first ("any" is empty).
+const TIERS: [&str; 4] = ["low", "medium", "high", "ultra"];
+
 impl DeployForm {
+    /// The search-language query from the model, regions and tier fields and any more filters.
+    fn query(&self) -> Result<String, ApiError> {
+        let mut clauses = Vec::new();
+        let gpu = self.gpu.trim();
+        if !gpu.is_empty() {
+            if !gpu.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+                return Err(ApiError::invalid("gpu", "must be a model from the market"));
+            }
+            clauses.push(format!("gpu={gpu}"));
+        }
+        let regions: Vec<&str> = self
+            .regions
+            .split(',')
+            .map(str::trim)
+            .filter(|r| !r.is_empty())
+            .collect();
+        let region_ok = |r: &&str| r.bytes().all(|b| b.is_ascii_lowercase() || b == b'-');
+        if !regions.iter().all(region_ok) {
+            return Err(ApiError::invalid(
+                "regions",
+                "must be regions or continents such as eu-west or us, comma separated",
+            ));
+        }
+        if !regions.is_empty() {
+            clauses.push(format!("region in [{}]", regions.join(",")));
+        }
+        let tier = self.tier.trim();
+        if !tier.is_empty() {
+            if !TIERS.contains(&tier) {
+                return Err(ApiError::invalid(
+                    "tier",
+                    "must be low, medium, high or ultra",
+                ));
+            }
+            clauses.push(format!("tier>={tier}"));
+        }
+        let more = self.query.trim();
+        if !more.is_empty() {
+            clauses.push(more.to_owned());
+        }
+        Ok(clauses.join(" "))
+    }
+
     fn spec(&self) -> Result<ClusterSpec, ApiError> {
         let number = |field: &'static str, text: &str| -> Result<u32, ApiError> {
             text.trim()
@@ -359,7 +415,7 @@ impl DeployForm {
         Ok(ClusterSpec {
             kind: self.kind.clone(),
             gpus_per_node: number("gpus_per_node", &self.gpus_per_node)?,
-            query: self.query.trim().to_owned(),
+            query: self.query()?,
             hours: number("hours", &self.hours)?,
             token: self.token.clone(),
             ports,
@@ -369,9 +425,9 @@ impl DeployForm {
     }
 }
 
-/// The wizard's fields, filled with `form`'s values; `fixed` makes them read-only (the quote
-/// step carries them to Deploy unchanged).
-fn deploy_fields(form: &DeployForm, fixed: bool) -> Markup {
+/// The wizard's fields, filled with `form`'s values; `models` are the GPU models offered now.
+/// `fixed` makes them read-only (the quote step carries them to Deploy unchanged).
+fn deploy_fields(form: &DeployForm, models: &[String], fixed: bool) -> Markup {
     let text = |label: &str, name: &str, value: &str, hint: &str| {
         html! {
             p {
@@ -386,19 +442,32 @@ fn deploy_fields(form: &DeployForm, fixed: bool) -> Markup {
                 label for=(name) { (label) } br;
                 select id=(name) name=(name) disabled[fixed] {
                     @for option in options {
-                        option value=(option) selected[*option == value] { (option) }
+                        option value=(option) selected[*option == value] {
+                            @if option.is_empty() { "any" } @else { (option) }
+                        }
                     }
                 }
                 @if fixed { input type="hidden" name=(name) value=(value); }
             }
         }
     };
+    // "" is "any"; the chosen model stays listed even if it is no longer offered.
+    let mut gpus: Vec<&str> = vec![""];
+    gpus.extend(models.iter().map(String::as_str));
+    if !gpus.contains(&form.gpu.as_str()) {
+        gpus.push(&form.gpu);
+    }
+    let mut tiers = vec![""];
+    tiers.extend(TIERS);
     html! {
         (text("Name", "name", &form.name, "train"))
         (choice("Type", "kind", &form.kind, &["batch", "service", "ray"]))
         (text("Nodes", "nodes", &form.nodes, "1"))
         (text("GPUs per node", "gpus_per_node", &form.gpus_per_node, "1"))
-        (text("GPU model, regions, tier, price (search language)", "query", &form.query, "gpu=h100 region=eu"))
+        (choice("GPU model (empty: any)", "gpu", &form.gpu, &gpus))
+        (text("Regions (empty: anywhere)", "regions", &form.regions, "eu, us-east"))
+        (choice("Connectivity tier at least (empty: any)", "tier", &form.tier, &tiers))
+        (text("More filters (search language)", "query", &form.query, "price<2.5 vram>=80"))
         (text("Hours", "hours", &form.hours, "1"))
         (choice("Pay with", "token", &form.token, &["IOSD", "IO"]))
         (text("Command (run as sh -c; none for ray)", "command", &form.command, "python train.py"))
@@ -407,7 +476,15 @@ fn deploy_fields(form: &DeployForm, fixed: bool) -> Markup {
     }
 }
 
-pub async fn deploy_form(signed: Signed) -> PageResult {
+/// The models offered now, for the wizard's choice.
+async fn offered_models(app: &AppState) -> Result<Vec<String>, ApiError> {
+    let market = app.market.view(&app.store).await?;
+    let index = flotilla_scheduler::prices::price_index(&market.snapshot, &[]);
+    Ok(index.into_iter().map(|price| price.model).collect())
+}
+
+pub async fn deploy_form(State(app): State<AppState>, signed: Signed) -> PageResult {
+    let models = offered_models(&app).await?;
     let form = DeployForm {
         kind: "batch".into(),
         nodes: "1".into(),
@@ -421,7 +498,7 @@ pub async fn deploy_form(signed: Signed) -> PageResult {
         section id="wizard" {
             form method="post" action="/cloud/deploy/quote" {
                 input type="hidden" name="csrf" value=(signed.csrf);
-                (deploy_fields(&form, false))
+                (deploy_fields(&form, &models, false))
                 button type="submit" { "Quote" }
             }
         }
@@ -462,7 +539,7 @@ pub async fn deploy_quote(
             form method="post" action="/cloud/deploy" {
                 input type="hidden" name="csrf" value=(signed.csrf);
                 input type="hidden" name="nonce" value=(fixed.nonce);
-                (deploy_fields(&fixed, true))
+                (deploy_fields(&fixed, &[], true))
                 @if quote.placeable { button type="submit" { "Deploy" } }
             }
             p { a href="/cloud/deploy" { "Start over" } }
@@ -514,6 +591,37 @@ mod tests {
         assert_eq!(duration_words(90), "1 h 30 min");
         assert_eq!(rent_so_far_micros(1_200_000, 30), 600_000);
         assert_eq!(rent_so_far_micros(u64::MAX, u64::MAX), u64::MAX);
+    }
+
+    fn refused_field(form: &DeployForm) -> String {
+        match form.query() {
+            Err(ApiError::Invalid { field, .. }) => field,
+            other => panic!("not a field error: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_wizards_model_regions_and_tier_become_the_query() {
+        let mut chosen = form("batch", "nvidia-smi", "no");
+        assert_eq!(chosen.query().unwrap(), "", "any GPU, anywhere");
+        chosen.gpu = "h100".into();
+        chosen.regions = " eu-west, us ,".into();
+        chosen.tier = "high".into();
+        chosen.query = " price<2.5 ".into();
+        let query = chosen.query().unwrap();
+        assert_eq!(
+            query,
+            "gpu=h100 region in [eu-west,us] tier>=high price<2.5"
+        );
+        assert!(flotilla_scheduler::query::parse(&query).is_ok(), "{query}");
+        chosen.regions = "eu; drop".into();
+        assert_eq!(refused_field(&chosen), "regions");
+        chosen.regions.clear();
+        chosen.tier = "best".into();
+        assert_eq!(refused_field(&chosen), "tier");
+        chosen.tier.clear();
+        chosen.gpu = "h100 count>=8".into();
+        assert_eq!(refused_field(&chosen), "gpu");
     }
 
     #[test]
