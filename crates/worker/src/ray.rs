@@ -175,11 +175,11 @@ def say(*words):
     print(' '.join(['ray:'] + [str(w) for w in words]), flush=True)
 
 def head_up():
-    # The dashboard comes up after the GCS has its cluster id: a node that joins a GCS still
-    # starting keeps an id the GCS then refuses (WrongClusterID) and never joins.
+    # Joining as soon as the GCS listens lets this node start while the head's dashboard is
+    # still loading. A join that fails anyway (a head that restarted under it refuses its
+    # cluster id) ends `ray start`, and the loop below joins again.
     try:
-        for port in (gcs_port, int(env['FLOTILLA_RAY_DASHBOARD_PORT'])):
-            socket.create_connection((head, port), timeout=1).close()
+        socket.create_connection((head, gcs_port), timeout=1).close()
         return True
     except OSError:
         return False
@@ -235,10 +235,12 @@ if rank != 0:
 
 if attempt > 1:
     say('the head was replaced: the Ray cluster restarted, and jobs of the old head are gone')
+# No autoscaler monitor: a Flotilla cluster's size is its placement's, so it would only take a
+# core while the other nodes start.
 for head_try in range(1, HEAD_START_ATTEMPTS + 1):
     head_start = ray_cli + ['start', '--head', '--port=%d' % gcs_port, '--dashboard-host=0.0.0.0',
                             '--dashboard-port=' + env['FLOTILLA_RAY_DASHBOARD_PORT'],
-                            '--include-dashboard=true'] + common
+                            '--include-dashboard=true', '--no-monitor'] + common
     if subprocess.run(head_start).returncode == 0:
         break
     say('the head did not start (try', head_try, 'of', HEAD_START_ATTEMPTS, ')')
