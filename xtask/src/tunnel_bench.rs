@@ -11,6 +11,9 @@
 //!   total split over [`PARALLEL_STREAMS`] connections at once;
 //! - latency: the median round trip of a [`PING_BYTES`]-byte ping-pong over one connection,
 //!   [`PING_ROUNDS`] rounds after a warm-up;
+//! - connect time: the median time from dialing a new connection to its first ping's answer,
+//!   [`CONNECT_ROUNDS`] connections one after another: what a pool of pre-opened streams
+//!   would shorten;
 //! - idle cost (tunnels only): the growth of the proportional resident memory (`Pss`) of the
 //!   tunnel's processes while [`IDLE_CONNECTIONS`] more connections sit idle, per connection.
 //!   It is taken before the bulk transfers, whose freed buffers would otherwise absorb the
@@ -55,6 +58,8 @@ const PARALLEL_STREAMS: u64 = 4;
 const PING_BYTES: usize = 64;
 const PING_ROUNDS: usize = 2_000;
 const PING_WARMUP_ROUNDS: usize = 200;
+const CONNECT_ROUNDS: usize = 300;
+const CONNECT_WARMUP_ROUNDS: usize = 30;
 /// Idle connections opened and kept before the measured ones, so one-time growth (tables,
 /// allocator arenas) is not charged to them. With the measured ones, below the tunnel's 256
 /// streams per worker.
@@ -215,6 +220,7 @@ struct Figures {
     gbit_s: f64,
     parallel_gbit_s: f64,
     latency_p50_us: f64,
+    connect_p50_us: f64,
     idle_connection_bytes: Option<i64>,
 }
 
@@ -318,6 +324,21 @@ async fn latency_p50_us(address: SocketAddr) -> Result<f64> {
     Ok(round_trips_us[round_trips_us.len() / 2])
 }
 
+/// The median time from dialing a new connection to its first answered ping.
+async fn connect_p50_us(address: SocketAddr) -> Result<f64> {
+    let mut connect_times_us = Vec::with_capacity(CONNECT_ROUNDS);
+    for round in 0..CONNECT_WARMUP_ROUNDS + CONNECT_ROUNDS {
+        let started = Instant::now();
+        let mut stream = open(address, MODE_ECHO).await?;
+        ping_once(&mut stream).await?;
+        if round >= CONNECT_WARMUP_ROUNDS {
+            connect_times_us.push(started.elapsed().as_secs_f64() * 1e6);
+        }
+    }
+    connect_times_us.sort_by(f64::total_cmp);
+    Ok(connect_times_us[connect_times_us.len() / 2])
+}
+
 /// Opens `count` connections, each pinged once so it reaches the service.
 async fn idle_connections(address: SocketAddr, count: usize) -> Result<Vec<TcpStream>> {
     let mut connections = Vec::with_capacity(count);
@@ -396,10 +417,14 @@ async fn measure(
     let latency_p50_us = tokio::time::timeout(limit, latency_p50_us(address))
         .await
         .map_err(bounded("the pings"))??;
+    let connect_p50_us = tokio::time::timeout(limit, connect_p50_us(address))
+        .await
+        .map_err(bounded("the connections"))??;
     Ok(Figures {
         gbit_s,
         parallel_gbit_s,
         latency_p50_us,
+        connect_p50_us,
         idle_connection_bytes,
     })
 }
@@ -411,8 +436,8 @@ fn report(path: &str, figures: &Figures) {
             format!(", {bytes} B per idle connection")
         });
     eprintln!(
-        "{path:<14} {:>6.2} Gbit/s one stream, {:>6.2} Gbit/s over {PARALLEL_STREAMS}, p50 round trip {:>5.0} µs{idle}",
-        figures.gbit_s, figures.parallel_gbit_s, figures.latency_p50_us
+        "{path:<14} {:>6.2} Gbit/s one stream, {:>6.2} Gbit/s over {PARALLEL_STREAMS}, p50 round trip {:>5.0} µs, p50 connect {:>6.0} µs{idle}",
+        figures.gbit_s, figures.parallel_gbit_s, figures.latency_p50_us, figures.connect_p50_us
     );
 }
 
@@ -951,6 +976,13 @@ fn summary(
             noise.map(|f| rounded(f.latency_p50_us - raw.latency_p50_us, 1)),
         "rathole_tcp_added_latency_p50_us":
             tcp.map(|f| rounded(f.latency_p50_us - raw.latency_p50_us, 1)),
+        "connect_rounds": CONNECT_ROUNDS,
+        "raw_tcp_connect_p50_us": rounded(raw.connect_p50_us, 1),
+        "rathole_noise_connect_p50_us": noise.map(|f| rounded(f.connect_p50_us, 1)),
+        "flotilla_connect_p50_us": rounded(flotilla.connect_p50_us, 1),
+        "added_connect_p50_us": rounded(flotilla.connect_p50_us - raw.connect_p50_us, 1),
+        "rathole_added_connect_p50_us":
+            noise.map(|f| rounded(f.connect_p50_us - raw.connect_p50_us, 1)),
         "idle_connection_bytes": flotilla.idle_connection_bytes,
         "rathole_idle_connection_bytes": noise.and_then(|f| f.idle_connection_bytes),
         "rathole_tcp_idle_connection_bytes": tcp.and_then(|f| f.idle_connection_bytes),
