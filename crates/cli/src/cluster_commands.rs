@@ -388,7 +388,13 @@ pub async fn clusters(command: ClustersCommand) -> Result<()> {
         } => {
             let cluster: ClusterInfo = connection
                 .client()?
-                .post(&format!("clusters/{id}/extend"), &ExtendRequest { hours })
+                .post(
+                    &format!("clusters/{id}/extend"),
+                    &ExtendRequest {
+                        hours,
+                        from_hours: None,
+                    },
+                )
                 .await?;
             show(&connection, &cluster)?;
         }

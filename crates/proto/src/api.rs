@@ -823,6 +823,11 @@ pub struct NodeRating {
 #[serde(deny_unknown_fields)]
 pub struct ExtendRequest {
     pub hours: u32,
+    /// The cluster's paid hours as the caller last saw them. When given and no longer
+    /// current, the extension is refused (409 `stale`) and nothing is paid, so a form sent
+    /// twice extends once.
+    #[serde(default)]
+    pub from_hours: Option<u32>,
 }
 
 /// One chunk of a node's output.

@@ -591,7 +591,10 @@ async fn bad_specs_funds_and_other_renters_are_refused(db: Db) {
             .status(),
         Some(404)
     );
-    let extend = flotilla_proto::api::ExtendRequest { hours: 1 };
+    let extend = flotilla_proto::api::ExtendRequest {
+        hours: 1,
+        from_hours: None,
+    };
     assert_eq!(
         poor.post::<_, ClusterInfo>(&format!("clusters/{id}/extend"), &extend)
             .await
@@ -782,11 +785,12 @@ env = { GREETING = "hello" }
     let escrow_before = until_state(renter, &service.id, "running", 1)
         .await
         .escrow_micros;
+    let from_one_hour = flotilla_proto::api::ExtendRequest {
+        hours: 1,
+        from_hours: Some(1),
+    };
     let extended: ClusterInfo = renter
-        .post(
-            &format!("clusters/{}/extend", service.id),
-            &flotilla_proto::api::ExtendRequest { hours: 1 },
-        )
+        .post(&format!("clusters/{}/extend", service.id), &from_one_hour)
         .await
         .unwrap();
     assert_eq!(extended.spec.hours, 2);
@@ -794,6 +798,20 @@ env = { GREETING = "hello" }
         extended.escrow_micros > escrow_before + 5_000_000,
         "an hour's rent is held"
     );
+    // The same extension sent again (a form submitted twice) is refused and pays nothing.
+    let wallet_before = iosd_available(renter).await;
+    let (status, code, _) = api_error(
+        renter
+            .post::<_, ClusterInfo>(&format!("clusters/{}/extend", service.id), &from_one_hour)
+            .await,
+    );
+    assert_eq!((status, code.as_str()), (409, "stale"));
+    assert_eq!(iosd_available(renter).await, wallet_before);
+    let unchanged: ClusterInfo = renter
+        .get(&format!("clusters/{}", service.id))
+        .await
+        .unwrap();
+    assert_eq!(unchanged.spec.hours, 2);
     let expired = until_state(renter, &service.id, "expired", 60).await;
     assert_eq!(expired.metered_minutes, 120);
     assert_eq!(expired.nodes[0].state, "stopped");
@@ -882,7 +900,8 @@ async fn three_node_cluster_runs_on_the_container_driver(db: Db) {
 }
 on_both_databases!(three_node_cluster_runs_on_the_container_driver);
 
-/// Chaos: a 4-node batch job counts to a target, keeping its count in a checkpoint directory.
+/// Chaos: a 4-node batch job counts to a target, keeping its count in a checkpoint directory
+/// (written by rename, as a checkpoint taken mid-write would otherwise hold an empty file).
 /// Two of its workers are killed (SIGKILL) while it runs. The cluster completes with the
 /// output of an uninterrupted run, the replaced ranks resume from their checkpoints, the
 /// renter pays exactly the node-minutes the suppliers were paid, and no supplier is paid past
@@ -941,7 +960,8 @@ async fn a_checkpointed_job_survives_two_killed_workers(db: Db) {
     let before = iosd_available(&renter).await;
     let count = "mkdir -p /work/ckpt; n=$(cat /work/ckpt/n 2>/dev/null || echo 0); \
                  echo resumed from $n; \
-                 while [ $n -lt 40 ]; do n=$((n+1)); echo $n > /work/ckpt/n; sleep 0.1; done; \
+                 while [ $n -lt 40 ]; do n=$((n+1)); echo $n > /work/ckpt/n.new; \
+                 mv /work/ckpt/n.new /work/ckpt/n; sleep 0.1; done; \
                  echo rank $FLOTILLA_NODE_RANK counted to $n";
     let job = ClusterSpec {
         checkpoint_path: Some("ckpt".into()),

@@ -352,6 +352,16 @@ pub async fn extend_cluster(
         .map_err(|e| ApiError::Internal(format!("stored cluster spec: {e}")))?;
     let mut request_spec: RequestSpec = serde_json::from_str(&request.spec)
         .map_err(|e| ApiError::Internal(format!("stored request spec: {e}")))?;
+    if extension.from_hours.is_some_and(|seen| seen != spec.hours) {
+        return Err(ApiError::conflict(
+            "stale",
+            format!(
+                "the cluster has {} paid hours now, not the {} this extension was made from",
+                spec.hours,
+                extension.from_hours.unwrap_or_default()
+            ),
+        ));
+    }
     let total = spec
         .hours
         .checked_add(extension.hours)

@@ -198,6 +198,7 @@ pub async fn cluster(
             section id="extend" {
                 form method="post" action={ "/cloud/clusters/" (info.id) "/extend" } {
                     input type="hidden" name="csrf" value=(signed.csrf);
+                    input type="hidden" name="from_hours" value=(info.spec.hours);
                     input name="hours" inputmode="numeric" placeholder="hours" aria-label="hours to add";
                     " " button type="submit" { "Extend" }
                 }
@@ -275,6 +276,9 @@ pub struct ExtendForm {
     csrf: String,
     #[serde(default)]
     hours: String,
+    /// The paid hours the page showed: a form sent twice extends once.
+    #[serde(default)]
+    from_hours: Option<u32>,
 }
 
 /// Adds hours to a live cluster: the API quotes and holds them, or says why not.
@@ -290,7 +294,10 @@ pub async fn extend(
         .trim()
         .parse()
         .map_err(|_| ApiError::invalid("hours", "must be a whole number"))?;
-    let request = ExtendRequest { hours };
+    let request = ExtendRequest {
+        hours,
+        from_hours: form.from_hours,
+    };
     let _extended = clusters::extend_cluster(
         State(app),
         signed.caller.clone(),

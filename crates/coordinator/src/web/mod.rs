@@ -1,7 +1,7 @@
 //! The dashboard: server-rendered pages (maud) on the coordinator's address, with one small
-//! script (pages that keep themselves current, [`live_sections`]) and nothing to build. Three faces: `/explorer` (public, no
-//! login: `explorer`, `fleet`, `ledger`), `/cloud` (renters: `cloud`, `market`) and `/worker`
-//! (suppliers: `worker`, `earnings`).
+//! script (pages that keep themselves current, [`live_sections`]) and nothing to build. Three
+//! faces: `/explorer` (public, no login: `explorer`, `fleet`, `ledger`), `/cloud` (renters:
+//! `cloud`, `market`) and `/worker` (suppliers: `worker`, `earnings`).
 //!
 //! Pages read through the same handlers as the API, so a page shows what the API answers and
 //! every ownership check is the API's. A login opens a session that stands for the API key it
@@ -178,7 +178,6 @@ fn see_other(to: &str) -> Response {
     (StatusCode::SEE_OTHER, [(header::LOCATION, to.to_owned())]).into_response()
 }
 
-/// Base units (signed or not) as a decimal amount of tokens; past `i64::MAX`, that.
 /// The script that keeps a page's sections current without a reload: every `interval_ms`
 /// while the tab is visible it fetches the page again and swaps in the sections named (never
 /// one the user is typing in), never two requests at once, backing off to
@@ -218,6 +217,7 @@ fn live_sections(section_ids: &[&str], interval_ms: u32) -> Markup {
 /// Longest wait between a live page's refreshes after errors.
 const LIVE_BACKOFF_MS_MAX: u32 = 60_000;
 
+/// Base units (signed or not) as a decimal amount of tokens; past `i64::MAX`, that.
 fn amount(micros: impl TryInto<i64>) -> String {
     flotilla_ledger::format_micros(micros.try_into().unwrap_or(i64::MAX))
 }
