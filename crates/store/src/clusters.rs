@@ -325,23 +325,16 @@ impl Store {
     /// Every run of these clusters, by cluster, in rank and attempt order.
     pub async fn runs_of(&self, cluster_ids: &[String]) -> Result<HashMap<String, Vec<RunRow>>> {
         let mut by_cluster: HashMap<String, Vec<RunRow>> = HashMap::new();
-        for chunk in cluster_ids.chunks(crate::IDS_PER_QUERY_MAX) {
-            let sql = format!(
-                "SELECT {RUN_COLUMNS} FROM node_runs WHERE cluster_id IN ({}) \
-                 ORDER BY cluster_id, node_rank, attempt",
-                crate::numbered_marks(chunk.len())
-            );
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for id in chunk {
-                query = query.bind(id);
-            }
-            for row in query.fetch_all(&self.pool).await? {
-                let run = run_from(&row)?;
-                by_cluster
-                    .entry(run.cluster_id.clone())
-                    .or_default()
-                    .push(run);
-            }
+        let sql = format!(
+            "SELECT {RUN_COLUMNS} FROM node_runs WHERE cluster_id IN ({{ids}}) \
+                 ORDER BY cluster_id, node_rank, attempt"
+        );
+        for row in self.rows_in(&sql, cluster_ids).await? {
+            let run = run_from(&row)?;
+            by_cluster
+                .entry(run.cluster_id.clone())
+                .or_default()
+                .push(run);
         }
         Ok(by_cluster)
     }
@@ -387,23 +380,14 @@ impl Store {
         cluster_ids: &[String],
     ) -> Result<HashMap<String, Vec<String>>> {
         let mut by_cluster: HashMap<String, Vec<String>> = HashMap::new();
-        for chunk in cluster_ids.chunks(crate::IDS_PER_QUERY_MAX) {
-            let sql = format!(
-                "SELECT DISTINCT p.request_id AS request_id, d.model AS model FROM placements p \
-                 JOIN devices d ON d.id = p.device_id WHERE p.request_id IN ({}) \
-                 AND p.released_at_ms IS NULL ORDER BY request_id, model",
-                crate::numbered_marks(chunk.len())
-            );
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for id in chunk {
-                query = query.bind(id);
-            }
-            for row in query.fetch_all(&self.pool).await? {
-                by_cluster
-                    .entry(col(&row, "request_id")?)
-                    .or_default()
-                    .push(col(&row, "model")?);
-            }
+        let sql = "SELECT DISTINCT p.request_id AS request_id, d.model AS model FROM placements p \
+                 JOIN devices d ON d.id = p.device_id WHERE p.request_id IN ({ids}) \
+                 AND p.released_at_ms IS NULL ORDER BY request_id, model";
+        for row in self.rows_in(sql, cluster_ids).await? {
+            by_cluster
+                .entry(col(&row, "request_id")?)
+                .or_default()
+                .push(col(&row, "model")?);
         }
         Ok(by_cluster)
     }
@@ -540,25 +524,16 @@ impl Store {
         cluster_ids: &[String],
     ) -> Result<HashMap<String, HashMap<u32, (u8, String)>>> {
         let mut by_cluster: HashMap<String, HashMap<u32, (u8, String)>> = HashMap::new();
-        for chunk in cluster_ids.chunks(crate::IDS_PER_QUERY_MAX) {
-            let sql = format!(
-                "SELECT cluster_id, node_rank, stars, comment FROM node_ratings WHERE cluster_id IN ({})",
-                crate::numbered_marks(chunk.len())
-            );
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for id in chunk {
-                query = query.bind(id);
-            }
-            for row in query.fetch_all(&self.pool).await? {
-                let stars = u8::try_from(col::<i64>(&row, "stars")?).unwrap_or(0);
-                by_cluster
-                    .entry(col(&row, "cluster_id")?)
-                    .or_default()
-                    .insert(
-                        small(col(&row, "node_rank")?),
-                        (stars, col(&row, "comment")?),
-                    );
-            }
+        let sql = "SELECT cluster_id, node_rank, stars, comment FROM node_ratings WHERE cluster_id IN ({ids})";
+        for row in self.rows_in(sql, cluster_ids).await? {
+            let stars = u8::try_from(col::<i64>(&row, "stars")?).unwrap_or(0);
+            by_cluster
+                .entry(col(&row, "cluster_id")?)
+                .or_default()
+                .insert(
+                    small(col(&row, "node_rank")?),
+                    (stars, col(&row, "comment")?),
+                );
         }
         Ok(by_cluster)
     }

@@ -342,9 +342,27 @@ where
 pub(crate) const IDS_PER_QUERY_MAX: usize = 500;
 
 /// `$1, $2, ... $count`: the placeholders of an `IN (...)` list.
-pub(crate) fn numbered_marks(count: usize) -> String {
+fn numbered_marks(count: usize) -> String {
     let marks: Vec<String> = (1..=count).map(|i| format!("${i}")).collect();
     marks.join(", ")
+}
+
+impl Store {
+    /// The rows of `sql` for every id of `ids`: `sql` holds `{ids}` where the `IN (...)` list's
+    /// placeholders go, and is run once per [`IDS_PER_QUERY_MAX`] ids (its `ORDER BY` holds
+    /// within each run).
+    pub(crate) async fn rows_in(&self, sql: &str, ids: &[String]) -> Result<Vec<AnyRow>> {
+        let mut rows = Vec::new();
+        for chunk in ids.chunks(IDS_PER_QUERY_MAX) {
+            let text = sql.replace("{ids}", &numbered_marks(chunk.len()));
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(text));
+            for id in chunk {
+                query = query.bind(id);
+            }
+            rows.extend(query.fetch_all(&self.pool).await?);
+        }
+        Ok(rows)
+    }
 }
 
 pub(crate) fn to_i64(value: u64) -> i64 {

@@ -282,29 +282,20 @@ impl Store {
     ) -> Result<std::collections::HashMap<String, Vec<PlacementRow>>> {
         let mut by_request: std::collections::HashMap<String, Vec<PlacementRow>> =
             std::collections::HashMap::new();
-        for chunk in request_ids.chunks(crate::IDS_PER_QUERY_MAX) {
-            let sql = format!(
-                "SELECT request_id, device_id, worker_id, node_index, attempt, price_per_hour FROM placements \
-             WHERE request_id IN ({}) AND released_at_ms IS NULL ORDER BY request_id, node_index, device_id",
-                crate::numbered_marks(chunk.len())
-            );
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for id in chunk {
-                query = query.bind(id);
-            }
-            for row in query.fetch_all(&self.pool).await? {
-                let placement = PlacementRow {
-                    device_id: col(&row, "device_id")?,
-                    worker_id: col(&row, "worker_id")?,
-                    node_index: u32::try_from(col::<i64>(&row, "node_index")?).unwrap_or(0),
-                    attempt: u32::try_from(col::<i64>(&row, "attempt")?).unwrap_or(0),
-                    price_per_hour: to_u64(col::<i64>(&row, "price_per_hour")?),
-                };
-                by_request
-                    .entry(col(&row, "request_id")?)
-                    .or_default()
-                    .push(placement);
-            }
+        let sql = "SELECT request_id, device_id, worker_id, node_index, attempt, price_per_hour FROM placements \
+             WHERE request_id IN ({ids}) AND released_at_ms IS NULL ORDER BY request_id, node_index, device_id";
+        for row in self.rows_in(sql, request_ids).await? {
+            let placement = PlacementRow {
+                device_id: col(&row, "device_id")?,
+                worker_id: col(&row, "worker_id")?,
+                node_index: u32::try_from(col::<i64>(&row, "node_index")?).unwrap_or(0),
+                attempt: u32::try_from(col::<i64>(&row, "attempt")?).unwrap_or(0),
+                price_per_hour: to_u64(col::<i64>(&row, "price_per_hour")?),
+            };
+            by_request
+                .entry(col(&row, "request_id")?)
+                .or_default()
+                .push(placement);
         }
         Ok(by_request)
     }
@@ -387,19 +378,10 @@ impl Store {
         request_ids: &[String],
     ) -> Result<std::collections::HashMap<String, RequestRow>> {
         let mut by_id = std::collections::HashMap::with_capacity(request_ids.len());
-        for chunk in request_ids.chunks(crate::IDS_PER_QUERY_MAX) {
-            let sql = format!(
-                "SELECT {REQUEST_COLUMNS} FROM requests WHERE id IN ({})",
-                crate::numbered_marks(chunk.len())
-            );
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for id in chunk {
-                query = query.bind(id);
-            }
-            for row in query.fetch_all(&self.pool).await? {
-                let request = request_from(&row)?;
-                by_id.insert(request.id.clone(), request);
-            }
+        let sql = format!("SELECT {REQUEST_COLUMNS} FROM requests WHERE id IN ({{ids}})");
+        for row in self.rows_in(&sql, request_ids).await? {
+            let request = request_from(&row)?;
+            by_id.insert(request.id.clone(), request);
         }
         Ok(by_id)
     }

@@ -41,25 +41,16 @@ impl Store {
         subjects: &[String],
     ) -> Result<HashMap<String, TunnelTraffic>> {
         let mut figures = HashMap::new();
-        for chunk in subjects.chunks(crate::IDS_PER_QUERY_MAX) {
-            let sql = format!(
-                "SELECT subject, connections, bytes_to_node, bytes_from_node, connected_ms \
-                 FROM tunnel_traffic WHERE subject IN ({})",
-                crate::numbered_marks(chunk.len())
-            );
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for subject in chunk {
-                query = query.bind(subject);
-            }
-            for row in query.fetch_all(&self.pool).await? {
-                let traffic = TunnelTraffic {
-                    connections: to_u64(col(&row, "connections")?),
-                    bytes_to_node: to_u64(col(&row, "bytes_to_node")?),
-                    bytes_from_node: to_u64(col(&row, "bytes_from_node")?),
-                    connected_ms: to_u64(col(&row, "connected_ms")?),
-                };
-                figures.insert(col(&row, "subject")?, traffic);
-            }
+        let sql = "SELECT subject, connections, bytes_to_node, bytes_from_node, connected_ms \
+                 FROM tunnel_traffic WHERE subject IN ({ids})";
+        for row in self.rows_in(sql, subjects).await? {
+            let traffic = TunnelTraffic {
+                connections: to_u64(col(&row, "connections")?),
+                bytes_to_node: to_u64(col(&row, "bytes_to_node")?),
+                bytes_from_node: to_u64(col(&row, "bytes_from_node")?),
+                connected_ms: to_u64(col(&row, "connected_ms")?),
+            };
+            figures.insert(col(&row, "subject")?, traffic);
         }
         Ok(figures)
     }
