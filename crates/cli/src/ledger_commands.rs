@@ -9,8 +9,8 @@ use clap::Subcommand;
 use flotilla_ledger::{InclusionProof, format_micros, parse_micros, verify_export};
 use flotilla_proto::api::{
     DepositRequest, EntryInfo, EpochInfo, FaucetRequest, LedgerInfo, ProposalCreate, ProposalInfo,
-    SlashRequest, StakeInfo, StakeRequest, TransferRequest, TransferResult, VoteRequest,
-    WalletInfo, WithdrawalRequest,
+    SlashRequest, SpendingInfo, StakeInfo, StakeRequest, TransferRequest, TransferResult,
+    VoteRequest, WalletInfo, WithdrawalRequest,
 };
 
 use crate::client_commands::Connection;
@@ -37,6 +37,8 @@ impl Idempotency {
 pub enum WalletCommand {
     /// Balances (main, stake, escrow) and open holds.
     Balance(Connection),
+    /// What rentals cost this calendar month (UTC): paid into escrows less refunds.
+    Spending(Connection),
     /// Entries that touched the caller's accounts, newest first.
     History {
         #[command(flatten)]
@@ -277,6 +279,29 @@ pub async fn wallet(command: WalletCommand) -> Result<()> {
                 &["ACCOUNT", "AVAILABLE", "HELD", "POSTED"],
                 rows,
             );
+        }
+        WalletCommand::Spending(connection) => {
+            let spending: SpendingInfo = connection.client()?.get("wallet/spending").await?;
+            let rows = spending
+                .tokens
+                .iter()
+                .map(|t| {
+                    vec![
+                        t.token.clone(),
+                        format_micros(t.spent_micros),
+                        spending.since.clone(),
+                    ]
+                })
+                .collect();
+            print(
+                connection.output,
+                &spending,
+                &["TOKEN", "SPENT", "SINCE"],
+                rows,
+            );
+            if !spending.complete {
+                eprintln!("still adding up this month's entries: ask again for the rest");
+            }
         }
         WalletCommand::History {
             connection,

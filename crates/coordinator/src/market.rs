@@ -129,9 +129,9 @@ pub fn snapshot(
 /// After this long a cached view is rebuilt in the background while readers keep using it.
 pub const MARKET_VIEW_REFRESH_MS: u64 = 2_000;
 /// A cached view older than this is never served: the reader waits for a new one. Only
-/// reliability inputs (uptime, feedback) and other coordinators' writes can be this stale;
-/// a write through this coordinator's store that changes what is offered (a device's state
-/// or price, a worker's location) makes the next read build a new view.
+/// workers' uptime and other coordinators' writes can be this stale; a write through this
+/// coordinator's store that changes what is offered (a device's state or price, a worker's
+/// location, a renter's feedback) makes the next read build a new view.
 pub const MARKET_VIEW_AGE_MS_MAX: u64 = 30_000;
 
 /// The market view that public reads (offers, prices, the Explorer) share, so a page does not

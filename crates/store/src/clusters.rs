@@ -509,6 +509,8 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
+        // A rating is the worker's feedback, which its offers show.
+        self.market_changed();
         Ok(())
     }
 

@@ -130,7 +130,8 @@ pub struct Store {
     backend: Backend,
     /// Goes up with every write through this store that changes what the market offers
     /// (devices' states, prices, hardware and removal; workers' locations, pauses and
-    /// removal), so a cached market view knows when it is out of date.
+    /// removal; renters' feedback and ratings), so a cached market view knows when it is out
+    /// of date.
     market_version: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 

@@ -232,6 +232,7 @@ impl Store {
         .bind(account_id)
         .execute(&self.pool)
         .await?;
+        self.market_changed();
         Ok(done.rows_affected() == 1)
     }
 }

@@ -348,6 +348,16 @@ async fn three_node_batch_cluster_runs_logs_and_pays(db: Db) {
         3 * minutes * 99_750,
         "supplier paid for {minutes} minutes"
     );
+    // The month's spending, through the CLI, is exactly that charge.
+    let (ok, text, stderr) = cli(
+        &market.coordinator,
+        &market.renter_key,
+        &["wallet", "spending", "--output", "json"],
+    );
+    assert!(ok, "{stderr}");
+    let spending: flotilla_proto::api::SpendingInfo = serde_json::from_str(&text).unwrap();
+    let iosd = spending.tokens.iter().find(|t| t.token == "IOSD").unwrap();
+    assert_eq!((iosd.spent_micros, spending.complete), (spent, true));
 }
 on_both_databases!(three_node_batch_cluster_runs_logs_and_pays);
 
