@@ -135,18 +135,47 @@ fn dev_env(data: &Path) -> Option<(String, String)> {
     Some((value("FLOTILLA_URL")?, value("FLOTILLA_API_KEY")?))
 }
 
+/// What the nodes print at each step of a Ray cluster's start: (step, rank, text). A step
+/// whose line did not reach the logs by the end is left out of the report.
+const PHASES: [(&str, u32, &str); 4] = [
+    (
+        "worker joining (the head's GCS answers)",
+        1,
+        "joining the head at",
+    ),
+    ("head's ray start done", 0, "Ray runtime started"),
+    ("worker joined", 1, "joined the Ray cluster at"),
+    ("ready", 0, READY_LINE),
+];
+
 async fn until_ready(renter: &Client, cluster_id: &str) -> Result<()> {
     let started = Instant::now();
     let mut after = 0;
-    // Chunks of output need not end at line ends.
-    let mut output = String::new();
+    // Each rank's output so far: chunks need not end at line ends.
+    let mut output = [String::new(), String::new()];
+    let mut seen_ms: [Option<u128>; PHASES.len()] = [None; PHASES.len()];
     loop {
         let page: LogPage = renter
-            .get(&format!("clusters/{cluster_id}/logs?node=0&after={after}"))
+            .get(&format!("clusters/{cluster_id}/logs?after={after}"))
             .await?;
         after = page.next_after;
-        output.extend(page.lines.iter().map(|line| line.text.as_str()));
-        if output.contains(READY_LINE) {
+        for line in &page.lines {
+            if let Some(text) = output.get_mut(line.node_rank as usize) {
+                text.push_str(&line.text);
+            }
+        }
+        for (seen, (_, rank, needle)) in seen_ms.iter_mut().zip(PHASES) {
+            if seen.is_none() && output[rank as usize].contains(needle) {
+                *seen = Some(started.elapsed().as_millis());
+            }
+        }
+        if seen_ms[PHASES.len() - 1].is_some() {
+            let steps: Vec<String> = PHASES
+                .iter()
+                .zip(seen_ms)
+                .filter_map(|((step, _, _), ms)| Some(format!("{step} {}", ms?)))
+                .collect();
+            eprintln!("bench: Ray start, ms after deploy: {}", steps.join(", "));
             return Ok(());
         }
         if page.ended || started.elapsed() > Duration::from_secs(READY_LIMIT_S) {
