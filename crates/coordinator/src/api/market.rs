@@ -242,14 +242,20 @@ pub async fn set_device_price(
         .map(Json)
 }
 
-fn check_location(request: &SetLocationRequest) -> ApiResult<()> {
-    let words_ok = request.region.len() <= 32
-        && !request.region.is_empty()
-        && request
-            .region
+/// Longest region name, in bytes.
+const REGION_BYTES_MAX: usize = 32;
+
+/// Whether `text` is a region (or a continent): lower-case words joined by '-'.
+pub(crate) fn is_region(text: &str) -> bool {
+    text.len() <= REGION_BYTES_MAX
+        && !text.is_empty()
+        && text
             .split('-')
-            .all(|w| !w.is_empty() && w.bytes().all(|b| b.is_ascii_lowercase()));
-    if !words_ok {
+            .all(|w| !w.is_empty() && w.bytes().all(|b| b.is_ascii_lowercase()))
+}
+
+fn check_location(request: &SetLocationRequest) -> ApiResult<()> {
+    if !is_region(&request.region) {
         return Err(ApiError::invalid(
             "region",
             "must be lower-case words joined by '-', such as eu-west (at most 32 characters)",

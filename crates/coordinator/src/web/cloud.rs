@@ -349,9 +349,6 @@ pub struct DeployForm {
     nonce: String,
 }
 
-/// Connectivity tiers the wizard offers, lowest first ("any" is empty).
-const TIERS: [&str; 4] = ["low", "medium", "high", "ultra"];
-
 impl DeployForm {
     /// The search-language query from the model, regions and tier fields and any more filters.
     fn query(&self) -> Result<String, ApiError> {
@@ -369,8 +366,7 @@ impl DeployForm {
             .map(str::trim)
             .filter(|r| !r.is_empty())
             .collect();
-        let region_ok = |r: &&str| r.bytes().all(|b| b.is_ascii_lowercase() || b == b'-');
-        if !regions.iter().all(region_ok) {
+        if !regions.iter().all(|r| crate::api::market::is_region(r)) {
             return Err(ApiError::invalid(
                 "regions",
                 "must be regions or continents such as eu-west or us, comma separated",
@@ -381,7 +377,7 @@ impl DeployForm {
         }
         let tier = self.tier.trim();
         if !tier.is_empty() {
-            if !TIERS.contains(&tier) {
+            if flotilla_scheduler::Tier::parse(tier).is_none() {
                 return Err(ApiError::invalid(
                     "tier",
                     "must be low, medium, high or ultra",
@@ -465,7 +461,7 @@ fn deploy_fields(form: &DeployForm, models: &[String], fixed: bool) -> Markup {
         gpus.push(&form.gpu);
     }
     let mut tiers = vec![""];
-    tiers.extend(TIERS);
+    tiers.extend(flotilla_scheduler::Tier::ALL.map(flotilla_scheduler::Tier::as_str));
     html! {
         (text("Name", "name", &form.name, "train"))
         (choice("Type", "kind", &form.kind, &["batch", "service", "ray"]))
