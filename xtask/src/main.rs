@@ -4,6 +4,10 @@
 //!   with chromedriver (the dashboard's tests) installed if missing, then every test on SQLite
 //!   and on a throwaway PostgreSQL server started here (as a non-root user, on a free port) and
 //!   stopped after; node network namespaces that killed workers left are removed at the end.
+//! - `cargo xtask ptx`: compiles the CUDA prover's kernels with NVRTC (from PyPI, installed
+//!   under `target/test-tools` on first use) into the PTX that `flotilla-proof-cuda` ships.
+//! - `cargo xtask gpu-check`: builds the CUDA prover's tests and the proof bench, with a script
+//!   running both, into `target/gpu-check/`, to carry to a machine with an NVIDIA GPU.
 //! - `cargo xtask bench heartbeat [--workers N] [--measure-s S]`: N simulated workers
 //!   heartbeating against one coordinator; prints one JSON line of figures last.
 //! - `cargo xtask bench proof`: the CPU prover and the verifier on a CPU-class challenge, in a
@@ -29,11 +33,13 @@
 mod bench;
 mod deploy_bench;
 mod docker;
+mod gpu_check;
 mod ledger_bench;
 mod mesh_bench;
 mod pages_bench;
 mod postgres;
 mod proof_bench;
+mod ptx;
 mod ray_bench;
 mod scheduler_bench;
 mod tunnel_bench;
@@ -46,6 +52,8 @@ fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("test") => test(&args[1..]),
+        Some("ptx") => ptx::run(&args[1..]),
+        Some("gpu-check") => gpu_check::run(),
         Some("bench") if args.get(1).map(String::as_str) == Some("proof") => {
             proof_bench::run(&args[2..])
         }
@@ -285,6 +293,15 @@ fn test(filters: &[String]) -> Result<()> {
     }
     if browser {
         command.env("FLOTILLA_REQUIRE_BROWSER", "1");
+    }
+    // The CUDA kernels also build as C++, and run on the host against the Rust prover.
+    if ensure_installed("g++", || answers("g++", "--version"), &["g++"]) {
+        command.env("FLOTILLA_REQUIRE_CXX", "1");
+    }
+    if let Some(lib) = ptx::ensure_nvrtc() {
+        command
+            .env("LD_LIBRARY_PATH", ptx::library_path_with(&lib))
+            .env("FLOTILLA_REQUIRE_NVRTC", "1");
     }
     if let Some(dir) = ensure_ray() {
         command

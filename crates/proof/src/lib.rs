@@ -20,7 +20,7 @@
 pub mod compute;
 pub mod memory;
 pub mod merkle;
-mod stream;
+pub mod stream;
 
 use serde::{Deserialize, Serialize};
 
@@ -81,21 +81,24 @@ pub struct DeviceClass {
 const GIB: u64 = 1 << 30;
 
 /// Known classes: (model fragment, int8 multiply-adds per second on this proof, memory, memory
-/// fill bytes per second). GPU compute figures are a conservative fraction of each model's dense
-/// int8 peak, and fill figures about a twentieth of its memory bandwidth, for a CUDA prover (not
-/// yet measured on the hardware). The CPU figures are what the portable Rust prover sustains on
-/// one AVX2 core (4 to 6 G ops/s and 350 MiB/s of fill measured on the build machine); slower
-/// CPUs still meet the deadline, which allows four times the expected time plus the network
-/// allowance.
+/// fill bytes per second). The GPU figures are what the CUDA prover (`flotilla-proof-cuda`,
+/// `dp4a` products on the CUDA cores, not the tensor cores) should sustain with a wide margin:
+/// about a quarter of each model's `dp4a` peak for compute, and about a hundredth of its memory
+/// bandwidth for the memory-hard fill, whose lanes run one thread each. They are not yet
+/// measured on the hardware; a device that cannot reach them fails its deadline, so they err
+/// low, and the memory part (the fill must fit in the claimed memory) is what tells models
+/// apart. The CPU figures are what the portable Rust prover sustains on one AVX2 core (4 to 6 G
+/// ops/s and 350 MiB/s of fill measured on the build machine); slower CPUs still meet the
+/// deadline, which allows four times the expected time plus the network allowance.
 const CLASSES: &[(&str, u64, u64, u64)] = &[
-    ("b200", 2_000_000_000_000_000, 180 * GIB, 400 * GIB),
-    ("h200", 1_000_000_000_000_000, 141 * GIB, 240 * GIB),
-    ("h100", 1_000_000_000_000_000, 80 * GIB, 160 * GIB),
-    ("a100", 300_000_000_000_000, 80 * GIB, 100 * GIB),
-    ("l40s", 350_000_000_000_000, 48 * GIB, 40 * GIB),
-    ("4090", 300_000_000_000_000, 24 * GIB, 50 * GIB),
-    ("3090", 140_000_000_000_000, 24 * GIB, 45 * GIB),
-    ("4080", 200_000_000_000_000, 16 * GIB, 35 * GIB),
+    ("b200", 16_000_000_000_000, 180 * GIB, 60 * GIB),
+    ("h200", 10_000_000_000_000, 141 * GIB, 40 * GIB),
+    ("h100", 10_000_000_000_000, 80 * GIB, 40 * GIB),
+    ("a100", 6_000_000_000_000, 80 * GIB, 25 * GIB),
+    ("l40s", 8_000_000_000_000, 48 * GIB, 10 * GIB),
+    ("4090", 8_000_000_000_000, 24 * GIB, 10 * GIB),
+    ("3090", 5_000_000_000_000, 24 * GIB, 8 * GIB),
+    ("4080", 6_000_000_000_000, 16 * GIB, 8 * GIB),
 ];
 
 /// The CPU class: every CPU device, and every simulated GPU (which never passes as the GPU it
@@ -389,7 +392,8 @@ const LANES_MAX: u32 = 1 << 16;
 /// 1 TiB of blocks.
 const MEMORY_BLOCKS_MAX: u64 = 1 << 30;
 
-fn parse_hash(text: &str, what: &'static str) -> Result<[u8; 32], Failure> {
+/// The 32 bytes a hex field of a challenge or transcript holds (a seed, root or nonce).
+pub fn parse_hash(text: &str, what: &'static str) -> Result<[u8; 32], Failure> {
     let mut bytes = [0u8; 32];
     hex::decode_to_slice(text, &mut bytes).map_err(|_| Failure::Malformed(what))?;
     Ok(bytes)
@@ -428,7 +432,8 @@ fn check_params(params: &ComputeParams) -> Result<(), Failure> {
     Ok(())
 }
 
-fn check_challenge(challenge: &Challenge) -> Result<[u8; 32], Failure> {
+/// Checks a challenge's version and bounds, and returns its seed: what any prover does first.
+pub fn check_challenge(challenge: &Challenge) -> Result<[u8; 32], Failure> {
     if challenge.version != PROOF_VERSION {
         return Err(Failure::Version(challenge.version));
     }

@@ -53,6 +53,12 @@ impl Tree {
         self.levels.last().expect("one level")[0]
     }
 
+    /// Every level, leaves first: the layout a prover that builds the tree elsewhere (a GPU)
+    /// must reproduce.
+    pub fn levels(&self) -> &[Vec<Hash>] {
+        &self.levels
+    }
+
     /// The siblings from leaf `index` up to the root (absent siblings are skipped).
     pub fn path(&self, mut index: usize) -> Vec<Hash> {
         let mut path = Vec::new();

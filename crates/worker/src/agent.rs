@@ -21,17 +21,12 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use crate::WorkerError;
 use crate::hardware::Inventory;
 use crate::identity::{Enrollment, load_enrollment, load_or_create_key, save_enrollment};
+use crate::prover;
 use crate::runs::Runner;
 
 /// First reconnect delay; doubles per failure up to [`RECONNECT_DELAY_MS_MAX`].
 const RECONNECT_DELAY_MS_MIN: u64 = 200;
 const RECONNECT_DELAY_MS_MAX: u64 = 30_000;
-/// Most memory the CPU prover may use for one challenge: the compute chain, then the memory
-/// fill (the whole CPU class's 1 GiB) with its Merkle tree.
-const CPU_PROVER_BYTES_MAX: u64 = 1536 * 1024 * 1024;
-/// How long a committed fill is held for the coordinator's memory query before it is dropped:
-/// the query comes at once after the commitments, or not at all (the proof already failed).
-const FILL_HOLD_MS_MAX: u64 = 30_000;
 /// Proofs the worker runs at once (one per device at enrollment).
 const PROOFS_IN_FLIGHT_MAX: usize = flotilla_proto::limits::DEVICES_PER_WORKER_MAX;
 /// A session that lasted this long counts as healthy and resets the reconnect backoff.
@@ -332,12 +327,17 @@ async fn session(context: SessionContext<'_>, shutdown: &mut watch::Receiver<boo
     let mut ticker = tokio::time::interval(Duration::from_millis(interval_ms.max(10)));
     // Proofs run on blocking threads and come back here, so this loop alone numbers messages.
     let (proved, mut proofs) =
-        tokio::sync::mpsc::channel::<(String, flotilla_proof::CpuProof)>(PROOFS_IN_FLIGHT_MAX);
-    let mut held = HeldFills::default();
+        tokio::sync::mpsc::channel::<(String, prover::Proof)>(PROOFS_IN_FLIGHT_MAX);
+    let mut held = prover::HeldFills::default();
+    let hardware = inventory.hardware();
+    let hardware_of = |device_id: &str| {
+        let (hardware_id, _) = device_ids.iter().find(|(_, id)| id == device_id)?;
+        hardware.iter().find(|h| &h.hardware_id == hardware_id)
+    };
     loop {
         tokio::select! {
             Some((device_id, proof)) = proofs.recv() => {
-                let message = WorkerMessage::ComputeProof { device_id: device_id.clone(), transcript: proof.transcript.clone() };
+                let message = WorkerMessage::ComputeProof { device_id: device_id.clone(), transcript: proof.transcript().clone() };
                 held.keep(device_id, proof);
                 seq += 1;
                 if let Err(reason) = send(&mut socket, &Envelope::seal(key, &nonce, &enrollment.worker_id, seq, &message)).await {
@@ -373,7 +373,8 @@ async fn session(context: SessionContext<'_>, shutdown: &mut watch::Receiver<boo
                 }
                 Ok(ServerMessage::ProveCompute { device_id, challenge }) => {
                     held.drop_expired();
-                    start_proof(device_id, challenge, proved.clone());
+                    let device = hardware_of(&device_id);
+                    prover::start(device_id, challenge, device, proved.clone());
                 }
                 Ok(ServerMessage::OpenMemory { device_id, nonce: query }) => {
                     let Some(message) = held.open(device_id, &query) else { continue };
@@ -405,95 +406,4 @@ async fn send(socket: &mut Socket, envelope: &Envelope) -> Result<(), String> {
 /// Resolves once shutdown is asked for (or the sender is gone).
 async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await;
-}
-
-/// Runs the CPU prover for one device on a blocking thread and hands the answer back to the
-/// session loop. The CUDA prover takes over for real GPUs once it exists; until then a GPU's
-/// challenge is answered by the CPU prover, which is too slow for a GPU class and fails.
-fn start_proof(
-    device_id: String,
-    challenge: flotilla_proof::Challenge,
-    proved: tokio::sync::mpsc::Sender<(String, flotilla_proof::CpuProof)>,
-) {
-    // The CPU prover keeps every matrix of the chain; a GPU-class challenge would need tens of
-    // GiB and hours here. Decline it (the deadline passes and the device is blocked) rather
-    // than exhaust the supplier's machine.
-    if !cpu_prover_takes(&challenge) {
-        tracing::warn!(%device_id, class = %challenge.class, "no prover on this machine for this challenge; declining");
-        return;
-    }
-    tracing::info!(%device_id, class = %challenge.class, steps = challenge.compute.steps, "proving compute");
-    tokio::task::spawn_blocking(move || match flotilla_proof::prove_on_cpu(&challenge) {
-        Ok(proof) => {
-            let _ = proved.blocking_send((device_id, proof));
-        }
-        Err(failure) => tracing::warn!(%device_id, %failure, "cannot prove this challenge"),
-    });
-}
-
-/// Whether the CPU prover may run this challenge: a CPU-class one within its memory bound.
-fn cpu_prover_takes(challenge: &flotilla_proof::Challenge) -> bool {
-    let n = u64::from(challenge.compute.matrix_n);
-    let compute_bytes = (u64::from(challenge.compute.steps) + 1).saturating_mul(n * n);
-    // Each block has a leaf hash and, about, an inner node in the tree: 64 bytes beside 1 KiB.
-    let fill_bytes = challenge.memory.fill_bytes().saturating_mul(17) / 16;
-    challenge.class == "cpu" && compute_bytes.max(fill_bytes) <= CPU_PROVER_BYTES_MAX
-}
-
-/// Fills committed to the coordinator and held for its memory query, by device.
-#[derive(Default)]
-struct HeldFills {
-    fills: std::collections::HashMap<String, (flotilla_proof::CpuProof, std::time::Instant)>,
-}
-
-impl HeldFills {
-    /// Holds a fill; a newer one for the same device replaces the older.
-    fn keep(&mut self, device_id: String, proof: flotilla_proof::CpuProof) {
-        self.drop_expired();
-        self.fills
-            .insert(device_id, (proof, std::time::Instant::now()));
-    }
-
-    /// Frees fills whose query never came.
-    fn drop_expired(&mut self) {
-        let hold = Duration::from_millis(FILL_HOLD_MS_MAX);
-        self.fills
-            .retain(|_, (_, kept_at)| kept_at.elapsed() < hold);
-    }
-
-    /// Opens the blocks `nonce` picks and frees the fill.
-    fn open(&mut self, device_id: String, nonce: &str) -> Option<WorkerMessage> {
-        let Some((proof, _)) = self.fills.remove(&device_id) else {
-            tracing::warn!(%device_id, "memory query for no held fill");
-            return None;
-        };
-        match proof.open_memory(nonce) {
-            Ok(openings) => Some(WorkerMessage::MemoryOpenings {
-                device_id,
-                openings,
-            }),
-            Err(failure) => {
-                tracing::warn!(%device_id, %failure, "cannot open the memory");
-                None
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_cpu_prover_takes_cpu_challenges_and_declines_gpu_ones() {
-        let cpu = flotilla_proof::challenge_for(&flotilla_proof::cpu_class(), [1; 32]);
-        assert!(cpu_prover_takes(&cpu));
-        let h100 = flotilla_proof::class_for("NVIDIA H100 80GB HBM3", true, false);
-        assert!(!cpu_prover_takes(&flotilla_proof::challenge_for(
-            &h100, [1; 32]
-        )));
-        let mut huge = cpu;
-        huge.compute.steps = 1 << 16;
-        assert!(!cpu_prover_takes(&huge), "over the memory bound");
-    }
 }

@@ -23,6 +23,7 @@ pub mod hardware;
 pub mod identity;
 pub mod mesh;
 pub mod netns;
+mod prover;
 pub mod ray;
 pub mod runs;
 pub mod sandbox;
