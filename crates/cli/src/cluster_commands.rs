@@ -530,6 +530,8 @@ pub async fn connect(args: ConnectArgs) -> Result<()> {
     std::io::stdout().flush()?;
     loop {
         let (mut local_stream, _) = listener.accept().await?;
+        // As the coordinator does on its side: small writes go at once (interactive use).
+        let _ = local_stream.set_nodelay(true);
         let client = client.clone();
         let path = path.clone();
         tokio::spawn(async move {

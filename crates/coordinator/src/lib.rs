@@ -228,6 +228,11 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let mut server_shutdown = shutdown_rx.clone();
     let server = tokio::spawn(async move {
         let service = router.into_make_service_with_connect_info::<SocketAddr>();
+        // Without Nagle: a tunnelled connection's small writes (keystrokes over SSH, say)
+        // go to the renter at once instead of waiting for the previous one's ACK.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         let result = axum::serve(listener, service)
             .with_graceful_shutdown(async move {
                 let _ = server_shutdown.wait_for(|stop| *stop).await;
