@@ -23,9 +23,10 @@
 //!   per idle connection through `flotilla connect`, against raw TCP and rathole (Noise and
 //!   plain TCP, installed under `target/bench-tools/` on first use), in a release build; one
 //!   JSON line last.
-//! - `cargo xtask bench mesh`: TCP throughput between two network namespaces over the bare
+//! - `cargo xtask bench mesh [--ray-only]`: TCP throughput between two network namespaces over the bare
 //!   veth, Flotilla's cluster mesh and wireguard-go (installed with apt-get when missing), as
-//!   root, in a release build; one JSON line last.
+//!   root, in a release build, then a 2-node Ray cluster's start (alone with `--ray-only`); one
+//!   JSON line last.
 //! - `cargo xtask bench pages`: p50 and p99 of the dashboard's main pages served by a release
 //!   coordinator with 10,000 devices and 1,000 clusters in its SQLite database; one JSON line
 //!   last.

@@ -29,7 +29,16 @@ const MESH_CLUSTER: &str = "cls_bench";
 
 pub fn run(args: &[String]) -> Result<()> {
     if args.first().map(String::as_str) != Some("--here") {
-        return crate::rerun_release_bench("mesh");
+        return crate::rerun_release_bench_with("mesh", args);
+    }
+    // `--ray-only`: the Ray cluster's start alone, for working on it.
+    if args.iter().any(|a| a == "--ray-only") {
+        let ray_cluster_ready_ms = crate::ray_bench::cluster_ready_ms()?;
+        let figures = serde_json::json!({
+            "ray_cluster_ready_ms": ray_cluster_ready_ms.map(|ms| ms.round()),
+        });
+        println!("{figures}");
+        return Ok(());
     }
     if !flotilla_worker::sandbox::running_as_root() {
         bail!("the mesh bench makes network namespaces: run it as root");

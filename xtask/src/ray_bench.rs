@@ -2,7 +2,8 @@
 //! to its head saying every node joined, on a release-built `flotilla dev` (whose second and
 //! third workers hold H100s: a cluster's nodes share a model and go to distinct workers) and
 //! Ray's environment made beforehand (the test command's, under `target/test-tools`). Needs
-//! root (nodes get a mesh) and bubblewrap.
+//! root (nodes get a mesh) and bubblewrap. With `FLOTILLA_BENCH_RAY_LOGS` set, both nodes'
+//! output up to the ready line follows the figures, with Ray's own timestamps.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -176,6 +177,11 @@ async fn until_ready(renter: &Client, cluster_id: &str) -> Result<()> {
                 .filter_map(|((step, _, _), ms)| Some(format!("{step} {}", ms?)))
                 .collect();
             eprintln!("bench: Ray start, ms after deploy: {}", steps.join(", "));
+            if std::env::var_os("FLOTILLA_BENCH_RAY_LOGS").is_some() {
+                for (rank, text) in output.iter().enumerate() {
+                    eprintln!("--- rank {rank} ---\n{text}");
+                }
+            }
             return Ok(());
         }
         if page.ended || started.elapsed() > Duration::from_secs(READY_LIMIT_S) {
