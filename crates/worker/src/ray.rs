@@ -236,9 +236,14 @@ if rank != 0:
 if attempt > 1:
     say('the head was replaced: the Ray cluster restarted, and jobs of the old head are gone')
 # No autoscaler monitor: a Flotilla cluster's size is its placement's, so it would only take a
-# core while the other nodes start.
+# core while the other nodes start. No Ray Client server either (`ray start` has no flag for
+# that: the CLI is run with its check for the client's packages answering "absent"): renters
+# reach the cluster through the dashboard's job API and Jupyter, and it would take seconds of
+# CPU while the nodes start.
+head_cli = [sys.executable, '-c', 'import ray.scripts.scripts as s; '
+            's.get_ray_client_dependency_error = lambda: "not served"; s.main()']
 for head_try in range(1, HEAD_START_ATTEMPTS + 1):
-    head_start = ray_cli + ['start', '--head', '--port=%d' % gcs_port, '--dashboard-host=0.0.0.0',
+    head_start = head_cli + ['start', '--head', '--port=%d' % gcs_port, '--dashboard-host=0.0.0.0',
                             '--dashboard-port=' + env['FLOTILLA_RAY_DASHBOARD_PORT'],
                             '--include-dashboard=true', '--no-monitor'] + common
     if subprocess.run(head_start).returncode == 0:
