@@ -40,7 +40,10 @@ pub fn proves_on_host_cpu(hardware: &DeviceHardware) -> bool {
     hardware.kind == DeviceKind::Cpu || hardware.simulated
 }
 
-/// The challenge for a device, sized to the class its hardware claims.
+/// The challenge for a device, sized to the class its hardware claims. A GPU that claims less
+/// memory than its model's entry (an A100 with 40 GB where the table says 80) fills
+/// `memory_pct` of what it claims: the share is taken of the class's memory, so the transcript
+/// still re-checks against the class alone.
 pub fn challenge(
     hardware: &DeviceHardware,
     seed: [u8; 32],
@@ -49,7 +52,19 @@ pub fn challenge(
 ) -> flotilla_proof::Challenge {
     let is_gpu = hardware.kind == DeviceKind::Gpu;
     let class = flotilla_proof::class_for(&hardware.model, is_gpu, hardware.simulated);
+    let memory_pct = if class.name == flotilla_proof::cpu_class().name {
+        memory_pct
+    } else {
+        share_of_claim_pct(memory_pct, hardware.memory_bytes, class.memory_bytes)
+    };
     flotilla_proof::challenge_with_target(&class, seed, target_ms, memory_pct)
+}
+
+/// `pct` percent of the claimed memory, as a percentage of the class's memory (at least 1).
+fn share_of_claim_pct(pct: u32, claimed_bytes: u64, class_bytes: u64) -> u32 {
+    let claimed = u128::from(claimed_bytes.min(class_bytes));
+    let share = u128::from(pct) * claimed / u128::from(class_bytes.max(1));
+    u32::try_from(share).unwrap_or(pct).max(1)
 }
 
 /// Slashes the supplier of a device whose proof failed: as much of its stake as the device's
@@ -134,10 +149,34 @@ mod tests {
     }
 
     #[test]
+    fn a_gpu_with_less_memory_than_its_models_entry_fills_a_share_of_its_claim() {
+        let mut a100 = hardware(DeviceKind::Gpu, 40 << 30, None);
+        a100.model = "NVIDIA A100-SXM4-40GB".into();
+        let challenge = challenge(&a100, [1; 32], 2_000, 90);
+        assert_eq!(challenge.class, "a100");
+        assert_eq!(
+            challenge.memory_pct, 45,
+            "90% of 40 GiB is 45% of the class's 80"
+        );
+        let fill = challenge.memory.fill_bytes();
+        assert!(fill <= 36 << 30 && fill > 35 << 30, "{fill} bytes");
+        // The transcript's sizing is still the class's, so it re-checks offline.
+        let class = flotilla_proof::class_named("a100").unwrap();
+        assert_eq!(
+            challenge.memory,
+            flotilla_proof::MemoryParams::for_class(&class, 45)
+        );
+        // A claim above the entry is held to the entry, and a tiny one to 1%.
+        assert_eq!(share_of_claim_pct(90, 200 << 30, 80 << 30), 90);
+        assert_eq!(share_of_claim_pct(90, 1 << 20, 80 << 30), 1);
+    }
+
+    #[test]
     fn simulated_gpus_are_challenged_as_cpus_and_real_ones_by_model() {
         let mut gpu = hardware(DeviceKind::Gpu, 80 << 30, None);
         gpu.model = "NVIDIA H100 80GB HBM3".into();
         assert_eq!(challenge(&gpu, [1; 32], 2_000, 90).class, "h100");
+        assert_eq!(challenge(&gpu, [1; 32], 2_000, 90).memory_pct, 90);
         assert!(!proves_on_host_cpu(&gpu));
         gpu.simulated = true;
         assert_eq!(challenge(&gpu, [1; 32], 2_000, 90).class, "cpu");
