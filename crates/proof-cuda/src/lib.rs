@@ -11,11 +11,16 @@
 //! picks the blocks to open ([`GpuProof::open_memory`]). Its transcript is the CPU prover's,
 //! and any verifier checks it the same way.
 //!
+//! The prover's steps (`prover.rs`) run over a `Device` (`device.rs`): the GPU (`cuda.rs`), or
+//! in the tests the same kernels compiled as C++ on the host (`host.rs`), so every kernel and
+//! the whole prover are checked against the CPU prover on machines without a GPU.
+//!
 //! Invariant: every kernel launch is given pointers into live allocations sized for the items
 //! it covers; the kernels bound-check their item index against the counts they are passed.
 
 // Launching a CUDA kernel is unsafe in cudarc: the driver cannot check the arguments against
-// the kernel's signature. Each launch below says why its arguments are right.
+// the kernel's signature. Each kernel call in `prover.rs` says why its addresses are right,
+// and `cuda.rs` passes the parameters in the kernels' order and types.
 #![allow(unsafe_code)]
 
 mod cuda;
