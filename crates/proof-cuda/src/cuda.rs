@@ -138,6 +138,10 @@ impl Device for Cuda {
     }
 
     fn free_bytes(&self) -> Result<u64, Error> {
+        // Buffers are freed in stream order, and the pool returns them to the GPU only at a
+        // synchronisation: without one the compute chain just dropped would still count as
+        // used when the fill, which needs nearly all of the memory, asks what is free.
+        self.stream.synchronize()?;
         let (free, _total) = self.stream.context().mem_get_info()?;
         Ok(free as u64)
     }
