@@ -8,7 +8,7 @@ use cudarc::driver::{
 };
 
 use crate::device::Device;
-use crate::{Error, GpuInfo, KERNELS_PTX, MATRIX_TILE};
+use crate::{Error, GpuInfo, KERNELS_PTX, MATRIX_TILE, to_usize};
 
 /// Threads per block for the one-thread-per-item kernels.
 const THREADS_PER_BLOCK: u32 = 256;
@@ -250,8 +250,4 @@ impl Device for Cuda {
             &out
         )
     }
-}
-
-fn to_usize(value: u64) -> usize {
-    usize::try_from(value).expect("a 64-bit host")
 }

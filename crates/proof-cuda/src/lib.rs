@@ -193,5 +193,10 @@ impl CudaProver {
     }
 }
 
+/// A length or index on the device as a host `usize` (the prover runs on 64-bit hosts).
+fn to_usize(value: u64) -> usize {
+    usize::try_from(value).expect("a 64-bit host")
+}
+
 #[cfg(test)]
 mod tests;

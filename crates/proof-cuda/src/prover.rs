@@ -10,7 +10,7 @@ use flotilla_proof::{
 };
 
 use crate::device::Device;
-use crate::{Error, MATRIX_TILE, tree};
+use crate::{Error, MATRIX_TILE, to_usize, tree};
 
 /// 64-bit words in a tree node (a SHA-256 digest).
 const HASH_WORDS: u64 = 4;
@@ -21,8 +21,7 @@ const BLOCK_WORDS: u64 = memory::BLOCK_BYTES as u64 / 8;
 #[derive(Debug)]
 pub(crate) struct DeviceTree<B> {
     nodes: B,
-    widths: Vec<u64>,
-    starts: Vec<u64>,
+    layout: tree::Layout,
 }
 
 /// The memory fill on the device, held for the openings.
@@ -69,7 +68,8 @@ fn prove_compute<D: Device>(
     let steps = u64::from(params.steps);
     let matrix_words = n * n / 8;
     let rows = (steps + 1) * n;
-    let tree_bytes = tree_words(rows) * 8;
+    let layout = tree::Layout::new(rows);
+    let tree_bytes = layout.nodes() * HASH_WORDS * 8;
     ensure_free(
         device,
         "the compute chain",
@@ -88,7 +88,7 @@ fn prove_compute<D: Device>(
             device.matrix_step(x, a_at, x + n * n, params.matrix_n)?;
         }
     }
-    let tree = build_tree(device, rows, |leaves| unsafe {
+    let tree = build_tree(device, layout, |leaves| unsafe {
         device.row_leaves(base, params.matrix_n, rows, leaves)
     })?;
     let root = root(device, &tree)?;
@@ -123,11 +123,9 @@ fn fill_memory<D: Device>(
 ) -> Result<DeviceFill<D::Buffer>, Error> {
     let count = params.block_count();
     let (lanes, per_lane) = (params.lanes, params.blocks_per_lane);
-    ensure_free(
-        device,
-        "the memory fill",
-        params.fill_bytes() + tree_words(count) * 8,
-    )?;
+    let layout = tree::Layout::new(count);
+    let tree_bytes = layout.nodes() * HASH_WORDS * 8;
+    ensure_free(device, "the memory fill", params.fill_bytes() + tree_bytes)?;
     let blocks = device.alloc(count * BLOCK_WORDS)?;
     let states: Vec<u64> = (0..u64::from(lanes))
         .flat_map(|lane| [0, 1].map(|j| initial_state(seed, "memory", lane * per_lane + j)))
@@ -140,7 +138,7 @@ fn fill_memory<D: Device>(
         device.seed_blocks(device.address(&states), lanes, per_lane, at)?;
         device.fill_lanes(lanes, per_lane, at)?;
     }
-    let tree = build_tree(device, count, |leaves| unsafe {
+    let tree = build_tree(device, layout, |leaves| unsafe {
         device.block_leaves(at, count, leaves)
     })?;
     Ok(DeviceFill { blocks, tree })
@@ -201,39 +199,27 @@ pub(crate) fn open_memory<D: Device>(
         .collect())
 }
 
-/// Words of a tree over `leaf_count` leaves, every level.
-fn tree_words(leaf_count: u64) -> u64 {
-    let widths = tree::level_widths(leaf_count);
-    tree::level_starts(&widths).last().expect("a total") * HASH_WORDS
-}
-
-/// Allocates a tree over `leaf_count` leaves, has `hash_leaves` write the leaves (given
-/// their address), and hashes every level above.
+/// Allocates a tree of `layout`, has `hash_leaves` write the leaves (given their address),
+/// and hashes every level above.
 fn build_tree<D: Device>(
     device: &D,
-    leaf_count: u64,
+    layout: tree::Layout,
     hash_leaves: impl FnOnce(u64) -> Result<(), Error>,
 ) -> Result<DeviceTree<D::Buffer>, Error> {
-    let widths = tree::level_widths(leaf_count);
-    let starts = tree::level_starts(&widths);
-    let nodes = device.alloc(starts.last().expect("a total") * HASH_WORDS)?;
+    let nodes = device.alloc(layout.nodes() * HASH_WORDS)?;
     let base = device.address(&nodes);
-    let at = |level: usize| base + starts[level] * HASH_WORDS * 8;
+    let at = |level: usize| base + layout.starts[level] * HASH_WORDS * 8;
     hash_leaves(at(0))?;
-    for level in 1..widths.len() {
+    for level in 1..layout.widths.len() {
         // SAFETY: level `level - 1` holds `width` nodes and the next one half as many,
         // rounded up, both inside `nodes`.
-        unsafe { device.tree_level(at(level - 1), widths[level - 1], at(level))? };
+        unsafe { device.tree_level(at(level - 1), layout.widths[level - 1], at(level))? };
     }
-    Ok(DeviceTree {
-        nodes,
-        widths,
-        starts,
-    })
+    Ok(DeviceTree { nodes, layout })
 }
 
 fn root<D: Device>(device: &D, tree: &DeviceTree<D::Buffer>) -> Result<Hash, Error> {
-    let top = tree.starts[tree.widths.len() - 1] * HASH_WORDS;
+    let top = tree.layout.root() * HASH_WORDS;
     let words = gather(device, device.address(&tree.nodes), &[top], HASH_WORDS)?;
     Ok(words_bytes(&words).try_into().expect("a hash is 32 bytes"))
 }
@@ -244,10 +230,7 @@ fn paths<D: Device>(
     tree: &DeviceTree<D::Buffer>,
     leaves: &[u64],
 ) -> Result<Vec<Vec<String>>, Error> {
-    let per_leaf: Vec<Vec<u64>> = leaves
-        .iter()
-        .map(|&leaf| tree::path_positions(leaf, &tree.widths, &tree.starts))
-        .collect();
+    let per_leaf: Vec<Vec<u64>> = leaves.iter().map(|&leaf| tree.layout.path(leaf)).collect();
     let starts: Vec<u64> = per_leaf.iter().flatten().map(|p| p * HASH_WORDS).collect();
     let words = gather(device, device.address(&tree.nodes), &starts, HASH_WORDS)?;
     let mut hashes = words.chunks(to_usize(HASH_WORDS)).map(words_hex);
@@ -300,10 +283,6 @@ fn ensure_free<D: Device>(device: &D, what: &'static str, needed_bytes: u64) -> 
         });
     }
     Ok(())
-}
-
-fn to_usize(value: u64) -> usize {
-    usize::try_from(value).expect("a 64-bit host")
 }
 
 fn words_bytes(words: &[u64]) -> Vec<u8> {

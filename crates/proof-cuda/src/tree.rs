@@ -2,40 +2,56 @@
 //! leaves first: the layout the GPU builds, and the index math to read paths out of it.
 //! Pure, so it is tested against `flotilla_proof::merkle::Tree` without a GPU.
 
-/// The width of every level, leaves first, up to the root's level of one.
-pub fn level_widths(leaf_count: u64) -> Vec<u64> {
-    assert!(leaf_count > 0, "a tree needs at least one leaf");
-    let mut widths = vec![leaf_count];
-    while let Some(&width) = widths.last().filter(|&&w| w > 1) {
-        widths.push(width.div_ceil(2));
-    }
-    widths
+/// Where every level of a tree lives in one flat buffer, in nodes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    /// The width of every level, leaves first, up to the root's level of one.
+    pub widths: Vec<u64>,
+    /// Where each level starts, and the total node count last.
+    pub starts: Vec<u64>,
 }
 
-/// Where each level starts in the flat buffer, in nodes, and the total node count last.
-pub fn level_starts(widths: &[u64]) -> Vec<u64> {
-    let mut starts = Vec::with_capacity(widths.len() + 1);
-    let mut next = 0;
-    for &width in widths {
-        starts.push(next);
-        next += width;
-    }
-    starts.push(next);
-    starts
-}
-
-/// The flat positions of leaf `index`'s path: its sibling at each level from the leaves up,
-/// skipping a level where it has none (as `Tree::path` does).
-pub fn path_positions(mut index: u64, widths: &[u64], starts: &[u64]) -> Vec<u64> {
-    let mut positions = Vec::with_capacity(widths.len());
-    for (level, &width) in widths[..widths.len() - 1].iter().enumerate() {
-        let sibling = index ^ 1;
-        if sibling < width {
-            positions.push(starts[level] + sibling);
+impl Layout {
+    /// The layout of a tree over `leaf_count` leaves.
+    pub fn new(leaf_count: u64) -> Layout {
+        assert!(leaf_count > 0, "a tree needs at least one leaf");
+        let mut widths = vec![leaf_count];
+        while let Some(&width) = widths.last().filter(|&&w| w > 1) {
+            widths.push(width.div_ceil(2));
         }
-        index /= 2;
+        let mut starts = Vec::with_capacity(widths.len() + 1);
+        let mut next = 0;
+        for &width in &widths {
+            starts.push(next);
+            next += width;
+        }
+        starts.push(next);
+        Layout { widths, starts }
     }
-    positions
+
+    /// Nodes in the whole tree.
+    pub fn nodes(&self) -> u64 {
+        *self.starts.last().expect("a total")
+    }
+
+    /// The root's position.
+    pub fn root(&self) -> u64 {
+        self.starts[self.widths.len() - 1]
+    }
+
+    /// The flat positions of leaf `index`'s path: its sibling at each level from the leaves
+    /// up, skipping a level where it has none (as `Tree::path` does).
+    pub fn path(&self, mut index: u64) -> Vec<u64> {
+        let mut positions = Vec::with_capacity(self.widths.len());
+        for (level, &width) in self.widths[..self.widths.len() - 1].iter().enumerate() {
+            let sibling = index ^ 1;
+            if sibling < width {
+                positions.push(self.starts[level] + sibling);
+            }
+            index /= 2;
+        }
+        positions
+    }
 }
 
 #[cfg(test)]
@@ -50,14 +66,15 @@ mod tests {
                 .map(|i| leaf_hash(&i.to_le_bytes()))
                 .collect();
             let tree = Tree::new(leaves);
-            let widths = level_widths(leaf_count);
+            let layout = Layout::new(leaf_count);
             let flat: Vec<_> = tree.levels().iter().flatten().copied().collect();
-            let starts = level_starts(&widths);
-            assert_eq!(*starts.last().unwrap(), flat.len() as u64);
+            assert_eq!(layout.nodes(), flat.len() as u64);
+            assert_eq!(flat[layout.root() as usize], tree.root());
             let level_sizes: Vec<u64> = tree.levels().iter().map(|l| l.len() as u64).collect();
-            assert_eq!(widths, level_sizes);
+            assert_eq!(layout.widths, level_sizes);
             for index in 0..leaf_count {
-                let read: Vec<_> = path_positions(index, &widths, &starts)
+                let read: Vec<_> = layout
+                    .path(index)
                     .into_iter()
                     .map(|p| flat[p as usize])
                     .collect();

@@ -48,13 +48,13 @@ pub fn choose(challenge: &Challenge, device: Option<&DeviceHardware>) -> ProverC
     }
 }
 
-/// Whether the CPU prover may run this challenge: a CPU-class one within its memory bound.
+/// Whether a CPU-class challenge fits the CPU prover's memory bound.
 fn cpu_prover_takes(challenge: &Challenge) -> bool {
     let n = u64::from(challenge.compute.matrix_n);
     let compute_bytes = (u64::from(challenge.compute.steps) + 1).saturating_mul(n * n);
     // Each block has a leaf hash and, about, an inner node in the tree: 64 bytes beside 1 KiB.
     let fill_bytes = challenge.memory.fill_bytes().saturating_mul(17) / 16;
-    challenge.class == "cpu" && compute_bytes.max(fill_bytes) <= CPU_PROVER_BYTES_MAX
+    compute_bytes.max(fill_bytes) <= CPU_PROVER_BYTES_MAX
 }
 
 /// A prover's state between its commitments and the memory openings.
