@@ -1,8 +1,9 @@
 //! `cargo xtask bench ledger`: durable transfers per second through the coordinator's ledger
 //! writer (batches of up to 8,190, each prepared while the one before commits) on SQLite and
 //! on a throwaway PostgreSQL, against the naive loop of one transaction per transfer
-//! (`commit_batch` with one transfer) on the same SQLite database in the same run. Re-runs
-//! itself as a release build.
+//! (`commit_batch` with one transfer) on the same SQLite database in the same run. SQLite is
+//! timed twice: on a fresh ledger, and again after [`FILL_TRANSFERS`] more. Re-runs itself as
+//! a release build.
 
 use std::time::Instant;
 
@@ -19,6 +20,10 @@ const ACCOUNTS: usize = 10_000;
 const BATCHED_TRANSFERS: usize = 12 * BATCH_TRANSFERS_MAX;
 /// Transfers timed one transaction each.
 const NAIVE_TRANSFERS: usize = 1_000;
+/// Transfers written (untimed) between the first timed run and the second, so the second
+/// shows what a grown ledger costs: a write that slows as the ledger grows (an index of
+/// entries by a random key) shows here.
+const FILL_TRANSFERS: usize = 40 * BATCH_TRANSFERS_MAX;
 
 pub fn run(args: &[String]) -> Result<()> {
     if args.first().map(String::as_str) != Some("--here") {
@@ -29,12 +34,14 @@ pub fn run(args: &[String]) -> Result<()> {
         .build()?;
     let dir = tempfile_dir()?;
     let sqlite_url = dir.join("ledger.db").display().to_string();
-    let (batched_sqlite, naive_sqlite) = runtime.block_on(async {
+    let (batched_sqlite, grown_sqlite, naive_sqlite) = runtime.block_on(async {
         let store = Store::open(&sqlite_url).await?;
         let batched = measure(&store, BATCHED_TRANSFERS, BATCH_TRANSFERS_MAX, "b").await?;
         let naive = measure(&store, NAIVE_TRANSFERS, 1, "n").await?;
+        measure(&store, FILL_TRANSFERS, BATCH_TRANSFERS_MAX, "f").await?;
+        let grown = measure(&store, BATCHED_TRANSFERS, BATCH_TRANSFERS_MAX, "g").await?;
         store.close().await;
-        anyhow::Ok((batched, naive))
+        anyhow::Ok((batched, grown, naive))
     })?;
     let server = crate::postgres::Server::start()?;
     let batched_postgres = runtime.block_on(async {
@@ -48,19 +55,29 @@ pub fn run(args: &[String]) -> Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     eprintln!(
         "bench: ledger, {ACCOUNTS} accounts, batches of {BATCH_TRANSFERS_MAX}: SQLite {batched_sqlite:.0} transfers/s \
-         (naive {naive_sqlite:.0}/s, {:.1}x), PostgreSQL {batched_postgres:.0}/s (targets: 100,000/s on SQLite, 20x naive)",
+         ({grown_sqlite:.0}/s past {} entries; naive {naive_sqlite:.0}/s, {:.1}x), PostgreSQL {batched_postgres:.0}/s \
+         (targets: 100,000/s on SQLite, 20x naive)",
+        grown_entries(),
         batched_sqlite / naive_sqlite
     );
     let figures = serde_json::json!({
         "accounts": ACCOUNTS,
         "batch_transfers": BATCH_TRANSFERS_MAX,
         "transfers_per_s_batched_sqlite": batched_sqlite.round(),
+        "transfers_per_s_batched_sqlite_grown": grown_sqlite.round(),
+        "grown_ledger_entries": grown_entries(),
         "transfers_per_s_naive_sqlite": naive_sqlite.round(),
         "transfers_per_s_batched_postgres": batched_postgres.round(),
         "batched_vs_naive_sqlite": (batched_sqlite / naive_sqlite * 100.0).round() / 100.0,
     });
     println!("{figures}");
     Ok(())
+}
+
+/// Entries in the SQLite ledger when the second timed run starts: four fundings of every
+/// account (one per run, untimed), the first run, the naive loop and the fill.
+fn grown_entries() -> usize {
+    4 * ACCOUNTS + BATCHED_TRANSFERS + NAIVE_TRANSFERS + FILL_TRANSFERS
 }
 
 fn tempfile_dir() -> Result<std::path::PathBuf> {
@@ -139,7 +156,7 @@ async fn measure(store: &Store, count: usize, batch: usize, tag: &str) -> Result
 
 async fn commit(
     store: &Store,
-    cache: &mut Option<flotilla_ledger::Book>,
+    cache: &mut Option<flotilla_coordinator::ledger::Cache>,
     transfers: &[Transfer],
 ) -> Result<()> {
     let now_ms = flotilla_proto::time::now_unix_ms();

@@ -8,7 +8,7 @@
 //! never seen are read; otherwise it starts from an empty book. Applied ids are always checked
 //! against the store, so the cache can never let a transfer apply twice.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use ed25519_dalek::SigningKey;
@@ -28,6 +28,32 @@ pub const QUEUE_SUBMISSIONS_MAX: usize = 16_384;
 /// Accounts, and holds, the writer's book may hold before it starts over.
 const CACHE_ACCOUNTS_MAX: usize = 1_000_000;
 const CACHE_HOLDS_MAX: usize = 1_000_000;
+
+/// What the writer keeps from one batch to the next, as of the head its book is at: the book
+/// (balances, holds, applied ids), and each owner's newest entry, which the owner's next
+/// entry points back to (`flotilla_store::LedgerAccountRow::owner_last_seq`). Both are
+/// dropped together whenever the store may have moved without this writer.
+#[derive(Debug)]
+pub struct Cache {
+    book: Book,
+    /// Owners the writer has looked up or written; absent ones are read before a batch.
+    owner_last_seq: HashMap<String, u64>,
+}
+
+impl Cache {
+    fn new(head: Head) -> Cache {
+        Cache {
+            book: Book::new(head),
+            owner_last_seq: HashMap::new(),
+        }
+    }
+
+    fn too_big(&self) -> bool {
+        self.book.account_count() > CACHE_ACCOUNTS_MAX
+            || self.book.hold_count() > CACHE_HOLDS_MAX
+            || self.owner_last_seq.len() > CACHE_ACCOUNTS_MAX
+    }
+}
 
 /// Why a submission did not reach the book.
 #[derive(Debug, thiserror::Error)]
@@ -148,7 +174,7 @@ async fn load_key(store: &Store) -> Result<SigningKey, LedgerError> {
 /// database's work overlap. A prepared batch assumed its predecessor would commit; when one
 /// does not, the writer drops its book and runs the next batch again from the store.
 async fn write_loop(store: Store, mut receiver: mpsc::Receiver<Submission>) {
-    let mut book: Option<Book> = None;
+    let mut book: Option<Cache> = None;
     let mut inflight: Option<InFlight> = None;
     loop {
         let submissions = match &inflight {
@@ -165,7 +191,7 @@ async fn write_loop(store: Store, mut receiver: mpsc::Receiver<Submission>) {
                 None => return,
             },
         };
-        if inflight.is_some() && book.as_ref().is_some_and(too_big) {
+        if inflight.is_some() && book.as_ref().is_some_and(Cache::too_big) {
             finish(&store, &mut book, inflight.take()).await;
             book = None;
         }
@@ -204,10 +230,6 @@ fn gather(first: Option<Submission>, receiver: &mut mpsc::Receiver<Submission>) 
         }
     }
     submissions
-}
-
-fn too_big(book: &Book) -> bool {
-    book.account_count() > CACHE_ACCOUNTS_MAX || book.hold_count() > CACHE_HOLDS_MAX
 }
 
 fn reply(submissions: Vec<Submission>, result: Result<Vec<Outcome>, LedgerError>) {
@@ -252,27 +274,27 @@ struct InFlight {
 /// [`commit_batch`]'s first attempt); ids applied by batches in flight are in the book.
 async fn prepare(
     store: &Store,
-    book: &mut Option<Book>,
+    cache: &mut Option<Cache>,
     transfers: &[Transfer],
     now_ms: i64,
 ) -> Result<Prepared, LedgerError> {
     let mut read = store.ledger_read().await?;
     let committed = head_from_row(&read.head)?;
-    let book = book.get_or_insert_with(|| Book::new(committed));
-    let base = book.head();
-    load_for(&mut read, book, transfers).await?;
-    let outcomes = book.apply_batch(transfers, now_ms);
+    let cache = cache.get_or_insert_with(|| Cache::new(committed));
+    let base = cache.book.head();
+    load_for(&mut read, cache, transfers).await?;
+    let outcomes = cache.book.apply_batch(transfers, now_ms);
     if refused_a_known_id(&mut read, transfers, &outcomes).await? {
         return Err(LedgerError::Store(flotilla_store::StoreError::Conflict(
             "ledger entry",
         )));
     }
-    let rows = BatchRows::collect(book, &outcomes);
+    let rows = BatchRows::collect(cache, &outcomes)?;
     Ok(Prepared {
         outcomes,
         rows,
         base,
-        head: book.head(),
+        head: cache.book.head(),
     })
 }
 
@@ -313,7 +335,7 @@ fn start(
 /// Waits for the batch in flight and answers it. True when it committed as prepared, so the
 /// book (which includes it) is still the store's future; false when it had to run again
 /// (conflict) or failed, and the book was dropped.
-async fn finish(store: &Store, book: &mut Option<Book>, inflight: Option<InFlight>) -> bool {
+async fn finish(store: &Store, book: &mut Option<Cache>, inflight: Option<InFlight>) -> bool {
     let Some(batch) = inflight else {
         return true;
     };
@@ -323,8 +345,8 @@ async fn finish(store: &Store, book: &mut Option<Book>, inflight: Option<InFligh
     };
     match result {
         Ok(()) => {
-            if let Some(book) = book {
-                book.trim_seen_through(batch.head.seq);
+            if let Some(cache) = book {
+                cache.book.trim_seen_through(batch.head.seq);
             }
             reply(batch.submissions, Ok(batch.outcomes));
             true
@@ -353,7 +375,7 @@ async fn finish(store: &Store, book: &mut Option<Book>, inflight: Option<InFligh
 /// with every id looked up, to answer each retry with its first outcome.
 pub async fn commit_batch(
     store: &Store,
-    cache: &mut Option<Book>,
+    cache: &mut Option<Cache>,
     transfers: &[Transfer],
     now_ms: i64,
 ) -> Result<Vec<Outcome>, LedgerError> {
@@ -367,38 +389,38 @@ pub async fn commit_batch(
 
 async fn try_commit(
     store: &Store,
-    cache: &mut Option<Book>,
+    cache: &mut Option<Cache>,
     transfers: &[Transfer],
     now_ms: i64,
     look_up_ids: bool,
 ) -> Result<Vec<Outcome>, LedgerError> {
     let mut tx = store.ledger_begin().await?;
     let head = head_from_row(&tx.head)?;
-    let mut book = match cache.take() {
-        Some(book) if book.head() == head => book,
-        _ => Book::new(head),
+    let mut kept = match cache.take() {
+        Some(kept) if kept.book.head() == head => kept,
+        _ => Cache::new(head),
     };
     if look_up_ids {
-        load_seen(&mut tx, &mut book, transfers).await?;
+        load_seen(&mut tx, &mut kept.book, transfers).await?;
     }
-    load_for(&mut tx, &mut book, transfers).await?;
-    let outcomes = book.apply_batch(transfers, now_ms);
+    load_for(&mut tx, &mut kept, transfers).await?;
+    let outcomes = kept.book.apply_batch(transfers, now_ms);
     if !look_up_ids && refused_a_known_id(&mut tx, transfers, &outcomes).await? {
         return Err(LedgerError::Store(flotilla_store::StoreError::Conflict(
             "ledger entry",
         )));
     }
-    let rows = BatchRows::collect(&book, &outcomes);
+    let rows = BatchRows::collect(&mut kept, &outcomes)?;
     tx.commit(
         rows.entries,
         rows.accounts,
         rows.holds,
-        &head_row(book.head()),
+        &head_row(kept.book.head()),
     )
     .await?;
-    book.trim();
-    if book.account_count() <= CACHE_ACCOUNTS_MAX {
-        *cache = Some(book);
+    kept.book.trim();
+    if !kept.too_big() {
+        *cache = Some(kept);
     }
     Ok(outcomes)
 }
@@ -469,7 +491,7 @@ fn head_from_row(row: &LedgerHeadRow) -> Result<Head, LedgerError> {
     })
 }
 
-/// Loads into `book` what the batch names and the book does not hold: holds, and the balances of every account the transfers and their holds touch.
+/// Loads into `book` which of the batch's ids were applied before, with their digests.
 async fn load_seen(
     tx: &mut LedgerTx,
     book: &mut Book,
@@ -492,11 +514,18 @@ async fn load_seen(
     Ok(())
 }
 
+/// Loads into the cache what the batch names and the cache does not hold: holds, the
+/// balances of every account the transfers and their holds touch, and their owners' newest
+/// entries.
 async fn load_for(
     tx: &mut LedgerTx,
-    book: &mut Book,
+    cache: &mut Cache,
     transfers: &[Transfer],
 ) -> Result<(), LedgerError> {
+    let Cache {
+        book,
+        owner_last_seq,
+    } = cache;
     let hold_ids: Vec<String> = unique(transfers.iter().filter_map(|t| match &t.op {
         Op::Post { hold, .. } | Op::Void { hold } | Op::Expire { hold } => Some(hold.clone()),
         _ => None,
@@ -512,6 +541,7 @@ async fn load_for(
     // Borrowed, sorted and deduplicated: a batch names two accounts per transfer, and the
     // cached book knows most of them, so nothing is copied for those.
     let mut accounts: Vec<&AccountId> = Vec::with_capacity(2 * transfers.len());
+    let mut owners: Vec<&str> = Vec::new();
     for transfer in transfers {
         let pair = match &transfer.op {
             Op::Move { debit, credit, .. } | Op::Hold { debit, credit, .. } => {
@@ -528,7 +558,20 @@ async fn load_for(
                     .into_iter()
                     .filter(|a| !book.knows_account(a)),
             );
+            owners.extend(
+                [debit.owner(), credit.owner()]
+                    .into_iter()
+                    .filter(|owner| !owner_last_seq.contains_key(*owner)),
+            );
         }
+    }
+    owners.sort_unstable();
+    owners.dedup();
+    let owners: Vec<String> = owners.into_iter().map(str::to_owned).collect();
+    let found: HashMap<String, u64> = tx.owner_last_seqs(&owners).await?.into_iter().collect();
+    for owner in owners {
+        let last_seq = found.get(&owner).copied().unwrap_or(0);
+        owner_last_seq.insert(owner, last_seq);
     }
     accounts.sort_unstable();
     accounts.dedup();
@@ -561,7 +604,13 @@ struct BatchRows {
 }
 
 impl BatchRows {
-    fn collect(book: &Book, outcomes: &[Outcome]) -> BatchRows {
+    /// The rows of the batch's applied entries; each entry is chained to its owners' previous
+    /// entries, and the cache's owners advanced past it.
+    fn collect(cache: &mut Cache, outcomes: &[Outcome]) -> Result<BatchRows, LedgerError> {
+        let Cache {
+            book,
+            owner_last_seq,
+        } = cache;
         let applied: Vec<&Entry> = outcomes
             .iter()
             .filter_map(|o| match o {
@@ -598,7 +647,14 @@ impl BatchRows {
                 }
                 _ => {}
             }
-            entries.push(entry_row(entry, digest, hash));
+            let mut row = entry_row(entry, digest, hash);
+            (row.debit_prev_seq, row.credit_prev_seq) = chain(
+                owner_last_seq,
+                &row.debit_owner,
+                &row.credit_owner,
+                entry.seq,
+            )?;
+            entries.push(row);
         }
         touched_accounts.sort_unstable();
         touched_accounts.dedup();
@@ -612,6 +668,7 @@ impl BatchRows {
                     token: account.token().as_str().to_owned(),
                     posted: balance.posted,
                     held: balance.held,
+                    owner_last_seq: owner_last_seq.get(account.owner()).copied().unwrap_or(0),
                 }
             })
             .collect();
@@ -626,12 +683,39 @@ impl BatchRows {
                 expires_at_ms: hold.expires_at_ms,
             })
             .collect();
-        BatchRows {
+        Ok(BatchRows {
             entries,
             accounts,
             holds,
-        }
+        })
     }
+}
+
+/// Chains entry `seq` of `debit_owner` and `credit_owner` (empty for a record, which no
+/// owner's history shows): the owners' previous entries, and each owner's newest is now
+/// `seq`. An entry between two accounts of one owner points back once, twice over.
+fn chain(
+    owner_last_seq: &mut HashMap<String, u64>,
+    debit_owner: &str,
+    credit_owner: &str,
+    seq: u64,
+) -> Result<(u64, u64), LedgerError> {
+    let mut previous = |owner: &str| -> Result<u64, LedgerError> {
+        if owner.is_empty() {
+            return Ok(0);
+        }
+        let last = owner_last_seq
+            .get_mut(owner)
+            .ok_or_else(|| LedgerError::Corrupt(format!("owner {owner} was not loaded")))?;
+        Ok(std::mem::replace(last, seq))
+    };
+    let debit_prev_seq = previous(debit_owner)?;
+    let credit_prev_seq = if credit_owner == debit_owner {
+        debit_prev_seq
+    } else {
+        previous(credit_owner)?
+    };
+    Ok((debit_prev_seq, credit_prev_seq))
 }
 
 fn entry_row(entry: &Entry, digest: String, hash: String) -> LedgerEntryRow {
@@ -649,6 +733,8 @@ fn entry_row(entry: &Entry, digest: String, hash: String) -> LedgerEntryRow {
         credit_owner,
         body: serde_json::to_string(entry).expect("an entry serializes"),
         hash,
+        debit_prev_seq: 0,
+        credit_prev_seq: 0,
     }
 }
 
@@ -753,6 +839,139 @@ mod tests {
             let paid: i64 = seq_of.keys().map(|k| 1 + (k % 5) as i64).sum();
             let payee = store.ledger_accounts_of("usr_payee").await.unwrap();
             assert_eq!(payee[0].posted, paid);
+        }
+    }
+
+    /// Every entry touching an owner, newest first, read straight from the whole log.
+    fn expected_history(rows: &[LedgerEntryRow], owner: &str) -> Vec<u64> {
+        let mut seqs: Vec<u64> = rows
+            .iter()
+            .filter(|r| r.debit_owner == owner || r.credit_owner == owner)
+            .map(|r| r.seq)
+            .collect();
+        seqs.reverse();
+        seqs
+    }
+
+    /// Owners' histories walk their chains: written by the pipelined writer and by
+    /// `commit_batch` with and without a cache (so owners' newest entries come from memory and
+    /// from the store), with moves between two accounts of one owner and records of none,
+    /// each page, any cursor and the entries after a point are exactly the log's.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn histories_follow_each_owners_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        for (store, _) in twin_stores(dir.path()).await {
+            let owners = ["usr_a", "usr_b", "usr_c", "usr_d"];
+            let external = AccountId::system(Purpose::External, Token::Io);
+            let funding: Vec<Transfer> = owners
+                .iter()
+                .map(|o| {
+                    let main = AccountId::main(o, Token::Io);
+                    Transfer::moving(
+                        format!("fund-{o}"),
+                        Kind::Deposit,
+                        external.clone(),
+                        main,
+                        1_000,
+                    )
+                })
+                .collect();
+            commit_batch(&store, &mut None, &funding, 1).await.unwrap();
+            let mut state = 7u64;
+            let mut random = |n: u64| {
+                state = state
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1);
+                (state >> 33) % n
+            };
+            let mut batches = Vec::new();
+            for batch in 0..12 {
+                let transfers: Vec<Transfer> = (0..1 + random(6))
+                    .map(|i| {
+                        let id = format!("t{batch}-{i}");
+                        let from = owners[random(4) as usize];
+                        let to = owners[random(4) as usize];
+                        let debit = AccountId::main(from, Token::Io);
+                        let credit = if from == to {
+                            AccountId::stake(from)
+                        } else {
+                            AccountId::main(to, Token::Io)
+                        };
+                        Transfer::moving(id, Kind::Transfer, debit, credit, 1 + random(9))
+                    })
+                    .collect();
+                batches.push(transfers);
+            }
+            let mut cache = None;
+            for (index, batch) in batches.iter().enumerate() {
+                match index % 3 {
+                    0 => {
+                        commit_batch(&store, &mut cache, batch, 2).await.unwrap();
+                    }
+                    1 => {
+                        commit_batch(&store, &mut None, batch, 2).await.unwrap();
+                        cache = None;
+                    }
+                    _ => {
+                        let (ledger, _writer) = Ledger::start(store.clone()).await.unwrap();
+                        ledger.submit(batch.clone()).await.unwrap();
+                        cache = None;
+                    }
+                }
+            }
+            let record = Transfer::new(
+                "tally".into(),
+                Kind::Governance,
+                Op::Record {
+                    body: "a tally".into(),
+                },
+                String::new(),
+            );
+            commit_batch(&store, &mut None, &[record], 3).await.unwrap();
+            let rows = store.ledger_entries(1, 10_000).await.unwrap();
+            for owner in owners {
+                let expected = expected_history(&rows, owner);
+                assert!(expected.len() > 3, "{owner}: {expected:?}");
+                let mut walked = Vec::new();
+                let mut before = u64::MAX >> 1;
+                loop {
+                    let page = store.ledger_history(owner, before, 3).await.unwrap();
+                    walked.extend(page.iter().map(|r| r.seq));
+                    match page.last() {
+                        Some(last) if page.len() == 3 => before = last.seq,
+                        _ => break,
+                    }
+                }
+                assert_eq!(walked, expected, "{owner}");
+                // A cursor that is not one of the owner's entries.
+                let other = rows
+                    .iter()
+                    .find(|r| r.debit_owner != owner && r.credit_owner != owner && r.seq > 5)
+                    .unwrap()
+                    .seq;
+                let below: Vec<u64> = expected.iter().copied().filter(|s| *s < other).collect();
+                let page = store.ledger_history(owner, other, 500).await.unwrap();
+                let page: Vec<u64> = page.iter().map(|r| r.seq).collect();
+                assert_eq!(page, below, "{owner} before {other}");
+                // Oldest first after a point, at most a limit.
+                let after = expected[expected.len() / 2];
+                let mut later: Vec<u64> = expected.iter().copied().filter(|s| *s > after).collect();
+                later.reverse();
+                later.truncate(2);
+                let found = store
+                    .ledger_owner_entries_after(owner, after, 0, 2)
+                    .await
+                    .unwrap();
+                let found: Vec<u64> = found.iter().map(|r| r.seq).collect();
+                assert_eq!(found, later, "{owner} after {after}");
+            }
+            assert!(
+                store
+                    .ledger_history("usr_nobody", u64::MAX >> 1, 10)
+                    .await
+                    .unwrap()
+                    .is_empty()
+            );
         }
     }
 

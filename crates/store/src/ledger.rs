@@ -28,6 +28,10 @@ pub struct LedgerEntryRow {
     /// The entry's canonical JSON.
     pub body: String,
     pub hash: String,
+    /// The debit owner's entry before this one (0: none); see [`LedgerAccountRow::owner_last_seq`].
+    pub debit_prev_seq: u64,
+    /// The credit owner's entry before this one (0: none).
+    pub credit_prev_seq: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,6 +41,10 @@ pub struct LedgerAccountRow {
     pub token: String,
     pub posted: i64,
     pub held: i64,
+    /// The owner's newest entry when this row was last written. Every entry writes a row of
+    /// each of its owners, so an owner's newest entry is the largest of these among its
+    /// accounts, and its history walks back from there along the entries' `*_prev_seq`.
+    pub owner_last_seq: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,7 +76,11 @@ pub struct EpochSealRow {
     pub rewards_paid_micros: Option<u64>,
 }
 
-const ENTRY_COLUMNS: &str = "seq, id, digest, at_ms, debit_owner, credit_owner, body, hash";
+const ENTRY_COLUMNS: &str = "seq, id, digest, at_ms, debit_owner, credit_owner, body, hash, debit_prev_seq, credit_prev_seq";
+/// The same, each column of the entry `e`.
+const ENTRY_COLUMNS_OF_E: &str = "e.seq, e.id, e.digest, e.at_ms, e.debit_owner, e.credit_owner, e.body, e.hash, \
+     e.debit_prev_seq, e.credit_prev_seq";
+const ACCOUNT_COLUMNS: &str = "id, owner, token, posted, held, owner_last_seq";
 
 fn entry_from(row: &AnyRow) -> Result<LedgerEntryRow> {
     Ok(LedgerEntryRow {
@@ -80,6 +92,8 @@ fn entry_from(row: &AnyRow) -> Result<LedgerEntryRow> {
         credit_owner: col(row, "credit_owner")?,
         body: col(row, "body")?,
         hash: col(row, "hash")?,
+        debit_prev_seq: to_u64(col(row, "debit_prev_seq")?),
+        credit_prev_seq: to_u64(col(row, "credit_prev_seq")?),
     })
 }
 
@@ -198,12 +212,12 @@ impl Store {
 
     /// Every account of `owner`.
     pub async fn ledger_accounts_of(&self, owner: &str) -> Result<Vec<LedgerAccountRow>> {
-        let rows = sqlx::query(
-            "SELECT id, owner, token, posted, held FROM ledger_accounts WHERE owner = $1 ORDER BY id",
-        )
-        .bind(owner)
-        .fetch_all(&self.pool)
-        .await?;
+        let sql =
+            format!("SELECT {ACCOUNT_COLUMNS} FROM ledger_accounts WHERE owner = $1 ORDER BY id");
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(owner)
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter().map(account_from).collect()
     }
 
@@ -213,7 +227,7 @@ impl Store {
             return Ok(Vec::new());
         }
         let sql = format!(
-            "SELECT id, owner, token, posted, held FROM ledger_accounts WHERE id IN ({})",
+            "SELECT {ACCOUNT_COLUMNS} FROM ledger_accounts WHERE id IN ({})",
             placeholders(self.backend, 1, ids.len())
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
@@ -226,27 +240,49 @@ impl Store {
 
     /// Every account with a balance in `purpose` (such as `stake`) of `token`.
     pub async fn ledger_accounts_like(&self, suffix: &str) -> Result<Vec<LedgerAccountRow>> {
-        let rows = sqlx::query(
-            "SELECT id, owner, token, posted, held FROM ledger_accounts WHERE id LIKE $1 ORDER BY id",
-        )
-        .bind(format!("%{suffix}"))
-        .fetch_all(&self.pool)
-        .await?;
+        let sql =
+            format!("SELECT {ACCOUNT_COLUMNS} FROM ledger_accounts WHERE id LIKE $1 ORDER BY id");
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(format!("%{suffix}"))
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter().map(account_from).collect()
     }
 
     /// Entries touching `owner`'s accounts, newest first, below `before_seq`.
+    ///
+    /// A walk back along the owner's chain (see [`LedgerAccountRow::owner_last_seq`]). It
+    /// starts at the owner's entry just below `before_seq` when `before_seq` is one of the
+    /// owner's entries (a page's cursor is its last entry), else at the newest one, stepping
+    /// over entries at or past `before_seq`, and stops after `limit` entries.
     pub async fn ledger_history(
         &self,
         owner: &str,
         before_seq: u64,
         limit: u32,
     ) -> Result<Vec<LedgerEntryRow>> {
+        let start_seq = match self.ledger_entry(before_seq).await? {
+            Some(entry) if entry.debit_owner == owner => entry.debit_prev_seq,
+            Some(entry) if entry.credit_owner == owner => entry.credit_prev_seq,
+            _ => self.ledger_owner_last_seq(owner).await?,
+        };
+        // `chain` holds the entries to visit, and how many of those visited were below
+        // `before_seq`; it grows until `limit` of those, so the walk is as long as the page
+        // (plus any entries stepped over).
         let sql = format!(
-            "SELECT {ENTRY_COLUMNS} FROM ledger_entries \
-             WHERE (debit_owner = $1 OR credit_owner = $1) AND seq < $2 ORDER BY seq DESC LIMIT $3"
+            "WITH RECURSIVE chain (seq, taken) AS ( \
+                 SELECT CAST($1 AS BIGINT), 0 \
+                 UNION ALL \
+                 SELECT CASE WHEN e.debit_owner = $2 THEN e.debit_prev_seq ELSE e.credit_prev_seq END, \
+                        chain.taken + CASE WHEN e.seq < $3 THEN 1 ELSE 0 END \
+                 FROM chain JOIN ledger_entries e ON e.seq = chain.seq \
+                 WHERE chain.taken < $4 \
+             ) \
+             SELECT {ENTRY_COLUMNS_OF_E} FROM chain JOIN ledger_entries e ON e.seq = chain.seq \
+             WHERE e.seq < $3 ORDER BY e.seq DESC LIMIT $4"
         );
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(to_i64(start_seq))
             .bind(owner)
             .bind(to_i64(before_seq))
             .bind(i64::from(limit))
@@ -255,8 +291,20 @@ impl Store {
         rows.iter().map(entry_from).collect()
     }
 
+    /// The newest entry touching `owner`'s accounts (0: none).
+    pub async fn ledger_owner_last_seq(&self, owner: &str) -> Result<u64> {
+        let last: Option<i64> =
+            sqlx::query_scalar("SELECT MAX(owner_last_seq) FROM ledger_accounts WHERE owner = $1")
+                .bind(owner)
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(last.map_or(0, to_u64))
+    }
+
     /// Entries touching `owner`'s accounts after `after_seq` and dated `since_ms` or later,
-    /// oldest first, at most `limit`.
+    /// oldest first, at most `limit`: a walk back along the owner's chain from its newest
+    /// entry, which stops at `after_seq` or at the first entry dated before `since_ms`
+    /// (entries are dated in order).
     pub async fn ledger_owner_entries_after(
         &self,
         owner: &str,
@@ -264,15 +312,20 @@ impl Store {
         since_ms: i64,
         limit: u32,
     ) -> Result<Vec<LedgerEntryRow>> {
-        // Two filters rather than one OR, so each uses its owner index; the second leaves out
-        // what the first found (both sides the owner's).
+        let start_seq = self.ledger_owner_last_seq(owner).await?;
         let sql = format!(
-            "SELECT {ENTRY_COLUMNS} FROM ledger_entries WHERE debit_owner = $1 AND seq > $2 AND at_ms >= $3 \
-             UNION ALL SELECT {ENTRY_COLUMNS} FROM ledger_entries \
-             WHERE credit_owner = $1 AND debit_owner <> $1 AND seq > $2 AND at_ms >= $3 \
-             ORDER BY seq LIMIT $4"
+            "WITH RECURSIVE chain (seq) AS ( \
+                 SELECT CAST($1 AS BIGINT) \
+                 UNION ALL \
+                 SELECT CASE WHEN e.debit_owner = $2 THEN e.debit_prev_seq ELSE e.credit_prev_seq END \
+                 FROM chain JOIN ledger_entries e ON e.seq = chain.seq \
+                 WHERE e.seq > $3 AND e.at_ms >= $4 \
+             ) \
+             SELECT {ENTRY_COLUMNS_OF_E} FROM chain JOIN ledger_entries e ON e.seq = chain.seq \
+             WHERE e.seq > $3 AND e.at_ms >= $4 ORDER BY e.seq LIMIT $5"
         );
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(to_i64(start_seq))
             .bind(owner)
             .bind(to_i64(after_seq))
             .bind(since_ms)
@@ -469,6 +522,7 @@ fn account_from(row: &AnyRow) -> Result<LedgerAccountRow> {
         token: col(row, "token")?,
         posted: col(row, "posted")?,
         held: col(row, "held")?,
+        owner_last_seq: to_u64(col(row, "owner_last_seq")?),
     })
 }
 
@@ -494,7 +548,8 @@ impl LedgerTx {
     /// Stored balances of `ids` (absent ones have never moved).
     pub async fn accounts(&mut self, ids: &[String]) -> Result<Vec<LedgerAccountRow>> {
         self.fetch_in(
-            "SELECT id, owner, token, posted, held FROM ledger_accounts WHERE id",
+            &format!("SELECT {ACCOUNT_COLUMNS} FROM ledger_accounts WHERE id"),
+            "",
             ids,
             account_from,
         )
@@ -505,8 +560,21 @@ impl LedgerTx {
     pub async fn holds(&mut self, ids: &[String]) -> Result<Vec<LedgerHoldRow>> {
         self.fetch_in(
             "SELECT id, debit_owner, body, is_open, expires_at_ms FROM ledger_holds WHERE id",
+            "",
             ids,
             hold_from,
+        )
+        .await
+    }
+
+    /// The newest entry of each of `owners` that has one (see
+    /// [`LedgerAccountRow::owner_last_seq`]).
+    pub async fn owner_last_seqs(&mut self, owners: &[String]) -> Result<Vec<(String, u64)>> {
+        self.fetch_in(
+            "SELECT owner, MAX(owner_last_seq) AS last_seq FROM ledger_accounts WHERE owner",
+            " GROUP BY owner",
+            owners,
+            |row| Ok((col(row, "owner")?, to_u64(col(row, "last_seq")?))),
         )
         .await
     }
@@ -515,23 +583,26 @@ impl LedgerTx {
     pub async fn seen(&mut self, ids: &[String]) -> Result<Vec<LedgerSeenRow>> {
         self.fetch_in(
             "SELECT id, digest, seq FROM ledger_entries WHERE id",
+            "",
             ids,
             seen_from,
         )
         .await
     }
 
-    /// `select` (ending in a column) `IN` each chunk of `ids`, rows mapped by `map`.
+    /// `select` (ending in a column) `IN` each chunk of `ids`, then `tail`, rows mapped by
+    /// `map`.
     async fn fetch_in<T>(
         &mut self,
         select: &str,
+        tail: &str,
         ids: &[String],
         map: fn(&AnyRow) -> Result<T>,
     ) -> Result<Vec<T>> {
         let mut found = Vec::new();
         for chunk in ids.chunks(PARAMS_PER_STATEMENT_MAX) {
             let sql = format!(
-                "{select} IN ({})",
+                "{select} IN ({}){tail}",
                 placeholders(self.backend, 1, chunk.len())
             );
             let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
@@ -567,10 +638,10 @@ impl LedgerTx {
             Backend::Sqlite => "INSERT OR FAIL",
             Backend::Postgres => "INSERT",
         };
-        for chunk in chunks(entries, PARAMS_PER_STATEMENT_MAX / 8) {
+        for chunk in chunks(entries, PARAMS_PER_STATEMENT_MAX / 10) {
             let sql = format!(
                 "{insert} INTO ledger_entries ({ENTRY_COLUMNS}) VALUES {}",
-                value_rows(self.backend, chunk.len(), 8)
+                value_rows(self.backend, chunk.len(), 10)
             );
             let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
             for e in chunk {
@@ -582,18 +653,21 @@ impl LedgerTx {
                     .bind(e.debit_owner)
                     .bind(e.credit_owner)
                     .bind(e.body)
-                    .bind(e.hash);
+                    .bind(e.hash)
+                    .bind(to_i64(e.debit_prev_seq))
+                    .bind(to_i64(e.credit_prev_seq));
             }
             query
                 .execute(&mut *self.tx)
                 .await
                 .map_err(|e| crate::conflict_on_unique(e, "ledger entry"))?;
         }
-        for chunk in chunks(accounts, PARAMS_PER_STATEMENT_MAX / 5) {
+        for chunk in chunks(accounts, PARAMS_PER_STATEMENT_MAX / 6) {
             let sql = format!(
-                "INSERT INTO ledger_accounts (id, owner, token, posted, held) VALUES {} \
-                 ON CONFLICT (id) DO UPDATE SET posted = excluded.posted, held = excluded.held",
-                value_rows(self.backend, chunk.len(), 5)
+                "INSERT INTO ledger_accounts ({ACCOUNT_COLUMNS}) VALUES {} \
+                 ON CONFLICT (id) DO UPDATE SET posted = excluded.posted, held = excluded.held, \
+                 owner_last_seq = excluded.owner_last_seq",
+                value_rows(self.backend, chunk.len(), 6)
             );
             let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
             for a in chunk {
@@ -602,7 +676,8 @@ impl LedgerTx {
                     .bind(a.owner)
                     .bind(a.token)
                     .bind(a.posted)
-                    .bind(a.held);
+                    .bind(a.held)
+                    .bind(to_i64(a.owner_last_seq));
             }
             query.execute(&mut *self.tx).await?;
         }

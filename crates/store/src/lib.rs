@@ -117,6 +117,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (10, include_str!("../migrations/0010_clusters.sql")),
     (11, include_str!("../migrations/0011_tunnel_traffic.sql")),
     (12, include_str!("../migrations/0012_web_sessions.sql")),
+    (13, include_str!("../migrations/0013_ledger_chains.sql")),
 ];
 
 /// Connections held open to PostgreSQL. SQLite gets fewer: it has one writer anyway.
@@ -150,6 +151,12 @@ impl Store {
 
     /// Opens (creating an SQLite file if needed) and migrates the database at `url`.
     pub async fn open(url: &str) -> Result<Store> {
+        Store::open_through(url, i64::MAX).await
+    }
+
+    /// [`Store::open`], applying migrations up to `version_max` only (tests of a migration
+    /// over rows written before it).
+    async fn open_through(url: &str, version_max: i64) -> Result<Store> {
         sqlx::any::install_default_drivers();
         let (backend, url) = normalize_url(url)?;
         let connections_max = match backend {
@@ -191,7 +198,7 @@ impl Store {
             backend,
             market_version: std::sync::Arc::default(),
         };
-        store.migrate().await?;
+        store.migrate(version_max).await?;
         Ok(store)
     }
 
@@ -220,13 +227,13 @@ impl Store {
         self.pool.close().await;
     }
 
-    async fn migrate(&self) -> Result<()> {
+    async fn migrate(&self, version_max: i64) -> Result<()> {
         sqlx::query(
             "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at_ms BIGINT NOT NULL)",
         )
         .execute(&self.pool)
         .await?;
-        for (version, sql) in MIGRATIONS {
+        for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v <= version_max) {
             let applied: Option<i64> =
                 sqlx::query_scalar("SELECT version FROM schema_migrations WHERE version = $1")
                     .bind(*version)
@@ -612,5 +619,96 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(count, MIGRATIONS.len() as i64);
+    }
+
+    /// Migration 13 chains the entries written before it: each owner's history, walked along
+    /// the new chains, is what the owner indexes it drops answered.
+    #[tokio::test]
+    async fn ledger_entries_written_before_chains_are_chained() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut urls = vec![dir.path().join("f.db").display().to_string()];
+        if let Ok(admin) = std::env::var("FLOTILLA_TEST_POSTGRES_URL") {
+            urls.push(create_postgres_database(&admin, "m").await.unwrap());
+        }
+        // (debit owner, credit owner) of entries 1.., '' for a record.
+        let sides = [
+            ("system", "usr_a"),
+            ("usr_a", "usr_b"),
+            ("", ""),
+            ("usr_b", "usr_b"),
+            ("usr_c", "usr_a"),
+            ("usr_b", "usr_c"),
+        ];
+        for url in urls {
+            let old = Store::open_through(&url, 12).await.unwrap();
+            for (index, (debit, credit)) in sides.iter().enumerate() {
+                let seq = index as i64 + 1;
+                sqlx::query(
+                    "INSERT INTO ledger_entries (seq, id, digest, at_ms, debit_owner, credit_owner, body, hash) \
+                     VALUES ($1, $2, 'd', $3, $4, $5, '{}', 'h')",
+                )
+                .bind(seq)
+                .bind(format!("t{seq}"))
+                .bind(seq * 10)
+                .bind(*debit)
+                .bind(*credit)
+                .execute(old.pool())
+                .await
+                .unwrap();
+            }
+            for owner in ["usr_a", "usr_b", "usr_c"] {
+                sqlx::query(
+                    "INSERT INTO ledger_accounts (id, owner, token, posted, held) VALUES ($1, $2, 'IO', 0, 0)",
+                )
+                .bind(format!("{owner}:main:IO"))
+                .bind(owner)
+                .execute(old.pool())
+                .await
+                .unwrap();
+            }
+            old.close().await;
+            let store = Store::open(&url).await.unwrap();
+            let seqs = |rows: Vec<ledger::LedgerEntryRow>| -> Vec<u64> {
+                rows.iter().map(|r| r.seq).collect()
+            };
+            let top = u64::MAX >> 1;
+            assert_eq!(
+                seqs(store.ledger_history("usr_a", top, 9).await.unwrap()),
+                [5, 2, 1]
+            );
+            assert_eq!(
+                seqs(store.ledger_history("usr_b", top, 9).await.unwrap()),
+                [6, 4, 2]
+            );
+            assert_eq!(
+                seqs(store.ledger_history("usr_b", 6, 1).await.unwrap()),
+                [4]
+            );
+            assert_eq!(
+                seqs(store.ledger_history("usr_c", top, 9).await.unwrap()),
+                [6, 5]
+            );
+            assert_eq!(
+                seqs(
+                    store
+                        .ledger_owner_entries_after("usr_a", 1, 0, 9)
+                        .await
+                        .unwrap()
+                ),
+                [2, 5]
+            );
+            // Dated from 30 on: the walk stops at entry 2 (dated 20).
+            assert_eq!(
+                seqs(
+                    store
+                        .ledger_owner_entries_after("usr_a", 0, 30, 9)
+                        .await
+                        .unwrap()
+                ),
+                [5]
+            );
+            assert_eq!(store.ledger_owner_last_seq("usr_c").await.unwrap(), 6);
+            store.close().await;
+        }
     }
 }
