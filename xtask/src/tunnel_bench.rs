@@ -10,7 +10,10 @@
 //! - throughput: `--transfer-mib` MiB (default 1,024) through one connection, and the same
 //!   total split over [`PARALLEL_STREAMS`] connections at once;
 //! - latency: the median round trip of a [`PING_BYTES`]-byte ping-pong over one connection,
-//!   [`PING_ROUNDS`] rounds after a warm-up;
+//!   [`PING_ROUNDS`] rounds after a warm-up. The JSON line's round trips are measured side by
+//!   side at the end, one connection per path (raw TCP, rathole with Noise, Flotilla through
+//!   `flotilla connect`, and Flotilla through the coordinator's upgrade without it) pinged in
+//!   turn each round, so the machine's noise falls on every path alike;
 //! - connect time: the median time from dialing a new connection to its first ping's answer,
 //!   [`CONNECT_ROUNDS`] connections one after another: what a pool of pre-opened streams
 //!   would shorten;
@@ -310,7 +313,11 @@ async fn throughput_gbit_s(address: SocketAddr, transfer_bytes: u64, streams: u6
 }
 
 async fn latency_p50_us(address: SocketAddr) -> Result<f64> {
-    let mut stream = open(address, MODE_ECHO).await?;
+    median_round_trip_us(open(address, MODE_ECHO).await?).await
+}
+
+/// The median ping round trip over `stream`, an echo, after a warm-up.
+async fn median_round_trip_us(mut stream: TcpStream) -> Result<f64> {
     for _ in 0..PING_WARMUP_ROUNDS {
         ping_once(&mut stream).await?;
     }
@@ -322,6 +329,35 @@ async fn latency_p50_us(address: SocketAddr) -> Result<f64> {
     }
     round_trips_us.sort_by(f64::total_cmp);
     Ok(round_trips_us[round_trips_us.len() / 2])
+}
+
+/// The median ping round trip over each of `streams` (echoes), measured in interleaved
+/// rounds: each round pings every stream once, starting one further along each time, so
+/// the machine's moments of noise (a neighbour's burst, a frequency change) fall on every
+/// path alike instead of on whichever was measured then.
+async fn interleaved_p50_us(mut streams: Vec<TcpStream>) -> Result<Vec<f64>> {
+    for stream in &mut streams {
+        for _ in 0..PING_WARMUP_ROUNDS {
+            ping_once(stream).await?;
+        }
+    }
+    let count = streams.len();
+    let mut round_trips_us = vec![Vec::with_capacity(PING_ROUNDS); count];
+    for round in 0..PING_ROUNDS {
+        for offset in 0..count {
+            let index = (round + offset) % count;
+            let started = Instant::now();
+            ping_once(&mut streams[index]).await?;
+            round_trips_us[index].push(started.elapsed().as_secs_f64() * 1e6);
+        }
+    }
+    Ok(round_trips_us
+        .into_iter()
+        .map(|mut samples| {
+            samples.sort_by(f64::total_cmp);
+            samples[samples.len() / 2]
+        })
+        .collect())
 }
 
 /// The median time from dialing a new connection to its first answered ping.
@@ -632,24 +668,28 @@ fn start_rathole(
     Ok((SocketAddr::from(([127, 0, 0, 1], visitor_port)), pids))
 }
 
-/// rathole's figures with one transport; its processes are stopped after.
+/// rathole's figures with one transport, and its visitor address and processes, still
+/// running.
 async fn measure_rathole(
     procs: &mut Procs,
     binary: &Path,
     sink: SocketAddr,
     transfer_bytes: u64,
     keys: Option<&(String, String)>,
-) -> Result<Figures> {
+) -> Result<(Figures, SocketAddr, [u32; 2])> {
     let (visitor, pids) = start_rathole(procs, binary, sink, keys)?;
-    let figures = async {
-        until_ready(visitor).await?;
-        measure(visitor, transfer_bytes, Some(&pids)).await
-    }
-    .await;
-    for pid in pids {
-        procs.stop(pid);
-    }
-    figures
+    until_ready(visitor).await?;
+    let figures = measure(visitor, transfer_bytes, Some(&pids)).await?;
+    Ok((figures, visitor, pids))
+}
+
+/// rathole's runs: with Noise (left running, for the round trips side by side with
+/// Flotilla's) and with plain TCP.
+struct Ratholes {
+    noise: Figures,
+    tcp: Figures,
+    noise_visitor: SocketAddr,
+    noise_pids: [u32; 2],
 }
 
 /// rathole with Noise, then with plain TCP; None (with the reason printed) where rathole
@@ -658,7 +698,7 @@ async fn measure_ratholes(
     procs: &mut Procs,
     sink: SocketAddr,
     transfer_bytes: u64,
-) -> Result<Option<(Figures, Figures)>> {
+) -> Result<Option<Ratholes>> {
     let binary = match rathole_binary() {
         Ok(binary) => binary,
         Err(error) => {
@@ -667,11 +707,20 @@ async fn measure_ratholes(
         }
     };
     let keys = rathole_keypair(&binary)?;
-    let noise = measure_rathole(procs, &binary, sink, transfer_bytes, Some(&keys)).await?;
+    let (noise, noise_visitor, noise_pids) =
+        measure_rathole(procs, &binary, sink, transfer_bytes, Some(&keys)).await?;
     report("rathole noise", &noise);
-    let tcp = measure_rathole(procs, &binary, sink, transfer_bytes, None).await?;
+    let (tcp, _, tcp_pids) = measure_rathole(procs, &binary, sink, transfer_bytes, None).await?;
     report("rathole tcp", &tcp);
-    Ok(Some((noise, tcp)))
+    for pid in tcp_pids {
+        procs.stop(pid);
+    }
+    Ok(Some(Ratholes {
+        noise,
+        tcp,
+        noise_visitor,
+        noise_pids,
+    }))
 }
 
 // --- Flotilla -------------------------------------------------------------------------------
@@ -860,12 +909,16 @@ fn start_connect(
     Ok((pid, listening_address(&line)?))
 }
 
-/// Flotilla's figures, and where the node's service listened (`namespace` or `host`).
+/// Flotilla's figures; then the round trips through it (with and without `flotilla
+/// connect`), over raw TCP to `raw` and through rathole's `rathole` visitor address, side by
+/// side; and where the node's service listened (`namespace` or `host`).
 async fn measure_flotilla(
     procs: &mut Procs,
     exe: &Path,
     transfer_bytes: u64,
-) -> Result<(Figures, &'static str)> {
+    raw: SocketAddr,
+    rathole: Option<SocketAddr>,
+) -> Result<(Figures, Latencies, &'static str)> {
     let market = start_market(procs).await?;
     let port = free_port()?;
     let cluster = deploy(&market.renter, port).await?;
@@ -878,6 +931,27 @@ async fn measure_flotilla(
     until_ready(local).await?;
     let pids = [market.coordinator_pid, market.worker_pid, connect_pid];
     let figures = measure(local, transfer_bytes, Some(&pids)).await;
+    let latencies = async {
+        let mut streams = vec![
+            open(raw, MODE_ECHO).await?,
+            open(local, MODE_ECHO).await?,
+            open_direct(&market, &cluster.id, port).await?,
+        ];
+        if let Some(visitor) = rathole {
+            streams.push(open(visitor, MODE_ECHO).await?);
+        }
+        let limit = Duration::from_secs(MEASURE_TIMEOUT_S);
+        let p50s = tokio::time::timeout(limit, interleaved_p50_us(streams))
+            .await
+            .map_err(|_| anyhow::anyhow!("the interleaved pings took over {limit:?}"))??;
+        anyhow::Ok(Latencies {
+            raw_us: p50s[0],
+            flotilla_us: p50s[1],
+            direct_us: p50s[2],
+            rathole_noise_us: p50s.get(3).copied(),
+        })
+    }
+    .await;
     let terminated: Result<ClusterInfo, _> = market
         .renter
         .post_empty(&format!("clusters/{}/terminate", cluster.id))
@@ -886,7 +960,52 @@ async fn measure_flotilla(
         Ok(_) => until_namespace_gone(&node.run_id).await,
         Err(error) => eprintln!("terminating cluster {}: {error}", cluster.id),
     }
-    Ok((figures?, node_network))
+    Ok((figures?, latencies?, node_network))
+}
+
+/// Median round trips measured side by side ([`interleaved_p50_us`]).
+struct Latencies {
+    raw_us: f64,
+    /// Through `flotilla connect`.
+    flotilla_us: f64,
+    /// Through the coordinator's upgrade, without `flotilla connect`.
+    direct_us: f64,
+    rathole_noise_us: Option<f64>,
+}
+
+/// An echo connection through the coordinator without `flotilla connect`: this program asks
+/// for the tunnel itself (the HTTP upgrade a browser's WebSocket or any client library
+/// makes), so only the coordinator and the worker relay, as rathole's server and client do.
+async fn open_direct(market: &Market, cluster: &str, port: u16) -> Result<TcpStream> {
+    let authority = market
+        .url
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
+    let mut stream = TcpStream::connect(&authority)
+        .await
+        .with_context(|| format!("connecting to {authority}"))?;
+    stream.set_nodelay(true)?;
+    let request = format!(
+        "GET /api/v1/clusters/{cluster}/connect?node=0&port={port} HTTP/1.1\r\nHost: {authority}\r\n\
+         Connection: upgrade\r\nUpgrade: flotilla-tunnel\r\nAuthorization: Bearer {}\r\n\r\n",
+        market.renter_key
+    );
+    stream.write_all(request.as_bytes()).await?;
+    // The response's head, a byte at a time so nothing past it is consumed.
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        head.push(stream.read_u8().await?);
+        if head.len() > 16 * 1024 {
+            bail!("the coordinator's answer to the upgrade has no end");
+        }
+    }
+    let head = String::from_utf8_lossy(&head);
+    if !head.starts_with("HTTP/1.1 101") {
+        bail!("the coordinator refused the upgrade: {head}");
+    }
+    stream.write_u8(MODE_ECHO).await?;
+    Ok(stream)
 }
 
 /// Waits for the worker to remove the stopped node's namespace, so killing the worker after
@@ -923,31 +1042,51 @@ async fn bench(transfer_mib: u64) -> Result<()> {
     let raw = measure(sink, transfer_bytes, None).await?;
     report("raw tcp", &raw);
     let rathole = measure_ratholes(&mut procs, sink, transfer_bytes).await?;
-    let (flotilla, node_network) = measure_flotilla(&mut procs, &exe, transfer_bytes).await?;
+    let visitor = rathole.as_ref().map(|r| r.noise_visitor);
+    let (flotilla, latencies, node_network) =
+        measure_flotilla(&mut procs, &exe, transfer_bytes, sink, visitor).await?;
+    for pid in rathole.as_ref().map_or([0; 2], |r| r.noise_pids) {
+        procs.stop(pid);
+    }
     report("flotilla", &flotilla);
-    println!(
-        "{}",
-        summary(
-            transfer_mib,
-            node_network,
-            &raw,
-            rathole.as_ref(),
-            &flotilla
-        )
+    let rathole_us = latencies
+        .rathole_noise_us
+        .map_or("-".to_owned(), |us| format!("{us:.0}"));
+    eprintln!(
+        "side by side, p50 round trip: raw tcp {:.0} µs, rathole noise {rathole_us} µs, \
+         flotilla {:.0} µs, flotilla without `connect` {:.0} µs",
+        latencies.raw_us, latencies.flotilla_us, latencies.direct_us
     );
+    let paths = Paths {
+        raw: &raw,
+        rathole: rathole.as_ref(),
+        flotilla: &flotilla,
+        latencies: &latencies,
+    };
+    println!("{}", summary(transfer_mib, node_network, &paths));
     Ok(())
 }
 
-fn summary(
-    transfer_mib: u64,
-    node_network: &str,
-    raw: &Figures,
-    rathole: Option<&(Figures, Figures)>,
-    flotilla: &Figures,
-) -> serde_json::Value {
-    let noise = rathole.map(|(noise, _)| noise);
-    let tcp = rathole.map(|(_, tcp)| tcp);
-    json!({
+/// Every path's figures, for the summary.
+struct Paths<'a> {
+    raw: &'a Figures,
+    rathole: Option<&'a Ratholes>,
+    flotilla: &'a Figures,
+    latencies: &'a Latencies,
+}
+
+/// The JSON line. Round trips and added latencies come from the side-by-side rounds, except
+/// rathole with plain TCP's (context), measured alone.
+fn summary(transfer_mib: u64, node_network: &str, paths: &Paths) -> serde_json::Value {
+    let Paths {
+        raw,
+        rathole,
+        flotilla,
+        latencies,
+    } = paths;
+    let noise = rathole.map(|r| &r.noise);
+    let tcp = rathole.map(|r| &r.tcp);
+    let mut figures = json!({
         "bench": "tunnel",
         "transfer_mib": transfer_mib,
         "parallel_streams": PARALLEL_STREAMS,
@@ -967,15 +1106,13 @@ fn summary(
         "parallel_throughput_vs_rathole":
             noise.map(|f| rounded(flotilla.parallel_gbit_s / f.parallel_gbit_s, 3)),
         "throughput_vs_raw_tcp": rounded(flotilla.gbit_s / raw.gbit_s, 3),
-        "raw_tcp_latency_p50_us": rounded(raw.latency_p50_us, 1),
-        "rathole_noise_latency_p50_us": noise.map(|f| rounded(f.latency_p50_us, 1)),
-        "rathole_tcp_latency_p50_us": tcp.map(|f| rounded(f.latency_p50_us, 1)),
-        "flotilla_latency_p50_us": rounded(flotilla.latency_p50_us, 1),
-        "added_latency_p50_us": rounded(flotilla.latency_p50_us - raw.latency_p50_us, 1),
+        "raw_tcp_latency_p50_us": rounded(latencies.raw_us, 1),
+        "rathole_noise_latency_p50_us": latencies.rathole_noise_us.map(|us| rounded(us, 1)),
+        "rathole_tcp_alone_latency_p50_us": tcp.map(|f| rounded(f.latency_p50_us, 1)),
+        "flotilla_latency_p50_us": rounded(latencies.flotilla_us, 1),
+        "added_latency_p50_us": rounded(latencies.flotilla_us - latencies.raw_us, 1),
         "rathole_added_latency_p50_us":
-            noise.map(|f| rounded(f.latency_p50_us - raw.latency_p50_us, 1)),
-        "rathole_tcp_added_latency_p50_us":
-            tcp.map(|f| rounded(f.latency_p50_us - raw.latency_p50_us, 1)),
+            latencies.rathole_noise_us.map(|us| rounded(us - latencies.raw_us, 1)),
         "connect_rounds": CONNECT_ROUNDS,
         "raw_tcp_connect_p50_us": rounded(raw.connect_p50_us, 1),
         "rathole_noise_connect_p50_us": noise.map(|f| rounded(f.connect_p50_us, 1)),
@@ -993,5 +1130,10 @@ fn summary(
             "added_latency_p50_us": "at most rathole_added_latency_p50_us",
             "idle_connection_bytes": IDLE_CONNECTION_BYTES_TARGET,
         },
-    })
+    });
+    // Without `flotilla connect`: the tunnel's own relays, the coordinator and the worker.
+    figures["flotilla_direct_latency_p50_us"] = json!(rounded(latencies.direct_us, 1));
+    figures["direct_added_latency_p50_us"] =
+        json!(rounded(latencies.direct_us - latencies.raw_us, 1));
+    figures
 }
