@@ -174,14 +174,14 @@ async fn load_key(store: &Store) -> Result<SigningKey, LedgerError> {
 /// database's work overlap. A prepared batch assumed its predecessor would commit; when one
 /// does not, the writer drops its book and runs the next batch again from the store.
 async fn write_loop(store: Store, mut receiver: mpsc::Receiver<Submission>) {
-    let mut book: Option<Cache> = None;
+    let mut cache: Option<Cache> = None;
     let mut inflight: Option<InFlight> = None;
     loop {
         let submissions = match &inflight {
             Some(_) => {
                 let ready = gather(None, &mut receiver);
                 if ready.is_empty() {
-                    finish(&store, &mut book, inflight.take()).await;
+                    finish(&store, &mut cache, inflight.take()).await;
                     continue;
                 }
                 ready
@@ -191,9 +191,9 @@ async fn write_loop(store: Store, mut receiver: mpsc::Receiver<Submission>) {
                 None => return,
             },
         };
-        if inflight.is_some() && book.as_ref().is_some_and(Cache::too_big) {
-            finish(&store, &mut book, inflight.take()).await;
-            book = None;
+        if inflight.is_some() && cache.as_ref().is_some_and(Cache::too_big) {
+            finish(&store, &mut cache, inflight.take()).await;
+            cache = None;
         }
         let mut submissions = submissions;
         let transfers: Vec<Transfer> = submissions
@@ -201,15 +201,15 @@ async fn write_loop(store: Store, mut receiver: mpsc::Receiver<Submission>) {
             .flat_map(|s| std::mem::take(&mut s.transfers))
             .collect();
         let now_ms = flotilla_proto::time::now_unix_ms();
-        let prepared = prepare(&store, &mut book, &transfers, now_ms).await;
-        let continuous = finish(&store, &mut book, inflight.take()).await;
+        let prepared = prepare(&store, &mut cache, &transfers, now_ms).await;
+        let continuous = finish(&store, &mut cache, inflight.take()).await;
         match prepared {
             Ok(prepared) if continuous => {
                 inflight = Some(start(&store, submissions, transfers, prepared));
             }
             _ => {
-                book = None;
-                let result = commit_batch(&store, &mut book, &transfers, now_ms).await;
+                cache = None;
+                let result = commit_batch(&store, &mut cache, &transfers, now_ms).await;
                 reply(submissions, result);
             }
         }
@@ -335,7 +335,7 @@ fn start(
 /// Waits for the batch in flight and answers it. True when it committed as prepared, so the
 /// book (which includes it) is still the store's future; false when it had to run again
 /// (conflict) or failed, and the book was dropped.
-async fn finish(store: &Store, book: &mut Option<Cache>, inflight: Option<InFlight>) -> bool {
+async fn finish(store: &Store, cache: &mut Option<Cache>, inflight: Option<InFlight>) -> bool {
     let Some(batch) = inflight else {
         return true;
     };
@@ -345,22 +345,22 @@ async fn finish(store: &Store, book: &mut Option<Cache>, inflight: Option<InFlig
     };
     match result {
         Ok(()) => {
-            if let Some(cache) = book {
-                cache.book.trim_seen_through(batch.head.seq);
+            if let Some(kept) = cache {
+                kept.book.trim_seen_through(batch.head.seq);
             }
             reply(batch.submissions, Ok(batch.outcomes));
             true
         }
         Err(LedgerError::Store(flotilla_store::StoreError::Conflict(_))) => {
-            *book = None;
+            *cache = None;
             let now_ms = flotilla_proto::time::now_unix_ms();
-            let result = commit_batch(store, book, &batch.transfers, now_ms).await;
-            *book = None;
+            let result = commit_batch(store, cache, &batch.transfers, now_ms).await;
+            *cache = None;
             reply(batch.submissions, result);
             false
         }
         Err(error) => {
-            *book = None;
+            *cache = None;
             reply(batch.submissions, Err(error));
             false
         }

@@ -7,6 +7,11 @@ use sqlx::any::AnyRow;
 
 use crate::{Backend, Result, Store, StoreError, col, to_i64, to_u64};
 
+/// Most entries an owner's history walk steps over to reach a cursor that is not one of the
+/// owner's own entries (a page's cursor always is): a bound on what one request can make the
+/// database read.
+pub const HISTORY_STEPS_OVER_MAX: u32 = 100_000;
+
 /// Most bind parameters in one statement: under SQLite's 32,766 and PostgreSQL's 65,535.
 const PARAMS_PER_STATEMENT_MAX: usize = 30_000;
 
@@ -254,7 +259,8 @@ impl Store {
     /// A walk back along the owner's chain (see [`LedgerAccountRow::owner_last_seq`]). It
     /// starts at the owner's entry just below `before_seq` when `before_seq` is one of the
     /// owner's entries (a page's cursor is its last entry), else at the newest one, stepping
-    /// over entries at or past `before_seq`, and stops after `limit` entries.
+    /// over entries at or past `before_seq` (at most [`HISTORY_STEPS_OVER_MAX`]: past that
+    /// the page is empty), and stops after `limit` entries.
     pub async fn ledger_history(
         &self,
         owner: &str,
@@ -266,17 +272,18 @@ impl Store {
             Some(entry) if entry.credit_owner == owner => entry.credit_prev_seq,
             _ => self.ledger_owner_last_seq(owner).await?,
         };
-        // `chain` holds the entries to visit, and how many of those visited were below
-        // `before_seq`; it grows until `limit` of those, so the walk is as long as the page
-        // (plus any entries stepped over).
+        // `chain` holds the entries to visit, how many of those visited were below
+        // `before_seq`, and how many were not; it grows until `limit` of the first, so the walk
+        // is as long as the page plus the entries stepped over.
         let sql = format!(
-            "WITH RECURSIVE chain (seq, taken) AS ( \
-                 SELECT CAST($1 AS BIGINT), 0 \
+            "WITH RECURSIVE chain (seq, taken, passed) AS ( \
+                 SELECT CAST($1 AS BIGINT), 0, 0 \
                  UNION ALL \
                  SELECT CASE WHEN e.debit_owner = $2 THEN e.debit_prev_seq ELSE e.credit_prev_seq END, \
-                        chain.taken + CASE WHEN e.seq < $3 THEN 1 ELSE 0 END \
+                        chain.taken + CASE WHEN e.seq < $3 THEN 1 ELSE 0 END, \
+                        chain.passed + CASE WHEN e.seq < $3 THEN 0 ELSE 1 END \
                  FROM chain JOIN ledger_entries e ON e.seq = chain.seq \
-                 WHERE chain.taken < $4 \
+                 WHERE chain.taken < $4 AND chain.passed < {HISTORY_STEPS_OVER_MAX} \
              ) \
              SELECT {ENTRY_COLUMNS_OF_E} FROM chain JOIN ledger_entries e ON e.seq = chain.seq \
              WHERE e.seq < $3 ORDER BY e.seq DESC LIMIT $4"
