@@ -312,23 +312,10 @@ async fn throughput_gbit_s(address: SocketAddr, transfer_bytes: u64, streams: u6
     Ok((per_stream_bytes * streams * 8) as f64 / seconds / 1e9)
 }
 
+/// The median ping round trip through `address` alone.
 async fn latency_p50_us(address: SocketAddr) -> Result<f64> {
-    median_round_trip_us(open(address, MODE_ECHO).await?).await
-}
-
-/// The median ping round trip over `stream`, an echo, after a warm-up.
-async fn median_round_trip_us(mut stream: TcpStream) -> Result<f64> {
-    for _ in 0..PING_WARMUP_ROUNDS {
-        ping_once(&mut stream).await?;
-    }
-    let mut round_trips_us = Vec::with_capacity(PING_ROUNDS);
-    for _ in 0..PING_ROUNDS {
-        let started = Instant::now();
-        ping_once(&mut stream).await?;
-        round_trips_us.push(started.elapsed().as_secs_f64() * 1e6);
-    }
-    round_trips_us.sort_by(f64::total_cmp);
-    Ok(round_trips_us[round_trips_us.len() / 2])
+    let p50s = interleaved_p50_us(vec![open(address, MODE_ECHO).await?]).await?;
+    Ok(p50s[0])
 }
 
 /// The median ping round trip over each of `streams` (echoes), measured in interleaved
@@ -1045,8 +1032,10 @@ async fn bench(transfer_mib: u64) -> Result<()> {
     let visitor = rathole.as_ref().map(|r| r.noise_visitor);
     let (flotilla, latencies, node_network) =
         measure_flotilla(&mut procs, &exe, transfer_bytes, sink, visitor).await?;
-    for pid in rathole.as_ref().map_or([0; 2], |r| r.noise_pids) {
-        procs.stop(pid);
+    if let Some(rathole) = &rathole {
+        for pid in rathole.noise_pids {
+            procs.stop(pid);
+        }
     }
     report("flotilla", &flotilla);
     let rathole_us = latencies

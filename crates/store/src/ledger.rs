@@ -85,6 +85,9 @@ const ENTRY_COLUMNS: &str = "seq, id, digest, at_ms, debit_owner, credit_owner, 
 /// The same, each column of the entry `e`.
 const ENTRY_COLUMNS_OF_E: &str = "e.seq, e.id, e.digest, e.at_ms, e.debit_owner, e.credit_owner, e.body, e.hash, \
      e.debit_prev_seq, e.credit_prev_seq";
+/// The newest entry of the owner `$1` (null: none), as a subquery: the largest
+/// [`LedgerAccountRow::owner_last_seq`] among its accounts.
+const OWNER_LAST_SEQ: &str = "SELECT MAX(owner_last_seq) FROM ledger_accounts WHERE owner = $1";
 const ACCOUNT_COLUMNS: &str = "id, owner, token, posted, held, owner_last_seq";
 
 fn entry_from(row: &AnyRow) -> Result<LedgerEntryRow> {
@@ -267,45 +270,34 @@ impl Store {
         before_seq: u64,
         limit: u32,
     ) -> Result<Vec<LedgerEntryRow>> {
-        let start_seq = match self.ledger_entry(before_seq).await? {
-            Some(entry) if entry.debit_owner == owner => entry.debit_prev_seq,
-            Some(entry) if entry.credit_owner == owner => entry.credit_prev_seq,
-            _ => self.ledger_owner_last_seq(owner).await?,
-        };
         // `chain` holds the entries to visit, how many of those visited were below
         // `before_seq`, and how many were not; it grows until `limit` of the first, so the walk
-        // is as long as the page plus the entries stepped over.
+        // is as long as the page plus the entries stepped over. It starts at the owner's
+        // entry before the cursor's when the cursor is the owner's, else at the newest.
         let sql = format!(
             "WITH RECURSIVE chain (seq, taken, passed) AS ( \
-                 SELECT CAST($1 AS BIGINT), 0, 0 \
+                 SELECT COALESCE( \
+                     (SELECT CASE WHEN debit_owner = $1 THEN debit_prev_seq \
+                                  WHEN credit_owner = $1 THEN credit_prev_seq END \
+                      FROM ledger_entries WHERE seq = $2), \
+                     ({OWNER_LAST_SEQ}), 0), 0, 0 \
                  UNION ALL \
-                 SELECT CASE WHEN e.debit_owner = $2 THEN e.debit_prev_seq ELSE e.credit_prev_seq END, \
-                        chain.taken + CASE WHEN e.seq < $3 THEN 1 ELSE 0 END, \
-                        chain.passed + CASE WHEN e.seq < $3 THEN 0 ELSE 1 END \
+                 SELECT CASE WHEN e.debit_owner = $1 THEN e.debit_prev_seq ELSE e.credit_prev_seq END, \
+                        chain.taken + CASE WHEN e.seq < $2 THEN 1 ELSE 0 END, \
+                        chain.passed + CASE WHEN e.seq < $2 THEN 0 ELSE 1 END \
                  FROM chain JOIN ledger_entries e ON e.seq = chain.seq \
-                 WHERE chain.taken < $4 AND chain.passed < {HISTORY_STEPS_OVER_MAX} \
+                 WHERE chain.taken < $3 AND chain.passed < {HISTORY_STEPS_OVER_MAX} \
              ) \
              SELECT {ENTRY_COLUMNS_OF_E} FROM chain JOIN ledger_entries e ON e.seq = chain.seq \
-             WHERE e.seq < $3 ORDER BY e.seq DESC LIMIT $4"
+             WHERE e.seq < $2 ORDER BY e.seq DESC LIMIT $3"
         );
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(to_i64(start_seq))
             .bind(owner)
             .bind(to_i64(before_seq))
             .bind(i64::from(limit))
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(entry_from).collect()
-    }
-
-    /// The newest entry touching `owner`'s accounts (0: none).
-    pub async fn ledger_owner_last_seq(&self, owner: &str) -> Result<u64> {
-        let last: Option<i64> =
-            sqlx::query_scalar("SELECT MAX(owner_last_seq) FROM ledger_accounts WHERE owner = $1")
-                .bind(owner)
-                .fetch_one(&self.pool)
-                .await?;
-        Ok(last.map_or(0, to_u64))
     }
 
     /// Entries touching `owner`'s accounts after `after_seq` and dated `since_ms` or later,
@@ -319,20 +311,18 @@ impl Store {
         since_ms: i64,
         limit: u32,
     ) -> Result<Vec<LedgerEntryRow>> {
-        let start_seq = self.ledger_owner_last_seq(owner).await?;
         let sql = format!(
             "WITH RECURSIVE chain (seq) AS ( \
-                 SELECT CAST($1 AS BIGINT) \
+                 SELECT COALESCE(({OWNER_LAST_SEQ}), 0) \
                  UNION ALL \
-                 SELECT CASE WHEN e.debit_owner = $2 THEN e.debit_prev_seq ELSE e.credit_prev_seq END \
+                 SELECT CASE WHEN e.debit_owner = $1 THEN e.debit_prev_seq ELSE e.credit_prev_seq END \
                  FROM chain JOIN ledger_entries e ON e.seq = chain.seq \
-                 WHERE e.seq > $3 AND e.at_ms >= $4 \
+                 WHERE e.seq > $2 AND e.at_ms >= $3 \
              ) \
              SELECT {ENTRY_COLUMNS_OF_E} FROM chain JOIN ledger_entries e ON e.seq = chain.seq \
-             WHERE e.seq > $3 AND e.at_ms >= $4 ORDER BY e.seq LIMIT $5"
+             WHERE e.seq > $2 AND e.at_ms >= $3 ORDER BY e.seq LIMIT $4"
         );
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(to_i64(start_seq))
             .bind(owner)
             .bind(to_i64(after_seq))
             .bind(since_ms)

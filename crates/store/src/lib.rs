@@ -707,7 +707,8 @@ mod tests {
                 ),
                 [5]
             );
-            assert_eq!(store.ledger_owner_last_seq("usr_c").await.unwrap(), 6);
+            let accounts = store.ledger_accounts_of("usr_c").await.unwrap();
+            assert_eq!(accounts[0].owner_last_seq, 6);
             store.close().await;
         }
     }
