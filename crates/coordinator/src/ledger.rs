@@ -283,13 +283,13 @@ async fn prepare(
     let cache = cache.get_or_insert_with(|| Cache::new(committed));
     let base = cache.book.head();
     load_for(&mut read, cache, transfers).await?;
-    let outcomes = cache.book.apply_batch(transfers, now_ms);
+    let (outcomes, canonical) = cache.book.apply_batch_canonical(transfers, now_ms);
     if refused_a_known_id(&mut read, transfers, &outcomes).await? {
         return Err(LedgerError::Store(flotilla_store::StoreError::Conflict(
             "ledger entry",
         )));
     }
-    let rows = BatchRows::collect(cache, &outcomes)?;
+    let rows = BatchRows::collect(cache, &outcomes, canonical)?;
     Ok(Prepared {
         outcomes,
         rows,
@@ -404,13 +404,13 @@ async fn try_commit(
         load_seen(&mut tx, &mut kept.book, transfers).await?;
     }
     load_for(&mut tx, &mut kept, transfers).await?;
-    let outcomes = kept.book.apply_batch(transfers, now_ms);
+    let (outcomes, canonical) = kept.book.apply_batch_canonical(transfers, now_ms);
     if !look_up_ids && refused_a_known_id(&mut tx, transfers, &outcomes).await? {
         return Err(LedgerError::Store(flotilla_store::StoreError::Conflict(
             "ledger entry",
         )));
     }
-    let rows = BatchRows::collect(&mut kept, &outcomes)?;
+    let rows = BatchRows::collect(&mut kept, &outcomes, canonical)?;
     tx.commit(
         rows.entries,
         rows.accounts,
@@ -604,26 +604,42 @@ struct BatchRows {
 }
 
 impl BatchRows {
-    /// The rows of the batch's applied entries; each entry is chained to its owners' previous
-    /// entries, and the cache's owners advanced past it.
-    fn collect(cache: &mut Cache, outcomes: &[Outcome]) -> Result<BatchRows, LedgerError> {
+    /// The rows of the batch's applied entries, whose bodies are their canonical JSON as the
+    /// book hashed it (`canonical`, beside `outcomes`); each entry is chained to its owners'
+    /// previous entries, and the cache's owners advanced past it.
+    fn collect(
+        cache: &mut Cache,
+        outcomes: &[Outcome],
+        canonical: Vec<Option<String>>,
+    ) -> Result<BatchRows, LedgerError> {
         let Cache {
             book,
             owner_last_seq,
         } = cache;
-        let applied: Vec<&Entry> = outcomes
+        let (applied, bodies): (Vec<&Entry>, Vec<String>) = outcomes
             .iter()
-            .filter_map(|o| match o {
-                Outcome::Applied(entry) => Some(entry),
+            .zip(canonical)
+            .filter_map(|pair| match pair {
+                (Outcome::Applied(entry), Some(body)) => Some((entry, body)),
                 _ => None,
             })
-            .collect();
+            .unzip();
+        if applied.len()
+            != outcomes
+                .iter()
+                .filter(|o| matches!(o, Outcome::Applied(_)))
+                .count()
+        {
+            return Err(LedgerError::Corrupt(
+                "an applied entry without its JSON".into(),
+            ));
+        }
         let mut entries = Vec::with_capacity(applied.len());
         // Sorted and deduplicated once at the end (cheaper than hashing each account name),
         // which also hands the store its balance rows in key order.
         let mut touched_accounts: Vec<&AccountId> = Vec::with_capacity(2 * applied.len());
         let mut touched_holds: HashSet<&str> = HashSet::new();
-        for (index, entry) in applied.iter().enumerate() {
+        for ((index, entry), body) in applied.iter().enumerate().zip(bodies) {
             // Applied entries form one chain: each one's hash is the next one's prev_hash, and
             // the last one's is the head's, so none is hashed twice.
             let hash = applied.get(index + 1).map_or_else(
@@ -647,7 +663,7 @@ impl BatchRows {
                 }
                 _ => {}
             }
-            let mut row = entry_row(entry, digest, hash);
+            let mut row = entry_row(entry, body, digest, hash);
             (row.debit_prev_seq, row.credit_prev_seq) = chain(
                 owner_last_seq,
                 &row.debit_owner,
@@ -718,7 +734,7 @@ fn chain(
     Ok((debit_prev_seq, credit_prev_seq))
 }
 
-fn entry_row(entry: &Entry, digest: String, hash: String) -> LedgerEntryRow {
+fn entry_row(entry: &Entry, body: String, digest: String, hash: String) -> LedgerEntryRow {
     let (debit_owner, credit_owner) = entry
         .effect
         .accounts()
@@ -731,7 +747,7 @@ fn entry_row(entry: &Entry, digest: String, hash: String) -> LedgerEntryRow {
         at_ms: entry.at_ms,
         debit_owner,
         credit_owner,
-        body: serde_json::to_string(entry).expect("an entry serializes"),
+        body,
         hash,
         debit_prev_seq: 0,
         credit_prev_seq: 0,

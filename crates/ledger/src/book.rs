@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::account::{AccountId, Token};
-use crate::log::{Hash, entry_hash};
+use crate::log::{Hash, canonical_hash, canonical_json, entry_hash};
 
 /// Largest amount of one transfer, in base units (a thousand billion tokens).
 pub const AMOUNT_MAX: u64 = 1_000_000_000_000_000_000;
@@ -298,6 +298,12 @@ pub struct Book {
     head: Head,
 }
 
+/// A batch's outcomes so far, and beside each the canonical JSON of the entry it applied as.
+struct Applied {
+    outcomes: Vec<Outcome>,
+    canonical: Vec<Option<String>>,
+}
+
 /// One change to undo if a linked chain fails.
 enum Undo {
     Balance(AccountId, Option<Balance>),
@@ -395,33 +401,51 @@ impl Book {
     /// Applies a batch in order at the server's time `now_ms`. A linked chain (transfers with
     /// `linked` set, and the one after the last of them) applies whole or not at all.
     pub fn apply_batch(&mut self, batch: &[Transfer], now_ms: i64) -> Vec<Outcome> {
-        let mut outcomes = Vec::with_capacity(batch.len());
+        self.apply_batch_canonical(batch, now_ms).0
+    }
+
+    /// [`Book::apply_batch`], with each applied entry's canonical JSON beside its outcome
+    /// (`None` for the others): the bytes its hash covers, which a writer stores as they are
+    /// rather than serializing the entry a second time.
+    pub fn apply_batch_canonical(
+        &mut self,
+        batch: &[Transfer],
+        now_ms: i64,
+    ) -> (Vec<Outcome>, Vec<Option<String>>) {
+        let mut applied = Applied {
+            outcomes: Vec::with_capacity(batch.len()),
+            canonical: Vec::with_capacity(batch.len()),
+        };
         let mut start = 0;
         while start < batch.len() {
             let end = batch[start..]
                 .iter()
                 .position(|t| !t.linked)
                 .map_or(batch.len(), |i| start + i + 1);
-            self.apply_chain(&batch[start..end], now_ms, &mut outcomes);
+            self.apply_chain(&batch[start..end], now_ms, &mut applied);
             start = end;
         }
-        outcomes
+        debug_assert_eq!(applied.outcomes.len(), applied.canonical.len());
+        (applied.outcomes, applied.canonical)
     }
 
-    fn apply_chain(&mut self, chain: &[Transfer], now_ms: i64, outcomes: &mut Vec<Outcome>) {
+    fn apply_chain(&mut self, chain: &[Transfer], now_ms: i64, applied: &mut Applied) {
         let mut undo = Vec::new();
-        let first = outcomes.len();
+        let first = applied.outcomes.len();
         for (index, transfer) in chain.iter().enumerate() {
-            let outcome = self.apply_one(transfer, now_ms, &mut undo);
+            let (outcome, canonical) = self.apply_one(transfer, now_ms, &mut undo);
             let failed = matches!(outcome, Outcome::Refused(_));
-            outcomes.push(outcome);
+            applied.outcomes.push(outcome);
+            applied.canonical.push(canonical);
             if failed {
                 // Also for a lone transfer: its debit may have applied before its credit failed.
                 self.roll_back(undo);
-                for earlier in &mut outcomes[first..first + index] {
+                for earlier in &mut applied.outcomes[first..first + index] {
                     *earlier = Outcome::Refused(TransferError::LinkedFailed);
                 }
-                outcomes.extend(
+                applied.canonical.truncate(first);
+                applied.canonical.resize(first + chain.len(), None);
+                applied.outcomes.extend(
                     (index + 1..chain.len()).map(|_| Outcome::Refused(TransferError::LinkedFailed)),
                 );
                 return;
@@ -452,23 +476,30 @@ impl Book {
         }
     }
 
-    fn apply_one(&mut self, transfer: &Transfer, now_ms: i64, undo: &mut Vec<Undo>) -> Outcome {
+    /// One transfer's outcome, and the canonical JSON of the entry it applied as.
+    fn apply_one(
+        &mut self,
+        transfer: &Transfer,
+        now_ms: i64,
+        undo: &mut Vec<Undo>,
+    ) -> (Outcome, Option<String>) {
         let digest = transfer_digest(transfer);
         if let Some(seen) = self.seen.get(&transfer.id) {
-            return if seen.digest == digest {
+            let outcome = if seen.digest == digest {
                 Outcome::Duplicate { seq: seen.seq }
             } else {
                 Outcome::Refused(TransferError::IdReused {
                     id: transfer.id.clone(),
                 })
             };
+            return (outcome, None);
         }
         // The chain's time never runs backwards (coordinators' clocks differ a little); holds
         // are judged at the time the entry will carry.
         let at_ms = now_ms.max(self.head.at_ms);
         let effect = match self.check(transfer, at_ms) {
             Ok(effect) => effect,
-            Err(error) => return Outcome::Refused(error),
+            Err(error) => return (Outcome::Refused(error), None),
         };
         let entry = Entry {
             seq: self.head.seq + 1,
@@ -480,12 +511,13 @@ impl Book {
             prev_hash: crate::log::encode_hash(&self.head.hash),
         };
         if let Err(error) = self.apply_effect(&entry, undo) {
-            return Outcome::Refused(error);
+            return (Outcome::Refused(error), None);
         }
+        let canonical = canonical_json(&entry);
         undo.push(Undo::Head(self.head));
         self.head = Head {
             seq: entry.seq,
-            hash: entry_hash(&entry),
+            hash: canonical_hash(&canonical),
             at_ms,
         };
         undo.push(Undo::Seen(transfer.id.clone()));
@@ -496,7 +528,7 @@ impl Book {
                 seq: entry.seq,
             },
         );
-        Outcome::Applied(entry)
+        (Outcome::Applied(entry), Some(canonical))
     }
 
     /// Checks a transfer's own fields and the holds it names, and says what it would do.

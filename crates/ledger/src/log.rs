@@ -34,10 +34,19 @@ const HEAD_DOMAIN: &[u8] = b"flotilla-ledger-head-v1";
 /// The hash of an entry: its canonical JSON (fields in declared order), which carries the
 /// previous entry's hash.
 pub fn entry_hash(entry: &Entry) -> Hash {
-    let bytes = serde_json::to_vec(entry).expect("an entry serializes");
+    canonical_hash(&canonical_json(entry))
+}
+
+/// An entry's canonical JSON: what its hash covers, and what the store keeps as its body.
+pub fn canonical_json(entry: &Entry) -> String {
+    serde_json::to_string(entry).expect("an entry serializes")
+}
+
+/// The hash of an entry whose canonical JSON is `canonical`.
+pub fn canonical_hash(canonical: &str) -> Hash {
     let mut hasher = Sha256::new();
     hasher.update(ENTRY_DOMAIN);
-    hasher.update(&bytes);
+    hasher.update(canonical.as_bytes());
     hasher.finalize().into()
 }
 

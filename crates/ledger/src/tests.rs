@@ -10,7 +10,7 @@ use crate::account::{AccountId, Purpose, Token};
 use crate::book::{Book, Entry, Head, Kind, OnExpiry, Op, Outcome, Transfer, TransferError};
 use crate::log::{
     EXPORT_FORMAT, EXPORT_VERSION, EpochSeal, ExportHeader, ExportLine, InclusionProof, SignedHead,
-    epoch_of, verify_export,
+    canonical_hash, entry_hash, epoch_of, verify_export,
 };
 use crate::rent::{FeePolicy, NodeMinute, minute_transfers};
 
@@ -76,7 +76,8 @@ fn overdrafts_are_refused_and_a_failed_link_undoes_its_chain() {
     let mut first = mv("x1", a.clone(), b.clone(), 30);
     first.linked = true;
     let second = mv("x2", a.clone(), b.clone(), 30);
-    let outcomes = book.apply_batch(&[first, second], 1);
+    let (outcomes, canonical) = book.apply_batch_canonical(&[first, second], 1);
+    assert_eq!(canonical, [None, None], "no JSON for the undone chain");
     assert_eq!(
         outcomes[0],
         Outcome::Refused(TransferError::LinkedFailed),
@@ -635,11 +636,19 @@ proptest! {
                 model.now_ms += ms;
             }
             let batch = model.batch(step, &book);
-            let outcomes = book.apply_batch(&batch, model.now_ms);
+            let (outcomes, canonical) = book.apply_batch_canonical(&batch, model.now_ms);
             prop_assert_eq!(outcomes.len(), batch.len());
-            for outcome in &outcomes {
-                if let Outcome::Applied(entry) = outcome {
-                    model.record(entry);
+            prop_assert_eq!(canonical.len(), batch.len());
+            for (outcome, json) in outcomes.iter().zip(&canonical) {
+                match (outcome, json) {
+                    (Outcome::Applied(entry), Some(json)) => {
+                        // What a writer stores is what the chain hashed.
+                        prop_assert_eq!(json, &serde_json::to_string(entry).unwrap());
+                        prop_assert_eq!(canonical_hash(json), entry_hash(entry));
+                        model.record(entry);
+                    }
+                    (Outcome::Applied(_), None) => prop_assert!(false, "applied without JSON"),
+                    (_, json) => prop_assert!(json.is_none(), "JSON for {:?}", outcome),
                 }
             }
             if !matches!(step, Step::Resend { .. }) {

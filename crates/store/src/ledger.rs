@@ -90,6 +90,16 @@ const ENTRY_COLUMNS_OF_E: &str = "e.seq, e.id, e.digest, e.at_ms, e.debit_owner,
 const OWNER_LAST_SEQ: &str = "SELECT MAX(owner_last_seq) FROM ledger_accounts WHERE owner = $1";
 const ACCOUNT_COLUMNS: &str = "id, owner, token, posted, held, owner_last_seq";
 
+/// `(seq, hash, at_ms)` of the head row.
+type HeadTuple = (i64, String, i64);
+/// An account row's [`ACCOUNT_COLUMNS`], in order.
+type AccountTuple = (String, String, String, i64, i64, i64);
+/// A hold row's [`HOLD_COLUMNS`], in order.
+type HoldTuple = (String, String, String, i64, i64);
+/// `(id, digest, seq)` of an entry.
+type SeenTuple = (String, String, i64);
+const HOLD_COLUMNS: &str = "id, debit_owner, body, is_open, expires_at_ms";
+
 fn entry_from(row: &AnyRow) -> Result<LedgerEntryRow> {
     Ok(LedgerEntryRow {
         seq: to_u64(col(row, "seq")?),
@@ -160,9 +170,33 @@ fn chunks<T>(rows: Vec<T>, size: usize) -> impl Iterator<Item = Vec<T>> {
     })
 }
 
+/// A ledger transaction's connection: sqlx's SQLite driver where the store has a ledger pool
+/// (see `Store::ledger_pool`), else `Any`.
+enum Tx {
+    Any(sqlx::Transaction<'static, sqlx::Any>),
+    Sqlite(sqlx::Transaction<'static, sqlx::Sqlite>),
+}
+
+/// `$body` with `$conn` bound to the connection of the [`Tx`] `$tx`, whichever driver it is:
+/// the statements are written once and compiled for each.
+macro_rules! on_tx {
+    ($tx:expr, $conn:ident => $body:expr) => {
+        match $tx {
+            Tx::Any($conn) => $body,
+            Tx::Sqlite($conn) => $body,
+        }
+    };
+}
+
+/// One bind parameter of a row a batch writes; each string is moved in, not copied.
+enum Param {
+    Int(i64),
+    Text(String),
+}
+
 /// One open ledger transaction, holding the head's lock until commit or drop.
 pub struct LedgerTx {
-    tx: sqlx::Transaction<'static, sqlx::Any>,
+    tx: Tx,
     backend: Backend,
     /// Whether this transaction holds the head's lock (only such a one may commit).
     locked: bool,
@@ -181,10 +215,14 @@ impl Store {
     /// Begins a ledger batch: takes the head row's write lock (a write first, so SQLite takes
     /// its writer lock at once and PostgreSQL locks the row), then reads the head.
     pub async fn ledger_begin(&self) -> Result<LedgerTx> {
-        let mut tx = self.begin_write().await?;
-        sqlx::query("UPDATE ledger_head SET seq = seq WHERE id = 1")
-            .execute(&mut *tx)
-            .await?;
+        let mut tx = match self.ledger_pool() {
+            Some(pool) => Tx::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?),
+            None => Tx::Any(self.begin_write().await?),
+        };
+        on_tx!(&mut tx, conn => sqlx::query("UPDATE ledger_head SET seq = seq WHERE id = 1")
+            .execute(&mut **conn)
+            .await
+            .map(|_| ()))?;
         let head = read_head(&mut tx).await?;
         Ok(LedgerTx {
             tx,
@@ -200,7 +238,7 @@ impl Store {
     /// flight to release the writer lock, so the next batch could not be prepared beside it.
     /// In WAL mode it reads a snapshot of the committed state beside the writer instead.
     pub async fn ledger_read(&self) -> Result<LedgerTx> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = Tx::Any(self.pool.begin().await?);
         let head = read_head(&mut tx).await?;
         Ok(LedgerTx {
             tx,
@@ -211,22 +249,19 @@ impl Store {
     }
 
     pub async fn ledger_head(&self) -> Result<LedgerHeadRow> {
-        let mut conn = self.pool.acquire().await?;
-        let row = sqlx::query("SELECT seq, hash, at_ms FROM ledger_head WHERE id = 1")
-            .fetch_one(&mut *conn)
-            .await?;
-        head_from(&row)
+        let row = sqlx::query_as(HEAD_SELECT).fetch_one(&self.pool).await?;
+        Ok(head_from(row))
     }
 
     /// Every account of `owner`.
     pub async fn ledger_accounts_of(&self, owner: &str) -> Result<Vec<LedgerAccountRow>> {
         let sql =
             format!("SELECT {ACCOUNT_COLUMNS} FROM ledger_accounts WHERE owner = $1 ORDER BY id");
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        let rows: Vec<AccountTuple> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(owner)
             .fetch_all(&self.pool)
             .await?;
-        rows.iter().map(account_from).collect()
+        Ok(rows.into_iter().map(account_from).collect())
     }
 
     /// The stored balances among `ids` (a page's escrows at once); absent ones never moved.
@@ -238,23 +273,23 @@ impl Store {
             "SELECT {ACCOUNT_COLUMNS} FROM ledger_accounts WHERE id IN ({})",
             placeholders(self.backend, 1, ids.len())
         );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        let mut query = sqlx::query_as(sqlx::AssertSqlSafe(sql));
         for id in ids {
             query = query.bind(id);
         }
-        let rows = query.fetch_all(&self.pool).await?;
-        rows.iter().map(account_from).collect()
+        let rows: Vec<AccountTuple> = query.fetch_all(&self.pool).await?;
+        Ok(rows.into_iter().map(account_from).collect())
     }
 
     /// Every account with a balance in `purpose` (such as `stake`) of `token`.
     pub async fn ledger_accounts_like(&self, suffix: &str) -> Result<Vec<LedgerAccountRow>> {
         let sql =
             format!("SELECT {ACCOUNT_COLUMNS} FROM ledger_accounts WHERE id LIKE $1 ORDER BY id");
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        let rows: Vec<AccountTuple> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(format!("%{suffix}"))
             .fetch_all(&self.pool)
             .await?;
-        rows.iter().map(account_from).collect()
+        Ok(rows.into_iter().map(account_from).collect())
     }
 
     /// Entries touching `owner`'s accounts, newest first, below `before_seq`.
@@ -413,14 +448,15 @@ impl Store {
 
     /// Open holds on accounts of `owner` (for a wallet's view).
     pub async fn ledger_open_holds(&self, owner: &str) -> Result<Vec<LedgerHoldRow>> {
-        let rows = sqlx::query(
-            "SELECT id, debit_owner, body, is_open, expires_at_ms FROM ledger_holds \
-             WHERE debit_owner = $1 AND is_open = 1 ORDER BY expires_at_ms",
-        )
-        .bind(owner)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(hold_from).collect()
+        let sql = format!(
+            "SELECT {HOLD_COLUMNS} FROM ledger_holds \
+             WHERE debit_owner = $1 AND is_open = 1 ORDER BY expires_at_ms"
+        );
+        let rows: Vec<HoldTuple> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(owner)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.into_iter().map(hold_from).collect())
     }
 
     /// The last seal (epoch and part), if any.
@@ -497,120 +533,146 @@ impl Store {
     }
 }
 
-async fn read_head(tx: &mut sqlx::Transaction<'static, sqlx::Any>) -> Result<LedgerHeadRow> {
-    let row = sqlx::query("SELECT seq, hash, at_ms FROM ledger_head WHERE id = 1")
-        .fetch_one(&mut **tx)
-        .await?;
-    head_from(&row)
+const HEAD_SELECT: &str = "SELECT seq, hash, at_ms FROM ledger_head WHERE id = 1";
+
+async fn read_head(tx: &mut Tx) -> Result<LedgerHeadRow> {
+    let row = on_tx!(tx, conn => sqlx::query_as(HEAD_SELECT).fetch_one(&mut **conn).await)?;
+    Ok(head_from(row))
 }
 
-fn head_from(row: &AnyRow) -> Result<LedgerHeadRow> {
-    Ok(LedgerHeadRow {
-        seq: to_u64(col(row, "seq")?),
-        hash: col(row, "hash")?,
-        at_ms: col(row, "at_ms")?,
-    })
+fn head_from((seq, hash, at_ms): HeadTuple) -> LedgerHeadRow {
+    LedgerHeadRow {
+        seq: to_u64(seq),
+        hash,
+        at_ms,
+    }
 }
 
-fn account_from(row: &AnyRow) -> Result<LedgerAccountRow> {
-    Ok(LedgerAccountRow {
-        id: col(row, "id")?,
-        owner: col(row, "owner")?,
-        token: col(row, "token")?,
-        posted: col(row, "posted")?,
-        held: col(row, "held")?,
-        owner_last_seq: to_u64(col(row, "owner_last_seq")?),
-    })
+fn account_from(
+    (id, owner, token, posted, held, owner_last_seq): AccountTuple,
+) -> LedgerAccountRow {
+    LedgerAccountRow {
+        id,
+        owner,
+        token,
+        posted,
+        held,
+        owner_last_seq: to_u64(owner_last_seq),
+    }
 }
 
-fn seen_from(row: &AnyRow) -> Result<LedgerSeenRow> {
-    Ok(LedgerSeenRow {
-        id: col(row, "id")?,
-        digest: col(row, "digest")?,
-        seq: to_u64(col(row, "seq")?),
-    })
+fn seen_from((id, digest, seq): SeenTuple) -> LedgerSeenRow {
+    LedgerSeenRow {
+        id,
+        digest,
+        seq: to_u64(seq),
+    }
 }
 
-fn hold_from(row: &AnyRow) -> Result<LedgerHoldRow> {
-    Ok(LedgerHoldRow {
-        id: col(row, "id")?,
-        debit_owner: col(row, "debit_owner")?,
-        body: col(row, "body")?,
-        is_open: col::<i64>(row, "is_open")? == 1,
-        expires_at_ms: col(row, "expires_at_ms")?,
-    })
+fn hold_from((id, debit_owner, body, is_open, expires_at_ms): HoldTuple) -> LedgerHoldRow {
+    LedgerHoldRow {
+        id,
+        debit_owner,
+        body,
+        is_open: is_open == 1,
+        expires_at_ms,
+    }
 }
 
 impl LedgerTx {
     /// Stored balances of `ids` (absent ones have never moved).
     pub async fn accounts(&mut self, ids: &[String]) -> Result<Vec<LedgerAccountRow>> {
-        self.fetch_in(
-            &format!("SELECT {ACCOUNT_COLUMNS} FROM ledger_accounts WHERE id"),
-            "",
-            ids,
-            account_from,
-        )
-        .await
+        let select = format!("SELECT {ACCOUNT_COLUMNS} FROM ledger_accounts WHERE id");
+        let rows: Vec<AccountTuple> = self.fetch_in(&select, "", ids).await?;
+        Ok(rows.into_iter().map(account_from).collect())
     }
 
     /// Stored holds among `ids`.
     pub async fn holds(&mut self, ids: &[String]) -> Result<Vec<LedgerHoldRow>> {
-        self.fetch_in(
-            "SELECT id, debit_owner, body, is_open, expires_at_ms FROM ledger_holds WHERE id",
-            "",
-            ids,
-            hold_from,
-        )
-        .await
+        let select = format!("SELECT {HOLD_COLUMNS} FROM ledger_holds WHERE id");
+        let rows: Vec<HoldTuple> = self.fetch_in(&select, "", ids).await?;
+        Ok(rows.into_iter().map(hold_from).collect())
     }
 
     /// The newest entry of each of `owners` that has one (see
     /// [`LedgerAccountRow::owner_last_seq`]).
     pub async fn owner_last_seqs(&mut self, owners: &[String]) -> Result<Vec<(String, u64)>> {
-        self.fetch_in(
-            "SELECT owner, MAX(owner_last_seq) AS last_seq FROM ledger_accounts WHERE owner",
-            " GROUP BY owner",
-            owners,
-            |row| Ok((col(row, "owner")?, to_u64(col(row, "last_seq")?))),
-        )
-        .await
+        let rows: Vec<(String, i64)> = self
+            .fetch_in(
+                "SELECT owner, MAX(owner_last_seq) AS last_seq FROM ledger_accounts WHERE owner",
+                " GROUP BY owner",
+                owners,
+            )
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(owner, last_seq)| (owner, to_u64(last_seq)))
+            .collect())
     }
 
     /// Which of `ids` were applied before, with their digests.
     pub async fn seen(&mut self, ids: &[String]) -> Result<Vec<LedgerSeenRow>> {
-        self.fetch_in(
-            "SELECT id, digest, seq FROM ledger_entries WHERE id",
-            "",
-            ids,
-            seen_from,
-        )
-        .await
+        let rows: Vec<SeenTuple> = self
+            .fetch_in(
+                "SELECT id, digest, seq FROM ledger_entries WHERE id",
+                "",
+                ids,
+            )
+            .await?;
+        Ok(rows.into_iter().map(seen_from).collect())
     }
 
-    /// `select` (ending in a column) `IN` each chunk of `ids`, then `tail`, rows mapped by
-    /// `map`.
-    async fn fetch_in<T>(
-        &mut self,
-        select: &str,
-        tail: &str,
-        ids: &[String],
-        map: fn(&AnyRow) -> Result<T>,
-    ) -> Result<Vec<T>> {
+    /// `select` (ending in a column) `IN` each chunk of `ids`, then `tail`, as tuples `T`.
+    async fn fetch_in<T>(&mut self, select: &str, tail: &str, ids: &[String]) -> Result<Vec<T>>
+    where
+        T: for<'r> sqlx::FromRow<'r, AnyRow>
+            + for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow>
+            + Send
+            + Unpin,
+    {
         let mut found = Vec::new();
         for chunk in ids.chunks(PARAMS_PER_STATEMENT_MAX) {
             let sql = format!(
                 "{select} IN ({}){tail}",
                 placeholders(self.backend, 1, chunk.len())
             );
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for id in chunk {
-                query = query.bind(id);
-            }
-            for row in query.fetch_all(&mut *self.tx).await? {
-                found.push(map(&row)?);
-            }
+            let rows: Vec<T> = on_tx!(&mut self.tx, conn => {
+                let mut query = sqlx::query_as(sqlx::AssertSqlSafe(sql));
+                for id in chunk {
+                    query = query.bind(id);
+                }
+                query.fetch_all(&mut **conn).await
+            })?;
+            found.extend(rows);
         }
         Ok(found)
+    }
+
+    /// `{into} VALUES (...), ...{tail}` over `rows` of `N` parameters each, in statements of
+    /// at most [`PARAMS_PER_STATEMENT_MAX`] parameters.
+    async fn insert_rows<const N: usize>(
+        &mut self,
+        into: &str,
+        tail: &str,
+        rows: impl Iterator<Item = [Param; N]>,
+    ) -> std::result::Result<(), sqlx::Error> {
+        for chunk in chunks(rows.collect(), PARAMS_PER_STATEMENT_MAX / N) {
+            let sql = format!(
+                "{into} VALUES {}{tail}",
+                value_rows(self.backend, chunk.len(), N)
+            );
+            on_tx!(&mut self.tx, conn => {
+                let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+                for param in chunk.into_iter().flatten() {
+                    query = match param {
+                        Param::Int(value) => query.bind(value),
+                        Param::Text(value) => query.bind(value),
+                    };
+                }
+                query.execute(&mut **conn).await.map(|_| ())
+            })?;
+        }
+        Ok(())
     }
 
     /// Writes a batch's entries, changed balances and holds, moves the head, and commits. An
@@ -635,79 +697,73 @@ impl LedgerTx {
             Backend::Sqlite => "INSERT OR FAIL",
             Backend::Postgres => "INSERT",
         };
-        for chunk in chunks(entries, PARAMS_PER_STATEMENT_MAX / 10) {
-            let sql = format!(
-                "{insert} INTO ledger_entries ({ENTRY_COLUMNS}) VALUES {}",
-                value_rows(self.backend, chunk.len(), 10)
-            );
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for e in chunk {
-                query = query
-                    .bind(to_i64(e.seq))
-                    .bind(e.id)
-                    .bind(e.digest)
-                    .bind(e.at_ms)
-                    .bind(e.debit_owner)
-                    .bind(e.credit_owner)
-                    .bind(e.body)
-                    .bind(e.hash)
-                    .bind(to_i64(e.debit_prev_seq))
-                    .bind(to_i64(e.credit_prev_seq));
-            }
-            query
-                .execute(&mut *self.tx)
-                .await
-                .map_err(|e| crate::conflict_on_unique(e, "ledger entry"))?;
-        }
-        for chunk in chunks(accounts, PARAMS_PER_STATEMENT_MAX / 6) {
-            let sql = format!(
-                "INSERT INTO ledger_accounts ({ACCOUNT_COLUMNS}) VALUES {} \
-                 ON CONFLICT (id) DO UPDATE SET posted = excluded.posted, held = excluded.held, \
-                 owner_last_seq = excluded.owner_last_seq",
-                value_rows(self.backend, chunk.len(), 6)
-            );
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for a in chunk {
-                query = query
-                    .bind(a.id)
-                    .bind(a.owner)
-                    .bind(a.token)
-                    .bind(a.posted)
-                    .bind(a.held)
-                    .bind(to_i64(a.owner_last_seq));
-            }
-            query.execute(&mut *self.tx).await?;
-        }
-        for chunk in chunks(holds, PARAMS_PER_STATEMENT_MAX / 5) {
-            let sql = format!(
-                "INSERT INTO ledger_holds (id, debit_owner, body, is_open, expires_at_ms) VALUES {} \
-                 ON CONFLICT (id) DO UPDATE SET body = excluded.body, is_open = excluded.is_open",
-                value_rows(self.backend, chunk.len(), 5)
-            );
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for h in chunk {
-                query = query
-                    .bind(h.id)
-                    .bind(h.debit_owner)
-                    .bind(h.body)
-                    .bind(i64::from(h.is_open))
-                    .bind(h.expires_at_ms);
-            }
-            query.execute(&mut *self.tx).await?;
-        }
-        let moved = sqlx::query(
+        let entries = entries.into_iter().map(|e| {
+            [
+                Param::Int(to_i64(e.seq)),
+                Param::Text(e.id),
+                Param::Text(e.digest),
+                Param::Int(e.at_ms),
+                Param::Text(e.debit_owner),
+                Param::Text(e.credit_owner),
+                Param::Text(e.body),
+                Param::Text(e.hash),
+                Param::Int(to_i64(e.debit_prev_seq)),
+                Param::Int(to_i64(e.credit_prev_seq)),
+            ]
+        });
+        self.insert_rows(
+            &format!("{insert} INTO ledger_entries ({ENTRY_COLUMNS})"),
+            "",
+            entries,
+        )
+        .await
+        .map_err(|e| crate::conflict_on_unique(e, "ledger entry"))?;
+        let accounts = accounts.into_iter().map(|a| {
+            [
+                Param::Text(a.id),
+                Param::Text(a.owner),
+                Param::Text(a.token),
+                Param::Int(a.posted),
+                Param::Int(a.held),
+                Param::Int(to_i64(a.owner_last_seq)),
+            ]
+        });
+        self.insert_rows(
+            &format!("INSERT INTO ledger_accounts ({ACCOUNT_COLUMNS})"),
+            " ON CONFLICT (id) DO UPDATE SET posted = excluded.posted, held = excluded.held, \
+             owner_last_seq = excluded.owner_last_seq",
+            accounts,
+        )
+        .await?;
+        let holds = holds.into_iter().map(|h| {
+            [
+                Param::Text(h.id),
+                Param::Text(h.debit_owner),
+                Param::Text(h.body),
+                Param::Int(i64::from(h.is_open)),
+                Param::Int(h.expires_at_ms),
+            ]
+        });
+        self.insert_rows(
+            &format!("INSERT INTO ledger_holds ({HOLD_COLUMNS})"),
+            " ON CONFLICT (id) DO UPDATE SET body = excluded.body, is_open = excluded.is_open",
+            holds,
+        )
+        .await?;
+        let moved = on_tx!(&mut self.tx, conn => sqlx::query(
             "UPDATE ledger_head SET seq = $1, hash = $2, at_ms = $3 WHERE id = 1 AND seq = $4",
         )
         .bind(to_i64(head.seq))
         .bind(&head.hash)
         .bind(head.at_ms)
         .bind(to_i64(self.head.seq))
-        .execute(&mut *self.tx)
-        .await?;
-        if moved.rows_affected() != 1 {
+        .execute(&mut **conn)
+        .await
+        .map(|done| done.rows_affected()))?;
+        if moved != 1 {
             return Err(StoreError::Conflict("ledger head"));
         }
-        self.tx.commit().await?;
+        on_tx!(self.tx, tx => tx.commit().await)?;
         Ok(())
     }
 }
