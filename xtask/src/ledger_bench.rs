@@ -1,9 +1,9 @@
 //! `cargo xtask bench ledger`: durable transfers per second through the coordinator's ledger
 //! writer (batches of up to 8,190, each prepared while the one before commits) on SQLite and
-//! on a throwaway PostgreSQL, against the naive loop of one transaction per transfer
-//! (`commit_batch` with one transfer) on the same SQLite database in the same run. SQLite is
-//! timed twice: on a fresh ledger, and again after [`FILL_TRANSFERS`] more. Re-runs itself as
-//! a release build.
+//! on a throwaway PostgreSQL that syncs its commits, against the naive loop of one
+//! transaction per transfer (`commit_batch` with one transfer) on the same SQLite database in
+//! the same run. Both databases sync every ledger commit to disk. SQLite is timed twice: on a
+//! fresh ledger, and again after [`FILL_TRANSFERS`] more. Re-runs itself as a release build.
 
 use std::time::Instant;
 
@@ -44,7 +44,7 @@ pub fn run(args: &[String]) -> Result<()> {
         store.close().await;
         anyhow::Ok((batched, grown, naive))
     })?;
-    let server = crate::postgres::Server::start()?;
+    let server = crate::postgres::Server::start_durable()?;
     let batched_postgres = runtime.block_on(async {
         let url = server.create_database("ledger_bench")?;
         let store = Store::open(&url).await?;

@@ -45,7 +45,17 @@ fn free_port() -> Result<u16> {
 }
 
 impl Server {
+    /// A server for tests: it skips syncing to disk (`fsync=off`), which a test never needs.
     pub fn start() -> Result<Server> {
+        Server::start_with(false)
+    }
+
+    /// A server that syncs its commits to disk, as a deployment's does: for benchmarks.
+    pub fn start_durable() -> Result<Server> {
+        Server::start_with(true)
+    }
+
+    fn start_with(durable: bool) -> Result<Server> {
         let bin = match find_bin_dir() {
             Some(bin) => bin,
             None => {
@@ -82,8 +92,9 @@ impl Server {
                 "--locale=C.UTF-8",
             ],
         )?;
+        let fsync = if durable { "on" } else { "off" };
         let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=400 -c fsync=off",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=400 -c fsync={fsync}",
             server.port,
             path(&server.dir.join("sock"))
         );
