@@ -39,6 +39,12 @@ const POLL_MS: u64 = 200;
 const TIMER_TICK_MS: u64 = 250;
 /// How long a peer is tried directly before its packets go through the relay.
 pub const DIRECT_PATIENCE_MS: u64 = 3_000;
+/// A peer without a session is sent a new handshake initiation this often, for its first
+/// [`FIRST_HANDSHAKE_FAST_MS`]. WireGuard's own retry waits 5 s: when a cluster's nodes start
+/// together, each one's first initiation can reach the other before it knows its peer, and
+/// both are dropped (a Ray worker then waited 5 s for its head).
+const HANDSHAKE_RETRY_MS: u64 = 1_000;
+const FIRST_HANDSHAKE_FAST_MS: u64 = 90_000;
 /// Registration with the relay: every second until it answers, then this often (it keeps a
 /// NAT's mapping for the node's socket open, too).
 const REGISTER_RETRY_MS: u64 = 1_000;
@@ -104,6 +110,8 @@ struct Peer {
     endpoint: Mutex<Option<SocketAddr>>,
     via_relay: AtomicBool,
     since: Instant,
+    /// When this end last sent a handshake initiation of its own accord.
+    initiated_at: Mutex<Instant>,
     tunn: Mutex<Tunn>,
 }
 
@@ -247,6 +255,7 @@ impl Shared {
             endpoint: Mutex::new(endpoint),
             via_relay: AtomicBool::new(endpoint.is_none()),
             since: Instant::now(),
+            initiated_at: Mutex::new(Instant::now()),
             tunn: Mutex::new(tunn),
         };
         // Both ends start a handshake at once: that is what opens NATs on the way.
@@ -470,22 +479,42 @@ fn timers(shared: &Shared) {
             registered_at = Some(Instant::now());
         }
         for peer in shared.peers() {
-            let mut tunn = peer.tunn.lock().unwrap_or_else(PoisonError::into_inner);
-            let waited = peer.since.elapsed() >= Duration::from_millis(DIRECT_PATIENCE_MS);
-            if waited
-                && tunn.time_since_last_handshake().is_none()
-                && !peer.via_relay.swap(true, Ordering::Relaxed)
-            {
-                tracing::info!(
-                    rank = peer.rank,
-                    "no direct handshake with a mesh peer: using the relay"
-                );
-            }
-            if let TunnResult::WriteToNetwork(bytes) = tunn.update_timers(&mut out) {
-                shared.send(&peer, bytes, &mut scratch);
-            }
+            tick(shared, &peer, &mut out, &mut scratch);
         }
         std::thread::sleep(Duration::from_millis(TIMER_TICK_MS));
+    }
+}
+
+/// One timer tick of `peer`: WireGuard's own timers; and while it has no session, the switch
+/// to the relay once direct handshakes had their time, and a new initiation at each switch
+/// and every [`HANDSHAKE_RETRY_MS`] of its first [`FIRST_HANDSHAKE_FAST_MS`].
+fn tick(shared: &Shared, peer: &Peer, out: &mut [u8], scratch: &mut Vec<u8>) {
+    let mut tunn = peer.tunn.lock().unwrap_or_else(PoisonError::into_inner);
+    if tunn.time_since_last_handshake().is_none() {
+        let age = peer.since.elapsed();
+        let mut initiated_at = peer
+            .initiated_at
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let switched = age >= Duration::from_millis(DIRECT_PATIENCE_MS)
+            && !peer.via_relay.swap(true, Ordering::Relaxed);
+        if switched {
+            tracing::info!(
+                rank = peer.rank,
+                "no direct handshake with a mesh peer: using the relay"
+            );
+        }
+        let retry = age < Duration::from_millis(FIRST_HANDSHAKE_FAST_MS)
+            && initiated_at.elapsed() >= Duration::from_millis(HANDSHAKE_RETRY_MS);
+        if switched || retry {
+            if let TunnResult::WriteToNetwork(bytes) = tunn.format_handshake_initiation(out, true) {
+                shared.send(peer, bytes, scratch);
+            }
+            *initiated_at = Instant::now();
+        }
+    }
+    if let TunnResult::WriteToNetwork(bytes) = tunn.update_timers(out) {
+        shared.send(peer, bytes, scratch);
     }
 }
 
