@@ -504,9 +504,7 @@ fn tick(shared: &Shared, peer: &Peer, out: &mut [u8], scratch: &mut Vec<u8>) {
                 "no direct handshake with a mesh peer: using the relay"
             );
         }
-        let retry = age < Duration::from_millis(FIRST_HANDSHAKE_FAST_MS)
-            && initiated_at.elapsed() >= Duration::from_millis(HANDSHAKE_RETRY_MS);
-        if switched || retry {
+        if initiation_due(age, initiated_at.elapsed(), switched) {
             if let TunnResult::WriteToNetwork(bytes) = tunn.format_handshake_initiation(out, true) {
                 shared.send(peer, bytes, scratch);
             }
@@ -516,6 +514,15 @@ fn tick(shared: &Shared, peer: &Peer, out: &mut [u8], scratch: &mut Vec<u8>) {
     if let TunnResult::WriteToNetwork(bytes) = tunn.update_timers(out) {
         shared.send(peer, bytes, scratch);
     }
+}
+
+/// Whether this end sends a peer without a session a new handshake initiation now, `age`
+/// after the peer was added and `since_initiated` after its last one: at the switch to the
+/// relay, and every [`HANDSHAKE_RETRY_MS`] of the peer's first [`FIRST_HANDSHAKE_FAST_MS`].
+fn initiation_due(age: Duration, since_initiated: Duration, switched: bool) -> bool {
+    switched
+        || (age < Duration::from_millis(FIRST_HANDSHAKE_FAST_MS)
+            && since_initiated >= Duration::from_millis(HANDSHAKE_RETRY_MS))
 }
 
 /// Whether `file` has a packet within a poll period.

@@ -183,3 +183,56 @@ fn nodes_reach_each_other_directly_and_through_the_relay_and_strangers_do_not() 
     relay_stop.store(true, Ordering::Relaxed);
     stop(vec![a, b, stranger]);
 }
+
+/// Why a peer without a session is sent new initiations: once both ends' first initiations
+/// are lost, WireGuard sends none again for 5 s of its own accord; a forced one completes the
+/// handshake at once.
+#[test]
+fn a_forced_initiation_meets_a_peer_whose_first_one_was_lost() {
+    let (a_secret, b_secret) = (StaticSecret::from([1u8; 32]), StaticSecret::from([2u8; 32]));
+    let (a_public, b_public) = (PublicKey::from(&a_secret), PublicKey::from(&b_secret));
+    let mut a = Tunn::new(a_secret, b_public, None, None, 0, None);
+    let mut b = Tunn::new(b_secret, a_public, None, None, 1, None);
+    let (mut out, mut answer, mut done) = (vec![0u8; 2048], vec![0u8; 2048], vec![0u8; 2048]);
+    // Both first initiations go nowhere (each end's peer did not know it yet).
+    assert!(matches!(
+        a.format_handshake_initiation(&mut out, false),
+        TunnResult::WriteToNetwork(_)
+    ));
+    assert!(matches!(
+        b.format_handshake_initiation(&mut out, false),
+        TunnResult::WriteToNetwork(_)
+    ));
+    assert!(
+        matches!(
+            a.format_handshake_initiation(&mut out, false),
+            TunnResult::Done
+        ),
+        "WireGuard does not repeat an initiation in flight"
+    );
+    let TunnResult::WriteToNetwork(initiation) = a.format_handshake_initiation(&mut out, true)
+    else {
+        panic!("a forced initiation is sent");
+    };
+    let TunnResult::WriteToNetwork(response) = b.decapsulate(None, initiation, &mut answer) else {
+        panic!("the peer answers a forced initiation");
+    };
+    let _ = a.decapsulate(None, response, &mut done);
+    assert!(
+        a.time_since_last_handshake().is_some(),
+        "no session after the answer"
+    );
+}
+
+#[test]
+fn initiations_repeat_each_second_at_first_and_at_the_switch_to_the_relay() {
+    let ms = Duration::from_millis;
+    assert!(!initiation_due(ms(500), ms(500), false));
+    assert!(initiation_due(ms(1_200), ms(HANDSHAKE_RETRY_MS), false));
+    assert!(initiation_due(ms(DIRECT_PATIENCE_MS), ms(100), true));
+    assert!(!initiation_due(
+        ms(FIRST_HANDSHAKE_FAST_MS),
+        ms(10 * HANDSHAKE_RETRY_MS),
+        false
+    ));
+}
