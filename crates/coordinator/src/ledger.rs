@@ -620,20 +620,16 @@ impl BatchRows {
             .iter()
             .zip(canonical)
             .filter_map(|pair| match pair {
-                (Outcome::Applied(entry), Some(body)) => Some((entry, body)),
+                (Outcome::Applied(entry), body) => {
+                    Some(body.map(|body| (entry, body)).ok_or_else(|| {
+                        LedgerError::Corrupt("an applied entry without its JSON".into())
+                    }))
+                }
                 _ => None,
             })
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
             .unzip();
-        if applied.len()
-            != outcomes
-                .iter()
-                .filter(|o| matches!(o, Outcome::Applied(_)))
-                .count()
-        {
-            return Err(LedgerError::Corrupt(
-                "an applied entry without its JSON".into(),
-            ));
-        }
         let mut entries = Vec::with_capacity(applied.len());
         // Sorted and deduplicated once at the end (cheaper than hashing each account name),
         // which also hands the store its balance rows in key order.

@@ -298,11 +298,9 @@ pub struct Book {
     head: Head,
 }
 
-/// A batch's outcomes so far, and beside each the canonical JSON of the entry it applied as.
-struct Applied {
-    outcomes: Vec<Outcome>,
-    canonical: Vec<Option<String>>,
-}
+/// A transfer's outcome, and the canonical JSON of the entry it applied as (none unless
+/// applied).
+type Applied = (Outcome, Option<String>);
 
 /// One change to undo if a linked chain fails.
 enum Undo {
@@ -412,10 +410,7 @@ impl Book {
         batch: &[Transfer],
         now_ms: i64,
     ) -> (Vec<Outcome>, Vec<Option<String>>) {
-        let mut applied = Applied {
-            outcomes: Vec::with_capacity(batch.len()),
-            canonical: Vec::with_capacity(batch.len()),
-        };
+        let mut applied = Vec::with_capacity(batch.len());
         let mut start = 0;
         while start < batch.len() {
             let end = batch[start..]
@@ -425,28 +420,25 @@ impl Book {
             self.apply_chain(&batch[start..end], now_ms, &mut applied);
             start = end;
         }
-        debug_assert_eq!(applied.outcomes.len(), applied.canonical.len());
-        (applied.outcomes, applied.canonical)
+        applied.into_iter().unzip()
     }
 
-    fn apply_chain(&mut self, chain: &[Transfer], now_ms: i64, applied: &mut Applied) {
+    fn apply_chain(&mut self, chain: &[Transfer], now_ms: i64, applied: &mut Vec<Applied>) {
         let mut undo = Vec::new();
-        let first = applied.outcomes.len();
+        let first = applied.len();
         for (index, transfer) in chain.iter().enumerate() {
-            let (outcome, canonical) = self.apply_one(transfer, now_ms, &mut undo);
-            let failed = matches!(outcome, Outcome::Refused(_));
-            applied.outcomes.push(outcome);
-            applied.canonical.push(canonical);
+            let one = self.apply_one(transfer, now_ms, &mut undo);
+            let failed = matches!(one.0, Outcome::Refused(_));
+            applied.push(one);
             if failed {
                 // Also for a lone transfer: its debit may have applied before its credit failed.
                 self.roll_back(undo);
-                for earlier in &mut applied.outcomes[first..first + index] {
-                    *earlier = Outcome::Refused(TransferError::LinkedFailed);
+                for earlier in &mut applied[first..first + index] {
+                    *earlier = (Outcome::Refused(TransferError::LinkedFailed), None);
                 }
-                applied.canonical.truncate(first);
-                applied.canonical.resize(first + chain.len(), None);
-                applied.outcomes.extend(
-                    (index + 1..chain.len()).map(|_| Outcome::Refused(TransferError::LinkedFailed)),
+                applied.extend(
+                    (index + 1..chain.len())
+                        .map(|_| (Outcome::Refused(TransferError::LinkedFailed), None)),
                 );
                 return;
             }
@@ -477,12 +469,7 @@ impl Book {
     }
 
     /// One transfer's outcome, and the canonical JSON of the entry it applied as.
-    fn apply_one(
-        &mut self,
-        transfer: &Transfer,
-        now_ms: i64,
-        undo: &mut Vec<Undo>,
-    ) -> (Outcome, Option<String>) {
+    fn apply_one(&mut self, transfer: &Transfer, now_ms: i64, undo: &mut Vec<Undo>) -> Applied {
         let digest = transfer_digest(transfer);
         if let Some(seen) = self.seen.get(&transfer.id) {
             let outcome = if seen.digest == digest {

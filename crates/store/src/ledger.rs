@@ -162,7 +162,7 @@ fn value_rows(backend: Backend, rows: usize, columns: usize) -> String {
 }
 
 /// `rows` in consecutive chunks of at most `size` (at least one), each owned.
-fn chunks<T>(rows: Vec<T>, size: usize) -> impl Iterator<Item = Vec<T>> {
+fn chunks<T>(rows: impl IntoIterator<Item = T>, size: usize) -> impl Iterator<Item = Vec<T>> {
     let mut rows = rows.into_iter().peekable();
     std::iter::from_fn(move || {
         rows.peek()?;
@@ -656,7 +656,7 @@ impl LedgerTx {
         tail: &str,
         rows: impl Iterator<Item = [Param; N]>,
     ) -> std::result::Result<(), sqlx::Error> {
-        for chunk in chunks(rows.collect(), PARAMS_PER_STATEMENT_MAX / N) {
+        for chunk in chunks(rows, PARAMS_PER_STATEMENT_MAX / N) {
             let sql = format!(
                 "{into} VALUES {}{tail}",
                 value_rows(self.backend, chunk.len(), N)
