@@ -212,6 +212,26 @@ def tell_if_stuck(joined):
         print('==', path, '==', flush=True)
         print(tail, flush=True)
 
+# A joining node's `ray start` asks the GCS for the head node's entry only to learn its temp and
+# session directories, and polls every 2 s until the head's raylet has registered, which comes
+# after the head's dashboard and agents, seconds of CPU. Every node here uses Ray's default temp
+# directory, so the entry's answer is known as soon as the GCS answers: giving it at once lets
+# this node's raylet and agents start beside the head's instead of after them.
+JOIN_PATCH = '''
+import os, types
+import ray._private.node as node, ray._private.ray_constants as constants, ray._common.utils as utils
+import ray.scripts.scripts as scripts
+from ray.core.generated.gcs_pb2 import GcsNodeInfo
+def head_directories(gcs_client, **_):
+    session = gcs_client.internal_kv_get(b'session_name', constants.KV_NAMESPACE_SESSION).decode()
+    temp = utils.get_default_ray_temp_dir()
+    return [types.SimpleNamespace(state=GcsNodeInfo.GcsNodeState.ALIVE, temp_dir=temp,
+                                  session_dir=os.path.join(temp, session))]
+node.get_all_node_info_until_retrieved = head_directories
+scripts.main()
+'''
+join_cli = [sys.executable, '-c', JOIN_PATCH]
+
 if rank != 0:
     while True:
         while not head_up():
@@ -219,7 +239,7 @@ if rank != 0:
         say('joining the head at', head)
         joined = threading.Event()
         threading.Thread(target=tell_if_stuck, args=(joined,), daemon=True).start()
-        start = subprocess.Popen(ray_cli + ['start', '--address=%s:%d' % (head, gcs_port), '--block'] + common,
+        start = subprocess.Popen(join_cli + ['start', '--address=%s:%d' % (head, gcs_port), '--block'] + common,
                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         threading.Thread(target=leave_when_head_lost, args=(start,), daemon=True).start()
         for line in start.stdout:
