@@ -470,7 +470,7 @@ async fn logs(connection: &Connection, id: &str, node: Option<u32>, follow: bool
 }
 
 /// The protocol `flotilla connect` asks the coordinator to switch to.
-const TUNNEL_PROTOCOL: &str = "flotilla-tunnel";
+pub const TUNNEL_PROTOCOL: &str = "flotilla-tunnel";
 
 #[derive(Debug, clap::Args)]
 pub struct ConnectArgs {
@@ -528,16 +528,26 @@ pub async fn connect(args: ConnectArgs) -> Result<()> {
         args.port, args.node, args.cluster
     );
     std::io::stdout().flush()?;
+    let standby = std::sync::Arc::new(crate::standby::Standby::default());
+    tokio::spawn(
+        standby
+            .clone()
+            .keep(client.clone(), format!("{path}&standby=true")),
+    );
     loop {
         let (mut local_stream, _) = listener.accept().await?;
         // As the coordinator does on its side: small writes go at once (interactive use).
         let _ = local_stream.set_nodelay(true);
         let client = client.clone();
         let path = path.clone();
+        let standby = standby.clone();
         tokio::spawn(async move {
-            match client.upgrade(&path, TUNNEL_PROTOCOL).await {
-                Ok(upgraded) => {
-                    let mut remote = upgraded;
+            let remote = match standby.take().await {
+                Some(ready) => Ok(ready),
+                None => client.upgrade(&path, TUNNEL_PROTOCOL).await,
+            };
+            match remote {
+                Ok(mut remote) => {
                     let _ = flotilla_tunnel::carry(&mut local_stream, &mut remote).await;
                 }
                 Err(error) => eprintln!("error: {error}"),

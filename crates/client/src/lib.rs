@@ -8,6 +8,9 @@ use flotilla_proto::secret::Secret;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+/// A connection after `101 Switching Protocols` ([`Client::upgrade`]): bytes both ways.
+pub use reqwest::Upgraded;
+
 /// Time one request may take.
 const REQUEST_TIMEOUT_MS: u64 = 30_000;
 
@@ -135,11 +138,7 @@ impl Client {
     /// GET `path` asking to switch to `protocol` (`Connection: Upgrade`); the upgraded
     /// connection's bytes are the caller's. An error answer comes back as [`ClientError::Api`].
     /// The connection has no overall timeout, only one for connecting.
-    pub async fn upgrade(
-        &self,
-        path: &str,
-        protocol: &str,
-    ) -> Result<reqwest::Upgraded, ClientError> {
+    pub async fn upgrade(&self, path: &str, protocol: &str) -> Result<Upgraded, ClientError> {
         let transport = |e: reqwest::Error| ClientError::Transport {
             url: self.base_url.clone(),
             detail: e.to_string(),

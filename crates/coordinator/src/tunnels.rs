@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use flotilla_proto::wire::{STREAM_LINE_BYTES_MAX, StreamOpen, StreamOpened, TunnelOffer};
 use flotilla_store::RunRow;
-use flotilla_tunnel::{Hello, StaticKeypair, StreamOpener};
+use flotilla_tunnel::{Hello, StaticKeypair, Stream, StreamOpener};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
@@ -92,6 +92,27 @@ impl Tunnels {
 
     /// Opens a stream to port `port` of `run`'s node, counted for the node and its devices.
     pub async fn open(&self, run: &RunRow, port: u16) -> Result<Metered, OpenError> {
+        let stream = self.open_stream(run, port, false).await?;
+        Ok(self.meter(stream, run))
+    }
+
+    /// Opens a standby stream (see [`StreamOpen::standby`]): checked by the worker, not yet
+    /// dialled, not yet counted.
+    pub async fn open_standby(&self, run: &RunRow, port: u16) -> Result<Stream, OpenError> {
+        self.open_stream(run, port, true).await
+    }
+
+    /// A stream counted from now on for `run`'s node and its devices.
+    pub fn meter(&self, stream: Stream, run: &RunRow) -> Metered {
+        Metered::new(stream, run, self.traffic.clone())
+    }
+
+    async fn open_stream(
+        &self,
+        run: &RunRow,
+        port: u16,
+        standby: bool,
+    ) -> Result<Stream, OpenError> {
         let opener = self
             .lock()
             .get(&run.worker_id)
@@ -104,6 +125,7 @@ impl Tunnels {
         let open = StreamOpen {
             run_id: run.id.clone(),
             port,
+            standby,
         };
         let mut line = serde_json::to_vec(&open).expect("stream opens serialize");
         line.push(b'\n');
@@ -120,7 +142,7 @@ impl Tunnels {
         if !opened.ok {
             return Err(OpenError::Refused(opened.error));
         }
-        Ok(Metered::new(stream, run, self.traffic.clone()))
+        Ok(stream)
     }
 
     /// Whether a worker's tunnel is up.

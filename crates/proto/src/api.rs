@@ -859,6 +859,10 @@ pub struct ConnectQuery {
     /// The node's rank.
     pub node: u32,
     pub port: u16,
+    /// Open the connection on standby: after `101`, the node is dialled only when the byte
+    /// `!` arrives, and bytes flow from the next one on. Unused, it is closed after two minutes.
+    #[serde(default)]
+    pub standby: bool,
 }
 
 /// A short-lived link to a port of a node, for a browser.

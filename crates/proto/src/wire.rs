@@ -200,7 +200,19 @@ pub struct TunnelOffer {
 pub struct StreamOpen {
     pub run_id: String,
     pub port: u16,
+    /// A standby stream: the worker checks the run and the port and answers at once, but dials
+    /// the port only when [`STANDBY_GO`] arrives, and the stream carries the connection's bytes
+    /// from the next byte on. A renter's client keeps a few ready, so that a new connection
+    /// skips the checks and the open's round trip, and a node sees no connection nobody made.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub standby: bool,
 }
+
+/// The byte that starts a standby stream, renter to coordinator to worker.
+pub const STANDBY_GO: u8 = b'!';
+/// How long a standby stream waits for [`STANDBY_GO`] before the coordinator and the worker
+/// close it (so a revoked key's standby streams do not outlive it by more).
+pub const STANDBY_WAIT_MS_MAX: u64 = 120_000;
 
 /// The worker's one-line answer to a [`StreamOpen`]; after `ok`, the stream carries the
 /// connection's bytes both ways.
@@ -210,6 +222,15 @@ pub struct StreamOpened {
     pub ok: bool,
     #[serde(default)]
     pub error: String,
+}
+
+impl StreamOpened {
+    pub fn ok() -> StreamOpened {
+        StreamOpened {
+            ok: true,
+            error: String::new(),
+        }
+    }
 }
 
 /// Longest first line of a tunnel stream, either way.

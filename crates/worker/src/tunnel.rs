@@ -3,14 +3,17 @@
 //! backoff for as long as the worker runs. The coordinator opens a stream per renter
 //! connection; its first line names a run and a port ([`StreamOpen`]). The worker reaches only
 //! ports that a run live here declared ([`PortTable`]), dials it, answers [`StreamOpened`], and
-//! carries bytes both ways until either side closes.
+//! carries bytes both ways until either side closes. A standby stream is answered before the
+//! dial, which waits for the renter's go byte.
 
 use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
-use flotilla_proto::wire::{STREAM_LINE_BYTES_MAX, StreamOpen, StreamOpened, TunnelOffer};
+use flotilla_proto::wire::{
+    STANDBY_GO, STANDBY_WAIT_MS_MAX, STREAM_LINE_BYTES_MAX, StreamOpen, StreamOpened, TunnelOffer,
+};
 use flotilla_tunnel::{Hello, StaticKeypair, Stream};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
 use crate::runs::PortTable;
@@ -141,23 +144,46 @@ async fn serve(mut stream: Stream, ports: PortTable) {
             return;
         }
     };
-    let node = match dial(&ports, &open).await {
+    if open.standby {
+        return serve_standby(stream, ports, open).await;
+    }
+    let mut node = match dial(&ports, &open).await {
         Ok(node) => node,
-        Err(error) => {
-            tracing::info!(run_id = %open.run_id, port = open.port, %error, "tunnelled connection refused");
-            let _ = answer(&mut stream, &StreamOpened { ok: false, error }).await;
-            return;
-        }
+        Err(error) => return refuse(&mut stream, &open, error).await,
     };
-    let opened = StreamOpened {
-        ok: true,
-        error: String::new(),
-    };
-    if answer(&mut stream, &opened).await.is_err() {
+    if answer(&mut stream, &StreamOpened::ok()).await.is_err() {
         return;
     }
-    let mut node = node;
     let _ = flotilla_tunnel::carry(&mut stream, &mut node).await;
+}
+
+/// A standby stream: checked and answered now, dialled when the renter's go byte arrives.
+async fn serve_standby(mut stream: Stream, ports: PortTable, open: StreamOpen) {
+    if let Err(error) = ports.target(&open.run_id, open.port) {
+        return refuse(&mut stream, &open, error).await;
+    }
+    if answer(&mut stream, &StreamOpened::ok()).await.is_err() {
+        return;
+    }
+    let wait = Duration::from_millis(STANDBY_WAIT_MS_MAX);
+    let go = tokio::time::timeout(wait, stream.read_u8()).await;
+    if !matches!(go, Ok(Ok(STANDBY_GO))) {
+        return;
+    }
+    // The run may have stopped while the stream waited: `dial` checks it again.
+    match dial(&ports, &open).await {
+        Ok(mut node) => {
+            let _ = flotilla_tunnel::carry(&mut stream, &mut node).await;
+        }
+        Err(error) => {
+            tracing::info!(run_id = %open.run_id, port = open.port, %error, "standby connection's port did not answer");
+        }
+    }
+}
+
+async fn refuse(stream: &mut Stream, open: &StreamOpen, error: String) {
+    tracing::info!(run_id = %open.run_id, port = open.port, %error, "tunnelled connection refused");
+    let _ = answer(stream, &StreamOpened { ok: false, error }).await;
 }
 
 async fn dial(ports: &PortTable, open: &StreamOpen) -> Result<tokio::net::TcpStream, String> {

@@ -283,6 +283,113 @@ async fn a_renter_reaches_its_nodes_port_and_no_one_else_does(db: Db) {
 }
 on_both_databases!(a_renter_reaches_its_nodes_port_and_no_one_else_does);
 
+/// A server that speaks first, as SSH's does: each connection it accepts gets `hello N`, N
+/// counting its connections.
+fn greeting_server(port: u16) -> String {
+    format!(
+        "import socket\n\
+         s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+         s.bind(('127.0.0.1', {port})); s.listen(16)\n\
+         n = 0\n\
+         while True:\n    \
+             c, _ = s.accept(); n += 1; c.sendall(b'hello %d\\n' % n); c.close()\n"
+    )
+}
+
+/// Reads what `connection` sends until its end, or None if nothing ends within `wait`.
+async fn read_to_end_within<S: tokio::io::AsyncRead + Unpin>(
+    connection: &mut S,
+    wait: Duration,
+) -> Option<String> {
+    let mut text = Vec::new();
+    let read = tokio::time::timeout(wait, connection.read_to_end(&mut text)).await;
+    matches!(read, Ok(Ok(_))).then(|| String::from_utf8_lossy(&text).into_owned())
+}
+
+async fn a_standby_connection_reaches_the_node_only_once_started(db: Db) {
+    if !sandbox_ready() {
+        return;
+    }
+    let Market {
+        coordinator: _coordinator,
+        renter,
+        _workers,
+        _dirs,
+        ..
+    } = market(db, 1).await;
+    let port = free_port();
+    let cluster = python_service(&renter, 1, port, &greeting_server(port)).await;
+    let path = format!("clusters/{}/connect?node=0&port={port}", cluster.id);
+    // The usual connection, once the server listens, is its first.
+    let first = eventually(Duration::from_secs(20), || async {
+        let mut connection = renter.upgrade(&path, "flotilla-tunnel").await.ok()?;
+        read_to_end_within(&mut connection, Duration::from_secs(5)).await
+    })
+    .await;
+    assert_eq!(first.as_deref(), Some("hello 1\n"));
+
+    let standby = format!("{path}&standby=true");
+    // Opened and left unstarted: the node hears nothing, and its server never sees it.
+    let mut unstarted = renter.upgrade(&standby, "flotilla-tunnel").await.unwrap();
+    let heard = read_to_end_within(&mut unstarted, Duration::from_millis(500)).await;
+    assert_eq!(
+        heard, None,
+        "a standby connection is not dialled before its go"
+    );
+    drop(unstarted);
+    // Started with its go byte: dialled then, and the server's greeting comes without a word
+    // from the renter.
+    let mut started = renter.upgrade(&standby, "flotilla-tunnel").await.unwrap();
+    started.write_all(b"!").await.unwrap();
+    let greeting = read_to_end_within(&mut started, Duration::from_secs(10)).await;
+    assert_eq!(greeting.as_deref(), Some("hello 2\n"));
+    drop(started);
+    // Another first byte is no go: the connection ends, and the server sees nothing.
+    let mut wrong = renter.upgrade(&standby, "flotilla-tunnel").await.unwrap();
+    wrong.write_all(b"x").await.unwrap();
+    let ended = read_to_end_within(&mut wrong, Duration::from_secs(10)).await;
+    assert_eq!(ended.as_deref(), Some(""));
+    drop(wrong);
+    // A standby connection is checked like any other.
+    let undeclared = format!(
+        "clusters/{}/connect?node=0&port={}&standby=true",
+        cluster.id,
+        port + 1
+    );
+    assert!(matches!(
+        renter.upgrade(&undeclared, "flotilla-tunnel").await,
+        Err(ClientError::Api { status: 422, .. })
+    ));
+
+    // Only started connections are counted: the usual one and the started standby one.
+    let counted = eventually(Duration::from_secs(10), || async {
+        let info: ClusterInfo = renter.get(&format!("clusters/{}", cluster.id)).await.ok()?;
+        let tunnel = info.nodes[0].tunnel;
+        (tunnel.connections >= 2).then_some(tunnel)
+    })
+    .await
+    .expect("the started connections are counted");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let info: ClusterInfo = renter
+        .get(&format!("clusters/{}", cluster.id))
+        .await
+        .unwrap();
+    assert_eq!(info.nodes[0].tunnel.connections, 2, "{counted:?}");
+    // The go byte is the tunnel's, not the node's.
+    assert_eq!(info.nodes[0].tunnel.bytes_to_node, 0);
+    let mut last = renter.upgrade(&standby, "flotilla-tunnel").await.unwrap();
+    last.write_all(b"!").await.unwrap();
+    assert_eq!(
+        read_to_end_within(&mut last, Duration::from_secs(10))
+            .await
+            .as_deref(),
+        Some("hello 3\n"),
+        "the wrong byte's connection never reached the server"
+    );
+}
+
+on_both_databases!(a_standby_connection_reaches_the_node_only_once_started);
+
 /// A small HTTP server on the node: plain requests answer their path; `Upgrade: websocket`
 /// gets the RFC 6455 handshake and an echo of each frame.
 fn web_server(port: u16) -> String {

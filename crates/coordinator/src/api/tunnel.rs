@@ -2,22 +2,28 @@
 //! with `Connection: Upgrade` and `Upgrade: flotilla-tunnel`. The checks come first (the
 //! caller's cluster, running, the port declared, the node's worker reachable) and answer as any
 //! API error; then `101 Switching Protocols`, and the connection's bytes go both ways through
-//! the node's worker's tunnel (`tunnels.rs`).
+//! the node's worker's tunnel (`tunnels.rs`). With `standby=true` the checks and the open
+//! happen ahead of use: the node is dialled, and the connection counted, from the renter's go
+//! byte on (`flotilla connect` keeps a few such connections ready).
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use flotilla_proto::api::{ClusterSpec, ConnectQuery, ErrorBody, LinkInfo, LinkRequest, Role};
 use flotilla_proto::id::IdKind;
+use flotilla_proto::wire::{STANDBY_GO, STANDBY_WAIT_MS_MAX};
 use flotilla_store::{CLUSTER_RUNNING, RunRow};
+use flotilla_tunnel::Stream;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 use super::check_id;
 use crate::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Caller, PathId, QueryParams};
+use crate::traffic::Metered;
 use crate::tunnels::OpenError;
 
 /// The protocol name in the `Upgrade` header.
@@ -29,7 +35,8 @@ async fn target(
     app: &AppState,
     account_id: &str,
     cluster_id: &str,
-    query: &ConnectQuery,
+    node: u32,
+    port: u16,
 ) -> ApiResult<(RunRow, ClusterSpec)> {
     check_id(IdKind::Cluster, "cluster", cluster_id)?;
     let cluster = app
@@ -48,7 +55,7 @@ async fn target(
     }
     let spec: ClusterSpec = serde_json::from_str(&cluster.spec)
         .map_err(|e| ApiError::Internal(format!("stored cluster spec: {e}")))?;
-    if !crate::clusters::declared_ports(&spec).contains(&query.port) {
+    if !crate::clusters::declared_ports(&spec).contains(&port) {
         return Err(ApiError::invalid(
             "port",
             "is not one of the ports the cluster declared",
@@ -57,7 +64,7 @@ async fn target(
     let runs = app.store.runs_of_cluster(cluster_id).await?;
     let run = runs
         .into_iter()
-        .filter(|run| run.node_rank == query.node && run.is_live())
+        .filter(|run| run.node_rank == node && run.is_live())
         .max_by_key(|run| run.attempt)
         .ok_or_else(|| ApiError::invalid("node", "no node of that rank is running"))?;
     Ok((run, spec))
@@ -85,23 +92,37 @@ pub async fn connect(
         ));
     }
     caller.require_role(Role::Renter)?;
-    let (run, _) = target(&app, caller.account_id(), &cluster_id, &query).await?;
-    let stream = app
-        .tunnels
-        .open(&run, query.port)
-        .await
-        .map_err(|error| match error {
-            OpenError::Refused(reason) => ApiError::conflict("node_refused", reason),
-            other => ApiError::Unavailable(other.to_string()),
-        })?;
+    let (run, _) = target(
+        &app,
+        caller.account_id(),
+        &cluster_id,
+        query.node,
+        query.port,
+    )
+    .await?;
+    let opened = if query.standby {
+        app.tunnels
+            .open_standby(&run, query.port)
+            .await
+            .map(Opened::Standby)
+    } else {
+        app.tunnels.open(&run, query.port).await.map(Opened::Now)
+    }
+    .map_err(open_error)?;
     let upgrade = hyper::upgrade::on(&mut request);
     tokio::spawn(async move {
         let Ok(upgraded) = upgrade.await else {
             return;
         };
-        let started = Instant::now();
         let mut renter = TokioIo::new(upgraded);
-        let mut node = stream;
+        let mut node = match opened {
+            Opened::Now(node) => node,
+            Opened::Standby(stream) => match went(&mut renter, stream).await {
+                Some(stream) => app.tunnels.meter(stream, &run),
+                None => return,
+            },
+        };
+        let started = Instant::now();
         let (up, down) = flotilla_tunnel::carry(&mut renter, &mut node)
             .await
             .unwrap_or((0, 0));
@@ -112,6 +133,40 @@ pub async fn connect(
     headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     headers.insert(header::UPGRADE, HeaderValue::from_static(UPGRADE_PROTOCOL));
     Ok(response)
+}
+
+/// A connection's stream to its node: carrying now, or on standby until the renter's go.
+enum Opened {
+    Now(Metered),
+    Standby(Stream),
+}
+
+fn open_error(error: OpenError) -> ApiError {
+    match error {
+        OpenError::Refused(reason) => ApiError::conflict("node_refused", reason),
+        other => ApiError::Unavailable(other.to_string()),
+    }
+}
+
+/// A standby connection's start: the renter's go byte, passed on to the worker, gives the
+/// stream back. None when the byte is another, when either side closed first (the worker
+/// sends nothing before the go, so anything from it is its end), or past
+/// [`STANDBY_WAIT_MS_MAX`].
+async fn went<R>(renter: &mut R, mut stream: Stream) -> Option<Stream>
+where
+    R: AsyncRead + Unpin,
+{
+    let mut ended = [0u8; 1];
+    let go = tokio::select! {
+        go = renter.read_u8() => go.ok(),
+        _ = stream.read(&mut ended) => None,
+        _ = tokio::time::sleep(Duration::from_millis(STANDBY_WAIT_MS_MAX)) => None,
+    };
+    if go != Some(STANDBY_GO) {
+        return None;
+    }
+    stream.write_all(&[STANDBY_GO]).await.ok()?;
+    Some(stream)
 }
 
 // --- HTTP access -------------------------------------------------------------------------
@@ -170,11 +225,14 @@ pub async fn create_link(
     if ttl_s == 0 || ttl_s > LINK_TTL_S_MAX {
         return Err(ApiError::invalid("ttl_s", "must be between 1 and 86400"));
     }
-    let query = ConnectQuery {
-        node: request.node,
-        port: request.port,
-    };
-    target(&app, caller.account_id(), &cluster_id, &query).await?;
+    target(
+        &app,
+        caller.account_id(),
+        &cluster_id,
+        request.node,
+        request.port,
+    )
+    .await?;
     let expires_at_ms = crate::now_ms() + i64::try_from(ttl_s * 1_000).unwrap_or(i64::MAX);
     let token = link_token(&app, &cluster_id, request.node, request.port, expires_at_ms);
     let path = format!(
@@ -239,10 +297,6 @@ async fn proxy_target(
     request: &mut Request,
     path: &ProxyPath,
 ) -> ApiResult<(RunRow, ClusterSpec)> {
-    let query = ConnectQuery {
-        node: path.node,
-        port: path.port,
-    };
     if request.headers().contains_key(header::AUTHORIZATION) {
         let (mut parts, body) = std::mem::take(request).into_parts();
         let caller = <Caller as axum::extract::FromRequestParts<AppState>>::from_request_parts(
@@ -252,7 +306,14 @@ async fn proxy_target(
         *request = Request::from_parts(parts, body);
         let caller = caller?;
         caller.require_role(Role::Renter)?;
-        return target(app, caller.account_id(), &path.cluster, &query).await;
+        return target(
+            app,
+            caller.account_id(),
+            &path.cluster,
+            path.node,
+            path.port,
+        )
+        .await;
     }
     let link = carried_link(request).ok_or(ApiError::Unauthenticated)?;
     if !link_valid(app, &link, &path.cluster, path.node, path.port) {
@@ -264,7 +325,7 @@ async fn proxy_target(
         .await?
         .ok_or(ApiError::NotFound("cluster"))?
         .account_id;
-    target(app, &owner, &path.cluster, &query).await
+    target(app, &owner, &path.cluster, path.node, path.port).await
 }
 
 /// The request as the node's server sees it: its own path (or the whole path, for a server
@@ -332,10 +393,7 @@ pub async fn proxy(
         .tunnels
         .open(&run, path.port)
         .await
-        .map_err(|error| match error {
-            OpenError::Refused(reason) => ApiError::conflict("node_refused", reason),
-            other => ApiError::Unavailable(other.to_string()),
-        })?;
+        .map_err(open_error)?;
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| ApiError::Unavailable(format!("the node's server: {e}")))?;
