@@ -12,9 +12,8 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::Duration;
 
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 
 /// The addresses nodes' networks are carved from: a /30 per node, host side `.1`, node `.2`.
 pub const NODE_NETWORK: &str = "10.77.0.0/16";
@@ -28,8 +27,6 @@ const NODE_INTERFACE_PREFIX: &str = "fln";
 pub const NAMESPACE_PREFIX: &str = "flotilla-";
 /// Slots tried before giving up (others are taken by other nodes, or other workers').
 const SLOT_TRIES_MAX: u32 = 64;
-/// How long dialling a node's port may take.
-pub const DIAL_TIMEOUT_MS: u64 = 5_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetnsError {
@@ -279,34 +276,80 @@ fn run(program: &str, args: &[&str]) -> Result<(), NetnsError> {
     }
 }
 
-/// Connects to `port` on loopback inside the namespace at `namespace`. The socket is made on
-/// a thread of its own that enters the namespace and then ends, so no thread of the worker's
-/// runtime is ever left in a node's network.
-pub async fn dial(namespace: &Path, port: u16) -> std::io::Result<TcpStream> {
-    let namespace = namespace.to_owned();
-    let (sender, receiver) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name("netns-dial".into())
-        .spawn(move || {
-            let _ = sender.send(dial_blocking(&namespace, port));
-        })?;
-    let stream = receiver
-        .await
-        .map_err(|_| std::io::Error::other("the dialling thread ended without an answer"))??;
-    TcpStream::from_std(stream)
+/// Dials made at once in one namespace, at most; more are refused (each is a renter's
+/// connection being opened).
+const DIALS_WAITING_MAX: usize = 256;
+
+type SocketAnswer = tokio::sync::oneshot::Sender<std::io::Result<TcpSocket>>;
+
+/// Makes TCP sockets inside one node's network namespace, on a thread that entered it once:
+/// a socket belongs to the namespace it was made in, so connecting it (on the runtime, never
+/// blocking) reaches that node's loopback, and a connection costs neither a thread nor a
+/// `setns` of its own. No thread of the worker's runtime ever enters a node's network. The
+/// thread ends when the last handle is dropped (the node's ports leave the port table).
+#[derive(Debug, Clone)]
+pub struct NamespaceSockets {
+    requests: std::sync::mpsc::SyncSender<SocketAnswer>,
 }
 
-fn dial_blocking(namespace: &Path, port: u16) -> std::io::Result<std::net::TcpStream> {
+impl NamespaceSockets {
+    /// The socket thread of the namespace at `namespace` (a path to `setns` into). A namespace
+    /// it cannot enter answers each dial with the reason.
+    pub fn open(namespace: &Path) -> NamespaceSockets {
+        let (requests, queue) = std::sync::mpsc::sync_channel::<SocketAnswer>(DIALS_WAITING_MAX);
+        let namespace = namespace.to_owned();
+        // Should the thread not start, the queue is dropped and every dial says so.
+        let _ = std::thread::Builder::new()
+            .name("netns-sockets".into())
+            .spawn(move || {
+                let entered = enter(&namespace).map_err(|e| e.to_string());
+                for answer in queue {
+                    let made = match &entered {
+                        Ok(()) => TcpSocket::new_v4(),
+                        Err(reason) => Err(std::io::Error::other(format!(
+                            "cannot enter the node's network: {reason}"
+                        ))),
+                    };
+                    let _ = answer.send(made);
+                }
+            });
+        NamespaceSockets { requests }
+    }
+
+    /// Connects to `port` on the namespace's loopback.
+    pub async fn dial(&self, port: u16) -> std::io::Result<TcpStream> {
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        self.requests
+            .try_send(answer)
+            .map_err(|error| match error {
+                std::sync::mpsc::TrySendError::Full(_) => {
+                    std::io::Error::other("too many connections being opened to this node")
+                }
+                std::sync::mpsc::TrySendError::Disconnected(_) => {
+                    std::io::Error::other("the node's socket thread is gone")
+                }
+            })?;
+        let socket = answered
+            .await
+            .map_err(|_| std::io::Error::other("the node's socket thread is gone"))??;
+        socket
+            .connect(SocketAddr::from(([127, 0, 0, 1], port)))
+            .await
+    }
+}
+
+fn enter(namespace: &Path) -> std::io::Result<()> {
     let file = std::fs::File::open(namespace)?;
     rustix::thread::move_into_link_name_space(
         file.as_fd(),
         Some(rustix::thread::LinkNameSpaceType::Network),
     )?;
-    let target = SocketAddr::from(([127, 0, 0, 1], port));
-    let stream =
-        std::net::TcpStream::connect_timeout(&target, Duration::from_millis(DIAL_TIMEOUT_MS))?;
-    stream.set_nonblocking(true)?;
-    Ok(stream)
+    Ok(())
+}
+
+/// Connects to `port` on loopback inside the namespace at `namespace`, once.
+pub async fn dial(namespace: &Path, port: u16) -> std::io::Result<TcpStream> {
+    NamespaceSockets::open(namespace).dial(port).await
 }
 
 #[cfg(test)]

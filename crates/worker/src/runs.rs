@@ -36,7 +36,7 @@ use crate::WorkerError;
 use crate::checkpoint::{Checkpoint, CheckpointStore, Uploads};
 use crate::container::{ContainerError, Engine};
 use crate::mesh::MeshNode;
-use crate::netns::{NodeNetwork, NodeNetworks};
+use crate::netns::{NamespaceSockets, NodeNetwork, NodeNetworks};
 use crate::ray::RayEnvironments;
 use crate::sandbox::{Chunk, Ended, Ending, Sandbox, SandboxSpec};
 
@@ -134,19 +134,22 @@ pub struct PortTable {
 #[derive(Debug, Clone)]
 struct NodePorts {
     ports: Vec<u16>,
-    /// The node's network namespace (a path to `setns` into); none: the worker's own.
-    namespace: Option<PathBuf>,
+    /// Sockets made in the node's network namespace; none: the worker's own network.
+    namespace: Option<NamespaceSockets>,
 }
 
 /// Where a tunnelled connection goes: `port` on loopback, in `namespace` if there is one.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct PortTarget {
     pub port: u16,
-    pub namespace: Option<PathBuf>,
+    pub namespace: Option<NamespaceSockets>,
 }
 
 impl PortTable {
+    /// A started node's ports, in the namespace at `namespace` (a path to `setns` into) if
+    /// it has one.
     fn insert(&self, run_id: &str, ports: Vec<u16>, namespace: Option<PathBuf>) {
+        let namespace = namespace.as_deref().map(NamespaceSockets::open);
         let mut runs = self.runs.write().unwrap_or_else(PoisonError::into_inner);
         runs.insert(run_id.to_owned(), NodePorts { ports, namespace });
     }

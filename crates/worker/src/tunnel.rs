@@ -190,7 +190,7 @@ async fn dial(ports: &PortTable, open: &StreamOpen) -> Result<tokio::net::TcpStr
     let target = ports.target(&open.run_id, open.port)?;
     let dial = async {
         match &target.namespace {
-            Some(namespace) => crate::netns::dial(namespace, target.port).await,
+            Some(namespace) => namespace.dial(target.port).await,
             None => tokio::net::TcpStream::connect(("127.0.0.1", target.port)).await,
         }
     };

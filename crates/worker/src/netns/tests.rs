@@ -73,7 +73,9 @@ async fn two_nodes_serve_one_port_and_each_dial_reaches_its_own() {
         serve_once_in(first.path(), 8888, b"first"),
         serve_once_in(second.path(), 8888, b"second"),
     ];
-    let from_first = read_all(dial(&first.path(), 8888).await.unwrap()).await;
+    // One handle dials more than once, from the same thread.
+    let first_sockets = NamespaceSockets::open(&first.path());
+    let from_first = read_all(first_sockets.dial(8888).await.unwrap()).await;
     let from_second = read_all(dial(&second.path(), 8888).await.unwrap()).await;
     assert_eq!(from_first, b"first");
     assert_eq!(from_second, b"second");
@@ -81,7 +83,7 @@ async fn two_nodes_serve_one_port_and_each_dial_reaches_its_own() {
         server.join().unwrap();
     }
     // Nothing listens there any more: the dial is refused, not sent elsewhere.
-    assert!(dial(&first.path(), 8888).await.is_err());
+    assert!(first_sockets.dial(8888).await.is_err());
     let routes = std::process::Command::new("ip")
         .args(["-n", first.name(), "route"])
         .output()
@@ -95,4 +97,21 @@ async fn two_nodes_serve_one_port_and_each_dial_reaches_its_own() {
     assert!(!first.path().exists(), "swept at the next start");
     let markers = std::fs::read_dir(data.path().join("netns")).unwrap();
     assert_eq!(markers.count(), 0);
+}
+
+/// A namespace that cannot be entered never means the worker's own network: a server on the
+/// worker's loopback is not reached.
+#[tokio::test]
+async fn a_namespace_that_cannot_be_entered_refuses_every_dial() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let missing = tempfile::tempdir()
+        .unwrap()
+        .path()
+        .join("no-such-namespace");
+    let sockets = NamespaceSockets::open(&missing);
+    for _ in 0..2 {
+        let error = sockets.dial(port).await.unwrap_err();
+        assert!(error.to_string().contains("cannot enter"), "{error}");
+    }
 }
