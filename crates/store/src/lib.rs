@@ -314,7 +314,6 @@ pub async fn create_postgres_database(admin_url: &str, prefix: &str) -> Result<S
     Ok(format!("{base}/{name}"))
 }
 
-/// Accepts `sqlite:PATH`, `sqlite://PATH`, a bare file path, or `postgres://...`.
 /// SQLite's sync setting for most writes: in WAL mode, NORMAL survives a crash of the process
 /// but may lose the newest commits to a crash of the machine (never a commit in the middle).
 const SQLITE_SYNCHRONOUS: &str = "NORMAL";
@@ -350,6 +349,7 @@ async fn sqlite_ledger_pool(url: &str) -> Result<sqlx::SqlitePool> {
     Ok(pool)
 }
 
+/// Accepts `sqlite:PATH`, `sqlite://PATH`, a bare file path, or `postgres://...`.
 fn normalize_url(url: &str) -> Result<(Backend, String)> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         return Ok((Backend::Postgres, url.to_owned()));
