@@ -616,20 +616,17 @@ impl BatchRows {
             book,
             owner_last_seq,
         } = cache;
-        let (applied, bodies): (Vec<&Entry>, Vec<String>) = outcomes
-            .iter()
-            .zip(canonical)
-            .filter_map(|pair| match pair {
-                (Outcome::Applied(entry), body) => {
-                    Some(body.map(|body| (entry, body)).ok_or_else(|| {
-                        LedgerError::Corrupt("an applied entry without its JSON".into())
-                    }))
-                }
-                _ => None,
-            })
-            .collect::<Result<Vec<_>, _>>()?
-            .into_iter()
-            .unzip();
+        let mut applied: Vec<&Entry> = Vec::new();
+        let mut bodies: Vec<String> = Vec::new();
+        for (outcome, body) in outcomes.iter().zip(canonical) {
+            if let Outcome::Applied(entry) = outcome {
+                let body = body.ok_or_else(|| {
+                    LedgerError::Corrupt("an applied entry without its JSON".into())
+                })?;
+                applied.push(entry);
+                bodies.push(body);
+            }
+        }
         let mut entries = Vec::with_capacity(applied.len());
         // Sorted and deduplicated once at the end (cheaper than hashing each account name),
         // which also hands the store its balance rows in key order.
