@@ -65,9 +65,11 @@ const CONNECT_ROUNDS: usize = 300;
 const CONNECT_WARMUP_ROUNDS: usize = 30;
 /// Idle connections opened and kept before the measured ones, so one-time growth (tables,
 /// allocator arenas) is not charged to them. With the measured ones, below the tunnel's 256
-/// streams per worker.
+/// streams per worker, which the bench's coordinator lets one node hold.
 const IDLE_WARMUP_CONNECTIONS: usize = 32;
 const IDLE_CONNECTIONS: usize = 200;
+const TUNNEL_CONNECTIONS_PER_NODE_MAX: usize = 256;
+const _: () = assert!(IDLE_WARMUP_CONNECTIONS + IDLE_CONNECTIONS < TUNNEL_CONNECTIONS_PER_NODE_MAX);
 /// Pause before each memory reading, for the processes to finish their bookkeeping.
 const SETTLE_MS: u64 = 1_000;
 /// How long a path has to answer its first ping.
@@ -739,6 +741,11 @@ fn start_coordinator(procs: &mut Procs) -> Result<(u32, String)> {
             ])
             .args(["--schedule-interval-ms", "100"])
             .args(["--proof-target-ms", "20", "--proof-memory-pct", "1"])
+            // The idle connections all go to one node: let it hold the worker's every stream.
+            .args([
+                "--tunnel-connections-per-node-max",
+                &TUNNEL_CONNECTIONS_PER_NODE_MAX.to_string(),
+            ])
             .env("FLOTILLA_LOG", "warn"),
     )?;
     let url = line

@@ -156,6 +156,10 @@ struct CoordinatorArgs {
     /// port) instead of directly between nodes.
     #[arg(long)]
     mesh_relay_only: bool,
+    /// Tunnelled connections one node may have open at once; more are refused (at most 256,
+    /// a worker's tunnel streams for all its nodes).
+    #[arg(long, default_value_t = flotilla_coordinator::tunnels::TUNNEL_CONNECTIONS_PER_NODE_MAX_DEFAULT)]
+    tunnel_connections_per_node_max: usize,
 }
 
 #[derive(Debug, clap::Args)]
@@ -279,6 +283,7 @@ async fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
         checkpoint_interval_ms: args.checkpoint_interval_ms,
         io_price_micros: args.io_price_micros,
         mesh_relay_only: args.mesh_relay_only,
+        tunnel_connections_per_node_max: args.tunnel_connections_per_node_max,
         ..flotilla_coordinator::Config::default()
     };
     let running = flotilla_coordinator::start(config).await?;

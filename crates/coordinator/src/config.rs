@@ -55,6 +55,10 @@ pub struct Config {
     /// The price clusters paid in IO convert at, IOSD base units per whole IO; none: rent is
     /// paid in IOSD only. Fixed per cluster when it deploys.
     pub io_price_micros: Option<u64>,
+    /// Tunnelled connections one node may have open at once (standby ones included); more are
+    /// refused with 409 `too_many_connections`. At most [`flotilla_tunnel::STREAMS_MAX`], a
+    /// worker's streams for all its nodes together.
+    pub tunnel_connections_per_node_max: usize,
     /// Cluster meshes carry all traffic through the relay (nodes are given no direct
     /// endpoints): for networks where direct UDP between suppliers is known to fail, and tests.
     pub mesh_relay_only: bool,
@@ -93,6 +97,8 @@ impl Default for Config {
             checkpoint_interval_ms: 60_000,
             fees: flotilla_ledger::rent::FeePolicy::default(),
             io_price_micros: None,
+            tunnel_connections_per_node_max:
+                crate::tunnels::TUNNEL_CONNECTIONS_PER_NODE_MAX_DEFAULT,
             mesh_relay_only: false,
             emission: flotilla_ledger::emission::Schedule::default(),
         }
@@ -155,6 +161,12 @@ impl Config {
         if self.fees.renter_bps > 10_000 || self.fees.supplier_bps > 10_000 {
             return fail("fees", "must be at most 10000 basis points");
         }
+        if !(1..=flotilla_tunnel::STREAMS_MAX).contains(&self.tunnel_connections_per_node_max) {
+            return fail(
+                "tunnel_connections_per_node_max",
+                "must be at least 1 and at most a worker's tunnel streams (256)",
+            );
+        }
         if !(1..=100).contains(&self.proof_memory_pct) {
             return fail("proof_memory_pct", "must be between 1 and 100");
         }
@@ -185,5 +197,13 @@ mod tests {
             ..Config::default()
         };
         assert_eq!(config.validate().unwrap_err().field, "heartbeat_grace_ms");
+        for connections in [0, flotilla_tunnel::STREAMS_MAX + 1] {
+            let config = Config {
+                tunnel_connections_per_node_max: connections,
+                ..Config::default()
+            };
+            let error = config.validate().unwrap_err();
+            assert_eq!(error.field, "tunnel_connections_per_node_max");
+        }
     }
 }

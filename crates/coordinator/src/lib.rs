@@ -208,6 +208,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let tunnel_key = flotilla_tunnel::StaticKeypair::from_ed25519(ledger.signing_key());
     let (traffic_sink, traffic_records) = traffic::queue();
     let config_relay_only = config.mesh_relay_only;
+    let tunnel_connections_per_node_max = config.tunnel_connections_per_node_max;
     let app = AppState {
         store: store.clone(),
         config: Arc::new(config),
@@ -221,7 +222,12 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         spending: Arc::default(),
         ledger,
         schedule_now: Arc::new(tokio::sync::Notify::new()),
-        tunnels: Arc::new(tunnels::Tunnels::new(tunnel_key, tunnel_port, traffic_sink)),
+        tunnels: Arc::new(tunnels::Tunnels::new(
+            tunnel_key,
+            tunnel_port,
+            traffic_sink,
+            tunnel_connections_per_node_max,
+        )),
         meshes: Arc::new(mesh::Meshes::new(config_relay_only)),
     };
     let router = api::router(app.clone());

@@ -14,6 +14,8 @@ use std::time::Instant;
 use flotilla_proto::api::TunnelTraffic;
 use flotilla_store::RunRow;
 use flotilla_tunnel::Stream;
+
+use crate::tunnels::NodeSlot;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{mpsc, watch};
 
@@ -36,13 +38,20 @@ pub struct TrafficRecord {
 /// A stream to a node that counts what passes and reports it when dropped.
 pub struct Metered {
     stream: Stream,
+    /// The node's slot, held as long as the connection.
+    _slot: NodeSlot,
     record: TrafficRecord,
     opened_at: Instant,
     sink: mpsc::Sender<TrafficRecord>,
 }
 
 impl Metered {
-    pub fn new(stream: Stream, run: &RunRow, sink: mpsc::Sender<TrafficRecord>) -> Metered {
+    pub fn new(
+        stream: Stream,
+        slot: NodeSlot,
+        run: &RunRow,
+        sink: mpsc::Sender<TrafficRecord>,
+    ) -> Metered {
         let record = TrafficRecord {
             run_id: run.id.clone(),
             cluster_id: run.cluster_id.clone(),
@@ -54,6 +63,7 @@ impl Metered {
         };
         Metered {
             stream,
+            _slot: slot,
             record,
             opened_at: Instant::now(),
             sink,

@@ -8,10 +8,15 @@
 //! worker's tunnel: the coordinator writes a [`StreamOpen`] line, the worker checks that the
 //! run is live there and the port declared, dials it, and answers [`StreamOpened`]; then bytes
 //! flow both ways.
+//!
+//! Every stream to a node holds one of that node's slots ([`NodeSlot`]), at most
+//! `tunnel_connections_per_node_max` at once, so one node's connections (a renter's forgotten
+//! tabs, or a flood) cannot take the whole of its worker's [`flotilla_tunnel::STREAMS_MAX`] and
+//! lock out the other nodes on the same machine, which may be other renters'.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use flotilla_proto::wire::{STREAM_LINE_BYTES_MAX, StreamOpen, StreamOpened, TunnelOffer};
@@ -28,6 +33,11 @@ use crate::traffic::{Metered, TrafficRecord};
 const HANDSHAKES_IN_FLIGHT_MAX: usize = 64;
 /// How long a worker has to answer a stream's open line.
 const STREAM_OPEN_TIMEOUT_MS: u64 = 10_000;
+/// The default for `tunnel_connections_per_node_max`: a worker's [`flotilla_tunnel::STREAMS_MAX`]
+/// streams then hold eight nodes at their limit, a full eight-GPU machine of one-GPU nodes.
+/// Far above interactive use (a browser opens six connections to a host, `flotilla connect`
+/// keeps two standing by).
+pub const TUNNEL_CONNECTIONS_PER_NODE_MAX_DEFAULT: usize = flotilla_tunnel::STREAMS_MAX / 8;
 
 /// Why a stream to a node could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +48,8 @@ pub enum OpenError {
     Refused(String),
     #[error("tunnel: {0}")]
     Tunnel(String),
+    #[error("the node already has {connections_max} connections open, the most one node may hold")]
+    NodeFull { connections_max: usize },
 }
 
 struct Entry {
@@ -55,6 +67,15 @@ pub struct Tunnels {
     next_id: AtomicU64,
     /// Where ended connections' figures go.
     traffic: mpsc::Sender<TrafficRecord>,
+    /// Streams open to each node, by run id; a node without any has no entry.
+    node_streams: NodeStreams,
+    connections_per_node_max: usize,
+}
+
+type NodeStreams = Arc<Mutex<HashMap<String, usize>>>;
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl std::fmt::Debug for Tunnels {
@@ -66,13 +87,21 @@ impl std::fmt::Debug for Tunnels {
 }
 
 impl Tunnels {
-    pub fn new(key: StaticKeypair, port: u16, traffic: mpsc::Sender<TrafficRecord>) -> Tunnels {
+    pub fn new(
+        key: StaticKeypair,
+        port: u16,
+        traffic: mpsc::Sender<TrafficRecord>,
+        connections_per_node_max: usize,
+    ) -> Tunnels {
+        assert!(connections_per_node_max >= 1, "validated with the config");
         Tunnels {
             key,
             port,
             sessions: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             traffic,
+            node_streams: Arc::default(),
+            connections_per_node_max,
         }
     }
 
@@ -84,27 +113,42 @@ impl Tunnels {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
-        self.sessions
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Entry>> {
+        lock(&self.sessions)
+    }
+
+    /// One of `run_id`'s node's slots, or NodeFull when it holds them all.
+    fn claim(&self, run_id: &str) -> Result<NodeSlot, OpenError> {
+        let mut streams = lock(&self.node_streams);
+        let held = streams.entry(run_id.to_owned()).or_default();
+        if *held >= self.connections_per_node_max {
+            return Err(OpenError::NodeFull {
+                connections_max: self.connections_per_node_max,
+            });
+        }
+        *held += 1;
+        Ok(NodeSlot {
+            streams: Arc::clone(&self.node_streams),
+            run_id: run_id.to_owned(),
+        })
     }
 
     /// Opens a stream to port `port` of `run`'s node, counted for the node and its devices.
     pub async fn open(&self, run: &RunRow, port: u16) -> Result<Metered, OpenError> {
-        let stream = self.open_stream(run, port, false).await?;
-        Ok(self.meter(stream, run))
+        let (stream, slot) = self.open_stream(run, port, false).await?;
+        Ok(Metered::new(stream, slot, run, self.traffic.clone()))
     }
 
     /// Opens a standby stream (see [`StreamOpen::standby`]): checked by the worker, not yet
     /// dialled, not yet counted.
-    pub async fn open_standby(&self, run: &RunRow, port: u16) -> Result<Stream, OpenError> {
-        self.open_stream(run, port, true).await
+    pub async fn open_standby(&self, run: &RunRow, port: u16) -> Result<Standby, OpenError> {
+        let (stream, slot) = self.open_stream(run, port, true).await?;
+        Ok(Standby { stream, slot })
     }
 
     /// A stream counted from now on for `run`'s node and its devices.
-    pub fn meter(&self, stream: Stream, run: &RunRow) -> Metered {
-        Metered::new(stream, run, self.traffic.clone())
+    pub fn meter(&self, standby: Standby, run: &RunRow) -> Metered {
+        Metered::new(standby.stream, standby.slot, run, self.traffic.clone())
     }
 
     async fn open_stream(
@@ -112,7 +156,8 @@ impl Tunnels {
         run: &RunRow,
         port: u16,
         standby: bool,
-    ) -> Result<Stream, OpenError> {
+    ) -> Result<(Stream, NodeSlot), OpenError> {
+        let slot = self.claim(&run.id)?;
         let opener = self
             .lock()
             .get(&run.worker_id)
@@ -142,13 +187,38 @@ impl Tunnels {
         if !opened.ok {
             return Err(OpenError::Refused(opened.error));
         }
-        Ok(stream)
+        Ok((stream, slot))
     }
 
     /// Whether a worker's tunnel is up.
     pub fn is_open(&self, worker_id: &str) -> bool {
         self.lock().contains_key(worker_id)
     }
+}
+
+/// One of a node's slots, given back when dropped.
+pub struct NodeSlot {
+    streams: NodeStreams,
+    run_id: String,
+}
+
+impl Drop for NodeSlot {
+    fn drop(&mut self) {
+        let mut streams = lock(&self.streams);
+        let held = streams
+            .get_mut(&self.run_id)
+            .expect("a held slot is counted");
+        *held -= 1;
+        if *held == 0 {
+            streams.remove(&self.run_id);
+        }
+    }
+}
+
+/// A standby stream to a node (see [`StreamOpen::standby`]) and the node's slot it holds.
+pub struct Standby {
+    pub stream: Stream,
+    slot: NodeSlot,
 }
 
 /// Accepts workers' tunnels until shutdown.
@@ -221,4 +291,45 @@ async fn admit(app: &AppState, tcp: tokio::net::TcpStream) -> Result<(), String>
     drop(sessions);
     tracing::info!(%worker_id, "worker tunnel closed");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tunnels(connections_per_node_max: usize) -> Tunnels {
+        let (traffic, _) = mpsc::channel(1);
+        let key = StaticKeypair::from_private([7; 32]);
+        Tunnels::new(key, 0, traffic, connections_per_node_max)
+    }
+
+    fn held(tunnels: &Tunnels, run_id: &str) -> Option<usize> {
+        lock(&tunnels.node_streams).get(run_id).copied()
+    }
+
+    #[test]
+    fn a_node_at_its_limit_is_refused_and_others_on_its_worker_are_not() {
+        let tunnels = tunnels(2);
+        let first = tunnels.claim("run_a").unwrap();
+        let _second = tunnels.claim("run_a").unwrap();
+        assert!(matches!(
+            tunnels.claim("run_a"),
+            Err(OpenError::NodeFull { connections_max: 2 })
+        ));
+        assert_eq!(held(&tunnels, "run_a"), Some(2), "a refusal holds nothing");
+        let other = tunnels
+            .claim("run_b")
+            .expect("another node has its own slots");
+        drop(first);
+        assert_eq!(held(&tunnels, "run_a"), Some(1));
+        let _again = tunnels
+            .claim("run_a")
+            .expect("a slot given back is free again");
+        drop(other);
+        assert_eq!(
+            held(&tunnels, "run_b"),
+            None,
+            "a node without streams leaves no entry"
+        );
+    }
 }

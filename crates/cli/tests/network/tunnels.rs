@@ -390,6 +390,78 @@ async fn a_standby_connection_reaches_the_node_only_once_started(db: Db) {
 
 on_both_databases!(a_standby_connection_reaches_the_node_only_once_started);
 
+/// A tunnelled connection to `path` that echoes a ping, once the node's server answers.
+async fn echoing(renter: &Client, path: &str) -> Option<flotilla_client::Upgraded> {
+    eventually(Duration::from_secs(20), || async {
+        let mut connection = renter.upgrade(path, "flotilla-tunnel").await.ok()?;
+        connection.write_all(b"ping").await.ok()?;
+        let mut answer = [0u8; 4];
+        let read = connection.read_exact(&mut answer);
+        let read = tokio::time::timeout(Duration::from_secs(5), read).await;
+        matches!(read, Ok(Ok(_))).then_some(())?;
+        (&answer == b"ping").then_some(connection)
+    })
+    .await
+}
+
+/// One node's connections are limited, so they cannot take the whole of its worker's tunnel:
+/// past the limit a connection is refused with 409 and a body naming the limit, another node
+/// still gets through, and a closed connection's slot is free again.
+async fn a_node_holds_at_most_its_limit_of_connections(db: Db) {
+    if !sandbox_ready() {
+        return;
+    }
+    let mut flags = crate::clusters::market_flags("500");
+    flags.extend(["--tunnel-connections-per-node-max", "2"]);
+    let coordinator = crate::harness::Coordinator::start(db, &flags).await;
+    let Market {
+        coordinator: _coordinator,
+        renter,
+        _workers,
+        _dirs,
+        ..
+    } = crate::clusters::market_from(coordinator, 2, |coordinator, dir, token, _| {
+        coordinator.worker_with(dir, Some(token), "H100x1", &[])
+    })
+    .await;
+    let port = free_port();
+    let cluster = python_service(&renter, 2, port, &echo_server(port)).await;
+    let path = |node: u32| format!("clusters/{}/connect?node={node}&port={port}", cluster.id);
+    let first = echoing(&renter, &path(0)).await.expect("node 0 echoes");
+    let _second = echoing(&renter, &path(0))
+        .await
+        .expect("a second connection");
+    match renter.upgrade(&path(0), "flotilla-tunnel").await {
+        Err(ClientError::Api {
+            status: 409,
+            code,
+            message,
+            ..
+        }) => {
+            assert_eq!(code, "too_many_connections");
+            assert!(message.contains("2 connections"), "{message}");
+        }
+        other => panic!("a third connection to node 0 is refused, got {other:?}"),
+    }
+    let standby = format!("{}&standby=true", path(0));
+    assert!(
+        matches!(
+            renter.upgrade(&standby, "flotilla-tunnel").await,
+            Err(ClientError::Api { status: 409, .. })
+        ),
+        "standby connections count too"
+    );
+    let _other_node = echoing(&renter, &path(1))
+        .await
+        .expect("node 1 has its own connections");
+    drop(first);
+    let _third = echoing(&renter, &path(0))
+        .await
+        .expect("a closed connection's slot is free again");
+}
+
+on_both_databases!(a_node_holds_at_most_its_limit_of_connections);
+
 /// A small HTTP server on the node: plain requests answer their path; `Upgrade: websocket`
 /// gets the RFC 6455 handshake and an echo of each frame.
 fn web_server(port: u16) -> String {

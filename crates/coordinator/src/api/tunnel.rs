@@ -24,7 +24,7 @@ use crate::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Caller, PathId, QueryParams};
 use crate::traffic::Metered;
-use crate::tunnels::OpenError;
+use crate::tunnels::{OpenError, Standby};
 
 /// The protocol name in the `Upgrade` header.
 pub const UPGRADE_PROTOCOL: &str = "flotilla-tunnel";
@@ -117,10 +117,12 @@ pub async fn connect(
         let mut renter = TokioIo::new(upgraded);
         let mut node = match opened {
             Opened::Now(node) => node,
-            Opened::Standby(stream) => match went(&mut renter, stream).await {
-                Some(stream) => app.tunnels.meter(stream, &run),
-                None => return,
-            },
+            Opened::Standby(mut standby) => {
+                if !went(&mut renter, &mut standby.stream).await {
+                    return;
+                }
+                app.tunnels.meter(standby, &run)
+            }
         };
         let started = Instant::now();
         let (up, down) = flotilla_tunnel::carry(&mut renter, &mut node)
@@ -138,21 +140,24 @@ pub async fn connect(
 /// A connection's stream to its node: carrying now, or on standby until the renter's go.
 enum Opened {
     Now(Metered),
-    Standby(Stream),
+    Standby(Standby),
 }
 
 fn open_error(error: OpenError) -> ApiError {
     match error {
         OpenError::Refused(reason) => ApiError::conflict("node_refused", reason),
+        full @ OpenError::NodeFull { .. } => ApiError::conflict(
+            "too_many_connections",
+            format!("{full}; close one and try again"),
+        ),
         other => ApiError::Unavailable(other.to_string()),
     }
 }
 
-/// A standby connection's start: the renter's go byte, passed on to the worker, gives the
-/// stream back. None when the byte is another, when either side closed first (the worker
-/// sends nothing before the go, so anything from it is its end), or past
-/// [`STANDBY_WAIT_MS_MAX`].
-async fn went<R>(renter: &mut R, mut stream: Stream) -> Option<Stream>
+/// A standby connection's start: whether the renter's go byte came and was passed on to the
+/// worker. Not when the byte is another, when either side closed first (the worker sends
+/// nothing before the go, so anything from it is its end), or past [`STANDBY_WAIT_MS_MAX`].
+async fn went<R>(renter: &mut R, stream: &mut Stream) -> bool
 where
     R: AsyncRead + Unpin,
 {
@@ -162,11 +167,7 @@ where
         _ = stream.read(&mut ended) => None,
         _ = tokio::time::sleep(Duration::from_millis(STANDBY_WAIT_MS_MAX)) => None,
     };
-    if go != Some(STANDBY_GO) {
-        return None;
-    }
-    stream.write_all(&[STANDBY_GO]).await.ok()?;
-    Some(stream)
+    go == Some(STANDBY_GO) && stream.write_all(&[STANDBY_GO]).await.is_ok()
 }
 
 // --- HTTP access -------------------------------------------------------------------------
