@@ -14,12 +14,11 @@ use std::time::Instant;
 use flotilla_proto::api::TunnelTraffic;
 use flotilla_store::RunRow;
 use flotilla_tunnel::Stream;
-
-use crate::tunnels::NodeSlot;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{mpsc, watch};
 
 use crate::AppState;
+use crate::tunnels::NodeSlot;
 
 /// Ended connections' figures waiting to be written, at most.
 pub const TRAFFIC_RECORDS_QUEUED_MAX: usize = 4_096;
