@@ -160,6 +160,10 @@ struct CoordinatorArgs {
     /// a worker's tunnel streams for all its nodes).
     #[arg(long, default_value_t = flotilla_coordinator::tunnels::TUNNEL_CONNECTIONS_PER_NODE_MAX_DEFAULT)]
     tunnel_connections_per_node_max: usize,
+    /// Probe a client connection silent this long with TCP keepalive; one that stops
+    /// answering (its renter vanished) closes within about twice this.
+    #[arg(long, default_value_t = flotilla_coordinator::config::TCP_KEEPALIVE_S_DEFAULT)]
+    tcp_keepalive_s: u64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -284,6 +288,7 @@ async fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
         io_price_micros: args.io_price_micros,
         mesh_relay_only: args.mesh_relay_only,
         tunnel_connections_per_node_max: args.tunnel_connections_per_node_max,
+        tcp_keepalive_s: args.tcp_keepalive_s,
         ..flotilla_coordinator::Config::default()
     };
     let running = flotilla_coordinator::start(config).await?;

@@ -55,6 +55,12 @@ pub struct Config {
     /// The price clusters paid in IO convert at, IOSD base units per whole IO; none: rent is
     /// paid in IOSD only. Fixed per cluster when it deploys.
     pub io_price_micros: Option<u64>,
+    /// A client connection silent this long gets TCP keepalive probes, one every sixth of it
+    /// after; one whose probes, or whose sent bytes, go unanswered for twice this is closed
+    /// (`TCP_USER_TIMEOUT`). So a renter who vanishes mid-connection (a laptop gone to sleep)
+    /// gives its tunnelled connections, and its node's slots, back within about twice this,
+    /// while a quiet but present one (an idle SSH session) is kept.
+    pub tcp_keepalive_s: u64,
     /// Tunnelled connections one node may have open at once (standby ones included); more are
     /// refused with 409 `too_many_connections`. At most [`flotilla_tunnel::STREAMS_MAX`], a
     /// worker's streams for all its nodes together.
@@ -97,6 +103,7 @@ impl Default for Config {
             checkpoint_interval_ms: 60_000,
             fees: flotilla_ledger::rent::FeePolicy::default(),
             io_price_micros: None,
+            tcp_keepalive_s: TCP_KEEPALIVE_S_DEFAULT,
             tunnel_connections_per_node_max:
                 crate::tunnels::TUNNEL_CONNECTIONS_PER_NODE_MAX_DEFAULT,
             mesh_relay_only: false,
@@ -104,6 +111,15 @@ impl Default for Config {
         }
     }
 }
+
+/// The default `tcp_keepalive_s`: a vanished renter's connections close within two minutes.
+pub const TCP_KEEPALIVE_S_DEFAULT: u64 = 60;
+
+/// The longest `tcp_keepalive_s`: two hours, the usual system default for an idle probe.
+pub const TCP_KEEPALIVE_S_MAX: u64 = 7_200;
+
+/// Keepalive probes a silent client connection goes unanswered before it is closed.
+pub const TCP_KEEPALIVE_PROBES: u32 = 6;
 
 /// A configuration that cannot work.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -161,6 +177,9 @@ impl Config {
         if self.fees.renter_bps > 10_000 || self.fees.supplier_bps > 10_000 {
             return fail("fees", "must be at most 10000 basis points");
         }
+        if !(1..=TCP_KEEPALIVE_S_MAX).contains(&self.tcp_keepalive_s) {
+            return fail("tcp_keepalive_s", "must be between 1 and 7200");
+        }
         if !(1..=flotilla_tunnel::STREAMS_MAX).contains(&self.tunnel_connections_per_node_max) {
             return fail(
                 "tunnel_connections_per_node_max",
@@ -177,6 +196,21 @@ impl Config {
     /// its grace period.
     pub fn liveness_sweep_interval_ms(&self) -> u64 {
         (self.heartbeat_grace_ms / 4).clamp(10, 1000)
+    }
+
+    /// How long a client connection's probes or sent bytes may go unanswered before it is
+    /// closed (see `tcp_keepalive_s`).
+    pub fn client_unanswered_max(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(2 * self.tcp_keepalive_s)
+    }
+
+    /// TCP keepalive for client connections (see `tcp_keepalive_s`).
+    pub fn client_keepalive(&self) -> socket2::TcpKeepalive {
+        let interval_s = (self.tcp_keepalive_s / u64::from(TCP_KEEPALIVE_PROBES)).max(1);
+        socket2::TcpKeepalive::new()
+            .with_time(std::time::Duration::from_secs(self.tcp_keepalive_s))
+            .with_interval(std::time::Duration::from_secs(interval_s))
+            .with_retries(TCP_KEEPALIVE_PROBES)
     }
 
     /// How often the ledger's upkeep runs (hold expiry, rewards, seals, tallies).
@@ -197,6 +231,13 @@ mod tests {
             ..Config::default()
         };
         assert_eq!(config.validate().unwrap_err().field, "heartbeat_grace_ms");
+        for keepalive_s in [0, TCP_KEEPALIVE_S_MAX + 1] {
+            let config = Config {
+                tcp_keepalive_s: keepalive_s,
+                ..Config::default()
+            };
+            assert_eq!(config.validate().unwrap_err().field, "tcp_keepalive_s");
+        }
         for connections in [0, flotilla_tunnel::STREAMS_MAX + 1] {
             let config = Config {
                 tunnel_connections_per_node_max: connections,

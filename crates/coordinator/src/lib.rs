@@ -209,6 +209,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let (traffic_sink, traffic_records) = traffic::queue();
     let config_relay_only = config.mesh_relay_only;
     let tunnel_connections_per_node_max = config.tunnel_connections_per_node_max;
+    let keepalive = config.client_keepalive();
+    let unanswered_max = config.client_unanswered_max();
     let app = AppState {
         store: store.clone(),
         config: Arc::new(config),
@@ -235,9 +237,13 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let server = tokio::spawn(async move {
         let service = router.into_make_service_with_connect_info::<SocketAddr>();
         // Without Nagle: a tunnelled connection's small writes (keystrokes over SSH, say)
-        // go to the renter at once instead of waiting for the previous one's ACK.
-        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        // go to the renter at once instead of waiting for the previous one's ACK. With
+        // keepalive: a vanished peer's connection (and its node's slot) does not live forever.
+        let listener = axum::serve::ListenerExt::tap_io(listener, move |tcp| {
             let _ = tcp.set_nodelay(true);
+            let socket = socket2::SockRef::from(&*tcp);
+            let _ = socket.set_tcp_keepalive(&keepalive);
+            let _ = socket.set_tcp_user_timeout(Some(unanswered_max));
         });
         let result = axum::serve(listener, service)
             .with_graceful_shutdown(async move {

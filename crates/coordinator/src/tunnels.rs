@@ -48,7 +48,7 @@ pub enum OpenError {
     Refused(String),
     #[error("tunnel: {0}")]
     Tunnel(String),
-    #[error("the node already has {connections_max} connections open, the most one node may hold")]
+    #[error("the node already has as many connections open as one node may ({connections_max})")]
     NodeFull { connections_max: usize },
 }
 

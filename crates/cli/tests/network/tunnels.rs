@@ -404,6 +404,17 @@ async fn echoing(renter: &Client, path: &str) -> Option<flotilla_client::Upgrade
     .await
 }
 
+/// A market of `workers` one-GPU workers whose coordinator also takes `flags`.
+async fn market_flagged(db: Db, workers: usize, flags: &[&str]) -> Market {
+    let mut all = crate::clusters::market_flags("500");
+    all.extend(flags);
+    let coordinator = crate::harness::Coordinator::start(db, &all).await;
+    crate::clusters::market_from(coordinator, workers, |coordinator, dir, token, _| {
+        coordinator.worker_with(dir, Some(token), "H100x1", &[])
+    })
+    .await
+}
+
 /// One node's connections are limited, so they cannot take the whole of its worker's tunnel:
 /// past the limit a connection is refused with 409 and a body naming the limit, another node
 /// still gets through, and a closed connection's slot is free again.
@@ -411,19 +422,13 @@ async fn a_node_holds_at_most_its_limit_of_connections(db: Db) {
     if !sandbox_ready() {
         return;
     }
-    let mut flags = crate::clusters::market_flags("500");
-    flags.extend(["--tunnel-connections-per-node-max", "2"]);
-    let coordinator = crate::harness::Coordinator::start(db, &flags).await;
     let Market {
         coordinator: _coordinator,
         renter,
         _workers,
         _dirs,
         ..
-    } = crate::clusters::market_from(coordinator, 2, |coordinator, dir, token, _| {
-        coordinator.worker_with(dir, Some(token), "H100x1", &[])
-    })
-    .await;
+    } = market_flagged(db, 2, &["--tunnel-connections-per-node-max", "2"]).await;
     let port = free_port();
     let cluster = python_service(&renter, 2, port, &echo_server(port)).await;
     let path = |node: u32| format!("clusters/{}/connect?node={node}&port={port}", cluster.id);
@@ -439,7 +444,7 @@ async fn a_node_holds_at_most_its_limit_of_connections(db: Db) {
             ..
         }) => {
             assert_eq!(code, "too_many_connections");
-            assert!(message.contains("2 connections"), "{message}");
+            assert!(message.contains("as one node may (2)"), "{message}");
         }
         other => panic!("a third connection to node 0 is refused, got {other:?}"),
     }
@@ -461,6 +466,98 @@ async fn a_node_holds_at_most_its_limit_of_connections(db: Db) {
 }
 
 on_both_databases!(a_node_holds_at_most_its_limit_of_connections);
+
+/// A tunnelled connection made by hand over one TCP connection, so its local port is known:
+/// the upgrade, then the node's bytes. None when the coordinator refuses it.
+async fn upgraded_by_hand(url: &str, key: &str, path: &str) -> Option<tokio::net::TcpStream> {
+    let authority = url.trim_start_matches("http://").trim_end_matches('/');
+    let mut tcp = tokio::net::TcpStream::connect(authority).await.unwrap();
+    let request = format!(
+        "GET /api/v1/{path} HTTP/1.1\r\nHost: {authority}\r\nConnection: upgrade\r\n\
+         Upgrade: flotilla-tunnel\r\nAuthorization: Bearer {key}\r\n\r\n"
+    );
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        head.push(tcp.read_u8().await.unwrap());
+    }
+    head.starts_with(b"HTTP/1.1 101").then_some(tcp)
+}
+
+/// Drops, while it lives, what the local TCP port `port` sends: its peer hears nothing more
+/// from it, as from a laptop gone to sleep.
+struct Silenced(u16);
+
+impl Silenced {
+    fn rule(&self, action: &str) -> std::process::ExitStatus {
+        let port = self.0.to_string();
+        Command::new("iptables")
+            .args([
+                "-w", action, "INPUT", "-p", "tcp", "-i", "lo", "--sport", &port,
+            ])
+            .args(["-j", "DROP"])
+            .status()
+            .unwrap()
+    }
+}
+
+impl Drop for Silenced {
+    fn drop(&mut self) {
+        self.rule("-D");
+    }
+}
+
+/// A renter that vanishes mid-connection (no close, no answer) gives the node's slot back:
+/// the coordinator's TCP keepalive finds it gone.
+async fn a_vanished_renters_connection_is_closed_and_its_slot_freed(db: Db) {
+    let iptables = Command::new("iptables").arg("--version").output().is_ok();
+    if !sandbox_ready() || !flotilla_worker::sandbox::running_as_root() || !iptables {
+        return;
+    }
+    let flags = [
+        "--tunnel-connections-per-node-max",
+        "1",
+        "--tcp-keepalive-s",
+        "1",
+    ];
+    let Market {
+        coordinator,
+        renter,
+        renter_key,
+        _workers,
+        _dirs,
+        ..
+    } = market_flagged(db, 1, &flags).await;
+    let port = free_port();
+    let cluster = python_service(&renter, 1, port, &echo_server(port)).await;
+    let path = format!("clusters/{}/connect?node=0&port={port}", cluster.id);
+    // The node's server is up once a connection echoes; that one then gives its slot back.
+    drop(echoing(&renter, &path).await.expect("the node echoes"));
+    let held = eventually(Duration::from_secs(10), || async {
+        let mut tcp = upgraded_by_hand(&coordinator.url, &renter_key, &path).await?;
+        tcp.write_all(b"ping").await.ok()?;
+        let mut answer = [0u8; 4];
+        tcp.read_exact(&mut answer).await.ok()?;
+        (&answer == b"ping").then_some(tcp)
+    })
+    .await
+    .expect("a connection by hand echoes");
+    assert!(
+        matches!(
+            renter.upgrade(&path, "flotilla-tunnel").await,
+            Err(ClientError::Api { status: 409, .. })
+        ),
+        "the one slot is held"
+    );
+    let silenced = Silenced(held.local_addr().unwrap().port());
+    assert!(silenced.rule("-I").success());
+    let freed = echoing(&renter, &path).await;
+    drop(silenced);
+    assert!(freed.is_some(), "the vanished renter's slot is given back");
+    drop(held);
+}
+
+on_both_databases!(a_vanished_renters_connection_is_closed_and_its_slot_freed);
 
 /// A small HTTP server on the node: plain requests answer their path; `Upgrade: websocket`
 /// gets the RFC 6455 handshake and an echo of each frame.
