@@ -118,7 +118,8 @@ pub const TCP_KEEPALIVE_S_DEFAULT: u64 = 60;
 /// The longest `tcp_keepalive_s`: two hours, the usual system default for an idle probe.
 pub const TCP_KEEPALIVE_S_MAX: u64 = 7_200;
 
-/// Keepalive probes a silent client connection goes unanswered before it is closed.
+/// Keepalive probes a silent client connection gets per `tcp_keepalive_s`: their interval is a
+/// sixth of it. (The user timeout, twice `tcp_keepalive_s`, closes the connection first.)
 pub const TCP_KEEPALIVE_PROBES: u32 = 6;
 
 /// A configuration that cannot work.
@@ -178,7 +179,8 @@ impl Config {
             return fail("fees", "must be at most 10000 basis points");
         }
         if !(1..=TCP_KEEPALIVE_S_MAX).contains(&self.tcp_keepalive_s) {
-            return fail("tcp_keepalive_s", "must be between 1 and 7200");
+            let problem = format!("must be between 1 and {TCP_KEEPALIVE_S_MAX}");
+            return fail("tcp_keepalive_s", &problem);
         }
         if !(1..=flotilla_tunnel::STREAMS_MAX).contains(&self.tunnel_connections_per_node_max) {
             return fail(

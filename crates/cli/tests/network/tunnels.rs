@@ -508,7 +508,7 @@ impl Drop for Silenced {
 }
 
 /// A renter that vanishes mid-connection (no close, no answer) gives the node's slot back:
-/// the coordinator's TCP keepalive finds it gone.
+/// the coordinator's TCP keepalive and user timeout find it gone.
 async fn a_vanished_renters_connection_is_closed_and_its_slot_freed(db: Db) {
     let iptables = Command::new("iptables").arg("--version").output().is_ok();
     if !sandbox_ready() || !flotilla_worker::sandbox::running_as_root() || !iptables {
