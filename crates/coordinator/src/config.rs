@@ -183,10 +183,11 @@ impl Config {
             return fail("tcp_keepalive_s", &problem);
         }
         if !(1..=flotilla_tunnel::STREAMS_MAX).contains(&self.tunnel_connections_per_node_max) {
-            return fail(
-                "tunnel_connections_per_node_max",
-                "must be at least 1 and at most a worker's tunnel streams (256)",
+            let problem = format!(
+                "must be at least 1 and at most a worker's tunnel streams ({})",
+                flotilla_tunnel::STREAMS_MAX
             );
+            return fail("tunnel_connections_per_node_max", &problem);
         }
         if !(1..=100).contains(&self.proof_memory_pct) {
             return fail("proof_memory_pct", "must be between 1 and 100");

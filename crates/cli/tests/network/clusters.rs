@@ -69,7 +69,18 @@ pub(crate) async fn market_with(
     rent_minute_ms: &str,
     worker_flags: &[&str],
 ) -> Market {
-    let coordinator = Coordinator::start(db, &market_flags(rent_minute_ms)).await;
+    market_flagged(db, workers, &market_flags(rent_minute_ms), worker_flags).await
+}
+
+/// A market whose coordinator starts with `coordinator_flags` and whose `workers` one-GPU
+/// workers start with `worker_flags`.
+pub(crate) async fn market_flagged(
+    db: Db,
+    workers: usize,
+    coordinator_flags: &[&str],
+    worker_flags: &[&str],
+) -> Market {
+    let coordinator = Coordinator::start(db, coordinator_flags).await;
     market_from(coordinator, workers, |coordinator, dir, token, _| {
         coordinator.worker_with(dir, Some(token), "H100x1", worker_flags)
     })

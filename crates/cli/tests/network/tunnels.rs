@@ -405,14 +405,10 @@ async fn echoing(renter: &Client, path: &str) -> Option<flotilla_client::Upgrade
 }
 
 /// A market of `workers` one-GPU workers whose coordinator also takes `flags`.
-async fn market_flagged(db: Db, workers: usize, flags: &[&str]) -> Market {
-    let mut all = crate::clusters::market_flags("500");
-    all.extend(flags);
-    let coordinator = crate::harness::Coordinator::start(db, &all).await;
-    crate::clusters::market_from(coordinator, workers, |coordinator, dir, token, _| {
-        coordinator.worker_with(dir, Some(token), "H100x1", &[])
-    })
-    .await
+async fn market_coordinated_with(db: Db, workers: usize, flags: &[&str]) -> Market {
+    let mut coordinator_flags = crate::clusters::market_flags("500");
+    coordinator_flags.extend(flags);
+    crate::clusters::market_flagged(db, workers, &coordinator_flags, &[]).await
 }
 
 /// One node's connections are limited, so they cannot take the whole of its worker's tunnel:
@@ -428,7 +424,7 @@ async fn a_node_holds_at_most_its_limit_of_connections(db: Db) {
         _workers,
         _dirs,
         ..
-    } = market_flagged(db, 2, &["--tunnel-connections-per-node-max", "2"]).await;
+    } = market_coordinated_with(db, 2, &["--tunnel-connections-per-node-max", "2"]).await;
     let port = free_port();
     let cluster = python_service(&renter, 2, port, &echo_server(port)).await;
     let path = |node: u32| format!("clusters/{}/connect?node={node}&port={port}", cluster.id);
@@ -527,7 +523,7 @@ async fn a_vanished_renters_connection_is_closed_and_its_slot_freed(db: Db) {
         _workers,
         _dirs,
         ..
-    } = market_flagged(db, 1, &flags).await;
+    } = market_coordinated_with(db, 1, &flags).await;
     let port = free_port();
     let cluster = python_service(&renter, 1, port, &echo_server(port)).await;
     let path = format!("clusters/{}/connect?node=0&port={port}", cluster.id);
