@@ -12,8 +12,9 @@
 //! - latency: the median round trip of a [`PING_BYTES`]-byte ping-pong over one connection,
 //!   [`PING_ROUNDS`] rounds after a warm-up. The JSON line's round trips are measured side by
 //!   side at the end, one connection per path (raw TCP, rathole with Noise, Flotilla through
-//!   `flotilla connect`, and Flotilla through the coordinator's upgrade without it) pinged in
-//!   turn each round, so the machine's noise falls on every path alike;
+//!   `flotilla connect`'s local port, and Flotilla over the socket `flotilla connect --fdpass`
+//!   hands over, as ssh's `ProxyUseFdpass` takes it) pinged in turn each round, so the
+//!   machine's noise falls on every path alike;
 //! - connect time: the median time from dialing a new connection to its first ping's answer,
 //!   [`CONNECT_ROUNDS`] connections one after another: what a pool of pre-opened streams
 //!   would shorten;
@@ -880,6 +881,23 @@ fn start_node_sink(procs: &mut Procs, exe: &Path, run_id: &str, port: u16) -> Re
     }
 }
 
+/// `flotilla connect` to node 0's `port` of `cluster`, as the renter.
+fn connect_command(market: &Market, cluster: &str, port: u16) -> Command {
+    let mut command = Command::new(flotilla_binary());
+    command
+        .args([
+            "connect",
+            cluster,
+            "--node",
+            "0",
+            "--port",
+            &port.to_string(),
+        ])
+        .args(["--url", &market.url, "--api-key", &market.renter_key])
+        .env("FLOTILLA_LOG", "warn");
+    command
+}
+
 /// `flotilla connect` to the node's `port`; its pid and local address.
 fn start_connect(
     procs: &mut Procs,
@@ -887,19 +905,7 @@ fn start_connect(
     cluster: &str,
     port: u16,
 ) -> Result<(u32, SocketAddr)> {
-    let (pid, line) = procs.spawn_reading_line(
-        Command::new(flotilla_binary())
-            .args([
-                "connect",
-                cluster,
-                "--node",
-                "0",
-                "--port",
-                &port.to_string(),
-            ])
-            .args(["--url", &market.url, "--api-key", &market.renter_key])
-            .env("FLOTILLA_LOG", "warn"),
-    )?;
+    let (pid, line) = procs.spawn_reading_line(&mut connect_command(market, cluster, port))?;
     Ok((pid, listening_address(&line)?))
 }
 
@@ -929,7 +935,7 @@ async fn measure_flotilla(
         let mut streams = vec![
             open(raw, MODE_ECHO).await?,
             open(local, MODE_ECHO).await?,
-            open_direct(&market, &cluster.id, port).await?,
+            open_fdpassed(&market, &cluster.id, port).await?,
         ];
         if let Some(visitor) = rathole {
             streams.push(open(visitor, MODE_ECHO).await?);
@@ -941,7 +947,7 @@ async fn measure_flotilla(
         anyhow::Ok(Latencies {
             raw_us: p50s[0],
             flotilla_us: p50s[1],
-            direct_us: p50s[2],
+            fdpass_us: p50s[2],
             rathole_noise_us: p50s.get(3).copied(),
         })
     }
@@ -962,42 +968,27 @@ struct Latencies {
     raw_us: f64,
     /// Through `flotilla connect`.
     flotilla_us: f64,
-    /// Through the coordinator's upgrade, without `flotilla connect`.
-    direct_us: f64,
+    /// Over the socket `flotilla connect --fdpass` hands over (ssh's `ProxyUseFdpass`).
+    fdpass_us: f64,
     rathole_noise_us: Option<f64>,
 }
 
-/// An echo connection through the coordinator without `flotilla connect`: this program asks
-/// for the tunnel itself (the HTTP upgrade a browser's WebSocket or any client library
-/// makes), so only the coordinator and the worker relay, as rathole's server and client do.
-async fn open_direct(market: &Market, cluster: &str, port: u16) -> Result<TcpStream> {
-    let authority = market
-        .url
-        .trim_start_matches("http://")
-        .trim_end_matches('/')
-        .to_owned();
-    let mut stream = TcpStream::connect(&authority)
-        .await
-        .with_context(|| format!("connecting to {authority}"))?;
-    stream.set_nodelay(true)?;
-    let request = format!(
-        "GET /api/v1/clusters/{cluster}/connect?node=0&port={port} HTTP/1.1\r\nHost: {authority}\r\n\
-         Connection: upgrade\r\nUpgrade: flotilla-tunnel\r\nAuthorization: Bearer {}\r\n\r\n",
-        market.renter_key
-    );
-    stream.write_all(request.as_bytes()).await?;
-    // The response's head, a byte at a time so nothing past it is consumed.
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        head.push(stream.read_u8().await?);
-        if head.len() > 16 * 1024 {
-            bail!("the coordinator's answer to the upgrade has no end");
-        }
+/// An echo connection made the way ssh makes one with `ProxyUseFdpass`: `flotilla connect
+/// --fdpass` asks the coordinator for the tunnel, hands this program the socket itself and
+/// exits, so only the coordinator and the worker relay, as rathole's server and client do.
+async fn open_fdpassed(market: &Market, cluster: &str, port: u16) -> Result<TcpStream> {
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
+    let status = tokio::process::Command::from(connect_command(market, cluster, port))
+        .arg("--fdpass")
+        .stdout(std::os::fd::OwnedFd::from(theirs))
+        .status()
+        .await?;
+    if !status.success() {
+        bail!("flotilla connect --fdpass failed: {status}");
     }
-    let head = String::from_utf8_lossy(&head);
-    if !head.starts_with("HTTP/1.1 101") {
-        bail!("the coordinator refused the upgrade: {head}");
-    }
+    let socket = std::net::TcpStream::from(flotilla_client::fdpass::receive(&ours)?);
+    socket.set_nonblocking(true)?;
+    let mut stream = TcpStream::from_std(socket)?;
     stream.write_u8(MODE_ECHO).await?;
     Ok(stream)
 }
@@ -1050,8 +1041,8 @@ async fn bench(transfer_mib: u64) -> Result<()> {
         .map_or("-".to_owned(), |us| format!("{us:.0}"));
     eprintln!(
         "side by side, p50 round trip: raw tcp {:.0} µs, rathole noise {rathole_us} µs, \
-         flotilla {:.0} µs, flotilla without `connect` {:.0} µs",
-        latencies.raw_us, latencies.flotilla_us, latencies.direct_us
+         flotilla {:.0} µs, flotilla by `connect --fdpass` (ssh) {:.0} µs",
+        latencies.raw_us, latencies.flotilla_us, latencies.fdpass_us
     );
     let paths = Paths {
         raw: &raw,
@@ -1127,9 +1118,10 @@ fn summary(transfer_mib: u64, node_network: &str, paths: &Paths) -> serde_json::
             "idle_connection_bytes": IDLE_CONNECTION_BYTES_TARGET,
         },
     });
-    // Without `flotilla connect`: the tunnel's own relays, the coordinator and the worker.
-    figures["flotilla_direct_latency_p50_us"] = json!(rounded(latencies.direct_us, 1));
-    figures["direct_added_latency_p50_us"] =
-        json!(rounded(latencies.direct_us - latencies.raw_us, 1));
+    // The socket `flotilla connect --fdpass` hands to ssh: the tunnel's own relays alone, the
+    // coordinator and the worker.
+    figures["flotilla_fdpass_latency_p50_us"] = json!(rounded(latencies.fdpass_us, 1));
+    figures["fdpass_added_latency_p50_us"] =
+        json!(rounded(latencies.fdpass_us - latencies.raw_us, 1));
     figures
 }

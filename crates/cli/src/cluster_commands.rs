@@ -490,6 +490,12 @@ pub struct ConnectArgs {
     /// Carry one connection over standard input and output (for ssh's ProxyCommand).
     #[arg(long)]
     stdio: bool,
+    /// Hand one connection itself to ssh, then exit, so no process of ours relays ssh's bytes:
+    /// `ssh -o ProxyUseFdpass=yes -o ProxyCommand='flotilla connect CLUSTER --port 22
+    /// --fdpass' user@node`. Standard output must be a Unix socket (ssh makes it one), and the
+    /// coordinator's URL http://.
+    #[arg(long, conflicts_with_all = ["stdio", "local_port"])]
+    fdpass: bool,
 }
 
 fn connect_path(args: &ConnectArgs) -> String {
@@ -507,6 +513,9 @@ pub async fn connect(args: ConnectArgs) -> Result<()> {
     if args.stdio {
         let upgraded = client.upgrade(&path, TUNNEL_PROTOCOL).await?;
         return carry_stdio(upgraded).await;
+    }
+    if args.fdpass {
+        return pass_on_stdout(&client, &path).await;
     }
     // One check before listening, so a wrong cluster, node or port fails at once; a node
     // that does not answer on the port yet is only a warning.
@@ -554,6 +563,29 @@ pub async fn connect(args: ConnectArgs) -> Result<()> {
             }
         });
     }
+}
+
+/// `--fdpass`: the connection itself goes to the program that reads standard output, a Unix
+/// socket there (ssh's `ProxyUseFdpass`), which then owns it; this process's copy closes as it
+/// exits.
+async fn pass_on_stdout(client: &flotilla_client::Client, path: &str) -> Result<()> {
+    use flotilla_client::fdpass;
+    // Checked first, so a wrong setup never dials the node.
+    if !fdpass::is_unix_socket(std::io::stdout()) {
+        bail!(
+            "with --fdpass, standard output must be a Unix socket, which ssh makes it with \
+             -o ProxyUseFdpass=yes"
+        );
+    }
+    let socket = client
+        .upgrade_socket(path, TUNNEL_PROTOCOL)
+        .await?
+        .into_std()?;
+    // As connect(2) would have given it: blocking.
+    socket.set_nonblocking(false)?;
+    fdpass::pass(std::io::stdout(), &socket)
+        .context("cannot pass the connection on standard output")?;
+    Ok(())
 }
 
 /// Standard input to the node, the node to standard output, until both ends closed.

@@ -8,6 +8,9 @@ use flotilla_proto::secret::Secret;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+pub mod fdpass;
+mod socket_upgrade;
+
 /// A connection after `101 Switching Protocols` ([`Client::upgrade`]): bytes both ways.
 pub use reqwest::Upgraded;
 
@@ -29,6 +32,9 @@ pub enum ClientError {
     Transport { url: String, detail: String },
     #[error("unexpected answer from the coordinator: {0}")]
     Decode(String),
+    /// What was asked cannot be done with this coordinator (its URL's scheme, say).
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 impl ClientError {

@@ -311,8 +311,9 @@ async fn a_standby_connection_reaches_the_node_only_once_started(db: Db) {
         return;
     }
     let Market {
-        coordinator: _coordinator,
+        coordinator,
         renter,
+        renter_key,
         _workers,
         _dirs,
         ..
@@ -386,6 +387,68 @@ async fn a_standby_connection_reaches_the_node_only_once_started(db: Db) {
         Some("hello 3\n"),
         "the wrong byte's connection never reached the server"
     );
+
+    // --fdpass hands the connection itself over a Unix socket, as ssh's ProxyUseFdpass
+    // expects, and exits; the server's greeting, sent at once, is still in it.
+    let fdpass = |stdout: Stdio| {
+        Command::new(BIN)
+            .args([
+                "connect",
+                &cluster.id,
+                "--port",
+                &port.to_string(),
+                "--fdpass",
+            ])
+            .args(["--url", &coordinator.url, "--api-key", &renter_key])
+            .stdout(stdout)
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap()
+    };
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    let passing = fdpass(std::os::fd::OwnedFd::from(theirs).into());
+    assert!(passing.status.success(), "{passing:?}");
+    let passed = std::net::TcpStream::from(flotilla_client::fdpass::receive(&ours).unwrap());
+    passed.set_nonblocking(true).unwrap();
+    let mut passed = tokio::net::TcpStream::from_std(passed).unwrap();
+    let greeting = read_to_end_within(&mut passed, Duration::from_secs(10)).await;
+    assert_eq!(greeting.as_deref(), Some("hello 4\n"));
+    // Standard output that is no socket: a clear error before the node is dialled.
+    let piped = fdpass(Stdio::piped());
+    let said = String::from_utf8_lossy(&piped.stderr);
+    assert!(
+        !piped.status.success() && said.contains("Unix socket"),
+        "{said}"
+    );
+    let ssh_said = ssh_through_fdpass(&coordinator.url, &renter_key, &cluster.id, port);
+    if let Some(said) = ssh_said {
+        assert!(
+            said.contains("hello 5"),
+            "ssh read the node's greeting: {said}"
+        );
+    }
+}
+
+/// What the real ssh client says (`-v`) when it reaches node 0's `port` through
+/// `flotilla connect --fdpass`; None where no ssh client is installed.
+fn ssh_through_fdpass(url: &str, key: &str, cluster: &str, port: u16) -> Option<String> {
+    let proxy =
+        format!("{BIN} connect {cluster} --port {port} --fdpass --url {url} --api-key {key}");
+    let output = Command::new("ssh")
+        .args([
+            "-v",
+            "-F",
+            "/dev/null",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "ProxyUseFdpass=yes",
+        ])
+        .args(["-o", &format!("ProxyCommand={proxy}"), "nobody@node"])
+        .stdin(Stdio::null())
+        .output()
+        .ok()?;
+    Some(String::from_utf8_lossy(&output.stderr).into_owned())
 }
 
 on_both_databases!(a_standby_connection_reaches_the_node_only_once_started);
@@ -463,23 +526,6 @@ async fn a_node_holds_at_most_its_limit_of_connections(db: Db) {
 
 on_both_databases!(a_node_holds_at_most_its_limit_of_connections);
 
-/// A tunnelled connection made by hand over one TCP connection, so its local port is known:
-/// the upgrade, then the node's bytes. None when the coordinator refuses it.
-async fn upgraded_by_hand(url: &str, key: &str, path: &str) -> Option<tokio::net::TcpStream> {
-    let authority = url.trim_start_matches("http://").trim_end_matches('/');
-    let mut tcp = tokio::net::TcpStream::connect(authority).await.unwrap();
-    let request = format!(
-        "GET /api/v1/{path} HTTP/1.1\r\nHost: {authority}\r\nConnection: upgrade\r\n\
-         Upgrade: flotilla-tunnel\r\nAuthorization: Bearer {key}\r\n\r\n"
-    );
-    tcp.write_all(request.as_bytes()).await.unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        head.push(tcp.read_u8().await.unwrap());
-    }
-    head.starts_with(b"HTTP/1.1 101").then_some(tcp)
-}
-
 /// Drops, while it lives, what the local TCP port `port` sends: its peer hears nothing more
 /// from it, as from a laptop gone to sleep.
 struct Silenced(u16);
@@ -517,9 +563,8 @@ async fn a_vanished_renters_connection_is_closed_and_its_slot_freed(db: Db) {
         "1",
     ];
     let Market {
-        coordinator,
+        coordinator: _coordinator,
         renter,
-        renter_key,
         _workers,
         _dirs,
         ..
@@ -530,7 +575,8 @@ async fn a_vanished_renters_connection_is_closed_and_its_slot_freed(db: Db) {
     // The node's server is up once a connection echoes; that one then gives its slot back.
     drop(echoing(&renter, &path).await.expect("the node echoes"));
     let held = eventually(Duration::from_secs(10), || async {
-        let mut tcp = upgraded_by_hand(&coordinator.url, &renter_key, &path).await?;
+        // A connection of its own, so its local port is known.
+        let mut tcp = renter.upgrade_socket(&path, "flotilla-tunnel").await.ok()?;
         tcp.write_all(b"ping").await.ok()?;
         let mut answer = [0u8; 4];
         tcp.read_exact(&mut answer).await.ok()?;
