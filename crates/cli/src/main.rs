@@ -164,6 +164,10 @@ struct CoordinatorArgs {
     /// answering (its renter vanished) closes within about twice this.
     #[arg(long, default_value_t = flotilla_coordinator::config::TCP_KEEPALIVE_S_DEFAULT)]
     tcp_keepalive_s: u64,
+    /// Close a tunnelled connection on which no byte moved either way for this long (0:
+    /// never; an SSH session left idle needs ssh's ServerAliveInterval below it).
+    #[arg(long, default_value_t = flotilla_coordinator::config::TUNNEL_IDLE_TIMEOUT_S_DEFAULT)]
+    tunnel_idle_timeout_s: u64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -289,6 +293,7 @@ async fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
         mesh_relay_only: args.mesh_relay_only,
         tunnel_connections_per_node_max: args.tunnel_connections_per_node_max,
         tcp_keepalive_s: args.tcp_keepalive_s,
+        tunnel_idle_timeout_s: args.tunnel_idle_timeout_s,
         ..flotilla_coordinator::Config::default()
     };
     let running = flotilla_coordinator::start(config).await?;

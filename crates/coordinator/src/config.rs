@@ -65,6 +65,10 @@ pub struct Config {
     /// refused with 409 `too_many_connections`. At most [`flotilla_tunnel::STREAMS_MAX`], a
     /// worker's streams for all its nodes together.
     pub tunnel_connections_per_node_max: usize,
+    /// A tunnelled connection on which no byte moved either way for this long is closed, so
+    /// one its client forgot (alive, so TCP keepalive is answered) gives its node's slot back.
+    /// 0: never. (An SSH session kept open idle needs `ServerAliveInterval` below it.)
+    pub tunnel_idle_timeout_s: u64,
     /// Cluster meshes carry all traffic through the relay (nodes are given no direct
     /// endpoints): for networks where direct UDP between suppliers is known to fail, and tests.
     pub mesh_relay_only: bool,
@@ -106,6 +110,7 @@ impl Default for Config {
             tcp_keepalive_s: TCP_KEEPALIVE_S_DEFAULT,
             tunnel_connections_per_node_max:
                 crate::tunnels::TUNNEL_CONNECTIONS_PER_NODE_MAX_DEFAULT,
+            tunnel_idle_timeout_s: TUNNEL_IDLE_TIMEOUT_S_DEFAULT,
             mesh_relay_only: false,
             emission: flotilla_ledger::emission::Schedule::default(),
         }
@@ -117,6 +122,12 @@ pub const TCP_KEEPALIVE_S_DEFAULT: u64 = 60;
 
 /// The longest `tcp_keepalive_s`: two hours, the usual system default for an idle probe.
 pub const TCP_KEEPALIVE_S_MAX: u64 = 7_200;
+
+/// The default `tunnel_idle_timeout_s`: an hour, as idle cloud tunnels commonly get.
+pub const TUNNEL_IDLE_TIMEOUT_S_DEFAULT: u64 = 3_600;
+
+/// The longest `tunnel_idle_timeout_s` other than never: a week.
+pub const TUNNEL_IDLE_TIMEOUT_S_MAX: u64 = 7 * 24 * 3_600;
 
 /// Keepalive probes a silent client connection gets per `tcp_keepalive_s`: their interval is a
 /// sixth of it. (The user timeout, twice `tcp_keepalive_s`, closes the connection first.)
@@ -182,6 +193,10 @@ impl Config {
             let problem = format!("must be between 1 and {TCP_KEEPALIVE_S_MAX}");
             return fail("tcp_keepalive_s", &problem);
         }
+        if self.tunnel_idle_timeout_s > TUNNEL_IDLE_TIMEOUT_S_MAX {
+            let problem = format!("must be at most {TUNNEL_IDLE_TIMEOUT_S_MAX} (0: never)");
+            return fail("tunnel_idle_timeout_s", &problem);
+        }
         if !(1..=flotilla_tunnel::STREAMS_MAX).contains(&self.tunnel_connections_per_node_max) {
             let problem = format!(
                 "must be at least 1 and at most a worker's tunnel streams ({})",
@@ -205,6 +220,12 @@ impl Config {
     /// closed (see `tcp_keepalive_s`).
     pub fn client_unanswered_max(&self) -> std::time::Duration {
         std::time::Duration::from_secs(2 * self.tcp_keepalive_s)
+    }
+
+    /// How long a tunnelled connection may move no byte before it is closed; none: ever.
+    pub fn tunnel_idle_timeout(&self) -> Option<std::time::Duration> {
+        (self.tunnel_idle_timeout_s > 0)
+            .then(|| std::time::Duration::from_secs(self.tunnel_idle_timeout_s))
     }
 
     /// TCP keepalive for client connections (see `tcp_keepalive_s`).
@@ -249,5 +270,21 @@ mod tests {
             let error = config.validate().unwrap_err();
             assert_eq!(error.field, "tunnel_connections_per_node_max");
         }
+        let forever = Config {
+            tunnel_idle_timeout_s: TUNNEL_IDLE_TIMEOUT_S_MAX + 1,
+            ..Config::default()
+        };
+        assert_eq!(
+            forever.validate().unwrap_err().field,
+            "tunnel_idle_timeout_s"
+        );
+        let never = Config {
+            tunnel_idle_timeout_s: 0,
+            ..Config::default()
+        };
+        assert_eq!(
+            (never.validate(), never.tunnel_idle_timeout()),
+            (Ok(()), None)
+        );
     }
 }

@@ -6,13 +6,21 @@
 //! it is taken when a read can proceed and given back as soon as the reader has nothing more
 //! (and what was written is flushed), to a small per-thread spare list. An idle connection
 //! then costs no buffer at all, and a busy one moves large chunks per system call.
+//!
+//! [`carry_until_idle`] also ends a connection on which no byte moved either way for a while,
+//! so a connection its client forgot (the process alive, so TCP keepalive is answered) does not
+//! hold its node's slot and its tunnel stream for ever.
 
 use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+use crate::transport::poll_deadline;
 
 /// One direction's buffer while bytes flow.
 pub const CARRY_BUFFER_BYTES: usize = 64 * 1024;
@@ -118,6 +126,57 @@ where
     A: AsyncRead + AsyncWrite + Unpin + ?Sized,
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
+    carry_watched(a, b, None).await
+}
+
+/// [`carry`], except that once no byte has moved either way for `idle_timeout` the carrying
+/// stops with a `TimedOut` error (the caller then drops both ends).
+pub async fn carry_until_idle<A, B>(
+    a: &mut A,
+    b: &mut B,
+    idle_timeout: Duration,
+) -> io::Result<(u64, u64)>
+where
+    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
+    carry_watched(a, b, Some(Idle::new(idle_timeout))).await
+}
+
+/// When a connection last moved a byte, and the timer that ends it once idle too long.
+struct Idle {
+    timeout: Duration,
+    moved_bytes: u64,
+    moved_at: Instant,
+    timer: Pin<Box<Sleep>>,
+}
+
+impl Idle {
+    fn new(timeout: Duration) -> Idle {
+        let now = Instant::now();
+        Idle {
+            timeout,
+            moved_bytes: 0,
+            moved_at: now,
+            timer: Box::pin(tokio::time::sleep_until(now + timeout)),
+        }
+    }
+
+    /// Ready once `moved_bytes` (the total so far) has not grown for the timeout.
+    fn poll_expired(&mut self, cx: &mut Context<'_>, moved_bytes: u64) -> Poll<()> {
+        if moved_bytes != self.moved_bytes {
+            self.moved_bytes = moved_bytes;
+            self.moved_at = Instant::now();
+        }
+        poll_deadline(&mut self.timer, self.moved_at + self.timeout, cx)
+    }
+}
+
+async fn carry_watched<A, B>(a: &mut A, b: &mut B, mut idle: Option<Idle>) -> io::Result<(u64, u64)>
+where
+    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
     let (mut a_to_b, mut b_to_a) = (Direction::default(), Direction::default());
     let (mut a_to_b_done, mut b_to_a_done) = (None, None);
     poll_fn(|cx| {
@@ -131,10 +190,18 @@ where
         {
             b_to_a_done = Some(result?);
         }
-        match (a_to_b_done, b_to_a_done) {
-            (Some(there), Some(back)) => Poll::Ready(Ok((there, back))),
-            _ => Poll::Pending,
+        if let (Some(there), Some(back)) = (a_to_b_done, b_to_a_done) {
+            return Poll::Ready(Ok((there, back)));
         }
+        if let Some(idle) = &mut idle {
+            let moved_bytes = a_to_b.carried + b_to_a.carried;
+            ready!(idle.poll_expired(cx, moved_bytes));
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no byte moved for {} s", idle.timeout.as_secs()),
+            )));
+        }
+        Poll::Pending
     })
     .await
 }
@@ -173,6 +240,30 @@ mod tests {
         assert_eq!(at_left, back);
         let (carried_there, carried_back) = carrier.await.unwrap().unwrap();
         assert_eq!((carried_there, carried_back), (300_000, 123_457));
+    }
+
+    #[tokio::test]
+    async fn a_connection_ends_once_idle_past_its_timeout_and_not_while_bytes_move() {
+        let idle_timeout = Duration::from_millis(1_000);
+        let (mut left, mut left_inner) = duplex(1024);
+        let (mut right_inner, mut right) = duplex(1024);
+        let carrier = tokio::spawn(async move {
+            carry_until_idle(&mut left_inner, &mut right_inner, idle_timeout).await
+        });
+        // A message every tenth of the timeout, for one and a half timeouts: kept.
+        for round in 0..15u8 {
+            left.write_all(&[round]).await.unwrap();
+            let mut heard = [0u8; 1];
+            right.read_exact(&mut heard).await.unwrap();
+            assert_eq!(heard, [round]);
+            tokio::time::sleep(idle_timeout / 10).await;
+        }
+        assert!(!carrier.is_finished(), "a busy connection is not idle");
+        // Then silence: the carrying ends, timed out, and both ends hear the end.
+        let ended = carrier.await.unwrap();
+        assert_eq!(ended.unwrap_err().kind(), io::ErrorKind::TimedOut);
+        let mut rest = Vec::new();
+        assert_eq!(right.read_to_end(&mut rest).await.unwrap(), 0);
     }
 
     #[tokio::test]

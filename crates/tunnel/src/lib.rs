@@ -33,7 +33,7 @@ mod keys;
 mod session;
 mod transport;
 
-pub use carry::{CARRY_BUFFER_BYTES, carry};
+pub use carry::{CARRY_BUFFER_BYTES, carry, carry_until_idle};
 pub use error::TunnelError;
 pub use handshake::{Hello, PendingSession, accept, connect};
 pub use keys::{StaticKeypair, x25519_public_from_ed25519};

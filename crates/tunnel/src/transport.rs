@@ -126,7 +126,11 @@ fn idle_timeout() -> Duration {
 /// Ready once `due_at` has passed. `due_at` only moves later (it is the last activity plus a
 /// fixed delay), so the timer is re-armed only when it fires early, not on every frame: timer
 /// resets take a lock in tokio's driver, and frames come tens of thousands a second.
-fn poll_deadline(timer: &mut Pin<Box<Sleep>>, due_at: Instant, cx: &mut Context<'_>) -> Poll<()> {
+pub(crate) fn poll_deadline(
+    timer: &mut Pin<Box<Sleep>>,
+    due_at: Instant,
+    cx: &mut Context<'_>,
+) -> Poll<()> {
     loop {
         if Instant::now() >= due_at {
             return Poll::Ready(());

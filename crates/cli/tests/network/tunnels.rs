@@ -601,6 +601,43 @@ async fn a_vanished_renters_connection_is_closed_and_its_slot_freed(db: Db) {
 
 on_both_databases!(a_vanished_renters_connection_is_closed_and_its_slot_freed);
 
+/// A connection on which no byte moves past the coordinator's idle timeout is closed; one
+/// that keeps talking is kept.
+async fn an_idle_connection_is_closed_and_a_talking_one_kept(db: Db) {
+    if !sandbox_ready() {
+        return;
+    }
+    let flags = ["--tunnel-idle-timeout-s", "1"];
+    let Market {
+        coordinator: _coordinator,
+        renter,
+        _workers,
+        _dirs,
+        ..
+    } = market_coordinated_with(db, 1, &flags).await;
+    let port = free_port();
+    let cluster = python_service(&renter, 1, port, &echo_server(port)).await;
+    let path = format!("clusters/{}/connect?node=0&port={port}", cluster.id);
+    let mut idle = echoing(&renter, &path).await.expect("the node echoes");
+    let mut talking = echoing(&renter, &path).await.expect("the node echoes");
+    // A ping every fifth of the timeout, for well over two timeouts.
+    for round in 0..12u8 {
+        talking.write_all(&[round]).await.unwrap();
+        let mut answer = [0u8; 1];
+        talking.read_exact(&mut answer).await.unwrap();
+        assert_eq!(answer, [round]);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let heard = read_to_end_within(&mut idle, Duration::from_secs(10)).await;
+    assert_eq!(heard.as_deref(), Some(""), "the idle connection is closed");
+    talking.write_all(b"still").await.unwrap();
+    let mut answer = [0u8; 5];
+    talking.read_exact(&mut answer).await.unwrap();
+    assert_eq!(&answer, b"still", "the talking one is kept");
+}
+
+on_both_databases!(an_idle_connection_is_closed_and_a_talking_one_kept);
+
 /// A small HTTP server on the node: plain requests answer their path; `Upgrade: websocket`
 /// gets the RFC 6455 handshake and an echo of each frame.
 fn web_server(port: u16) -> String {

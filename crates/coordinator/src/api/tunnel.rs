@@ -125,16 +125,34 @@ pub async fn connect(
             }
         };
         let started = Instant::now();
-        let (up, down) = flotilla_tunnel::carry(&mut renter, &mut node)
-            .await
-            .unwrap_or((0, 0));
-        tracing::info!(run_id = %run.id, rank = run.node_rank, port = query.port, bytes_to_node = up, bytes_from_node = down, duration_ms = started.elapsed().as_millis() as u64, "tunnelled connection ended");
+        let idle_timeout = app.config.tunnel_idle_timeout();
+        let carried = carry_renter(&mut renter, &mut node, idle_timeout).await;
+        let idle = matches!(&carried, Err(e) if e.kind() == std::io::ErrorKind::TimedOut);
+        let (up, down) = carried.unwrap_or((0, 0));
+        tracing::info!(run_id = %run.id, rank = run.node_rank, port = query.port, bytes_to_node = up, bytes_from_node = down, duration_ms = started.elapsed().as_millis() as u64, closed_idle = idle, "tunnelled connection ended");
     });
     let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
     let headers = response.headers_mut();
     headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     headers.insert(header::UPGRADE, HeaderValue::from_static(UPGRADE_PROTOCOL));
     Ok(response)
+}
+
+/// Carries a renter's connection and its node's stream both ways until both end, or until
+/// no byte moved for `idle_timeout` (the coordinator's `tunnel_idle_timeout_s`).
+async fn carry_renter<R, N>(
+    renter: &mut R,
+    node: &mut N,
+    idle_timeout: Option<Duration>,
+) -> std::io::Result<(u64, u64)>
+where
+    R: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    N: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    match idle_timeout {
+        Some(timeout) => flotilla_tunnel::carry_until_idle(renter, node, timeout).await,
+        None => flotilla_tunnel::carry(renter, node).await,
+    }
 }
 
 /// A connection's stream to its node: carrying now, or on standby until the renter's go.
@@ -413,10 +431,11 @@ pub async fn proxy(
         && let Some(renter_upgrade) = renter_upgrade
     {
         let node_upgrade = hyper::upgrade::on(&mut response);
+        let idle_timeout = app.config.tunnel_idle_timeout();
         tokio::spawn(async move {
             if let (Ok(renter), Ok(node)) = (renter_upgrade.await, node_upgrade.await) {
-                let _ = flotilla_tunnel::carry(&mut TokioIo::new(renter), &mut TokioIo::new(node))
-                    .await;
+                let (mut renter, mut node) = (TokioIo::new(renter), TokioIo::new(node));
+                let _ = carry_renter(&mut renter, &mut node, idle_timeout).await;
             }
         });
     }
