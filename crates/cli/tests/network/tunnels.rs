@@ -562,18 +562,10 @@ async fn a_vanished_renters_connection_is_closed_and_its_slot_freed(db: Db) {
         "--tcp-keepalive-s",
         "1",
     ];
-    let Market {
-        coordinator: _coordinator,
-        renter,
-        _workers,
-        _dirs,
-        ..
-    } = market_coordinated_with(db, 1, &flags).await;
-    let port = free_port();
-    let cluster = python_service(&renter, 1, port, &echo_server(port)).await;
-    let path = format!("clusters/{}/connect?node=0&port={port}", cluster.id);
+    let (market, path) = echo_node_coordinated_with(db, &flags).await;
+    let renter = &market.renter;
     // The node's server is up once a connection echoes; that one then gives its slot back.
-    drop(echoing(&renter, &path).await.expect("the node echoes"));
+    drop(echoing(renter, &path).await.expect("the node echoes"));
     let held = eventually(Duration::from_secs(10), || async {
         // A connection of its own, so its local port is known.
         let mut tcp = renter.upgrade_socket(&path, "flotilla-tunnel").await.ok()?;
@@ -593,13 +585,23 @@ async fn a_vanished_renters_connection_is_closed_and_its_slot_freed(db: Db) {
     );
     let silenced = Silenced(held.local_addr().unwrap().port());
     assert!(silenced.rule("-I").success());
-    let freed = echoing(&renter, &path).await;
+    let freed = echoing(renter, &path).await;
     drop(silenced);
     assert!(freed.is_some(), "the vanished renter's slot is given back");
     drop(held);
 }
 
 on_both_databases!(a_vanished_renters_connection_is_closed_and_its_slot_freed);
+
+/// A market whose coordinator also takes `flags`, with a running one-node echo service; the
+/// path that connects to its port.
+async fn echo_node_coordinated_with(db: Db, flags: &[&str]) -> (Market, String) {
+    let market = market_coordinated_with(db, 1, flags).await;
+    let port = free_port();
+    let cluster = python_service(&market.renter, 1, port, &echo_server(port)).await;
+    let path = format!("clusters/{}/connect?node=0&port={port}", cluster.id);
+    (market, path)
+}
 
 /// A connection on which no byte moves past the coordinator's idle timeout is closed; one
 /// that keeps talking is kept.
@@ -608,18 +610,10 @@ async fn an_idle_connection_is_closed_and_a_talking_one_kept(db: Db) {
         return;
     }
     let flags = ["--tunnel-idle-timeout-s", "1"];
-    let Market {
-        coordinator: _coordinator,
-        renter,
-        _workers,
-        _dirs,
-        ..
-    } = market_coordinated_with(db, 1, &flags).await;
-    let port = free_port();
-    let cluster = python_service(&renter, 1, port, &echo_server(port)).await;
-    let path = format!("clusters/{}/connect?node=0&port={port}", cluster.id);
-    let mut idle = echoing(&renter, &path).await.expect("the node echoes");
-    let mut talking = echoing(&renter, &path).await.expect("the node echoes");
+    let (market, path) = echo_node_coordinated_with(db, &flags).await;
+    let renter = &market.renter;
+    let mut idle = echoing(renter, &path).await.expect("the node echoes");
+    let mut talking = echoing(renter, &path).await.expect("the node echoes");
     // A ping every fifth of the timeout, for well over two timeouts.
     for round in 0..12u8 {
         talking.write_all(&[round]).await.unwrap();
