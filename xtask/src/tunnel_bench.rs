@@ -62,6 +62,8 @@ const PARALLEL_STREAMS: u64 = 4;
 const PING_BYTES: usize = 64;
 const PING_ROUNDS: usize = 2_000;
 const PING_WARMUP_ROUNDS: usize = 200;
+/// The side-by-side rounds are also compared in this many consecutive blocks.
+const LATENCY_BLOCKS: usize = 10;
 const CONNECT_ROUNDS: usize = 300;
 const CONNECT_WARMUP_ROUNDS: usize = 30;
 /// Idle connections opened and kept before the measured ones, so one-time growth (tables,
@@ -317,15 +319,15 @@ async fn throughput_gbit_s(address: SocketAddr, transfer_bytes: u64, streams: u6
 
 /// The median ping round trip through `address` alone.
 async fn latency_p50_us(address: SocketAddr) -> Result<f64> {
-    let p50s = interleaved_p50_us(vec![open(address, MODE_ECHO).await?]).await?;
-    Ok(p50s[0])
+    let round_trips_us = interleaved_round_trips_us(vec![open(address, MODE_ECHO).await?]).await?;
+    Ok(p50(&round_trips_us[0]))
 }
 
-/// The median ping round trip over each of `streams` (echoes), measured in interleaved
-/// rounds: each round pings every stream once, starting one further along each time, so
-/// the machine's moments of noise (a neighbour's burst, a frequency change) fall on every
-/// path alike instead of on whichever was measured then.
-async fn interleaved_p50_us(mut streams: Vec<TcpStream>) -> Result<Vec<f64>> {
+/// The ping round trips over each of `streams` (echoes), in the order measured, in
+/// interleaved rounds: each round pings every stream once, starting one further along each
+/// time, so the machine's moments of noise (a neighbour's burst, a frequency change) fall on
+/// every path alike instead of on whichever was measured then.
+async fn interleaved_round_trips_us(mut streams: Vec<TcpStream>) -> Result<Vec<Vec<f64>>> {
     for stream in &mut streams {
         for _ in 0..PING_WARMUP_ROUNDS {
             ping_once(stream).await?;
@@ -341,13 +343,26 @@ async fn interleaved_p50_us(mut streams: Vec<TcpStream>) -> Result<Vec<f64>> {
             round_trips_us[index].push(started.elapsed().as_secs_f64() * 1e6);
         }
     }
-    Ok(round_trips_us
-        .into_iter()
-        .map(|mut samples| {
-            samples.sort_by(f64::total_cmp);
-            samples[samples.len() / 2]
+    Ok(round_trips_us)
+}
+
+/// The median of `samples`.
+fn p50(samples: &[f64]) -> f64 {
+    let mut sorted = samples.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted[sorted.len() / 2]
+}
+
+/// In how many of [`LATENCY_BLOCKS`] consecutive blocks of rounds the median of `ours` was at
+/// most that of `theirs`: whether a difference of medians outlasts the machine's drift.
+fn blocks_at_most(ours: &[f64], theirs: &[f64]) -> usize {
+    let block_len = ours.len().min(theirs.len()) / LATENCY_BLOCKS;
+    (0..LATENCY_BLOCKS)
+        .filter(|block| {
+            let span = block * block_len..(block + 1) * block_len;
+            p50(&ours[span.clone()]) <= p50(&theirs[span])
         })
-        .collect())
+        .count()
 }
 
 /// The median time from dialing a new connection to its first answered ping.
@@ -941,14 +956,19 @@ async fn measure_flotilla(
             streams.push(open(visitor, MODE_ECHO).await?);
         }
         let limit = Duration::from_secs(MEASURE_TIMEOUT_S);
-        let p50s = tokio::time::timeout(limit, interleaved_p50_us(streams))
+        let round_trips_us = tokio::time::timeout(limit, interleaved_round_trips_us(streams))
             .await
             .map_err(|_| anyhow::anyhow!("the interleaved pings took over {limit:?}"))??;
+        let rathole = round_trips_us.get(3);
         anyhow::Ok(Latencies {
-            raw_us: p50s[0],
-            flotilla_us: p50s[1],
-            fdpass_us: p50s[2],
-            rathole_noise_us: p50s.get(3).copied(),
+            raw_us: p50(&round_trips_us[0]),
+            flotilla_us: p50(&round_trips_us[1]),
+            fdpass_us: p50(&round_trips_us[2]),
+            rathole_noise_us: rathole.map(|samples| p50(samples)),
+            blocks_at_most_rathole: rathole.map(|samples| {
+                let connect = blocks_at_most(&round_trips_us[1], samples);
+                (connect, blocks_at_most(&round_trips_us[2], samples))
+            }),
         })
     }
     .await;
@@ -963,7 +983,7 @@ async fn measure_flotilla(
     Ok((figures?, latencies?, node_network))
 }
 
-/// Median round trips measured side by side ([`interleaved_p50_us`]).
+/// Median round trips measured side by side ([`interleaved_round_trips_us`]).
 struct Latencies {
     raw_us: f64,
     /// Through `flotilla connect`.
@@ -971,6 +991,9 @@ struct Latencies {
     /// Over the socket `flotilla connect --fdpass` hands over (ssh's `ProxyUseFdpass`).
     fdpass_us: f64,
     rathole_noise_us: Option<f64>,
+    /// Of [`LATENCY_BLOCKS`] blocks of rounds, those in which `connect`'s median, and
+    /// `--fdpass`'s, was at most rathole's.
+    blocks_at_most_rathole: Option<(usize, usize)>,
 }
 
 /// An echo connection made the way ssh makes one with `ProxyUseFdpass`: `flotilla connect
@@ -1044,6 +1067,12 @@ async fn bench(transfer_mib: u64) -> Result<()> {
          flotilla {:.0} µs, flotilla by `connect --fdpass` (ssh) {:.0} µs",
         latencies.raw_us, latencies.flotilla_us, latencies.fdpass_us
     );
+    if let Some((connect, fdpass)) = latencies.blocks_at_most_rathole {
+        eprintln!(
+            "blocks of rounds (of {LATENCY_BLOCKS}) with a median at most rathole's: \
+             flotilla {connect}, by `connect --fdpass` {fdpass}"
+        );
+    }
     let paths = Paths {
         raw: &raw,
         rathole: rathole.as_ref(),
@@ -1123,5 +1152,10 @@ fn summary(transfer_mib: u64, node_network: &str, paths: &Paths) -> serde_json::
     figures["flotilla_fdpass_latency_p50_us"] = json!(rounded(latencies.fdpass_us, 1));
     figures["fdpass_added_latency_p50_us"] =
         json!(rounded(latencies.fdpass_us - latencies.raw_us, 1));
+    // How steady each comparison with rathole is: in how many blocks of rounds it held.
+    figures["latency_blocks"] = json!(LATENCY_BLOCKS);
+    let blocks = latencies.blocks_at_most_rathole;
+    figures["blocks_latency_at_most_rathole"] = json!(blocks.map(|b| b.0));
+    figures["blocks_fdpass_latency_at_most_rathole"] = json!(blocks.map(|b| b.1));
     figures
 }
