@@ -35,8 +35,8 @@ pub enum TunnelError {
     #[error("tunnel already carries {streams_max} streams")]
     TooManyStreams { streams_max: usize },
 
-    #[error("tunnel stream multiplexer failed: {0}")]
-    Mux(#[from] yamux::ConnectionError),
+    #[error("tunnel peer broke the stream protocol: {what}")]
+    Protocol { what: &'static str },
 
     #[error("tunnel did not close within {timeout_ms} ms")]
     ShutdownTimeout { timeout_ms: u64 },

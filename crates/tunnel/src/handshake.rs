@@ -32,6 +32,9 @@ const PROLOGUE: &[u8] = b"flotilla-tunnel";
 /// The largest handshake message either side accepts (the real ones are under 300 bytes).
 const HANDSHAKE_MESSAGE_LEN_MAX: usize = 1024;
 
+/// The coordinator's verdict is the first transport message, so it takes the first nonce of
+/// its direction; the session goes on from the next.
+const VERDICT_NONCE: u64 = 0;
 const VERDICT_ACCEPTED: u8 = 0;
 const VERDICT_REFUSED: u8 = 1;
 
@@ -167,7 +170,7 @@ where
 
         let len = noise.write_message(&hello_bytes, &mut message)?;
         write_frame(&mut io, &message[..len]).await?;
-        let mut noise = noise.into_transport_mode()?;
+        let noise = noise.into_stateless_transport_mode()?;
         if server_version != hello.protocol_version {
             return Err(TunnelError::VersionMismatch {
                 local: hello.protocol_version,
@@ -176,9 +179,14 @@ where
         }
 
         let received = read_frame(&mut io, HANDSHAKE_MESSAGE_LEN_MAX).await?;
-        let len = noise.read_message(&received, &mut payload)?;
+        let len = noise.read_message(VERDICT_NONCE, &received, &mut payload)?;
         read_verdict(&payload[..len])?;
-        Ok(Session::start(io, noise, Role::Client))
+        Ok(Session::start(
+            io,
+            noise,
+            Role::Client,
+            (0, VERDICT_NONCE + 1),
+        ))
     })
     .await
 }
@@ -198,7 +206,7 @@ fn read_verdict(verdict: &[u8]) -> Result<(), TunnelError> {
 /// A worker that finished the handshake and waits for the coordinator's verdict.
 pub struct PendingSession<S> {
     io: S,
-    noise: snow::TransportState,
+    noise: snow::StatelessTransportState,
 }
 
 impl<S> std::fmt::Debug for PendingSession<S> {
@@ -241,7 +249,7 @@ where
             })?;
         let mut pending = PendingSession {
             io,
-            noise: noise.into_transport_mode()?,
+            noise: noise.into_stateless_transport_mode()?,
         };
         if hello.protocol_version != TUNNEL_PROTOCOL_VERSION {
             let reason = format!(
@@ -269,7 +277,12 @@ where
     /// Accepts the worker: tells it so and starts the session.
     pub async fn finish(mut self) -> Result<Session, TunnelError> {
         with_timeout(self.send_verdict(VERDICT_ACCEPTED, &[])).await?;
-        Ok(Session::start(self.io, self.noise, Role::Server))
+        Ok(Session::start(
+            self.io,
+            self.noise,
+            Role::Server,
+            (VERDICT_NONCE + 1, 0),
+        ))
     }
 
     /// Refuses the worker with a reason it logs (cut to [`REFUSAL_REASON_LEN_MAX`] bytes),
@@ -290,7 +303,9 @@ where
         plain.push(verdict);
         plain.extend_from_slice(reason);
         let mut message = vec![0; plain.len() + crate::transport::TAG_LEN];
-        let len = self.noise.write_message(&plain, &mut message)?;
+        let len = self
+            .noise
+            .write_message(VERDICT_NONCE, &plain, &mut message)?;
         write_frame(&mut self.io, &message[..len]).await
     }
 }

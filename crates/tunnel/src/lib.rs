@@ -14,12 +14,14 @@
 //!    [`x25519_public_from_ed25519`] of the enrolled worker key. The server's static key is
 //!    pinned by the client. Payloads carry [`TUNNEL_PROTOCOL_VERSION`] and the worker id; a
 //!    mismatch is refused on both sides.
-//! 2. **Transport** (`transport.rs`): each direction is a sequence of frames
+//! 2. **Transport** (`transport.rs`): each direction is a sequence of messages
 //!    `[u16 big-endian length][Noise ciphertext]`, with plaintexts of up to 65 519 bytes. A bad
-//!    tag, a bad length, a truncated frame or silence past [`IDLE_TIMEOUT_MS`] fails the whole
-//!    connection; empty frames are keepalives.
-//! 3. **Multiplexing** (`session.rs`): `yamux` over the transport, driven by one task per
-//!    session that the [`Session`] owns; dropping the session closes the tunnel.
+//!    tag, a bad length, a truncated message or silence past [`IDLE_TIMEOUT_MS`] fails the
+//!    whole connection; empty messages are keepalives.
+//! 3. **Multiplexing** (`session.rs`): one frame per message (open, data, window, end, reset),
+//!    with a receive window per stream. A stream's writer seals and sends its own frames; the
+//!    session's one task, which the [`Session`] owns, reads and hands each frame to its stream.
+//!    Dropping the session closes the tunnel.
 //!
 //! **Invariants.** Never plaintext after the first handshake message. Every buffer, queue and
 //! count is bounded by a named constant below. Bytes from the network never panic the parser.
@@ -40,7 +42,7 @@ pub use keys::{StaticKeypair, x25519_public_from_ed25519};
 pub use session::{Session, Stream, StreamOpener};
 
 /// The tunnel protocol version, carried in the handshake. Peers speaking another are refused.
-pub const TUNNEL_PROTOCOL_VERSION: u32 = 1;
+pub const TUNNEL_PROTOCOL_VERSION: u32 = 2;
 
 /// The Noise protocol. AES-GCM rather than ChaChaPoly: with ring's AES-NI code it seals about
 /// twice as fast on these machines (see the crate README's measurements).
@@ -61,25 +63,18 @@ pub const SHUTDOWN_TIMEOUT_MS: u64 = 8_000;
 
 /// Live streams per session, both directions together. Bounds memory: each stream may buffer
 /// up to its receive window ([`STREAM_RECEIVE_WINDOW_BYTES`]) when its reader stalls, so a
-/// session holds at most about 64 MiB of unread data plus [`WINDOW_GROWTH_POOL_BYTES`].
+/// session holds at most 64 MiB of unread data.
 pub const STREAMS_MAX: usize = 256;
 
-/// The receive window of a new stream: yamux's fixed initial credit (256 KiB). It is credit,
-/// not a buffer: an idle stream allocates nothing for it.
+/// The bytes a stream may receive before its reader reads them. It is credit, not a buffer: an
+/// idle stream allocates nothing for it. At 256 KiB a stream moves several Gbit/s on a path of
+/// a few hundred microseconds; a reader grants more once it has read half of it.
 pub const STREAM_RECEIVE_WINDOW_BYTES: usize = 256 * 1024;
-
-/// Bytes by which all streams of a session together may grow their windows past
-/// [`STREAM_RECEIVE_WINDOW_BYTES`] (yamux grows a busy stream's window towards the
-/// bandwidth-delay product; on a 50 ms path at 1 Gbit/s that is about 6 MiB).
-pub const WINDOW_GROWTH_POOL_BYTES: usize = 16 * 1024 * 1024;
 
 /// Streams opened by the peer that wait for [`Session::accept_stream`]. Waiting streams count
 /// as live, and the peer's streams past [`STREAMS_MAX`] live ones are reset, so a burst of
 /// opens waits here instead of being refused. (tokio allocates the queue as it fills.)
 pub const INBOUND_QUEUE_LEN: usize = STREAMS_MAX;
-
-/// Requests to open a stream that wait for the session's task.
-pub const OPEN_QUEUE_LEN: usize = 64;
 
 /// The longest worker id the handshake accepts, in bytes.
 pub const WORKER_ID_LEN_MAX: usize = 64;

@@ -1,24 +1,25 @@
-//! The encrypted byte stream under the multiplexer: `[u16 length][Noise ciphertext]` frames.
+//! The encrypted framing under the multiplexer: each direction is a sequence of
+//! `[u16 big-endian length][Noise ciphertext]` messages, each message one multiplexer frame.
 //!
-//! Writes collect plaintext until a frame is full or the multiplexer flushes (it flushes after
-//! every yamux frame, so each yamux frame usually travels as one Noise message), then seal it in
-//! one piece. Reads pull large chunks from the socket and open every whole frame in
-//! them. Both directions run in the session's one task, so nothing here is shared.
+//! The two directions are apart: a [`Sealer`] (shared by every stream of the session, behind a
+//! lock, so a stream's writer seals and sends its own frames with no hand-off to another task)
+//! and an [`Opener`] (the session's task, which reads). Noise's stateless transport lets each
+//! count its own nonces.
 //!
-//! Any frame that fails to open, and a connection that ends inside a frame, is an error that ends
-//! the session. An empty plaintext is a keepalive: sent when nothing else was sent for
+//! Any message that fails to open, and a connection that ends inside a message, is an error
+//! that ends the session. An empty message is a keepalive: sent when nothing else was sent for
 //! [`KEEPALIVE_INTERVAL_MS`], skipped by the reader, who gives up after [`IDLE_TIMEOUT_MS`] of
 //! silence.
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
-use tokio_util::sync::CancellationToken;
 
 use crate::{IDLE_TIMEOUT_MS, KEEPALIVE_INTERVAL_MS};
 
@@ -28,92 +29,23 @@ pub(crate) const NOISE_MESSAGE_LEN_MAX: usize = 65_535;
 /// The AEAD tag that every Noise transport message carries.
 pub(crate) const TAG_LEN: usize = 16;
 
-/// The largest plaintext one frame carries.
+/// The largest plaintext one message carries.
 pub(crate) const PLAINTEXT_LEN_MAX: usize = NOISE_MESSAGE_LEN_MAX - TAG_LEN;
 
-/// The big-endian `u16` in front of every frame.
+/// The big-endian `u16` in front of every message.
 pub(crate) const LENGTH_PREFIX_LEN: usize = 2;
 
-/// One whole frame on the wire, at most.
-const FRAME_LEN_MAX: usize = LENGTH_PREFIX_LEN + NOISE_MESSAGE_LEN_MAX;
+/// One whole message on the wire, at most.
+const MESSAGE_WIRE_LEN_MAX: usize = LENGTH_PREFIX_LEN + NOISE_MESSAGE_LEN_MAX;
 
-/// Room for two whole frames, so one socket read usually yields at least one frame to open.
-const READ_BUFFER_LEN: usize = 2 * FRAME_LEN_MAX;
+/// Room for two whole messages, so one socket read usually yields at least one to open.
+const READ_BUFFER_LEN: usize = 2 * MESSAGE_WIRE_LEN_MAX;
 
-/// A Noise-encrypted byte stream over `S`, seen by yamux through the `futures` IO traits.
-pub(crate) struct NoiseIo<S> {
-    io: S,
-    noise: snow::TransportState,
-    /// Cancelled the moment this transport fails or ends, before the multiplexer hears of it,
-    /// so that streams report an aborted session rather than a clean end of file.
-    ended: CancellationToken,
-    write: WriteHalf,
-    read: ReadHalf,
-}
+/// The write half of a session's connection, whatever its type.
+pub(crate) type BoxedWrite = Pin<Box<dyn AsyncWrite + Send>>;
 
-struct WriteHalf {
-    /// Plaintext not yet sealed; at most [`PLAINTEXT_LEN_MAX`] bytes.
-    plain: Vec<u8>,
-    /// One sealed frame, length prefix included, of which `cipher[start..end]` is unsent.
-    cipher: Box<[u8]>,
-    start: usize,
-    end: usize,
-    last_sent_at: Instant,
-    keepalive: Pin<Box<Sleep>>,
-}
-
-struct ReadHalf {
-    /// Bytes from the socket; `cipher[start..end]` is not yet opened.
-    cipher: Box<[u8]>,
-    start: usize,
-    end: usize,
-    /// One opened frame; `plain[plain_start..plain_end]` is not yet read.
-    plain: Box<[u8]>,
-    plain_start: usize,
-    plain_end: usize,
-    eof: bool,
-    last_received_at: Instant,
-    idle: Pin<Box<Sleep>>,
-}
-
-impl<S> NoiseIo<S> {
-    pub(crate) fn new(io: S, noise: snow::TransportState, ended: CancellationToken) -> Self {
-        let now = Instant::now();
-        let write = WriteHalf {
-            plain: Vec::with_capacity(PLAINTEXT_LEN_MAX),
-            cipher: vec![0; FRAME_LEN_MAX].into_boxed_slice(),
-            start: 0,
-            end: 0,
-            last_sent_at: now,
-            keepalive: Box::pin(tokio::time::sleep_until(now + keepalive_interval())),
-        };
-        let read = ReadHalf {
-            cipher: vec![0; READ_BUFFER_LEN].into_boxed_slice(),
-            start: 0,
-            end: 0,
-            // A whole message, tag included, so ring opens it in place without allocating.
-            plain: vec![0; NOISE_MESSAGE_LEN_MAX].into_boxed_slice(),
-            plain_start: 0,
-            plain_end: 0,
-            eof: false,
-            last_received_at: now,
-            idle: Box::pin(tokio::time::sleep_until(now + idle_timeout())),
-        };
-        Self {
-            io,
-            noise,
-            ended,
-            write,
-            read,
-        }
-    }
-
-    /// Records that the transport is over, then hands the error on.
-    fn fail(&self, error: io::Error) -> io::Error {
-        self.ended.cancel();
-        error
-    }
-}
+/// The read half of a session's connection, whatever its type.
+pub(crate) type BoxedRead = Pin<Box<dyn AsyncRead + Send>>;
 
 fn keepalive_interval() -> Duration {
     Duration::from_millis(KEEPALIVE_INTERVAL_MS)
@@ -124,8 +56,8 @@ fn idle_timeout() -> Duration {
 }
 
 /// Ready once `due_at` has passed. `due_at` only moves later (it is the last activity plus a
-/// fixed delay), so the timer is re-armed only when it fires early, not on every frame: timer
-/// resets take a lock in tokio's driver, and frames come tens of thousands a second.
+/// fixed delay), so the timer is re-armed only when it fires early, not on every message: timer
+/// resets take a lock in tokio's driver, and messages come tens of thousands a second.
 pub(crate) fn poll_deadline(
     timer: &mut Pin<Box<Sleep>>,
     due_at: Instant,
@@ -144,102 +76,210 @@ fn invalid_data(message: &'static str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, message)
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> NoiseIo<S> {
-    /// Sends the sealed frame, if any, to the socket.
-    fn poll_send_cipher(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while self.write.start < self.write.end {
-            let unsent = &self.write.cipher[self.write.start..self.write.end];
-            let sent = ready!(Pin::new(&mut self.io).poll_write(cx, unsent))?;
-            if sent == 0 {
-                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-            }
-            self.write.start += sent;
+/// One direction's keys: the session's Noise state and the direction's next nonce.
+pub(crate) struct DirectionKeys {
+    pub(crate) noise: Arc<snow::StatelessTransportState>,
+    pub(crate) nonce: u64,
+}
+
+/// Seals frames into messages and sends them.
+pub(crate) struct Sealer {
+    io: BoxedWrite,
+    keys: DirectionKeys,
+    /// One frame's plaintext, gathered for sealing in one piece.
+    plain: Vec<u8>,
+    /// Sealed messages, length prefixes included; `cipher[sent..]` is not yet written.
+    cipher: Vec<u8>,
+    sent: usize,
+    last_sent_at: Instant,
+    keepalive: Pin<Box<Sleep>>,
+}
+
+impl Sealer {
+    pub(crate) fn new(io: BoxedWrite, keys: DirectionKeys) -> Self {
+        let now = Instant::now();
+        Self {
+            io,
+            keys,
+            plain: Vec::new(),
+            cipher: Vec::new(),
+            sent: 0,
+            last_sent_at: now,
+            keepalive: Box::pin(tokio::time::sleep_until(now + keepalive_interval())),
         }
-        self.write.start = 0;
-        self.write.end = 0;
-        Poll::Ready(Ok(()))
     }
 
-    /// Seals the collected plaintext (possibly empty: a keepalive) into one frame.
-    /// The cipher buffer must be empty.
-    fn seal(&mut self) -> io::Result<()> {
-        debug_assert_eq!(self.write.end, 0, "sealing over an unsent frame");
-        let (prefix, body) = self.write.cipher.split_at_mut(LENGTH_PREFIX_LEN);
+    /// Sealed bytes not yet written to the connection.
+    pub(crate) fn unsent_bytes(&self) -> usize {
+        self.cipher.len() - self.sent
+    }
+
+    /// Seals `head` and `body` together as one message, queued for sending. Their length
+    /// together is at most [`PLAINTEXT_LEN_MAX`].
+    pub(crate) fn push(&mut self, head: &[u8], body: &[u8]) -> io::Result<()> {
+        debug_assert!(head.len() + body.len() <= PLAINTEXT_LEN_MAX);
+        self.plain.clear();
+        self.plain.extend_from_slice(head);
+        self.plain.extend_from_slice(body);
+        let start = self.cipher.len();
+        self.cipher
+            .resize(start + LENGTH_PREFIX_LEN + self.plain.len() + TAG_LEN, 0);
         let len = self
+            .keys
             .noise
-            .write_message(&self.write.plain, body)
-            .map_err(|_| io::Error::other("noise refused to seal a frame"))?;
-        let len_u16 = u16::try_from(len).map_err(|_| io::Error::other("sealed frame too long"))?;
-        prefix.copy_from_slice(&len_u16.to_be_bytes());
-        self.write.end = LENGTH_PREFIX_LEN + len;
-        self.write.plain.clear();
-        self.write.last_sent_at = Instant::now();
+            .write_message(
+                self.keys.nonce,
+                &self.plain,
+                &mut self.cipher[start + LENGTH_PREFIX_LEN..],
+            )
+            .map_err(|_| io::Error::other("noise refused to seal a message"))?;
+        self.keys.nonce += 1;
+        let len_u16 =
+            u16::try_from(len).map_err(|_| io::Error::other("sealed message too long"))?;
+        self.cipher[start..start + LENGTH_PREFIX_LEN].copy_from_slice(&len_u16.to_be_bytes());
+        self.cipher.truncate(start + LENGTH_PREFIX_LEN + len);
+        self.last_sent_at = Instant::now();
         Ok(())
     }
 
-    /// Whether nothing was sent for a keepalive interval; registers the wake-up otherwise.
-    fn keepalive_due(&mut self, cx: &mut Context<'_>) -> bool {
-        let due_at = self.write.last_sent_at + keepalive_interval();
-        !poll_deadline(&mut self.write.keepalive, due_at, cx).is_pending()
+    /// Writes what is queued; ready once all of it is written and flushed.
+    pub(crate) fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.sent < self.cipher.len() {
+            let unsent = &self.cipher[self.sent..];
+            let written = ready!(self.io.as_mut().poll_write(cx, unsent))?;
+            if written == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.sent += written;
+        }
+        self.cipher.clear();
+        self.sent = 0;
+        self.io.as_mut().poll_flush(cx)
     }
 
-    fn poll_flush_frames(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        loop {
-            ready!(self.poll_send_cipher(cx))?;
-            if !self.write.plain.is_empty() || self.keepalive_due(cx) {
-                self.seal()?;
-                continue;
-            }
-            return Pin::new(&mut self.io).poll_flush(cx);
+    /// Queues a keepalive once nothing was sent for a keepalive interval; registers the
+    /// wake-up otherwise.
+    pub(crate) fn poll_keepalive(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        let due_at = self.last_sent_at + keepalive_interval();
+        if poll_deadline(&mut self.keepalive, due_at, cx).is_ready() {
+            self.push(&[], &[])?;
+        }
+        Ok(())
+    }
+
+    /// Sends what is queued, then ends the connection's write half.
+    pub(crate) fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_send(cx))?;
+        self.io.as_mut().poll_shutdown(cx)
+    }
+
+    /// Lets go of the connection's write half (so, with the read half gone, the connection
+    /// closes), whoever still holds this sealer; what is queued is dropped.
+    pub(crate) fn release(&mut self) {
+        self.io = Box::pin(tokio::io::sink());
+        self.cipher = Vec::new();
+        self.plain = Vec::new();
+        self.sent = 0;
+    }
+}
+
+/// Reads messages and opens them.
+pub(crate) struct Opener {
+    io: BoxedRead,
+    keys: DirectionKeys,
+    /// Bytes from the connection; `cipher[start..end]` is not yet opened.
+    cipher: Box<[u8]>,
+    start: usize,
+    end: usize,
+    /// The last opened message's plaintext.
+    plain: Box<[u8]>,
+    eof: bool,
+    last_received_at: Instant,
+    idle: Pin<Box<Sleep>>,
+}
+
+impl Opener {
+    pub(crate) fn new(io: BoxedRead, keys: DirectionKeys) -> Self {
+        let now = Instant::now();
+        Self {
+            io,
+            keys,
+            cipher: vec![0; READ_BUFFER_LEN].into_boxed_slice(),
+            start: 0,
+            end: 0,
+            // A whole message, tag included, so ring opens it in place without allocating.
+            plain: vec![0; NOISE_MESSAGE_LEN_MAX].into_boxed_slice(),
+            eof: false,
+            last_received_at: now,
+            idle: Box::pin(tokio::time::sleep_until(now + idle_timeout())),
         }
     }
 
-    /// Opens the first whole frame in the read buffer, if there is one.
-    fn open_next_frame(&mut self) -> io::Result<bool> {
-        let buffered = &self.read.cipher[self.read.start..self.read.end];
+    /// The next message's plaintext (keepalives skipped), or `None` once the connection
+    /// ended cleanly between messages.
+    pub(crate) fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<&[u8]>>> {
+        loop {
+            if let Some(len) = self.open_next()? {
+                if len == 0 {
+                    continue;
+                }
+                return Poll::Ready(Ok(Some(&self.plain[..len])));
+            }
+            if self.eof {
+                if self.start == self.end {
+                    return Poll::Ready(Ok(None));
+                }
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "tunnel connection ended inside a message",
+                )));
+            }
+            ready!(self.poll_fill(cx))?;
+        }
+    }
+
+    /// Opens the first whole message in the read buffer, if there is one: its length.
+    fn open_next(&mut self) -> io::Result<Option<usize>> {
+        let buffered = &self.cipher[self.start..self.end];
         let Some(prefix) = buffered.first_chunk::<LENGTH_PREFIX_LEN>() else {
-            return Ok(false);
+            return Ok(None);
         };
         let len = usize::from(u16::from_be_bytes(*prefix));
         if len < TAG_LEN {
-            return Err(invalid_data("tunnel frame shorter than its tag"));
+            return Err(invalid_data("tunnel message shorter than its tag"));
         }
         let Some(message) = buffered.get(LENGTH_PREFIX_LEN..LENGTH_PREFIX_LEN + len) else {
-            return Ok(false);
+            return Ok(None);
         };
         let opened = self
+            .keys
             .noise
-            .read_message(message, &mut self.read.plain)
-            .map_err(|_| invalid_data("tunnel frame failed authentication"))?;
-        self.read.start += LENGTH_PREFIX_LEN + len;
-        self.read.plain_start = 0;
-        self.read.plain_end = opened;
-        self.read.last_received_at = Instant::now();
-        Ok(true)
+            .read_message(self.keys.nonce, message, &mut self.plain)
+            .map_err(|_| invalid_data("tunnel message failed authentication"))?;
+        self.keys.nonce += 1;
+        self.start += LENGTH_PREFIX_LEN + len;
+        self.last_received_at = Instant::now();
+        Ok(Some(opened))
     }
 
-    /// Reads more bytes from the socket into the read buffer.
+    /// Reads more bytes from the connection into the read buffer.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if self.read.start == self.read.end {
-            self.read.start = 0;
-            self.read.end = 0;
-        } else if self.read.end == self.read.cipher.len() {
-            // The partial frame moves to the front; the buffer holds two whole frames, so
-            // there is then room for the rest of it.
-            self.read
-                .cipher
-                .copy_within(self.read.start..self.read.end, 0);
-            self.read.end -= self.read.start;
-            self.read.start = 0;
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        } else if self.end == self.cipher.len() {
+            // The partial message moves to the front; the buffer holds two whole messages,
+            // so there is then room for the rest of it.
+            self.cipher.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
         }
-        let mut buf = ReadBuf::new(&mut self.read.cipher[self.read.end..]);
-        match Pin::new(&mut self.io).poll_read(cx, &mut buf) {
+        let mut buf = ReadBuf::new(&mut self.cipher[self.end..]);
+        match self.io.as_mut().poll_read(cx, &mut buf) {
             Poll::Ready(Ok(())) => {
                 let received = buf.filled().len();
-                if received == 0 {
-                    self.read.eof = true;
-                }
-                self.read.end += received;
+                self.eof = received == 0;
+                self.end += received;
                 Poll::Ready(Ok(()))
             }
             Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
@@ -249,93 +289,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> NoiseIo<S> {
 
     /// Fails once nothing has arrived for [`IDLE_TIMEOUT_MS`]; registers the wake-up otherwise.
     fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let due_at = self.read.last_received_at + idle_timeout();
-        ready!(poll_deadline(&mut self.read.idle, due_at, cx));
+        let due_at = self.last_received_at + idle_timeout();
+        ready!(poll_deadline(&mut self.idle, due_at, cx));
         Poll::Ready(Err(io::Error::new(
             io::ErrorKind::TimedOut,
             "tunnel peer silent past the idle timeout",
         )))
-    }
-
-    fn poll_read_plain(&mut self, cx: &mut Context<'_>, out: &mut [u8]) -> Poll<io::Result<usize>> {
-        loop {
-            let available = self.read.plain_end - self.read.plain_start;
-            if available > 0 || out.is_empty() {
-                let n = available.min(out.len());
-                let from = self.read.plain_start;
-                out[..n].copy_from_slice(&self.read.plain[from..from + n]);
-                self.read.plain_start += n;
-                return Poll::Ready(Ok(n));
-            }
-            if self.open_next_frame()? {
-                continue;
-            }
-            if self.read.eof {
-                if self.read.start == self.read.end {
-                    return Poll::Ready(Ok(0));
-                }
-                return Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "tunnel connection ended inside a frame",
-                )));
-            }
-            ready!(self.poll_fill(cx))?;
-        }
-    }
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> futures_io::AsyncRead for NoiseIo<S> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut [u8],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        match ready!(this.poll_read_plain(cx, buf)) {
-            Ok(0) if !buf.is_empty() => {
-                this.ended.cancel();
-                Poll::Ready(Ok(0))
-            }
-            Ok(n) => Poll::Ready(Ok(n)),
-            Err(error) => Poll::Ready(Err(this.fail(error))),
-        }
-    }
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> futures_io::AsyncWrite for NoiseIo<S> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        loop {
-            let room = PLAINTEXT_LEN_MAX - this.write.plain.len();
-            if room > 0 || buf.is_empty() {
-                let n = room.min(buf.len());
-                this.write.plain.extend_from_slice(&buf[..n]);
-                return Poll::Ready(Ok(n));
-            }
-            if let Err(error) = ready!(this.poll_send_cipher(cx)) {
-                return Poll::Ready(Err(this.fail(error)));
-            }
-            if let Err(error) = this.seal() {
-                return Poll::Ready(Err(this.fail(error)));
-            }
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        ready!(this.poll_flush_frames(cx)).map_err(|error| this.fail(error))?;
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        ready!(this.poll_flush_frames(cx)).map_err(|error| this.fail(error))?;
-        ready!(Pin::new(&mut this.io).poll_shutdown(cx)).map_err(|error| this.fail(error))?;
-        this.ended.cancel();
-        Poll::Ready(Ok(()))
     }
 }

@@ -195,7 +195,10 @@ async fn a_version_mismatch_is_refused_on_both_sides() {
     );
     match client {
         Err(TunnelError::VersionMismatch { local, remote }) => {
-            assert_eq!((local, remote), (TUNNEL_PROTOCOL_VERSION + 1, 1));
+            assert_eq!(
+                (local, remote),
+                (TUNNEL_PROTOCOL_VERSION + 1, TUNNEL_PROTOCOL_VERSION)
+            );
         }
         other => panic!("expected a version mismatch, got {other:?}"),
     }
@@ -203,7 +206,11 @@ async fn a_version_mismatch_is_refused_on_both_sides() {
         Err(error @ TunnelError::VersionMismatch { .. }) => {
             assert_eq!(
                 error.to_string(),
-                "tunnel protocol version 2 of the peer is not supported; this side speaks 1"
+                format!(
+                    "tunnel protocol version {} of the peer is not supported; this side speaks {}",
+                    TUNNEL_PROTOCOL_VERSION + 1,
+                    TUNNEL_PROTOCOL_VERSION
+                )
             );
         }
         other => panic!("expected a version mismatch, got {:?}", other.map(|r| r.0)),
@@ -448,7 +455,7 @@ async fn a_vanished_peer_fails_open_streams() {
     assert!(
         matches!(
             server.open_stream().await,
-            Err(TunnelError::Closed | TunnelError::Mux(_))
+            Err(TunnelError::Closed | TunnelError::Protocol { .. })
         ),
         "opening on an ended session must fail"
     );
@@ -488,6 +495,42 @@ async fn streams_beyond_the_limit_are_refused() {
     // The worker still held the stream the coordinator dropped, so it refused the new one
     // by its own count: each side enforces the limit on the streams it holds.
     assert_eq!(held, flotilla_tunnel::STREAMS_MAX);
+}
+
+#[tokio::test]
+async fn a_slow_reader_slows_only_its_own_stream() {
+    let keys = keys();
+    let (server, mut client) = sessions(&keys).await;
+    let mut stalled = server.open_stream().await.unwrap();
+    let flowing = server.open_stream().await.unwrap();
+    let mut unread = client.accept_stream().await.unwrap();
+    tokio::spawn(echo(client.accept_stream().await.unwrap()));
+    // The stalled stream takes a window's worth, then its writer waits for its reader.
+    let window = vec![1u8; flotilla_tunnel::STREAM_RECEIVE_WINDOW_BYTES];
+    stalled.write_all(&window).await.unwrap();
+    let past_the_window = tokio::time::timeout(Duration::from_millis(300), stalled.write_all(&[2]));
+    assert!(
+        past_the_window.await.is_err(),
+        "a write past the window waits"
+    );
+    // Meanwhile the other stream moves 4 MiB both ways.
+    let data = pattern(5, 4 << 20);
+    let echoed = tokio::time::timeout(TEST_TIMEOUT, round_trip(flowing, data.clone()))
+        .await
+        .unwrap();
+    assert_eq!(echoed, data);
+    // Once the reader reads, the writer goes on.
+    let mut received = vec![0u8; window.len()];
+    unread.read_exact(&mut received).await.unwrap();
+    assert_eq!(received, window);
+    tokio::time::timeout(TEST_TIMEOUT, stalled.write_all(&[3]))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut last = [0u8; 1];
+    unread.read_exact(&mut last).await.unwrap();
+    // The byte the timed-out write had queued, or the one written after.
+    assert!(last == [2] || last == [3], "{last:?}");
 }
 
 #[tokio::test(start_paused = true)]
