@@ -1,5 +1,5 @@
 //! The tunnel listener: each worker holds one encrypted, multiplexed connection here
-//! (`flotilla_tunnel`: Noise XX, then yamux), apart from its control session so bulk bytes
+//! (`flotilla_tunnel`: Noise XX, then its streams), apart from its control session so bulk bytes
 //! never delay heartbeats. The worker proves it is the enrolled worker by its Noise static key,
 //! which is its ed25519 key's X25519 twin; the coordinator's own static key derives from its
 //! ledger key, so it survives restarts without storage and workers learn it from `Welcome`.
