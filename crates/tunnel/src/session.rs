@@ -801,6 +801,7 @@ impl AsyncWrite for Stream {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
     use tokio::io::AsyncWriteExt;
 
     use super::*;
@@ -874,6 +875,52 @@ mod tests {
             ended_by_protocol(server).await,
             "a stream number the peer may not open"
         );
+    }
+
+    /// A frame as a peer may send it: any kind, a few stream numbers (both sides', zero, the
+    /// largest), any value, a short body.
+    fn any_frame() -> impl Strategy<Value = (u8, u32, u32, Vec<u8>)> {
+        let id = prop_oneof![0u32..6, Just(u32::MAX)];
+        let value = prop_oneof![0u32..400, any::<u32>()];
+        (
+            0u8..7,
+            id,
+            value,
+            proptest::collection::vec(any::<u8>(), 0..300),
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn any_authenticated_frames_never_panic_the_session(
+            frames in proptest::collection::vec(any_frame(), 1..12)
+        ) {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let (mut server, client) = sessions().await;
+                for (kind, id, value, body) in &frames {
+                    send_raw(&client, *kind, *id, *value, body);
+                }
+                let _ = client.close().await;
+                // Read whatever streams it accepted, as the worker's side would.
+                let reading = async {
+                    while let Some(mut stream) = server.accept_stream().await {
+                        let mut sink = Vec::new();
+                        let _ = tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut sink).await;
+                    }
+                };
+                tokio::time::timeout(Duration::from_secs(10), reading)
+                    .await
+                    .expect("the session ends");
+                // An error or a clean end; a panic would resurface from `close`.
+                let _ = server.close().await;
+            });
+        }
     }
 
     #[tokio::test]
