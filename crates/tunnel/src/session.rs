@@ -119,10 +119,18 @@ impl Writer {
             return Err(aborted());
         }
         if let Err(error) = self.sealer.push(head, body) {
-            self.failed = true;
+            self.fail();
             return Err(error);
         }
         self.send_queued(cx)
+    }
+
+    /// Marks the connection failed, and wakes the session's task to end the session.
+    fn fail(&mut self) {
+        self.failed = true;
+        if let Some(driver) = &self.driver {
+            driver.wake_by_ref();
+        }
     }
 
     fn send_queued(&mut self, cx: Option<&mut Context<'_>>) -> io::Result<()> {
@@ -133,7 +141,7 @@ impl Writer {
         match polled {
             Poll::Ready(Ok(())) => Ok(()),
             Poll::Ready(Err(error)) => {
-                self.failed = true;
+                self.fail();
                 Err(error)
             }
             Poll::Pending => {
