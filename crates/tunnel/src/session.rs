@@ -50,9 +50,13 @@ const DATA_FRAME_BYTES_MAX: usize = PLAINTEXT_LEN_MAX - FRAME_HEAD_LEN;
 /// when the connection is slower than the streams).
 const SEND_QUEUE_BYTES_MAX: usize = 4 * 64 * 1024;
 
-/// Unread bytes of a drained stream's buffer kept for the next ones; a larger buffer is freed,
-/// so a stream that once moved much holds little while idle.
+/// A drained stream buffer this large or larger goes to the session's spare list rather than
+/// staying with its stream, so a stream that once moved much holds little while idle.
 const IDLE_BUFFER_BYTES_KEPT: usize = 4 * 1024;
+
+/// Drained stream buffers a session keeps for the next data: a busy stream then reuses one
+/// rather than allocating (and the allocator faulting in) 64 KiB per frame.
+const SPARE_BUFFERS_MAX: usize = 8;
 
 /// The window as a frame value.
 const WINDOW: u32 = STREAM_RECEIVE_WINDOW_BYTES as u32;
@@ -131,6 +135,22 @@ impl Writer {
         if let Some(driver) = &self.driver {
             driver.wake_by_ref();
         }
+    }
+
+    /// Queues `data` as data frames of stream `id` and sends what the connection takes now.
+    fn send_data(&mut self, cx: &mut Context<'_>, id: u32, data: &[u8]) -> io::Result<()> {
+        if self.failed {
+            return Err(aborted());
+        }
+        for chunk in data.chunks(DATA_FRAME_BYTES_MAX) {
+            // A chunk is at most a frame's data, which fits a u32.
+            let head = frame_head(KIND_DATA, id, chunk.len() as u32);
+            if let Err(error) = self.sealer.push(&head, chunk) {
+                self.fail();
+                return Err(error);
+            }
+        }
+        self.send_queued(Some(cx))
     }
 
     fn send_queued(&mut self, cx: Option<&mut Context<'_>>) -> io::Result<()> {
@@ -218,9 +238,25 @@ struct Shared {
     writer: Mutex<Writer>,
     /// Streams by number, and the next number this side opens.
     streams: Mutex<(HashMap<u32, StreamRef>, u32)>,
+    /// Drained stream buffers, empty, for the next data.
+    spare_buffers: Mutex<Vec<Vec<u8>>>,
 }
 
 impl Shared {
+    /// An empty buffer with room, from the spare list if it has one.
+    fn take_buffer(&self) -> Vec<u8> {
+        lock(&self.spare_buffers).pop().unwrap_or_default()
+    }
+
+    /// Keeps a drained buffer for the next data, while the spare list has room.
+    fn give_buffer(&self, mut buffer: Vec<u8>) {
+        buffer.clear();
+        let mut spare = lock(&self.spare_buffers);
+        if spare.len() < SPARE_BUFFERS_MAX {
+            spare.push(buffer);
+        }
+    }
+
     /// Sends a frame that carries no data, from a task that may not wait for the connection.
     fn send_control(&self, kind: u8, id: u32, value: u32) {
         let _ = lock(&self.writer).send(None, &frame_head(kind, id, value), &[]);
@@ -305,6 +341,7 @@ impl Session {
                 failed: false,
             }),
             streams: Mutex::new((HashMap::new(), role.first_stream_id())),
+            spare_buffers: Mutex::new(Vec::new()),
         });
         let closing = CancellationToken::new();
         let (inbound_tx, inbound) = mpsc::channel(INBOUND_QUEUE_LEN);
@@ -564,6 +601,9 @@ fn deliver(
                 state.received.drain(..read);
                 state.read_from = 0;
             }
+            if state.received.capacity() == 0 {
+                state.received = shared.take_buffer();
+            }
             state.received.extend_from_slice(body);
             if let Some(reader) = state.reader.take() {
                 reader.wake();
@@ -638,9 +678,9 @@ impl Stream {
         }
     }
 
-    /// Sends a frame of this stream from its own task: the connection's back-pressure makes
+    /// Sends `data` on this stream from its own task: the connection's back-pressure makes
     /// it wait (`Pending`) only when the session's queue is full.
-    fn poll_send(&self, cx: &mut Context<'_>, head: &[u8], body: &[u8]) -> Poll<io::Result<()>> {
+    fn poll_send_data(&self, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<()>> {
         let mut writer = lock(&self.shared.writer);
         if writer.sealer.unsent_bytes() >= SEND_QUEUE_BYTES_MAX {
             let _ = writer.send_queued(Some(cx));
@@ -649,7 +689,7 @@ impl Stream {
                 return Poll::Pending;
             }
         }
-        Poll::Ready(writer.send(Some(cx), head, body))
+        Poll::Ready(writer.send_data(cx, self.id, data))
     }
 }
 
@@ -696,8 +736,8 @@ impl AsyncRead for Stream {
         state.read_from += taken;
         if state.read_from == state.received.len() {
             state.read_from = 0;
-            if state.received.capacity() > IDLE_BUFFER_BYTES_KEPT {
-                state.received = Vec::new();
+            if state.received.capacity() >= IDLE_BUFFER_BYTES_KEPT {
+                this.shared.give_buffer(std::mem::take(&mut state.received));
             } else {
                 state.received.clear();
             }
@@ -742,16 +782,14 @@ impl AsyncWrite for Stream {
                 state.writer = Some(cx.waker().clone());
                 return Poll::Pending;
             }
-            let len = buf
-                .len()
-                .min(state.send_credit as usize)
-                .min(DATA_FRAME_BYTES_MAX);
+            // A whole buffer in one go (as frames of at most a message each) costs one write
+            // to the connection.
+            let len = buf.len().min(state.send_credit as usize);
             // Taken now: a frame queued is a frame sent, even if this task waits below.
             state.send_credit -= len as u32;
             len
         };
-        let head = frame_head(KIND_DATA, this.id, len as u32);
-        match this.poll_send(cx, &head, &buf[..len]) {
+        match this.poll_send_data(cx, &buf[..len]) {
             Poll::Ready(Ok(())) => Poll::Ready(Ok(len)),
             Poll::Ready(Err(_)) => Poll::Ready(Err(aborted())),
             Poll::Pending => {
