@@ -119,14 +119,16 @@ impl Writer {
     /// Queues a frame and sends what the connection takes now; the rest is left to the
     /// session's task, woken for it.
     fn send(&mut self, cx: Option<&mut Context<'_>>, head: &[u8], body: &[u8]) -> io::Result<()> {
+        self.push(head, body)?;
+        self.send_queued(cx)
+    }
+
+    /// Seals a frame into the queue; a connection that failed takes none.
+    fn push(&mut self, head: &[u8], body: &[u8]) -> io::Result<()> {
         if self.failed {
             return Err(aborted());
         }
-        if let Err(error) = self.sealer.push(head, body) {
-            self.fail();
-            return Err(error);
-        }
-        self.send_queued(cx)
+        self.sealer.push(head, body).inspect_err(|_| self.fail())
     }
 
     /// Marks the connection failed, and wakes the session's task to end the session.
@@ -139,16 +141,9 @@ impl Writer {
 
     /// Queues `data` as data frames of stream `id` and sends what the connection takes now.
     fn send_data(&mut self, cx: &mut Context<'_>, id: u32, data: &[u8]) -> io::Result<()> {
-        if self.failed {
-            return Err(aborted());
-        }
         for chunk in data.chunks(DATA_FRAME_BYTES_MAX) {
             // A chunk is at most a frame's data, which fits a u32.
-            let head = frame_head(KIND_DATA, id, chunk.len() as u32);
-            if let Err(error) = self.sealer.push(&head, chunk) {
-                self.fail();
-                return Err(error);
-            }
+            self.push(&frame_head(KIND_DATA, id, chunk.len() as u32), chunk)?;
         }
         self.send_queued(Some(cx))
     }
@@ -717,18 +712,18 @@ impl AsyncRead for Stream {
         let this = self.get_mut();
         let mut state = lock(&this.state);
         let unread = state.received.len() - state.read_from;
-        if unread == 0 || buf.remaining() == 0 {
-            if unread == 0 && buf.remaining() > 0 {
-                if state.fin_received || state.reset {
-                    return Poll::Ready(Ok(()));
-                }
-                if state.aborted {
-                    return Poll::Ready(Err(aborted()));
-                }
-                state.reader = Some(cx.waker().clone());
-                return Poll::Pending;
-            }
+        if buf.remaining() == 0 {
             return Poll::Ready(Ok(()));
+        }
+        if unread == 0 {
+            if state.fin_received || state.reset {
+                return Poll::Ready(Ok(()));
+            }
+            if state.aborted {
+                return Poll::Ready(Err(aborted()));
+            }
+            state.reader = Some(cx.waker().clone());
+            return Poll::Pending;
         }
         let taken = unread.min(buf.remaining());
         let from = state.read_from;
