@@ -6,8 +6,11 @@
 //!   stopped after; node network namespaces that killed workers left are removed at the end.
 //! - `cargo xtask ptx`: compiles the CUDA prover's kernels with NVRTC (from PyPI, installed
 //!   under `target/test-tools` on first use) into the PTX that `flotilla-proof-cuda` ships.
-//! - `cargo xtask gpu-check`: builds the CUDA prover's tests and the proof bench, with a script
-//!   running both, into `target/gpu-check/`, to carry to a machine with an NVIDIA GPU.
+//! - `cargo xtask gpu-check`: builds the CUDA prover's tests, `flotilla`, the live check and the
+//!   proof bench, with a script running them all, into `target/gpu-check/`, to carry to a
+//!   machine with an NVIDIA GPU.
+//! - `xtask gpu-live --flotilla PATH` (on the GPU machine): `flotilla dev` there, checked end
+//!   to end: the GPU found, proven, reporting telemetry and seen by a job in the sandbox.
 //! - `cargo xtask bench heartbeat [--workers N] [--measure-s S]`: N simulated workers
 //!   heartbeating against one coordinator; prints one JSON line of figures last.
 //! - `cargo xtask bench proof`: the CPU prover and the verifier on a CPU-class challenge, in a
@@ -35,6 +38,7 @@ mod bench;
 mod deploy_bench;
 mod docker;
 mod gpu_check;
+mod gpu_live;
 mod ledger_bench;
 mod mesh_bench;
 mod pages_bench;
@@ -55,6 +59,7 @@ fn main() -> Result<()> {
         Some("test") => test(&args[1..]),
         Some("ptx") => ptx::run(&args[1..]),
         Some("gpu-check") => gpu_check::run(),
+        Some("gpu-live") => gpu_live::run(&args[1..]),
         Some("bench") if args.get(1).map(String::as_str) == Some("proof") => {
             proof_bench::run(&args[2..])
         }

@@ -1,6 +1,6 @@
 //! `flotilla dev`: the whole network on one machine. A coordinator on SQLite in the data
-//! directory, N workers with their own keys (simulated GPUs, plus the real CPU on the first),
-//! a demo supplier and renter. A second run on the same directory resumes the same network.
+//! directory, N workers with their own keys (simulated GPUs, plus the machine's real GPUs and
+//! CPU on the first), a demo supplier and renter. A second run on the same directory resumes the same network.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -38,6 +38,8 @@ const DEV_PRICES: &[(&str, u64)] = &[
     ("l40s", 800_000),
     ("cpu", 40_000),
 ];
+/// The demo supplier's asking price for a real GPU of a model not listed above.
+const DEV_PRICE_OTHER_GPU: u64 = 1_500_000;
 /// How long the demo supplier waits for devices to appear before giving up on pricing them.
 const DEV_STOCKING_MS: u64 = 30_000;
 /// Time allowed for everything to stop on Ctrl-C.
@@ -177,9 +179,14 @@ async fn stock_once(supplier: &Client) -> Result<usize> {
             continue;
         }
         let key = flotilla_proto::device::model_key(device.kind, &device.model);
-        let Some(&(_, price)) = DEV_PRICES.iter().find(|(model, _)| *model == key) else {
-            unpriced_workers.insert(device.worker_id.clone());
-            continue;
+        let listed = DEV_PRICES.iter().find(|(model, _)| *model == key);
+        let price = match listed {
+            Some(&(_, price)) => price,
+            None if device.kind == flotilla_proto::device::DeviceKind::Gpu => DEV_PRICE_OTHER_GPU,
+            None => {
+                unpriced_workers.insert(device.worker_id.clone());
+                continue;
+            }
         };
         let request = flotilla_proto::api::SetPriceRequest {
             price_per_hour: Some(price),
@@ -289,6 +296,9 @@ async fn worker_config(
         token,
         data_dir,
         simulate_gpus: vec![DEV_GPU_MIXES[index % DEV_GPU_MIXES.len()].to_owned()],
+        // One worker offers the machine's real GPUs and CPU: the same GPU offered by two workers
+        // is a spoofing sign, which blocks it on both.
+        real_gpus: index == 0,
         cpu_device: index == 0,
         hostname: Some(format!("dev-worker-{index}")),
         docker_socket: None,

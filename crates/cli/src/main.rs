@@ -187,6 +187,9 @@ struct WorkerArgs {
     /// Do not offer the CPU as a device.
     #[arg(long)]
     no_cpu: bool,
+    /// Do not offer this machine's NVIDIA GPUs as devices.
+    #[arg(long)]
+    no_gpus: bool,
     /// Name for this worker (default: the host name).
     #[arg(long)]
     name: Option<String>,
@@ -312,6 +315,7 @@ async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
         token: args.token.map(flotilla_proto::secret::Secret::new),
         data_dir: args.data,
         simulate_gpus: args.simulate_gpu,
+        real_gpus: !args.no_gpus,
         cpu_device: !args.no_cpu,
         hostname: args.name,
         docker_socket: args.docker_socket,

@@ -197,7 +197,13 @@ async fn next_text(socket: &mut WebSocket) -> Option<String> {
         match socket.recv().await? {
             Ok(Message::Text(text)) => return Some(text.as_str().to_owned()),
             Ok(Message::Binary(_)) => return Some(String::new()),
-            Ok(Message::Close(_)) | Err(_) => return None,
+            Ok(Message::Close(_)) => return None,
+            Err(error) => {
+                // An unreadable message (one over the frame bound, say) ends the session: say
+                // why, or a worker is seen only reconnecting.
+                tracing::info!(%error, "worker connection unreadable");
+                return None;
+            }
             Ok(Message::Ping(_) | Message::Pong(_)) => continue,
         }
     }

@@ -43,6 +43,10 @@ pub const KERNELS_PTX: &str = include_str!("../kernels/prover.ptx");
 /// The virtual architecture of the PTX: Volta and every later GPU (the product's `dp4a` needs
 /// compute capability 6.1).
 pub const PTX_ARCH: &str = "compute_70";
+/// The NVRTC release (major, minor) that made [`KERNELS_PTX`], as `cargo xtask ptx` pins it:
+/// other releases write other PTX for the same source, and CUDA 13's has dropped
+/// [`PTX_ARCH`].
+pub const PTX_NVRTC_VERSION: (i32, i32) = (12, 2);
 /// The matrix product's tile edge: the GPU prover takes matrices of a multiple of it.
 pub const MATRIX_TILE: u64 = 64;
 
@@ -115,6 +119,18 @@ pub fn uuid_text(bytes: &[u8; 16]) -> String {
         &hex[16..20],
         &hex[20..]
     )
+}
+
+/// The release (major, minor) of the NVRTC this process loads, or `None` where there is none.
+pub fn nvrtc_version() -> Option<(i32, i32)> {
+    // SAFETY: only tries to open the library by name; calls nothing in it.
+    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+        return None;
+    }
+    let (mut major, mut minor) = (0, 0);
+    // SAFETY: the library is present, and nvrtcVersion writes two ints we own.
+    let result = unsafe { cudarc::nvrtc::sys::nvrtcVersion(&mut major, &mut minor) };
+    (result == cudarc::nvrtc::sys::nvrtcResult::NVRTC_SUCCESS).then_some((major, minor))
 }
 
 /// Compiles [`KERNELS_SOURCE`] with NVRTC, as `cargo xtask ptx` does for [`KERNELS_PTX`].

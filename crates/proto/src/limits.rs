@@ -2,9 +2,10 @@
 
 /// Largest HTTP request body the coordinator reads.
 pub const REQUEST_BODY_BYTES_MAX: usize = 64 * 1024;
-/// Largest WebSocket frame or message on the worker control channel: room for a proof-of-compute
-/// transcript (about 350 KiB at 97 openings of 256-byte rows), which is the largest message.
-pub const FRAME_BYTES_MAX: usize = 1024 * 1024;
+/// Largest WebSocket frame or message on the worker control channel: room, twice over, for the
+/// largest message, a GPU's proof-of-compute transcript (about 1.9 MB: 97 openings of two
+/// 4096-byte rows each, in hex; `the_largest_proof_messages_fit_a_frame` checks it).
+pub const FRAME_BYTES_MAX: usize = 4 * 1024 * 1024;
 /// Most devices one worker may report.
 pub const DEVICES_PER_WORKER_MAX: usize = 64;
 /// Longest free-text name (device, worker, key, token, account).

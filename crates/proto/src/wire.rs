@@ -568,4 +568,81 @@ mod tests {
             let _ = verify_enrollment(&text, &text, &envelope.signature);
         }
     }
+
+    /// Hex of `n` bytes, as a transcript writes rows and blocks.
+    fn hex_of(n: u64) -> String {
+        "ab".repeat(n as usize)
+    }
+
+    /// Merkle path entries (hex SHA-256) for a tree over `leaves`.
+    fn path_over(leaves: u64) -> Vec<String> {
+        vec![hex_of(32); leaves.next_power_of_two().trailing_zeros() as usize]
+    }
+
+    /// The proofs the coordinator may ask the largest class for, at the longest target and a
+    /// full memory fill, sealed as the worker sends them: each fits one control-channel frame.
+    #[test]
+    fn the_largest_proof_messages_fit_a_frame() {
+        for class in ["b200", "cpu"] {
+            let class = flotilla_proof::class_named(class).unwrap();
+            let challenge = flotilla_proof::challenge_with_target(
+                &class,
+                [1; 32],
+                flotilla_proof::CHALLENGE_TARGET_MS_MAX,
+                100,
+            );
+            let compute = &challenge.compute;
+            let n = u64::from(compute.matrix_n);
+            let rows = (u64::from(compute.steps) + 1) * n;
+            let row = flotilla_proof::RowOpening {
+                step: compute.steps,
+                row: compute.matrix_n,
+                values: hex_of(n),
+                next_values: hex_of(n),
+                path: path_over(rows),
+                next_path: path_over(rows),
+            };
+            let memory = &challenge.memory;
+            let blocks = u64::from(memory.lanes) * memory.blocks_per_lane;
+            let block = flotilla_proof::BlockOpening {
+                index: blocks,
+                block: hex_of(u64::from(memory.block_bytes)),
+                previous: hex_of(u64::from(memory.block_bytes)),
+                reference: hex_of(u64::from(memory.block_bytes)),
+                path: path_over(blocks),
+                previous_path: path_over(blocks),
+                reference_path: path_over(blocks),
+            };
+            let transcript = flotilla_proof::Transcript {
+                challenge: challenge.clone(),
+                compute_root: hex_of(32),
+                openings: vec![row; compute.checks as usize],
+                memory_root: hex_of(32),
+                elapsed_ms: u64::MAX,
+                memory_nonce: String::new(),
+                memory_openings: Vec::new(),
+                answer_elapsed_ms: 0,
+            };
+            let messages = [
+                WorkerMessage::ComputeProof {
+                    device_id: "dev_".repeat(8),
+                    transcript,
+                },
+                WorkerMessage::MemoryOpenings {
+                    device_id: "dev_".repeat(8),
+                    openings: vec![block; memory.checks as usize],
+                },
+            ];
+            for message in &messages {
+                let envelope =
+                    Envelope::seal(&key(1), &[0; SESSION_NONCE_BYTES], "wrk_a", 1, message);
+                let frame_bytes = serde_json::to_string(&envelope).unwrap().len();
+                assert!(
+                    frame_bytes <= crate::limits::FRAME_BYTES_MAX,
+                    "{} class: a {frame_bytes}-byte message",
+                    class.name
+                );
+            }
+        }
+    }
 }

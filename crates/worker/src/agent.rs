@@ -52,6 +52,8 @@ pub struct WorkerConfig {
     pub data_dir: PathBuf,
     /// `--simulate-gpu` specs, e.g. `RTX 4090x2`.
     pub simulate_gpus: Vec<String>,
+    /// Offer this machine's NVIDIA GPUs (found through NVML) as devices.
+    pub real_gpus: bool,
     /// Offer the CPU package as a device.
     pub cpu_device: bool,
     /// Name shown for this worker; defaults to the host name.
@@ -86,6 +88,7 @@ pub async fn run(
     let enrollment = ensure_enrolled(&config, &key, &hostname).await?;
     let mut inventory = Inventory::detect(
         &config.simulate_gpus,
+        config.real_gpus,
         config.cpu_device,
         &key.verifying_key().to_bytes(),
     )?;

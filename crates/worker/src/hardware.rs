@@ -59,21 +59,16 @@ impl std::fmt::Debug for Inventory {
 }
 
 impl Inventory {
-    /// Detects real GPUs and the CPU (if `cpu_device`), and adds the simulated GPUs.
-    /// `identity_seed` makes simulated hardware ids stable for one worker key.
+    /// Detects real GPUs (if `real_gpus`) and the CPU (if `cpu_device`), and adds the
+    /// simulated GPUs. `identity_seed` makes simulated hardware ids stable for one worker key.
     pub fn detect(
         simulate: &[String],
+        real_gpus: bool,
         cpu_device: bool,
         identity_seed: &[u8],
     ) -> Result<Inventory, WorkerError> {
         let mut devices = Vec::new();
-        let nvml = match Nvml::init() {
-            Ok(nvml) => Some(nvml),
-            Err(error) => {
-                tracing::info!(%error, "no NVIDIA driver found; no real GPUs offered");
-                None
-            }
-        };
+        let nvml = if real_gpus { init_nvml() } else { None };
         if let Some(nvml) = &nvml {
             devices.extend(detect_nvml(nvml));
         }
@@ -200,6 +195,12 @@ impl Inventory {
         self.cpu_times = now;
         pct
     }
+}
+
+fn init_nvml() -> Option<Nvml> {
+    Nvml::init()
+        .inspect_err(|error| tracing::info!(%error, "no NVIDIA driver found; no real GPUs offered"))
+        .ok()
 }
 
 fn detect_nvml(nvml: &Nvml) -> Vec<(DeviceHardware, Source)> {
@@ -379,13 +380,13 @@ mod tests {
 
     #[test]
     fn simulated_devices_are_marked_and_stable() {
-        let a = Inventory::detect(&["RTX 4090x2".into()], false, b"key-a")
+        let a = Inventory::detect(&["RTX 4090x2".into()], false, false, b"key-a")
             .unwrap()
             .hardware();
-        let again = Inventory::detect(&["RTX 4090x2".into()], false, b"key-a")
+        let again = Inventory::detect(&["RTX 4090x2".into()], false, false, b"key-a")
             .unwrap()
             .hardware();
-        let b = Inventory::detect(&["RTX 4090x2".into()], false, b"key-b")
+        let b = Inventory::detect(&["RTX 4090x2".into()], false, false, b"key-b")
             .unwrap()
             .hardware();
         let simulated: Vec<_> = a.iter().filter(|d| d.simulated).collect();
