@@ -98,6 +98,7 @@ fn start_worker(procs: &mut Procs, url: &str, token: &str, index: usize) -> Resu
             "--coordinator",
             url,
             "--no-cpu",
+            "--no-gpus",
             "--simulate-gpu",
             "H100x1",
         ])

@@ -779,7 +779,9 @@ fn start_worker(procs: &mut Procs, url: &str, token: &str) -> Result<u32> {
     std::fs::set_permissions(&data, std::os::unix::fs::PermissionsExt::from_mode(0o711))?;
     procs.spawn(
         Command::new(flotilla_binary())
-            .args(["worker", "--coordinator", url, "--no-cpu"])
+            // Only the simulated GPU: a real one's proof would run, and its memory come and go,
+            // during the measurements.
+            .args(["worker", "--coordinator", url, "--no-cpu", "--no-gpus"])
             .args(["--simulate-gpu", "H100x1", "--token", token])
             .arg("--data")
             .arg(&data)

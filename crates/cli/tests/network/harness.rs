@@ -328,7 +328,9 @@ impl Coordinator {
                 "worker",
                 "--coordinator",
                 url,
+                // Only the simulated GPUs: the same devices on a machine with real ones.
                 "--no-cpu",
+                "--no-gpus",
                 "--simulate-gpu",
                 gpus,
                 "--data",
