@@ -300,6 +300,7 @@ async fn worker_config(
         // is a spoofing sign, which blocks it on both.
         real_gpus: index == 0,
         cpu_device: index == 0,
+        tunnel_lanes: flotilla_worker::tunnel::tunnel_lanes_default(),
         hostname: Some(format!("dev-worker-{index}")),
         docker_socket: None,
         ray_dir: None,

@@ -190,6 +190,10 @@ struct WorkerArgs {
     /// Do not offer this machine's NVIDIA GPUs as devices.
     #[arg(long)]
     no_gpus: bool,
+    /// Tunnel connections to hold to the coordinator, which spreads renters' connections over
+    /// them (default: one per core, at most 4).
+    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=i64::from(flotilla_tunnel::LANES_MAX)))]
+    tunnel_lanes: Option<u8>,
     /// Name for this worker (default: the host name).
     #[arg(long)]
     name: Option<String>,
@@ -317,6 +321,9 @@ async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
         simulate_gpus: args.simulate_gpu,
         real_gpus: !args.no_gpus,
         cpu_device: !args.no_cpu,
+        tunnel_lanes: args
+            .tunnel_lanes
+            .unwrap_or_else(flotilla_worker::tunnel::tunnel_lanes_default),
         hostname: args.name,
         docker_socket: args.docker_socket,
         ray_dir: args.ray_dir,

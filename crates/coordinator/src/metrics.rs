@@ -29,6 +29,8 @@ pub struct Metrics {
     /// Bytes carried through worker tunnels, by direction (to_node, from_node).
     pub tunnel_bytes: Family<Labels, Counter>,
     pub tunnel_connections: Counter,
+    /// Workers' tunnel connections open, every lane counted; set when scraped.
+    pub tunnel_lanes: Gauge,
 }
 
 impl Metrics {
@@ -54,6 +56,12 @@ impl Metrics {
             "flotilla_worker_sessions_connected",
             "Workers with a live control session",
             workers_connected.clone(),
+        );
+        let tunnel_lanes = Gauge::default();
+        registry.register(
+            "flotilla_worker_tunnel_lanes",
+            "Workers' tunnel connections open, every lane counted",
+            tunnel_lanes.clone(),
         );
         let heartbeats = Counter::default();
         registry.register(
@@ -108,6 +116,7 @@ impl Metrics {
         Metrics {
             tunnel_bytes,
             tunnel_connections,
+            tunnel_lanes,
             registry,
             api_requests,
             api_request_duration,

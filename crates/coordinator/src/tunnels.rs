@@ -1,6 +1,7 @@
-//! The tunnel listener: each worker holds one encrypted, multiplexed connection here
-//! (`flotilla_tunnel`: Noise XX, then its streams), apart from its control session so bulk bytes
-//! never delay heartbeats. The worker proves it is the enrolled worker by its Noise static key,
+//! The tunnel listener: each worker holds a few encrypted, multiplexed connections here, its
+//! lanes (`flotilla_tunnel`: Noise XX, then its streams), apart from its control session so bulk
+//! bytes never delay heartbeats. A new stream goes on the worker's lane with the fewest live
+//! streams, so parallel connections spread over the lanes' reading tasks and cores. The worker proves it is the enrolled worker by its Noise static key,
 //! which is its ed25519 key's X25519 twin; the coordinator's own static key derives from its
 //! ledger key, so it survives restarts without storage and workers learn it from `Welcome`.
 //!
@@ -54,16 +55,17 @@ pub enum OpenError {
 
 struct Entry {
     id: u64,
+    lane: u8,
     opener: StreamOpener,
     /// Firing (or dropping) it ends the task that holds the session.
     _replaced: oneshot::Sender<()>,
 }
 
-/// The workers' tunnels, by worker id.
+/// The workers' tunnels, by worker id: one entry per lane, at most [`flotilla_tunnel::LANES_MAX`].
 pub struct Tunnels {
     key: StaticKeypair,
     port: u16,
-    sessions: Mutex<HashMap<String, Entry>>,
+    sessions: Mutex<HashMap<String, Vec<Entry>>>,
     next_id: AtomicU64,
     /// Where ended connections' figures go.
     traffic: mpsc::Sender<TrafficRecord>,
@@ -113,7 +115,7 @@ impl Tunnels {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, Entry>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Vec<Entry>>> {
         lock(&self.sessions)
     }
 
@@ -161,7 +163,7 @@ impl Tunnels {
         let opener = self
             .lock()
             .get(&run.worker_id)
-            .map(|entry| entry.opener.clone())
+            .and_then(|lanes| least_busy(lanes))
             .ok_or(OpenError::WorkerAway)?;
         let mut stream = opener
             .open_stream()
@@ -190,10 +192,44 @@ impl Tunnels {
         Ok((stream, slot))
     }
 
-    /// Whether a worker's tunnel is up.
+    /// Whether a worker's tunnel is up (one lane or more).
     pub fn is_open(&self, worker_id: &str) -> bool {
         self.lock().contains_key(worker_id)
     }
+
+    /// Tunnel connections open, every worker's lanes together.
+    pub fn lanes_open(&self) -> usize {
+        self.lock().values().map(Vec::len).sum()
+    }
+
+    /// Puts a new session on its worker's lane, replacing (and so ending) the one there.
+    fn insert(&self, worker_id: &str, entry: Entry) {
+        let mut sessions = self.lock();
+        let lanes = sessions.entry(worker_id.to_owned()).or_default();
+        lanes.retain(|held| held.lane != entry.lane);
+        lanes.push(entry);
+        debug_assert!(lanes.len() <= usize::from(flotilla_tunnel::LANES_MAX));
+    }
+
+    /// Takes an ended session off its lane, unless a newer one holds the lane already.
+    fn remove(&self, worker_id: &str, id: u64) {
+        let mut sessions = self.lock();
+        let Some(lanes) = sessions.get_mut(worker_id) else {
+            return;
+        };
+        lanes.retain(|held| held.id != id);
+        if lanes.is_empty() {
+            sessions.remove(worker_id);
+        }
+    }
+}
+
+/// The opener of the lane with the fewest live streams; the first of equals.
+fn least_busy(lanes: &[Entry]) -> Option<StreamOpener> {
+    lanes
+        .iter()
+        .min_by_key(|entry| entry.opener.streams_live())
+        .map(|entry| entry.opener.clone())
 }
 
 /// One of a node's slots, given back when dropped.
@@ -253,7 +289,9 @@ async fn admit(app: &AppState, tcp: tokio::net::TcpStream) -> Result<(), String>
     let (hello, remote_static, pending) = flotilla_tunnel::accept(tcp, &tunnels.key)
         .await
         .map_err(|e| e.to_string())?;
-    let Hello { worker_id, .. } = hello;
+    let Hello {
+        worker_id, lane, ..
+    } = hello;
     let enrolled = app
         .store
         .worker_for_session(&worker_id)
@@ -270,26 +308,21 @@ async fn admit(app: &AppState, tcp: tokio::net::TcpStream) -> Result<(), String>
     let session = pending.finish().await.map_err(|e| e.to_string())?;
     let id = tunnels.next_id.fetch_add(1, Ordering::Relaxed);
     let (replaced_tx, replaced) = oneshot::channel();
-    tunnels.lock().insert(
-        worker_id.clone(),
-        Entry {
-            id,
-            opener: session.opener(),
-            _replaced: replaced_tx,
-        },
-    );
-    tracing::info!(%worker_id, "worker tunnel open");
-    // The session lives here until it ends or a newer one from the same worker replaces it.
+    let entry = Entry {
+        id,
+        lane,
+        opener: session.opener(),
+        _replaced: replaced_tx,
+    };
+    tunnels.insert(&worker_id, entry);
+    tracing::info!(%worker_id, lane, "worker tunnel open");
+    // The session lives here until it ends or a newer one on the same lane replaces it.
     tokio::select! {
         _ = session.ended() => {}
         _ = replaced => {}
     }
-    let mut sessions = tunnels.lock();
-    if sessions.get(&worker_id).is_some_and(|entry| entry.id == id) {
-        sessions.remove(&worker_id);
-    }
-    drop(sessions);
-    tracing::info!(%worker_id, "worker tunnel closed");
+    tunnels.remove(&worker_id, id);
+    tracing::info!(%worker_id, lane, "worker tunnel closed");
     Ok(())
 }
 

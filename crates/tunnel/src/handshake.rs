@@ -22,7 +22,7 @@ use crate::keys::StaticKeypair;
 use crate::session::{Role, Session};
 use crate::transport::{LENGTH_PREFIX_LEN, NOISE_MESSAGE_LEN_MAX};
 use crate::{
-    HANDSHAKE_TIMEOUT_MS, NOISE_PARAMS, REFUSAL_REASON_LEN_MAX, TUNNEL_PROTOCOL_VERSION,
+    HANDSHAKE_TIMEOUT_MS, LANES_MAX, NOISE_PARAMS, REFUSAL_REASON_LEN_MAX, TUNNEL_PROTOCOL_VERSION,
     TunnelError, WORKER_ID_LEN_MAX,
 };
 
@@ -45,15 +45,24 @@ pub struct Hello {
     pub protocol_version: u32,
     /// The worker's id, printable ASCII of at most [`WORKER_ID_LEN_MAX`] bytes.
     pub worker_id: String,
+    /// Which of the worker's tunnel connections this is, below [`LANES_MAX`]: a newer
+    /// connection replaces the one on its own lane only.
+    pub lane: u8,
 }
 
 impl Hello {
-    /// A hello for this build's protocol version.
+    /// A hello for this build's protocol version, on lane 0.
     pub fn new(worker_id: impl Into<String>) -> Self {
         Self {
             protocol_version: TUNNEL_PROTOCOL_VERSION,
             worker_id: worker_id.into(),
+            lane: 0,
         }
+    }
+
+    /// This hello on another lane.
+    pub fn on_lane(self, lane: u8) -> Self {
+        Self { lane, ..self }
     }
 
     fn encode(&self) -> Result<Vec<u8>, TunnelError> {
@@ -61,35 +70,58 @@ impl Hello {
         let id_len = u8::try_from(self.worker_id.len()).map_err(|_| TunnelError::Malformed {
             what: "worker id too long",
         })?;
-        let mut out = Vec::with_capacity(5 + self.worker_id.len());
+        check_lane(self.lane)?;
+        let mut out = Vec::with_capacity(6 + self.worker_id.len());
         out.extend_from_slice(&self.protocol_version.to_be_bytes());
         out.push(id_len);
         out.extend_from_slice(self.worker_id.as_bytes());
+        out.push(self.lane);
         Ok(out)
     }
 
-    /// Parses an untrusted hello; never panics.
+    /// Parses an untrusted hello; never panics. A hello without a lane (version 2's) is on
+    /// lane 0, so an older worker is refused for its version, not as malformed.
     pub(crate) fn decode(bytes: &[u8]) -> Result<Self, TunnelError> {
         let (version, rest) = split_version(bytes)?;
-        let Some((&id_len, id)) = rest.split_first() else {
+        let Some((&id_len, rest)) = rest.split_first() else {
             return Err(TunnelError::Malformed {
                 what: "hello without a worker id",
             });
         };
-        if id.len() != usize::from(id_len) {
+        let Some((id, lane)) = rest.split_at_checked(usize::from(id_len)) else {
             return Err(TunnelError::Malformed {
-                what: "hello length disagrees with its worker id",
+                what: "hello shorter than its worker id",
             });
-        }
+        };
+        let lane = match lane {
+            [] => 0,
+            [lane] => *lane,
+            _ => {
+                return Err(TunnelError::Malformed {
+                    what: "hello longer than its worker id and lane",
+                });
+            }
+        };
         check_worker_id(id)?;
+        check_lane(lane)?;
         let worker_id = String::from_utf8(id.to_vec()).map_err(|_| TunnelError::Malformed {
             what: "worker id is not utf-8",
         })?;
         Ok(Self {
             protocol_version: version,
             worker_id,
+            lane,
         })
     }
+}
+
+fn check_lane(lane: u8) -> Result<(), TunnelError> {
+    if lane >= LANES_MAX {
+        return Err(TunnelError::Malformed {
+            what: "lane past the most a worker may hold",
+        });
+    }
+    Ok(())
 }
 
 fn check_worker_id(id: &[u8]) -> Result<(), TunnelError> {
@@ -367,6 +399,27 @@ mod tests {
     fn hello_round_trips() {
         let hello = Hello::new("wrk_abcdefghijklmnopqrst");
         assert_eq!(Hello::decode(&hello.encode().unwrap()).unwrap(), hello);
+        let laned = hello.on_lane(LANES_MAX - 1);
+        assert_eq!(Hello::decode(&laned.encode().unwrap()).unwrap(), laned);
+    }
+
+    #[test]
+    fn a_lane_past_the_most_is_refused_both_ways() {
+        let hello = Hello::new("wrk_a");
+        assert!(hello.clone().on_lane(LANES_MAX).encode().is_err());
+        let mut bytes = hello.encode().unwrap();
+        *bytes.last_mut().unwrap() = LANES_MAX;
+        assert!(Hello::decode(&bytes).is_err());
+        bytes.push(0);
+        assert!(Hello::decode(&bytes).is_err(), "a byte past the lane");
+    }
+
+    #[test]
+    fn a_version_2_hello_reads_as_lane_0() {
+        let mut bytes = Hello::new("wrk_a").encode().unwrap();
+        bytes.pop();
+        let hello = Hello::decode(&bytes).unwrap();
+        assert_eq!((hello.worker_id.as_str(), hello.lane), ("wrk_a", 0));
     }
 
     #[test]

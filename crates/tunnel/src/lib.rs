@@ -12,8 +12,8 @@
 //!    AES-GCM. Static keys are X25519; a worker's is derived from its ed25519 signing key
 //!    ([`StaticKeypair::from_ed25519`]), so the coordinator compares the Noise static key with
 //!    [`x25519_public_from_ed25519`] of the enrolled worker key. The server's static key is
-//!    pinned by the client. Payloads carry [`TUNNEL_PROTOCOL_VERSION`] and the worker id; a
-//!    mismatch is refused on both sides.
+//!    pinned by the client. Payloads carry [`TUNNEL_PROTOCOL_VERSION`], the worker id and the
+//!    lane (below [`LANES_MAX`]); a version mismatch is refused on both sides.
 //! 2. **Transport** (`transport.rs`): each direction is a sequence of messages
 //!    `[u16 big-endian length][Noise ciphertext]`, with plaintexts of up to 65 519 bytes. A bad
 //!    tag, a bad length, a truncated message or silence past [`IDLE_TIMEOUT_MS`] fails the
@@ -42,7 +42,13 @@ pub use keys::{StaticKeypair, x25519_public_from_ed25519};
 pub use session::{Session, Stream, StreamOpener};
 
 /// The tunnel protocol version, carried in the handshake. Peers speaking another are refused.
-pub const TUNNEL_PROTOCOL_VERSION: u32 = 2;
+/// Version 3 adds the lane to the worker's hello.
+pub const TUNNEL_PROTOCOL_VERSION: u32 = 3;
+
+/// Tunnel connections (lanes) one worker may hold at once, each its own session. One session's
+/// single reading task opens every message of its streams, so one lane carries about one
+/// core's worth; parallel streams spread over lanes add up on a machine with more cores.
+pub const LANES_MAX: u8 = 8;
 
 /// The Noise protocol. AES-GCM rather than ChaChaPoly: with ring's AES-NI code it seals about
 /// twice as fast on these machines (see the crate README's measurements).

@@ -412,6 +412,11 @@ impl Session {
 }
 
 impl StreamOpener {
+    /// Streams live on this session now, both directions together.
+    pub fn streams_live(&self) -> usize {
+        self.shared.streams_live.load(Ordering::Relaxed)
+    }
+
     /// Opens a stream to the peer. Fails at [`STREAMS_MAX`] live streams, or once the session
     /// is over. The peer learns of the stream at once, before any data.
     pub async fn open_stream(&self) -> Result<Stream, TunnelError> {

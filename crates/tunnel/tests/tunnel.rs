@@ -187,7 +187,7 @@ async fn a_version_mismatch_is_refused_on_both_sides() {
     let worker = StaticKeypair::from_ed25519(&keys.worker_signing);
     let future_hello = Hello {
         protocol_version: TUNNEL_PROTOCOL_VERSION + 1,
-        worker_id: WORKER_ID.into(),
+        ..Hello::new(WORKER_ID)
     };
     let (server, client) = tokio::join!(
         accept(server_io, &keys.server),

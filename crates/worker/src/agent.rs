@@ -56,6 +56,8 @@ pub struct WorkerConfig {
     pub real_gpus: bool,
     /// Offer the CPU package as a device.
     pub cpu_device: bool,
+    /// Tunnel connections to hold (`--tunnel-lanes`), 1 to [`flotilla_tunnel::LANES_MAX`].
+    pub tunnel_lanes: u8,
     /// Name shown for this worker; defaults to the host name.
     pub hostname: Option<String>,
     /// The Docker engine's socket for nodes with an image (`--docker-socket`); none: the
@@ -105,7 +107,10 @@ pub async fn run(
         key: key.clone(),
         ports: runner.port_table(),
     };
-    tokio::spawn(crate::tunnel::run(tunnel, offers, shutdown.clone()));
+    for lane in 0..config.tunnel_lanes {
+        let run = crate::tunnel::run(tunnel.clone(), lane, offers.clone(), shutdown.clone());
+        tokio::spawn(run);
+    }
     let mut delay_ms = RECONNECT_DELAY_MS_MIN;
     loop {
         let context = SessionContext {

@@ -1,6 +1,8 @@
-//! The worker's end of the tunnel: one encrypted, multiplexed connection to the coordinator's
-//! tunnel listener (`flotilla_tunnel`), apart from the control session, kept open with
-//! backoff for as long as the worker runs. The coordinator opens a stream per renter
+//! The worker's end of the tunnel: a few encrypted, multiplexed connections (lanes) to the
+//! coordinator's tunnel listener (`flotilla_tunnel`), apart from the control session, each kept
+//! open with backoff for as long as the worker runs. One lane carries about one core's worth
+//! of bytes (its session's one reading task opens every message), so a worker has a lane per
+//! core up to [`TUNNEL_LANES_DEFAULT_MAX`], and the coordinator spreads streams over them. The coordinator opens a stream per renter
 //! connection; its first line names a run and a port ([`StreamOpen`]). The worker reaches only
 //! ports that a run live here declared ([`PortTable`]), dials it, answers [`StreamOpened`], and
 //! carries bytes both ways until either side closes. A standby stream is answered before the
@@ -26,6 +28,17 @@ const DIAL_TIMEOUT_MS: u64 = 10_000;
 /// How long the coordinator has to send a stream's first line.
 const OPEN_LINE_TIMEOUT_MS: u64 = 10_000;
 
+/// Lanes a worker holds unless told: one per core, at most this many.
+pub const TUNNEL_LANES_DEFAULT_MAX: u8 = 4;
+
+/// One lane per core this process may use, 1 to [`TUNNEL_LANES_DEFAULT_MAX`].
+pub fn tunnel_lanes_default() -> u8 {
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    u8::try_from(cores).map_or(TUNNEL_LANES_DEFAULT_MAX, |cores| {
+        cores.clamp(1, TUNNEL_LANES_DEFAULT_MAX)
+    })
+}
+
 /// What the tunnel needs to know about this worker.
 #[derive(Debug, Clone)]
 pub struct TunnelConfig {
@@ -35,9 +48,11 @@ pub struct TunnelConfig {
     pub ports: PortTable,
 }
 
-/// Keeps the tunnel open while `offers` holds the coordinator's offer, until shutdown.
+/// Keeps lane `lane` of the tunnel open while `offers` holds the coordinator's offer, until
+/// shutdown.
 pub async fn run(
     config: TunnelConfig,
+    lane: u8,
     mut offers: watch::Receiver<Option<TunnelOffer>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -48,7 +63,7 @@ pub async fn run(
         let ended = match offer {
             Some(offer) => {
                 tokio::select! {
-                    outcome = session(&config, &keypair, &offer) => outcome,
+                    outcome = session(&config, &keypair, lane, &offer) => outcome,
                     _ = offers.changed() => Ok(()),
                     _ = shutdown.wait_for(|stop| *stop) => return,
                 }
@@ -64,7 +79,7 @@ pub async fn run(
         match ended {
             Ok(()) => delay_ms = RECONNECT_DELAY_MS_MIN,
             Err(reason) => {
-                tracing::warn!(%reason, retry_in_ms = delay_ms, "tunnel down");
+                tracing::warn!(%reason, lane, retry_in_ms = delay_ms, "tunnel down");
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_millis(delay_ms)) => {}
                     _ = shutdown.wait_for(|stop| *stop) => return,
@@ -93,6 +108,7 @@ fn coordinator_host(url: &str) -> Result<String, String> {
 async fn session(
     config: &TunnelConfig,
     keypair: &StaticKeypair,
+    lane: u8,
     offer: &TunnelOffer,
 ) -> Result<(), String> {
     let mut server_public = [0u8; 32];
@@ -105,15 +121,15 @@ async fn session(
         .map_err(|_| format!("dialing {host}:{} timed out", offer.port))?
         .map_err(|e| format!("dialing {host}:{}: {e}", offer.port))?;
     let _ = tcp.set_nodelay(true);
-    let hello = Hello::new(config.worker_id.clone());
+    let hello = Hello::new(config.worker_id.clone()).on_lane(lane);
     let mut session = flotilla_tunnel::connect(tcp, keypair, &server_public, &hello)
         .await
         .map_err(|e| e.to_string())?;
-    tracing::info!(%host, port = offer.port, "tunnel open");
+    tracing::info!(%host, port = offer.port, lane, "tunnel open");
     while let Some(stream) = session.accept_stream().await {
         tokio::spawn(serve(stream, config.ports.clone()));
     }
-    tracing::info!("tunnel closed by the coordinator");
+    tracing::info!(lane, "tunnel closed by the coordinator");
     Ok(())
 }
 

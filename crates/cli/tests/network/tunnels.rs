@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::clusters::{Market, market, sandbox_ready, spec, until_state};
-use crate::harness::{BIN, Db, Proc, eventually};
+use crate::harness::{BIN, Coordinator, Db, Proc, eventually};
 use crate::on_both_databases;
 
 /// An echo server on `port` of the node's loopback, threads per connection.
@@ -879,3 +879,82 @@ async fn nodes_on_one_machine_share_a_port_number_and_each_is_reached(db: Db) {
     assert!(removed.is_some(), "the container node is removed");
 }
 on_both_databases!(nodes_on_one_machine_share_a_port_number_and_each_is_reached);
+
+/// The coordinator's `flotilla_worker_tunnel_lanes` gauge.
+async fn lanes_open(coordinator: &str) -> Option<u64> {
+    let text = reqwest::get(format!("{coordinator}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find_map(|line| line.strip_prefix("flotilla_worker_tunnel_lanes "))
+        .and_then(|value| value.trim().parse().ok())
+}
+
+async fn until_lanes(coordinator: &str, lanes: u64) -> bool {
+    eventually(Duration::from_secs(30), || async {
+        (lanes_open(coordinator).await == Some(lanes)).then_some(())
+    })
+    .await
+    .is_some()
+}
+
+/// A worker holds the tunnel lanes it was told to; parallel connections, spread over them,
+/// each carry their own bytes; a killed worker's lanes close, and a restarted one holds as
+/// many again.
+async fn parallel_connections_spread_over_a_workers_lanes(db: Db) {
+    if !sandbox_ready() {
+        return;
+    }
+    const LANES: u64 = 3;
+    let lane_flags = ["--tunnel-lanes", "3"];
+    let coordinator = Coordinator::start(db, &crate::clusters::market_flags("500")).await;
+    let market = crate::clusters::market_from(coordinator, 1, |coordinator, dir, token, _| {
+        coordinator.worker_with(dir, Some(token), "H100x1", &lane_flags)
+    })
+    .await;
+    let url = market.coordinator.url.clone();
+    assert!(
+        until_lanes(&url, LANES).await,
+        "{:?}",
+        lanes_open(&url).await
+    );
+    let port = free_port();
+    let cluster = python_service(&market.renter, 1, port, &echo_server(port)).await;
+    let path = format!("clusters/{}/connect?node=0&port={port}", cluster.id);
+    let transfers = (0..2 * LANES).map(|seed| {
+        let (renter, path) = (&market.renter, &path);
+        async move {
+            let mut connection = echoing(renter, path).await.expect("the node echoes");
+            let sent = pseudo_random(256 * 1024, seed);
+            let (mut from_node, mut to_node) = tokio::io::split(&mut connection);
+            let mut echoed = vec![0u8; sent.len()];
+            let (wrote, read) =
+                tokio::join!(to_node.write_all(&sent), from_node.read_exact(&mut echoed));
+            wrote.unwrap();
+            read.unwrap();
+            echoed == sent
+        }
+    });
+    let echoed = futures_util::future::join_all(transfers).await;
+    assert!(echoed.iter().all(|same| *same), "{echoed:?}");
+
+    let Market {
+        coordinator,
+        _workers: mut workers,
+        _dirs: dirs,
+        ..
+    } = market;
+    workers.clear();
+    assert!(until_lanes(&url, 0).await, "a killed worker's lanes close");
+    let _again = coordinator.worker_with(dirs[0].path(), None, "H100x1", &lane_flags);
+    assert!(
+        until_lanes(&url, LANES).await,
+        "after a restart: {:?}",
+        lanes_open(&url).await
+    );
+}
+
+on_both_databases!(parallel_connections_spread_over_a_workers_lanes);

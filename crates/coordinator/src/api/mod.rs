@@ -255,6 +255,8 @@ async fn openapi_json() -> Response {
 }
 
 async fn metrics_text(State(app): State<AppState>) -> Response {
+    let lanes = i64::try_from(app.tunnels.lanes_open()).unwrap_or(i64::MAX);
+    app.metrics.tunnel_lanes.set(lanes);
     (
         [(
             header::CONTENT_TYPE,
