@@ -1,9 +1,10 @@
 //! The tunnel listener: each worker holds a few encrypted, multiplexed connections here, its
 //! lanes (`flotilla_tunnel`: Noise XX, then its streams), apart from its control session so bulk
 //! bytes never delay heartbeats. A new stream goes on the worker's lane with the fewest live
-//! streams, so parallel connections spread over the lanes' reading tasks and cores. The worker proves it is the enrolled worker by its Noise static key,
-//! which is its ed25519 key's X25519 twin; the coordinator's own static key derives from its
-//! ledger key, so it survives restarts without storage and workers learn it from `Welcome`.
+//! streams, so parallel connections spread over the lanes' reading tasks and cores. The worker
+//! proves it is the enrolled worker by its Noise static key, which is its ed25519 key's X25519
+//! twin; the coordinator's own static key derives from its ledger key, so it survives restarts
+//! without storage and workers learn it from `Welcome`.
 //!
 //! A renter's connection to a node's port (`api/tunnel.rs`) becomes one stream on the node's
 //! worker's tunnel: the coordinator writes a [`StreamOpen`] line, the worker checks that the
@@ -61,7 +62,7 @@ struct Entry {
     _replaced: oneshot::Sender<()>,
 }
 
-/// The workers' tunnels, by worker id: one entry per lane, at most [`flotilla_tunnel::LANES_MAX`].
+/// The workers' tunnels, by worker id: an entry per lane, at most [`flotilla_tunnel::LANES_MAX`].
 pub struct Tunnels {
     key: StaticKeypair,
     port: u16,

@@ -2,10 +2,11 @@
 //! coordinator's tunnel listener (`flotilla_tunnel`), apart from the control session, each kept
 //! open with backoff for as long as the worker runs. One lane carries about one core's worth
 //! of bytes (its session's one reading task opens every message), so a worker has a lane per
-//! core up to [`TUNNEL_LANES_DEFAULT_MAX`], and the coordinator spreads streams over them. The coordinator opens a stream per renter
-//! connection; its first line names a run and a port ([`StreamOpen`]). The worker reaches only
-//! ports that a run live here declared ([`PortTable`]), dials it, answers [`StreamOpened`], and
-//! carries bytes both ways until either side closes. A standby stream is answered before the
+//! core up to [`TUNNEL_LANES_DEFAULT_MAX`], and the coordinator spreads streams over them. The
+//! coordinator opens a stream per renter connection; its first line names a run and a port
+//! ([`StreamOpen`]). The worker reaches only ports that a run live here declared
+//! ([`PortTable`]), dials it, answers [`StreamOpened`], and carries bytes both ways until
+//! either side closes. A standby stream is answered before the
 //! dial, which waits for the renter's go byte.
 
 use std::time::Duration;
