@@ -1,6 +1,7 @@
 //! `flotilla dev`: the whole network on one machine. A coordinator on SQLite in the data
 //! directory, N workers with their own keys (simulated GPUs, plus the machine's real GPUs and
-//! CPU on the first), a demo supplier and renter. A second run on the same directory resumes the same network.
+//! CPU on the first), a demo supplier and renter. A second run on the same directory resumes
+//! the same network.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -121,10 +121,15 @@ pub fn uuid_text(bytes: &[u8; 16]) -> String {
     )
 }
 
+/// Whether this process finds an NVRTC library to load.
+fn nvrtc_present() -> bool {
+    // SAFETY: only tries to open the library by name; calls nothing in it.
+    unsafe { cudarc::nvrtc::sys::is_culib_present() }
+}
+
 /// The release (major, minor) of the NVRTC this process loads, or `None` where there is none.
 pub fn nvrtc_version() -> Option<(i32, i32)> {
-    // SAFETY: only tries to open the library by name; calls nothing in it.
-    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+    if !nvrtc_present() {
         return None;
     }
     let (mut major, mut minor) = (0, 0);
@@ -136,8 +141,7 @@ pub fn nvrtc_version() -> Option<(i32, i32)> {
 /// Compiles [`KERNELS_SOURCE`] with NVRTC, as `cargo xtask ptx` does for [`KERNELS_PTX`].
 pub fn compile_kernels() -> Result<String, Error> {
     use cudarc::nvrtc::{CompileOptions, compile_ptx_with_opts};
-    // SAFETY: only tries to open the library by name; calls nothing in it.
-    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+    if !nvrtc_present() {
         return Err(Error::NoNvrtc);
     }
     let options = CompileOptions {
