@@ -1,5 +1,7 @@
 //! Client commands: `flotilla <noun> <verb>` over the HTTP API.
 
+use std::path::PathBuf;
+
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use flotilla_client::Client;
@@ -21,6 +23,10 @@ pub struct Connection {
     /// API key (else FLOTILLA_API_KEY, else the saved profile).
     #[arg(long, env = "FLOTILLA_API_KEY", global = true, hide_env_values = true)]
     api_key: Option<String>,
+    /// A private CA's certificates (PEM) to trust for an https:// coordinator, beside the
+    /// system's (else FLOTILLA_CA_CERT, else the saved profile's).
+    #[arg(long, env = "FLOTILLA_CA_CERT", global = true, value_name = "FILE")]
+    ca_cert: Option<PathBuf>,
     /// table or json.
     #[arg(long, short, value_enum, default_value_t = Format::Table, global = true)]
     pub output: Format,
@@ -34,8 +40,21 @@ impl Connection {
             .clone()
             .or_else(|| saved.as_ref().map(|p| p.url.clone()))
             .context("no coordinator: pass --url, set FLOTILLA_URL, or run flotilla login")?;
-        let key = self.api_key.clone().or_else(|| saved.map(|p| p.api_key));
-        Ok(Client::new(&url, key))
+        // A saved key and CA serve only the coordinator they were saved for.
+        let saved = saved.filter(|p| p.url.trim_end_matches('/') == url.trim_end_matches('/'));
+        let key = self
+            .api_key
+            .clone()
+            .or_else(|| saved.as_ref().map(|p| p.api_key.clone()));
+        let ca_cert = self
+            .ca_cert
+            .clone()
+            .or_else(|| saved.and_then(|p| p.ca_cert));
+        match ca_cert {
+            Some(path) => Ok(Client::with_ca(&url, key, &profile::read_ca_cert(&path)?)
+                .with_context(|| format!("the CA file {}", path.display()))?),
+            None => Ok(Client::new(&url, key)),
+        }
     }
 }
 
@@ -366,9 +385,18 @@ async fn login(connection: Connection) -> Result<()> {
         bail!("no api key: pass --api-key or set FLOTILLA_API_KEY");
     };
     let me: Me = client.post_empty("login").await?;
+    // Absolute, so later commands find it from any directory.
+    let ca_cert = match &connection.ca_cert {
+        Some(path) => Some(
+            std::fs::canonicalize(path)
+                .with_context(|| format!("the CA file {}", path.display()))?,
+        ),
+        None => None,
+    };
     let path = profile::save(&Profile {
         url: client.base_url().to_owned(),
         api_key,
+        ca_cert,
     })?;
     if connection.output == Format::Table {
         println!(

@@ -305,6 +305,7 @@ async fn worker_config(
         hostname: Some(format!("dev-worker-{index}")),
         docker_socket: None,
         ray_dir: None,
+        ca_pem: None,
     })
 }
 

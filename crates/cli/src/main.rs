@@ -83,6 +83,23 @@ struct CoordinatorArgs {
     /// listen host, next port; a free one when --listen picks its own).
     #[arg(long)]
     tunnel_listen: Option<SocketAddr>,
+    /// Serve HTTPS with this certificate chain (PEM, the coordinator's certificate first);
+    /// without it, plain HTTP for a TLS proxy in front. Needs --tls-key.
+    #[arg(
+        long,
+        env = "FLOTILLA_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert's certificate.
+    #[arg(
+        long,
+        env = "FLOTILLA_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    tls_key: Option<PathBuf>,
     /// `sqlite:PATH` or `postgres://...`.
     #[arg(
         long,
@@ -181,6 +198,10 @@ struct WorkerArgs {
     /// Directory for the worker's key and enrollment record.
     #[arg(long)]
     data: PathBuf,
+    /// A private CA's certificates (PEM) to trust for an https:// coordinator, beside the
+    /// system's.
+    #[arg(long, env = "FLOTILLA_CA_CERT", value_name = "FILE")]
+    ca_cert: Option<PathBuf>,
     /// Add simulated GPUs, e.g. "RTX 4090x2" (repeatable; development only).
     #[arg(long = "simulate-gpu")]
     simulate_gpu: Vec<String>,
@@ -275,6 +296,15 @@ async fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
     }
     let config = flotilla_coordinator::Config {
         listen: args.listen,
+        tls: args
+            .tls_cert
+            .zip(args.tls_key)
+            .map(
+                |(certificate_chain, private_key)| flotilla_coordinator::tls::TlsFiles {
+                    certificate_chain,
+                    private_key,
+                },
+            ),
         tunnel_listen: args.tunnel_listen,
         database_url: args.database,
         allow_simulated_devices: args.allow_simulated_devices,
@@ -303,9 +333,14 @@ async fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
         tunnel_idle_timeout_s: args.tunnel_idle_timeout_s,
         ..flotilla_coordinator::Config::default()
     };
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let running = flotilla_coordinator::start(config).await?;
     println!(
-        "flotilla coordinator listening on http://{}",
+        "flotilla coordinator listening on {scheme}://{}",
         running.local_addr
     );
     stop_signal().await;
@@ -314,6 +349,11 @@ async fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
 }
 
 async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
+    let ca_pem = args
+        .ca_cert
+        .as_deref()
+        .map(profile::read_ca_cert)
+        .transpose()?;
     let config = flotilla_worker::WorkerConfig {
         coordinator_url: args.coordinator,
         token: args.token.map(flotilla_proto::secret::Secret::new),
@@ -327,6 +367,7 @@ async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
         hostname: args.name,
         docker_socket: args.docker_socket,
         ray_dir: args.ray_dir,
+        ca_pem,
     };
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut worker = tokio::spawn(flotilla_worker::run(config, stopped));

@@ -11,6 +11,9 @@ use serde::{Deserialize, Serialize};
 pub struct Profile {
     pub url: String,
     pub api_key: String,
+    /// The private CA file trusted for this coordinator (`--ca-cert` at login).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_cert: Option<PathBuf>,
 }
 
 /// `$FLOTILLA_CONFIG_DIR`, else `$XDG_CONFIG_HOME/flotilla`, else `~/.config/flotilla`.
@@ -23,6 +26,11 @@ pub fn config_dir() -> PathBuf {
     }
     let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
     home.join(".config").join("flotilla")
+}
+
+/// The CA certificates (PEM) in `path`, for `--ca-cert`.
+pub fn read_ca_cert(path: &std::path::Path) -> Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("reading the CA file {}", path.display()))
 }
 
 pub fn load() -> Option<Profile> {

@@ -1,15 +1,18 @@
 //! A typed HTTP client for the coordinator API. The CLI, the worker's enrollment, tests and
 //! benchmarks all speak to the coordinator through it, so the API has one client to keep true.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use flotilla_proto::api::ErrorBody;
 use flotilla_proto::secret::Secret;
+use rustls_pki_types::CertificateDer;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 pub mod fdpass;
 mod socket_upgrade;
+pub mod tls;
 
 /// A connection after `101 Switching Protocols` ([`Client::upgrade`]): bytes both ways.
 pub use reqwest::Upgraded;
@@ -35,6 +38,9 @@ pub enum ClientError {
     /// What was asked cannot be done with this coordinator (its URL's scheme, say).
     #[error("{0}")]
     Unsupported(String),
+    /// A CA file that could not serve, or a TLS setup that failed.
+    #[error("tls: {0}")]
+    Tls(String),
 }
 
 impl ClientError {
@@ -56,21 +62,49 @@ pub struct Client {
     /// For upgraded connections (tunnels), which must outlive `http`'s request timeout. Built
     /// once, on first use, and shared by clones: building one loads the TLS roots, which costs
     /// milliseconds that every tunnelled connection would otherwise pay.
-    upgrades: std::sync::Arc<std::sync::OnceLock<reqwest::Client>>,
+    upgrades: Arc<std::sync::OnceLock<reqwest::Client>>,
+    /// Trusted beside the platform's roots ([`Client::with_ca`]).
+    extra_roots: Arc<[CertificateDer<'static>]>,
 }
 
 impl Client {
     pub fn new(base_url: &str, api_key: Option<String>) -> Client {
-        let http = reqwest::Client::builder()
+        Client::trusting(base_url, api_key, Vec::new())
+            .expect("an http client with default tls builds")
+    }
+
+    /// A client for a coordinator whose certificate a private CA signed: it trusts the CA
+    /// certificates in `ca_pem` beside the platform's roots.
+    pub fn with_ca(
+        base_url: &str,
+        api_key: Option<String>,
+        ca_pem: &[u8],
+    ) -> Result<Client, ClientError> {
+        Client::trusting(base_url, api_key, tls::ca_certificates(ca_pem)?)
+    }
+
+    fn trusting(
+        base_url: &str,
+        api_key: Option<String>,
+        extra_roots: Vec<CertificateDer<'static>>,
+    ) -> Result<Client, ClientError> {
+        let extra_roots: Arc<[CertificateDer<'static>]> = extra_roots.into();
+        let http = tls::http_builder(&extra_roots)?
             .timeout(Duration::from_millis(REQUEST_TIMEOUT_MS))
             .build()
-            .expect("an http client with default tls builds");
-        Client {
+            .map_err(|error| ClientError::Tls(error.to_string()))?;
+        Ok(Client {
             base_url: base_url.trim_end_matches('/').to_owned(),
             api_key: api_key.map(Secret::new),
             http,
-            upgrades: std::sync::Arc::default(),
-        }
+            upgrades: Arc::default(),
+            extra_roots,
+        })
+    }
+
+    /// The CA certificates trusted beside the platform's roots.
+    pub fn extra_roots(&self) -> &[CertificateDer<'static>] {
+        &self.extra_roots
     }
 
     pub fn base_url(&self) -> &str {
@@ -132,6 +166,22 @@ impl Client {
         self.post(path, &serde_json::json!({})).await
     }
 
+    /// A transport failure, with every cause: reqwest's own message alone hides why (an
+    /// unknown certificate issuer, a refused connection).
+    fn transport(&self, error: &dyn std::error::Error) -> ClientError {
+        let mut detail = error.to_string();
+        let mut source = error.source();
+        while let Some(cause) = source {
+            detail.push_str(": ");
+            detail.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        ClientError::Transport {
+            url: self.base_url.clone(),
+            detail,
+        }
+    }
+
     fn url(&self, path: &str) -> String {
         // `/t/...` reaches a node's port through the tunnel.
         if path.starts_with("/api/") || path.starts_with("/t/") || path == "/metrics" {
@@ -145,14 +195,11 @@ impl Client {
     /// connection's bytes are the caller's. An error answer comes back as [`ClientError::Api`].
     /// The connection has no overall timeout, only one for connecting.
     pub async fn upgrade(&self, path: &str, protocol: &str) -> Result<Upgraded, ClientError> {
-        let transport = |e: reqwest::Error| ClientError::Transport {
-            url: self.base_url.clone(),
-            detail: e.to_string(),
-        };
+        let transport = |e: reqwest::Error| self.transport(&e);
         let http = match self.upgrades.get() {
             Some(http) => http,
             None => {
-                let built = reqwest::Client::builder()
+                let built = tls::http_builder(&self.extra_roots)?
                     .connect_timeout(Duration::from_millis(REQUEST_TIMEOUT_MS))
                     .build()
                     .map_err(transport)?;
@@ -187,15 +234,9 @@ impl Client {
         if let Some(key) = &self.api_key {
             request = request.bearer_auth(key.expose());
         }
-        let response = request.send().await.map_err(|e| ClientError::Transport {
-            url: self.base_url.clone(),
-            detail: e.to_string(),
-        })?;
+        let response = request.send().await.map_err(|e| self.transport(&e))?;
         let status = response.status();
-        let bytes = response.bytes().await.map_err(|e| ClientError::Transport {
-            url: self.base_url.clone(),
-            detail: e.to_string(),
-        })?;
+        let bytes = response.bytes().await.map_err(|e| self.transport(&e))?;
         if !status.is_success() {
             return Err(api_error(status.as_u16(), &bytes));
         }

@@ -7,6 +7,9 @@ use std::net::SocketAddr;
 pub struct Config {
     /// Address to serve HTTP and worker sessions on; port 0 picks a free one.
     pub listen: SocketAddr,
+    /// Serve HTTPS on `listen` with these files; none: plain HTTP (TLS, if any, ends at a
+    /// proxy in front).
+    pub tls: Option<crate::tls::TlsFiles>,
     /// Address of the tunnel listener workers dial for renters' connections; none: the
     /// listen address's host, on the next port (or a free one when `listen` picks its own).
     pub tunnel_listen: Option<SocketAddr>,
@@ -83,6 +86,7 @@ impl Default for Config {
     fn default() -> Config {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 7700)),
+            tls: None,
             tunnel_listen: None,
             database_url: "sqlite:flotilla.db".to_owned(),
             allow_simulated_devices: false,

@@ -30,6 +30,7 @@ pub mod scheduling;
 mod session;
 pub mod spending;
 pub mod telemetry;
+pub mod tls;
 pub mod traffic;
 pub mod tunnels;
 pub mod verifier;
@@ -117,6 +118,25 @@ pub enum StartError {
     AdminKey(std::io::Error),
     #[error(transparent)]
     Ledger(#[from] ledger::LedgerError),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+}
+
+/// Serves the API on `listener` until `shutdown` says stop.
+async fn serve_http<L>(listener: L, router: axum::Router, mut shutdown: watch::Receiver<bool>)
+where
+    L: axum::serve::Listener<Addr = SocketAddr>,
+    for<'a> SocketAddr: axum::extract::connect_info::Connected<axum::serve::IncomingStream<'a, L>>,
+{
+    let service = router.into_make_service_with_connect_info::<SocketAddr>();
+    let result = axum::serve(listener, service)
+        .with_graceful_shutdown(async move {
+            let _ = shutdown.wait_for(|stop| *stop).await;
+        })
+        .await;
+    if let Err(error) = result {
+        tracing::error!(%error, "http server failed");
+    }
 }
 
 /// A running coordinator. Dropping it does not stop it; call [`Running::shutdown`].
@@ -163,6 +183,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         ledger_reads: RateLimiter::per_minute(LEDGER_READS_PER_MINUTE),
     });
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let tls_acceptor = config.tls.as_ref().map(tls::acceptor).transpose()?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| StartError::Listen {
@@ -233,27 +254,26 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         meshes: Arc::new(mesh::Meshes::new(config_relay_only)),
     };
     let router = api::router(app.clone());
-    let mut server_shutdown = shutdown_rx.clone();
-    let server = tokio::spawn(async move {
-        let service = router.into_make_service_with_connect_info::<SocketAddr>();
-        // Without Nagle: a tunnelled connection's small writes (keystrokes over SSH, say)
-        // go to the renter at once instead of waiting for the previous one's ACK. With
-        // keepalive: a vanished peer's connection (and its node's slot) does not live forever.
-        let listener = axum::serve::ListenerExt::tap_io(listener, move |tcp| {
-            let _ = tcp.set_nodelay(true);
-            let socket = socket2::SockRef::from(&*tcp);
-            let _ = socket.set_tcp_keepalive(&keepalive);
-            let _ = socket.set_tcp_user_timeout(Some(unanswered_max));
-        });
-        let result = axum::serve(listener, service)
-            .with_graceful_shutdown(async move {
-                let _ = server_shutdown.wait_for(|stop| *stop).await;
-            })
-            .await;
-        if let Err(error) = result {
-            tracing::error!(%error, "http server failed");
+    // Without Nagle: a tunnelled connection's small writes (keystrokes over SSH, say) go to
+    // the renter at once instead of waiting for the previous one's ACK. With keepalive: a
+    // vanished peer's connection (and its node's slot) does not live forever.
+    let configure = move |tcp: &tokio::net::TcpStream| {
+        let _ = tcp.set_nodelay(true);
+        let socket = socket2::SockRef::from(tcp);
+        let _ = socket.set_tcp_keepalive(&keepalive);
+        let _ = socket.set_tcp_user_timeout(Some(unanswered_max));
+    };
+    let server = match tls_acceptor {
+        Some(acceptor) => {
+            let listener = tls::TlsListener::new(listener, acceptor, configure);
+            let listener = axum::serve::ListenerExt::tap_io(listener, |_| {});
+            tokio::spawn(serve_http(listener, router, shutdown_rx.clone()))
         }
-    });
+        None => {
+            let listener = axum::serve::ListenerExt::tap_io(listener, move |tcp| configure(tcp));
+            tokio::spawn(serve_http(listener, router, shutdown_rx.clone()))
+        }
+    };
     let tunnel = tokio::spawn(tunnels::serve(
         app.clone(),
         tunnel_listener,

@@ -66,6 +66,20 @@ pub struct WorkerConfig {
     /// Where Ray's Python environment is made and kept (`--ray-dir`); none:
     /// `<data_dir>/ray`.
     pub ray_dir: Option<PathBuf>,
+    /// The certificates (PEM) of a private CA that signed an `https://` coordinator's
+    /// certificate (`--ca-cert`), trusted beside the platform's roots.
+    pub ca_pem: Option<Vec<u8>>,
+}
+
+impl WorkerConfig {
+    /// The coordinator's API client, trusting [`WorkerConfig::ca_pem`].
+    fn client(&self) -> Result<Client, WorkerError> {
+        let client = match &self.ca_pem {
+            Some(pem) => Client::with_ca(&self.coordinator_url, None, pem)?,
+            None => Client::new(&self.coordinator_url, None),
+        };
+        Ok(client)
+    }
 }
 
 /// How a session ended.
@@ -87,7 +101,9 @@ pub async fn run(
 ) -> Result<(), WorkerError> {
     let key = load_or_create_key(&config.data_dir)?;
     let hostname = config.hostname.clone().unwrap_or_else(local_hostname);
-    let enrollment = ensure_enrolled(&config, &key, &hostname).await?;
+    let client = config.client()?;
+    let control_tls = control_channel_tls(&client)?;
+    let enrollment = ensure_enrolled(&config, &client, &key, &hostname).await?;
     let mut inventory = Inventory::detect(
         &config.simulate_gpus,
         config.real_gpus,
@@ -96,7 +112,7 @@ pub async fn run(
     )?;
     let mut runner = Runner::new(&config.data_dir)?
         .with_container_engine(crate::container::locate(config.docker_socket.as_deref()))
-        .with_coordinator(&config.coordinator_url)
+        .with_coordinator(&config.coordinator_url, client.extra_roots())
         .with_ray_dir(config.ray_dir.clone());
     tracing::info!(worker_id = %enrollment.worker_id, devices = inventory.hardware().len(), "worker starting");
     // The tunnel lives beside the sessions; each welcome tells it where to go.
@@ -121,6 +137,7 @@ pub async fn run(
             inventory: &mut inventory,
             runner: &mut runner,
             tunnel_offers: &tunnel_offers,
+            control_tls: control_tls.clone(),
         };
         let end = session(context, &mut shutdown).await;
         match end {
@@ -167,6 +184,7 @@ fn local_hostname() -> String {
 
 async fn ensure_enrolled(
     config: &WorkerConfig,
+    client: &Client,
     key: &SigningKey,
     hostname: &str,
 ) -> Result<Enrollment, WorkerError> {
@@ -183,7 +201,6 @@ async fn ensure_enrolled(
     })?;
     let token = token.expose().to_owned();
     let (public_key, signature) = sign_enrollment(key, &token);
-    let client = Client::new(&config.coordinator_url, None);
     let request = EnrollRequest {
         token,
         public_key,
@@ -241,6 +258,19 @@ struct SessionContext<'a> {
     inventory: &'a mut Inventory,
     runner: &'a mut Runner,
     tunnel_offers: &'a watch::Sender<Option<flotilla_proto::wire::TunnelOffer>>,
+    /// For a `wss://` control channel: trust as the API client's.
+    control_tls: Option<tokio_tungstenite::Connector>,
+}
+
+/// The TLS connector for the control channel of an `https://` coordinator; none for `http://`.
+fn control_channel_tls(
+    client: &Client,
+) -> Result<Option<tokio_tungstenite::Connector>, WorkerError> {
+    if !client.base_url().starts_with("https://") {
+        return Ok(None);
+    }
+    let config = flotilla_client::tls::client_config(client.extra_roots())?;
+    Ok(Some(tokio_tungstenite::Connector::Rustls(config)))
 }
 
 async fn session(context: SessionContext<'_>, shutdown: &mut watch::Receiver<bool>) -> SessionEnd {
@@ -252,6 +282,7 @@ async fn session(context: SessionContext<'_>, shutdown: &mut watch::Receiver<boo
         inventory,
         runner,
         tunnel_offers,
+        control_tls,
     } = context;
     let retry = |reason: String| SessionEnd::Retry {
         healthy: false,
@@ -263,10 +294,14 @@ async fn session(context: SessionContext<'_>, shutdown: &mut watch::Receiver<boo
         .max_frame_size(Some(FRAME_BYTES_MAX));
     let runs_containers = runner.runs_containers().await;
     let handshake = async {
-        let (mut socket, _) =
-            tokio_tungstenite::connect_async_with_config(&url, Some(ws_config), false)
-                .await
-                .map_err(|e| retry(format!("connect {url}: {e}")))?;
+        let (mut socket, _) = tokio_tungstenite::connect_async_tls_with_config(
+            &url,
+            Some(ws_config),
+            false,
+            control_tls,
+        )
+        .await
+        .map_err(|e| retry(format!("connect {url}: {e}")))?;
         let ServerMessage::Challenge {
             protocol_version,
             session_nonce,

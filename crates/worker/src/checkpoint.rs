@@ -106,9 +106,14 @@ enum Stored {
 
 impl CheckpointStore {
     /// The store of the coordinator at `coordinator_url` (e.g. `http://127.0.0.1:7700`).
-    pub fn new(coordinator_url: &str) -> Result<CheckpointStore, CheckpointError> {
+    /// `extra_roots`: CA certificates trusted beside the platform's.
+    pub fn new(
+        coordinator_url: &str,
+        extra_roots: &[rustls_pki_types::CertificateDer<'static>],
+    ) -> Result<CheckpointStore, CheckpointError> {
         // No overall timeout here: each restore and upload has its own deadline.
-        let http = reqwest::Client::builder()
+        let http = flotilla_client::tls::http_builder(extra_roots)
+            .map_err(|e| CheckpointError::Transport(e.to_string()))?
             .connect_timeout(Duration::from_millis(CONNECT_MS_MAX))
             .build()
             .map_err(|e| CheckpointError::Transport(e.to_string()))?;

@@ -347,14 +347,19 @@ impl Runner {
 
     /// Keeps the checkpoints of nodes ordered with one at the coordinator at `coordinator_url`
     /// (its base URL, e.g. `http://127.0.0.1:7700`).
-    pub fn with_coordinator(mut self, coordinator_url: &str) -> Runner {
+    /// `extra_roots`: CA certificates trusted beside the platform's, for an `https://` one.
+    pub fn with_coordinator(
+        mut self,
+        coordinator_url: &str,
+        extra_roots: &[rustls_pki_types::CertificateDer<'static>],
+    ) -> Runner {
         if let Some(host) = reqwest::Url::parse(coordinator_url)
             .ok()
             .and_then(|url| url.host_str().map(str::to_owned))
         {
             self.coordinator_host = host.trim_matches(['[', ']']).to_owned();
         }
-        self.checkpoints = match CheckpointStore::new(coordinator_url) {
+        self.checkpoints = match CheckpointStore::new(coordinator_url, extra_roots) {
             Ok(store) => Some(Arc::new(store)),
             Err(error) => {
                 tracing::warn!(%error, "no checkpoint store: nodes run without checkpoints");

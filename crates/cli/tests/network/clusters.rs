@@ -140,6 +140,7 @@ pub(crate) fn cli(coordinator: &Coordinator, key: &str, args: &[&str]) -> (bool,
     let output = Command::new(BIN)
         .args(&args[..split])
         .args(["--url", &coordinator.url, "--api-key", key])
+        .args(coordinator.ca_flags())
         .args(&args[split..])
         .output()
         .unwrap();

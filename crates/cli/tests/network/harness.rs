@@ -107,9 +107,20 @@ impl Drop for Proc {
     }
 }
 
+/// The test CA (`tests/network/tls`), which signed [`TLS_FLAGS`]' certificate.
+pub const TEST_CA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/network/tls/ca.pem");
+/// A coordinator's flags to serve HTTPS as `localhost` and `127.0.0.1`.
+pub const TLS_FLAGS: [&str; 4] = [
+    "--tls-cert",
+    concat!(env!("CARGO_MANIFEST_DIR"), "/tests/network/tls/cert.pem"),
+    "--tls-key",
+    concat!(env!("CARGO_MANIFEST_DIR"), "/tests/network/tls/key.pem"),
+];
+
 /// A coordinator process.
 pub struct Coordinator {
     _proc: Proc,
+    /// `http://127.0.0.1:PORT`, or `https://` when started with [`TLS_FLAGS`].
     pub url: String,
     pub database_url: String,
     pub admin_key: String,
@@ -204,8 +215,9 @@ impl Coordinator {
             .rsplit(' ')
             .next()
             .expect("the coordinator prints its address")
-            .replace("http://0.0.0.0:", "http://127.0.0.1:");
-        if !url.starts_with("http://127.0.0.1:") {
+            .replace("http://0.0.0.0:", "http://127.0.0.1:")
+            .replace("https://0.0.0.0:", "https://127.0.0.1:");
+        if !url.starts_with("http://127.0.0.1:") && !url.starts_with("https://127.0.0.1:") {
             let _ = child.kill();
             let _ = child.wait();
             return Err((dir, line));
@@ -233,7 +245,10 @@ impl Coordinator {
             ..
         } = self;
         _proc.kill();
-        let listen = url.trim_start_matches("http://").to_owned();
+        let listen = url
+            .split_once("://")
+            .map_or(&*url, |(_, rest)| rest)
+            .to_owned();
         debug_assert!(listen.starts_with("127.0.0.1:"), "restarts are on loopback");
         // Another test's process may have taken the freed port for a moment: try again.
         let mut dir = _dir;
@@ -251,7 +266,27 @@ impl Coordinator {
     }
 
     pub fn client(&self, key: Option<&str>) -> Client {
-        Client::new(&self.url, key.map(str::to_owned))
+        let key = key.map(str::to_owned);
+        if self.over_tls() {
+            let ca = std::fs::read(TEST_CA).unwrap();
+            Client::with_ca(&self.url, key, &ca).unwrap()
+        } else {
+            Client::new(&self.url, key)
+        }
+    }
+
+    /// Whether it serves HTTPS ([`TLS_FLAGS`]); its clients then trust [`TEST_CA`].
+    pub fn over_tls(&self) -> bool {
+        self.url.starts_with("https://")
+    }
+
+    /// `--ca-cert` for a client or worker of this coordinator, when it serves HTTPS.
+    pub fn ca_flags(&self) -> Vec<&'static str> {
+        if self.over_tls() {
+            vec!["--ca-cert", TEST_CA]
+        } else {
+            Vec::new()
+        }
     }
 
     /// Signs up an account and returns its key.
@@ -336,6 +371,7 @@ impl Coordinator {
                 "--data",
             ])
             .arg(data_dir)
+            .args(self.ca_flags())
             .args(extra)
             .env(
                 "FLOTILLA_LOG",

@@ -13,4 +13,5 @@ mod ledger;
 mod market;
 mod mesh;
 mod protocol;
+mod tls;
 mod tunnels;

@@ -17,7 +17,7 @@ use crate::harness::{BIN, Coordinator, Db, Proc, eventually};
 use crate::on_both_databases;
 
 /// An echo server on `port` of the node's loopback, threads per connection.
-fn echo_server(port: u16) -> String {
+pub(crate) fn echo_server(port: u16) -> String {
     format!(
         "import socket, threading\n\
          s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
@@ -35,7 +35,12 @@ fn echo_server(port: u16) -> String {
 
 /// A running service cluster of `nodes` nodes, each running the Python `program` and
 /// declaring `port`.
-async fn python_service(renter: &Client, nodes: u32, port: u16, program: &str) -> ClusterInfo {
+pub(crate) async fn python_service(
+    renter: &Client,
+    nodes: u32,
+    port: u16,
+    program: &str,
+) -> ClusterInfo {
     let service = ClusterSpec {
         kind: "service".into(),
         ports: vec![port],
@@ -45,7 +50,7 @@ async fn python_service(renter: &Client, nodes: u32, port: u16, program: &str) -
     until_state(renter, &cluster.id, "running", 30).await
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -53,9 +58,38 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// `flotilla connect` as a process; the local address it listens on.
-fn connect_process(url: &str, key: &str, cluster: &str, port: u16) -> (Proc, String) {
-    let mut child = Command::new(BIN)
+/// A running one-node echo service, its port, and `flotilla connect`'s process and local
+/// address, once the echo answers through it.
+pub(crate) async fn echo_service_connected(
+    coordinator: &Coordinator,
+    renter: &Client,
+    renter_key: &str,
+) -> (ClusterInfo, u16, Proc, String) {
+    let port = free_port();
+    let cluster = python_service(renter, 1, port, &echo_server(port)).await;
+    let (listener, address) = connect_process(coordinator, renter_key, &cluster.id, port);
+    // The node's server may take a moment to listen.
+    let ready = eventually(Duration::from_secs(20), || async {
+        try_echo(&address, b"ping").await.then_some(())
+    })
+    .await;
+    assert!(
+        ready.is_some(),
+        "the echo server answers through the tunnel"
+    );
+    (cluster, port, listener, address)
+}
+
+/// `flotilla connect` to `port` of node 0 of `cluster` as `key`'s holder; the caller adds its
+/// mode (`--stdio`, `--fdpass`) if any.
+pub(crate) fn connect_command(
+    coordinator: &Coordinator,
+    key: &str,
+    cluster: &str,
+    port: u16,
+) -> Command {
+    let mut command = Command::new(BIN);
+    command
         .args([
             "connect",
             cluster,
@@ -64,7 +98,19 @@ fn connect_process(url: &str, key: &str, cluster: &str, port: u16) -> (Proc, Str
             "--port",
             &port.to_string(),
         ])
-        .args(["--url", url, "--api-key", key])
+        .args(["--url", &coordinator.url, "--api-key", key])
+        .args(coordinator.ca_flags());
+    command
+}
+
+/// `flotilla connect` as a process; the local address it listens on.
+pub(crate) fn connect_process(
+    coordinator: &Coordinator,
+    key: &str,
+    cluster: &str,
+    port: u16,
+) -> (Proc, String) {
+    let mut child = connect_command(coordinator, key, cluster, port)
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -80,7 +126,7 @@ fn connect_process(url: &str, key: &str, cluster: &str, port: u16) -> (Proc, Str
 }
 
 /// Sends `bytes` through an echo connection while reading it back; the digests of both ends.
-async fn echo_through(address: &str, bytes: Vec<u8>) -> ([u8; 32], [u8; 32]) {
+pub(crate) async fn echo_through(address: &str, bytes: Vec<u8>) -> ([u8; 32], [u8; 32]) {
     let stream = tokio::net::TcpStream::connect(address).await.unwrap();
     let (mut reader, mut writer) = stream.into_split();
     let sent_digest: [u8; 32] = Sha256::digest(&bytes).into();
@@ -106,7 +152,7 @@ async fn echo_through(address: &str, bytes: Vec<u8>) -> ([u8; 32], [u8; 32]) {
 
 /// Whether a short message comes back through the tunnel (false on any error: the node may
 /// not listen yet).
-async fn try_echo(address: &str, message: &[u8]) -> bool {
+pub(crate) async fn try_echo(address: &str, message: &[u8]) -> bool {
     let attempt = async {
         let mut stream = tokio::net::TcpStream::connect(address).await?;
         stream.write_all(message).await?;
@@ -120,7 +166,7 @@ async fn try_echo(address: &str, message: &[u8]) -> bool {
     )
 }
 
-fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+pub(crate) fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
     let mut state = seed | 1;
     (0..len)
         .map(|_| {
@@ -145,18 +191,8 @@ async fn a_renter_reaches_its_nodes_port_and_no_one_else_does(db: Db) {
         _dirs,
         ..
     } = market(db, 1).await;
-    let port = free_port();
-    let cluster = python_service(&renter, 1, port, &echo_server(port)).await;
-    let (listener, address) = connect_process(&coordinator.url, &renter_key, &cluster.id, port);
-    // The node's server may take a moment to listen.
-    let ready = eventually(Duration::from_secs(20), || async {
-        try_echo(&address, b"ping").await.then_some(())
-    })
-    .await;
-    assert!(
-        ready.is_some(),
-        "the echo server answers through the tunnel"
-    );
+    let (cluster, port, listener, address) =
+        echo_service_connected(&coordinator, &renter, &renter_key).await;
 
     // Many connections at once, each its own bytes.
     let parallel: Vec<_> = (0..16u64)
@@ -176,15 +212,8 @@ async fn a_renter_reaches_its_nodes_port_and_no_one_else_does(db: Db) {
     assert_eq!(sent, received, "100 MiB arrive intact");
 
     // --stdio carries one connection over standard input and output.
-    let mut stdio = Command::new(BIN)
-        .args([
-            "connect",
-            &cluster.id,
-            "--port",
-            &port.to_string(),
-            "--stdio",
-        ])
-        .args(["--url", &coordinator.url, "--api-key", &renter_key])
+    let mut stdio = connect_command(&coordinator, &renter_key, &cluster.id, port)
+        .arg("--stdio")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -391,15 +420,8 @@ async fn a_standby_connection_reaches_the_node_only_once_started(db: Db) {
     // --fdpass hands the connection itself over a Unix socket, as ssh's ProxyUseFdpass
     // expects, and exits; the server's greeting, sent at once, is still in it.
     let fdpass = |stdout: Stdio| {
-        Command::new(BIN)
-            .args([
-                "connect",
-                &cluster.id,
-                "--port",
-                &port.to_string(),
-                "--fdpass",
-            ])
-            .args(["--url", &coordinator.url, "--api-key", &renter_key])
+        connect_command(&coordinator, &renter_key, &cluster.id, port)
+            .arg("--fdpass")
             .stdout(stdout)
             .stderr(Stdio::piped())
             .output()

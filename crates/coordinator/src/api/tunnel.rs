@@ -441,9 +441,15 @@ pub async fn proxy(
     }
     let (mut parts, body) = response.into_parts();
     // A link opened once keeps working for the page's own requests, for this port only.
+    // Secure when we serve TLS ourselves: a browser then never sends the link over plain HTTP.
+    let secure = if app.config.tls.is_some() {
+        "; Secure"
+    } else {
+        ""
+    };
     if let Some(token) = link
         && let Ok(cookie) = HeaderValue::from_str(&format!(
-            "{LINK_PARAM}={token}; Path={}; HttpOnly; SameSite=Lax",
+            "{LINK_PARAM}={token}; Path={}; HttpOnly; SameSite=Lax{secure}",
             crate::clusters::port_path(&path.cluster, path.node, path.port)
         ))
     {

@@ -5,9 +5,9 @@
 //!
 //! Pages read through the same handlers as the API, so a page shows what the API answers and
 //! every ownership check is the API's. A login opens a session that stands for the API key it
-//! was opened with ([`session`]): its cookie is HttpOnly and SameSite=Strict (and Secure when a
-//! TLS proxy in front says the page came over TLS), it ends when the key is revoked, and every form carries the session's CSRF token, checked before anything
-//! changes.
+//! was opened with ([`session`]): its cookie is HttpOnly and SameSite=Strict (and Secure when
+//! the page came over TLS, ours or a proxy's in front), it ends when the key is revoked, and
+//! every form carries the session's CSRF token, checked before anything changes.
 
 mod chart;
 mod cloud;

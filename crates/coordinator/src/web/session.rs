@@ -129,10 +129,14 @@ fn set_cookie(name: &str, value: &str, max_age_s: i64, secure: bool) -> HeaderVa
     HeaderValue::from_str(&text).expect("cookie values are hex")
 }
 
-/// Whether the browser reached us over TLS: the coordinator speaks plain HTTP, so TLS ends at
-/// a proxy in front, which says so in `X-Forwarded-Proto` or `Forwarded`. A client that lies
-/// only makes its own cookies Secure.
-fn over_tls(headers: &HeaderMap) -> bool {
+/// Whether the browser reached us over TLS: our own (`--tls-cert`), or a proxy's in front.
+fn over_tls(app: &AppState, headers: &HeaderMap) -> bool {
+    app.config.tls.is_some() || forwarded_https(headers)
+}
+
+/// Whether a TLS proxy in front says it served the browser: `X-Forwarded-Proto` or
+/// `Forwarded`. A client that lies only makes its own cookies Secure.
+fn forwarded_https(headers: &HeaderMap) -> bool {
     let forwarded_proto = headers
         .get("x-forwarded-proto")
         .and_then(|v| v.to_str().ok())
@@ -178,8 +182,8 @@ fn login_page(csrf: &str, problem: Option<&str>, secure: bool) -> Response {
     response
 }
 
-pub async fn login_form(headers: HeaderMap) -> Response {
-    login_page(&random_hex(), None, over_tls(&headers))
+pub async fn login_form(State(app): State<AppState>, headers: HeaderMap) -> Response {
+    login_page(&random_hex(), None, over_tls(&app, &headers))
 }
 
 #[derive(Debug, Deserialize)]
@@ -197,7 +201,7 @@ pub async fn login(
     headers: HeaderMap,
     Form(form): Form<LoginForm>,
 ) -> PageResult {
-    let secure = over_tls(&headers);
+    let secure = over_tls(&app, &headers);
     let expected = cookie(&headers, LOGIN_CSRF_COOKIE).unwrap_or_default();
     if expected.is_empty() || !crate::api::same_secret(&form.csrf, expected) {
         return Err(ApiError::Forbidden("the login form is stale; reload it".into()).into());
@@ -287,7 +291,7 @@ pub async fn logout(
     let mut response = see_other("/explorer");
     response.headers_mut().append(
         header::SET_COOKIE,
-        set_cookie(SESSION_COOKIE, "", 0, over_tls(&headers)),
+        set_cookie(SESSION_COOKIE, "", 0, over_tls(&app, &headers)),
     );
     Ok(response)
 }
@@ -306,15 +310,18 @@ mod tests {
 
     #[test]
     fn cookies_are_secure_only_behind_tls() {
-        assert!(!over_tls(&headers(&[])));
-        assert!(over_tls(&headers(&[("x-forwarded-proto", "https")])));
-        assert!(over_tls(&headers(&[("x-forwarded-proto", "HTTPS, http")])));
-        assert!(!over_tls(&headers(&[("x-forwarded-proto", "http")])));
-        assert!(over_tls(&headers(&[(
+        assert!(!forwarded_https(&headers(&[])));
+        assert!(forwarded_https(&headers(&[("x-forwarded-proto", "https")])));
+        assert!(forwarded_https(&headers(&[(
+            "x-forwarded-proto",
+            "HTTPS, http"
+        )])));
+        assert!(!forwarded_https(&headers(&[("x-forwarded-proto", "http")])));
+        assert!(forwarded_https(&headers(&[(
             "forwarded",
             "for=192.0.2.1;proto=https;by=203.0.113.9"
         )])));
-        assert!(!over_tls(&headers(&[(
+        assert!(!forwarded_https(&headers(&[(
             "forwarded",
             "for=192.0.2.1;proto=http"
         )])));

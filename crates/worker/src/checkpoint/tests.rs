@@ -200,7 +200,7 @@ fn checkpoint_of(
     work: &Path,
     order: &CheckpointOrder,
 ) -> Checkpoint {
-    let store = Arc::new(CheckpointStore::new(&coordinator.url).unwrap());
+    let store = Arc::new(CheckpointStore::new(&coordinator.url, &[]).unwrap());
     Checkpoint::new(store, "run_x", work, order).unwrap()
 }
 

@@ -14,7 +14,7 @@ pub(super) const COUNTER_SCRIPT: &str = "n=$(cat /work/ckpt/n 2>/dev/null || ech
 fn runner_for(data: &Path, coordinator: &FakeCoordinator) -> Runner {
     Runner::new(data)
         .unwrap()
-        .with_coordinator(&coordinator.url)
+        .with_coordinator(&coordinator.url, &[])
 }
 
 #[tokio::test]

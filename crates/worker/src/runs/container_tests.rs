@@ -284,7 +284,7 @@ async fn a_container_node_resumes_from_its_checkpoint() {
     let Some(engine) = test_engine() else { return };
     let coordinator = FakeCoordinator::start().await;
     let data = data_dir();
-    let mut runner = runner(&engine, data.path()).with_coordinator(&coordinator.url);
+    let mut runner = runner(&engine, data.path()).with_coordinator(&coordinator.url, &[]);
     for (attempt, run_id) in ["run_ctr_ck1", "run_ctr_ck2"].into_iter().enumerate() {
         let script = super::checkpoint_tests::COUNTER_SCRIPT;
         let mut node = image_order(run_id, script, &engine.image);
