@@ -54,6 +54,33 @@ async fn a_market_over_tls_works_end_to_end(db: Db) {
     assert!(!output.status.success());
     assert!(stderr.contains("certificate"), "{stderr}");
 
+    // `flotilla login --ca-cert` keeps the CA in the profile; later commands need no flags.
+    let config = tempfile::tempdir().unwrap();
+    let flotilla = |args: &[&str]| {
+        Command::new(BIN)
+            .args(args)
+            .env("FLOTILLA_CONFIG_DIR", config.path())
+            .env_remove("FLOTILLA_URL")
+            .env_remove("FLOTILLA_API_KEY")
+            .env_remove("FLOTILLA_CA_CERT")
+            .output()
+            .unwrap()
+    };
+    let login = flotilla(&[
+        "login",
+        "--url",
+        &coordinator.url,
+        "--api-key",
+        &renter_key,
+        "--ca-cert",
+        TEST_CA,
+    ]);
+    assert!(login.status.success(), "{login:?}");
+    let whoami = flotilla(&["whoami", "-o", "json"]);
+    assert!(whoami.status.success(), "{whoami:?}");
+    let me: Me = serde_json::from_slice(&whoami.stdout).unwrap();
+    assert!(me.account.roles.contains(&Role::Renter));
+
     if !sandbox_ready() {
         return;
     }
