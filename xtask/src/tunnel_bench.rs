@@ -40,8 +40,9 @@
 //! `flotilla connect`'s local port, for clients that speak only plain TCP, puts a third relay
 //! process (`connect` itself) in front, to turn the authenticated upgrade into the kind of
 //! unauthenticated port rathole's visitor port already is; its round trip is reported beside
-//! (`local_port_added_latency_p50_us`), without a target. Throughput and idle memory are
-//! measured through the local port, the longer path.
+//! (`local_port_added_latency_p50_us`), without a target. Throughput is measured over both
+//! paths alike (the headline figures are the tunnel's own, `local_port_*` the local port's);
+//! connect time and idle memory through the local port, `connect`'s process counted.
 //!
 //! Human-readable figures go to standard error; the last line on standard output is one JSON
 //! object.
@@ -293,8 +294,8 @@ fn payload() -> Vec<u8> {
         .collect()
 }
 
-async fn transfer(address: SocketAddr, transfer_bytes: u64) -> Result<()> {
-    let mut stream = open(address, MODE_SINK).await?;
+/// Sends `transfer_bytes` over `stream`, a connection to the sink, and waits for its count.
+async fn transfer(mut stream: TcpStream, transfer_bytes: u64) -> Result<()> {
     stream.write_u64_le(transfer_bytes).await?;
     let chunk = payload();
     let mut sent_bytes = 0u64;
@@ -315,16 +316,28 @@ async fn transfer(address: SocketAddr, transfer_bytes: u64) -> Result<()> {
 
 /// `transfer_bytes` in all over `streams` connections at once, in Gbit/s.
 async fn throughput_gbit_s(address: SocketAddr, transfer_bytes: u64, streams: u64) -> Result<f64> {
-    let per_stream_bytes = transfer_bytes / streams;
+    let mut opened = Vec::new();
+    for _ in 0..streams {
+        opened.push(open(address, MODE_SINK).await?);
+    }
+    throughput_over_gbit_s(opened, transfer_bytes).await
+}
+
+/// `transfer_bytes` in all over the sink connections `streams` at once, in Gbit/s; the clock
+/// starts once every one is open.
+async fn throughput_over_gbit_s(streams: Vec<TcpStream>, transfer_bytes: u64) -> Result<f64> {
+    let per_stream_bytes = transfer_bytes / streams.len() as u64;
+    let total_bytes = per_stream_bytes * streams.len() as u64;
     let started = Instant::now();
-    let tasks: Vec<_> = (0..streams)
-        .map(|_| tokio::spawn(transfer(address, per_stream_bytes)))
+    let tasks: Vec<_> = streams
+        .into_iter()
+        .map(|stream| tokio::spawn(transfer(stream, per_stream_bytes)))
         .collect();
     for task in tasks {
         task.await??;
     }
     let seconds = started.elapsed().as_secs_f64();
-    Ok((per_stream_bytes * streams * 8) as f64 / seconds / 1e9)
+    Ok((total_bytes * 8) as f64 / seconds / 1e9)
 }
 
 /// The median ping round trip through `address` alone.
@@ -936,16 +949,17 @@ fn start_connect(
     Ok((pid, listening_address(&line)?))
 }
 
-/// Flotilla's figures; then the round trips through it (with and without `flotilla
-/// connect`), over raw TCP to `raw` and through rathole's `rathole` visitor address, side by
-/// side; and where the node's service listened (`namespace` or `host`).
+/// Flotilla's figures through `flotilla connect`'s local port, and its throughput over the
+/// tunnel's own path; then the round trips over both, over raw TCP to `raw` and through
+/// rathole's `rathole` visitor address, side by side; and where the node's service listened
+/// (`namespace` or `host`).
 async fn measure_flotilla(
     procs: &mut Procs,
     exe: &Path,
     transfer_bytes: u64,
     raw: SocketAddr,
     rathole: Option<SocketAddr>,
-) -> Result<(Figures, Latencies, &'static str)> {
+) -> Result<Flotilla> {
     let market = start_market(procs).await?;
     let port = free_port()?;
     let cluster = deploy(&market.renter, port).await?;
@@ -958,10 +972,11 @@ async fn measure_flotilla(
     until_ready(local).await?;
     let pids = [market.coordinator_pid, market.worker_pid, connect_pid];
     let figures = measure(local, transfer_bytes, Some(&pids)).await;
+    let tunnel = tunnel_throughput(&market, &cluster.id, port, transfer_bytes).await;
     let latencies = async {
         let mut streams = vec![
             open(raw, MODE_ECHO).await?,
-            open_fdpassed(&market, &cluster.id, port).await?,
+            open_fdpassed(&market, &cluster.id, port, MODE_ECHO).await?,
             open(local, MODE_ECHO).await?,
         ];
         if let Some(visitor) = rathole {
@@ -992,7 +1007,22 @@ async fn measure_flotilla(
         Ok(_) => until_namespace_gone(&node.run_id).await,
         Err(error) => eprintln!("terminating cluster {}: {error}", cluster.id),
     }
-    Ok((figures?, latencies?, node_network))
+    Ok(Flotilla {
+        local_port: figures?,
+        tunnel: tunnel?,
+        latencies: latencies?,
+        node_network,
+    })
+}
+
+/// What [`measure_flotilla`] measured.
+struct Flotilla {
+    /// Through `flotilla connect`'s local port.
+    local_port: Figures,
+    /// Over the tunnel's own path.
+    tunnel: Throughput,
+    latencies: Latencies,
+    node_network: &'static str,
 }
 
 /// Median round trips measured side by side ([`interleaved_round_trips_us`]).
@@ -1011,10 +1041,10 @@ struct Latencies {
     blocks_at_most_rathole: Option<(usize, usize)>,
 }
 
-/// An echo connection made the way ssh makes one with `ProxyUseFdpass`: `flotilla connect
+/// A connection (in `mode`) made the way ssh makes one with `ProxyUseFdpass`: `flotilla connect
 /// --fdpass` asks the coordinator for the tunnel, hands this program the socket itself and
 /// exits, so only the coordinator and the worker relay, as rathole's server and client do.
-async fn open_fdpassed(market: &Market, cluster: &str, port: u16) -> Result<TcpStream> {
+async fn open_fdpassed(market: &Market, cluster: &str, port: u16, mode: u8) -> Result<TcpStream> {
     let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
     let status = tokio::process::Command::from(connect_command(market, cluster, port))
         .arg("--fdpass")
@@ -1027,8 +1057,40 @@ async fn open_fdpassed(market: &Market, cluster: &str, port: u16) -> Result<TcpS
     let socket = std::net::TcpStream::from(flotilla_client::fdpass::receive(&ours)?);
     socket.set_nonblocking(true)?;
     let mut stream = TcpStream::from_std(socket)?;
-    stream.write_u8(MODE_ECHO).await?;
+    stream.write_u8(mode).await?;
     Ok(stream)
+}
+
+/// Throughput over the tunnel's own path: one stream, then [`PARALLEL_STREAMS`] at once, each
+/// a socket `flotilla connect --fdpass` handed over ([`open_fdpassed`]).
+async fn tunnel_throughput(
+    market: &Market,
+    cluster: &str,
+    port: u16,
+    transfer_bytes: u64,
+) -> Result<Throughput> {
+    let limit = Duration::from_secs(MEASURE_TIMEOUT_S);
+    let mut gbit_s = [0.0; 2];
+    for (figure, streams) in gbit_s.iter_mut().zip([1, PARALLEL_STREAMS]) {
+        let mut opened = Vec::new();
+        for _ in 0..streams {
+            opened.push(open_fdpassed(market, cluster, port, MODE_SINK).await?);
+        }
+        *figure = tokio::time::timeout(limit, throughput_over_gbit_s(opened, transfer_bytes))
+            .await
+            .map_err(|_| anyhow::anyhow!("the tunnel's transfer took over {limit:?}"))??;
+    }
+    Ok(Throughput {
+        gbit_s: gbit_s[0],
+        parallel_gbit_s: gbit_s[1],
+    })
+}
+
+/// One stream's and [`PARALLEL_STREAMS`]' throughput.
+#[derive(Debug, Clone, Copy)]
+struct Throughput {
+    gbit_s: f64,
+    parallel_gbit_s: f64,
 }
 
 /// Waits for the worker to remove the stopped node's namespace, so killing the worker after
@@ -1066,21 +1128,25 @@ async fn bench(transfer_mib: u64) -> Result<()> {
     report("raw tcp", &raw);
     let rathole = measure_ratholes(&mut procs, sink, transfer_bytes).await?;
     let visitor = rathole.as_ref().map(|r| r.noise_visitor);
-    let (flotilla, latencies, node_network) =
-        measure_flotilla(&mut procs, &exe, transfer_bytes, sink, visitor).await?;
+    let flotilla = measure_flotilla(&mut procs, &exe, transfer_bytes, sink, visitor).await?;
     if let Some(rathole) = &rathole {
         for pid in rathole.noise_pids {
             procs.stop(pid);
         }
     }
-    report("flotilla", &flotilla);
+    report("flotilla port", &flotilla.local_port);
+    eprintln!(
+        "flotilla tunnel {:>6.2} Gbit/s one stream, {:>6.2} Gbit/s over {PARALLEL_STREAMS} \
+         (ssh's `connect --fdpass`, a browser's /t/)",
+        flotilla.tunnel.gbit_s, flotilla.tunnel.parallel_gbit_s
+    );
+    let latencies = &flotilla.latencies;
     let rathole_us = latencies
         .rathole_noise_us
         .map_or("-".to_owned(), |us| format!("{us:.0}"));
     eprintln!(
         "side by side, p50 round trip: raw tcp {:.0} µs, rathole noise {rathole_us} µs, \
-         flotilla's tunnel (ssh's `connect --fdpass`, a browser's /t/) {:.0} µs, \
-         through `flotilla connect`'s local port {:.0} µs",
+         flotilla's tunnel {:.0} µs, through `flotilla connect`'s local port {:.0} µs",
         latencies.raw_us, latencies.tunnel_us, latencies.local_port_us
     );
     if let Some((tunnel, local_port)) = latencies.blocks_at_most_rathole {
@@ -1093,9 +1159,8 @@ async fn bench(transfer_mib: u64) -> Result<()> {
         raw: &raw,
         rathole: rathole.as_ref(),
         flotilla: &flotilla,
-        latencies: &latencies,
     };
-    println!("{}", summary(transfer_mib, node_network, &paths));
+    println!("{}", summary(transfer_mib, &paths));
     Ok(())
 }
 
@@ -1103,19 +1168,23 @@ async fn bench(transfer_mib: u64) -> Result<()> {
 struct Paths<'a> {
     raw: &'a Figures,
     rathole: Option<&'a Ratholes>,
-    flotilla: &'a Figures,
-    latencies: &'a Latencies,
+    flotilla: &'a Flotilla,
 }
 
 /// The JSON line. Round trips and added latencies come from the side-by-side rounds, except
 /// rathole with plain TCP's (context), measured alone.
-fn summary(transfer_mib: u64, node_network: &str, paths: &Paths) -> serde_json::Value {
+fn summary(transfer_mib: u64, paths: &Paths) -> serde_json::Value {
     let Paths {
         raw,
         rathole,
         flotilla,
-        latencies,
     } = paths;
+    let Flotilla {
+        local_port,
+        tunnel,
+        latencies,
+        node_network,
+    } = flotilla;
     let noise = rathole.map(|r| &r.noise);
     let tcp = rathole.map(|r| &r.tcp);
     let mut figures = json!({
@@ -1132,12 +1201,12 @@ fn summary(transfer_mib: u64, node_network: &str, paths: &Paths) -> serde_json::
         "rathole_noise_parallel_gbit_s": noise.map(|f| rounded(f.parallel_gbit_s, 2)),
         "rathole_tcp_gbit_s": tcp.map(|f| rounded(f.gbit_s, 2)),
         "rathole_tcp_parallel_gbit_s": tcp.map(|f| rounded(f.parallel_gbit_s, 2)),
-        "flotilla_gbit_s": rounded(flotilla.gbit_s, 2),
-        "flotilla_parallel_gbit_s": rounded(flotilla.parallel_gbit_s, 2),
-        "throughput_vs_rathole": noise.map(|f| rounded(flotilla.gbit_s / f.gbit_s, 3)),
+        "flotilla_gbit_s": rounded(tunnel.gbit_s, 2),
+        "flotilla_parallel_gbit_s": rounded(tunnel.parallel_gbit_s, 2),
+        "throughput_vs_rathole": noise.map(|f| rounded(tunnel.gbit_s / f.gbit_s, 3)),
         "parallel_throughput_vs_rathole":
-            noise.map(|f| rounded(flotilla.parallel_gbit_s / f.parallel_gbit_s, 3)),
-        "throughput_vs_raw_tcp": rounded(flotilla.gbit_s / raw.gbit_s, 3),
+            noise.map(|f| rounded(tunnel.parallel_gbit_s / f.parallel_gbit_s, 3)),
+        "throughput_vs_raw_tcp": rounded(tunnel.gbit_s / raw.gbit_s, 3),
         "raw_tcp_latency_p50_us": rounded(latencies.raw_us, 1),
         "rathole_noise_latency_p50_us": latencies.rathole_noise_us.map(|us| rounded(us, 1)),
         "rathole_tcp_alone_latency_p50_us": tcp.map(|f| rounded(f.latency_p50_us, 1)),
@@ -1148,11 +1217,11 @@ fn summary(transfer_mib: u64, node_network: &str, paths: &Paths) -> serde_json::
         "connect_rounds": CONNECT_ROUNDS,
         "raw_tcp_connect_p50_us": rounded(raw.connect_p50_us, 1),
         "rathole_noise_connect_p50_us": noise.map(|f| rounded(f.connect_p50_us, 1)),
-        "flotilla_connect_p50_us": rounded(flotilla.connect_p50_us, 1),
-        "added_connect_p50_us": rounded(flotilla.connect_p50_us - raw.connect_p50_us, 1),
+        "flotilla_connect_p50_us": rounded(local_port.connect_p50_us, 1),
+        "added_connect_p50_us": rounded(local_port.connect_p50_us - raw.connect_p50_us, 1),
         "rathole_added_connect_p50_us":
             noise.map(|f| rounded(f.connect_p50_us - raw.connect_p50_us, 1)),
-        "idle_connection_bytes": flotilla.idle_connection_bytes,
+        "idle_connection_bytes": local_port.idle_connection_bytes,
         "rathole_idle_connection_bytes": noise.and_then(|f| f.idle_connection_bytes),
         "rathole_tcp_idle_connection_bytes": tcp.and_then(|f| f.idle_connection_bytes),
         "targets": {
@@ -1164,7 +1233,13 @@ fn summary(transfer_mib: u64, node_network: &str, paths: &Paths) -> serde_json::
         },
     });
     // Through `flotilla connect`'s local port: a plain TCP client's way in, one relay process
-    // (`connect` itself) more than rathole's path, so no target of its own.
+    // (`connect` itself) more than rathole's path, so no target of its own. Connect times and
+    // idle memory above are this path's (`connect` in the processes counted).
+    figures["local_port_gbit_s"] = json!(rounded(local_port.gbit_s, 2));
+    figures["local_port_parallel_gbit_s"] = json!(rounded(local_port.parallel_gbit_s, 2));
+    figures["local_port_throughput_vs_rathole"] =
+        json!(noise.map(|f| rounded(local_port.gbit_s / f.gbit_s, 3)));
+    figures["local_port_throughput_vs_raw_tcp"] = json!(rounded(local_port.gbit_s / raw.gbit_s, 3));
     figures["local_port_latency_p50_us"] = json!(rounded(latencies.local_port_us, 1));
     figures["local_port_added_latency_p50_us"] =
         json!(rounded(latencies.local_port_us - latencies.raw_us, 1));
