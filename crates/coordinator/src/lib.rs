@@ -183,7 +183,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         ledger_reads: RateLimiter::per_minute(LEDGER_READS_PER_MINUTE),
     });
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let tls_acceptor = config.tls.as_ref().map(tls::acceptor).transpose()?;
+    let tls = config.tls.as_ref().map(tls::acceptor).transpose()?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| StartError::Listen {
@@ -263,8 +263,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         let _ = socket.set_tcp_keepalive(&keepalive);
         let _ = socket.set_tcp_user_timeout(Some(unanswered_max));
     };
-    let server = match tls_acceptor {
-        Some(acceptor) => {
+    let server = match tls {
+        Some((acceptor, served)) => {
+            tokio::spawn(tls::keep_fresh(served, shutdown_rx.clone()));
             let listener = tls::TlsListener::new(listener, acceptor, configure);
             let listener = axum::serve::ListenerExt::tap_io(listener, |_| {});
             tokio::spawn(serve_http(listener, router, shutdown_rx.clone()))

@@ -107,7 +107,9 @@ impl Drop for Proc {
     }
 }
 
-/// The test CA (`tests/network/tls`), which signed [`TLS_FLAGS`]' certificate.
+/// The test TLS files' folder.
+pub const TLS_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/network/tls");
+/// The test CA, which signed [`TLS_FLAGS`]' certificate.
 pub const TEST_CA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/network/tls/ca.pem");
 /// A coordinator's flags to serve HTTPS as `localhost` and `127.0.0.1`.
 pub const TLS_FLAGS: [&str; 4] = [
@@ -273,6 +275,11 @@ impl Coordinator {
         } else {
             Client::new(&self.url, key)
         }
+    }
+
+    /// Sends a signal by name (`HUP`) to the coordinator process.
+    pub fn signal(&self, name: &str) {
+        self._proc.signal(name);
     }
 
     /// Whether it serves HTTPS ([`TLS_FLAGS`]); its clients then trust [`TEST_CA`].

@@ -12,7 +12,7 @@ use flotilla_proto::api::{Me, Role};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::clusters::{Market, cli, market_flagged, market_flags, sandbox_ready};
-use crate::harness::{BIN, Coordinator, Db, TEST_CA, TLS_FLAGS};
+use crate::harness::{BIN, Coordinator, Db, TEST_CA, TLS_DIR, TLS_FLAGS, eventually};
 use crate::on_both_databases;
 use crate::tunnels::{connect_command, echo_service_connected, echo_through, pseudo_random};
 
@@ -161,3 +161,48 @@ async fn plain_http_and_silent_clients_do_not_hold_up_tls(db: Db) {
 }
 
 on_both_databases!(plain_http_and_silent_clients_do_not_hold_up_tls);
+
+/// Whether a client trusting only the CA in `ca_file` (of [`TLS_DIR`]) is served.
+async fn served_to(coordinator: &Coordinator, ca_file: &str) -> bool {
+    let ca = std::fs::read(std::path::Path::new(TLS_DIR).join(ca_file)).unwrap();
+    let client = Client::with_ca(&coordinator.url, None, &ca).unwrap();
+    client.get::<serde_json::Value>("health").await.is_ok()
+}
+
+async fn a_renewed_certificate_is_served_after_sighup(db: Db) {
+    let dir = tempfile::tempdir().unwrap();
+    let (chain, key) = (dir.path().join("chain.pem"), dir.path().join("key.pem"));
+    let install = |prefix: &str| {
+        let tls = std::path::Path::new(TLS_DIR);
+        std::fs::copy(tls.join(format!("{prefix}cert.pem")), &chain).unwrap();
+        std::fs::copy(tls.join(format!("{prefix}key.pem")), &key).unwrap();
+    };
+    install("");
+    let flags = [
+        "--tls-cert",
+        chain.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ];
+    let coordinator = Coordinator::start(db, &flags).await;
+    assert!(served_to(&coordinator, "ca.pem").await);
+    assert!(!served_to(&coordinator, "second-ca.pem").await);
+
+    // The renewal: new files, then SIGHUP; the same process serves the new certificate.
+    install("second-");
+    coordinator.signal("HUP");
+    let renewed = eventually(Duration::from_secs(10), || async {
+        served_to(&coordinator, "second-ca.pem").await.then_some(())
+    })
+    .await;
+    assert!(renewed.is_some(), "the renewed certificate is served");
+    assert!(!served_to(&coordinator, "ca.pem").await);
+
+    // A broken renewal is refused and the certificate in use stays.
+    std::fs::write(&chain, "not a certificate").unwrap();
+    coordinator.signal("HUP");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(served_to(&coordinator, "second-ca.pem").await);
+}
+
+on_both_databases!(a_renewed_certificate_is_served_after_sighup);
