@@ -16,6 +16,7 @@ use flotilla_proto::api::{
 
 use crate::client_commands::Connection;
 use crate::output::{Format, opt, print};
+use crate::standby::Remote;
 
 /// How often `clusters logs --follow` asks for more.
 const FOLLOW_POLL_MS: u64 = 500;
@@ -553,13 +554,20 @@ pub async fn connect(args: ConnectArgs) -> Result<()> {
         tokio::spawn(async move {
             let remote = match standby.take().await {
                 Some(ready) => Ok(ready),
-                None => client.upgrade(&path, TUNNEL_PROTOCOL).await,
+                None => crate::standby::open_remote(&client, &path).await,
             };
-            match remote {
-                Ok(mut remote) => {
-                    let _ = flotilla_tunnel::carry(&mut local_stream, &mut remote).await;
+            let carried = match remote {
+                Ok(Remote::Left(socket)) => crate::splice::carry(&local_stream, &socket).await,
+                Ok(Remote::Right(mut upgraded)) => {
+                    flotilla_tunnel::carry(&mut local_stream, &mut upgraded).await
                 }
-                Err(error) => eprintln!("error: {error}"),
+                Err(error) => {
+                    eprintln!("error: {error}");
+                    return;
+                }
+            };
+            if let Err(error) = carried {
+                tracing::debug!(%error, "a local connection ended");
             }
         });
     }

@@ -9,6 +9,7 @@ mod market_commands;
 mod output;
 mod profile;
 mod ray_commands;
+mod splice;
 mod standby;
 
 use std::net::SocketAddr;

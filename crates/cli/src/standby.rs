@@ -10,10 +10,25 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Waker};
 use std::time::{Duration, Instant};
 
-use flotilla_client::{Client, Upgraded};
+use flotilla_client::{Client, ClientError, Upgraded};
 use flotilla_proto::wire::{STANDBY_GO, STANDBY_WAIT_MS_MAX};
 use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 use tokio::sync::Notify;
+
+/// A tunnelled connection to the node's port: over an `http://` coordinator the upgraded TCP
+/// socket itself (so [`crate::splice`] can carry it inside the kernel), over `https://`
+/// the TLS session's.
+pub type Remote = tokio_util::either::Either<tokio::net::TcpStream, Upgraded>;
+
+/// Opens a [`Remote`] on `path` (a connect path).
+pub async fn open_remote(client: &Client, path: &str) -> Result<Remote, ClientError> {
+    let protocol = crate::cluster_commands::TUNNEL_PROTOCOL;
+    if client.base_url().starts_with("http://") {
+        Ok(Remote::Left(client.upgrade_socket(path, protocol).await?))
+    } else {
+        Ok(Remote::Right(client.upgrade(path, protocol).await?))
+    }
+}
 
 /// Standby connections kept ready.
 pub const STANDBY_CONNECTIONS: usize = 2;
@@ -28,18 +43,18 @@ const STANDBY_RETRY_MS_MAX: u64 = 30_000;
 /// The ready connections, oldest first.
 #[derive(Default)]
 pub struct Standby {
-    ready: Mutex<VecDeque<(Instant, Upgraded)>>,
+    ready: Mutex<VecDeque<(Instant, Remote)>>,
     taken: Notify,
 }
 
 impl Standby {
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<(Instant, Upgraded)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<(Instant, Remote)>> {
         self.ready.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// A ready connection, started: the oldest one still open and young enough. None when
     /// there is none (the caller opens a connection the usual way).
-    pub async fn take(&self) -> Option<Upgraded> {
+    pub async fn take(&self) -> Option<Remote> {
         let taken = {
             let mut ready = self.lock();
             std::iter::from_fn(|| ready.pop_front()).find_map(|(opened_at, mut connection)| {
@@ -59,10 +74,7 @@ impl Standby {
         loop {
             let (count, oldest) = self.expire();
             if count < STANDBY_CONNECTIONS {
-                match client
-                    .upgrade(&path, crate::cluster_commands::TUNNEL_PROTOCOL)
-                    .await
-                {
+                match open_remote(&client, &path).await {
                     Ok(connection) => {
                         self.lock().push_back((Instant::now(), connection));
                         retry_ms = STANDBY_RETRY_MS_MIN;
