@@ -10,9 +10,10 @@ use rustix::pipe::{PipeFlags, SpliceFlags};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
-/// The pipe each direction asks for (Linux's default `pipe-max-size`); one splice moves at most
-/// what the pipe holds.
-const PIPE_BYTES: usize = 1 << 20;
+/// The pipe each direction asks for; one splice moves at most what the pipe holds. A 1 MiB
+/// pipe carried no faster (`examples/relay.rs`), and an unprivileged user's pipes share a
+/// 64 MiB budget (`pipe-user-pages-soft`), past which new pipes are cut to a page or two.
+const PIPE_BYTES: usize = 256 * 1024;
 
 /// Carries bytes both ways until both sides have ended (each end's shutdown is passed on);
 /// the bytes carried from `a` to `b` and from `b` to `a`. An error on either side ends both.
@@ -24,7 +25,7 @@ pub async fn carry(a: &TcpStream, b: &TcpStream) -> io::Result<(u64, u64)> {
 /// `to`'s sending side.
 async fn one_way(from: &TcpStream, to: &TcpStream) -> io::Result<u64> {
     let (pipe_out, pipe_in) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)?;
-    // The kernel may give less (a lower `pipe-max-size`); the default 64 KiB still works.
+    // The kernel may refuse (past the user's pipe budget); whatever the pipe holds still works.
     let pipe_bytes = rustix::pipe::fcntl_setpipe_size(&pipe_in, PIPE_BYTES).unwrap_or(64 * 1024);
     let flags = SpliceFlags::MOVE | SpliceFlags::NONBLOCK;
     let mut carried_bytes = 0u64;
