@@ -186,6 +186,9 @@ struct CoordinatorArgs {
     /// never; an SSH session left idle needs ssh's ServerAliveInterval below it).
     #[arg(long, default_value_t = flotilla_coordinator::config::TUNNEL_IDLE_TIMEOUT_S_DEFAULT)]
     tunnel_idle_timeout_s: u64,
+    /// Time an HTTP client has to send a request's whole head; a slower one is cut off.
+    #[arg(long, default_value_t = flotilla_coordinator::config::HTTP_HEADER_READ_TIMEOUT_MS_DEFAULT)]
+    http_header_read_timeout_ms: u64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -332,6 +335,7 @@ async fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
         tunnel_connections_per_node_max: args.tunnel_connections_per_node_max,
         tcp_keepalive_s: args.tcp_keepalive_s,
         tunnel_idle_timeout_s: args.tunnel_idle_timeout_s,
+        http_header_read_timeout_ms: args.http_header_read_timeout_ms,
         ..flotilla_coordinator::Config::default()
     };
     let scheme = if config.tls.is_some() {

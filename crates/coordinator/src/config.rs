@@ -72,6 +72,8 @@ pub struct Config {
     /// one its client forgot (alive, so TCP keepalive is answered) gives its node's slot back.
     /// 0: never. (An SSH session kept open idle needs `ServerAliveInterval` below it.)
     pub tunnel_idle_timeout_s: u64,
+    /// Time an HTTP client has to send a request's whole head; one slower is cut off.
+    pub http_header_read_timeout_ms: u64,
     /// Cluster meshes carry all traffic through the relay (nodes are given no direct
     /// endpoints): for networks where direct UDP between suppliers is known to fail, and tests.
     pub mesh_relay_only: bool,
@@ -112,6 +114,7 @@ impl Default for Config {
             fees: flotilla_ledger::rent::FeePolicy::default(),
             io_price_micros: None,
             tcp_keepalive_s: TCP_KEEPALIVE_S_DEFAULT,
+            http_header_read_timeout_ms: HTTP_HEADER_READ_TIMEOUT_MS_DEFAULT,
             tunnel_connections_per_node_max:
                 crate::tunnels::TUNNEL_CONNECTIONS_PER_NODE_MAX_DEFAULT,
             tunnel_idle_timeout_s: TUNNEL_IDLE_TIMEOUT_S_DEFAULT,
@@ -120,6 +123,11 @@ impl Default for Config {
         }
     }
 }
+
+/// The default `http_header_read_timeout_ms`.
+pub const HTTP_HEADER_READ_TIMEOUT_MS_DEFAULT: u64 = 30_000;
+/// The longest `http_header_read_timeout_ms`.
+pub const HTTP_HEADER_READ_TIMEOUT_MS_MAX: u64 = 600_000;
 
 /// The default `tcp_keepalive_s`: a vanished renter's connections close within two minutes.
 pub const TCP_KEEPALIVE_S_DEFAULT: u64 = 60;
@@ -197,6 +205,10 @@ impl Config {
             let problem = format!("must be between 1 and {TCP_KEEPALIVE_S_MAX}");
             return fail("tcp_keepalive_s", &problem);
         }
+        if !(1..=HTTP_HEADER_READ_TIMEOUT_MS_MAX).contains(&self.http_header_read_timeout_ms) {
+            let problem = format!("must be between 1 and {HTTP_HEADER_READ_TIMEOUT_MS_MAX}");
+            return fail("http_header_read_timeout_ms", &problem);
+        }
         if self.tunnel_idle_timeout_s > TUNNEL_IDLE_TIMEOUT_S_MAX {
             let problem = format!("must be at most {TUNNEL_IDLE_TIMEOUT_S_MAX} (0: never)");
             return fail("tunnel_idle_timeout_s", &problem);
@@ -230,6 +242,10 @@ impl Config {
     pub fn tunnel_idle_timeout(&self) -> Option<std::time::Duration> {
         (self.tunnel_idle_timeout_s > 0)
             .then(|| std::time::Duration::from_secs(self.tunnel_idle_timeout_s))
+    }
+
+    pub fn http_header_read_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.http_header_read_timeout_ms)
     }
 
     /// TCP keepalive for client connections (see `tcp_keepalive_s`).

@@ -27,6 +27,7 @@ pub mod metrics;
 pub mod ratelimit;
 pub mod rent;
 pub mod scheduling;
+pub mod serve;
 mod session;
 pub mod spending;
 pub mod telemetry;
@@ -120,23 +121,6 @@ pub enum StartError {
     Ledger(#[from] ledger::LedgerError),
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
-}
-
-/// Serves the API on `listener` until `shutdown` says stop.
-async fn serve_http<L>(listener: L, router: axum::Router, mut shutdown: watch::Receiver<bool>)
-where
-    L: axum::serve::Listener<Addr = SocketAddr>,
-    for<'a> SocketAddr: axum::extract::connect_info::Connected<axum::serve::IncomingStream<'a, L>>,
-{
-    let service = router.into_make_service_with_connect_info::<SocketAddr>();
-    let result = axum::serve(listener, service)
-        .with_graceful_shutdown(async move {
-            let _ = shutdown.wait_for(|stop| *stop).await;
-        })
-        .await;
-    if let Err(error) = result {
-        tracing::error!(%error, "http server failed");
-    }
 }
 
 /// A running coordinator. Dropping it does not stop it; call [`Running::shutdown`].
@@ -254,6 +238,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         meshes: Arc::new(mesh::Meshes::new(config_relay_only)),
     };
     let router = api::router(app.clone());
+    let header_read_timeout = app.config.http_header_read_timeout();
     // Without Nagle: a tunnelled connection's small writes (keystrokes over SSH, say) go to
     // the renter at once instead of waiting for the previous one's ACK. With keepalive: a
     // vanished peer's connection (and its node's slot) does not live forever.
@@ -267,12 +252,15 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         Some((acceptor, served)) => {
             tokio::spawn(tls::keep_fresh(served, shutdown_rx.clone()));
             let listener = tls::TlsListener::new(listener, acceptor, configure);
-            let listener = axum::serve::ListenerExt::tap_io(listener, |_| {});
-            tokio::spawn(serve_http(listener, router, shutdown_rx.clone()))
+            let serving =
+                serve::serve_http(listener, router, header_read_timeout, shutdown_rx.clone());
+            tokio::spawn(serving)
         }
         None => {
             let listener = axum::serve::ListenerExt::tap_io(listener, move |tcp| configure(tcp));
-            tokio::spawn(serve_http(listener, router, shutdown_rx.clone()))
+            let serving =
+                serve::serve_http(listener, router, header_read_timeout, shutdown_rx.clone());
+            tokio::spawn(serving)
         }
     };
     let tunnel = tokio::spawn(tunnels::serve(

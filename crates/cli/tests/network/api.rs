@@ -543,3 +543,39 @@ async fn health_openapi_and_metrics_are_served(db: Db) {
     }
 }
 on_both_databases!(health_openapi_and_metrics_are_served);
+
+/// A client that connects and never finishes a request's head, or never sends one, is cut off
+/// after `--http-header-read-timeout-ms`; others are served meanwhile.
+async fn a_client_that_never_finishes_its_request_head_is_cut_off(db: Db) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let coordinator = Coordinator::start(db, &["--http-header-read-timeout-ms", "300"]).await;
+    let address = coordinator.url.strip_prefix("http://").unwrap();
+    let mut dribbling = tokio::net::TcpStream::connect(address).await.unwrap();
+    dribbling
+        .write_all(b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut silent = tokio::net::TcpStream::connect(address).await.unwrap();
+    let health: serde_json::Value = coordinator.client(None).get("health").await.unwrap();
+    assert!(health.is_object(), "{health}");
+    for (name, connection) in [("dribbling", &mut dribbling), ("silent", &mut silent)] {
+        let mut answer = Vec::new();
+        let closed =
+            tokio::time::timeout(Duration::from_secs(10), connection.read_to_end(&mut answer))
+                .await;
+        assert!(closed.is_ok(), "the {name} connection is closed");
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(!answer.contains("200 OK"), "{name}: {answer}");
+    }
+    // A bound outside its range is refused at start.
+    let refused = std::process::Command::new(crate::harness::BIN)
+        .args(["coordinator", "--listen", "127.0.0.1:0"])
+        .args(["--http-header-read-timeout-ms", "0"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(stderr.contains("http_header_read_timeout_ms"), "{stderr}");
+}
+
+on_both_databases!(a_client_that_never_finishes_its_request_head_is_cut_off);
