@@ -33,6 +33,11 @@ pub fn artifacts_dir() -> PathBuf {
 impl Browser {
     /// A fresh browser; none when Chromium or its driver is missing (and not required).
     pub async fn start() -> Option<Browser> {
+        Browser::start_with(&[]).await
+    }
+
+    /// [`Browser::start`] with more Chromium flags.
+    pub async fn start_with(extra_args: &[&str]) -> Option<Browser> {
         let present = Path::new(CHROMIUM).exists()
             && Command::new(CHROMEDRIVER).arg("--version").output().is_ok();
         if !present {
@@ -70,16 +75,24 @@ impl Browser {
         })
         .await;
         assert!(ready.is_some(), "chromedriver starts");
+        let mut args = vec![
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--window-size=1280,900",
+        ];
+        args.extend_from_slice(extra_args);
         let capabilities = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
             // Finding an element waits for it a while: a click's page may still be loading.
             "timeouts": {"implicit": 5000, "pageLoad": 30000},
             "goog:loggingPrefs": {"browser": "ALL"},
-            "goog:chromeOptions": {"binary": CHROMIUM, "args": [
-                "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--disable-background-networking", "--disable-component-update",
-                "--disable-sync", "--no-first-run", "--window-size=1280,900"
-            ]}
+            "goog:chromeOptions": {"binary": CHROMIUM, "args": args}
         }}});
         let created: Value = http
             .post(format!("{base}/session"))
@@ -252,10 +265,14 @@ impl Browser {
 
     /// A cookie's value, HttpOnly ones included.
     pub async fn cookie(&self, name: &str) -> String {
-        let cookie = self
-            .call(reqwest::Method::GET, &format!("/cookie/{name}"), None)
-            .await;
+        let cookie = self.cookie_object(name).await;
         cookie["value"].as_str().unwrap().to_owned()
+    }
+
+    /// A cookie as WebDriver describes it (`value`, `secure`, `httpOnly`, `sameSite`...).
+    pub async fn cookie_object(&self, name: &str) -> Value {
+        self.call(reqwest::Method::GET, &format!("/cookie/{name}"), None)
+            .await
     }
 
     /// The console's errors since the last call.

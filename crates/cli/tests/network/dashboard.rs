@@ -3,16 +3,17 @@
 //! sees the market prices, deploys through the wizard, sees the cluster running with its port
 //! link and logs, and terminates it, and the refund and the month's spending show; a form
 //! without its
-//! CSRF token and another renter's look at the cluster are refused. Screenshots of each page
-//! at 1280 and 390 px go to `target/test-artifacts/dashboard`.
+//! CSRF token and another renter's look at the cluster are refused; over the coordinator's own
+//! HTTPS the login's cookie is Secure. Screenshots of each page at 1280 and 390 px go to
+//! `target/test-artifacts/dashboard`.
 
 use std::time::Duration;
 
-use flotilla_proto::api::{ClusterInfo, CountrySupplyInfo, ModelPriceInfo, SpendingInfo};
+use flotilla_proto::api::{ClusterInfo, CountrySupplyInfo, ModelPriceInfo, Role, SpendingInfo};
 
 use crate::browser::Browser;
 use crate::clusters::{Market, iosd_available, market, sandbox_ready, until_state};
-use crate::harness::{Db, eventually};
+use crate::harness::{Coordinator, Db, TEST_CERT_SPKI_SHA256, TLS_FLAGS, eventually};
 use crate::on_both_databases;
 
 /// Whether the page fits the window's width (tables scroll inside their sections).
@@ -520,3 +521,27 @@ async fn a_supplier_renames_pauses_and_adds_a_device_on_the_dashboard(db: Db) {
     browser.quit().await;
 }
 on_both_databases!(a_supplier_renames_pauses_and_adds_a_device_on_the_dashboard);
+
+/// Over the coordinator's own HTTPS, a real browser logs in and out: the session cookie is
+/// Secure (so it would never travel over plain HTTP) and HttpOnly, and the pages load. The
+/// browser trusts the test certificate by its key alone, nothing else.
+async fn a_renter_logs_in_over_https_in_a_real_browser(db: Db) {
+    let trust = format!("--ignore-certificate-errors-spki-list={TEST_CERT_SPKI_SHA256}");
+    let Some(browser) = Browser::start_with(&[&trust]).await else {
+        return;
+    };
+    let coordinator = Coordinator::start(db, &TLS_FLAGS).await;
+    assert!(coordinator.url.starts_with("https://"));
+    let renter = coordinator.account("ren", &[Role::Renter]).await;
+    log_in(&browser, &coordinator.url, &renter, "/cloud").await;
+    let session = browser.cookie_object("flotilla_session").await;
+    assert_eq!(session["secure"], true, "{session}");
+    assert_eq!(session["httpOnly"], true, "{session}");
+    assert!(browser.url().await.starts_with("https://"));
+    assert!(browser.source().await.contains("ren"));
+    assert!(browser.console_errors().await.is_empty());
+    browser.screenshot("cloud-over-https").await;
+    browser.quit().await;
+}
+
+on_both_databases!(a_renter_logs_in_over_https_in_a_real_browser);

@@ -111,6 +111,10 @@ impl Drop for Proc {
 pub const TLS_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/network/tls");
 /// The test CA, which signed [`TLS_FLAGS`]' certificate.
 pub const TEST_CA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/network/tls/ca.pem");
+/// The SHA-256 of [`TLS_FLAGS`]' certificate's public key (base64), for Chromium's
+/// `--ignore-certificate-errors-spki-list`: `openssl x509 -in cert.pem -pubkey -noout | openssl
+/// pkey -pubin -outform der | openssl dgst -sha256 -binary | base64`.
+pub const TEST_CERT_SPKI_SHA256: &str = "fhFMUzGlw7FNkwNSj84E2Y3LkMSQvn2ANEwwXI/EoTw=";
 /// A coordinator's flags to serve HTTPS as `localhost` and `127.0.0.1`.
 pub const TLS_FLAGS: [&str; 4] = [
     "--tls-cert",
