@@ -76,6 +76,19 @@ mod tests {
             .collect()
     }
 
+    /// Sends `bytes` and then its end over `stream` while reading what comes back to its end.
+    async fn send_then_read_to_end(stream: &mut TcpStream, bytes: &[u8]) -> Vec<u8> {
+        let (mut reader, mut writer) = stream.split();
+        let sending = async {
+            writer.write_all(bytes).await.unwrap();
+            writer.shutdown().await.unwrap();
+        };
+        let mut received = Vec::new();
+        let ((), read) = tokio::join!(sending, reader.read_to_end(&mut received));
+        read.unwrap();
+        received
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn both_ways_arrive_whole_and_each_end_is_passed_on() {
         // client <-> (relay_a <-> relay_b) <-> server
@@ -84,32 +97,10 @@ mod tests {
         let relay = tokio::spawn(async move { carry(&relay_a, &relay_b).await });
         let up = pattern(8 << 20, 1);
         let down = pattern(3 << 20, 7);
-        let (up_sent, down_sent) = (up.clone(), down.clone());
-        let client_side = async move {
-            let (mut reader, mut writer) = client.split();
-            let sending = async {
-                writer.write_all(&up_sent).await.unwrap();
-                writer.shutdown().await.unwrap();
-            };
-            let mut received = Vec::new();
-            let receiving = reader.read_to_end(&mut received);
-            let ((), read) = tokio::join!(sending, receiving);
-            read.unwrap();
-            received
-        };
-        let server_side = async move {
-            let (mut reader, mut writer) = server.split();
-            let sending = async {
-                writer.write_all(&down_sent).await.unwrap();
-                writer.shutdown().await.unwrap();
-            };
-            let mut received = Vec::new();
-            let receiving = reader.read_to_end(&mut received);
-            let ((), read) = tokio::join!(sending, receiving);
-            read.unwrap();
-            received
-        };
-        let (at_client, at_server) = tokio::join!(client_side, server_side);
+        let (at_client, at_server) = tokio::join!(
+            send_then_read_to_end(&mut client, &up),
+            send_then_read_to_end(&mut server, &down)
+        );
         assert!(at_server == up, "the client's bytes arrive whole");
         assert!(at_client == down, "the server's bytes arrive whole");
         let carried = relay.await.unwrap().unwrap();

@@ -242,22 +242,21 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     // Without Nagle: a tunnelled connection's small writes (keystrokes over SSH, say) go to
     // the renter at once instead of waiting for the previous one's ACK. With keepalive: a
     // vanished peer's connection (and its node's slot) does not live forever.
-    let configure = move |tcp: &tokio::net::TcpStream| {
+    let listener = axum::serve::ListenerExt::tap_io(listener, move |tcp| {
         let _ = tcp.set_nodelay(true);
-        let socket = socket2::SockRef::from(tcp);
+        let socket = socket2::SockRef::from(&*tcp);
         let _ = socket.set_tcp_keepalive(&keepalive);
         let _ = socket.set_tcp_user_timeout(Some(unanswered_max));
-    };
+    });
     let server = match tls {
         Some((acceptor, served)) => {
             tokio::spawn(tls::keep_fresh(served, shutdown_rx.clone()));
-            let listener = tls::TlsListener::new(listener, acceptor, configure);
+            let listener = tls::TlsListener::new(listener, acceptor);
             let serving =
                 serve::serve_http(listener, router, header_read_timeout, shutdown_rx.clone());
             tokio::spawn(serving)
         }
         None => {
-            let listener = axum::serve::ListenerExt::tap_io(listener, move |tcp| configure(tcp));
             let serving =
                 serve::serve_http(listener, router, header_read_timeout, shutdown_rx.clone());
             tokio::spawn(serving)

@@ -22,7 +22,7 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
@@ -34,8 +34,6 @@ pub const HANDSHAKES_MAX: usize = 256;
 pub const HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
 /// The most certificates in the chain file.
 const CHAIN_CERTIFICATES_MAX: usize = 16;
-/// Pause after an accept error that is not the peer's (out of file descriptors, say).
-const ACCEPT_ERROR_PAUSE_MS: u64 = 100;
 /// How often the files' modification times are compared with those last loaded.
 pub const RELOAD_CHECK_INTERVAL_MS: u64 = 60_000;
 
@@ -180,27 +178,24 @@ pub async fn keep_fresh(served: Arc<ServedCertificate>, mut shutdown: watch::Rec
     }
 }
 
-/// A listener that hands axum connections whose TLS handshake is done.
-pub struct TlsListener<F> {
-    tcp: TcpListener,
+/// A listener that hands axum connections whose TLS handshake is done, accepting TCP
+/// connections from `L` (which sets their socket options and retries its own accept errors).
+pub struct TlsListener<L> {
+    tcp: L,
     acceptor: TlsAcceptor,
-    /// Applied to each accepted socket before its handshake (no delay, keepalive).
-    configure: F,
     handshakes: JoinSet<Option<(TlsStream<TcpStream>, SocketAddr)>>,
 }
 
-impl<F: FnMut(&TcpStream)> TlsListener<F> {
-    pub fn new(tcp: TcpListener, acceptor: TlsAcceptor, configure: F) -> TlsListener<F> {
+impl<L> TlsListener<L> {
+    pub fn new(tcp: L, acceptor: TlsAcceptor) -> TlsListener<L> {
         TlsListener {
             tcp,
             acceptor,
-            configure,
             handshakes: JoinSet::new(),
         }
     }
 
     fn start_handshake(&mut self, tcp: TcpStream, peer: SocketAddr) {
-        (self.configure)(&tcp);
         let acceptor = self.acceptor.clone();
         let limit = Duration::from_millis(HANDSHAKE_TIMEOUT_MS);
         self.handshakes.spawn(async move {
@@ -219,9 +214,9 @@ impl<F: FnMut(&TcpStream)> TlsListener<F> {
     }
 }
 
-impl<F> axum::serve::Listener for TlsListener<F>
+impl<L> axum::serve::Listener for TlsListener<L>
 where
-    F: FnMut(&TcpStream) + Send + 'static,
+    L: axum::serve::Listener<Io = TcpStream, Addr = SocketAddr>,
 {
     type Io = TlsStream<TcpStream>;
     type Addr = SocketAddr;
@@ -235,13 +230,7 @@ where
                         return connection;
                     }
                 }
-                accepted = self.tcp.accept(), if room => match accepted {
-                    Ok((tcp, peer)) => self.start_handshake(tcp, peer),
-                    Err(error) => {
-                        tracing::warn!(%error, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(ACCEPT_ERROR_PAUSE_MS)).await;
-                    }
-                },
+                (tcp, peer) = self.tcp.accept(), if room => self.start_handshake(tcp, peer),
             }
         }
     }
